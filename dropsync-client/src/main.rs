@@ -1,0 +1,2 @@
+//! The dropsync client.
+fn main() {}

@@ -1,0 +1,340 @@
+//! The META-DATA text format of PROTOCOL.md section 5, as pure functions.
+//!
+//! Both the server's META-DATA and a client's own file use this line format;
+//! `dropsync-core` holds the in-memory tables and decides what the states
+//! mean. Parsing and rendering live here, next to the wire format, because
+//! the server sends this text as a file transfer and outside tools read it.
+
+use std::fmt::Write as _;
+
+use crate::digest::{from_hex, to_hex};
+use crate::{ClientId, Digest};
+
+/// First line of every META-DATA file: the format and its version.
+pub const HEADER: &str = "dropsync-metadata 1";
+
+/// Comment prefix of the line that stores a client's id in its own file.
+pub const CLIENT_ID_PREFIX: &str = "# client-id ";
+
+/// The `state` column. `F` and `D` are the protocol's; a client may keep
+/// more states in its own file (see `dropsync-core`), which round-trip here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum EntryState {
+    /// `F`: the path holds a file with this md5 and size.
+    File,
+    /// `D`: a tombstone; md5 and size are those of the last version.
+    Deleted,
+    /// Any other ASCII letter: an implementation's own state.
+    Other(char),
+}
+
+impl EntryState {
+    fn as_char(self) -> char {
+        match self {
+            EntryState::File => 'F',
+            EntryState::Deleted => 'D',
+            EntryState::Other(c) => c,
+        }
+    }
+
+    fn from_field(field: &str) -> Option<Self> {
+        let mut chars = field.chars();
+        let c = chars.next()?;
+        if chars.next().is_some() || !c.is_ascii_alphabetic() {
+            return None;
+        }
+        Some(match c {
+            'F' => EntryState::File,
+            'D' => EntryState::Deleted,
+            c => EntryState::Other(c),
+        })
+    }
+}
+
+/// One path's line.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// Server-wide counter value of the change that made this line.
+    pub version: u64,
+    /// MD5 of the content (of the last version, for a tombstone).
+    pub md5: Digest,
+    /// Size in bytes of that content.
+    pub size: u64,
+    /// Modification time, nanoseconds since the Unix epoch.
+    pub mtime_ns: i64,
+    /// What the line says about the path.
+    pub state: EntryState,
+    /// The path, unescaped.
+    pub path: String,
+}
+
+/// A parsed line of a META-DATA file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Line {
+    /// A path's entry.
+    Entry(Entry),
+    /// `# client-id <32 hex>`: the id a client sends in HELLO.
+    ClientId(ClientId),
+    /// Any other comment, or a blank line: readers ignore these.
+    Ignored,
+}
+
+/// Why a META-DATA text could not be read, with the 1-based line number.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MetadataError {
+    /// The first line is not [`HEADER`].
+    #[error("line 1: not a dropsync META-DATA file (expected {HEADER:?})")]
+    BadHeader,
+    /// A line without exactly six tab-separated fields.
+    #[error("line {line}: expected 6 tab-separated fields, found {found}")]
+    FieldCount {
+        /// 1-based line number.
+        line: usize,
+        /// Fields found.
+        found: usize,
+    },
+    /// A field that does not parse as its column's type.
+    #[error("line {line}: bad {column} field")]
+    BadField {
+        /// 1-based line number.
+        line: usize,
+        /// The column's name.
+        column: &'static str,
+    },
+    /// A backslash followed by anything but `\`, `t` or `n`.
+    #[error("line {line}: bad escape in path")]
+    BadEscape {
+        /// 1-based line number.
+        line: usize,
+    },
+}
+
+/// A whole META-DATA file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Document {
+    /// The client id line, if the file has one.
+    pub client_id: Option<ClientId>,
+    /// Entries in file order (a later line for the same path wins).
+    pub entries: Vec<Entry>,
+}
+
+/// Appends the header line.
+pub fn render_header(out: &mut String) {
+    out.push_str(HEADER);
+    out.push('\n');
+}
+
+/// Appends the `# client-id` line.
+pub fn render_client_id(id: &ClientId, out: &mut String) {
+    out.push_str(CLIENT_ID_PREFIX);
+    out.push_str(&to_hex(id));
+    out.push('\n');
+}
+
+/// Appends one entry line, escaping the path.
+pub fn render_entry(e: &Entry, out: &mut String) {
+    let _ = write!(
+        out,
+        "{}\t{}\t{}\t{}\t{}\t",
+        e.version,
+        to_hex(&e.md5),
+        e.size,
+        e.mtime_ns,
+        e.state.as_char()
+    );
+    escape_path(&e.path, out);
+    out.push('\n');
+}
+
+/// Renders a whole file: header, optional client id, entries.
+pub fn render_document(doc: &Document) -> String {
+    let mut out = String::with_capacity(64 + doc.entries.len() * 80);
+    render_header(&mut out);
+    if let Some(id) = &doc.client_id {
+        render_client_id(id, &mut out);
+    }
+    for e in &doc.entries {
+        render_entry(e, &mut out);
+    }
+    out
+}
+
+/// Writes `\` as `\\`, tab as `\t` and newline as `\n`.
+pub fn escape_path(path: &str, out: &mut String) {
+    for c in path.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            c => out.push(c),
+        }
+    }
+}
+
+fn unescape_path(field: &str, line: usize) -> Result<String, MetadataError> {
+    if !field.contains('\\') {
+        return Ok(field.to_owned());
+    }
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('\\') => out.push('\\'),
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            _ => return Err(MetadataError::BadEscape { line }),
+        }
+    }
+    Ok(out)
+}
+
+/// Parses one line (without its newline); `line` is its 1-based number, for
+/// errors. The header line is not special here: see [`parse_document`].
+pub fn parse_line(text: &str, line: usize) -> Result<Line, MetadataError> {
+    if let Some(hex) = text.strip_prefix(CLIENT_ID_PREFIX) {
+        return from_hex(hex.trim())
+            .map(Line::ClientId)
+            .ok_or(MetadataError::BadField { line, column: "client-id" });
+    }
+    if text.is_empty() || text.starts_with('#') {
+        return Ok(Line::Ignored);
+    }
+    let fields: Vec<&str> = text.splitn(6, '\t').collect();
+    let [version, md5, size, mtime, state, path] = fields[..] else {
+        return Err(MetadataError::FieldCount { line, found: fields.len() });
+    };
+    let bad = |column| MetadataError::BadField { line, column };
+    Ok(Line::Entry(Entry {
+        version: version.parse().map_err(|_| bad("version"))?,
+        md5: from_hex(md5).ok_or(bad("md5"))?,
+        size: size.parse().map_err(|_| bad("size"))?,
+        mtime_ns: mtime.parse().map_err(|_| bad("mtime"))?,
+        state: EntryState::from_field(state).ok_or(bad("state"))?,
+        path: unescape_path(path, line)?,
+    }))
+}
+
+/// Parses a whole META-DATA text: the header, then every line.
+pub fn parse_document(text: &str) -> Result<Document, MetadataError> {
+    let mut lines = text.split('\n');
+    if lines.next() != Some(HEADER) {
+        return Err(MetadataError::BadHeader);
+    }
+    let mut doc = Document::default();
+    for (i, raw) in lines.enumerate() {
+        match parse_line(raw, i + 2)? {
+            Line::Entry(e) => doc.entries.push(e),
+            Line::ClientId(id) => doc.client_id = Some(id),
+            Line::Ignored => {}
+        }
+    }
+    Ok(doc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn entry(path: &str) -> Entry {
+        Entry {
+            version: 7,
+            md5: crate::md5(b"abc"),
+            size: 3,
+            mtime_ns: 1_700_000_000_123_456_789,
+            state: EntryState::File,
+            path: path.to_owned(),
+        }
+    }
+
+    #[test]
+    fn renders_the_documented_line() {
+        let mut out = String::new();
+        render_entry(&entry("a\tb\\c\nd"), &mut out);
+        assert_eq!(
+            out,
+            "7\t900150983cd24fb0d6963f7d28e17f72\t3\t1700000000123456789\tF\ta\\tb\\\\c\\nd\n"
+        );
+    }
+
+    #[test]
+    fn parses_a_hand_written_file() {
+        let text = "dropsync-metadata 1\n\
+                    # client-id 000102030405060708090a0b0c0d0e0f\n\
+                    # a comment\n\
+                    \n\
+                    3\td41d8cd98f00b204e9800998ecf8427e\t0\t-5\tD\tgone.txt\n\
+                    4\t900150983cd24fb0d6963f7d28e17f72\t3\t10\tL\tdir/x\n";
+        let doc = parse_document(text).expect("valid");
+        assert_eq!(doc.client_id, Some(core::array::from_fn(|i| i as u8)));
+        assert_eq!(doc.entries.len(), 2);
+        assert_eq!(doc.entries[0].state, EntryState::Deleted);
+        assert_eq!(doc.entries[0].mtime_ns, -5);
+        assert_eq!(doc.entries[1].state, EntryState::Other('L'));
+        assert_eq!(doc.entries[1].path, "dir/x");
+    }
+
+    #[test]
+    fn reports_the_broken_rule_and_line() {
+        assert_eq!(parse_document("nope\n"), Err(MetadataError::BadHeader));
+        let bad = |body: &str| parse_document(&format!("{HEADER}\n{body}")).unwrap_err();
+        assert_eq!(bad("1\t2\t3"), MetadataError::FieldCount { line: 2, found: 3 });
+        assert_eq!(
+            bad("x\td41d8cd98f00b204e9800998ecf8427e\t0\t0\tF\tp"),
+            MetadataError::BadField { line: 2, column: "version" }
+        );
+        assert_eq!(
+            bad("1\td41d8cd98f00b204e9800998ecf8427e\t0\t0\tFF\tp"),
+            MetadataError::BadField { line: 2, column: "state" }
+        );
+        assert_eq!(
+            bad("1\td41d8cd98f00b204e9800998ecf8427e\t0\t0\tF\tp\\q"),
+            MetadataError::BadEscape { line: 2 }
+        );
+    }
+
+    fn arb_entry() -> impl Strategy<Value = Entry> {
+        (
+            any::<u64>(),
+            any::<[u8; 16]>(),
+            any::<u64>(),
+            any::<i64>(),
+            prop_oneof![
+                Just(EntryState::File),
+                Just(EntryState::Deleted),
+                proptest::char::range('E', 'Z').prop_map(|c| EntryState::from_field(&c.to_string()).unwrap_or(EntryState::File)),
+            ],
+            // Arbitrary unicode, tabs, newlines and backslashes included.
+            "(\\PC|[\t\n\\\\]){1,40}",
+        )
+            .prop_map(|(version, md5, size, mtime_ns, state, path)| Entry {
+                version,
+                md5,
+                size,
+                mtime_ns,
+                state,
+                path,
+            })
+    }
+
+    proptest! {
+        #[test]
+        fn render_parse_round_trip(
+            entries in proptest::collection::vec(arb_entry(), 0..20),
+            client_id in proptest::option::of(any::<[u8; 16]>()),
+        ) {
+            let doc = Document { client_id, entries };
+            let text = render_document(&doc);
+            prop_assert_eq!(parse_document(&text), Ok(doc));
+        }
+
+        #[test]
+        fn arbitrary_text_never_panics(text in "\\PC*") {
+            let _ = parse_document(&format!("{HEADER}\n{text}"));
+        }
+    }
+}

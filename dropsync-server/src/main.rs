@@ -1,0 +1,2 @@
+//! The dropsync server.
+fn main() {}
