@@ -1,0 +1,274 @@
+//! The server's META-DATA (PROTOCOL.md sections 5 and 6): path → newest
+//! version, content digest, size, time and whether it is a tombstone, with a
+//! server-wide version counter, persisted through a [`JournaledStore`].
+//!
+//! The [`Catalog`] trait is what the server's logic talks to, so that a later
+//! backend can keep the same table outside this process.
+
+use std::collections::HashMap;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use dropsync_proto::metadata::{self, Entry, EntryState};
+use dropsync_proto::Digest;
+
+use crate::storage::Storage;
+use crate::store::JournaledStore;
+use crate::CoreError;
+
+/// A change to commit to one path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    /// New content: its MD5, size and modification time (ns since the epoch).
+    File {
+        /// MD5 of the whole file.
+        md5: Digest,
+        /// Size in bytes.
+        size: u64,
+        /// When the upload finished.
+        mtime_ns: i64,
+    },
+    /// A delete, recorded as a tombstone at `mtime_ns`.
+    Delete {
+        /// When the delete was accepted.
+        mtime_ns: i64,
+    },
+}
+
+/// The server's table. Versions only grow: every commit takes the next value
+/// of one counter, so "newer" is comparable across paths.
+#[derive(Debug, Default)]
+pub struct ServerMeta {
+    entries: HashMap<String, Entry>,
+    last_version: u64,
+}
+
+impl ServerMeta {
+    /// A table from loaded entries; the counter continues after the largest.
+    pub fn from_entries(entries: HashMap<String, Entry>) -> Self {
+        let last_version = entries.values().map(|e| e.version).max().unwrap_or(0);
+        Self { entries, last_version }
+    }
+
+    /// The newest line for `path`.
+    pub fn get(&self, path: &str) -> Option<&Entry> {
+        self.entries.get(path)
+    }
+
+    /// The value of the version counter (the newest version of any path).
+    pub fn last_version(&self) -> u64 {
+        self.last_version
+    }
+
+    /// Number of paths, tombstones included.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True when no path was ever committed.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Every entry, in no particular order.
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = &Entry> {
+        self.entries.values()
+    }
+
+    /// Applies `change` to `path` with the next version and returns the new
+    /// line. The caller has already decided that the change is allowed.
+    pub fn apply(&mut self, path: &str, change: Change) -> Entry {
+        self.last_version += 1;
+        let (md5, size, mtime_ns, state) = match change {
+            Change::File { md5, size, mtime_ns } => (md5, size, mtime_ns, EntryState::File),
+            Change::Delete { mtime_ns } => {
+                // A tombstone keeps the digest and size of the last version.
+                let (md5, size) = self.entries.get(path).map(|e| (e.md5, e.size)).unwrap_or_default();
+                (md5, size, mtime_ns, EntryState::Deleted)
+            }
+        };
+        let entry = Entry { version: self.last_version, md5, size, mtime_ns, state, path: path.to_owned() };
+        self.entries.insert(path.to_owned(), entry.clone());
+        entry
+    }
+
+    /// The META-DATA text sent to a client on pairing (section 1), sorted by
+    /// path so that the same table always renders the same bytes.
+    pub fn render(&self) -> String {
+        let mut sorted: Vec<&Entry> = self.entries.values().collect();
+        sorted.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        let mut out = String::with_capacity(32 + sorted.len() * 96);
+        metadata::render_header(&mut out);
+        for e in sorted {
+            metadata::render_entry(e, &mut out);
+        }
+        out
+    }
+}
+
+/// What the server's logic needs of its META-DATA, whatever keeps it.
+pub trait Catalog: Send + Sync {
+    /// The newest line for `path`.
+    fn get(&self, path: &str) -> Option<Entry>;
+    /// Commits `change` durably and returns the new line. Returns only once
+    /// the change would survive a crash (section 6: persist before 0x0001).
+    fn commit(&self, path: &str, change: Change) -> Result<Entry, CoreError>;
+    /// The META-DATA text for a newly paired client, and the version counter
+    /// at that instant (every version up to it is listed in the text).
+    fn snapshot(&self) -> (String, u64);
+    /// Number of paths, tombstones included.
+    fn len(&self) -> usize;
+    /// True when the catalog holds no path.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// The embedded catalog: the table in memory behind one mutex, journaled to
+/// a [`Storage`].
+#[derive(Debug)]
+pub struct MemCatalog<S: Storage> {
+    inner: Mutex<(ServerMeta, JournaledStore<S>)>,
+}
+
+impl<S: Storage> MemCatalog<S> {
+    /// Loads the table from `storage` (empty if nothing is stored yet).
+    pub fn open(storage: S) -> Result<Self, CoreError> {
+        let (store, loaded) = JournaledStore::open(storage)?;
+        Ok(Self { inner: Mutex::new((ServerMeta::from_entries(loaded.entries), store)) })
+    }
+
+    fn lock(&self) -> MutexGuard<'_, (ServerMeta, JournaledStore<S>)> {
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the table while holding its lock (for consistent reads of
+    /// several paths, e.g. in tests and benchmarks).
+    pub fn with_table<R>(&self, f: impl FnOnce(&ServerMeta) -> R) -> R {
+        f(&self.lock().0)
+    }
+
+    /// Writes a fresh snapshot and drops the journal (e.g. at shutdown).
+    pub fn compact(&self) -> Result<(), CoreError> {
+        let mut guard = self.lock();
+        let (table, store) = &mut *guard;
+        store.compact(table.entries())
+    }
+}
+
+impl<S: Storage> Catalog for MemCatalog<S> {
+    fn get(&self, path: &str) -> Option<Entry> {
+        self.lock().0.get(path).cloned()
+    }
+
+    fn commit(&self, path: &str, change: Change) -> Result<Entry, CoreError> {
+        let mut guard = self.lock();
+        let (table, store) = &mut *guard;
+        let previous = table.get(path).cloned();
+        let previous_version = table.last_version;
+        let entry = table.apply(path, change);
+        if let Err(e) = store.append(std::slice::from_ref(&entry)) {
+            // Not durable: not committed. Put the table back as it was.
+            match previous {
+                Some(p) => table.entries.insert(path.to_owned(), p),
+                None => table.entries.remove(path),
+            };
+            table.last_version = previous_version;
+            return Err(e);
+        }
+        if store.should_compact(table.len()) {
+            // The change is already durable in the journal; a failed
+            // compaction only leaves the journal longer.
+            let _ = store.compact(table.entries());
+        }
+        Ok(entry)
+    }
+
+    fn snapshot(&self) -> (String, u64) {
+        let guard = self.lock();
+        (guard.0.render(), guard.0.last_version())
+    }
+
+    fn len(&self) -> usize {
+        self.lock().0.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::storage::MemStorage;
+    use std::sync::Arc;
+
+    #[derive(Clone, Default)]
+    struct Shared(Arc<MemStorage>);
+    impl Storage for Shared {
+        fn read(&self, n: &str) -> std::io::Result<Option<Vec<u8>>> {
+            self.0.read(n)
+        }
+        fn replace(&self, n: &str, b: &[u8]) -> std::io::Result<()> {
+            self.0.replace(n, b)
+        }
+        fn append(&self, n: &str, b: &[u8]) -> std::io::Result<()> {
+            self.0.append(n, b)
+        }
+        fn remove(&self, n: &str) -> std::io::Result<()> {
+            self.0.remove(n)
+        }
+    }
+
+    fn file(md5: u8, size: u64) -> Change {
+        Change::File { md5: [md5; 16], size, mtime_ns: 5 }
+    }
+
+    #[test]
+    fn versions_grow_across_paths_and_tombstones_keep_the_digest() {
+        let cat = MemCatalog::open(MemStorage::new()).unwrap();
+        assert_eq!(cat.commit("a", file(1, 10)).unwrap().version, 1);
+        assert_eq!(cat.commit("b", file(2, 20)).unwrap().version, 2);
+        let tomb = cat.commit("a", Change::Delete { mtime_ns: 9 }).unwrap();
+        assert_eq!((tomb.version, tomb.state, tomb.md5, tomb.size), (3, EntryState::Deleted, [1; 16], 10));
+        let (text, last) = cat.snapshot();
+        assert_eq!(last, 3);
+        let doc = metadata::parse_document(&text).unwrap();
+        assert_eq!(doc.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn reopen_restores_table_and_counter() {
+        let s = Shared::default();
+        let cat = MemCatalog::open(s.clone()).unwrap();
+        cat.commit("a", file(1, 1)).unwrap();
+        cat.commit("a", file(2, 2)).unwrap();
+        cat.compact().unwrap();
+        cat.commit("b", file(3, 3)).unwrap();
+        drop(cat);
+        let cat = MemCatalog::open(s).unwrap();
+        assert_eq!(cat.get("a").unwrap().md5, [2; 16]);
+        assert_eq!(cat.commit("c", file(4, 4)).unwrap().version, 4);
+    }
+
+    /// Storage whose appends fail, to check a failed persist is no commit.
+    struct Failing;
+    impl Storage for Failing {
+        fn read(&self, _: &str) -> std::io::Result<Option<Vec<u8>>> {
+            Ok(None)
+        }
+        fn replace(&self, _: &str, _: &[u8]) -> std::io::Result<()> {
+            Err(std::io::Error::other("disk full"))
+        }
+        fn append(&self, _: &str, _: &[u8]) -> std::io::Result<()> {
+            Err(std::io::Error::other("disk full"))
+        }
+        fn remove(&self, _: &str) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn failed_persist_is_not_a_commit() {
+        let cat = MemCatalog::open(Failing).unwrap();
+        assert!(cat.commit("a", file(1, 1)).is_err());
+        assert!(cat.get("a").is_none());
+        assert_eq!(cat.snapshot().1, 0);
+    }
+}
