@@ -31,5 +31,6 @@ pub mod sender;
 pub mod stale;
 pub mod storage;
 pub mod store;
+pub mod wire;
 
 pub use error::CoreError;

@@ -1,0 +1,319 @@
+//! Frames over any byte stream: the small adapter both binaries put between
+//! a socket and the codec.
+//!
+//! It is generic over `Read`/`Write` (tests use byte slices) and holds no
+//! state beyond a buffer, so it belongs beside the state machines rather
+//! than copied into each binary. A read that times out (the socket's read
+//! timeout, used for keep-alives and the dead-peer check) loses nothing: the
+//! bytes already buffered stay, and the next call carries on.
+
+use std::io::{self, Read, Write};
+
+use dropsync_proto::{parse_head, Digest, Frame, Head, MessageType, ParseError, StatusCode};
+
+/// Initial buffer size: holds any non-chunk frame; grows to the largest
+/// accepted chunk payload.
+const INITIAL_BUFFER: usize = 64 * 1024;
+
+/// One message read from the stream, with names copied out of the buffer
+/// (names are short; payloads stay borrowed, see [`FrameReader::read_payload`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Msg {
+    /// A FILE_CHUNK header. The caller must next call `read_payload(len)` or
+    /// `skip(len)` before reading another message.
+    Chunk {
+        /// MD5 the payload should have.
+        digest: Digest,
+        /// The file.
+        name: String,
+        /// Declared payload length.
+        len: u32,
+    },
+    /// STATUS (keep-alives included: the caller filters 0x8000).
+    Status(StatusCode),
+    /// FINISHED, ABORT, DELETE or REQUEST.
+    Named {
+        /// Which of the four.
+        kind: MessageType,
+        /// Its digest.
+        digest: Digest,
+        /// The file.
+        name: String,
+    },
+    /// HELLO with the client id and label.
+    Hello {
+        /// The client's stable id.
+        client_id: [u8; 16],
+        /// Its label.
+        label: String,
+    },
+    /// A frame whose name broke a codec rule (too long, not UTF-8). It has
+    /// been skipped whole; the caller replies 0x0100 (section 3).
+    Rejected(ParseError),
+}
+
+/// Reads frames from a byte stream.
+#[derive(Debug)]
+pub struct FrameReader<R> {
+    inner: R,
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    /// Bytes still to discard from an earlier `skip` that timed out.
+    pending_skip: u64,
+}
+
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
+}
+
+/// True for the error a socket read timeout produces: not a failure, just
+/// time passing without data.
+pub fn is_timeout_error(e: &io::Error) -> bool {
+    is_timeout(e)
+}
+
+impl<R: Read> FrameReader<R> {
+    /// Wraps a stream.
+    pub fn new(inner: R) -> Self {
+        Self { inner, buf: vec![0; INITIAL_BUFFER], start: 0, end: 0, pending_skip: 0 }
+    }
+
+    /// The wrapped stream.
+    pub fn get_ref(&self) -> &R {
+        &self.inner
+    }
+
+    /// Bytes received but not yet returned as a message.
+    pub fn buffered(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// Reads more bytes into the buffer; `Ok(false)` at end of stream.
+    fn fill(&mut self, want: usize) -> io::Result<bool> {
+        if self.start > 0 && (self.start == self.end || self.buf.len() - self.start < want) {
+            self.buf.copy_within(self.start..self.end, 0);
+            self.end -= self.start;
+            self.start = 0;
+        }
+        if self.buf.len() < want {
+            self.buf.resize(want, 0);
+        }
+        if self.end == self.buf.len() {
+            let grow = self.buf.len();
+            self.buf.resize(self.buf.len() + grow, 0);
+        }
+        loop {
+            match self.inner.read(&mut self.buf[self.end..]) {
+                Ok(0) => return Ok(false),
+                Ok(n) => {
+                    self.end += n;
+                    return Ok(true);
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            }
+        }
+    }
+
+    /// Reads the next message. `Ok(None)` is a clean end of stream between
+    /// messages; end of stream inside a message is `UnexpectedEof`; an unknown
+    /// type is `InvalidData` (the connection cannot be resynchronised).
+    pub fn read_msg(&mut self) -> io::Result<Option<Msg>> {
+        self.drain_skip()?;
+        loop {
+            match parse_head(&self.buf[self.start..self.end]) {
+                Ok(Some((head, used))) => {
+                    let msg = match head {
+                        Head::Chunk { digest, name, payload_len } => {
+                            Msg::Chunk { digest, name: name.to_owned(), len: payload_len }
+                        }
+                        Head::Frame(Frame::Status(code)) => Msg::Status(code),
+                        Head::Frame(Frame::Hello { client_id, label }) => {
+                            Msg::Hello { client_id, label: label.to_owned() }
+                        }
+                        Head::Frame(f) => Msg::Named {
+                            kind: f.message_type(),
+                            digest: match f {
+                                Frame::Finished { digest, .. }
+                                | Frame::Abort { digest, .. }
+                                | Frame::Delete { digest, .. }
+                                | Frame::Request { digest, .. } => digest,
+                                _ => [0; 16],
+                            },
+                            name: f.name().unwrap_or_default().to_owned(),
+                        },
+                    };
+                    self.start += used;
+                    return Ok(Some(msg));
+                }
+                Ok(None) => {}
+                Err(e) => match e.skippable_len() {
+                    Some(len) => {
+                        self.skip(len)?;
+                        return Ok(Some(Msg::Rejected(e)));
+                    }
+                    None => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
+                },
+            }
+            let had = self.buffered();
+            if !self.fill(had + 1)? {
+                return if had == 0 {
+                    Ok(None)
+                } else {
+                    Err(io::ErrorKind::UnexpectedEof.into())
+                };
+            }
+        }
+    }
+
+    /// Reads a chunk payload of `len` bytes (already checked against the
+    /// receiver's maximum) and borrows it from the buffer.
+    pub fn read_payload(&mut self, len: u32) -> io::Result<&[u8]> {
+        self.drain_skip()?;
+        let len = len as usize;
+        while self.buffered() < len {
+            if !self.fill(len)? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        let out = &self.buf[self.start..self.start + len];
+        self.start += len;
+        Ok(out)
+    }
+
+    /// Reads and discards `len` bytes without ever holding more than the
+    /// buffer: how an oversized chunk is dropped (section 4). If it times
+    /// out, the rest is discarded by the next read: do not call it again.
+    pub fn skip(&mut self, len: u64) -> io::Result<()> {
+        self.pending_skip += len;
+        self.drain_skip()
+    }
+
+    fn drain_skip(&mut self) -> io::Result<()> {
+        loop {
+            let take = (self.buffered() as u64).min(self.pending_skip);
+            self.start += take as usize;
+            self.pending_skip -= take;
+            if self.pending_skip == 0 {
+                return Ok(());
+            }
+            if !self.fill(1)? {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+    }
+}
+
+/// Encodes `frame` into `scratch` and writes it whole.
+pub fn write_frame(w: &mut impl Write, frame: &Frame<'_>, scratch: &mut Vec<u8>) -> io::Result<()> {
+    scratch.clear();
+    frame.encode(scratch);
+    w.write_all(scratch)
+}
+
+/// Writes a STATUS reply.
+pub fn write_status(w: &mut impl Write, code: StatusCode) -> io::Result<()> {
+    let mut b = Vec::with_capacity(4);
+    write_frame(w, &Frame::Status(code), &mut b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reader that returns its data in pieces of at most `step` bytes and
+    /// a timeout between pieces, like a slow socket.
+    struct Trickle {
+        data: Vec<u8>,
+        pos: usize,
+        step: usize,
+        timeout_next: bool,
+    }
+    impl Read for Trickle {
+        fn read(&mut self, out: &mut [u8]) -> io::Result<usize> {
+            self.timeout_next = !self.timeout_next;
+            if self.timeout_next {
+                return Err(io::ErrorKind::WouldBlock.into());
+            }
+            let n = self.step.min(out.len()).min(self.data.len() - self.pos);
+            out[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    fn stream() -> Vec<u8> {
+        let mut v = Vec::new();
+        let big = vec![7u8; 200_000];
+        Frame::Hello { client_id: [1; 16], label: "me" }.encode(&mut v);
+        Frame::Chunk { digest: dropsync_proto::md5(&big), name: "big", payload: &big }.encode(&mut v);
+        Frame::Chunk { digest: [0; 16], name: "skipped", payload: &big[..1000] }.encode(&mut v);
+        Frame::Finished { digest: [2; 16], name: "big" }.encode(&mut v);
+        Frame::Status(StatusCode::OK).encode(&mut v);
+        v
+    }
+
+    #[test]
+    fn reads_through_timeouts_without_losing_bytes() {
+        let mut r = FrameReader::new(Trickle { data: stream(), pos: 0, step: 777, timeout_next: false });
+        let mut got = Vec::new();
+        loop {
+            match r.read_msg() {
+                Ok(Some(Msg::Chunk { name, len, .. })) => {
+                    let res = loop {
+                        let res = if name == "skipped" {
+                            // A timed-out skip finishes during the next read.
+                            r.skip(u64::from(len)).or_else(|e| if is_timeout_error(&e) { Ok(()) } else { Err(e) }).map(|_| 0)
+                        } else {
+                            r.read_payload(len).map(|p| p.len())
+                        };
+                        match res {
+                            Err(e) if is_timeout_error(&e) => continue,
+                            other => break other,
+                        }
+                    };
+                    got.push(format!("chunk {name} {}", res.unwrap()));
+                }
+                Ok(Some(m)) => got.push(format!("{m:?}").chars().take(12).collect()),
+                Ok(None) => break,
+                Err(e) if is_timeout_error(&e) => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, ["Hello { clie", "chunk big 200000", "chunk skipped 0", "Named { kind", "Status(0x000"]);
+    }
+
+    #[test]
+    fn skip_can_resume_after_timeouts_mid_payload() {
+        // skip() is called once above per timeout; resuming must not double-skip.
+        let mut v = Vec::new();
+        Frame::Chunk { digest: [0; 16], name: "x", payload: &[9u8; 5000] }.encode(&mut v);
+        Frame::Status(StatusCode::OK).encode(&mut v);
+        let mut r = FrameReader::new(&v[..]);
+        let Some(Msg::Chunk { len, .. }) = r.read_msg().unwrap() else { panic!() };
+        r.skip(u64::from(len)).unwrap();
+        assert_eq!(r.read_msg().unwrap(), Some(Msg::Status(StatusCode::OK)));
+        assert_eq!(r.read_msg().unwrap(), None);
+    }
+
+    #[test]
+    fn bad_name_is_skipped_and_reported_unknown_type_is_fatal() {
+        let mut v = vec![0x03, 0x00];
+        v.extend_from_slice(&[0; 16]);
+        v.extend_from_slice(&[2, 0, 0xff, 0xfe]);
+        Frame::Status(StatusCode::OK).encode(&mut v);
+        v.extend_from_slice(&[0x09, 0x00]);
+        let mut r = FrameReader::new(&v[..]);
+        assert!(matches!(r.read_msg().unwrap(), Some(Msg::Rejected(_))));
+        assert_eq!(r.read_msg().unwrap(), Some(Msg::Status(StatusCode::OK)));
+        assert_eq!(r.read_msg().unwrap_err().kind(), io::ErrorKind::InvalidData);
+    }
+
+    #[test]
+    fn eof_inside_a_frame_is_an_error() {
+        let v = Frame::Finished { digest: [0; 16], name: "abc" }.to_vec();
+        let mut r = FrameReader::new(&v[..v.len() - 1]);
+        assert_eq!(r.read_msg().unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
+    }
+}

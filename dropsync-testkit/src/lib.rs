@@ -1,0 +1,15 @@
+//! Test support shared by every integration test of dropsync: the real
+//! binaries started on 127.0.0.1 with ephemeral ports and temp folders,
+//! killed when dropped; polling with a deadline instead of sleeps; a raw
+//! protocol peer built on `dropsync-proto`.
+#![allow(clippy::unwrap_used)]
+
+mod peer;
+mod procs;
+mod tempdir;
+mod wait;
+
+pub use peer::RawPeer;
+pub use procs::{bin_path, ClientProc, ServerProc};
+pub use tempdir::TempDir;
+pub use wait::{wait_for, wait_until, DEFAULT_DEADLINE};

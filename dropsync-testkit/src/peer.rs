@@ -1,0 +1,132 @@
+//! A scripted raw protocol peer: what a test uses to speak to the real
+//! server byte for byte, without the client.
+
+use std::io::Write;
+use std::net::TcpStream;
+use std::time::Duration;
+
+use dropsync_core::wire::{FrameReader, Msg};
+use dropsync_proto::{md5, Frame, StatusCode};
+
+/// Both connections of one client session.
+#[derive(Debug)]
+pub struct RawPeer {
+    /// Send connection (client → server transfers).
+    pub send: TcpStream,
+    /// Reader on the send connection (STATUS replies).
+    pub send_rx: FrameReader<TcpStream>,
+    /// Receive connection (server → client transfers).
+    pub recv: TcpStream,
+    /// Reader on the receive connection.
+    pub recv_rx: FrameReader<TcpStream>,
+}
+
+/// How long a raw peer waits for any single message.
+const READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn connect(port: u16) -> TcpStream {
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_nodelay(true).unwrap();
+    s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+    s
+}
+
+impl RawPeer {
+    /// Connects both ports without saying anything.
+    pub fn connect_raw(send_port: u16, recv_port: u16) -> Self {
+        let send = connect(send_port);
+        let recv = connect(recv_port);
+        let send_rx = FrameReader::new(send.try_clone().unwrap());
+        let recv_rx = FrameReader::new(recv.try_clone().unwrap());
+        Self { send, send_rx, recv, recv_rx }
+    }
+
+    /// Connects, sends HELLO on both connections, checks both OKs.
+    pub fn hello(send_port: u16, recv_port: u16, id: [u8; 16], label: &str) -> Self {
+        let mut p = Self::connect_raw(send_port, recv_port);
+        let hello = Frame::Hello { client_id: id, label };
+        p.send.write_all(&hello.to_vec()).unwrap();
+        assert_eq!(p.send_status(), StatusCode::OK, "HELLO on send connection");
+        p.recv.write_all(&hello.to_vec()).unwrap();
+        assert_eq!(p.next_recv_status(), StatusCode::OK, "HELLO on receive connection");
+        p
+    }
+
+    /// Next STATUS on the send connection, skipping keep-alives.
+    pub fn send_status(&mut self) -> StatusCode {
+        loop {
+            match self.send_rx.read_msg().unwrap() {
+                Some(Msg::Status(StatusCode::KEEP_ALIVE)) => continue,
+                Some(Msg::Status(c)) => return c,
+                other => panic!("expected STATUS on send connection, got {other:?}"),
+            }
+        }
+    }
+
+    fn next_recv_status(&mut self) -> StatusCode {
+        loop {
+            match self.recv_rx.read_msg().unwrap() {
+                Some(Msg::Status(StatusCode::KEEP_ALIVE)) => continue,
+                Some(Msg::Status(c)) => return c,
+                other => panic!("expected STATUS on receive connection, got {other:?}"),
+            }
+        }
+    }
+
+    /// Sends a frame on the send connection and returns the reply.
+    pub fn request(&mut self, frame: &Frame<'_>) -> StatusCode {
+        self.send.write_all(&frame.to_vec()).unwrap();
+        self.send_status()
+    }
+
+    /// Uploads `data` as `name` in chunks of `chunk` bytes; returns the first
+    /// non-OK reply, or the reply to FINISHED.
+    pub fn upload(&mut self, name: &str, data: &[u8], chunk: usize) -> StatusCode {
+        for piece in data.chunks(chunk.max(1)) {
+            let st = self.request(&Frame::Chunk { digest: md5(piece), name, payload: piece });
+            if st != StatusCode::OK {
+                return st;
+            }
+        }
+        self.request(&Frame::Finished { digest: md5(data), name })
+    }
+
+    /// Receives one transfer on the receive connection, answering every
+    /// message with `reply` (OK normally). Returns `(name, Some(content))` for
+    /// a file or `(name, None)` for a DELETE.
+    pub fn receive_one(&mut self) -> (String, Option<Vec<u8>>) {
+        let mut data = Vec::new();
+        loop {
+            let msg = self.recv_rx.read_msg().unwrap().expect("server closed receive connection");
+            match msg {
+                Msg::Status(StatusCode::KEEP_ALIVE) => continue,
+                Msg::Chunk { digest, len, .. } => {
+                    let payload = self.recv_rx.read_payload(len).unwrap();
+                    assert_eq!(md5(payload), digest, "chunk digest from server");
+                    data.extend_from_slice(payload);
+                    self.recv.write_all(&Frame::Status(StatusCode::OK).to_vec()).unwrap();
+                }
+                Msg::Named { kind, digest, name } => {
+                    self.recv.write_all(&Frame::Status(StatusCode::OK).to_vec()).unwrap();
+                    match kind {
+                        dropsync_proto::MessageType::Finished => {
+                            assert_eq!(md5(&data), digest, "whole-file digest of {name}");
+                            return (name, Some(data));
+                        }
+                        dropsync_proto::MessageType::Delete => return (name, None),
+                        dropsync_proto::MessageType::Abort => data.clear(),
+                        other => panic!("unexpected {other:?} from server"),
+                    }
+                }
+                other => panic!("unexpected message from server: {other:?}"),
+            }
+        }
+    }
+
+    /// Receives the META-DATA transfer sent right after pairing.
+    pub fn receive_metadata(&mut self) -> String {
+        let (name, data) = self.receive_one();
+        assert_eq!(name, dropsync_proto::name::METADATA_TRANSFER_NAME);
+        String::from_utf8(data.expect("a file")).unwrap()
+    }
+}
