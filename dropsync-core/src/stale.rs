@@ -31,11 +31,16 @@ impl SeenVersions {
     /// (its 0x0001 to FINISHED or DELETE), uploaded or deleted by itself, or
     /// matched by an identical upload.
     pub fn saw(&mut self, path: &str, version: u64) {
-        if version <= self.listed_upto {
-            return;
-        }
         let v = self.seen.entry(path.to_owned()).or_insert(0);
         *v = (*v).max(version);
+    }
+
+    /// True when `version` of `path` reached the client after pairing:
+    /// delivered to it, or uploaded or deleted by it. Unlike
+    /// [`Self::has_seen`], the META-DATA listing does not count: this is the
+    /// update queue's "already has it" check (section 6).
+    pub fn has_received(&self, path: &str, version: u64) -> bool {
+        self.seen.get(path).is_some_and(|&v| v >= version)
     }
 
     /// True when the client is known to have seen `version` of `path`.
@@ -88,5 +93,9 @@ mod tests {
         assert!(seen.has_seen("f", 5));
         assert!(!seen.has_seen("f", 6));
         assert!(!seen.has_seen("g", 1));
+        let mut listed = SeenVersions::new(10);
+        assert!(listed.has_seen("g", 4) && !listed.has_received("g", 4));
+        listed.saw("g", 4);
+        assert!(listed.has_received("g", 4));
     }
 }

@@ -61,6 +61,9 @@ pub struct FrameReader<R> {
     end: usize,
     /// Bytes still to discard from an earlier `skip` that timed out.
     pending_skip: u64,
+    /// Bytes read from the stream so far: a liveness signal that moves even
+    /// in the middle of a long payload.
+    total_read: u64,
 }
 
 fn is_timeout(e: &io::Error) -> bool {
@@ -76,7 +79,7 @@ pub fn is_timeout_error(e: &io::Error) -> bool {
 impl<R: Read> FrameReader<R> {
     /// Wraps a stream.
     pub fn new(inner: R) -> Self {
-        Self { inner, buf: vec![0; INITIAL_BUFFER], start: 0, end: 0, pending_skip: 0 }
+        Self { inner, buf: vec![0; INITIAL_BUFFER], start: 0, end: 0, pending_skip: 0, total_read: 0 }
     }
 
     /// The wrapped stream.
@@ -108,6 +111,7 @@ impl<R: Read> FrameReader<R> {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
                     self.end += n;
+                    self.total_read += n as u64;
                     return Ok(true);
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -167,9 +171,15 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
-    /// Reads a chunk payload of `len` bytes (already checked against the
-    /// receiver's maximum) and borrows it from the buffer.
-    pub fn read_payload(&mut self, len: u32) -> io::Result<&[u8]> {
+    /// Bytes read from the stream so far (for dead-peer checks).
+    pub fn total_read(&self) -> u64 {
+        self.total_read
+    }
+
+    /// Reads until `len` payload bytes are buffered, so that a following
+    /// [`Self::read_payload`] cannot block or time out. Safe to call again
+    /// after a timeout.
+    pub fn ensure(&mut self, len: u32) -> io::Result<()> {
         self.drain_skip()?;
         let len = len as usize;
         while self.buffered() < len {
@@ -177,6 +187,14 @@ impl<R: Read> FrameReader<R> {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
+        Ok(())
+    }
+
+    /// Reads a chunk payload of `len` bytes (already checked against the
+    /// receiver's maximum) and borrows it from the buffer.
+    pub fn read_payload(&mut self, len: u32) -> io::Result<&[u8]> {
+        self.ensure(len)?;
+        let len = len as usize;
         let out = &self.buf[self.start..self.start + len];
         self.start += len;
         Ok(out)

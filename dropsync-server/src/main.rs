@@ -1,2 +1,155 @@
-//! The dropsync server.
-fn main() {}
+//! `./server <send port> <receive port>`: the dropsync server.
+//!
+//! Threads: two accept loops (one per port and address), a handshake thread
+//! per new connection that becomes the session's receiving thread (send
+//! connection) or reply reader (receive connection), and the senders: a
+//! fixed worker pool fed by a FIFO work queue, or one dedicated thread per
+//! client with `--workers 0`. The main thread waits for SIGINT/SIGTERM.
+
+mod accept;
+mod blobs;
+mod cli;
+mod clock;
+mod inbound;
+mod library;
+mod outbound;
+mod server;
+mod session;
+mod workers;
+
+use std::io::Write;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, TcpListener};
+use std::process::ExitCode;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use clap::Parser;
+use dropsync_core::pairing::ConnKind;
+use signal_hook::consts::{SIGINT, SIGTERM};
+
+use crate::server::{Config, Server};
+
+/// Stack size of every server thread: they keep their buffers on the heap,
+/// so a small stack lets thousands of clients fit in little memory.
+const THREAD_STACK: usize = 256 * 1024;
+
+/// How long shutdown waits for outgoing transfers to send their ABORT.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// Spawns a named thread with the server's stack size.
+pub fn spawn_named<F: FnOnce() + Send + 'static>(name: &str, f: F) -> std::io::Result<JoinHandle<()>> {
+    std::thread::Builder::new().name(name.into()).stack_size(THREAD_STACK).spawn(f)
+}
+
+fn init_logging(args: &cli::Args) {
+    let level = match (args.quiet, args.verbose) {
+        (true, _) => "warn",
+        (_, 0) => "info",
+        (_, 1) => "debug",
+        _ => "trace",
+    };
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(level))
+        .format_target(false)
+        .init();
+}
+
+fn bind_all(addrs: &[IpAddr], port: u16) -> std::io::Result<Vec<TcpListener>> {
+    if addrs.is_empty() {
+        // Dual-stack wildcard where IPv6 exists, IPv4 wildcard otherwise.
+        return match TcpListener::bind(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port)) {
+            Ok(l) => Ok(vec![l]),
+            Err(_) => Ok(vec![TcpListener::bind(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), port))?]),
+        };
+    }
+    let mut out = Vec::new();
+    let mut port = port;
+    for a in addrs {
+        let l = TcpListener::bind(SocketAddr::new(*a, port))?;
+        // With port 0, every address shares the port the first one got.
+        port = l.local_addr()?.port();
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn run(args: cli::Args) -> Result<(), String> {
+    std::fs::create_dir_all(&args.root).map_err(|e| format!("cannot create root {}: {e}", args.root.display()))?;
+    let library = library::Library::open(&args.root, !args.no_conflict_copies)
+        .map_err(|e| format!("cannot open storage in {}: {e}", args.root.display()))?;
+    let config = Config {
+        chunk_size: args.chunk_size,
+        max_chunk: args.max_chunk,
+        max_name_len: usize::from(args.max_name_len),
+        max_clients: args.max_clients,
+        keepalive: Duration::from_secs(args.keepalive_secs.max(1)),
+        dead_peer: Duration::from_secs(args.dead_peer_secs.max(1)),
+        workers: args.workers,
+    };
+    let send = bind_all(&args.bind, args.send_port).map_err(|e| format!("cannot listen on send port {}: {e}", args.send_port))?;
+    let recv = bind_all(&args.bind, args.receive_port)
+        .map_err(|e| format!("cannot listen on receive port {}: {e}", args.receive_port))?;
+    let server = Arc::new(Server::new(config, library));
+    {
+        use dropsync_core::meta_server::Catalog;
+        log::info!(
+            "storage {}: {} path(s); {} worker(s){}",
+            args.root.display(),
+            server.library.catalog.len(),
+            args.workers,
+            if args.workers == 0 { " (dedicated sender per client)" } else { "" }
+        );
+    }
+    let addr = |ls: &[TcpListener]| ls.first().and_then(|l| l.local_addr().ok()).map_or("?".into(), |a| a.to_string());
+    // Machine-readable, for scripts and tests that start us on port 0.
+    println!("dropsync-server listening send={} receive={}", addr(&send), addr(&recv));
+    let _ = std::io::stdout().flush();
+
+    for (listeners, kind) in [(send, ConnKind::Send), (recv, ConnKind::Receive)] {
+        for l in listeners {
+            let s = server.clone();
+            spawn_named("accept", move || accept::accept_loop(s, l, kind)).map_err(|e| e.to_string())?;
+        }
+    }
+    for _ in 0..args.workers {
+        let s = server.clone();
+        spawn_named("worker", move || workers::pool_worker(s)).map_err(|e| e.to_string())?;
+    }
+
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
+    let sig = signals.forever().next().unwrap_or(SIGTERM);
+    log::info!("signal {sig}: shutting down");
+    shutdown(&server);
+    Ok(())
+}
+
+/// Section 9: stop taking work, ABORT outgoing transfers in progress,
+/// persist META-DATA, shutdown(2) every socket.
+fn shutdown(server: &Server) {
+    server.shutting_down.store(true, Ordering::SeqCst);
+    server.work.close();
+    let deadline = Instant::now() + SHUTDOWN_GRACE;
+    while server.active_transfers.load(Ordering::SeqCst) > 0 && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    for s in server.all_sessions() {
+        server.end_session(&s, "server shutting down");
+    }
+    if let Err(e) = server.library.catalog.compact() {
+        log::error!("cannot write the META-DATA snapshot: {e}");
+    }
+    log::info!("stopped");
+}
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    init_logging(&args);
+    match run(args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("server: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

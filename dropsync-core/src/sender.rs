@@ -1,0 +1,683 @@
+//! One outgoing transfer, stop-and-wait (PROTOCOL.md section 4).
+//!
+//! A [`Sender`] decides what the sending half of one file transfer puts on
+//! the wire next: which byte range to send as the next FILE_CHUNK, when to
+//! send FINISHED with the whole-file MD5, and when to send ABORT. It waits
+//! for the reply to each message before it offers the next one. The caller
+//! reads the file: it reads the range a [`SendStep::Chunk`] names, hands the
+//! bytes to [`Sender::record_chunk`] (which hashes each byte of the file
+//! exactly once, however often a chunk is resent) and sends the frame.
+//!
+//! Reading of the contract: a 0x0004 reply means the receiver rejected our
+//! chunk size, and the same size would fail again (and the third time abort
+//! the transfer), so the sender resends at the same offset with half the
+//! length (at least 1 byte) and keeps that smaller size for the rest of the
+//! transfer.
+
+use dropsync_proto::digest::finish;
+use dropsync_proto::{md5, Digest, Md5, StatusCode};
+
+use crate::receiver::absorb;
+use crate::CoreError;
+
+/// The next message the transfer wants sent (see [`Sender::poll_send`]).
+#[must_use = "the step names a message the caller must send"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SendStep {
+    /// Read `len` bytes at `offset` of the file, pass them to
+    /// [`Sender::record_chunk`], and send them as a FILE_CHUNK.
+    Chunk {
+        /// Where the chunk starts in the file.
+        offset: u64,
+        /// How many bytes to read and send (1 ..= the chunk size).
+        len: u32,
+    },
+    /// Send FINISHED with `digest`, the MD5 of the whole file.
+    Finished {
+        /// MD5 of every byte of the file, as recorded.
+        digest: Digest,
+    },
+    /// Send ABORT (its digest is zeros, section 2).
+    Abort,
+}
+
+/// What [`Sender::record_chunk`] made of the bytes the caller read.
+#[must_use = "only `Send` means the chunk may go on the wire"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Recorded {
+    /// Send the bytes now as a FILE_CHUNK with this digest (the MD5 of the
+    /// bytes). From here on a reply is awaited.
+    Send {
+        /// MD5 of the chunk's payload, for the FILE_CHUNK header.
+        digest: Digest,
+    },
+    /// The bytes are not the announced length (the file shrank or grew
+    /// while it was being sent). Nothing changed and nothing may be sent;
+    /// the caller calls [`Sender::abort`] (or reads again and records again).
+    WrongLength {
+        /// The length the chunk step announced.
+        expected: u32,
+        /// The length the caller passed.
+        got: usize,
+    },
+    /// No chunk step is waiting for its bytes (nothing was announced, or it
+    /// was already recorded): the call is ignored and nothing may be sent.
+    NotExpected,
+}
+
+/// How a transfer ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Outcome {
+    /// The receiver answered FINISHED with 0x0001: the file is committed on
+    /// the other side.
+    Committed,
+    /// The transfer was aborted by us: the receiver answered our ABORT, or
+    /// nothing had been sent yet when it was aborted.
+    Aborted,
+    /// The receiver ended the transfer with this code (0x0008, 0x0010,
+    /// 0x0020, 0x0040, 0x0080, 0x0100, or any code the rules do not expect
+    /// at that point). No ABORT follows (section 4).
+    Refused(StatusCode),
+}
+
+/// What a reply did to the transfer (see [`Sender::handle_reply`]).
+#[must_use = "the transfer may be over"]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReplyOutcome {
+    /// The transfer goes on: call [`Sender::poll_send`] for the next message.
+    Continue,
+    /// The transfer is over with this outcome; drop the sender.
+    Over(Outcome),
+}
+
+/// The message a reply is awaited for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Sent {
+    Chunk { len: u32 },
+    Finished,
+    Abort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum State {
+    /// Nothing on the wire: `poll_send` decides the next message.
+    Idle,
+    /// A chunk step was handed out; its bytes have not been recorded yet.
+    Announced {
+        len: u32,
+    },
+    /// A message is on the wire; its reply is awaited.
+    Waiting(Sent),
+    Over(Outcome),
+}
+
+/// The sending half of one transfer of a file of known size.
+#[derive(Debug, Clone)]
+pub struct Sender {
+    size: u64,
+    /// Largest chunk to send; halved on each 0x0004.
+    chunk_size: u32,
+    /// Bytes the receiver has accepted; the next chunk starts here.
+    acked: u64,
+    /// Bytes fed into `hasher`: every byte below this, exactly once.
+    hashed: u64,
+    hasher: Md5,
+    state: State,
+    abort_requested: bool,
+    /// True once any message of this transfer has gone on the wire, i.e.
+    /// the receiver may have opened the transfer.
+    opened: bool,
+}
+
+impl Sender {
+    /// A transfer of a file of `size` bytes in chunks of at most
+    /// `chunk_size` bytes (the client's `<chunk size>` or the server's
+    /// configured size). A `chunk_size` of 0 is taken as 1 so the transfer
+    /// always makes progress.
+    pub fn new(size: u64, chunk_size: u32) -> Self {
+        Sender {
+            size,
+            chunk_size: chunk_size.max(1),
+            acked: 0,
+            hashed: 0,
+            hasher: Md5::default(),
+            state: State::Idle,
+            abort_requested: false,
+            opened: false,
+        }
+    }
+
+    /// The next message to send, or `None` while a reply is awaited or once
+    /// the transfer is over.
+    ///
+    /// Call it again after every [`handle_reply`](Self::handle_reply) and
+    /// [`abort`](Self::abort). After a `Chunk` step the caller must call
+    /// [`record_chunk`](Self::record_chunk) (or `abort`) before anything
+    /// goes on the wire; until then this returns the same `Chunk` again. An
+    /// empty file's first step is `Finished` with the MD5 of no bytes.
+    #[must_use = "a step names a message to send"]
+    pub fn poll_send(&mut self) -> Option<SendStep> {
+        match self.state {
+            State::Announced { len } => Some(SendStep::Chunk {
+                offset: self.acked,
+                len,
+            }),
+            State::Waiting(_) | State::Over(_) => None,
+            State::Idle if self.abort_requested => {
+                self.state = State::Waiting(Sent::Abort);
+                self.opened = true;
+                Some(SendStep::Abort)
+            }
+            State::Idle if self.acked < self.size => {
+                let remaining = self.size - self.acked;
+                let len = u64::from(self.chunk_size).min(remaining) as u32;
+                self.state = State::Announced { len };
+                Some(SendStep::Chunk {
+                    offset: self.acked,
+                    len,
+                })
+            }
+            State::Idle => {
+                // Every acknowledged chunk was recorded first, so the hash
+                // covers the whole file exactly once here.
+                let digest = finish(std::mem::take(&mut self.hasher));
+                self.state = State::Waiting(Sent::Finished);
+                self.opened = true;
+                Some(SendStep::Finished { digest })
+            }
+        }
+    }
+
+    /// Records the bytes read for the announced chunk, right before they are
+    /// sent. Bytes of the file not hashed before are added to the whole-file
+    /// MD5 (a resent or shortened chunk hashes nothing twice). Returns the
+    /// chunk's own MD5 for the FILE_CHUNK header when it may be sent.
+    pub fn record_chunk(&mut self, payload: &[u8]) -> Recorded {
+        let State::Announced { len } = self.state else {
+            return Recorded::NotExpected;
+        };
+        if payload.len() != len as usize {
+            return Recorded::WrongLength {
+                expected: len,
+                got: payload.len(),
+            };
+        }
+        let end = self.acked + u64::from(len);
+        if self.hashed < end {
+            // `hashed >= acked` always holds: bytes are only acknowledged
+            // after they were recorded, and recording hashes up to their end.
+            let skip = self.hashed.saturating_sub(self.acked) as usize;
+            absorb(&mut self.hasher, &payload[skip..]);
+            self.hashed = end;
+        }
+        self.state = State::Waiting(Sent::Chunk { len });
+        self.opened = true;
+        Recorded::Send {
+            digest: md5(payload),
+        }
+    }
+
+    /// Handles the STATUS that answers the message on the wire.
+    ///
+    /// To a chunk: 0x0001 moves on, 0x0002 resends the same chunk, 0x0004
+    /// resends at the same offset with half the length. To FINISHED: 0x0001
+    /// is `Committed`. To ABORT: 0x0001 is `Aborted`. Any abort code, and
+    /// any code the rules do not expect there, ends the transfer as
+    /// `Refused(code)`. A keep-alive (0x8000) is not a reply: it is ignored
+    /// and answers `Continue`.
+    ///
+    /// # Errors
+    /// [`CoreError::UnexpectedReply`] when no message of this transfer is
+    /// waiting for a reply; nothing changes, and the caller should treat
+    /// the connection as broken.
+    pub fn handle_reply(&mut self, status: StatusCode) -> Result<ReplyOutcome, CoreError> {
+        if status == StatusCode::KEEP_ALIVE {
+            return Ok(ReplyOutcome::Continue);
+        }
+        let State::Waiting(sent) = self.state else {
+            return Err(CoreError::UnexpectedReply(status.0));
+        };
+        let over = match (sent, status) {
+            (Sent::Chunk { len }, StatusCode::OK) => {
+                self.acked += u64::from(len);
+                None
+            }
+            (Sent::Chunk { .. }, StatusCode::RESEND_CHECKSUM) => None,
+            (Sent::Chunk { len }, StatusCode::RESEND_SIZE) => {
+                self.chunk_size = (len / 2).max(1);
+                None
+            }
+            (Sent::Finished, StatusCode::OK) => Some(Outcome::Committed),
+            (Sent::Abort, StatusCode::OK) => Some(Outcome::Aborted),
+            (_, code) => Some(Outcome::Refused(code)),
+        };
+        Ok(match over {
+            Some(outcome) => {
+                self.state = State::Over(outcome);
+                ReplyOutcome::Over(outcome)
+            }
+            None => {
+                self.state = State::Idle;
+                ReplyOutcome::Continue
+            }
+        })
+    }
+
+    /// Gives up on the transfer (the file changed or vanished, or the
+    /// program is shutting down).
+    ///
+    /// If nothing has gone on the wire yet, the transfer ends at once and
+    /// this returns `Some(Outcome::Aborted)`: the receiver never opened it,
+    /// so no ABORT is needed. Otherwise the next [`poll_send`](Self::poll_send)
+    /// returns `Abort` — after the reply to the message on the wire, if any
+    /// (a refusal in that reply ends the transfer without ABORT). Too late
+    /// once FINISHED or ABORT is on the wire, or the transfer is over: then
+    /// nothing changes.
+    #[must_use = "the operation may have ended at once"]
+    pub fn abort(&mut self) -> Option<Outcome> {
+        match self.state {
+            State::Over(_) | State::Waiting(Sent::Finished | Sent::Abort) => None,
+            State::Idle | State::Announced { .. } if !self.opened => {
+                self.state = State::Over(Outcome::Aborted);
+                Some(Outcome::Aborted)
+            }
+            State::Idle | State::Announced { .. } | State::Waiting(Sent::Chunk { .. }) => {
+                if let State::Announced { .. } = self.state {
+                    // The announced chunk was never recorded, so never sent.
+                    self.state = State::Idle;
+                }
+                self.abort_requested = true;
+                None
+            }
+        }
+    }
+
+    /// The file's size as given to [`new`](Self::new).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Bytes the receiver has accepted so far, for progress reports.
+    pub fn bytes_acknowledged(&self) -> u64 {
+        self.acked
+    }
+
+    /// True while a message of this transfer is on the wire without reply.
+    pub fn is_awaiting_reply(&self) -> bool {
+        matches!(self.state, State::Waiting(_))
+    }
+
+    /// How the transfer ended, or `None` while it goes on.
+    pub fn outcome(&self) -> Option<Outcome> {
+        match self.state {
+            State::Over(outcome) => Some(outcome),
+            _ => None,
+        }
+    }
+
+    /// True once the transfer is over; the sender is then inert.
+    pub fn is_over(&self) -> bool {
+        self.outcome().is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    /// Polls, expecting a chunk, and records the right bytes of `file`.
+    fn send_chunk(tx: &mut Sender, file: &[u8]) -> (u64, u32) {
+        let Some(SendStep::Chunk { offset, len }) = tx.poll_send() else {
+            panic!("expected a chunk");
+        };
+        let bytes = &file[offset as usize..offset as usize + len as usize];
+        assert_eq!(
+            tx.record_chunk(bytes),
+            Recorded::Send { digest: md5(bytes) }
+        );
+        (offset, len)
+    }
+
+    fn reply(tx: &mut Sender, code: StatusCode) -> ReplyOutcome {
+        match tx.handle_reply(code) {
+            Ok(r) => r,
+            Err(e) => panic!("unexpected error {e}"),
+        }
+    }
+
+    #[test]
+    fn chunks_then_finished_then_committed() {
+        let file = b"0123456789";
+        let mut tx = Sender::new(10, 4);
+        assert_eq!(send_chunk(&mut tx, file), (0, 4));
+        assert_eq!(tx.poll_send(), None, "stop-and-wait");
+        assert_eq!(reply(&mut tx, StatusCode::OK), ReplyOutcome::Continue);
+        assert_eq!(send_chunk(&mut tx, file), (4, 4));
+        let _ = reply(&mut tx, StatusCode::OK);
+        assert_eq!(send_chunk(&mut tx, file), (8, 2));
+        let _ = reply(&mut tx, StatusCode::OK);
+        assert_eq!(
+            tx.poll_send(),
+            Some(SendStep::Finished { digest: md5(file) })
+        );
+        assert_eq!(
+            reply(&mut tx, StatusCode::OK),
+            ReplyOutcome::Over(Outcome::Committed)
+        );
+        assert_eq!(tx.poll_send(), None);
+        assert_eq!(tx.outcome(), Some(Outcome::Committed));
+    }
+
+    #[test]
+    fn empty_file_starts_with_finished() {
+        let mut tx = Sender::new(0, 4);
+        assert_eq!(
+            tx.poll_send(),
+            Some(SendStep::Finished { digest: md5(b"") })
+        );
+        assert_eq!(
+            reply(&mut tx, StatusCode::OK),
+            ReplyOutcome::Over(Outcome::Committed)
+        );
+    }
+
+    #[test]
+    fn bad_checksum_resends_same_chunk_without_rehashing() {
+        let file = b"abcdef";
+        let mut tx = Sender::new(6, 3);
+        assert_eq!(send_chunk(&mut tx, file), (0, 3));
+        let _ = reply(&mut tx, StatusCode::RESEND_CHECKSUM);
+        assert_eq!(send_chunk(&mut tx, file), (0, 3));
+        let _ = reply(&mut tx, StatusCode::OK);
+        assert_eq!(send_chunk(&mut tx, file), (3, 3));
+        let _ = reply(&mut tx, StatusCode::OK);
+        assert_eq!(
+            tx.poll_send(),
+            Some(SendStep::Finished { digest: md5(file) })
+        );
+    }
+
+    #[test]
+    fn invalid_size_halves_the_length_and_keeps_it() {
+        let file = [9u8; 20];
+        let mut tx = Sender::new(20, 8);
+        assert_eq!(send_chunk(&mut tx, &file), (0, 8));
+        let _ = reply(&mut tx, StatusCode::RESEND_SIZE);
+        assert_eq!(send_chunk(&mut tx, &file), (0, 4));
+        let _ = reply(&mut tx, StatusCode::OK);
+        assert_eq!(
+            send_chunk(&mut tx, &file),
+            (4, 4),
+            "the smaller size is kept"
+        );
+        let _ = reply(&mut tx, StatusCode::RESEND_SIZE);
+        assert_eq!(send_chunk(&mut tx, &file), (4, 2));
+        let _ = reply(&mut tx, StatusCode::RESEND_SIZE);
+        assert_eq!(send_chunk(&mut tx, &file), (4, 1));
+        let _ = reply(&mut tx, StatusCode::RESEND_SIZE);
+        assert_eq!(send_chunk(&mut tx, &file), (4, 1), "never below one byte");
+    }
+
+    #[test]
+    fn halving_hashes_each_byte_once() {
+        let file: Vec<u8> = (0..=255).collect();
+        let mut tx = Sender::new(256, 100);
+        let _ = send_chunk(&mut tx, &file);
+        let _ = reply(&mut tx, StatusCode::RESEND_SIZE);
+        loop {
+            match tx.poll_send() {
+                Some(SendStep::Chunk { offset, len }) => {
+                    assert_eq!(len, 50.min(256 - offset as u32));
+                    let bytes = &file[offset as usize..(offset + u64::from(len)) as usize];
+                    assert!(matches!(tx.record_chunk(bytes), Recorded::Send { .. }));
+                    let _ = reply(&mut tx, StatusCode::OK);
+                }
+                Some(SendStep::Finished { digest }) => {
+                    assert_eq!(digest, md5(&file));
+                    break;
+                }
+                other => panic!("unexpected step {other:?}"),
+            }
+        }
+        assert_eq!(
+            reply(&mut tx, StatusCode::OK),
+            ReplyOutcome::Over(Outcome::Committed)
+        );
+    }
+
+    #[test]
+    fn refusals_end_the_transfer_without_abort() {
+        for code in [
+            0x0008, 0x0010, 0x0020, 0x0040, 0x0080, 0x0100, 0x0200, 0x0000,
+        ] {
+            let code = StatusCode(code);
+            let mut tx = Sender::new(5, 5);
+            let _ = send_chunk(&mut tx, b"hello");
+            assert_eq!(
+                reply(&mut tx, code),
+                ReplyOutcome::Over(Outcome::Refused(code))
+            );
+            assert_eq!(tx.poll_send(), None);
+            assert_eq!(tx.abort(), None);
+            assert_eq!(tx.poll_send(), None);
+        }
+    }
+
+    #[test]
+    fn finished_answered_with_mismatch_is_refused() {
+        let mut tx = Sender::new(0, 4);
+        let _ = tx.poll_send();
+        assert_eq!(
+            reply(&mut tx, StatusCode::ABORT_CHECKSUM),
+            ReplyOutcome::Over(Outcome::Refused(StatusCode::ABORT_CHECKSUM))
+        );
+    }
+
+    #[test]
+    fn abort_before_anything_is_sent_ends_at_once() {
+        let mut tx = Sender::new(10, 4);
+        assert_eq!(tx.abort(), Some(Outcome::Aborted));
+        assert_eq!(tx.poll_send(), None);
+
+        let mut tx = Sender::new(10, 4);
+        let _ = tx.poll_send(); // announced, never recorded: never sent
+        assert_eq!(tx.abort(), Some(Outcome::Aborted));
+        assert_eq!(tx.poll_send(), None);
+    }
+
+    #[test]
+    fn abort_mid_transfer_waits_for_the_reply_then_sends_abort() {
+        let mut tx = Sender::new(10, 4);
+        let _ = send_chunk(&mut tx, b"0123456789");
+        assert_eq!(tx.abort(), None);
+        assert_eq!(tx.poll_send(), None, "the chunk's reply comes first");
+        let _ = reply(&mut tx, StatusCode::OK);
+        assert_eq!(tx.poll_send(), Some(SendStep::Abort));
+        assert_eq!(tx.poll_send(), None);
+        assert_eq!(
+            reply(&mut tx, StatusCode::OK),
+            ReplyOutcome::Over(Outcome::Aborted)
+        );
+    }
+
+    #[test]
+    fn short_read_is_reported_then_aborted() {
+        let mut tx = Sender::new(10, 4);
+        let _ = send_chunk(&mut tx, b"0123456789");
+        let _ = reply(&mut tx, StatusCode::OK);
+        let _ = tx.poll_send();
+        assert_eq!(
+            tx.record_chunk(b"45"),
+            Recorded::WrongLength {
+                expected: 4,
+                got: 2
+            }
+        );
+        assert_eq!(
+            tx.poll_send(),
+            Some(SendStep::Chunk { offset: 4, len: 4 }),
+            "unchanged"
+        );
+        assert_eq!(tx.abort(), None);
+        assert_eq!(tx.poll_send(), Some(SendStep::Abort));
+    }
+
+    #[test]
+    fn abort_after_finished_is_too_late() {
+        let mut tx = Sender::new(0, 4);
+        let _ = tx.poll_send();
+        assert_eq!(tx.abort(), None);
+        assert_eq!(
+            reply(&mut tx, StatusCode::OK),
+            ReplyOutcome::Over(Outcome::Committed)
+        );
+    }
+
+    #[test]
+    fn misuse_is_answered_not_panicked() {
+        let mut tx = Sender::new(4, 4);
+        assert_eq!(tx.record_chunk(b"abcd"), Recorded::NotExpected);
+        assert!(matches!(
+            tx.handle_reply(StatusCode::OK),
+            Err(CoreError::UnexpectedReply(1))
+        ));
+        assert_eq!(
+            tx.handle_reply(StatusCode::KEEP_ALIVE).ok(),
+            Some(ReplyOutcome::Continue)
+        );
+        let _ = tx.poll_send();
+        assert!(
+            tx.handle_reply(StatusCode::OK).is_err(),
+            "announced is not sent"
+        );
+        assert!(matches!(tx.record_chunk(b"abcd"), Recorded::Send { .. }));
+        assert_eq!(tx.record_chunk(b"abcd"), Recorded::NotExpected);
+        assert_eq!(
+            Sender::new(3, 0).poll_send(),
+            Some(SendStep::Chunk { offset: 0, len: 1 })
+        );
+    }
+
+    #[derive(Debug, Clone, Copy)]
+    enum Action {
+        Reply(u16),
+        Abort,
+        ShortRead,
+        KeepAlive,
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            8 => Just(Action::Reply(0x0001)),
+            2 => Just(Action::Reply(0x0002)),
+            2 => Just(Action::Reply(0x0004)),
+            1 => prop::sample::select(vec![0x0008u16, 0x0010, 0x0020, 0x0040, 0x0080, 0x0100, 0x0300])
+                .prop_map(Action::Reply),
+            1 => Just(Action::Abort),
+            1 => Just(Action::ShortRead),
+            1 => Just(Action::KeepAlive),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(256))]
+
+        /// Whatever the replies, chunks stay inside the file, only one message
+        /// is ever on the wire, offsets never go back, nothing is offered
+        /// after the end, and a commit carries the MD5 of the whole file.
+        #[test]
+        fn sender_is_safe_under_any_replies(
+            file in proptest::collection::vec(any::<u8>(), 0..200),
+            chunk_size in 0u32..64,
+            actions in proptest::collection::vec(action(), 0..80),
+        ) {
+            let mut tx = Sender::new(file.len() as u64, chunk_size);
+            let mut last_offset = 0u64;
+            let mut finished_digest = None;
+            for act in actions {
+                if tx.is_over() { break; }
+                let step = tx.poll_send();
+                match step {
+                    Some(SendStep::Chunk { offset, len }) => {
+                        prop_assert!(len >= 1 && len <= chunk_size.max(1));
+                        prop_assert!(offset + u64::from(len) <= file.len() as u64);
+                        prop_assert!(offset >= last_offset);
+                        last_offset = offset;
+                        let bytes = &file[offset as usize..(offset + u64::from(len)) as usize];
+                        if let Action::ShortRead = act {
+                            let r = tx.record_chunk(&bytes[1..]);
+                            prop_assert!(matches!(r, Recorded::WrongLength { .. }), "short read must be refused");
+                            let _ = tx.abort();
+                            continue;
+                        }
+                        prop_assert_eq!(tx.record_chunk(bytes), Recorded::Send { digest: md5(bytes) });
+                    }
+                    Some(SendStep::Finished { digest }) => finished_digest = Some(digest),
+                    Some(SendStep::Abort) | None => {}
+                }
+                prop_assert!(tx.is_over() || tx.is_awaiting_reply());
+                prop_assert_eq!(tx.poll_send(), None, "stop-and-wait");
+                match act {
+                    Action::Reply(code) => {
+                        let awaiting = tx.is_awaiting_reply();
+                        let r = tx.handle_reply(StatusCode(code));
+                        prop_assert_eq!(r.is_ok(), awaiting);
+                        if let Ok(ReplyOutcome::Over(Outcome::Committed)) = r {
+                            prop_assert_eq!(finished_digest, Some(md5(&file)));
+                        }
+                    }
+                    Action::Abort => { let _ = tx.abort(); }
+                    Action::ShortRead | Action::KeepAlive => {
+                        prop_assert_eq!(
+                            tx.handle_reply(StatusCode::KEEP_ALIVE).ok(),
+                            Some(ReplyOutcome::Continue)
+                        );
+                    }
+                }
+            }
+            if tx.is_over() {
+                prop_assert_eq!(tx.poll_send(), None);
+            }
+        }
+
+        /// Against a receiver that asks for resends at random (but never more
+        /// than the abort thresholds), the transfer always commits, with the
+        /// MD5 of the whole file however the chunks were split and resent.
+        #[test]
+        fn resends_never_corrupt_the_whole_file_digest(
+            file in proptest::collection::vec(any::<u8>(), 0..300),
+            chunk_size in 1u32..64,
+            resends in proptest::collection::vec(0u8..3, 0..4),
+        ) {
+            let mut tx = Sender::new(file.len() as u64, chunk_size);
+            let mut resends = resends.into_iter();
+            let mut steps = 0;
+            loop {
+                steps += 1;
+                prop_assert!(steps < 1000, "no progress");
+                match tx.poll_send() {
+                    Some(SendStep::Chunk { offset, len }) => {
+                        let bytes = &file[offset as usize..(offset + u64::from(len)) as usize];
+                        prop_assert!(matches!(tx.record_chunk(bytes), Recorded::Send { .. }), "chunk must be sendable");
+                        let code = match resends.next() {
+                            Some(1) => StatusCode::RESEND_CHECKSUM,
+                            Some(2) => StatusCode::RESEND_SIZE,
+                            _ => StatusCode::OK,
+                        };
+                        prop_assert_eq!(tx.handle_reply(code).ok(), Some(ReplyOutcome::Continue));
+                    }
+                    Some(SendStep::Finished { digest }) => {
+                        prop_assert_eq!(digest, md5(&file));
+                        prop_assert_eq!(
+                            tx.handle_reply(StatusCode::OK).ok(),
+                            Some(ReplyOutcome::Over(Outcome::Committed))
+                        );
+                        break;
+                    }
+                    other => prop_assert!(false, "unexpected step {:?}", other),
+                }
+            }
+        }
+    }
+}

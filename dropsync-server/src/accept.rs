@@ -1,0 +1,188 @@
+//! Accepting connections and pairing them into sessions (PROTOCOL.md
+//! section 1). Every accepted connection gets its own thread at once, so no
+//! accept ever waits for a busy worker.
+
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::mpsc::{self, RecvTimeoutError};
+use std::sync::Arc;
+use std::time::Duration;
+
+use dropsync_core::locks::SessionId;
+use dropsync_core::pairing::{ConnId, ConnKind, PairEvent, HELLO_TIMEOUT};
+use dropsync_core::wire::{is_timeout_error, write_status, FrameReader, Msg};
+use dropsync_proto::{ClientId, StatusCode};
+
+use crate::server::Server;
+use crate::session::{Session, SessionParts};
+use crate::{inbound, outbound, spawn_named, workers};
+
+/// How long a connection waits for its partner before it is dropped.
+const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// One connection that said HELLO (or turned out to be legacy) and waits
+/// for, or has found, its partner.
+pub struct Half {
+    kind: ConnKind,
+    stream: TcpStream,
+    reader: FrameReader<TcpStream>,
+    peer: SocketAddr,
+    label: String,
+    /// A legacy connection's first message, already read: processed first.
+    first: Option<Msg>,
+    /// Dropped when the partner takes this half, which wakes the parked thread.
+    _taken: mpsc::Sender<()>,
+}
+
+/// Accepts on `listener` forever, one thread per connection.
+pub fn accept_loop(server: Arc<Server>, listener: TcpListener, kind: ConnKind) {
+    for conn in listener.incoming() {
+        if server.is_shutting_down() {
+            return;
+        }
+        match conn {
+            Ok(stream) => {
+                let server = server.clone();
+                let spawned = spawn_named("handshake", move || handshake(&server, stream, kind));
+                if let Err(e) = spawned {
+                    log::error!("cannot start a thread for a new connection: {e}");
+                }
+            }
+            Err(e) => log::warn!("accept failed: {e}"),
+        }
+    }
+}
+
+fn handshake(server: &Arc<Server>, mut stream: TcpStream, kind: ConnKind) {
+    let Ok(peer) = stream.peer_addr() else { return };
+    let conn = server.next_id();
+    let setup = stream
+        .set_nodelay(true)
+        .and_then(|()| stream.set_read_timeout(Some(HELLO_TIMEOUT)))
+        .and_then(|()| stream.try_clone());
+    let mut reader = match setup {
+        Ok(s) => FrameReader::new(s),
+        Err(e) => return log::warn!("{peer}: cannot set up connection: {e}"),
+    };
+    if server.client_count() >= server.config.max_clients {
+        return log::warn!("{peer}: refused, {} clients connected already", server.config.max_clients);
+    }
+    let (client_id, label, first) = match reader.read_msg() {
+        Ok(Some(Msg::Hello { client_id, label })) => {
+            if write_status(&mut stream, StatusCode::OK).is_err() {
+                return;
+            }
+            (Some(client_id), label, None)
+        }
+        Ok(Some(other)) => (None, String::new(), Some(other)),
+        Err(e) if is_timeout_error(&e) => (None, String::new(), None),
+        Ok(None) | Err(_) => return log::debug!("{peer}: closed before saying anything"),
+    };
+    log::debug!("{peer}: {:?} connection {conn}, {}", kind, if client_id.is_some() { "HELLO" } else { "legacy" });
+    let (taken_tx, taken_rx) = mpsc::channel();
+    let half = Half { kind, stream, reader, peer, label, first, _taken: taken_tx };
+    if let Some(pair) = announce(server, conn, half, client_id) {
+        start_session(server, pair);
+        return;
+    }
+    // Parked: wait until the partner takes this half, or give up.
+    if let Err(RecvTimeoutError::Timeout) = taken_rx.recv_timeout(PAIR_TIMEOUT) {
+        let mut hs = server.handshakes();
+        if hs.parked.remove(&conn).is_some() {
+            let _ = hs.pairing.on_closed(conn);
+            log::info!("{peer}: no partner connection within {PAIR_TIMEOUT:?}; closed");
+        }
+    }
+}
+
+/// A complete pair, ready to become a session.
+struct Pair {
+    id: SessionId,
+    send: Half,
+    receive: Half,
+    client_id: Option<ClientId>,
+    replaces: Option<SessionId>,
+}
+
+/// Tells the pairing table about `half`; parks it, or returns the pair it
+/// completes.
+fn announce(server: &Server, conn: ConnId, half: Half, client_id: Option<ClientId>) -> Option<Pair> {
+    let mut hs = server.handshakes();
+    let event = match client_id {
+        Some(id) => hs.pairing.on_hello(conn, half.kind, id),
+        None => hs.pairing.on_legacy(conn, half.kind, half.peer.ip().to_canonical()),
+    };
+    match event {
+        PairEvent::Waiting => {
+            hs.parked.insert(conn, half);
+            None
+        }
+        PairEvent::Superseded(old) => {
+            hs.parked.remove(&old);
+            hs.parked.insert(conn, half);
+            None
+        }
+        PairEvent::Paired { send, receive, client_id, replaces } => {
+            let other = if send == conn { receive } else { send };
+            let Some(other_half) = hs.parked.remove(&other) else {
+                log::error!("pairing named connection {other}, which is not waiting");
+                return None;
+            };
+            let (send_half, recv_half) =
+                if half.kind == ConnKind::Send { (half, other_half) } else { (other_half, half) };
+            let replaces = replaces.and_then(|(s, _)| hs.by_conn.get(&s).copied());
+            let id = server.next_id();
+            hs.by_conn.insert(send, id);
+            hs.by_conn.insert(receive, id);
+            Some(Pair { id, send: send_half, receive: recv_half, client_id, replaces })
+        }
+        PairEvent::AlreadyKnown => None,
+    }
+}
+
+fn start_session(server: &Arc<Server>, pair: Pair) {
+    if let Some(old) = pair.replaces.and_then(|id| server.session(id)) {
+        server.end_session(&old, "replaced by a new session with the same client id");
+    }
+    let Pair { id, send, receive, client_id, .. } = pair;
+    let label = if send.label.is_empty() { receive.label.clone() } else { send.label.clone() };
+    let clones = (send.stream.try_clone(), receive.stream.try_clone(), receive.stream.try_clone());
+    let (Ok(send_sock), Ok(recv_sock), Ok(out)) = clones else {
+        return log::warn!("{}: cannot clone sockets", send.peer);
+    };
+    let (reply_tx, reply_rx) = mpsc::channel();
+    let session = Arc::new(Session::new(SessionParts {
+        id,
+        client_id,
+        label,
+        peer: send.peer,
+        send_sock,
+        recv_sock,
+        out,
+        replies: reply_rx,
+    }));
+    // In the client list before the snapshot, so that no commit can fall
+    // between the two (a commit seen by both is just sent twice).
+    server.add_session(session.clone());
+    let (text, listed_upto) = {
+        use dropsync_core::meta_server::Catalog;
+        server.library.catalog.snapshot()
+    };
+    session.set_metadata(text, listed_upto);
+    log::info!("connect {} (client id {}); {} client(s)", session.who(), client_id.map_or("legacy".into(), |c| dropsync_proto::digest::to_hex(&c)), server.client_count());
+
+    let tick = server.config.tick();
+    let _ = send.stream.set_read_timeout(Some(tick));
+    let _ = receive.stream.set_read_timeout(Some(tick));
+    let (s1, s2, s3) = (server.clone(), server.clone(), server.clone());
+    let (sess1, sess2, sess3) = (session.clone(), session.clone(), session.clone());
+    let Half { stream: send_stream, reader: send_reader, first, .. } = send;
+    let recv_reader = receive.reader;
+    let ok = spawn_named("inbound", move || inbound::run(&s1, &sess1, send_reader, send_stream, first)).is_ok()
+        && spawn_named("replies", move || outbound::read_replies(&s2, &sess2, recv_reader, reply_tx)).is_ok()
+        && (server.config.workers > 0
+            || spawn_named("sender", move || workers::dedicated(&s3, &sess3)).is_ok());
+    if !ok {
+        return server.end_session(&session, "cannot start its threads");
+    }
+    server.wake(&session);
+}

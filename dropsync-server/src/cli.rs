@@ -1,0 +1,56 @@
+//! Command line: the assignment's two ports, plus `--flags` with defaults.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+
+use clap::Parser;
+use dropsync_proto::limits::{DEFAULT_MAX_CHUNK, MAX_NAME_LEN};
+
+/// dropsync server: keeps one folder's files and pushes every finished
+/// upload to every other connected client.
+#[derive(Debug, Parser)]
+#[command(name = "server", version, about)]
+pub struct Args {
+    /// Port clients send files to (client → server transfers). 0 picks a free port.
+    pub send_port: u16,
+    /// Port clients receive files from (server → client transfers). 0 picks a free port.
+    pub receive_port: u16,
+    /// Folder holding the files and META-DATA (created if missing).
+    #[arg(long, default_value = "dropsync-data")]
+    pub root: PathBuf,
+    /// Address to listen on; repeat for several. Default: every IPv6 and IPv4 address.
+    #[arg(long = "bind", value_name = "ADDR")]
+    pub bind: Vec<IpAddr>,
+    /// Worker threads serving outgoing transfers from one FIFO work queue;
+    /// 0 gives every client its own dedicated sending thread instead.
+    #[arg(long, default_value_t = 4)]
+    pub workers: usize,
+    /// Size of the chunks the server sends.
+    #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(1..=i64::from(DEFAULT_MAX_CHUNK)))]
+    pub chunk_size: u32,
+    /// Largest chunk payload accepted from clients (larger: 0x0004, payload skipped).
+    #[arg(long, default_value_t = DEFAULT_MAX_CHUNK, value_parser = clap::value_parser!(u32).range(1..=i64::from(DEFAULT_MAX_CHUNK)))]
+    pub max_chunk: u32,
+    /// Longest file name accepted, in bytes (at most the protocol's 4096).
+    #[arg(long, default_value_t = MAX_NAME_LEN as u16, value_parser = clap::value_parser!(u16).range(1..=MAX_NAME_LEN as i64))]
+    pub max_name_len: u16,
+    /// Most clients connected at once; connections beyond are closed at once.
+    #[arg(long, default_value_t = 4096)]
+    pub max_clients: usize,
+    /// Send a keep-alive after this many seconds without sending on a connection.
+    #[arg(long, default_value_t = 15)]
+    pub keepalive_secs: u64,
+    /// Close a connection after this many seconds without receiving anything.
+    #[arg(long, default_value_t = 60)]
+    pub dead_peer_secs: u64,
+    /// The assignment's plain overwrite: never keep an overwritten version
+    /// as a conflict copy (PROTOCOL.md section 6 [ext]).
+    #[arg(long)]
+    pub no_conflict_copies: bool,
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (warnings and errors only).
+    #[arg(short, long)]
+    pub quiet: bool,
+}

@@ -1,0 +1,353 @@
+//! A session's receiving thread, on its send connection: uploads, DELETE and
+//! REQUEST from the client, each answered with exactly one STATUS in order
+//! (PROTOCOL.md sections 4 and 6). Any number of uploads may be open at
+//! once, interleaved chunk by chunk ([ext] parallel transfers): each has its
+//! own lock, temp file and receiver state machine.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::net::TcpStream;
+use std::sync::Arc;
+
+use dropsync_core::locks::{try_lock_guard, try_lock_owned, OwnedLockGuard};
+use dropsync_core::meta_server::Catalog;
+use dropsync_core::receiver::{ChunkVerdict, FinishVerdict, HeaderVerdict, Receiver};
+use dropsync_core::wire::{is_timeout_error, FrameReader, Msg};
+use dropsync_proto::name::validate_name;
+use dropsync_proto::{Digest, Frame, MessageType, StatusCode};
+
+use crate::blobs::TempBlob;
+use crate::library::Committed;
+use crate::server::Server;
+use crate::session::Session;
+
+/// Why the loop ended (for the disconnect log line).
+type End = String;
+
+/// One upload in progress.
+struct Upload {
+    receiver: Receiver,
+    temp: TempBlob,
+    /// Held for the whole transfer; dropping the upload releases it.
+    _lock: OwnedLockGuard,
+}
+
+struct Inbound<'a> {
+    server: &'a Arc<Server>,
+    session: &'a Arc<Session>,
+    out: TcpStream,
+    open: HashMap<String, Upload>,
+    scratch: Vec<u8>,
+    last_sent_ms: u64,
+    last_heard_ms: u64,
+    last_total_read: u64,
+}
+
+/// Serves the send connection until it closes, then ends the session.
+pub fn run(
+    server: &Arc<Server>,
+    session: &Arc<Session>,
+    mut reader: FrameReader<TcpStream>,
+    out: TcpStream,
+    first: Option<Msg>,
+) {
+    let now = server.now_ms();
+    let mut conn = Inbound {
+        server,
+        session,
+        out,
+        open: HashMap::new(),
+        scratch: Vec::with_capacity(64),
+        last_sent_ms: now,
+        last_heard_ms: now,
+        last_total_read: 0,
+    };
+    let why = conn.serve(&mut reader, first);
+    let partial = conn.open.len();
+    // Dropping the open uploads removes their temp files and releases locks.
+    drop(conn);
+    let why = if partial > 0 { format!("{why}; {partial} partial upload(s) dropped") } else { why };
+    server.end_session(session, &why);
+}
+
+impl Inbound<'_> {
+    fn serve(&mut self, reader: &mut FrameReader<TcpStream>, mut pending: Option<Msg>) -> End {
+        loop {
+            if self.session.is_closed() {
+                return "session closed".into();
+            }
+            if self.server.is_shutting_down() {
+                return "server shutting down".into();
+            }
+            let msg = match pending.take() {
+                Some(m) => m,
+                None => match reader.read_msg() {
+                    Ok(Some(m)) => m,
+                    Ok(None) => return "client closed the send connection".into(),
+                    Err(e) if is_timeout_error(&e) => {
+                        if let Err(end) = self.idle(reader) {
+                            return end;
+                        }
+                        continue;
+                    }
+                    Err(e) => return format!("send connection: {e}"),
+                },
+            };
+            self.last_heard_ms = self.server.now_ms();
+            if let Err(end) = self.handle(msg, reader) {
+                return end;
+            }
+        }
+    }
+
+    /// Called when a read times out: keep-alive and dead-peer checks (section 9).
+    fn idle(&mut self, reader: &FrameReader<TcpStream>) -> Result<(), End> {
+        let now = self.server.now_ms();
+        if reader.total_read() != self.last_total_read {
+            self.last_total_read = reader.total_read();
+            self.last_heard_ms = now;
+        }
+        let cfg = &self.server.config;
+        if now.saturating_sub(self.last_heard_ms) > cfg.dead_peer.as_millis() as u64 {
+            return Err(format!("nothing received for {:?}", cfg.dead_peer));
+        }
+        if now.saturating_sub(self.last_sent_ms) >= cfg.keepalive.as_millis() as u64 {
+            self.reply(StatusCode::KEEP_ALIVE)?;
+        }
+        if self.server.is_shutting_down() || self.session.is_closed() {
+            return Err("server shutting down".into());
+        }
+        Ok(())
+    }
+
+    fn reply(&mut self, code: StatusCode) -> Result<(), End> {
+        self.scratch.clear();
+        Frame::Status(code).encode(&mut self.scratch);
+        self.out.write_all(&self.scratch).map_err(|e| format!("send connection: {e}"))?;
+        self.last_sent_ms = self.server.now_ms();
+        if code != StatusCode::OK && code != StatusCode::KEEP_ALIVE {
+            log::debug!("{}: replied {code}", self.session.who());
+        }
+        Ok(())
+    }
+
+    /// Waits (through read timeouts) until `len` payload bytes are buffered.
+    fn wait_payload(&mut self, reader: &mut FrameReader<TcpStream>, len: u32) -> Result<(), End> {
+        loop {
+            match reader.ensure(len) {
+                Ok(()) => return Ok(()),
+                Err(e) if is_timeout_error(&e) => self.idle(reader)?,
+                Err(e) => return Err(format!("send connection: {e}")),
+            }
+        }
+    }
+
+    fn skip(&mut self, reader: &mut FrameReader<TcpStream>, len: u32) -> Result<(), End> {
+        match reader.skip(u64::from(len)) {
+            // A timed-out skip completes during the next read.
+            Err(e) if !is_timeout_error(&e) => Err(format!("send connection: {e}")),
+            _ => Ok(()),
+        }
+    }
+
+    fn name_ok(&self, name: &str) -> bool {
+        name.len() <= self.server.config.max_name_len && validate_name(name, false).is_ok()
+    }
+
+    fn handle(&mut self, msg: Msg, reader: &mut FrameReader<TcpStream>) -> Result<(), End> {
+        match msg {
+            Msg::Chunk { digest, name, len } => self.on_chunk(reader, digest, name, len),
+            Msg::Named { kind: MessageType::Finished, digest, name } => self.on_finished(digest, name),
+            Msg::Named { kind: MessageType::Abort, name, .. } => {
+                // Section 4: an ABORT naming no transfer open on this
+                // connection is answered OK and changes nothing.
+                if self.open.remove(&name).is_some() {
+                    log::info!("{}: upload of {name:?} aborted by the client", self.session.who());
+                }
+                self.reply(StatusCode::OK)
+            }
+            Msg::Named { kind: MessageType::Delete, name, .. } => self.on_delete(name),
+            Msg::Named { kind: MessageType::Request, name, .. } => self.on_request(name),
+            Msg::Named { kind, name, .. } => {
+                log::warn!("{}: unexpected {kind:?} for {name:?}", self.session.who());
+                self.reply(StatusCode::BAD_REQUEST)
+            }
+            Msg::Status(StatusCode::KEEP_ALIVE) => Ok(()),
+            Msg::Status(code) => {
+                log::debug!("{}: ignoring unsolicited STATUS {code}", self.session.who());
+                Ok(())
+            }
+            // A repeated HELLO changes nothing.
+            Msg::Hello { .. } => self.reply(StatusCode::OK),
+            Msg::Rejected(e) => {
+                log::warn!("{}: rejected a message: {e}", self.session.who());
+                self.reply(StatusCode::BAD_REQUEST)
+            }
+        }
+    }
+
+    /// The open upload of `name`, opening it (try-lock, temp file) if this is
+    /// its first message. `Err(code)` refuses the transfer.
+    fn upload(&mut self, name: &str) -> Result<&mut Upload, StatusCode> {
+        if !self.open.contains_key(name) {
+            let Some(lock) = try_lock_owned(&self.server.library.locks, name, self.session.id) else {
+                return Err(StatusCode::LOCKED);
+            };
+            let temp = self.server.library.blobs.temp().map_err(|e| {
+                log::error!("cannot create a temp file: {e}");
+                StatusCode::IN_USE
+            })?;
+            let receiver = Receiver::new(self.server.config.max_chunk);
+            self.open.insert(name.to_owned(), Upload { receiver, temp, _lock: lock });
+        }
+        self.open.get_mut(name).ok_or(StatusCode::IN_USE)
+    }
+
+    fn on_chunk(&mut self, reader: &mut FrameReader<TcpStream>, digest: Digest, name: String, len: u32) -> Result<(), End> {
+        if !self.name_ok(&name) {
+            self.skip(reader, len)?;
+            return self.reply(StatusCode::BAD_REQUEST);
+        }
+        let verdict = match self.upload(&name) {
+            Ok(up) => up.receiver.handle_chunk_header(len),
+            Err(code) => {
+                self.skip(reader, len)?;
+                if code == StatusCode::LOCKED {
+                    log::info!("{}: {name:?} is locked by another transfer", self.session.who());
+                }
+                return self.reply(code);
+            }
+        };
+        let reply = match verdict {
+            HeaderVerdict::ReadPayload => {
+                self.wait_payload(reader, len)?;
+                let payload = reader.read_payload(len).map_err(|e| format!("send connection: {e}"))?;
+                let Some(up) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
+                match up.receiver.handle_chunk(&digest, payload) {
+                    ChunkVerdict::Append { reply } => match up.temp.append(payload) {
+                        Ok(()) => reply,
+                        Err(e) => {
+                            log::error!("{name:?}: cannot write temp file: {e}");
+                            self.open.remove(&name);
+                            StatusCode::IN_USE
+                        }
+                    },
+                    ChunkVerdict::Resend { reply } => reply,
+                    ChunkVerdict::Discard { reply } => {
+                        log::info!("{}: upload of {name:?} aborted: {reply}", self.session.who());
+                        self.open.remove(&name);
+                        reply
+                    }
+                    ChunkVerdict::Closed => {
+                        self.open.remove(&name);
+                        StatusCode::BAD_REQUEST
+                    }
+                }
+            }
+            HeaderVerdict::Resend { reply } => {
+                self.skip(reader, len)?;
+                reply
+            }
+            HeaderVerdict::Discard { reply } => {
+                self.skip(reader, len)?;
+                log::info!("{}: upload of {name:?} aborted: {reply}", self.session.who());
+                self.open.remove(&name);
+                reply
+            }
+            HeaderVerdict::Closed => {
+                self.skip(reader, len)?;
+                self.open.remove(&name);
+                StatusCode::BAD_REQUEST
+            }
+        };
+        self.reply(reply)
+    }
+
+    fn on_finished(&mut self, digest: Digest, name: String) -> Result<(), End> {
+        if !self.name_ok(&name) {
+            return self.reply(StatusCode::BAD_REQUEST);
+        }
+        let verdict = match self.upload(&name) {
+            Ok(up) => up.receiver.handle_finished(&digest),
+            Err(code) => return self.reply(code),
+        };
+        let Some(upload) = self.open.remove(&name) else { return self.reply(StatusCode::IN_USE) };
+        match verdict {
+            FinishVerdict::Commit { size, digest, .. } => {
+                let Upload { temp, _lock: lock, .. } = upload;
+                let lib = &self.server.library;
+                match lib.commit_upload(&name, temp, digest, size, &self.session.seen, &self.session.label) {
+                    Ok(Committed::New { entry, conflict }) => {
+                        self.reply(StatusCode::OK)?;
+                        drop(lock);
+                        log::info!("{}: committed {name:?} version {} ({size} bytes)", self.session.who(), entry.version);
+                        if let Some(c) = conflict {
+                            self.server.fan_out(&c, None);
+                        }
+                        self.server.fan_out(&name, Some(self.session.id));
+                        Ok(())
+                    }
+                    Ok(_) => {
+                        log::debug!("{}: {name:?} unchanged", self.session.who());
+                        self.reply(StatusCode::OK)
+                    }
+                    Err(e) => {
+                        log::error!("{}: cannot commit {name:?}: {e}", self.session.who());
+                        self.reply(StatusCode::IN_USE)
+                    }
+                }
+            }
+            FinishVerdict::Discard { reply } => {
+                log::info!("{}: upload of {name:?} discarded: {reply}", self.session.who());
+                self.reply(reply)
+            }
+            FinishVerdict::Closed => self.reply(StatusCode::BAD_REQUEST),
+        }
+    }
+
+    fn on_delete(&mut self, name: String) -> Result<(), End> {
+        if !self.name_ok(&name) {
+            return self.reply(StatusCode::BAD_REQUEST);
+        }
+        let lib = &self.server.library;
+        let Some(lock) = try_lock_guard(lib.locks.as_ref(), &name, self.session.id) else {
+            return self.reply(StatusCode::LOCKED);
+        };
+        match lib.commit_delete(&name, &self.session.seen) {
+            Ok(Committed::New { entry, conflict }) => {
+                self.reply(StatusCode::OK)?;
+                drop(lock);
+                log::info!("{}: deleted {name:?} (version {})", self.session.who(), entry.version);
+                if let Some(c) = conflict {
+                    self.server.fan_out(&c, None);
+                }
+                self.server.fan_out(&name, Some(self.session.id));
+                Ok(())
+            }
+            Ok(_) => self.reply(StatusCode::NO_FILE),
+            Err(e) => {
+                log::error!("{}: cannot delete {name:?}: {e}", self.session.who());
+                self.reply(StatusCode::IN_USE)
+            }
+        }
+    }
+
+    fn on_request(&mut self, name: String) -> Result<(), End> {
+        if !self.name_ok(&name) {
+            return self.reply(StatusCode::BAD_REQUEST);
+        }
+        let lib = &self.server.library;
+        if lib.locks.holder(&name).is_some() {
+            return self.reply(StatusCode::IN_USE);
+        }
+        if lib.catalog.get(&name).is_none() {
+            return self.reply(StatusCode::NO_FILE);
+        }
+        self.reply(StatusCode::OK)?;
+        self.session.requested.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone());
+        if self.session.queue.push(&name) || self.server.config.workers > 0 {
+            self.server.wake(self.session);
+        }
+        Ok(())
+    }
+}

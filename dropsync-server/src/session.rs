@@ -1,0 +1,143 @@
+//! One connected client: its two connections, its update queue and what it
+//! is known to have seen. An entry of the server's connected-client list.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc::Receiver;
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use dropsync_core::locks::SessionId;
+use dropsync_core::queue::UpdateQueue;
+use dropsync_core::stale::SeenVersions;
+use dropsync_proto::{ClientId, StatusCode};
+
+/// A paired client session.
+#[derive(Debug)]
+pub struct Session {
+    /// Server-unique id (also the lock owner id).
+    pub id: SessionId,
+    /// The id from HELLO; `None` for a legacy pair.
+    pub client_id: Option<ClientId>,
+    /// The label from HELLO (for logs and conflict-copy names).
+    pub label: String,
+    /// The client's address (of its send connection).
+    pub peer: SocketAddr,
+    /// Paths waiting to be sent to this client (FIFO, no duplicates).
+    pub queue: UpdateQueue,
+    /// Versions this client is known to have seen (section 6).
+    pub seen: Mutex<SeenVersions>,
+    /// Paths it asked for with REQUEST: always served, never skipped.
+    pub requested: Mutex<HashSet<String>>,
+    /// The META-DATA transfer that must precede every other transfer.
+    pub metadata: Mutex<MetaState>,
+    /// Writer of the receive connection (transfers to the client, keep-alives).
+    out: Mutex<TcpStream>,
+    /// STATUS replies read from the receive connection, keep-alives removed.
+    pub replies: Mutex<Receiver<StatusCode>>,
+    send_sock: TcpStream,
+    recv_sock: TcpStream,
+    closed: AtomicBool,
+    /// When something was last written on the receive connection (ms on the
+    /// server's clock), for keep-alives.
+    pub out_last_sent: AtomicU64,
+}
+
+/// The pieces a session is made of.
+pub struct SessionParts {
+    /// Server-unique id.
+    pub id: SessionId,
+    /// HELLO id.
+    pub client_id: Option<ClientId>,
+    /// HELLO label.
+    pub label: String,
+    /// Peer address.
+    pub peer: SocketAddr,
+    /// Send connection (a clone; the inbound thread reads the original).
+    pub send_sock: TcpStream,
+    /// Receive connection (a clone).
+    pub recv_sock: TcpStream,
+    /// Writer for the receive connection.
+    pub out: TcpStream,
+    /// Replies channel.
+    pub replies: Receiver<StatusCode>,
+}
+
+/// Where a session is with its first transfer, the META-DATA.
+#[derive(Debug)]
+pub enum MetaState {
+    /// The session is in the client list but its snapshot is not taken
+    /// yet: nothing may be sent (fan-outs wait in the queue).
+    Pending,
+    /// The text to send first.
+    Ready(String),
+    /// Sent; the queue may be served.
+    Sent,
+}
+
+impl Session {
+    /// Assembles a session.
+    pub fn new(p: SessionParts) -> Self {
+        Self {
+            id: p.id,
+            client_id: p.client_id,
+            label: p.label,
+            peer: p.peer,
+            queue: UpdateQueue::new(),
+            seen: Mutex::new(SeenVersions::new(0)),
+            requested: Mutex::new(HashSet::new()),
+            metadata: Mutex::new(MetaState::Pending),
+            out: Mutex::new(p.out),
+            replies: Mutex::new(p.replies),
+            send_sock: p.send_sock,
+            recv_sock: p.recv_sock,
+            closed: AtomicBool::new(false),
+            out_last_sent: AtomicU64::new(0),
+        }
+    }
+
+    /// Sets the META-DATA to send first and the version counter it lists
+    /// every version up to (section 6: what the client has seen).
+    pub fn set_metadata(&self, text: String, listed_upto: u64) {
+        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = SeenVersions::new(listed_upto);
+        *self.metadata.lock().unwrap_or_else(PoisonError::into_inner) = MetaState::Ready(text);
+    }
+
+    /// The receive connection's writer, held for one whole message.
+    pub fn out(&self) -> MutexGuard<'_, TcpStream> {
+        self.out.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Writes one encoded message on the receive connection.
+    pub fn write_out(&self, bytes: &[u8], now_ms: u64) -> std::io::Result<()> {
+        let r = self.out().write_all(bytes);
+        self.out_last_sent.store(now_ms, Ordering::Relaxed);
+        r
+    }
+
+    /// Marks the session closed and shuts both sockets down (which wakes
+    /// its blocked threads). True only for the first call.
+    pub fn close(&self) -> bool {
+        if self.closed.swap(true, Ordering::SeqCst) {
+            return false;
+        }
+        self.queue.close();
+        let _ = self.send_sock.shutdown(Shutdown::Both);
+        let _ = self.recv_sock.shutdown(Shutdown::Both);
+        true
+    }
+
+    /// True once the session has ended.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// A short name for logs.
+    pub fn who(&self) -> String {
+        match &self.client_id {
+            Some(id) => format!("#{} {:?}@{} [{}]", self.id, self.label, self.peer, &dropsync_proto::digest::to_hex(id)[..8]),
+            None => format!("#{} {:?}@{} [legacy]", self.id, self.label, self.peer),
+        }
+    }
+}
