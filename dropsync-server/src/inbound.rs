@@ -276,10 +276,13 @@ impl Inbound<'_> {
             FinishVerdict::Commit { size, digest, .. } => {
                 let Upload { temp, _lock: lock, .. } = upload;
                 let lib = &self.server.library;
-                match lib.commit_upload(&name, temp, digest, size, &self.session.seen, &self.session.label) {
+                let result = lib.commit_upload(&name, temp, digest, size, &self.session.seen, &self.session.label);
+                // Released before the reply, so a client that hears OK can
+                // start its next change of the file at once.
+                drop(lock);
+                match result {
                     Ok(Committed::New { entry, conflict }) => {
                         self.reply(StatusCode::OK)?;
-                        drop(lock);
                         log::info!("{}: committed {name:?} version {} ({size} bytes)", self.session.who(), entry.version);
                         if let Some(c) = conflict {
                             self.server.fan_out(&c, None);
@@ -313,10 +316,11 @@ impl Inbound<'_> {
         let Some(lock) = try_lock_guard(lib.locks.as_ref(), &name, self.session.id) else {
             return self.reply(StatusCode::LOCKED);
         };
-        match lib.commit_delete(&name, &self.session.seen) {
+        let result = lib.commit_delete(&name, &self.session.seen);
+        drop(lock);
+        match result {
             Ok(Committed::New { entry, conflict }) => {
                 self.reply(StatusCode::OK)?;
-                drop(lock);
                 log::info!("{}: deleted {name:?} (version {})", self.session.who(), entry.version);
                 if let Some(c) = conflict {
                     self.server.fan_out(&c, None);

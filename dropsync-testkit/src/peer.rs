@@ -130,3 +130,40 @@ impl RawPeer {
         String::from_utf8(data.expect("a file")).unwrap()
     }
 }
+
+impl RawPeer {
+    /// Writes a frame on the send connection without waiting for a reply.
+    pub fn send_frame(&mut self, frame: &Frame<'_>) {
+        self.send.write_all(&frame.to_vec()).unwrap();
+    }
+
+    /// Asserts that nothing but keep-alives arrives on the receive
+    /// connection for `quiet` (e.g. the uploader gets no copy of its file).
+    pub fn expect_no_transfer(&mut self, quiet: Duration) {
+        self.recv.set_read_timeout(Some(quiet)).unwrap();
+        let res = loop {
+            match self.recv_rx.read_msg() {
+                Ok(Some(Msg::Status(StatusCode::KEEP_ALIVE))) => continue,
+                other => break other,
+            }
+        };
+        self.recv.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
+        match res {
+            Err(e) if dropsync_core::wire::is_timeout_error(&e) => {}
+            other => panic!("expected silence on the receive connection, got {other:?}"),
+        }
+    }
+
+    /// True once the server has closed the send connection (reads EOF or
+    /// an error within the read timeout).
+    pub fn send_closed_by_server(&mut self) -> bool {
+        loop {
+            match self.send_rx.read_msg() {
+                Ok(Some(Msg::Status(StatusCode::KEEP_ALIVE))) => continue,
+                Ok(None) => return true,
+                Err(e) => return !dropsync_core::wire::is_timeout_error(&e),
+                Ok(Some(_)) => return false,
+            }
+        }
+    }
+}

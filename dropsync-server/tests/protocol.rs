@@ -1,0 +1,384 @@
+//! The server driven byte for byte by scripted raw peers (no client):
+//! every rule of PROTOCOL.md sections 1, 4, 6 and 8 the issue lists.
+
+use std::time::{Duration, Instant};
+
+use dropsync_proto::metadata::{parse_document, EntryState};
+use dropsync_proto::{md5, Frame, StatusCode, ZERO_DIGEST};
+use dropsync_testkit::{wait_until, RawPeer, ServerProc, TempDir, DEFAULT_DEADLINE};
+
+fn start(tmp: &TempDir, extra: &[&str]) -> ServerProc {
+    ServerProc::start(&tmp.join("root"), extra)
+}
+
+fn peer(s: &ServerProc, id: u8, label: &str) -> RawPeer {
+    let mut p = RawPeer::hello(s.send_port, s.recv_port, [id; 16], label);
+    p.receive_metadata();
+    p
+}
+
+fn fan_out_to_two_others(workers: &str) {
+    let tmp = TempDir::new("fanout");
+    let s = start(&tmp, &["--workers", workers]);
+    let mut a = peer(&s, 1, "a");
+    let mut b = peer(&s, 2, "b");
+    let mut c = peer(&s, 3, "c");
+    let data: Vec<u8> = (0..100_000u32).map(|i| (i * 7) as u8).collect();
+    assert_eq!(a.upload("dir/sub/f.bin", &data, 8192), StatusCode::OK);
+    for p in [&mut b, &mut c] {
+        let (name, got) = p.receive_one();
+        assert_eq!(name, "dir/sub/f.bin");
+        assert!(got.as_deref() == Some(&data[..]), "content differs");
+    }
+    a.expect_no_transfer(Duration::from_millis(300));
+    // A DELETE fans out too.
+    assert_eq!(a.request(&Frame::Delete { digest: md5(&data), name: "dir/sub/f.bin" }), StatusCode::OK);
+    assert_eq!(b.receive_one(), ("dir/sub/f.bin".to_string(), None));
+    assert_eq!(c.receive_one(), ("dir/sub/f.bin".to_string(), None));
+}
+
+#[test]
+fn upload_fans_out_with_worker_pool() {
+    fan_out_to_two_others("4");
+}
+
+#[test]
+fn upload_fans_out_with_dedicated_senders() {
+    fan_out_to_two_others("0");
+}
+
+#[test]
+fn metadata_on_connect_lists_files_and_tombstones() {
+    let tmp = TempDir::new("meta");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    assert_eq!(a.upload("keep.txt", b"kept", 100), StatusCode::OK);
+    assert_eq!(a.upload("gone.txt", b"gone", 100), StatusCode::OK);
+    assert_eq!(a.request(&Frame::Delete { digest: md5(b"gone"), name: "gone.txt" }), StatusCode::OK);
+    let mut b = RawPeer::hello(s.send_port, s.recv_port, [2; 16], "b");
+    let doc = parse_document(&b.receive_metadata()).unwrap();
+    let keep = doc.entries.iter().find(|e| e.path == "keep.txt").unwrap();
+    let gone = doc.entries.iter().find(|e| e.path == "gone.txt").unwrap();
+    assert_eq!((keep.state, keep.md5, keep.size, keep.version), (EntryState::File, md5(b"kept"), 4, 1));
+    assert_eq!((gone.state, gone.version), (EntryState::Deleted, 3));
+}
+
+#[test]
+fn locked_file_refuses_second_upload_and_delete() {
+    let tmp = TempDir::new("lock");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    let mut b = peer(&s, 2, "b");
+    assert_eq!(b.upload("f", b"old", 10), StatusCode::OK);
+    assert_eq!(a.receive_one().0, "f");
+    // A opens a transfer of f and holds it.
+    assert_eq!(a.request(&Frame::Chunk { digest: md5(b"new"), name: "f", payload: b"new" }), StatusCode::OK);
+    assert_eq!(b.request(&Frame::Chunk { digest: md5(b"x"), name: "f", payload: b"x" }), StatusCode::LOCKED);
+    assert_eq!(b.request(&Frame::Finished { digest: md5(b""), name: "f" }), StatusCode::LOCKED);
+    assert_eq!(b.request(&Frame::Delete { digest: md5(b"old"), name: "f" }), StatusCode::LOCKED);
+    // REQUEST of a file being written: 0x0080.
+    assert_eq!(b.request(&Frame::Request { digest: md5(b"old"), name: "f" }), StatusCode::IN_USE);
+    // A finishes; the lock is free again and B gets A's version.
+    assert_eq!(a.request(&Frame::Finished { digest: md5(b"new"), name: "f" }), StatusCode::OK);
+    assert_eq!(b.receive_one(), ("f".to_string(), Some(b"new".to_vec())));
+    assert_eq!(b.request(&Frame::Delete { digest: md5(b"new"), name: "f" }), StatusCode::OK);
+}
+
+#[test]
+fn delete_and_request_of_unknown_files() {
+    let tmp = TempDir::new("unknown");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    assert_eq!(a.request(&Frame::Delete { digest: ZERO_DIGEST, name: "nope" }), StatusCode::NO_FILE);
+    assert_eq!(a.request(&Frame::Request { digest: ZERO_DIGEST, name: "nope" }), StatusCode::NO_FILE);
+    assert_eq!(a.upload("f", b"1", 1), StatusCode::OK);
+    assert_eq!(a.request(&Frame::Delete { digest: md5(b"1"), name: "f" }), StatusCode::OK);
+    // Already a tombstone.
+    assert_eq!(a.request(&Frame::Delete { digest: ZERO_DIGEST, name: "f" }), StatusCode::NO_FILE);
+    // An explicit REQUEST is always served, even for one's own upload.
+    assert_eq!(a.upload("g", b"mine", 2), StatusCode::OK);
+    assert_eq!(a.request(&Frame::Request { digest: md5(b"mine"), name: "g" }), StatusCode::OK);
+    assert_eq!(a.receive_one(), ("g".to_string(), Some(b"mine".to_vec())));
+    // REQUEST of a tombstone is served as a DELETE.
+    assert_eq!(a.request(&Frame::Request { digest: ZERO_DIGEST, name: "f" }), StatusCode::OK);
+    assert_eq!(a.receive_one(), ("f".to_string(), None));
+}
+
+#[test]
+fn three_bad_checksums_then_abort() {
+    let tmp = TempDir::new("cksum");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    let bad = Frame::Chunk { digest: md5(b"something else"), name: "f", payload: b"data" };
+    assert_eq!(a.request(&bad), StatusCode::RESEND_CHECKSUM);
+    assert_eq!(a.request(&bad), StatusCode::RESEND_CHECKSUM);
+    assert_eq!(a.request(&bad), StatusCode::ABORT_CHECKSUM);
+    // The transfer is over and its lock released: a fresh upload works.
+    assert_eq!(a.upload("f", b"data", 2), StatusCode::OK);
+}
+
+#[test]
+fn resend_after_one_bad_checksum_succeeds() {
+    let tmp = TempDir::new("resend");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    let mut b = peer(&s, 2, "b");
+    let bad = Frame::Chunk { digest: md5(b"xx"), name: "f", payload: b"ab" };
+    assert_eq!(a.request(&bad), StatusCode::RESEND_CHECKSUM);
+    assert_eq!(a.request(&Frame::Chunk { digest: md5(b"ab"), name: "f", payload: b"ab" }), StatusCode::OK);
+    assert_eq!(a.request(&Frame::Finished { digest: md5(b"ab"), name: "f" }), StatusCode::OK);
+    assert_eq!(b.receive_one(), ("f".to_string(), Some(b"ab".to_vec())));
+}
+
+#[test]
+fn three_invalid_sizes_then_abort_without_buffering() {
+    let tmp = TempDir::new("size");
+    let s = start(&tmp, &["--max-chunk", "1024"]);
+    let mut a = peer(&s, 1, "a");
+    let big = vec![1u8; 5000];
+    let oversized = Frame::Chunk { digest: md5(&big), name: "f", payload: &big };
+    let empty = Frame::Chunk { digest: md5(b""), name: "f", payload: b"" };
+    assert_eq!(a.request(&oversized), StatusCode::RESEND_SIZE);
+    assert_eq!(a.request(&empty), StatusCode::RESEND_SIZE);
+    assert_eq!(a.request(&oversized), StatusCode::ABORT_SIZE);
+    // The stream stayed in sync: the next frames parse normally.
+    assert_eq!(a.upload("f", &big, 1024), StatusCode::OK);
+}
+
+#[test]
+fn bad_names_get_0x0100_and_nothing_is_written() {
+    let tmp = TempDir::new("names");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    for name in ["../x", "/etc/passwd", "a/../../b", "a//b", ".dropsync/metadata", ".dropsync-metadata", "a\\b", ""] {
+        assert_eq!(
+            a.request(&Frame::Chunk { digest: md5(b"x"), name, payload: b"x" }),
+            StatusCode::BAD_REQUEST,
+            "{name:?}"
+        );
+        assert_eq!(a.request(&Frame::Delete { digest: ZERO_DIGEST, name }), StatusCode::BAD_REQUEST, "{name:?}");
+    }
+    // A name that is not UTF-8 (codec-level rejection) is skipped whole.
+    let mut raw = vec![0x05, 0x00];
+    raw.extend_from_slice(&[0; 16]);
+    raw.extend_from_slice(&[2, 0, 0xff, 0xfe]);
+    use std::io::Write;
+    a.send.write_all(&raw).unwrap();
+    assert_eq!(a.send_status(), StatusCode::BAD_REQUEST);
+    assert!(!tmp.join("x").exists() && !tmp.join("root/x").exists());
+    assert_eq!(a.upload("ok", b"still works", 3), StatusCode::OK);
+}
+
+#[test]
+fn finished_with_wrong_digest_is_discarded() {
+    let tmp = TempDir::new("wrongmd5");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    assert_eq!(a.upload("f", b"v1", 2), StatusCode::OK);
+    assert_eq!(a.request(&Frame::Chunk { digest: md5(b"v2"), name: "f", payload: b"v2" }), StatusCode::OK);
+    assert_eq!(a.request(&Frame::Finished { digest: md5(b"not v2"), name: "f" }), StatusCode::ABORT_CHECKSUM);
+    // Still version 1.
+    let mut b = RawPeer::hello(s.send_port, s.recv_port, [2; 16], "b");
+    let doc = parse_document(&b.receive_metadata()).unwrap();
+    assert_eq!(doc.entries[0].md5, md5(b"v1"));
+}
+
+#[test]
+fn abort_mid_transfer_keeps_old_version() {
+    let tmp = TempDir::new("abort");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    assert_eq!(a.upload("f", b"old version", 4), StatusCode::OK);
+    assert_eq!(a.request(&Frame::Chunk { digest: md5(b"new"), name: "f", payload: b"new" }), StatusCode::OK);
+    assert_eq!(a.request(&Frame::abort("f")), StatusCode::OK);
+    // An ABORT naming nothing open is OK and changes nothing.
+    assert_eq!(a.request(&Frame::abort("other")), StatusCode::OK);
+    let mut b = peer(&s, 2, "b");
+    assert_eq!(b.request(&Frame::Request { digest: ZERO_DIGEST, name: "f" }), StatusCode::OK);
+    assert_eq!(b.receive_one(), ("f".to_string(), Some(b"old version".to_vec())));
+    // The lock was released by the ABORT.
+    assert_eq!(b.upload("f", b"b's", 3), StatusCode::OK);
+}
+
+#[test]
+fn empty_file_is_a_finished_without_chunks() {
+    let tmp = TempDir::new("empty");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    let mut b = peer(&s, 2, "b");
+    assert_eq!(a.request(&Frame::Finished { digest: md5(b""), name: "empty" }), StatusCode::OK);
+    assert_eq!(b.receive_one(), ("empty".to_string(), Some(vec![])));
+}
+
+#[test]
+fn identical_upload_changes_nothing() {
+    let tmp = TempDir::new("identical");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    let mut b = peer(&s, 2, "b");
+    assert_eq!(a.upload("f", b"same", 4), StatusCode::OK);
+    assert_eq!(b.receive_one().0, "f");
+    assert_eq!(b.upload("f", b"same", 4), StatusCode::OK);
+    a.expect_no_transfer(Duration::from_millis(300));
+    let mut c = RawPeer::hello(s.send_port, s.recv_port, [3; 16], "c");
+    let doc = parse_document(&c.receive_metadata()).unwrap();
+    assert_eq!(doc.entries.len(), 1);
+    assert_eq!(doc.entries[0].version, 1);
+}
+
+#[test]
+fn stale_upload_keeps_overwritten_version_as_conflict_copy() {
+    let tmp = TempDir::new("stale");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "alice");
+    let mut b = peer(&s, 2, "bob");
+    // B commits F; A never reads its receive connection, so never sees it.
+    assert_eq!(b.upload("notes.txt", b"bob's text", 4), StatusCode::OK);
+    assert_eq!(a.upload("notes.txt", b"alice's text", 4), StatusCode::OK);
+    // B (who wrote the overwritten version) gets the conflict copy and A's F.
+    let mut got = vec![b.receive_one(), b.receive_one()];
+    got.sort_by_key(|(name, _)| name != "notes.txt");
+    let (copy_name, copy) = &got[1];
+    assert_eq!(got[0], ("notes.txt".to_string(), Some(b"alice's text".to_vec())));
+    assert!(copy_name.starts_with("notes (conflicted copy bob ") && copy_name.ends_with(").txt"), "{copy_name}");
+    assert_eq!(copy.as_deref(), Some(&b"bob's text"[..]));
+    // A new peer sees both in META-DATA.
+    let mut c = RawPeer::hello(s.send_port, s.recv_port, [3; 16], "c");
+    let doc = parse_document(&c.receive_metadata()).unwrap();
+    let by = |p: &str| doc.entries.iter().find(|e| e.path == p).map(|e| e.md5);
+    assert_eq!(by("notes.txt"), Some(md5(b"alice's text")));
+    assert_eq!(by(copy_name), Some(md5(b"bob's text")));
+}
+
+#[test]
+fn no_conflict_copies_flag_gives_plain_overwrite() {
+    let tmp = TempDir::new("plain");
+    let s = start(&tmp, &["--no-conflict-copies"]);
+    let mut a = peer(&s, 1, "a");
+    let mut b = peer(&s, 2, "b");
+    assert_eq!(b.upload("f", b"b", 1), StatusCode::OK);
+    assert_eq!(a.upload("f", b"a", 1), StatusCode::OK);
+    assert_eq!(b.receive_one(), ("f".to_string(), Some(b"a".to_vec())));
+    b.expect_no_transfer(Duration::from_millis(300));
+}
+
+#[test]
+fn peer_killed_mid_upload_releases_its_lock() {
+    let tmp = TempDir::new("killed");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    let mut b = peer(&s, 2, "b");
+    assert_eq!(a.request(&Frame::Chunk { digest: md5(b"part"), name: "f", payload: b"part" }), StatusCode::OK);
+    assert_eq!(b.request(&Frame::Chunk { digest: md5(b"x"), name: "f", payload: b"x" }), StatusCode::LOCKED);
+    drop(a);
+    let ok = wait_until(DEFAULT_DEADLINE, || b.upload("f", b"b wins", 3) == StatusCode::OK);
+    assert!(ok, "lock never released; log:\n{}", s.log());
+    assert!(std::fs::read_dir(tmp.join("root/tmp")).unwrap().next().is_none(), "partial file left behind");
+}
+
+#[test]
+fn sigkill_and_restart_keeps_every_acknowledged_file() {
+    let tmp = TempDir::new("crash");
+    let mut s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    let files: Vec<(String, Vec<u8>)> =
+        (0..20).map(|i| (format!("d{}/f{i}", i % 3), format!("content {i}").repeat(i + 1).into_bytes())).collect();
+    for (name, data) in &files {
+        assert_eq!(a.upload(name, data, 7), StatusCode::OK);
+    }
+    assert_eq!(a.request(&Frame::Delete { digest: ZERO_DIGEST, name: "d0/f0" }), StatusCode::OK);
+    // An unacknowledged partial upload at the moment of the crash.
+    assert_eq!(a.request(&Frame::Chunk { digest: md5(b"partial"), name: "d1/f1", payload: b"partial" }), StatusCode::OK);
+    drop(a);
+    s.restart();
+    let mut b = RawPeer::hello(s.send_port, s.recv_port, [2; 16], "b");
+    let doc = parse_document(&b.receive_metadata()).unwrap();
+    assert_eq!(doc.entries.len(), 20);
+    for (name, data) in &files[1..] {
+        assert_eq!(b.request(&Frame::Request { digest: ZERO_DIGEST, name }), StatusCode::OK);
+        assert_eq!(b.receive_one(), (name.clone(), Some(data.clone())));
+    }
+    let d0 = doc.entries.iter().find(|e| e.path == "d0/f0").unwrap();
+    assert_eq!(d0.state, EntryState::Deleted);
+    assert!(std::fs::read_dir(tmp.join("root/tmp")).unwrap().next().is_none(), "temp files left after restart");
+    // The version counter continues after the restart.
+    assert_eq!(b.upload("after", b"restart", 3), StatusCode::OK);
+    let mut c = RawPeer::hello(s.send_port, s.recv_port, [3; 16], "c");
+    let doc = parse_document(&c.receive_metadata()).unwrap();
+    assert_eq!(doc.entries.iter().find(|e| e.path == "after").unwrap().version, 22);
+}
+
+#[test]
+fn legacy_peers_pair_by_address_without_hello() {
+    let tmp = TempDir::new("legacy");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    assert_eq!(a.upload("f", b"for legacy", 4), StatusCode::OK);
+    let started = Instant::now();
+    let mut legacy = RawPeer::connect_raw(s.send_port, s.recv_port);
+    let doc = parse_document(&legacy.receive_metadata()).unwrap();
+    assert_eq!(doc.entries.len(), 1);
+    assert!(started.elapsed() >= Duration::from_millis(900), "paired before the 1 s HELLO window");
+    assert_eq!(legacy.upload("from-legacy", b"hi", 1), StatusCode::OK);
+    assert_eq!(a.receive_one(), ("from-legacy".to_string(), Some(b"hi".to_vec())));
+}
+
+#[test]
+fn legacy_first_message_is_not_lost() {
+    let tmp = TempDir::new("legacy-first");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    let mut legacy = RawPeer::connect_raw(s.send_port, s.recv_port);
+    // First message is an upload, not HELLO.
+    assert_eq!(legacy.upload("first", b"message", 3), StatusCode::OK);
+    legacy.receive_metadata();
+    assert_eq!(a.receive_one(), ("first".to_string(), Some(b"message".to_vec())));
+}
+
+#[test]
+fn reconnecting_client_id_replaces_its_old_session() {
+    let tmp = TempDir::new("replace");
+    let s = start(&tmp, &[]);
+    let mut old = peer(&s, 7, "laptop");
+    let mut new = peer(&s, 7, "laptop");
+    assert!(old.send_closed_by_server(), "old session not shut down");
+    assert_eq!(new.upload("f", b"x", 1), StatusCode::OK);
+}
+
+#[test]
+fn unknown_type_closes_only_that_session() {
+    let tmp = TempDir::new("garbage");
+    let s = start(&tmp, &[]);
+    let mut bad = peer(&s, 1, "bad");
+    let mut good = peer(&s, 2, "good");
+    use std::io::Write;
+    bad.send.write_all(&[0x99, 0x00, 1, 2, 3]).unwrap();
+    assert!(bad.send_closed_by_server());
+    assert_eq!(good.upload("still", b"fine", 2), StatusCode::OK);
+}
+
+#[test]
+fn two_hundred_peers_all_receive_one_upload() {
+    let tmp = TempDir::new("200");
+    let s = start(&tmp, &[]);
+    let started = Instant::now();
+    let mut peers: Vec<RawPeer> = (0..200u8).map(|i| RawPeer::hello(s.send_port, s.recv_port, [i; 16], "p")).collect();
+    for p in &mut peers {
+        p.receive_metadata();
+    }
+    let connected = started.elapsed();
+    let data = vec![42u8; 64 * 1024];
+    let t = Instant::now();
+    assert_eq!(peers[0].upload("shared.bin", &data, 16 * 1024), StatusCode::OK);
+    // Real clients read all the time: every peer reads on its own thread.
+    std::thread::scope(|scope| {
+        for p in &mut peers[1..] {
+            let data = &data;
+            scope.spawn(move || assert_eq!(p.receive_one(), ("shared.bin".to_string(), Some(data.clone()))));
+        }
+    });
+    let fanout = t.elapsed();
+    let status = std::fs::read_to_string(format!("/proc/{}/status", s.pid())).unwrap_or_default();
+    let field = |k: &str| status.lines().find(|l| l.starts_with(k)).unwrap_or("").to_string();
+    eprintln!("200 peers: connect {connected:?}, fan-out to 199 {fanout:?}, server {} {}", field("VmHWM"), field("Threads"));
+}
