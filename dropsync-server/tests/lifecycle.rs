@@ -1,0 +1,86 @@
+//! Liveness, shutdown and listening addresses (PROTOCOL.md sections 1, 9).
+
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+use dropsync_core::wire::{FrameReader, Msg};
+use dropsync_proto::{Frame, StatusCode};
+use dropsync_testkit::{RawPeer, ServerProc, TempDir};
+
+#[test]
+fn idle_connections_get_keepalives_and_silent_peers_are_dropped() {
+    let tmp = TempDir::new("keepalive");
+    let s = ServerProc::start(&tmp.join("root"), &["--keepalive-secs", "1", "--dead-peer-secs", "3"]);
+    let mut p = RawPeer::hello(s.send_port, s.recv_port, [1; 16], "quiet");
+    p.receive_metadata();
+    // Keep-alives arrive on both connections while we say nothing.
+    let mut got_send = false;
+    let started = Instant::now();
+    let closed_after = loop {
+        match p.send_rx.read_msg() {
+            Ok(Some(Msg::Status(StatusCode::KEEP_ALIVE))) => got_send = true,
+            Ok(None) | Err(_) => break started.elapsed(),
+            Ok(Some(other)) => panic!("unexpected {other:?}"),
+        }
+    };
+    assert!(got_send, "no keep-alive on the send connection");
+    assert!(closed_after >= Duration::from_secs(2), "dropped too early: {closed_after:?}");
+    assert!(s.log().contains("nothing received"), "log:\n{}", s.log());
+}
+
+#[test]
+fn keepalives_from_the_client_keep_it_connected() {
+    let tmp = TempDir::new("alive");
+    let s = ServerProc::start(&tmp.join("root"), &["--keepalive-secs", "1", "--dead-peer-secs", "2"]);
+    let mut p = RawPeer::hello(s.send_port, s.recv_port, [1; 16], "chatty");
+    p.receive_metadata();
+    let ka = Frame::Status(StatusCode::KEEP_ALIVE).to_vec();
+    let end = Instant::now() + Duration::from_secs(4);
+    use std::io::Write;
+    while Instant::now() < end {
+        p.send.write_all(&ka).unwrap();
+        p.recv.write_all(&ka).unwrap();
+        std::thread::park_timeout(Duration::from_millis(500));
+    }
+    assert_eq!(p.upload("still-here", b"yes", 3), StatusCode::OK);
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly_and_persists() {
+    let tmp = TempDir::new("sigterm");
+    let root = tmp.join("root");
+    let mut s = ServerProc::start(&root, &[]);
+    let mut p = RawPeer::hello(s.send_port, s.recv_port, [1; 16], "p");
+    p.receive_metadata();
+    assert_eq!(p.upload("f", b"persisted", 4), StatusCode::OK);
+    let status = s.terminate().expect("server exited");
+    assert!(status.success(), "exit status {status:?}; log:\n{}", s.log());
+    assert!(p.send_closed_by_server());
+    let snapshot = std::fs::read_to_string(root.join("meta/metadata")).unwrap();
+    assert!(snapshot.contains("\tF\tf\n"), "{snapshot}");
+    assert!(!root.join("meta/metadata.journal").exists(), "journal folded into the snapshot");
+}
+
+#[test]
+fn listens_on_ipv6_loopback_too() {
+    if TcpStream::connect("[::1]:9").is_err() && std::net::TcpListener::bind("[::1]:0").is_err() {
+        eprintln!("no IPv6 loopback on this machine; skipped");
+        return;
+    }
+    let tmp = TempDir::new("ipv6");
+    let s = ServerProc::start(&tmp.join("root"), &["--bind", "::1"]);
+    let connect = |port| {
+        let t = TcpStream::connect(("::1", port)).unwrap();
+        t.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        t
+    };
+    let mut send = connect(s.send_port);
+    let mut recv = connect(s.recv_port);
+    use std::io::Write;
+    let hello = Frame::Hello { client_id: [9; 16], label: "v6" }.to_vec();
+    send.write_all(&hello).unwrap();
+    recv.write_all(&hello).unwrap();
+    let mut r = FrameReader::new(recv.try_clone().unwrap());
+    assert_eq!(r.read_msg().unwrap(), Some(Msg::Status(StatusCode::OK)));
+    assert!(matches!(r.read_msg().unwrap(), Some(Msg::Chunk { .. } | Msg::Named { .. })));
+}
