@@ -15,10 +15,12 @@ clean:
 	$(CARGO) clean
 	rm -rf ./server ./client fuzz/target
 
-# The README's test command; .ci/run runs exactly this.
+# The README's test command; .ci/run runs exactly this. Last, the valgrind
+# scenario (see below), so memory errors fail the tests too.
 test:
 	$(CARGO) build --locked --workspace --bins
 	$(CARGO) test --locked --workspace
+	$(MAKE) --no-print-directory valgrind
 
 demo: all
 	./scripts/demo.sh
@@ -32,3 +34,13 @@ fuzz:
 
 bench:
 	$(CARGO) bench --locked -p dropsync-proto -p dropsync-core
+
+# The server (and, once it has a scenario, the client) under valgrind through
+# upload, fan-out, delete and graceful shutdown; any error fails the run.
+VALGRIND = valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --log-file=$(CURDIR)/target/valgrind-%p.log
+valgrind:
+	command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
+	$(CARGO) build --locked --workspace --bins
+	rm -f target/valgrind-*.log
+	DROPSYNC_WRAPPER="$(VALGRIND)" $(CARGO) test --locked -p dropsync-server --test lifecycle -- sigterm_shuts_down_cleanly_and_persists
+	@grep -h "ERROR SUMMARY" target/valgrind-*.log

@@ -276,6 +276,7 @@ impl Inbound<'_> {
             FinishVerdict::Commit { size, digest, .. } => {
                 let Upload { temp, _lock: lock, .. } = upload;
                 let lib = &self.server.library;
+                self.session.wait_outgoing_settled(&name, self.server.config.dead_peer);
                 let result = lib.commit_upload(&name, temp, digest, size, &self.session.seen, &self.session.label);
                 // Released before the reply, so a client that hears OK can
                 // start its next change of the file at once.
@@ -316,6 +317,7 @@ impl Inbound<'_> {
         let Some(lock) = try_lock_guard(lib.locks.as_ref(), &name, self.session.id) else {
             return self.reply(StatusCode::LOCKED);
         };
+        self.session.wait_outgoing_settled(&name, self.server.config.dead_peer);
         let result = lib.commit_delete(&name, &self.session.seen);
         drop(lock);
         match result {

@@ -103,6 +103,13 @@ pub fn send_pending_metadata(server: &Server, session: &Session) -> Result<MetaP
 /// Sends `path` as it is now: its committed content, or a DELETE for a
 /// tombstone; skipped when the client already has that version.
 pub fn serve_path(server: &Server, session: &Session, path: &str) -> Result<(), Gone> {
+    session.set_outgoing(Some(path));
+    let result = serve_path_now(server, session, path);
+    session.set_outgoing(None);
+    result
+}
+
+fn serve_path_now(server: &Server, session: &Session, path: &str) -> Result<(), Gone> {
     let lib = &server.library;
     let requested = session.requested.lock().unwrap_or_else(PoisonError::into_inner).remove(path);
     // A blob can vanish between reading the entry and opening it if the

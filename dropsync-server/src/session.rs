@@ -6,7 +6,8 @@ use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::{Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
 
 use dropsync_core::locks::SessionId;
 use dropsync_core::queue::UpdateQueue;
@@ -42,6 +43,10 @@ pub struct Session {
     /// When something was last written on the receive connection (ms on the
     /// server's clock), for keep-alives.
     pub out_last_sent: AtomicU64,
+    /// The path being sent to this client right now, until its outcome is
+    /// recorded in `seen`.
+    outgoing: Mutex<Option<String>>,
+    outgoing_done: Condvar,
 }
 
 /// The pieces a session is made of.
@@ -94,7 +99,32 @@ impl Session {
             recv_sock: p.recv_sock,
             closed: AtomicBool::new(false),
             out_last_sent: AtomicU64::new(0),
+            outgoing: Mutex::new(None),
+            outgoing_done: Condvar::new(),
         }
+    }
+
+    /// Marks `path` as being sent to this client (`None`: finished and its
+    /// outcome recorded).
+    pub fn set_outgoing(&self, path: Option<&str>) {
+        *self.outgoing.lock().unwrap_or_else(PoisonError::into_inner) = path.map(str::to_owned);
+        if path.is_none() {
+            self.outgoing_done.notify_all();
+        }
+    }
+
+    /// Waits (at most `limit`) until `path` is not being sent to this
+    /// client. A change from the client and a delivery to it travel on two
+    /// connections, so the client's reply to a delivery may arrive after its
+    /// next change of the same path; whether it saw that delivery (its
+    /// reply was OK) or refused it (0x0080) decides the stale-change rule,
+    /// so the rule waits for that reply.
+    pub fn wait_outgoing_settled(&self, path: &str, limit: Duration) {
+        let guard = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
+        let _ = self
+            .outgoing_done
+            .wait_timeout_while(guard, limit, |cur| cur.as_deref() == Some(path) && !self.is_closed())
+            .unwrap_or_else(PoisonError::into_inner);
     }
 
     /// Sets the META-DATA to send first and the version counter it lists

@@ -45,6 +45,7 @@ fn keepalives_from_the_client_keep_it_connected() {
     assert_eq!(p.upload("still-here", b"yes", 3), StatusCode::OK);
 }
 
+/// Also the `make valgrind` scenario: upload, fan-out, delete, shutdown.
 #[test]
 fn sigterm_shuts_down_cleanly_and_persists() {
     let tmp = TempDir::new("sigterm");
@@ -52,7 +53,14 @@ fn sigterm_shuts_down_cleanly_and_persists() {
     let mut s = ServerProc::start(&root, &[]);
     let mut p = RawPeer::hello(s.send_port, s.recv_port, [1; 16], "p");
     p.receive_metadata();
+    let mut q = RawPeer::hello(s.send_port, s.recv_port, [2; 16], "q");
+    q.receive_metadata();
     assert_eq!(p.upload("f", b"persisted", 4), StatusCode::OK);
+    assert_eq!(q.receive_one(), ("f".to_string(), Some(b"persisted".to_vec())));
+    assert_eq!(p.upload("g", b"deleted later", 4), StatusCode::OK);
+    assert_eq!(q.receive_one().0, "g");
+    assert_eq!(q.request(&Frame::Delete { digest: dropsync_proto::md5(b"deleted later"), name: "g" }), StatusCode::OK);
+    assert_eq!(p.receive_one(), ("g".to_string(), None));
     let status = s.terminate().expect("server exited");
     assert!(status.success(), "exit status {status:?}; log:\n{}", s.log());
     assert!(p.send_closed_by_server());

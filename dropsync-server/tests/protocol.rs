@@ -232,9 +232,13 @@ fn stale_upload_keeps_overwritten_version_as_conflict_copy() {
     let s = start(&tmp, &[]);
     let mut a = peer(&s, 1, "alice");
     let mut b = peer(&s, 2, "bob");
-    // B commits F; A never reads its receive connection, so never sees it.
+    // B commits F. A starts its own upload of F before B's version reaches
+    // it, so A refuses the delivery with 0x0080 (section 7) and never sees it.
     assert_eq!(b.upload("notes.txt", b"bob's text", 4), StatusCode::OK);
-    assert_eq!(a.upload("notes.txt", b"alice's text", 4), StatusCode::OK);
+    let alice = b"alice's text";
+    assert_eq!(a.request(&Frame::Chunk { digest: md5(alice), name: "notes.txt", payload: alice }), StatusCode::OK);
+    assert_eq!(a.answer_next(StatusCode::IN_USE), "notes.txt");
+    assert_eq!(a.request(&Frame::Finished { digest: md5(alice), name: "notes.txt" }), StatusCode::OK);
     // B (who wrote the overwritten version) gets the conflict copy and A's F.
     let mut got = vec![b.receive_one(), b.receive_one()];
     got.sort_by_key(|(name, _)| name != "notes.txt");

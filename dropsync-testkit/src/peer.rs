@@ -167,3 +167,25 @@ impl RawPeer {
         }
     }
 }
+
+impl RawPeer {
+    /// Reads the next message on the receive connection and answers it
+    /// with `code` (e.g. 0x0080 to refuse a transfer); returns its name.
+    pub fn answer_next(&mut self, code: StatusCode) -> String {
+        loop {
+            match self.recv_rx.read_msg().unwrap().expect("server closed receive connection") {
+                Msg::Status(StatusCode::KEEP_ALIVE) => continue,
+                Msg::Chunk { name, len, .. } => {
+                    self.recv_rx.read_payload(len).unwrap();
+                    self.recv.write_all(&Frame::Status(code).to_vec()).unwrap();
+                    return name;
+                }
+                Msg::Named { name, .. } => {
+                    self.recv.write_all(&Frame::Status(code).to_vec()).unwrap();
+                    return name;
+                }
+                other => panic!("unexpected message from server: {other:?}"),
+            }
+        }
+    }
+}

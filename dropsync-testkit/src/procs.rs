@@ -21,6 +21,21 @@ pub fn bin_path(name: &str) -> PathBuf {
     p
 }
 
+/// A command for `bin`, run under `$DROPSYNC_WRAPPER` when that is set
+/// (e.g. `valgrind --error-exitcode=99 --leak-check=full`, as `make
+/// valgrind` does), so the same tests check memory handling.
+fn wrapped(bin: PathBuf) -> Command {
+    match std::env::var("DROPSYNC_WRAPPER") {
+        Ok(w) if !w.trim().is_empty() => {
+            let mut words = w.split_whitespace();
+            let mut c = Command::new(words.next().unwrap_or("env"));
+            c.args(words).arg(bin);
+            c
+        }
+        _ => Command::new(bin),
+    }
+}
+
 fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
 }
@@ -50,7 +65,7 @@ impl ServerProc {
     fn spawn(root: PathBuf, send: u16, recv: u16, args: Vec<String>) -> Self {
         let log = root.with_extension("server.log");
         let err = File::options().create(true).append(true).open(&log).unwrap();
-        let mut child = Command::new(bin_path("server"))
+        let mut child = wrapped(bin_path("server"))
             .arg(send.to_string())
             .arg(recv.to_string())
             .args(["--bind", "127.0.0.1", "--root"])
@@ -154,7 +169,7 @@ impl ClientProc {
         std::fs::create_dir_all(folder).unwrap();
         let log = folder.with_extension("client.log");
         let err = File::options().create(true).append(true).open(&log).unwrap();
-        let child = Command::new(bin_path("client"))
+        let child = wrapped(bin_path("client"))
             .arg("127.0.0.1")
             .arg(server.send_port.to_string())
             .arg(server.recv_port.to_string())
