@@ -1,7 +1,7 @@
 //! META-DATA at scale: load, save (commit through the journal, full
 //! compaction), lookups and reconciliation at 1,000,000 paths. Prints
 //! numbers; a benchmark, not a test (`cargo bench -p dropsync-core`).
-#![allow(clippy::disallowed_methods, missing_docs)]
+#![allow(clippy::disallowed_methods, clippy::needless_range_loop, missing_docs)]
 
 use std::collections::HashMap;
 use std::hint::black_box;

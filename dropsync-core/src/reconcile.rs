@@ -142,7 +142,8 @@ mod tests {
     fn every_combination() {
         use ServerSide::{File, Tombstone};
         #[rustfmt::skip]
-        let table: &[(&str, Option<ServerSide>, Option<Content>, Option<Content>, Option<Action>)] = &[
+        type Row = (&'static str, Option<ServerSide>, Option<Content>, Option<Content>, Option<Action>);
+        let table: &[Row] = &[
             // ---- never synced (no base) ----
             ("new local, server unknown",            None,               None,    Some(Y), Some(Upload)),
             ("new local, server has same",           Some(File(Y)),      None,    Some(Y), Some(Record)),

@@ -240,7 +240,7 @@ fn stale_upload_keeps_overwritten_version_as_conflict_copy() {
     assert_eq!(a.answer_next(StatusCode::IN_USE), "notes.txt");
     assert_eq!(a.request(&Frame::Finished { digest: md5(alice), name: "notes.txt" }), StatusCode::OK);
     // B (who wrote the overwritten version) gets the conflict copy and A's F.
-    let mut got = vec![b.receive_one(), b.receive_one()];
+    let mut got = [b.receive_one(), b.receive_one()];
     got.sort_by_key(|(name, _)| name != "notes.txt");
     let (copy_name, copy) = &got[1];
     assert_eq!(got[0], ("notes.txt".to_string(), Some(b"alice's text".to_vec())));
