@@ -6,10 +6,12 @@
 
 mod peer;
 mod procs;
+mod proxy;
 mod tempdir;
 mod wait;
 
 pub use peer::RawPeer;
 pub use procs::{bin_path, ClientProc, ServerProc};
+pub use proxy::LatencyProxy;
 pub use tempdir::TempDir;
 pub use wait::{wait_for, wait_until, DEFAULT_DEADLINE};
