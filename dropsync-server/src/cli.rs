@@ -25,6 +25,10 @@ pub struct Args {
     /// 0 gives every client its own dedicated sending thread instead.
     #[arg(long, default_value_t = 4)]
     pub workers: usize,
+    /// Most transfers interleaved to one client at once on its receive
+    /// connection ([ext] parallel transfers); 1 = strictly one at a time.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub parallel: u16,
     /// Size of the chunks the server sends.
     #[arg(long, default_value_t = 1024 * 1024, value_parser = clap::value_parser!(u32).range(1..=i64::from(DEFAULT_MAX_CHUNK)))]
     pub chunk_size: u32,

@@ -150,6 +150,16 @@ impl Inbound<'_> {
         }
     }
 
+    /// Before the stale-change rule judges a change of `name`, waits for the
+    /// client's reply to a delivery of `name` still in flight (see
+    /// `Session::wait_outgoing_settled`). Without the rule there is nothing
+    /// to decide and no reason to wait.
+    fn settle_outgoing(&self, name: &str) {
+        if self.server.library.conflict_copies() {
+            self.session.wait_outgoing_settled(name, self.server.config.dead_peer);
+        }
+    }
+
     fn name_ok(&self, name: &str) -> bool {
         name.len() <= self.server.config.max_name_len && validate_name(name, false).is_ok()
     }
@@ -276,7 +286,7 @@ impl Inbound<'_> {
             FinishVerdict::Commit { size, digest, .. } => {
                 let Upload { temp, _lock: lock, .. } = upload;
                 let lib = &self.server.library;
-                self.session.wait_outgoing_settled(&name, self.server.config.dead_peer);
+                self.settle_outgoing(&name);
                 let result = lib.commit_upload(&name, temp, digest, size, &self.session.seen, &self.session.label);
                 // Released before the reply, so a client that hears OK can
                 // start its next change of the file at once.
@@ -317,7 +327,7 @@ impl Inbound<'_> {
         let Some(lock) = try_lock_guard(lib.locks.as_ref(), &name, self.session.id) else {
             return self.reply(StatusCode::LOCKED);
         };
-        self.session.wait_outgoing_settled(&name, self.server.config.dead_peer);
+        self.settle_outgoing(&name);
         let result = lib.commit_delete(&name, &self.session.seen);
         drop(lock);
         match result {

@@ -79,6 +79,12 @@ impl Library {
         })
     }
 
+    /// True unless `--no-conflict-copies`: whether the stale-change rule
+    /// applies (and so whether a change must wait for a delivery's reply).
+    pub fn conflict_copies(&self) -> bool {
+        self.conflict_copies
+    }
+
     fn uploader_of(&self, path: &str) -> String {
         self.uploaders.lock().unwrap_or_else(PoisonError::into_inner).get(path).cloned().unwrap_or_default()
     }

@@ -86,6 +86,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         keepalive: Duration::from_secs(args.keepalive_secs.max(1)),
         dead_peer: Duration::from_secs(args.dead_peer_secs.max(1)),
         workers: args.workers,
+        parallel: usize::from(args.parallel),
     };
     let send = bind_all(&args.bind, args.send_port).map_err(|e| format!("cannot listen on send port {}: {e}", args.send_port))?;
     let recv = bind_all(&args.bind, args.receive_port)

@@ -12,7 +12,8 @@ use std::sync::mpsc::{RecvTimeoutError, Sender as ReplyTx};
 use std::sync::{Arc, PoisonError};
 
 use dropsync_core::meta_server::Catalog;
-use dropsync_core::sender::{Outcome, Recorded, ReplyOutcome, SendStep, Sender};
+use dropsync_core::mux::{Mux, MuxReply, OpId, SingleKind, Step};
+use dropsync_core::sender::{Outcome, Recorded};
 use dropsync_core::wire::{is_timeout_error, FrameReader, Msg};
 use dropsync_proto::metadata::EntryState;
 use dropsync_proto::name::METADATA_TRANSFER_NAME;
@@ -25,48 +26,64 @@ use crate::session::{MetaState, Session};
 #[derive(Debug)]
 pub struct Gone(pub String);
 
-/// Something a transfer reads its bytes from.
-trait Source {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize>;
+/// Where an outgoing transfer reads its bytes: a committed blob, or the
+/// META-DATA text.
+enum Source {
+    File(File),
+    Bytes(Vec<u8>),
 }
 
-impl Source for File {
+impl Source {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        FileExt::read_at(self, buf, offset)
-    }
-}
-
-impl Source for &[u8] {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let start = (offset as usize).min(self.len());
-        let n = buf.len().min(self.len() - start);
-        buf[..n].copy_from_slice(&self[start..start + n]);
-        Ok(n)
-    }
-}
-
-fn read_full(src: &dyn Source, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-    let mut got = 0;
-    while got < buf.len() {
-        match src.read_at(&mut buf[got..], offset + got as u64)? {
-            0 => break,
-            n => got += n,
+        match self {
+            Source::File(f) => FileExt::read_at(f, buf, offset),
+            Source::Bytes(b) => {
+                let start = (offset as usize).min(b.len());
+                let n = buf.len().min(b.len() - start);
+                buf[..n].copy_from_slice(&b[start..start + n]);
+                Ok(n)
+            }
         }
     }
-    Ok(got)
+
+    fn read_full(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+        let mut got = 0;
+        while got < buf.len() {
+            match self.read_at(&mut buf[got..], offset + got as u64)? {
+                0 => break,
+                n => got += n,
+            }
+        }
+        Ok(got)
+    }
+}
+
+/// One item of a batch: what to send and what it stands for.
+struct Item {
+    name: String,
+    /// The catalog version being delivered (0 for the META-DATA).
+    version: u64,
+    /// `None` for a DELETE.
+    content: Option<(Source, u64)>,
 }
 
 /// Serves one job for `session`: the META-DATA if it has not been sent,
-/// else one queued path. Returns whether more work is queued.
+/// else up to `--parallel` queued paths, interleaved. Returns whether more
+/// work is queued.
 pub fn serve_next(server: &Server, session: &Session) -> Result<bool, Gone> {
     match send_pending_metadata(server, session)? {
         MetaProgress::NotReady => return Ok(false),
         MetaProgress::JustSent => return Ok(!session.queue.is_empty()),
         MetaProgress::AlreadySent => {}
     }
-    if let Some(path) = session.queue.try_pop() {
-        serve_path(server, session, &path)?;
+    let mut paths = Vec::new();
+    while paths.len() < server.config.parallel {
+        match session.queue.try_pop() {
+            Some(p) => paths.push(p),
+            None => break,
+        }
     }
+    serve_paths(server, session, paths)?;
     Ok(!session.queue.is_empty())
 }
 
@@ -95,67 +112,73 @@ pub fn send_pending_metadata(server: &Server, session: &Session) -> Result<MetaP
             MetaState::Sent => return Ok(MetaProgress::AlreadySent),
         }
     };
-    let outcome = send_transfer(server, session, METADATA_TRANSFER_NAME, &text.as_bytes(), text.len() as u64)?;
-    log::debug!("{}: META-DATA ({} bytes) sent: {outcome:?}", session.who(), text.len());
+    let size = text.len() as u64;
+    let item = Item { name: METADATA_TRANSFER_NAME.into(), version: 0, content: Some((Source::Bytes(text.into_bytes()), size)) };
+    let outcomes = run_batch(server, session, vec![item])?;
+    log::debug!("{}: META-DATA ({size} bytes) sent: {:?}", session.who(), outcomes.first());
     Ok(MetaProgress::JustSent)
 }
 
-/// Sends `path` as it is now: its committed content, or a DELETE for a
-/// tombstone; skipped when the client already has that version.
-pub fn serve_path(server: &Server, session: &Session, path: &str) -> Result<(), Gone> {
-    session.set_outgoing(Some(path));
-    let result = serve_path_now(server, session, path);
-    session.set_outgoing(None);
+/// Sends each path as it is now: its committed content, or a DELETE for a
+/// tombstone; skipped when the client already has that version (unless it
+/// asked with REQUEST). Several paths go out interleaved on the receive
+/// connection ([ext] parallel transfers).
+pub fn serve_paths(server: &Server, session: &Session, paths: Vec<String>) -> Result<(), Gone> {
+    if paths.is_empty() {
+        return Ok(());
+    }
+    session.set_outgoing(&paths);
+    let result = serve_paths_now(server, session, &paths);
+    session.set_outgoing(&[]);
     result
 }
 
-fn serve_path_now(server: &Server, session: &Session, path: &str) -> Result<(), Gone> {
+fn serve_paths_now(server: &Server, session: &Session, paths: &[String]) -> Result<(), Gone> {
     let lib = &server.library;
-    let requested = session.requested.lock().unwrap_or_else(PoisonError::into_inner).remove(path);
-    // A blob can vanish between reading the entry and opening it if the
-    // path is overwritten meanwhile: then the newer entry is what to send.
-    for _ in 0..3 {
-        let Some(entry) = lib.catalog.get(path) else { return Ok(()) };
-        let has_it = session.seen.lock().unwrap_or_else(PoisonError::into_inner).has_received(path, entry.version);
-        if has_it && !requested {
-            log::debug!("{}: skip {path:?} version {}: already has it", session.who(), entry.version);
-            return Ok(());
-        }
-        let outcome = if entry.state == EntryState::Deleted {
-            let reply = exchange(server, session, &Frame::Delete { digest: ZERO_DIGEST, name: path })?;
-            match reply {
-                StatusCode::OK | StatusCode::NO_FILE => Outcome::Committed,
-                other => Outcome::Refused(other),
+    let mut items = Vec::with_capacity(paths.len());
+    for path in paths {
+        let requested = session.requested.lock().unwrap_or_else(PoisonError::into_inner).remove(path);
+        // A blob can vanish between reading the entry and opening it if the
+        // path is overwritten meanwhile: then the newer entry is what to send.
+        for _ in 0..3 {
+            let Some(entry) = lib.catalog.get(path) else { break };
+            let has_it = session.seen.lock().unwrap_or_else(PoisonError::into_inner).has_received(path, entry.version);
+            if has_it && !requested {
+                log::debug!("{}: skip {path:?} version {}: already has it", session.who(), entry.version);
+                break;
             }
-        } else {
-            let file = match lib.open_content(&entry) {
-                Ok(f) => f,
+            if entry.state == EntryState::Deleted {
+                items.push(Item { name: path.clone(), version: entry.version, content: None });
+                break;
+            }
+            match lib.open_content(&entry) {
+                Ok(f) => {
+                    items.push(Item { name: path.clone(), version: entry.version, content: Some((Source::File(f), entry.size)) });
+                    break;
+                }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
                 Err(e) => {
                     log::error!("cannot open content of {path:?}: {e}");
-                    return Ok(());
+                    break;
                 }
-            };
-            send_transfer(server, session, path, &file, entry.size)?
-        };
+            }
+        }
+    }
+    let versions: Vec<(String, u64)> = items.iter().map(|i| (i.name.clone(), i.version)).collect();
+    let outcomes = run_batch(server, session, items)?;
+    for ((path, version), outcome) in versions.into_iter().zip(outcomes) {
         match outcome {
-            Outcome::Committed => {
-                session.seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, entry.version);
-                log::debug!("{}: delivered {path:?} version {}", session.who(), entry.version);
+            // A client answering a DELETE with 0x0020 already agrees.
+            Outcome::Committed | Outcome::Refused(StatusCode::NO_FILE) => {
+                session.seen.lock().unwrap_or_else(PoisonError::into_inner).saw(&path, version);
+                log::debug!("{}: delivered {path:?} version {version}", session.who());
             }
             // 0x0080 (and any other refusal): give up on this path for
             // this client (ASSIGNMENT.md, section 6).
             other => log::info!("{}: gave up sending {path:?}: {other:?}", session.who()),
         }
-        return Ok(());
     }
     Ok(())
-}
-
-/// Sends one message and waits for its reply.
-fn exchange(server: &Server, session: &Session, frame: &Frame<'_>) -> Result<StatusCode, Gone> {
-    session.write_out(&frame.to_vec(), server.now_ms()).map_err(|e| Gone(format!("receive connection: {e}")))?;
-    wait_reply(server, session)
 }
 
 fn wait_reply(server: &Server, session: &Session) -> Result<StatusCode, Gone> {
@@ -167,59 +190,89 @@ fn wait_reply(server: &Server, session: &Session) -> Result<StatusCode, Gone> {
     }
 }
 
-/// One whole transfer, stop-and-wait per chunk, driven by the core Sender.
-/// On shutdown the transfer is ABORTed (section 9).
-fn send_transfer(server: &Server, session: &Session, name: &str, src: &dyn Source, size: u64) -> Result<Outcome, Gone> {
+/// Drives `items` through the core multiplexer: each transfer stop-and-wait
+/// on its own, chunks of different transfers interleaved, replies matched
+/// in order. On shutdown every transfer in progress is ABORTed (section 9).
+/// Returns each item's outcome, in the items' order.
+fn run_batch(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Outcome>, Gone> {
     server.active_transfers.fetch_add(1, Ordering::SeqCst);
-    let result = drive_sender(server, session, name, src, size);
+    let result = drive(server, session, items);
     server.active_transfers.fetch_sub(1, Ordering::SeqCst);
     result
 }
 
-fn drive_sender(server: &Server, session: &Session, name: &str, src: &dyn Source, size: u64) -> Result<Outcome, Gone> {
-    let mut sender = Sender::new(size, server.config.chunk_size);
+fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Outcome>, Gone> {
+    let mut mux = Mux::new(items.len().max(1));
+    let mut ops: Vec<(OpId, Option<Source>)> = Vec::with_capacity(items.len());
+    for item in items {
+        ops.push(match item.content {
+            Some((src, size)) => (mux.add_upload(item.name, size, server.config.chunk_size), Some(src)),
+            None => (mux.add_single(item.name, SingleKind::Delete, ZERO_DIGEST), None),
+        });
+    }
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
+    let index_of = |ops: &[(OpId, Option<Source>)], id: OpId| ops.iter().position(|(o, _)| *o == id);
     let mut buf = Vec::new();
     let mut frame = Vec::new();
-    loop {
-        if server.is_shutting_down() {
-            if let Some(outcome) = sender.abort() {
-                return Ok(outcome);
-            }
-        }
-        let Some(step) = sender.poll_send() else {
-            return Ok(sender.outcome().unwrap_or(Outcome::Aborted));
-        };
-        frame.clear();
-        match step {
-            SendStep::Chunk { offset, len } => {
-                buf.resize(len as usize, 0);
-                let got = read_full(src, &mut buf, offset).unwrap_or(0);
-                buf.truncate(got);
-                match sender.record_chunk(&buf) {
-                    Recorded::Send { digest } => {
-                        encode_chunk_header(&digest, name, len, &mut frame);
-                        frame.extend_from_slice(&buf);
-                    }
-                    _ => {
-                        log::error!("{name:?}: content changed under a sender");
-                        if let Some(outcome) = sender.abort() {
-                            return Ok(outcome);
-                        }
-                        continue;
-                    }
+    let mut aborting = false;
+    while !mux.is_empty() {
+        if server.is_shutting_down() && !aborting {
+            aborting = true;
+            for (id, outcome) in mux.abort_all() {
+                if let Some(i) = index_of(&ops, id) {
+                    outcomes[i] = Some(outcome);
                 }
             }
-            SendStep::Finished { digest } => Frame::Finished { digest, name }.encode(&mut frame),
-            SendStep::Abort => Frame::abort(name).encode(&mut frame),
         }
-        session.write_out(&frame, server.now_ms()).map_err(|e| Gone(format!("receive connection: {e}")))?;
+        while let Some((id, step)) = mux.poll_send() {
+            let Some(i) = index_of(&ops, id) else { continue };
+            let name = mux.name(id).unwrap_or_default().to_owned();
+            frame.clear();
+            match step {
+                Step::Chunk { offset, len } => {
+                    buf.resize(len as usize, 0);
+                    let got = match &ops[i].1 {
+                        Some(src) => src.read_full(&mut buf, offset).unwrap_or(0),
+                        None => 0,
+                    };
+                    buf.truncate(got);
+                    match mux.record_chunk(id, &buf) {
+                        Recorded::Send { digest } => {
+                            encode_chunk_header(&digest, &name, len, &mut frame);
+                            frame.extend_from_slice(&buf);
+                        }
+                        _ => {
+                            log::error!("{name:?}: content changed under a sender");
+                            if let Some(outcome) = mux.abort(id) {
+                                outcomes[i] = Some(outcome);
+                            }
+                            continue;
+                        }
+                    }
+                }
+                Step::Finished { digest } => Frame::Finished { digest, name: &name }.encode(&mut frame),
+                Step::Abort => Frame::abort(&name).encode(&mut frame),
+                Step::Delete { digest } => Frame::Delete { digest, name: &name }.encode(&mut frame),
+                Step::Request { digest } => Frame::Request { digest, name: &name }.encode(&mut frame),
+            }
+            session.write_out(&frame, server.now_ms()).map_err(|e| Gone(format!("receive connection: {e}")))?;
+        }
+        if mux.is_idle() {
+            // Nothing awaits a reply and nothing can be sent: all over.
+            break;
+        }
         let reply = wait_reply(server, session)?;
-        match sender.handle_reply(reply) {
-            Ok(ReplyOutcome::Continue) => {}
-            Ok(ReplyOutcome::Over(outcome)) => return Ok(outcome),
+        match mux.handle_reply(reply) {
+            Ok(MuxReply::Routed { op, outcome: Some(outcome) }) => {
+                if let Some(i) = index_of(&ops, op) {
+                    outcomes[i] = Some(outcome);
+                }
+            }
+            Ok(_) => {}
             Err(e) => return Err(Gone(e.to_string())),
         }
     }
+    Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Aborted)).collect())
 }
 
 /// Reads the receive connection: STATUS replies go to the sending side,

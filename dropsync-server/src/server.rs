@@ -32,6 +32,8 @@ pub struct Config {
     pub dead_peer: Duration,
     /// Worker pool size; 0 = a dedicated sender thread per client.
     pub workers: usize,
+    /// Most transfers interleaved to one client at once.
+    pub parallel: usize,
 }
 
 impl Config {

@@ -43,9 +43,9 @@ pub struct Session {
     /// When something was last written on the receive connection (ms on the
     /// server's clock), for keep-alives.
     pub out_last_sent: AtomicU64,
-    /// The path being sent to this client right now, until its outcome is
-    /// recorded in `seen`.
-    outgoing: Mutex<Option<String>>,
+    /// The paths being sent to this client right now, until their outcome
+    /// is recorded in `seen`.
+    outgoing: Mutex<Vec<String>>,
     outgoing_done: Condvar,
 }
 
@@ -99,16 +99,16 @@ impl Session {
             recv_sock: p.recv_sock,
             closed: AtomicBool::new(false),
             out_last_sent: AtomicU64::new(0),
-            outgoing: Mutex::new(None),
+            outgoing: Mutex::new(Vec::new()),
             outgoing_done: Condvar::new(),
         }
     }
 
-    /// Marks `path` as being sent to this client (`None`: finished and its
-    /// outcome recorded).
-    pub fn set_outgoing(&self, path: Option<&str>) {
-        *self.outgoing.lock().unwrap_or_else(PoisonError::into_inner) = path.map(str::to_owned);
-        if path.is_none() {
+    /// Marks `paths` as being sent to this client (empty: finished, and
+    /// their outcomes recorded).
+    pub fn set_outgoing(&self, paths: &[String]) {
+        *self.outgoing.lock().unwrap_or_else(PoisonError::into_inner) = paths.to_vec();
+        if paths.is_empty() {
             self.outgoing_done.notify_all();
         }
     }
@@ -123,7 +123,7 @@ impl Session {
         let guard = self.outgoing.lock().unwrap_or_else(PoisonError::into_inner);
         let _ = self
             .outgoing_done
-            .wait_timeout_while(guard, limit, |cur| cur.as_deref() == Some(path) && !self.is_closed())
+            .wait_timeout_while(guard, limit, |cur| cur.iter().any(|p| p == path) && !self.is_closed())
             .unwrap_or_else(PoisonError::into_inner);
     }
 

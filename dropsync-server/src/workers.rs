@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use dropsync_core::queue::Pop;
 
-use crate::outbound::{send_pending_metadata, serve_next, serve_path, Gone};
+use crate::outbound::{send_pending_metadata, serve_next, serve_paths, Gone};
 use crate::server::Server;
 use crate::session::Session;
 
@@ -47,7 +47,16 @@ pub fn dedicated(server: &Arc<Server>, session: &Arc<Session>) {
                 return Ok(());
             }
             match session.queue.pop_timeout(IDLE_WAIT) {
-                Pop::Item(path) => serve_path(server, session, &path)?,
+                Pop::Item(path) => {
+                    let mut paths = vec![path];
+                    while paths.len() < server.config.parallel {
+                        match session.queue.try_pop() {
+                            Some(p) => paths.push(p),
+                            None => break,
+                        }
+                    }
+                    serve_paths(server, session, paths)?
+                }
                 Pop::TimedOut => {}
                 Pop::Closed => return Ok(()),
             }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use dropsync_core::wire::{FrameReader, Msg};
 use dropsync_proto::{Frame, StatusCode};
-use dropsync_testkit::{RawPeer, ServerProc, TempDir};
+use dropsync_testkit::{wait_until, RawPeer, ServerProc, TempDir, DEFAULT_DEADLINE};
 
 #[test]
 fn idle_connections_get_keepalives_and_silent_peers_are_dropped() {
@@ -25,7 +25,8 @@ fn idle_connections_get_keepalives_and_silent_peers_are_dropped() {
     };
     assert!(got_send, "no keep-alive on the send connection");
     assert!(closed_after >= Duration::from_secs(2), "dropped too early: {closed_after:?}");
-    assert!(s.log().contains("nothing received"), "log:\n{}", s.log());
+    // The reason is logged just after the sockets are shut down.
+    assert!(wait_until(DEFAULT_DEADLINE, || s.log().contains("nothing received")), "log:\n{}", s.log());
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! A scripted raw protocol peer: what a test uses to speak to the real
 //! server byte for byte, without the client.
 
+use std::collections::{HashMap, VecDeque};
 use std::io::Write;
 use std::net::TcpStream;
 use std::time::Duration;
@@ -19,6 +20,11 @@ pub struct RawPeer {
     pub recv: TcpStream,
     /// Reader on the receive connection.
     pub recv_rx: FrameReader<TcpStream>,
+    /// Transfers in progress on the receive connection (the server may
+    /// interleave several), by name.
+    partial: HashMap<String, Vec<u8>>,
+    /// Transfers completed while waiting for another one.
+    done: VecDeque<(String, Option<Vec<u8>>)>,
 }
 
 /// How long a raw peer waits for any single message.
@@ -38,7 +44,7 @@ impl RawPeer {
         let recv = connect(recv_port);
         let send_rx = FrameReader::new(send.try_clone().unwrap());
         let recv_rx = FrameReader::new(recv.try_clone().unwrap());
-        Self { send, send_rx, recv, recv_rx }
+        Self { send, send_rx, recv, recv_rx, partial: HashMap::new(), done: VecDeque::new() }
     }
 
     /// Connects, sends HELLO on both connections, checks both OKs.
@@ -92,35 +98,48 @@ impl RawPeer {
     }
 
     /// Receives one transfer on the receive connection, answering every
-    /// message with `reply` (OK normally). Returns `(name, Some(content))` for
-    /// a file or `(name, None)` for a DELETE.
+    /// message OK. Returns `(name, Some(content))` for a file or
+    /// `(name, None)` for a DELETE. Transfers the server interleaves are
+    /// reassembled by name and returned in the order they complete.
     pub fn receive_one(&mut self) -> (String, Option<Vec<u8>>) {
-        let mut data = Vec::new();
+        if let Some(done) = self.done.pop_front() {
+            return done;
+        }
         loop {
             let msg = self.recv_rx.read_msg().unwrap().expect("server closed receive connection");
             match msg {
                 Msg::Status(StatusCode::KEEP_ALIVE) => continue,
-                Msg::Chunk { digest, len, .. } => {
+                Msg::Chunk { digest, len, name } => {
                     let payload = self.recv_rx.read_payload(len).unwrap();
                     assert_eq!(md5(payload), digest, "chunk digest from server");
-                    data.extend_from_slice(payload);
+                    self.partial.entry(name).or_default().extend_from_slice(payload);
                     self.recv.write_all(&Frame::Status(StatusCode::OK).to_vec()).unwrap();
                 }
                 Msg::Named { kind, digest, name } => {
                     self.recv.write_all(&Frame::Status(StatusCode::OK).to_vec()).unwrap();
                     match kind {
                         dropsync_proto::MessageType::Finished => {
+                            let data = self.partial.remove(&name).unwrap_or_default();
                             assert_eq!(md5(&data), digest, "whole-file digest of {name}");
                             return (name, Some(data));
                         }
                         dropsync_proto::MessageType::Delete => return (name, None),
-                        dropsync_proto::MessageType::Abort => data.clear(),
+                        dropsync_proto::MessageType::Abort => {
+                            self.partial.remove(&name);
+                        }
                         other => panic!("unexpected {other:?} from server"),
                     }
                 }
                 other => panic!("unexpected message from server: {other:?}"),
             }
         }
+    }
+
+    /// Receives `n` transfers and returns them sorted by name.
+    pub fn receive_n(&mut self, n: usize) -> Vec<(String, Option<Vec<u8>>)> {
+        let mut all: Vec<_> = (0..n).map(|_| self.receive_one()).collect();
+        all.sort();
+        all
     }
 
     /// Receives the META-DATA transfer sent right after pairing.
