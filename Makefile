@@ -35,12 +35,28 @@ fuzz:
 bench:
 	$(CARGO) bench --locked -p dropsync-proto -p dropsync-core
 
-# The server (and, once it has a scenario, the client) under valgrind through
-# upload, fan-out, delete and graceful shutdown; any error fails the run.
+# The server, then a client (each with the other unwrapped), under valgrind
+# through upload, fan-out, delete and graceful shutdown; any error fails the run.
 VALGRIND = valgrind --error-exitcode=99 --leak-check=full --errors-for-leak-kinds=definite --log-file=$(CURDIR)/target/valgrind-%p.log
 valgrind:
 	command -v valgrind >/dev/null || (apt-get update -qq && apt-get install -y -qq valgrind)
 	$(CARGO) build --locked --workspace --bins
 	rm -f target/valgrind-*.log
 	DROPSYNC_WRAPPER="$(VALGRIND)" $(CARGO) test --locked -p dropsync-server --test lifecycle -- sigterm_shuts_down_cleanly_and_persists
+	DROPSYNC_WRAPPER="$(VALGRIND)" $(CARGO) test --locked -p dropsync-client --test sync -- sigterm_exits_zero_and_keeps_the_metadata
 	@grep -h "ERROR SUMMARY" target/valgrind-*.log
+
+# The submission archive, dist/dropsync.tar.gz (scripts/dist.sh): the tracked
+# sources, Makefile, README, docs, scripts and contrib, without build outputs,
+# large files or version-control files.
+.PHONY: dist wireshark
+dist:
+	bash scripts/dist.sh
+
+# The Wireshark dissector (contrib/wireshark/dropsync.lua) against a live
+# capture of a real session; `make test` runs it too. Needs tshark, and root
+# to capture.
+wireshark:
+	command -v tshark >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark)
+	$(CARGO) build --locked --workspace --bins
+	$(CARGO) test --locked -p dropsync-server --test wireshark -- --nocapture

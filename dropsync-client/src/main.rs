@@ -1,2 +1,47 @@
-//! The dropsync client.
-fn main() {}
+//! `./client <remote host> <send port> <receive port> <folder name> <chunk size>`:
+//! keeps a folder in sync with every other client of a dropsync server.
+//!
+//! Module map: `cli` (arguments), `client` (life cycle, reconnection),
+//! `session` (the control loop of one connection), `connect` (sockets,
+//! HELLO), `incoming` (receive thread), `outgoing` (uploads through the
+//! core mux), `replies` (reply thread), `initial_sync` (reconciliation on connect), `scan`, `watch`
+//! and `debounce` (noticing local changes), `folder` (conflict copies,
+//! local deletes), `state` (shared records, META-DATA file), `paths`,
+//! `jobs`, `backoff`, `events`.
+
+mod backoff;
+mod cli;
+mod client;
+mod connect;
+mod debounce;
+mod events;
+mod folder;
+mod incoming;
+mod initial_sync;
+mod jobs;
+mod outgoing;
+mod paths;
+mod replies;
+mod scan;
+mod session;
+mod state;
+mod watch;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Args::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(args.log_filter()))
+        .format_timestamp_millis()
+        .init();
+    match client::run(args.config()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            // One line for the user, not a log record (and never a panic).
+            eprintln!("client: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

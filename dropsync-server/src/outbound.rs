@@ -293,7 +293,28 @@ pub fn read_replies(server: &Arc<Server>, session: &Arc<Session>, mut reader: Fr
                     break "sender gone".into();
                 }
             }
-            Ok(Some(other)) => break format!("unexpected message on the receive connection: {other:?}"),
+            // Transfers flow server → client here; anything else the client
+            // sends on this connection is still answered (section 4: every
+            // message but STATUS gets one reply), with 0x0100, or OK for a
+            // repeated HELLO.
+            Ok(Some(other)) => {
+                last_heard = server.now_ms();
+                let code = match &other {
+                    Msg::Hello { .. } => StatusCode::OK,
+                    _ => StatusCode::BAD_REQUEST,
+                };
+                if let Msg::Chunk { len, .. } = &other {
+                    if let Err(e) = reader.skip(u64::from(*len)) {
+                        if !is_timeout_error(&e) {
+                            break format!("receive connection: {e}");
+                        }
+                    }
+                }
+                log::warn!("{}: {other:?} on the receive connection; answered {code}", session.who());
+                if session.write_out(&Frame::Status(code).to_vec(), server.now_ms()).is_err() {
+                    break "receive connection write failed".into();
+                }
+            }
             Ok(None) => break "client closed the receive connection".into(),
             Err(e) if is_timeout_error(&e) => {
                 let now = server.now_ms();

@@ -432,3 +432,23 @@ fn server_interleaves_transfers_to_one_client() {
         assert_eq!(&got[name], data);
     }
 }
+
+#[test]
+fn wrong_connection_messages_are_answered_not_fatal() {
+    let tmp = TempDir::new("wrongconn");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    use std::io::Write;
+    // A REQUEST and a chunk on the receive connection: 0x0100 each.
+    a.recv.write_all(&Frame::Request { digest: ZERO_DIGEST, name: "f1" }.to_vec()).unwrap();
+    a.recv.write_all(&Frame::Chunk { digest: md5(b"x"), name: "f2", payload: b"x" }.to_vec()).unwrap();
+    for _ in 0..2 {
+        match a.recv_rx.read_msg().unwrap() {
+            Some(dropsync_core::wire::Msg::Status(c)) => assert_eq!(c, StatusCode::BAD_REQUEST),
+            other => panic!("{other:?}"),
+        }
+    }
+    // A repeated HELLO on the send connection: OK, nothing else.
+    assert_eq!(a.request(&Frame::Hello { client_id: [1; 16], label: "a" }), StatusCode::OK);
+    assert_eq!(a.upload("still", b"works", 5), StatusCode::OK);
+}

@@ -4,12 +4,14 @@
 //! protocol peer built on `dropsync-proto`.
 #![allow(clippy::unwrap_used)]
 
+mod folders;
 mod peer;
 mod procs;
 mod proxy;
 mod tempdir;
 mod wait;
 
+pub use folders::{tree, write_file};
 pub use peer::RawPeer;
 pub use procs::{bin_path, ClientProc, ServerProc};
 pub use proxy::LatencyProxy;

@@ -47,13 +47,14 @@ impl RawPeer {
         Self { send, send_rx, recv, recv_rx, partial: HashMap::new(), done: VecDeque::new() }
     }
 
-    /// Connects, sends HELLO on both connections, checks both OKs.
+    /// Connects, sends HELLO on both connections, checks both OKs. Both
+    /// HELLOs go out at once: a connection silent for 1 s is legacy.
     pub fn hello(send_port: u16, recv_port: u16, id: [u8; 16], label: &str) -> Self {
         let mut p = Self::connect_raw(send_port, recv_port);
         let hello = Frame::Hello { client_id: id, label };
         p.send.write_all(&hello.to_vec()).unwrap();
-        assert_eq!(p.send_status(), StatusCode::OK, "HELLO on send connection");
         p.recv.write_all(&hello.to_vec()).unwrap();
+        assert_eq!(p.send_status(), StatusCode::OK, "HELLO on send connection");
         assert_eq!(p.next_recv_status(), StatusCode::OK, "HELLO on receive connection");
         p
     }

@@ -166,13 +166,19 @@ pub struct ClientProc {
 impl ClientProc {
     /// Starts `client 127.0.0.1 <send> <receive> <folder> <chunk> <extra>`.
     pub fn start(server: &ServerProc, folder: &Path, chunk: u32, extra: &[&str]) -> Self {
+        Self::start_with_ports(server.send_port, server.recv_port, folder, chunk, extra)
+    }
+
+    /// Like [`ClientProc::start`], against any ports (a scripted fake
+    /// server in the test, a proxy, or nothing listening at all).
+    pub fn start_with_ports(send_port: u16, recv_port: u16, folder: &Path, chunk: u32, extra: &[&str]) -> Self {
         std::fs::create_dir_all(folder).unwrap();
         let log = folder.with_extension("client.log");
         let err = File::options().create(true).append(true).open(&log).unwrap();
         let child = wrapped(bin_path("client"))
             .arg("127.0.0.1")
-            .arg(server.send_port.to_string())
-            .arg(server.recv_port.to_string())
+            .arg(send_port.to_string())
+            .arg(recv_port.to_string())
             .arg(folder)
             .arg(chunk.to_string())
             .args(extra)

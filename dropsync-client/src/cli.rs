@@ -1,0 +1,224 @@
+//! Command line: the assignment's five arguments, plus `--flags` with
+//! documented defaults, turned into one validated [`Config`].
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use dropsync_proto::limits::DEFAULT_MAX_CHUNK;
+
+/// Largest `<chunk size>` accepted: the server's default maximum chunk
+/// payload (PROTOCOL.md section 4). A larger chunk would only be answered
+/// 0x0004 and halved until it fits, so it is refused up front instead.
+pub const MAX_CHUNK_SIZE: u32 = DEFAULT_MAX_CHUNK;
+
+/// Label sent in HELLO when neither `--label` nor a host name is available.
+pub const FALLBACK_LABEL: &str = "client";
+
+/// dropsync client: keeps <FOLDER> in sync with every other client of the
+/// server at <HOST>.
+///
+/// Local changes are uploaded as soon as a file has been quiet for
+/// --debounce-ms; files changed on other clients are written into the
+/// folder as they arrive. The client reconnects by itself when the server
+/// goes away. Its own state lives in <FOLDER>/.dropsync/, which is never
+/// synced. SIGINT or SIGTERM stops it cleanly (exit status 0).
+#[derive(Debug, Parser)]
+#[command(name = "client", version, about, long_about)]
+pub struct Args {
+    /// Server host name or address.
+    pub host: String,
+    /// Server port this client sends files to (client → server transfers).
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    pub send_port: u16,
+    /// Server port this client receives files from (server → client transfers).
+    #[arg(value_parser = clap::value_parser!(u16).range(1..))]
+    pub receive_port: u16,
+    /// Folder to keep in sync (created if missing).
+    pub folder: PathBuf,
+    /// Largest chunk this client sends, in bytes: 1 to 16777216 (16 MiB).
+    #[arg(value_parser = parse_chunk_size)]
+    pub chunk_size: u32,
+    /// Synchronise once and exit: connect, reconcile, transfer everything
+    /// pending in both directions, save META-DATA, exit 0 (non-zero with a
+    /// one-line message on failure).
+    #[arg(long)]
+    pub once: bool,
+    /// The assignment's plain overwrite: an incoming version replaces a
+    /// local change the server never accepted, without keeping it as a
+    /// "conflicted copy" file (PROTOCOL.md section 7 [ext]).
+    #[arg(long)]
+    pub no_conflict_copies: bool,
+    /// Name sent to the server in HELLO and used in this client's
+    /// conflict-copy names. Default: the host name, else "client".
+    #[arg(long, value_name = "NAME")]
+    pub label: Option<String>,
+    /// Uploads (and DELETE/REQUEST messages) in flight at once, interleaved
+    /// on the send connection.
+    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    pub parallel: u16,
+    /// A changed file is uploaded once it has been quiet for this many
+    /// milliseconds.
+    #[arg(long, value_name = "MS", default_value_t = 50)]
+    pub debounce_ms: u64,
+    /// Full rescan of the folder every this many seconds, for changes the
+    /// file-system watcher missed (0: never). `--once` scans once and needs
+    /// neither the watcher nor this.
+    #[arg(long, value_name = "SECS", default_value_t = 5)]
+    pub rescan_secs: u64,
+    /// Send a keep-alive after this many seconds without sending on a
+    /// connection (PROTOCOL.md section 9).
+    #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keepalive_secs: u64,
+    /// Drop a connection (and reconnect) after this many seconds without
+    /// receiving anything on it.
+    #[arg(long, value_name = "SECS", default_value_t = 60, value_parser = clap::value_parser!(u64).range(1..))]
+    pub dead_peer_secs: u64,
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// Less log output (warnings and errors only).
+    #[arg(short, long, conflicts_with = "verbose")]
+    pub quiet: bool,
+}
+
+/// Parses `<chunk size>`: a whole number of bytes, 1 ..= [`MAX_CHUNK_SIZE`].
+pub fn parse_chunk_size(text: &str) -> Result<u32, String> {
+    let n: u64 = text
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a whole number of bytes"))?;
+    if n == 0 {
+        return Err("must be at least 1 byte".to_owned());
+    }
+    if n > u64::from(MAX_CHUNK_SIZE) {
+        return Err(format!("{n} bytes is more than the {MAX_CHUNK_SIZE}-byte (16 MiB) maximum"));
+    }
+    Ok(n as u32)
+}
+
+/// Everything the client needs to run, validated.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// Server host.
+    pub host: String,
+    /// Server send port.
+    pub send_port: u16,
+    /// Server receive port.
+    pub receive_port: u16,
+    /// The synced folder, as given (made absolute by the caller).
+    pub folder: PathBuf,
+    /// Largest chunk sent.
+    pub chunk_size: u32,
+    /// `--once`.
+    pub once: bool,
+    /// Keep conflict copies (not `--no-conflict-copies`).
+    pub conflict_copies: bool,
+    /// HELLO label and conflict-copy label.
+    pub label: String,
+    /// Operations in flight on the send connection.
+    pub parallel: usize,
+    /// Quiet time before a changed file is uploaded.
+    pub debounce: Duration,
+    /// Period of the full rescan; `None` turns it off.
+    pub rescan: Option<Duration>,
+    /// Keep-alive interval.
+    pub keepalive: Duration,
+    /// Silence after which a connection is dropped.
+    pub dead_peer: Duration,
+}
+
+impl Args {
+    /// The validated configuration.
+    pub fn config(&self) -> Config {
+        Config {
+            host: self.host.clone(),
+            send_port: self.send_port,
+            receive_port: self.receive_port,
+            folder: self.folder.clone(),
+            chunk_size: self.chunk_size,
+            once: self.once,
+            conflict_copies: !self.no_conflict_copies,
+            label: self.label.clone().unwrap_or_else(default_label),
+            parallel: usize::from(self.parallel),
+            debounce: Duration::from_millis(self.debounce_ms),
+            rescan: (self.rescan_secs > 0 && !self.once).then(|| Duration::from_secs(self.rescan_secs)),
+            keepalive: Duration::from_secs(self.keepalive_secs),
+            dead_peer: Duration::from_secs(self.dead_peer_secs),
+        }
+    }
+
+    /// The log filter the flags ask for (RUST_LOG, if set, overrides it).
+    /// `notify` is kept at warnings: it logs routine inotify housekeeping
+    /// (watches of deleted folders) at info.
+    pub fn log_filter(&self) -> &'static str {
+        match (self.quiet, self.verbose) {
+            (true, _) => "warn",
+            (false, 0) => "info,notify=warn",
+            (false, 1) => "debug,notify=warn",
+            (false, _) => "trace",
+        }
+    }
+}
+
+/// The host name: `/etc/hostname`, else `$HOSTNAME`, else [`FALLBACK_LABEL`].
+fn default_label() -> String {
+    let from_file = std::fs::read_to_string("/etc/hostname").ok();
+    let from_env = std::env::var("HOSTNAME").ok();
+    from_file
+        .into_iter()
+        .chain(from_env)
+        .map(|s| s.trim().to_owned())
+        .find(|s| !s.is_empty())
+        .unwrap_or_else(|| FALLBACK_LABEL.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Result<Args, clap::Error> {
+        Args::try_parse_from(["client", "localhost", "5000", "5001", "dir"].iter().chain(args))
+    }
+
+    #[test]
+    fn chunk_size_bounds() {
+        assert_eq!(parse_chunk_size("1"), Ok(1));
+        assert_eq!(parse_chunk_size("16777216"), Ok(MAX_CHUNK_SIZE));
+        assert!(parse_chunk_size("0").unwrap_err().contains("at least 1"));
+        assert!(parse_chunk_size("16777217").unwrap_err().contains("maximum"));
+        assert!(parse_chunk_size("abc").unwrap_err().contains("not a whole number"));
+        assert!(parse_chunk_size("-5").is_err());
+        assert!(parse_chunk_size("99999999999999999999999").is_err());
+    }
+
+    #[test]
+    fn defaults_and_flags() {
+        let a = parse(&["4096"]).expect("valid");
+        let c = a.config();
+        assert_eq!(c.chunk_size, 4096);
+        assert!(c.conflict_copies && !c.once);
+        assert_eq!(c.parallel, 1);
+        assert!(c.debounce <= Duration::from_millis(50));
+        assert_eq!(c.keepalive, Duration::from_secs(15));
+        assert_eq!(c.dead_peer, Duration::from_secs(60));
+        assert!(!c.label.is_empty());
+        assert_eq!(a.log_filter(), "info,notify=warn");
+
+        let a = parse(&["1", "--once", "--no-conflict-copies", "--label", "bob", "--parallel", "4", "--rescan-secs", "9", "-vv"])
+            .expect("valid");
+        let c = a.config();
+        assert!(c.once && !c.conflict_copies);
+        assert_eq!((c.label.as_str(), c.parallel, c.rescan), ("bob", 4, None));
+        assert_eq!(a.log_filter(), "trace");
+    }
+
+    #[test]
+    fn bad_arguments_are_errors() {
+        assert!(parse(&["0"]).is_err());
+        assert!(parse(&["many"]).is_err());
+        assert!(parse(&["1", "--parallel", "0"]).is_err());
+        assert!(Args::try_parse_from(["client", "h", "0", "1", "d", "5"]).is_err(), "port 0");
+        assert!(Args::try_parse_from(["client", "h", "1", "2", "d"]).is_err(), "missing chunk size");
+    }
+}

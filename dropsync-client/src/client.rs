@@ -1,0 +1,251 @@
+//! The client's whole life: load its state, start the watcher and signal
+//! handling, then connect, run a session, and reconnect with capped
+//! exponential backoff when the server goes away, until a signal (or the
+//! end of `--once`).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Instant;
+
+use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::iterator::Signals;
+
+use crate::backoff::Backoff;
+use crate::cli::Config;
+use crate::connect::{self, Timing};
+use crate::debounce::Debouncer;
+use crate::events::Event;
+use crate::paths::{name_for, Unsyncable, STATE_DIR};
+use crate::scan::{walk, FileStat, Notes};
+use crate::session::{End, Session};
+use crate::state::{Ctx, MetaFile, Shared};
+use crate::watch;
+
+/// What outlives a session: configuration, shared state, the event channel
+/// and the debounced local changes.
+pub struct Core {
+    /// The command line.
+    pub cfg: Config,
+    /// Shared with the receive thread.
+    pub ctx: Arc<Ctx>,
+    /// Where META-DATA is saved.
+    pub meta_file: MetaFile,
+    /// Reports from every other thread.
+    pub events: mpsc::Receiver<Event>,
+    /// Cloned into each thread that reports.
+    pub tx: mpsc::Sender<Event>,
+    /// Set by the signal thread.
+    stop: Arc<AtomicBool>,
+    /// Local changes waiting to be quiet.
+    pub debouncer: Debouncer<String>,
+    /// Unsyncable paths already reported.
+    pub notes: Notes,
+    /// When the next periodic rescan is due.
+    pub next_rescan: Option<Instant>,
+}
+
+/// Runs the client until SIGINT/SIGTERM, or until `--once` is done.
+/// The error is the one line to print.
+pub fn run(cfg: Config) -> Result<(), String> {
+    fs::create_dir_all(&cfg.folder).map_err(|e| format!("cannot create folder {}: {e}", cfg.folder.display()))?;
+    let root = cfg.folder.canonicalize().map_err(|e| format!("folder {}: {e}", cfg.folder.display()))?;
+    let (meta_file, tmp_dir) =
+        MetaFile::prepare(&root).map_err(|e| format!("cannot prepare {}/.dropsync: {e}", root.display()))?;
+    let meta = meta_file.load().map_err(|e| format!("cannot load META-DATA: {e}"))?;
+    log::info!("syncing {} as {:?} ({} paths known)", root.display(), cfg.label, meta.records.len());
+    let ctx = Arc::new(Ctx {
+        root: root.clone(),
+        tmp_dir,
+        label: cfg.label.clone(),
+        conflict_copies: cfg.conflict_copies,
+        shared: Shared::new(meta),
+    });
+    let (tx, events) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(tx.clone(), Arc::clone(&stop)).map_err(|e| format!("cannot handle signals: {e}"))?;
+    // --once looks at the folder once, at reconciliation; no watcher.
+    let _watcher = if cfg.once {
+        None
+    } else {
+        match watch::start(&root, tx.clone()) {
+            Ok(w) => Some(w),
+            Err(e) => {
+                log::warn!("file watcher unavailable ({e}); relying on the periodic rescan");
+                None
+            }
+        }
+    };
+    let debouncer = Debouncer::new(cfg.debounce);
+    let mut core =
+        Core { cfg, ctx, meta_file, events, tx, stop, debouncer, notes: Notes::default(), next_rescan: None };
+    let result = core.run();
+    core.meta_file.save_if_changed(&core.ctx.shared);
+    result
+}
+
+/// SIGINT and SIGTERM set the stop flag and wake the control thread.
+fn watch_signals(tx: mpsc::Sender<Event>, stop: Arc<AtomicBool>) -> std::io::Result<()> {
+    let mut signals = Signals::new([SIGINT, SIGTERM])?;
+    thread::Builder::new().name("signals".into()).spawn(move || {
+        for sig in signals.forever() {
+            log::info!("signal {sig}: shutting down");
+            stop.store(true, Ordering::SeqCst);
+            if tx.send(Event::Signal).is_err() {
+                return;
+            }
+        }
+    })?;
+    Ok(())
+}
+
+impl Core {
+    /// True once SIGINT or SIGTERM arrived.
+    pub fn stopping(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
+
+    fn run(&mut self) -> Result<(), String> {
+        let timing = Timing { keepalive: self.cfg.keepalive, dead_peer: self.cfg.dead_peer };
+        let server = format!("{}:{}/{}", self.cfg.host, self.cfg.send_port, self.cfg.receive_port);
+        let mut backoff = Backoff::default();
+        let mut number = 0;
+        loop {
+            if self.stopping() {
+                return Ok(());
+            }
+            number += 1;
+            let id = self.ctx.shared.lock().meta.client_id;
+            match connect::open(&self.cfg, id, timing, &self.stop) {
+                Ok(conn) => {
+                    log::info!("connected to {server}");
+                    let (end, reconciled) = Session::run(self, conn, number, timing);
+                    self.meta_file.save_if_changed(&self.ctx.shared);
+                    match end {
+                        End::Done => {
+                            log::info!("everything is in sync; exiting (--once)");
+                            return Ok(());
+                        }
+                        End::Stopped => return Ok(()),
+                        End::Failed(why) => return Err(why),
+                        End::Lost(reason) if self.cfg.once => {
+                            return Err(format!("connection to the server at {server} lost: {reason}"));
+                        }
+                        End::Lost(reason) => {
+                            log::warn!("disconnected: {reason}; reconnecting");
+                            if reconciled {
+                                backoff.reset();
+                            }
+                        }
+                    }
+                }
+                Err(_) if self.stopping() => return Ok(()),
+                Err(e) if self.cfg.once => return Err(format!("cannot connect to the server at {server}: {e}")),
+                Err(e) if backoff.attempts() == 0 => log::warn!("cannot connect to {server}: {e}; will keep trying"),
+                Err(e) => log::debug!("cannot connect to {server}: {e}"),
+            }
+            let delay = backoff.next_delay();
+            self.pause(Instant::now() + delay);
+        }
+    }
+
+    /// Waits until `until` between connection attempts, still noting local
+    /// changes, and returns early on a signal.
+    fn pause(&mut self, until: Instant) {
+        while !self.stopping() {
+            let Some(wait) = until.checked_duration_since(Instant::now()) else { return };
+            match self.events.recv_timeout(wait) {
+                Ok(Event::Changed(paths)) => self.note_changed(paths),
+                Ok(_) => {}
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Why the synced folder can no longer be trusted, if it cannot: its
+    /// state folder is gone (the folder was deleted, moved or unmounted).
+    /// Checked before any work is started, so that such a folder is never
+    /// taken for "every file deleted".
+    pub fn folder_gone(&self) -> Option<String> {
+        let state = self.ctx.root.join(STATE_DIR);
+        (!state.is_dir()).then(|| format!("{} disappeared; stopping", state.display()))
+    }
+
+    /// Debounces the paths the watcher reported.
+    pub fn note_changed(&mut self, paths: Vec<PathBuf>) {
+        let now = Instant::now();
+        for p in paths {
+            match name_for(&self.ctx.root, &p) {
+                Ok(name) => self.debouncer.touch(name, now),
+                Err(Unsyncable::BadName(why)) => self.notes.once(&p, &format!("name not allowed: {why}")),
+                Err(Unsyncable::Reserved | Unsyncable::Outside) => {}
+            }
+        }
+    }
+
+    /// Schedules the next periodic rescan.
+    pub fn schedule_rescan(&mut self) {
+        self.next_rescan = self.cfg.rescan.map(|every| Instant::now() + every);
+    }
+
+    /// Full rescan (periodic, or after the watcher lost events): every file
+    /// whose stat differs from the one recorded, and every recorded file
+    /// that is gone, is queued to be synced.
+    pub fn rescan(&mut self) {
+        self.schedule_rescan();
+        let files = walk(&self.ctx.root, &self.ctx.root, &mut self.notes);
+        let now = Instant::now();
+        let st = self.ctx.shared.lock();
+        let mut changed = Vec::new();
+        for (name, stat) in &files {
+            let recorded = st.meta.records.get(name).and_then(|r| r.local);
+            let same = recorded.is_some_and(|l| FileStat { mtime_ns: l.mtime_ns, size: l.content.size } == *stat);
+            if !same {
+                changed.push(name.clone());
+            }
+        }
+        let present: std::collections::HashSet<&str> = files.iter().map(|(n, _)| n.as_str()).collect();
+        for (name, rec) in &st.meta.records {
+            if rec.local.is_some() && !present.contains(name.as_str()) {
+                changed.push(name.clone());
+            }
+        }
+        drop(st);
+        if !changed.is_empty() {
+            log::debug!("rescan: {} changed paths", changed.len());
+        }
+        for name in changed {
+            self.debouncer.touch_due(name, now);
+        }
+    }
+
+    /// Queues every file under the folder `dir` (one that appeared).
+    pub fn queue_tree(&mut self, dir: &Path) {
+        let now = Instant::now();
+        for (name, _) in walk(&self.ctx.root, dir, &mut self.notes) {
+            self.debouncer.touch_due(name, now);
+        }
+    }
+
+    /// Queues every recorded local file under `name/` (a folder that went
+    /// away, or was moved out of the synced folder in one rename).
+    pub fn queue_records_under(&mut self, name: &str) {
+        let prefix = format!("{name}/");
+        let now = Instant::now();
+        let under: Vec<String> = self
+            .ctx
+            .shared
+            .lock()
+            .meta
+            .records
+            .iter()
+            .filter(|(n, r)| r.local.is_some() && n.starts_with(&prefix))
+            .map(|(n, _)| n.clone())
+            .collect();
+        for n in under {
+            self.debouncer.touch_due(n, now);
+        }
+    }
+}

@@ -1,0 +1,126 @@
+//! Debouncing of file-change notifications: a path is handed out once it
+//! has been quiet (no new event) for the debounce delay, so a file being
+//! written is uploaded once, after its last write. Pure: time comes in as
+//! arguments.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// Paths waiting to become quiet.
+#[derive(Debug)]
+pub struct Debouncer<K> {
+    quiet: Duration,
+    /// Each pending key and the time of its latest event.
+    last_event: HashMap<K, Instant>,
+}
+
+impl<K: Eq + Hash + Clone> Debouncer<K> {
+    /// A debouncer that waits for `quiet` without events.
+    pub fn new(quiet: Duration) -> Self {
+        Debouncer { quiet, last_event: HashMap::new() }
+    }
+
+    /// Notes an event for `key` at `now`, restarting its quiet period.
+    pub fn touch(&mut self, key: K, now: Instant) {
+        let t = self.last_event.entry(key).or_insert(now);
+        *t = (*t).max(now);
+    }
+
+    /// Notes `key` as already quiet: it is due at once (for changes found
+    /// by a rescan, which have no event to wait out).
+    pub fn touch_due(&mut self, key: K, now: Instant) {
+        let due = now.checked_sub(self.quiet).unwrap_or(now);
+        self.last_event.entry(key).or_insert(due);
+    }
+
+    /// Removes and returns every key quiet for the delay at `now`, oldest
+    /// event first.
+    pub fn take_due(&mut self, now: Instant) -> Vec<K> {
+        let mut due: Vec<(Instant, K)> = self
+            .last_event
+            .iter()
+            .filter(|(_, &t)| now.saturating_duration_since(t) >= self.quiet)
+            .map(|(k, &t)| (t, k.clone()))
+            .collect();
+        due.sort_by_key(|(t, _)| *t);
+        for (_, k) in &due {
+            self.last_event.remove(k);
+        }
+        due.into_iter().map(|(_, k)| k).collect()
+    }
+
+    /// When the next key becomes due, if any is pending.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.last_event.values().min().map(|&t| t + self.quiet)
+    }
+
+    /// True when nothing is pending.
+    pub fn is_empty(&self) -> bool {
+        self.last_event.is_empty()
+    }
+
+    /// Keys pending.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.last_event.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const Q: Duration = Duration::from_millis(50);
+
+    #[test]
+    fn a_key_is_due_only_after_a_quiet_period() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::new(Q);
+        d.touch("a", t0);
+        assert_eq!(d.next_due(), Some(t0 + Q));
+        assert!(d.take_due(t0 + Q / 2).is_empty());
+        // A new event restarts the wait.
+        d.touch("a", t0 + Q / 2);
+        assert!(d.take_due(t0 + Q).is_empty());
+        assert_eq!(d.next_due(), Some(t0 + Q / 2 + Q));
+        assert_eq!(d.take_due(t0 + Q / 2 + Q), ["a"]);
+        assert!(d.is_empty());
+        assert_eq!(d.next_due(), None);
+    }
+
+    #[test]
+    fn an_older_event_never_moves_the_wait_back() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::new(Q);
+        d.touch("a", t0 + Q);
+        d.touch("a", t0);
+        assert!(d.take_due(t0 + Q).is_empty());
+    }
+
+    #[test]
+    fn due_keys_come_out_oldest_first_and_once() {
+        let t0 = Instant::now();
+        let mut d = Debouncer::new(Q);
+        d.touch("late", t0 + Duration::from_millis(10));
+        d.touch("early", t0);
+        d.touch("busy", t0);
+        d.touch("busy", t0 + Q);
+        assert_eq!(d.take_due(t0 + Q * 3 / 2), ["early", "late"]);
+        assert_eq!(d.len(), 1);
+        assert!(d.take_due(t0 + Q * 3 / 2).is_empty());
+        assert_eq!(d.take_due(t0 + Q * 2), ["busy"]);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn rescan_finds_are_due_at_once_but_do_not_cut_an_event_short() {
+        let t0 = Instant::now() + Q;
+        let mut d = Debouncer::new(Q);
+        d.touch_due("found", t0);
+        assert_eq!(d.take_due(t0), ["found"]);
+        d.touch("written", t0);
+        d.touch_due("written", t0);
+        assert!(d.take_due(t0).is_empty(), "the pending event still waits");
+    }
+}

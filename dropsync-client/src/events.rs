@@ -1,0 +1,60 @@
+//! What the client's threads tell the control thread, over one channel.
+//!
+//! The control thread owns every decision; the other threads (the
+//! file-system watcher, the signal handler, and per session the receive
+//! thread and the reply thread) report to it. Session events carry the
+//! session's number so that a late report from a session already over is
+//! recognised and dropped.
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use dropsync_proto::metadata::Document;
+
+use crate::outgoing::Done;
+
+/// One report to the control thread.
+#[derive(Debug)]
+pub enum Event {
+    /// Paths the watcher saw change (files or folders, absolute).
+    Changed(Vec<PathBuf>),
+    /// The watcher lost events (queue overflow, error): rescan everything.
+    RescanNeeded,
+    /// SIGINT or SIGTERM.
+    Signal,
+    /// A report from the threads of session number `session`.
+    Session {
+        /// Which session.
+        session: u64,
+        /// What happened.
+        what: SessionEvent,
+    },
+}
+
+/// A report from one session's threads.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// The server's META-DATA arrived (receive thread). The receive thread
+    /// then waits for the go-ahead before it reads anything else, so that
+    /// reconciliation sees a folder nobody else is writing to.
+    ServerMeta(Document),
+    /// An operation on the send connection ended (the reply thread has
+    /// already recorded it in the shared state, see `outgoing::settle`).
+    Done(Done),
+    /// An incoming transfer or DELETE of `name` ended, whatever its outcome;
+    /// its first message arrived at `started`. This answers a REQUEST sent
+    /// before `started`.
+    Delivered {
+        /// The path.
+        name: String,
+        /// When its first message arrived.
+        started: Instant,
+    },
+    /// The receive thread made a conflict copy named `name`: upload it.
+    ConflictCopy(String),
+    /// A connection of the session ended or must be dropped.
+    Closed {
+        /// Why, for the log.
+        reason: String,
+    },
+}

@@ -1,0 +1,294 @@
+//! Reconciliation on connect (PROTOCOL.md section 7): scan the folder,
+//! compare server (S), base (B) and local (L) content for every path with
+//! the core's pure `reconcile()`, carry out the local part of the plan
+//! (record, delete locally, keep conflict copies) and hand back the network
+//! part (REQUESTs, and paths to upload or DELETE).
+//!
+//! It runs while the receive thread waits (it has answered the META-DATA
+//! and holds off reading further), so no incoming file changes the folder
+//! under the scan.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Instant, SystemTime};
+
+use dropsync_core::meta_client::LocalSeen;
+use dropsync_core::reconcile::{reconcile, Action, Content, Planned, ServerSide};
+use dropsync_proto::metadata::{Document, EntryState};
+use dropsync_proto::name::validate_name;
+
+use crate::debounce::Debouncer;
+use crate::folder::{delete_local, keep_if_unaccepted, Before};
+use crate::paths::local_path;
+use crate::scan::{read_local, walk, Local, Notes};
+use crate::state::Ctx;
+
+/// The network half of a reconciliation plan.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Plan {
+    /// Paths to REQUEST.
+    pub requests: Vec<String>,
+    /// Paths to bring in line with the server (upload or DELETE), conflict
+    /// copies included.
+    pub syncs: Vec<String>,
+}
+
+/// The server's side of each path, from its META-DATA, and its version.
+fn server_side(doc: &Document) -> HashMap<String, (ServerSide, u64)> {
+    let mut server = HashMap::with_capacity(doc.entries.len());
+    for e in &doc.entries {
+        if let Err(err) = validate_name(&e.path, false) {
+            log::warn!("server META-DATA lists {:?}: {err}; ignored", e.path);
+            continue;
+        }
+        let side = match e.state {
+            EntryState::File => ServerSide::File(Content { md5: e.md5, size: e.size }),
+            EntryState::Deleted => ServerSide::Tombstone,
+            // Readers ignore what they do not know (section 5).
+            EntryState::Other(_) => continue,
+        };
+        // A later line for the same path wins.
+        server.insert(e.path.clone(), (side, e.version));
+    }
+    server
+}
+
+/// Scans, reconciles against `doc` and carries out the local actions.
+/// Files that keep changing during the scan are left out of the plan and
+/// handed to `debouncer`: they are uploaded once quiet.
+pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc: &Document) -> Plan {
+    let started = Instant::now();
+    let server = server_side(doc);
+
+    // L: every file now, hashed only when its stat changed.
+    let now = SystemTime::now();
+    let mut local_seen: HashMap<String, LocalSeen> = HashMap::new();
+    let mut unsettled: HashSet<String> = HashSet::new();
+    for (name, _) in walk(&ctx.root, &ctx.root, notes) {
+        let recorded = ctx.shared.lock().record(&name).local;
+        match read_local(&local_path(&ctx.root, &name), recorded, now) {
+            Ok(Local::File { seen, .. }) => {
+                local_seen.insert(name, seen);
+            }
+            Ok(Local::NotAFile(_)) => {}
+            Ok(Local::Unstable) => {
+                debouncer.touch(name.clone(), Instant::now());
+                unsettled.insert(name);
+            }
+            Err(e) => {
+                log::warn!("cannot read {name}: {e}");
+                unsettled.insert(name);
+            }
+        }
+    }
+
+    // Record what was seen; B is the base of every record.
+    let mut st = ctx.shared.lock();
+    for (name, seen) in &local_seen {
+        st.set_local(name, Some(*seen));
+    }
+    let vanished: Vec<String> = st
+        .meta
+        .records
+        .iter()
+        .filter(|(name, r)| r.local.is_some() && !local_seen.contains_key(*name) && !unsettled.contains(*name))
+        .map(|(name, _)| name.clone())
+        .collect();
+    for name in &vanished {
+        st.set_local(name, None);
+    }
+    let base: HashMap<String, Content> = st
+        .meta
+        .records
+        .iter()
+        .filter_map(|(name, r)| Some((name.clone(), r.base?)))
+        .collect();
+    drop(st);
+
+    let local: HashMap<String, Content> = local_seen.iter().map(|(n, s)| (n.clone(), s.content)).collect();
+    let sides: HashMap<String, ServerSide> = server.iter().map(|(n, (s, _))| (n.clone(), *s)).collect();
+    let planned = reconcile(&sides, &base, &local, ctx.conflict_copies);
+
+    let mut plan = Plan::default();
+    for Planned { path: name, action } in planned {
+        if unsettled.contains(&name) {
+            continue;
+        }
+        let (side, version) = server.get(&name).copied().map_or((None, 0), |(s, v)| (Some(s), v));
+        let server_content = match side {
+            Some(ServerSide::File(c)) => Some(c),
+            _ => None,
+        };
+        log::debug!("reconcile {name}: {action:?}");
+        match action {
+            Action::Record => ctx.shared.lock().set_base(&name, server_content, version),
+            Action::Request => plan.requests.push(name),
+            Action::ConflictCopyThenRequest => {
+                plan.syncs.extend(keep_copy(ctx, &name, local_seen.get(&name), server_content));
+                plan.requests.push(name);
+            }
+            Action::ConflictCopyThenDeleteLocal | Action::DeleteLocal => {
+                plan.syncs.extend(remove_local(ctx, &name, local_seen.get(&name)));
+            }
+            Action::DeleteRemote => plan.syncs.push(name),
+            Action::Upload => {
+                if side.is_none() {
+                    // The server has no entry at all: it lost its data and
+                    // is refilled (rule 4), so nothing is in common with it.
+                    ctx.shared.lock().set_base(&name, None, 0);
+                }
+                plan.syncs.push(name);
+            }
+        }
+    }
+    log::info!(
+        "reconciled {} local files with {} server entries in {:?}: {} to request, {} to send",
+        local.len(),
+        server.len(),
+        started.elapsed(),
+        plan.requests.len(),
+        plan.syncs.len()
+    );
+    plan
+}
+
+/// Keeps the local file of `name` as a conflict copy before the server's
+/// `incoming` version is requested; returns the copy's name.
+fn keep_copy(ctx: &Ctx, name: &str, seen: Option<&LocalSeen>, incoming: Option<Content>) -> Option<String> {
+    let path = local_path(&ctx.root, name);
+    let before = seen.map_or(Before::File { stat: Default::default(), content: None }, |s| Before::seen(*s));
+    let mut st = ctx.shared.lock();
+    match keep_if_unaccepted(ctx, &mut st, name, &path, &before, incoming) {
+        Ok(copy) => copy,
+        Err(e) => {
+            log::warn!("cannot keep a conflict copy of {name}: {e}");
+            None
+        }
+    }
+}
+
+/// The server deleted `name`: delete the local file, first keeping it as a
+/// conflict copy if it holds content the server never accepted (which it
+/// did at the scan, for `ConflictCopyThenDeleteLocal`, or if it changed
+/// since). Returns the copy's name.
+fn remove_local(ctx: &Ctx, name: &str, seen: Option<&LocalSeen>) -> Option<String> {
+    let path = local_path(&ctx.root, name);
+    let before = seen.map_or(Before::File { stat: Default::default(), content: None }, |s| Before::seen(*s));
+    let mut st = ctx.shared.lock();
+    let copy = match keep_if_unaccepted(ctx, &mut st, name, &path, &before, None) {
+        Ok(copy) => copy,
+        Err(e) => {
+            log::warn!("not deleting {name}: {e}");
+            return None;
+        }
+    };
+    match delete_local(ctx, &mut st, name, &path) {
+        Ok(()) if copy.is_none() => log::info!("deleted {name} (deleted on the server)"),
+        Ok(()) => {}
+        Err(e) => log::warn!("cannot delete {name}: {e}"),
+    }
+    copy
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dropsync_proto::metadata::Entry;
+
+    use std::time::Duration;
+
+    use dropsync_core::meta_client::{ClientMeta, ClientRecord};
+    use dropsync_proto::md5;
+
+    use crate::state::Shared;
+
+    fn content(bytes: &[u8]) -> Content {
+        Content { md5: md5(bytes), size: bytes.len() as u64 }
+    }
+
+    /// A folder with files in every situation, its records, and a server
+    /// META-DATA: the local half of the plan is carried out, the network
+    /// half returned.
+    #[test]
+    fn carries_out_the_local_actions_and_returns_the_rest() {
+        let root = std::env::temp_dir().join(format!("dropsync-initial-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("sub")).unwrap();
+        let files: [(&str, &[u8]); 6] = [
+            ("same", b"same"),
+            ("pull", b"old"),
+            ("gone", b"old"),
+            ("mine", b"new here"),
+            ("sub/both", b"edited here"),
+            ("local-del-remote-same", b"x"),
+        ];
+        for (name, bytes) in files {
+            std::fs::write(root.join(name), bytes).unwrap();
+        }
+        std::fs::remove_file(root.join("local-del-remote-same")).unwrap();
+        let mut meta = ClientMeta::new([1; 16]);
+        for (name, base) in [("same", &b"same"[..]), ("pull", b"old"), ("gone", b"old"), ("sub/both", b"old"), ("local-del-remote-same", b"x")] {
+            meta.records.insert(name.into(), ClientRecord { base: Some(content(base)), base_version: 1, local: None });
+        }
+        let ctx = Ctx {
+            root: root.clone(),
+            tmp_dir: root.join(".dropsync/tmp"),
+            label: "me".into(),
+            conflict_copies: true,
+            shared: Shared::new(meta),
+        };
+        let entry = |path: &str, bytes: &[u8], state| Entry {
+            version: 2,
+            md5: md5(bytes),
+            size: bytes.len() as u64,
+            mtime_ns: 0,
+            state,
+            path: path.into(),
+        };
+        let doc = Document {
+            client_id: None,
+            entries: vec![
+                entry("same", b"same", EntryState::File),
+                entry("pull", b"newer", EntryState::File),
+                entry("gone", b"old", EntryState::Deleted),
+                entry("sub/both", b"server edit", EntryState::File),
+                entry("local-del-remote-same", b"x", EntryState::File),
+                entry("remote-only", b"r", EntryState::File),
+            ],
+        };
+        let mut debouncer = Debouncer::new(Duration::from_millis(10));
+        let plan = run(&ctx, &mut Notes::default(), &mut debouncer, &doc);
+
+        assert_eq!(plan.requests, ["sub/both", "pull", "remote-only"]);
+        assert_eq!(plan.syncs.len(), 3, "{plan:?}");
+        let copy = &plan.syncs[0];
+        assert!(copy.starts_with("sub/both (conflicted copy me "), "{copy}");
+        assert_eq!(std::fs::read(root.join(copy)).unwrap(), b"edited here");
+        assert!(!root.join("sub/both").exists(), "moved aside for the server's version");
+        assert_eq!(&plan.syncs[1..], ["local-del-remote-same", "mine"]);
+        assert!(!root.join("gone").exists(), "deleted on the server, unchanged here");
+        let st = ctx.shared.lock();
+        assert_eq!(st.record("gone"), ClientRecord { base: None, base_version: 1, local: None });
+        assert_eq!(st.record("same").local.map(|l| l.content), Some(content(b"same")));
+        assert_eq!(st.record("mine").local.map(|l| l.content), Some(content(b"new here")));
+        drop(st);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn server_side_skips_bad_names_and_unknown_states_and_keeps_the_last_line() {
+        let entry = |path: &str, state, version| Entry { version, md5: [1; 16], size: 1, mtime_ns: 0, state, path: path.into() };
+        let doc = Document {
+            client_id: None,
+            entries: vec![
+                entry("a", EntryState::File, 1),
+                entry("../evil", EntryState::File, 2),
+                entry(".dropsync/metadata", EntryState::File, 3),
+                entry("b", EntryState::Other('Q'), 4),
+                entry("a", EntryState::Deleted, 5),
+            ],
+        };
+        let s = server_side(&doc);
+        assert_eq!(s.len(), 1);
+        assert_eq!(s["a"], (ServerSide::Tombstone, 5));
+    }
+}

@@ -1,0 +1,348 @@
+//! The send connection: uploads, DELETEs and REQUESTs, driven through the
+//! core [`Mux`] (stop-and-wait per operation, up to `--parallel`
+//! operations interleaved, replies matched in order, PROTOCOL.md section 4).
+//!
+//! This file only moves bytes: it reads the chunk ranges the mux asks for
+//! from the open file, writes frames, feeds replies back, and checks that a
+//! file being uploaded is not changing under it (its stat is compared after
+//! every accepted chunk; a change ABORTs the upload, which the control
+//! thread retries once the file is quiet).
+//!
+//! Two threads drive it, through [`SendSide`]: the control thread adds
+//! operations and sends their first messages; the reply thread
+//! (`replies.rs`) feeds each STATUS in and at once sends what that
+//! unblocked (the next chunk), so a busy control thread never slows a
+//! transfer, and an operation's end is recorded the moment its reply is
+//! read (see [`settle`]).
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{self, Write};
+use std::net::TcpStream;
+use std::os::unix::fs::FileExt;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
+
+use dropsync_core::meta_client::LocalSeen;
+use dropsync_core::mux::{Mux, MuxReply, OpId, SingleKind, Step};
+use dropsync_core::reconcile::Content;
+use dropsync_core::sender::{Outcome, Recorded};
+use dropsync_core::wire::write_frame;
+use dropsync_core::CoreError;
+use dropsync_proto::{encode_chunk_header, Digest, Frame, StatusCode};
+
+use crate::scan::{probe, FileStat, Probe};
+use crate::state::Ctx;
+
+/// The send connection's state, shared by the control and reply threads.
+/// Never held together with the state lock (`state::Shared`): each thread
+/// releases one before it takes the other.
+#[derive(Clone, Debug)]
+pub struct SendSide(Arc<Mutex<Outgoing>>);
+
+impl SendSide {
+    /// Shares `out`.
+    pub fn new(out: Outgoing) -> Self {
+        SendSide(Arc::new(Mutex::new(out)))
+    }
+
+    /// Locks it. Every update leaves `Outgoing` consistent, so a poisoned
+    /// lock is used as is.
+    pub fn lock(&self) -> MutexGuard<'_, Outgoing> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Records in the shared state what an ended operation means, at once:
+/// the path is no longer being sent (so an incoming transfer of it is
+/// accepted again), and an accepted change becomes the base.
+pub fn settle(ctx: &Ctx, done: &Done) {
+    let mut st = ctx.shared.lock();
+    match done {
+        Done::Upload { name, seen, outcome } => {
+            st.outgoing.remove(name);
+            match outcome {
+                Outcome::Committed => st.set_synced(name, seen.content, seen.mtime_ns),
+                // Section 7: the local state is recorded anyway.
+                Outcome::Refused(_) => st.set_local(name, Some(*seen)),
+                Outcome::Aborted => {}
+            }
+        }
+        Done::Delete { name, outcome } => {
+            st.outgoing.remove(name);
+            if *outcome == Outcome::Committed {
+                st.set_deleted(name);
+            }
+        }
+        Done::Request { .. } => {}
+    }
+}
+
+/// An operation on the send connection, as the control thread sees it end.
+#[derive(Debug)]
+pub enum Done {
+    /// An upload ended. When committed, `seen` is the content the server
+    /// now has (the digest of the bytes actually sent) and the stat the
+    /// file had; otherwise it is what the upload started from.
+    Upload {
+        /// The path.
+        name: String,
+        /// Content and stat, see above.
+        seen: LocalSeen,
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// A DELETE was answered (or dropped before it was sent: `Aborted`).
+    Delete {
+        /// The path.
+        name: String,
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// A REQUEST was answered (or dropped before it was sent: `Aborted`).
+    Request {
+        /// The path.
+        name: String,
+        /// How it ended.
+        outcome: Outcome,
+    },
+}
+
+#[derive(Debug)]
+enum Kind {
+    Upload {
+        file: File,
+        path: PathBuf,
+        seen: LocalSeen,
+        /// The whole-file MD5 sent in FINISHED.
+        sent_digest: Option<Digest>,
+    },
+    Delete,
+    Request,
+}
+
+#[derive(Debug)]
+struct Op {
+    name: String,
+    kind: Kind,
+}
+
+/// The sending half of the send connection.
+#[derive(Debug)]
+pub struct Outgoing {
+    sock: TcpStream,
+    mux: Mux,
+    ops: HashMap<OpId, Op>,
+    by_name: HashMap<String, OpId>,
+    chunk_size: u32,
+    last_send: Instant,
+    frame: Vec<u8>,
+    chunk: Vec<u8>,
+}
+
+impl Outgoing {
+    /// Drives `sock`, with at most `parallel` operations in flight and
+    /// chunks of at most `chunk_size` bytes.
+    pub fn new(sock: TcpStream, parallel: usize, chunk_size: u32) -> Self {
+        Outgoing {
+            sock,
+            mux: Mux::new(parallel),
+            ops: HashMap::new(),
+            by_name: HashMap::new(),
+            chunk_size,
+            last_send: Instant::now(),
+            frame: Vec::new(),
+            chunk: Vec::new(),
+        }
+    }
+
+    /// True when an operation on `name` is under way.
+    pub fn has(&self, name: &str) -> bool {
+        self.by_name.contains_key(name)
+    }
+
+    /// Operations under way.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// True when no operation is under way.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Queues an upload of `name` from the open `file`, whose content and
+    /// stat are `seen`.
+    pub fn add_upload(&mut self, name: String, file: File, path: PathBuf, seen: LocalSeen) {
+        let id = self.mux.add_upload(name.clone(), seen.content.size, self.chunk_size);
+        self.insert(id, name, Kind::Upload { file, path, seen, sent_digest: None });
+    }
+
+    /// Queues a DELETE of `name`, whose last version we held is `held`.
+    pub fn add_delete(&mut self, name: String, held: Digest) {
+        let id = self.mux.add_single(name.clone(), SingleKind::Delete, held);
+        self.insert(id, name, Kind::Delete);
+    }
+
+    /// Queues a REQUEST of `name`; `held` is the version we hold, or zeros.
+    pub fn add_request(&mut self, name: String, held: Digest) {
+        let id = self.mux.add_single(name.clone(), SingleKind::Request, held);
+        self.insert(id, name, Kind::Request);
+    }
+
+    fn insert(&mut self, id: OpId, name: String, kind: Kind) {
+        self.by_name.insert(name.clone(), id);
+        self.ops.insert(id, Op { name, kind });
+    }
+
+    /// Sends every message the mux has ready. Returns the operations that
+    /// ended without a reply (an upload whose file changed before anything
+    /// of it was sent).
+    pub fn pump(&mut self) -> io::Result<Vec<Done>> {
+        let mut done = Vec::new();
+        while let Some((id, step)) = self.mux.poll_send() {
+            let Some(op) = self.ops.get_mut(&id) else {
+                // Every id the mux hands out was inserted with it.
+                let _ = self.mux.abort(id);
+                continue;
+            };
+            self.frame.clear();
+            let name = op.name.as_str();
+            match (step, &mut op.kind) {
+                (Step::Chunk { offset, len }, Kind::Upload { file, .. }) => {
+                    let read = read_at(file, offset, len, &mut self.chunk);
+                    let recorded = match read {
+                        Ok(()) => self.mux.record_chunk(id, &self.chunk),
+                        Err(e) => {
+                            log::warn!("cannot read {name}: {e}");
+                            Recorded::NotExpected
+                        }
+                    };
+                    match recorded {
+                        Recorded::Send { digest } => {
+                            encode_chunk_header(&digest, name, len, &mut self.frame);
+                            self.frame.extend_from_slice(&self.chunk);
+                        }
+                        Recorded::WrongLength { .. } | Recorded::NotExpected => {
+                            log::info!("{name} changed while it was being sent; will retry");
+                            if let Some(outcome) = self.mux.abort(id) {
+                                done.extend(self.end(id, outcome));
+                            }
+                            continue;
+                        }
+                    }
+                }
+                (Step::Finished { digest }, Kind::Upload { sent_digest, .. }) => {
+                    *sent_digest = Some(digest);
+                    Frame::Finished { digest, name }.encode(&mut self.frame);
+                }
+                (Step::Abort, _) => Frame::abort(name).encode(&mut self.frame),
+                (Step::Delete { digest }, _) => Frame::Delete { digest, name }.encode(&mut self.frame),
+                (Step::Request { digest }, _) => Frame::Request { digest, name }.encode(&mut self.frame),
+                (step, _) => {
+                    // A chunk or FINISHED step for a DELETE or REQUEST cannot
+                    // come from the mux; drop the operation if it ever does.
+                    log::error!("internal: step {step:?} for {name}");
+                    let _ = self.mux.abort(id);
+                    continue;
+                }
+            }
+            self.sock.write_all(&self.frame)?;
+            self.last_send = Instant::now();
+        }
+        Ok(done)
+    }
+
+    /// Feeds a STATUS reply to the mux; returns the operation it ended, if
+    /// any. An upload still going on has its file's stat checked, and is
+    /// aborted if the file changed.
+    ///
+    /// # Errors
+    /// A reply with no message waiting for it: the connection is out of
+    /// step and must be dropped.
+    pub fn handle_reply(&mut self, code: StatusCode) -> Result<Option<Done>, CoreError> {
+        match self.mux.handle_reply(code)? {
+            MuxReply::KeepAlive => Ok(None),
+            MuxReply::Routed { op, outcome: Some(outcome) } => Ok(self.end(op, outcome)),
+            MuxReply::Routed { op, outcome: None } => {
+                if self.changed_under_upload(op) {
+                    if let Some(outcome) = self.mux.abort(op) {
+                        return Ok(self.end(op, outcome));
+                    }
+                }
+                Ok(None)
+            }
+        }
+    }
+
+    /// True when the file of upload `id` no longer has the stat it had when
+    /// the upload started ("stat before/after").
+    fn changed_under_upload(&self, id: OpId) -> bool {
+        let Some(Op { name, kind: Kind::Upload { path, seen, .. } }) = self.ops.get(&id) else {
+            return false;
+        };
+        let was = FileStat { mtime_ns: seen.mtime_ns, size: seen.content.size };
+        let changed = !matches!(probe(path), Ok(Probe::File(now)) if now == was);
+        if changed {
+            log::info!("{name} changed while it was being sent; aborting, will retry");
+        }
+        changed
+    }
+
+    /// Aborts everything for shutdown (section 9); returns what ended at
+    /// once. ABORTs for uploads in progress go out with the next `pump`.
+    pub fn abort_all(&mut self) -> Vec<Done> {
+        let ended = self.mux.abort_all();
+        ended.into_iter().filter_map(|(id, outcome)| self.end(id, outcome)).collect()
+    }
+
+    fn end(&mut self, id: OpId, outcome: Outcome) -> Option<Done> {
+        let op = self.ops.remove(&id)?;
+        self.by_name.remove(&op.name);
+        let name = op.name;
+        Some(match op.kind {
+            Kind::Upload { seen, sent_digest, .. } => {
+                let seen = match (outcome, sent_digest) {
+                    (Outcome::Committed, Some(md5)) => {
+                        LocalSeen { content: Content { md5, ..seen.content }, ..seen }
+                    }
+                    _ => seen,
+                };
+                Done::Upload { name, seen, outcome }
+            }
+            Kind::Delete => Done::Delete { name, outcome },
+            Kind::Request => Done::Request { name, outcome },
+        })
+    }
+
+    /// Sends a keep-alive if nothing was sent for `interval` (section 9).
+    pub fn keepalive_if_due(&mut self, interval: Duration) -> io::Result<()> {
+        if self.last_send.elapsed() >= interval {
+            write_frame(&mut self.sock, &Frame::Status(StatusCode::KEEP_ALIVE), &mut self.frame)?;
+            self.last_send = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// When the next keep-alive is due.
+    pub fn keepalive_due(&self, interval: Duration) -> Instant {
+        self.last_send + interval
+    }
+}
+
+/// Reads up to `len` bytes at `offset` into `buf` (fewer at end of file).
+fn read_at(file: &File, offset: u64, len: u32, buf: &mut Vec<u8>) -> io::Result<()> {
+    buf.resize(len as usize, 0);
+    let mut got = 0;
+    while got < buf.len() {
+        match file.read_at(&mut buf[got..], offset + got as u64) {
+            Ok(0) => break,
+            Ok(n) => got += n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    buf.truncate(got);
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The reply thread: reads the send connection, where only STATUS replies
+//! (and keep-alives) arrive, and drives the send side with them.
+//!
+//! Each reply goes straight into the mux and whatever it unblocks (the
+//! next chunk, an ABORT) is sent from here, and an operation that ended is
+//! recorded in the shared state before anything else is read. This matters
+//! for PROTOCOL.md section 7: an incoming transfer of a path is refused
+//! only "until the reply to its FINISHED"; recording that reply here, not
+//! whenever the control thread gets to it, keeps a newer version that the
+//! server sends right after our upload from being refused.
+
+use std::io;
+use std::net::TcpStream;
+use std::sync::{mpsc, Arc};
+use std::thread::{self, JoinHandle};
+use std::time::Instant;
+
+use dropsync_core::wire::{is_timeout_error, FrameReader, Msg};
+use dropsync_proto::StatusCode;
+
+use crate::connect::Timing;
+use crate::events::{Event, SessionEvent};
+use crate::outgoing::{settle, SendSide};
+use crate::state::Ctx;
+
+/// Starts the reply thread of session `session`. It reports each ended
+/// operation, and the end of the connection (or a peer silent for
+/// `timing.dead_peer`), then ends with the connection.
+pub fn spawn(
+    mut rx: FrameReader<TcpStream>,
+    out: SendSide,
+    ctx: Arc<Ctx>,
+    events: mpsc::Sender<Event>,
+    session: u64,
+    timing: Timing,
+) -> io::Result<JoinHandle<()>> {
+    let post = move |what| events.send(Event::Session { session, what }).is_ok();
+    thread::Builder::new().name(format!("replies-{session}")).spawn(move || {
+        let mut last_recv = Instant::now();
+        let reason = loop {
+            let code = match rx.read_msg() {
+                Ok(Some(Msg::Status(code))) => code,
+                Ok(Some(other)) => break format!("server sent {other:?} on the send connection (only STATUS is expected)"),
+                Ok(None) => break "server closed the send connection".to_owned(),
+                Err(e) if is_timeout_error(&e) => {
+                    if last_recv.elapsed() >= timing.dead_peer {
+                        break format!("nothing received on the send connection for {:?}", timing.dead_peer);
+                    }
+                    continue;
+                }
+                Err(e) => break format!("send connection: {e}"),
+            };
+            last_recv = Instant::now();
+            if code == StatusCode::KEEP_ALIVE {
+                continue;
+            }
+            let (ended, sent) = {
+                let mut out = out.lock();
+                match out.handle_reply(code) {
+                    Ok(ended) => (ended, out.pump()),
+                    Err(e) => break format!("server broke the protocol: {e}"),
+                }
+            };
+            let mut done: Vec<_> = ended.into_iter().collect();
+            let failed = match sent {
+                Ok(more) => {
+                    done.extend(more);
+                    None
+                }
+                Err(e) => Some(format!("send connection: {e}")),
+            };
+            for d in done {
+                settle(&ctx, &d);
+                if !post(SessionEvent::Done(d)) {
+                    return;
+                }
+            }
+            if let Some(reason) = failed {
+                break reason;
+            }
+        };
+        post(SessionEvent::Closed { reason });
+    })
+}

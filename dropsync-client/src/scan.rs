@@ -1,0 +1,275 @@
+//! Looking at the synced folder: walking it, stat-ing files, and hashing a
+//! file only when its stat says it may have changed since it was last seen.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, Read};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use dropsync_core::meta_client::LocalSeen;
+use dropsync_core::reconcile::Content;
+use dropsync_proto::digest::finish;
+use dropsync_proto::Md5;
+
+use crate::paths::{name_for, Unsyncable};
+
+/// A file whose modification time is this close to now is hashed even if
+/// its stat matches what was recorded: a write in the same clock tick as the
+/// one recorded would leave mtime and size unchanged (git's "racy clean"
+/// problem). Older files are trusted by stat alone.
+pub const RACY_WINDOW: Duration = Duration::from_secs(2);
+
+/// Read buffer for hashing.
+const HASH_BUFFER: usize = 256 * 1024;
+
+/// How often a file that changes while it is hashed is hashed again before
+/// the caller is told it is unstable (and tries again once it is quiet).
+const HASH_ATTEMPTS: usize = 3;
+
+/// Linux errno for "a component of the path is not a folder" (kept as a
+/// number: `io::ErrorKind::NotADirectory` needs a newer Rust than the
+/// workspace's minimum).
+const ENOTDIR: i32 = 20;
+
+/// The part of a file's stat that tells whether it changed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FileStat {
+    /// Modification time, ns since the epoch.
+    pub mtime_ns: i64,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+impl FileStat {
+    /// The stat of a file's metadata.
+    pub fn of(md: &fs::Metadata) -> Self {
+        FileStat { mtime_ns: md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec()), size: md.size() }
+    }
+}
+
+/// What is at a path, without following a symlink.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Probe {
+    /// Nothing.
+    Absent,
+    /// A regular file.
+    File(FileStat),
+    /// A folder.
+    Dir,
+    /// A symlink (never followed, never synced).
+    Symlink,
+    /// A socket, FIFO or device: not synced.
+    Special,
+}
+
+/// Looks at `path` without following symlinks.
+pub fn probe(path: &Path) -> io::Result<Probe> {
+    match fs::symlink_metadata(path) {
+        Ok(md) => {
+            let t = md.file_type();
+            Ok(if t.is_file() {
+                Probe::File(FileStat::of(&md))
+            } else if t.is_dir() {
+                Probe::Dir
+            } else if t.is_symlink() {
+                Probe::Symlink
+            } else {
+                Probe::Special
+            })
+        }
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Probe::Absent),
+        // A file where a folder of the path should be: nothing is at the path.
+        Err(e) if e.raw_os_error() == Some(ENOTDIR) => Ok(Probe::Absent),
+        Err(e) => Err(e),
+    }
+}
+
+/// True when `seen` still describes a file with `stat` and may be trusted
+/// without hashing: same mtime and size, and not modified within
+/// [`RACY_WINDOW`] of `now`.
+pub fn seen_is_current(seen: Option<LocalSeen>, stat: FileStat, now: SystemTime) -> bool {
+    let Some(seen) = seen else { return false };
+    if seen.mtime_ns != stat.mtime_ns || seen.content.size != stat.size {
+        return false;
+    }
+    let now_ns = now.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos().min(i64::MAX as u128) as i64);
+    now_ns.saturating_sub(stat.mtime_ns) > RACY_WINDOW.as_nanos() as i64
+}
+
+/// MD5 and size of everything `reader` yields.
+pub fn hash_reader(reader: &mut impl Read) -> io::Result<Content> {
+    let mut hasher = Md5::default();
+    let mut buf = vec![0u8; HASH_BUFFER];
+    let mut size = 0u64;
+    loop {
+        let n = match reader.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        io::Write::write_all(&mut hasher, &buf[..n])?;
+        size += n as u64;
+    }
+    Ok(Content { md5: finish(hasher), size })
+}
+
+/// What [`read_local`] found.
+#[derive(Debug)]
+pub enum Local {
+    /// No regular file there (absent, a folder, a symlink, ...).
+    NotAFile(Probe),
+    /// The file, open, with its content and the stat it had while hashed.
+    File {
+        /// Its content and stat.
+        seen: LocalSeen,
+        /// The file, open for reading (an upload reads from this handle).
+        file: Option<File>,
+    },
+    /// It kept changing while being hashed: try again once it is quiet.
+    Unstable,
+}
+
+/// The content of the file at `path`: `seen` when its stat still matches
+/// (see [`seen_is_current`]), else hashed, with the stat taken before and
+/// after hashing to make sure the content is one consistent version.
+pub fn read_local(path: &Path, seen: Option<LocalSeen>, now: SystemTime) -> io::Result<Local> {
+    for _ in 0..HASH_ATTEMPTS {
+        let stat = match probe(path)? {
+            Probe::File(stat) => stat,
+            other => return Ok(Local::NotAFile(other)),
+        };
+        if let Some(seen) = seen.filter(|_| seen_is_current(seen, stat, now)) {
+            return Ok(Local::File { seen, file: None });
+        }
+        let mut file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(e),
+        };
+        let before = FileStat::of(&file.metadata()?);
+        let content = hash_reader(&mut file)?;
+        let after = FileStat::of(&file.metadata()?);
+        if before == after && content.size == after.size && probe(path)? == Probe::File(after) {
+            return Ok(Local::File { seen: LocalSeen { mtime_ns: after.mtime_ns, content }, file: Some(file) });
+        }
+    }
+    Ok(Local::Unstable)
+}
+
+/// Remembers which unsyncable paths were already reported, so each is
+/// logged once, not at every rescan.
+#[derive(Debug, Default)]
+pub struct Notes {
+    said: HashSet<String>,
+}
+
+impl Notes {
+    /// Logs `what` about `path` the first time only.
+    pub fn once(&mut self, path: &Path, what: &str) {
+        if self.said.insert(path.display().to_string()) {
+            log::info!("not synced: {} ({what})", path.display());
+        }
+    }
+}
+
+/// Every regular file under `dir` (a folder under `root`) with a valid
+/// wire name, and its stat. Symlinks are not followed; unsyncable names and
+/// unreadable folders are reported once and skipped.
+pub fn walk(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<(String, FileStat)> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let entries = match fs::read_dir(&dir) {
+            Ok(e) => e,
+            Err(e) => {
+                if e.kind() != io::ErrorKind::NotFound {
+                    log::warn!("cannot read folder {}: {e}", dir.display());
+                }
+                continue;
+            }
+        };
+        for entry in entries.flatten() {
+            let path = entry.path();
+            let Ok(kind) = entry.file_type() else { continue };
+            let name = match name_for(root, &path) {
+                Ok(name) => name,
+                Err(Unsyncable::Reserved | Unsyncable::Outside) => continue,
+                Err(Unsyncable::BadName(why)) => {
+                    notes.once(&path, &format!("name not allowed: {why}"));
+                    continue;
+                }
+            };
+            if kind.is_symlink() {
+                notes.once(&path, "symlinks are not followed");
+            } else if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_file() {
+                if let Ok(md) = entry.metadata() {
+                    out.push((name, FileStat::of(&md)));
+                }
+            } else {
+                notes.once(&path, "not a regular file");
+            }
+        }
+    }
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dropsync_proto::md5;
+
+    fn tmp(tag: &str) -> std::path::PathBuf {
+        let d = std::env::temp_dir().join(format!("dropsync-scan-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&d);
+        fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn walk_finds_nested_files_and_skips_state_and_symlinks() {
+        let root = tmp("walk");
+        fs::create_dir_all(root.join("a/b")).unwrap();
+        fs::create_dir_all(root.join(".dropsync/tmp")).unwrap();
+        fs::write(root.join("top.txt"), b"1").unwrap();
+        fs::write(root.join("a/b/deep.txt"), b"22").unwrap();
+        fs::write(root.join(".dropsync/metadata"), b"x").unwrap();
+        fs::write(root.join("a\\b"), b"x").unwrap();
+        std::os::unix::fs::symlink(root.join("a"), root.join("link")).unwrap();
+        let mut notes = Notes::default();
+        let found: Vec<(String, u64)> = walk(&root, &root, &mut notes).into_iter().map(|(n, s)| (n, s.size)).collect();
+        assert_eq!(found, [("a/b/deep.txt".to_owned(), 2), ("top.txt".to_owned(), 1)]);
+        assert_eq!(notes.said.len(), 2, "symlink and bad name noted: {:?}", notes.said);
+        let sub: Vec<String> = walk(&root, &root.join("a"), &mut notes).into_iter().map(|(n, _)| n).collect();
+        assert_eq!(sub, ["a/b/deep.txt"]);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn read_local_hashes_unless_the_stat_is_old_and_unchanged() {
+        let root = tmp("read");
+        let p = root.join("f");
+        fs::write(&p, b"hello").unwrap();
+        let now = SystemTime::now();
+        let Local::File { seen, file } = read_local(&p, None, now).unwrap() else { panic!() };
+        assert_eq!(seen.content, Content { md5: md5(b"hello"), size: 5 });
+        assert!(file.is_some(), "hashed");
+        // Fresh file: the racy window forces a hash even with a matching stat.
+        let Local::File { file, .. } = read_local(&p, Some(seen), now).unwrap() else { panic!() };
+        assert!(file.is_some());
+        // Later: the recorded content is trusted, however wrong it is.
+        let later = now + RACY_WINDOW * 2;
+        let fake = LocalSeen { content: Content { md5: [7; 16], size: 5 }, ..seen };
+        let Local::File { seen: got, file } = read_local(&p, Some(fake), later).unwrap() else { panic!() };
+        assert_eq!((got, file.is_none()), (fake, true));
+        assert!(matches!(read_local(&root.join("none"), None, now).unwrap(), Local::NotAFile(Probe::Absent)));
+        assert!(matches!(read_local(&root, None, now).unwrap(), Local::NotAFile(Probe::Dir)));
+        assert!(matches!(read_local(&p.join("x"), None, now).unwrap(), Local::NotAFile(Probe::Absent)));
+        fs::remove_dir_all(&root).unwrap();
+    }
+}

@@ -1,0 +1,494 @@
+//! One session with the server, from HELLO to disconnection, driven by the
+//! control thread.
+//!
+//! Threads of a session: the receive thread ([`Incoming`]) owns the receive
+//! connection; the reply thread (`replies.rs`) reads the send connection
+//! and sends what each reply unblocks; the control thread (this file)
+//! makes every decision and starts every operation. They talk through the
+//! one event channel, and share the per-path records (`state::Shared`) and
+//! the send side ([`SendSide`]); no thread ever holds both locks at once.
+//! The control loop is: start due work → send what the mux has ready →
+//! wait for the next event or deadline (debounce, keep-alive, rescan,
+//! META-DATA save) → handle it.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::File;
+use std::net::TcpStream;
+use std::sync::{mpsc, Arc};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant, SystemTime};
+
+use dropsync_core::reconcile::Content;
+use dropsync_core::sender::Outcome;
+use dropsync_proto::{StatusCode, ZERO_DIGEST};
+
+use crate::client::Core;
+use crate::connect::{Connected, Timing};
+use crate::events::{Event, SessionEvent};
+use crate::incoming::Incoming;
+use crate::initial_sync;
+use crate::jobs::{Job, Jobs};
+use crate::outgoing::{settle, Done, Outgoing, SendSide};
+use crate::replies;
+use crate::paths::{checked_path, local_path};
+use crate::scan::{probe, read_local, FileStat, Local, Probe};
+
+/// How long a stopping client waits for the replies to its ABORTs (and to
+/// DELETEs and REQUESTs already sent) before it closes the connections.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
+
+/// META-DATA saves are coalesced: at most one per this interval.
+const SAVE_DELAY: Duration = Duration::from_millis(200);
+
+/// Longest the control loop sleeps without looking at the clock.
+const MAX_WAIT: Duration = Duration::from_secs(1);
+
+/// Times an upload refused by a checksum or size abort (0x0008, 0x0010:
+/// data damaged on the way) is tried again before the change is given up.
+const MAX_RETRIES: u32 = 3;
+
+/// How a session ended.
+#[derive(Debug)]
+pub enum End {
+    /// `--once`: everything pending in both directions is done.
+    Done,
+    /// SIGINT or SIGTERM: transfers aborted, ready to exit.
+    Stopped,
+    /// The connection was lost or broken; the reason, for the log.
+    Lost(String),
+    /// The client cannot go on (its folder disappeared); the reason.
+    Failed(String),
+}
+
+/// One session's state, owned by the control thread.
+pub struct Session<'a> {
+    core: &'a mut Core,
+    number: u64,
+    timing: Timing,
+    out: SendSide,
+    send_sock: TcpStream,
+    recv_sock: TcpStream,
+    threads: Vec<JoinHandle<()>>,
+    /// Lets the receive thread go on once META-DATA is reconciled.
+    go: Option<mpsc::Sender<()>>,
+    /// True once the server's META-DATA has been reconciled.
+    reconciled: bool,
+    jobs: Jobs,
+    /// REQUESTs waiting for their delivery, with the time each was queued:
+    /// a delivery of the path starting later answers it. (A delivery that
+    /// starts before the REQUEST actually goes out, a fan-out of the same
+    /// path, may count instead; it brings the same current version.)
+    pending_requests: HashMap<String, Instant>,
+    /// Paths whose sync waits for an operation on the same path to end.
+    deferred: HashSet<String>,
+    /// Changes the server refused with 0x0040 or 0x0020 (or repeatedly
+    /// damaged): not tried again this session unless the content changes.
+    given_up: HashMap<String, Option<Content>>,
+    retries: HashMap<String, u32>,
+    stop_deadline: Option<Instant>,
+    last_save: Instant,
+}
+
+impl<'a> Session<'a> {
+    /// Runs a session on freshly opened connections until it ends; the
+    /// second value is true when it got as far as reconciling.
+    pub fn run(core: &'a mut Core, conn: Connected, number: u64, timing: Timing) -> (End, bool) {
+        let Connected { send, send_rx, recv, recv_rx } = conn;
+        let (go_tx, go_rx) = mpsc::channel();
+        let clones = send.try_clone().and_then(|s| Ok((s, recv.try_clone()?)));
+        let (send_sock, recv_sock) = match clones {
+            Ok(c) => c,
+            Err(e) => return (End::Lost(format!("socket: {e}")), false),
+        };
+        let out = SendSide::new(Outgoing::new(send, core.cfg.parallel, core.cfg.chunk_size));
+        let mut threads = Vec::new();
+        let ctx = &core.ctx;
+        let spawned = Incoming::spawn(Arc::clone(ctx), recv_rx, recv, core.tx.clone(), number, timing, go_rx)
+            .and_then(|t| {
+                threads.push(t);
+                replies::spawn(send_rx, out.clone(), Arc::clone(ctx), core.tx.clone(), number, timing)
+            });
+        match spawned {
+            Ok(t) => threads.push(t),
+            Err(e) => {
+                Connected::shutdown(&send_sock, &recv_sock);
+                return (End::Lost(format!("cannot start a thread: {e}")), false);
+            }
+        }
+        let mut s = Session {
+            core,
+            number,
+            timing,
+            out,
+            send_sock,
+            recv_sock,
+            threads,
+            go: Some(go_tx),
+            reconciled: false,
+            jobs: Jobs::default(),
+            pending_requests: HashMap::new(),
+            deferred: HashSet::new(),
+            given_up: HashMap::new(),
+            retries: HashMap::new(),
+            stop_deadline: None,
+            last_save: Instant::now(),
+        };
+        let end = s.drive();
+        s.teardown();
+        (end, s.reconciled)
+    }
+
+    fn drive(&mut self) -> End {
+        loop {
+            if self.core.stopping() && self.stop_deadline.is_none() {
+                self.begin_stop();
+            }
+            if let Some(why) = self.core.folder_gone() {
+                // Never turn a vanished (or unmounted) folder into deletes.
+                return End::Failed(why);
+            }
+            if let Err(e) = self.make_progress() {
+                return End::Lost(format!("send connection: {e}"));
+            }
+            let now = Instant::now();
+            if let Some(deadline) = self.stop_deadline {
+                if self.out.lock().is_empty() || now >= deadline {
+                    return End::Stopped;
+                }
+            }
+            if self.core.cfg.once && self.all_done() {
+                return End::Done;
+            }
+            if self.core.ctx.shared.lock().unsaved && now >= self.last_save + SAVE_DELAY {
+                self.core.meta_file.save_if_changed(&self.core.ctx.shared);
+                self.last_save = now;
+            }
+            let keepalive = self.out.lock().keepalive_if_due(self.timing.keepalive);
+            if let Err(e) = keepalive {
+                return End::Lost(format!("send connection: {e}"));
+            }
+            if self.reconciled && self.core.next_rescan.is_some_and(|at| now >= at) {
+                self.core.rescan();
+            }
+            let wait = self.next_wakeup().saturating_duration_since(Instant::now());
+            match self.core.events.recv_timeout(wait) {
+                Ok(ev) => {
+                    if let Some(end) = self.on_event(ev) {
+                        return end;
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => return End::Lost("event channel closed".into()),
+            }
+        }
+    }
+
+    /// The earliest time the loop has something to do without an event.
+    fn next_wakeup(&self) -> Instant {
+        let now = Instant::now();
+        let mut at = now + MAX_WAIT;
+        let mut consider = |t: Option<Instant>| {
+            if let Some(t) = t {
+                at = at.min(t);
+            }
+        };
+        if self.reconciled && self.stop_deadline.is_none() {
+            consider(self.core.debouncer.next_due());
+            consider(self.core.next_rescan);
+        }
+        consider(Some(self.out.lock().keepalive_due(self.timing.keepalive)));
+        consider(self.stop_deadline);
+        if self.core.ctx.shared.lock().unsaved {
+            consider(Some(self.last_save + SAVE_DELAY));
+        }
+        at.max(now)
+    }
+
+    /// Starts due work and sends what is ready, until neither makes more.
+    fn make_progress(&mut self) -> std::io::Result<()> {
+        loop {
+            if self.reconciled && self.stop_deadline.is_none() {
+                self.start_jobs();
+            }
+            let done = self.out.lock().pump()?;
+            if done.is_empty() {
+                return Ok(());
+            }
+            for d in done {
+                settle(&self.core.ctx, &d);
+                self.on_done(d);
+            }
+        }
+    }
+
+    /// `--once`: nothing queued, in flight, awaited or being received.
+    fn all_done(&self) -> bool {
+        let sending = !self.out.lock().is_empty();
+        self.reconciled
+            && !sending
+            && self.jobs.is_empty()
+            && self.pending_requests.is_empty()
+            && self.deferred.is_empty()
+            && self.core.debouncer.is_empty()
+            && self.core.ctx.shared.lock().incoming.is_empty()
+    }
+
+    fn on_event(&mut self, ev: Event) -> Option<End> {
+        match ev {
+            Event::Changed(paths) => self.core.note_changed(paths),
+            Event::RescanNeeded => {
+                if self.reconciled {
+                    self.core.rescan();
+                }
+            }
+            Event::Signal => {}
+            Event::Session { session, what } if session == self.number => return self.on_session_event(what),
+            Event::Session { .. } => {}
+        }
+        None
+    }
+
+    fn on_session_event(&mut self, what: SessionEvent) -> Option<End> {
+        match what {
+            SessionEvent::ServerMeta(doc) => {
+                let plan = initial_sync::run(&self.core.ctx, &mut self.core.notes, &mut self.core.debouncer, &doc);
+                for name in plan.requests {
+                    self.jobs.push_request(name);
+                }
+                for name in plan.syncs {
+                    self.jobs.push_sync(name);
+                }
+                // The debounced changes are covered by the scan just made,
+                // or wait in the debouncer for their quiet time.
+                self.reconciled = true;
+                self.core.schedule_rescan();
+                if let Some(go) = &self.go {
+                    let _ = go.send(());
+                }
+            }
+            SessionEvent::Done(done) => self.on_done(done),
+            SessionEvent::Delivered { name, started } => {
+                if self.pending_requests.get(&name).is_some_and(|&sent| started >= sent) {
+                    self.pending_requests.remove(&name);
+                }
+                self.undefer(&name);
+            }
+            SessionEvent::ConflictCopy(name) => self.jobs.push_sync(name),
+            SessionEvent::Closed { reason } => return Some(End::Lost(reason)),
+        }
+        None
+    }
+
+    /// Moves due debounced paths to the job queue, and starts jobs while
+    /// the mux has room.
+    fn start_jobs(&mut self) {
+        for name in self.core.debouncer.take_due(Instant::now()) {
+            self.jobs.push_sync(name);
+        }
+        while self.out.lock().len() < self.core.cfg.parallel {
+            match self.jobs.pop() {
+                Some(Job::Request(name)) => {
+                    let held = self.core.ctx.shared.lock().record(&name).local.map_or(ZERO_DIGEST, |l| l.content.md5);
+                    log::debug!("requesting {name}");
+                    self.pending_requests.insert(name.clone(), Instant::now());
+                    self.out.lock().add_request(name, held);
+                }
+                Some(Job::Sync(name)) => self.sync_path(name),
+                None => break,
+            }
+        }
+    }
+
+    /// Brings one path in line with the server: looks at the local file
+    /// and uploads it, DELETEs it on the server, or does nothing if it
+    /// equals the base (section 7).
+    fn sync_path(&mut self, name: String) {
+        let ctx = Arc::clone(&self.core.ctx);
+        let sending = self.out.lock().has(&name);
+        let receiving = ctx.shared.lock().incoming.contains(&name);
+        if sending || receiving || self.pending_requests.contains_key(&name) {
+            // Another operation on the path is under way; look again after.
+            self.deferred.insert(name);
+            return;
+        }
+        let Ok(path) = checked_path(&ctx.root, &name, false) else {
+            self.core.notes.once(&local_path(&ctx.root, &name), "inside a symlinked folder");
+            return;
+        };
+        let recorded = ctx.shared.lock().record(&name).local;
+        let local = match read_local(&path, recorded, SystemTime::now()) {
+            Ok(Local::File { seen, file }) => Some((seen, file)),
+            Ok(Local::NotAFile(Probe::Absent)) => None,
+            Ok(Local::NotAFile(Probe::Dir)) => {
+                // A folder appeared (created, or moved in): its files.
+                self.core.queue_tree(&path);
+                None
+            }
+            Ok(Local::NotAFile(_)) => {
+                self.core.notes.once(&path, "symlinks and special files are not synced");
+                return;
+            }
+            Ok(Local::Unstable) => {
+                self.core.debouncer.touch(name, Instant::now());
+                return;
+            }
+            Err(e) => {
+                log::warn!("cannot read {name}: {e}");
+                return;
+            }
+        };
+        if local.is_none() {
+            // A folder removed or moved away takes its files with it.
+            self.core.queue_records_under(&name);
+        }
+        let content = local.as_ref().map(|(seen, _)| seen.content);
+        let mut st = ctx.shared.lock();
+        // The file was read without the lock: if an incoming transfer
+        // replaced it meanwhile (or one is now open), what was read is stale
+        // and must not be sent over the version just received.
+        let now = local.as_ref().map(|(seen, _)| FileStat { mtime_ns: seen.mtime_ns, size: seen.content.size });
+        let still = match probe(&path) {
+            Ok(Probe::File(stat)) => Some(stat),
+            _ => None,
+        };
+        if st.incoming.contains(&name) || still != now {
+            drop(st);
+            self.core.debouncer.touch(name, Instant::now());
+            return;
+        }
+        let base = st.record(&name).base;
+        st.set_local(&name, local.as_ref().map(|(seen, _)| *seen));
+        if content == base {
+            self.given_up.remove(&name);
+            return;
+        }
+        if self.given_up.get(&name) == Some(&content) {
+            return;
+        }
+        match (local, base) {
+            (Some((seen, file)), _) => {
+                let file = match file.map_or_else(|| File::open(&path), Ok) {
+                    Ok(f) => f,
+                    Err(e) => {
+                        log::warn!("cannot open {name}: {e}");
+                        return;
+                    }
+                };
+                st.outgoing.insert(name.clone());
+                drop(st);
+                log::debug!("uploading {name} ({} bytes)", seen.content.size);
+                self.out.lock().add_upload(name, file, path, seen);
+            }
+            (None, Some(base)) => {
+                st.outgoing.insert(name.clone());
+                drop(st);
+                log::debug!("deleting {name} on the server");
+                self.out.lock().add_delete(name, base.md5);
+            }
+            (None, None) => {}
+        }
+    }
+
+    /// An operation on the send connection ended (already recorded in the
+    /// shared state by `outgoing::settle`): what it means for this session.
+    fn on_done(&mut self, done: Done) {
+        let name = match done {
+            Done::Upload { name, seen, outcome } => {
+                match outcome {
+                    Outcome::Committed => {
+                        self.given_up.remove(&name);
+                        self.retries.remove(&name);
+                        log::info!("uploaded {name} ({} bytes)", seen.content.size);
+                    }
+                    Outcome::Aborted => {
+                        if self.stop_deadline.is_none() {
+                            // It changed while being sent: again once quiet.
+                            self.core.debouncer.touch(name.clone(), Instant::now());
+                        }
+                    }
+                    Outcome::Refused(code) => self.refused(&name, code, Some(seen.content)),
+                }
+                name
+            }
+            Done::Delete { name, outcome } => {
+                match outcome {
+                    Outcome::Committed => {
+                        self.given_up.remove(&name);
+                        log::info!("deleted {name} on the server");
+                    }
+                    Outcome::Aborted => {}
+                    Outcome::Refused(code) => self.refused(&name, code, None),
+                }
+                name
+            }
+            Done::Request { name, outcome } => {
+                match outcome {
+                    Outcome::Committed => {}
+                    Outcome::Aborted => {
+                        self.pending_requests.remove(&name);
+                    }
+                    Outcome::Refused(code) => {
+                        log::info!("server refused REQUEST of {name}: {code}");
+                        self.pending_requests.remove(&name);
+                    }
+                }
+                name
+            }
+        };
+        self.undefer(&name);
+    }
+
+    /// The server refused our change of `name` (whose content is `content`,
+    /// `None` for a delete). 0x0040 and 0x0020 give the change up (section
+    /// 7); damaged transfers are tried again a few times.
+    fn refused(&mut self, name: &str, code: StatusCode, content: Option<Content>) {
+        let retry = code == StatusCode::ABORT_CHECKSUM || code == StatusCode::ABORT_SIZE;
+        let tries = self.retries.entry(name.to_owned()).or_insert(0);
+        *tries += 1;
+        if retry && *tries <= MAX_RETRIES && self.stop_deadline.is_none() {
+            log::warn!("server refused {name} ({code}); trying again");
+            self.core.debouncer.touch(name.to_owned(), Instant::now());
+            return;
+        }
+        self.retries.remove(name);
+        log::warn!("server refused {name} ({code}); giving up this change");
+        self.given_up.insert(name.to_owned(), content);
+    }
+
+    /// Queues the sync of `name` again if it waited for an operation on it.
+    fn undefer(&mut self, name: &str) {
+        if self.pending_requests.contains_key(name) {
+            return;
+        }
+        if self.deferred.remove(name) {
+            self.jobs.push_sync(name.to_owned());
+        }
+    }
+
+    /// Section 9: stop taking work, ABORT the uploads in progress (their
+    /// ABORTs go out as the mux allows), then wait briefly for replies.
+    fn begin_stop(&mut self) {
+        log::info!("stopping: aborting transfers in progress");
+        self.jobs.clear();
+        self.deferred.clear();
+        let ended = self.out.lock().abort_all();
+        for done in ended {
+            settle(&self.core.ctx, &done);
+            self.on_done(done);
+        }
+        self.stop_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
+    }
+
+    /// Closes both connections (shutdown(2)), waits for the session's
+    /// threads, and forgets its transfers.
+    fn teardown(&mut self) {
+        Connected::shutdown(&self.send_sock, &self.recv_sock);
+        self.go = None;
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        let mut st = self.core.ctx.shared.lock();
+        st.outgoing.clear();
+        st.incoming.clear();
+    }
+}

@@ -1,0 +1,67 @@
+//! File-system change notifications (inotify through `notify`), forwarded
+//! to the control thread, which debounces them. Symlinks are not followed,
+//! and the client's own `.dropsync/` folder is filtered out here.
+
+use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+
+use notify::event::{AccessKind, AccessMode};
+use notify::{Config, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
+
+use crate::events::Event;
+use crate::paths::is_state_path;
+
+/// Starts watching `root` recursively. Events go to `events` until the
+/// returned watcher is dropped.
+pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<RecommendedWatcher> {
+    let base: PathBuf = root.to_path_buf();
+    let handler = move |res: notify::Result<notify::Event>| {
+        let ev = match res {
+            Ok(ev) if ev.need_rescan() => Event::RescanNeeded,
+            Ok(ev) => {
+                if !matters(&ev.kind) {
+                    return;
+                }
+                let paths: Vec<PathBuf> = ev.paths.into_iter().filter(|p| !is_state_path(&base, p)).collect();
+                if paths.is_empty() {
+                    return;
+                }
+                Event::Changed(paths)
+            }
+            Err(e) => {
+                log::warn!("file watcher: {e}; rescanning");
+                Event::RescanNeeded
+            }
+        };
+        let _ = events.send(ev);
+    };
+    let mut watcher = RecommendedWatcher::new(handler, Config::default().with_follow_symlinks(false))?;
+    watcher.watch(root, RecursiveMode::Recursive)?;
+    Ok(watcher)
+}
+
+/// True for events that may mean a change of content or of the tree.
+/// Opening or reading a file (which the client itself does when hashing
+/// and uploading) is not one; closing a file written to is.
+fn matters(kind: &EventKind) -> bool {
+    match kind {
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => true,
+        EventKind::Access(_) => false,
+        _ => true,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use notify::event::{CreateKind, ModifyKind};
+
+    #[test]
+    fn reads_are_not_changes() {
+        assert!(!matters(&EventKind::Access(AccessKind::Open(AccessMode::Any))));
+        assert!(!matters(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(matters(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(matters(&EventKind::Create(CreateKind::File)));
+        assert!(matters(&EventKind::Modify(ModifyKind::Any)));
+    }
+}

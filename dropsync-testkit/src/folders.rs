@@ -1,0 +1,41 @@
+//! Looking at synced folders the way a test compares them.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Every file under `dir` by relative `/`-separated name, with its bytes,
+/// leaving out the sync engine's own `.dropsync*` entries at the top (a
+/// client's state folder). Symlinks are not followed. A file that vanishes
+/// while it is read is left out, so this can be polled on a live folder.
+pub fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![(dir.to_path_buf(), String::new())];
+    while let Some((path, prefix)) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&path) else { continue };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            if prefix.is_empty() && name.starts_with(".dropsync") {
+                continue;
+            }
+            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
+            let Ok(kind) = entry.file_type() else { continue };
+            if kind.is_dir() {
+                stack.push((entry.path(), rel));
+            } else if kind.is_file() {
+                if let Ok(bytes) = std::fs::read(entry.path()) {
+                    out.insert(rel, bytes);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Writes `bytes` to `dir/rel`, creating the folders on the way.
+pub fn write_file(dir: &Path, rel: &str, bytes: &[u8]) {
+    let path = dir.join(rel);
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent).unwrap();
+    }
+    std::fs::write(path, bytes).unwrap();
+}
