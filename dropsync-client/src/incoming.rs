@@ -26,6 +26,7 @@ use dropsync_proto::metadata::parse_document;
 use dropsync_proto::name::{validate_name, METADATA_TRANSFER_NAME};
 use dropsync_proto::{Digest, MessageType, StatusCode};
 
+use crate::progress::{Direction, Progress};
 use crate::connect::Timing;
 use crate::events::{Event, SessionEvent};
 use crate::folder::{delete_local, keep_if_unaccepted, look};
@@ -115,6 +116,8 @@ pub struct Incoming {
     /// its reply is on the wire: `--once` may exit as soon as it hears of
     /// the last delivery, and must not leave that delivery unanswered.
     delivered: Vec<SessionEvent>,
+    /// The terminal progress line of long incoming transfers.
+    progress: Progress,
 }
 
 /// Why a message could not be handled; the thread ends with it.
@@ -145,6 +148,7 @@ impl Incoming {
             last_send: now,
             payload: Vec::new(),
             delivered: Vec::new(),
+            progress: Progress::new(),
         };
         thread::Builder::new().name(format!("receive-{session}")).spawn(move || me.run())
     }
@@ -302,6 +306,7 @@ impl Incoming {
 
     /// Frees the path of a transfer that ended and reports it.
     fn ended(&mut self, name: &str, started: Instant) {
+        self.progress.finish();
         if name != METADATA_TRANSFER_NAME {
             self.ctx.shared.lock().incoming.remove(name);
         }
@@ -369,7 +374,10 @@ impl Incoming {
         let Some(open) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
         let reply = match open.rx.handle_chunk(digest, &self.payload) {
             ChunkVerdict::Append { reply } => match append(&mut open.sink, &self.payload) {
-                Ok(()) => reply,
+                Ok(()) => {
+                    self.progress.update(Direction::Down, &name, open.rx.bytes_received(), None, open.started);
+                    reply
+                }
                 Err(e) => {
                     log::warn!("cannot write incoming {name}: {e}");
                     self.close(&name);

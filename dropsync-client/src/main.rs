@@ -21,6 +21,7 @@ mod initial_sync;
 mod jobs;
 mod outgoing;
 mod paths;
+mod progress;
 mod replies;
 mod scan;
 mod session;

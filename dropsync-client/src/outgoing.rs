@@ -32,6 +32,7 @@ use dropsync_core::wire::write_frame;
 use dropsync_core::CoreError;
 use dropsync_proto::{encode_chunk_header, Digest, Frame, StatusCode};
 
+use crate::progress::{Direction, Progress};
 use crate::scan::{probe, FileStat, Probe};
 use crate::state::Ctx;
 
@@ -126,6 +127,7 @@ enum Kind {
 struct Op {
     name: String,
     kind: Kind,
+    started: Instant,
 }
 
 /// The sending half of the send connection.
@@ -139,6 +141,7 @@ pub struct Outgoing {
     last_send: Instant,
     frame: Vec<u8>,
     chunk: Vec<u8>,
+    progress: Progress,
 }
 
 impl Outgoing {
@@ -154,6 +157,7 @@ impl Outgoing {
             last_send: Instant::now(),
             frame: Vec::new(),
             chunk: Vec::new(),
+            progress: Progress::new(),
         }
     }
 
@@ -193,7 +197,7 @@ impl Outgoing {
 
     fn insert(&mut self, id: OpId, name: String, kind: Kind) {
         self.by_name.insert(name.clone(), id);
-        self.ops.insert(id, Op { name, kind });
+        self.ops.insert(id, Op { name, kind, started: Instant::now() });
     }
 
     /// Sends every message the mux has ready. Returns the operations that
@@ -266,6 +270,9 @@ impl Outgoing {
             MuxReply::KeepAlive => Ok(None),
             MuxReply::Routed { op, outcome: Some(outcome) } => Ok(self.end(op, outcome)),
             MuxReply::Routed { op, outcome: None } => {
+                if let (Some(o), Some(s)) = (self.ops.get(&op), self.mux.sender(op)) {
+                    self.progress.update(Direction::Up, &o.name, s.bytes_acknowledged(), Some(s.size()), o.started);
+                }
                 if self.changed_under_upload(op) {
                     if let Some(outcome) = self.mux.abort(op) {
                         return Ok(self.end(op, outcome));
@@ -279,7 +286,7 @@ impl Outgoing {
     /// True when the file of upload `id` no longer has the stat it had when
     /// the upload started ("stat before/after").
     fn changed_under_upload(&self, id: OpId) -> bool {
-        let Some(Op { name, kind: Kind::Upload { path, seen, .. } }) = self.ops.get(&id) else {
+        let Some(Op { name, kind: Kind::Upload { path, seen, .. }, .. }) = self.ops.get(&id) else {
             return false;
         };
         let was = FileStat { mtime_ns: seen.mtime_ns, size: seen.content.size };
@@ -299,6 +306,7 @@ impl Outgoing {
 
     fn end(&mut self, id: OpId, outcome: Outcome) -> Option<Done> {
         let op = self.ops.remove(&id)?;
+        self.progress.finish();
         self.by_name.remove(&op.name);
         let name = op.name;
         Some(match op.kind {
