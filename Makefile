@@ -60,3 +60,8 @@ wireshark:
 	command -v tshark >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq tshark)
 	$(CARGO) build --locked --workspace --bins
 	$(CARGO) test --locked -p dropsync-server --test wireshark -- --nocapture
+
+# Issue 8's benchmark: --parallel 1 vs 8 on loopback and at 20 ms RTT.
+.PHONY: bench-parallel
+bench-parallel:
+	bash scripts/bench-parallel.sh

@@ -54,8 +54,10 @@ pub struct Args {
     #[arg(long, value_name = "NAME")]
     pub label: Option<String>,
     /// Uploads (and DELETE/REQUEST messages) in flight at once, interleaved
-    /// on the send connection.
-    #[arg(long, value_name = "N", default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// on the send connection; 1 = strictly one at a time. The default, 8,
+    /// measured best (`make bench-parallel`): 7.8× faster than 1 for many
+    /// small files at 20 ms round trip, 1.5× on loopback.
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
     /// A changed file is uploaded once it has been quiet for this many
     /// milliseconds.
@@ -198,7 +200,7 @@ mod tests {
         let c = a.config();
         assert_eq!(c.chunk_size, 4096);
         assert!(c.conflict_copies && !c.once);
-        assert_eq!(c.parallel, 1);
+        assert_eq!(c.parallel, 8);
         assert!(c.debounce <= Duration::from_millis(50));
         assert_eq!(c.keepalive, Duration::from_secs(15));
         assert_eq!(c.dead_peer, Duration::from_secs(60));

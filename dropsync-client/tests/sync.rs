@@ -280,3 +280,21 @@ fn a_deleted_synced_folder_stops_the_client_instead_of_deleting_everything() {
     assert_eq!(tree(&net.folder("c")).len(), 3);
     assert_eq!(tree(&a).len(), 3);
 }
+
+/// Issue 8: 200 files uploaded with `--parallel 8`; every client converges.
+#[test]
+fn two_hundred_files_with_parallel_8_converge_everywhere() {
+    let net = Net::new("parallel8");
+    let (a, b, c) = (net.folder("a"), net.folder("b"), net.folder("c"));
+    let ca = net.client("a", &["--parallel", "8"]);
+    let cb = net.client("b", &[]);
+    let cc = net.client("c", &[]);
+    for i in 0..200 {
+        let size = if i % 50 == 0 { 300_000 } else { 1000 + i * 37 };
+        let data: Vec<u8> = (0..size).map(|j| (j as u32).wrapping_mul(31).wrapping_add(i as u32) as u8).collect();
+        write_file(&a, &format!("d{}/f{i:03}.bin", i % 10), &data);
+    }
+    let expected = tree(&a);
+    assert_eq!(expected.len(), 200);
+    converge(&[a.as_path(), b.as_path(), c.as_path()], &[&ca, &cb, &cc], "200 files", |t| *t == expected);
+}

@@ -452,3 +452,50 @@ fn wrong_connection_messages_are_answered_not_fatal() {
     assert_eq!(a.request(&Frame::Hello { client_id: [1; 16], label: "a" }), StatusCode::OK);
     assert_eq!(a.upload("still", b"works", 5), StatusCode::OK);
 }
+
+/// [ext] parallel transfers: one burst of interleaved messages of several
+/// uploads, with mixed outcomes, answered in order, each transfer unaffected
+/// by the others.
+#[test]
+fn interleaved_uploads_in_one_burst_get_replies_in_order() {
+    let tmp = TempDir::new("burst");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    let mut b = peer(&s, 2, "b");
+    let mut c = peer(&s, 3, "c");
+    // B holds the lock on "held".
+    assert_eq!(b.request(&Frame::Chunk { digest: md5(b"b"), name: "held", payload: b"b" }), StatusCode::OK);
+    let (p1, p2) = (b"one-a".as_slice(), b"one-b".as_slice());
+    let bad = Frame::Chunk { digest: md5(b"wrong"), name: "two", payload: b"two" };
+    let burst: Vec<Frame<'_>> = vec![
+        Frame::Chunk { digest: md5(p1), name: "one", payload: p1 },
+        bad,
+        Frame::Chunk { digest: md5(b"x"), name: "held", payload: b"x" },
+        Frame::Chunk { digest: md5(b"three"), name: "three", payload: b"three" },
+        Frame::Chunk { digest: md5(p2), name: "one", payload: p2 },
+        Frame::Chunk { digest: md5(b"two"), name: "two", payload: b"two" },
+        Frame::abort("three"),
+        Frame::Finished { digest: md5(b"one-aone-b"), name: "one" },
+        Frame::Finished { digest: md5(b"two"), name: "two" },
+    ];
+    let mut bytes = Vec::new();
+    for f in &burst {
+        f.encode(&mut bytes);
+    }
+    use std::io::Write;
+    a.send.write_all(&bytes).unwrap();
+    let replies: Vec<StatusCode> = burst.iter().map(|_| a.send_status()).collect();
+    use StatusCode as S;
+    assert_eq!(
+        replies,
+        [S::OK, S::RESEND_CHECKSUM, S::LOCKED, S::OK, S::OK, S::OK, S::OK, S::OK, S::OK]
+    );
+    // C sees exactly the two committed files, with their whole contents.
+    assert_eq!(
+        c.receive_n(2),
+        vec![("one".to_string(), Some(b"one-aone-b".to_vec())), ("two".to_string(), Some(b"two".to_vec()))]
+    );
+    c.expect_no_transfer(Duration::from_millis(300));
+    // B's transfer of "held" was not disturbed.
+    assert_eq!(b.request(&Frame::Finished { digest: md5(b"b"), name: "held" }), StatusCode::OK);
+}
