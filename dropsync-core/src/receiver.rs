@@ -166,7 +166,9 @@ impl FinishVerdict {
 pub struct Receiver {
     max_chunk: u32,
     /// MD5 of every accepted payload, in order: the assembled file so far.
-    hasher: Md5,
+    /// `None` when the caller hashes accepted payloads itself (see
+    /// [`Receiver::hashing_elsewhere`]).
+    hasher: Option<Md5>,
     bytes: u64,
     invalid_sizes: u32,
     bad_checksums: u32,
@@ -181,12 +183,22 @@ impl Receiver {
     pub fn new(max_chunk: u32) -> Self {
         Receiver {
             max_chunk,
-            hasher: Md5::default(),
+            hasher: Some(Md5::default()),
             bytes: 0,
             invalid_sizes: 0,
             bad_checksums: 0,
             over: false,
         }
+    }
+
+    /// Like [`Receiver::new`], but the whole-file MD5 of accepted payloads
+    /// is computed by the caller — e.g. on another thread, together with the
+    /// write to the temp file, so that the reply to each chunk waits only
+    /// for that chunk's own MD5 — and handed to
+    /// [`handle_finished_hashed`](Self::handle_finished_hashed).
+    /// [`handle_finished`](Self::handle_finished) then answers `Closed`.
+    pub fn hashing_elsewhere(max_chunk: u32) -> Self {
+        Receiver { hasher: None, ..Self::new(max_chunk) }
     }
 
     /// Checks a FILE_CHUNK's declared size *before* its payload is read, so
@@ -243,7 +255,9 @@ impl Receiver {
                 reply: StatusCode::RESEND_CHECKSUM,
             };
         }
-        absorb(&mut self.hasher, payload);
+        if let Some(h) = &mut self.hasher {
+            absorb(h, payload);
+        }
         self.bytes = self.bytes.saturating_add(payload.len() as u64);
         ChunkVerdict::Append {
             reply: StatusCode::OK,
@@ -256,11 +270,20 @@ impl Receiver {
     /// A FINISHED with no chunk before it is an empty file, whose MD5 is
     /// that of no bytes at all.
     pub fn handle_finished(&mut self, digest: &Digest) -> FinishVerdict {
+        match self.hasher.take() {
+            Some(h) => self.handle_finished_hashed(digest, finish(h)),
+            None => FinishVerdict::Closed,
+        }
+    }
+
+    /// Ends the transfer on FINISHED for a receiver made with
+    /// [`Receiver::hashing_elsewhere`]: `actual` is the MD5 of every payload
+    /// this receiver told the caller to append, in order.
+    pub fn handle_finished_hashed(&mut self, digest: &Digest, actual: Digest) -> FinishVerdict {
         if self.over {
             return FinishVerdict::Closed;
         }
         self.over = true;
-        let actual = finish(std::mem::take(&mut self.hasher));
         if actual == *digest {
             FinishVerdict::Commit {
                 reply: StatusCode::OK,
@@ -285,6 +308,11 @@ impl Receiver {
         FinishVerdict::Discard {
             reply: StatusCode::OK,
         }
+    }
+
+    /// True when this receiver computes the whole-file MD5 itself.
+    pub fn hashes_whole_file(&self) -> bool {
+        self.hasher.is_some()
     }
 
     /// Bytes accepted so far (the length of the temp file), for progress
@@ -657,5 +685,24 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn whole_file_digest_can_be_computed_elsewhere() {
+        let mut r = Receiver::hashing_elsewhere(16);
+        assert!(!r.hashes_whole_file());
+        assert_eq!(r.handle_chunk(&md5(b"abc"), b"abc"), ChunkVerdict::Append { reply: StatusCode::OK });
+        assert_eq!(r.handle_chunk(&md5(b"def"), b"def"), ChunkVerdict::Append { reply: StatusCode::OK });
+        let whole = md5(b"abcdef");
+        assert_eq!(
+            r.clone().handle_finished_hashed(&whole, whole),
+            FinishVerdict::Commit { reply: StatusCode::OK, size: 6, digest: whole }
+        );
+        assert_eq!(
+            r.clone().handle_finished_hashed(&whole, md5(b"abc")),
+            FinishVerdict::Discard { reply: StatusCode::ABORT_CHECKSUM }
+        );
+        // Without the caller's digest there is nothing to check against.
+        assert_eq!(r.handle_finished(&whole), FinishVerdict::Closed);
     }
 }

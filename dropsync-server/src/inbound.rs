@@ -16,10 +16,10 @@ use dropsync_core::wire::{is_timeout_error, FrameReader, Msg};
 use dropsync_proto::name::validate_name;
 use dropsync_proto::{Digest, Frame, MessageType, StatusCode};
 
-use crate::blobs::TempBlob;
 use crate::library::Committed;
 use crate::server::Server;
 use crate::session::Session;
+use crate::sink::Sink;
 
 /// Why the loop ended (for the disconnect log line).
 type End = String;
@@ -27,7 +27,7 @@ type End = String;
 /// One upload in progress.
 struct Upload {
     receiver: Receiver,
-    temp: TempBlob,
+    sink: Sink,
     /// Held for the whole transfer; dropping the upload releases it.
     _lock: OwnedLockGuard,
 }
@@ -197,8 +197,9 @@ impl Inbound<'_> {
     }
 
     /// The open upload of `name`, opening it (try-lock, temp file) if this is
-    /// its first message. `Err(code)` refuses the transfer.
-    fn upload(&mut self, name: &str) -> Result<&mut Upload, StatusCode> {
+    /// its first message, whose chunk has `first_len` bytes (0 for a
+    /// FINISHED). `Err(code)` refuses the transfer.
+    fn upload(&mut self, name: &str, first_len: u32) -> Result<&mut Upload, StatusCode> {
         if !self.open.contains_key(name) {
             let Some(lock) = try_lock_owned(&self.server.library.locks, name, self.session.id) else {
                 return Err(StatusCode::LOCKED);
@@ -207,8 +208,8 @@ impl Inbound<'_> {
                 log::error!("cannot create a temp file: {e}");
                 StatusCode::IN_USE
             })?;
-            let receiver = Receiver::new(self.server.config.max_chunk);
-            self.open.insert(name.to_owned(), Upload { receiver, temp, _lock: lock });
+            let (sink, receiver) = Sink::open(temp, first_len, self.server.config.max_chunk);
+            self.open.insert(name.to_owned(), Upload { receiver, sink, _lock: lock });
         }
         self.open.get_mut(name).ok_or(StatusCode::IN_USE)
     }
@@ -218,7 +219,7 @@ impl Inbound<'_> {
             self.skip(reader, len)?;
             return self.reply(StatusCode::BAD_REQUEST);
         }
-        let verdict = match self.upload(&name) {
+        let verdict = match self.upload(&name, len) {
             Ok(up) => up.receiver.handle_chunk_header(len),
             Err(code) => {
                 self.skip(reader, len)?;
@@ -234,7 +235,7 @@ impl Inbound<'_> {
                 let payload = reader.read_payload(len).map_err(|e| format!("send connection: {e}"))?;
                 let Some(up) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
                 match up.receiver.handle_chunk(&digest, payload) {
-                    ChunkVerdict::Append { reply } => match up.temp.append(payload) {
+                    ChunkVerdict::Append { reply } => match up.sink.append(payload) {
                         Ok(()) => reply,
                         Err(e) => {
                             log::error!("{name:?}: cannot write temp file: {e}");
@@ -277,14 +278,25 @@ impl Inbound<'_> {
         if !self.name_ok(&name) {
             return self.reply(StatusCode::BAD_REQUEST);
         }
-        let verdict = match self.upload(&name) {
-            Ok(up) => up.receiver.handle_finished(&digest),
-            Err(code) => return self.reply(code),
+        if let Err(code) = self.upload(&name, 0) {
+            return self.reply(code);
+        }
+        let Some(Upload { mut receiver, sink, _lock: lock }) = self.open.remove(&name) else {
+            return self.reply(StatusCode::IN_USE);
         };
-        let Some(upload) = self.open.remove(&name) else { return self.reply(StatusCode::IN_USE) };
+        let (temp, hashed) = match sink.finish() {
+            Ok(done) => done,
+            Err(e) => {
+                log::error!("{}: cannot write {name:?}: {e}", self.session.who());
+                return self.reply(StatusCode::IN_USE);
+            }
+        };
+        let verdict = match hashed {
+            Some(actual) => receiver.handle_finished_hashed(&digest, actual),
+            None => receiver.handle_finished(&digest),
+        };
         match verdict {
             FinishVerdict::Commit { size, digest, .. } => {
-                let Upload { temp, _lock: lock, .. } = upload;
                 let lib = &self.server.library;
                 self.settle_outgoing(&name);
                 let result = lib.commit_upload(&name, temp, digest, size, &self.session.seen, &self.session.label);

@@ -15,6 +15,7 @@ mod library;
 mod outbound;
 mod server;
 mod session;
+mod sink;
 mod workers;
 
 use std::io::Write;
@@ -39,7 +40,10 @@ const THREAD_STACK: usize = 256 * 1024;
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
 /// Spawns a named thread with the server's stack size.
-pub fn spawn_named<F: FnOnce() + Send + 'static>(name: &str, f: F) -> std::io::Result<JoinHandle<()>> {
+pub fn spawn_named<T: Send + 'static, F: FnOnce() -> T + Send + 'static>(
+    name: &str,
+    f: F,
+) -> std::io::Result<JoinHandle<T>> {
     std::thread::Builder::new().name(name.into()).stack_size(THREAD_STACK).spawn(f)
 }
 

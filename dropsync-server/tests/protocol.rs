@@ -499,3 +499,37 @@ fn interleaved_uploads_in_one_burst_get_replies_in_order() {
     // B's transfer of "held" was not disturbed.
     assert_eq!(b.request(&Frame::Finished { digest: md5(b"b"), name: "held" }), StatusCode::OK);
 }
+
+/// Large chunks are written and hashed on a sink thread: the same rules hold.
+#[test]
+fn large_chunk_uploads_through_the_sink_thread() {
+    let tmp = TempDir::new("sink");
+    let s = start(&tmp, &[]);
+    let mut a = peer(&s, 1, "a");
+    let mut b = peer(&s, 2, "b");
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 17u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 7) as u8).collect();
+    let chunk = 1024 * 1024;
+    // A bad checksum in the middle is resent; the whole file commits.
+    for (i, piece) in data.chunks(chunk).enumerate() {
+        if i == 1 {
+            let bad = Frame::Chunk { digest: md5(b"nope"), name: "big", payload: piece };
+            assert_eq!(a.request(&bad), StatusCode::RESEND_CHECKSUM);
+        }
+        assert_eq!(a.request(&Frame::Chunk { digest: md5(piece), name: "big", payload: piece }), StatusCode::OK);
+    }
+    assert_eq!(a.request(&Frame::Finished { digest: md5(&data), name: "big" }), StatusCode::OK);
+    assert_eq!(b.receive_one(), ("big".to_string(), Some(data.clone())));
+    // A wrong whole-file digest is caught with the hash done on the thread.
+    for piece in data.chunks(chunk) {
+        assert_eq!(a.request(&Frame::Chunk { digest: md5(piece), name: "big2", payload: piece }), StatusCode::OK);
+    }
+    assert_eq!(a.request(&Frame::Finished { digest: md5(b"other"), name: "big2" }), StatusCode::ABORT_CHECKSUM);
+    // An ABORT mid-way drops the thread's temp file.
+    let first = &data[..chunk];
+    assert_eq!(a.request(&Frame::Chunk { digest: md5(first), name: "big3", payload: first }), StatusCode::OK);
+    assert_eq!(a.request(&Frame::abort("big3")), StatusCode::OK);
+    assert!(
+        wait_until(DEFAULT_DEADLINE, || std::fs::read_dir(tmp.join("root/tmp")).unwrap().next().is_none()),
+        "temp files left"
+    );
+}
