@@ -60,8 +60,11 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=64))]
     pub parallel: u16,
     /// A changed file is uploaded once it has been quiet for this many
-    /// milliseconds.
-    #[arg(long, value_name = "MS", default_value_t = 50)]
+    /// milliseconds. 20 by default: long enough to coalesce the bursts of
+    /// writes of one save, short enough that an edit reaches the other
+    /// clients in tens of milliseconds. A file still being written when its
+    /// upload starts is ABORTed and sent again once quiet.
+    #[arg(long, value_name = "MS", default_value_t = 20)]
     pub debounce_ms: u64,
     /// Full rescan of the folder every this many seconds, for changes the
     /// file-system watcher missed (0: never). `--once` scans once and needs

@@ -178,8 +178,18 @@ impl Outgoing {
 
     /// Queues an upload of `name` from the open `file`, whose content and
     /// stat are `seen`.
-    pub fn add_upload(&mut self, name: String, file: File, path: PathBuf, seen: LocalSeen) {
-        let id = self.mux.add_upload(name.clone(), seen.content.size, self.chunk_size);
+    ///
+    /// With `trust_digest`, the FINISHED carries `seen`'s digest (the file
+    /// was hashed to decide to send it) and the chunks are not hashed a
+    /// second time; a retry after the server's 0x0008 passes `false`, so a
+    /// stale digest can never make an upload fail twice.
+    pub fn add_upload(&mut self, name: String, file: File, path: PathBuf, seen: LocalSeen, trust_digest: bool) {
+        let (size, chunk) = (seen.content.size, self.chunk_size);
+        let id = if trust_digest {
+            self.mux.add_upload_with_digest(name.clone(), size, chunk, seen.content.md5)
+        } else {
+            self.mux.add_upload(name.clone(), size, chunk)
+        };
         self.insert(id, name, Kind::Upload { file, path, seen, sent_digest: None });
     }
 

@@ -377,7 +377,8 @@ impl<'a> Session<'a> {
                 st.outgoing.insert(name.clone());
                 drop(st);
                 log::debug!("uploading {name} ({} bytes)", seen.content.size);
-                self.out.lock().add_upload(name, file, path, seen);
+                let trust_digest = !self.retries.contains_key(&name);
+                self.out.lock().add_upload(name, file, path, seen, trust_digest);
             }
             (None, Some(base)) => {
                 st.outgoing.insert(name.clone());

@@ -156,6 +156,12 @@ impl Mux {
         self.push(name, Work::Upload(Sender::new(size, chunk_size)))
     }
 
+    /// Like [`add_upload`](Self::add_upload) for a file whose whole-file MD5
+    /// the caller already knows (see [`Sender::with_digest`]).
+    pub fn add_upload_with_digest(&mut self, name: String, size: u64, chunk_size: u32, digest: Digest) -> OpId {
+        self.push(name, Work::Upload(Sender::with_digest(size, chunk_size, digest)))
+    }
+
     /// Queues a DELETE or REQUEST of `name` with `digest` (the MD5 of the
     /// version held, or zeros). Call [`poll_send`](Self::poll_send) after.
     pub fn add_single(&mut self, name: String, kind: SingleKind, digest: Digest) -> OpId {

@@ -122,6 +122,9 @@ pub struct Sender {
     /// Bytes fed into `hasher`: every byte below this, exactly once.
     hashed: u64,
     hasher: Md5,
+    /// The whole-file MD5 given by the caller ([`Sender::with_digest`]);
+    /// when set, chunks are not hashed again.
+    known_digest: Option<Digest>,
     state: State,
     abort_requested: bool,
     /// True once any message of this transfer has gone on the wire, i.e.
@@ -141,6 +144,7 @@ impl Sender {
             acked: 0,
             hashed: 0,
             hasher: Md5::default(),
+            known_digest: None,
             state: State::Idle,
             abort_requested: false,
             opened: false,
@@ -180,12 +184,23 @@ impl Sender {
             State::Idle => {
                 // Every acknowledged chunk was recorded first, so the hash
                 // covers the whole file exactly once here.
-                let digest = finish(std::mem::take(&mut self.hasher));
+                let hashed = finish(std::mem::take(&mut self.hasher));
+                let digest = self.known_digest.unwrap_or(hashed);
                 self.state = State::Waiting(Sent::Finished);
                 self.opened = true;
                 Some(SendStep::Finished { digest })
             }
         }
+    }
+
+    /// A transfer of a file whose whole-file MD5 the caller already knows
+    /// (it hashed the file to decide to send it). The FINISHED carries
+    /// `digest` and the chunks are not hashed a second time, which saves
+    /// one pass over the file per upload. If the file changes under the
+    /// transfer without the caller noticing, the receiver's whole-file
+    /// check answers 0x0008 and nothing wrong is committed.
+    pub fn with_digest(size: u64, chunk_size: u32, digest: Digest) -> Self {
+        Sender { known_digest: Some(digest), ..Self::new(size, chunk_size) }
     }
 
     /// Records the bytes read for the announced chunk, right before they are
@@ -203,7 +218,7 @@ impl Sender {
             };
         }
         let end = self.acked + u64::from(len);
-        if self.hashed < end {
+        if self.hashed < end && self.known_digest.is_none() {
             // `hashed >= acked` always holds: bytes are only acknowledged
             // after they were recorded, and recording hashes up to their end.
             let skip = self.hashed.saturating_sub(self.acked) as usize;
@@ -679,5 +694,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn known_digest_is_sent_without_hashing_again() {
+        let data = b"0123456789";
+        let claimed = md5(data);
+        let mut s = Sender::with_digest(10, 4, claimed);
+        while let Some(step) = s.poll_send() {
+            match step {
+                SendStep::Chunk { offset, len } => {
+                    let piece = &data[offset as usize..(offset + u64::from(len)) as usize];
+                    assert!(matches!(s.record_chunk(piece), Recorded::Send { .. }));
+                }
+                SendStep::Finished { digest } => {
+                    assert_eq!(digest, claimed);
+                    // No pass was made over the chunks for it.
+                    assert_eq!(s.hashed, 0);
+                }
+                SendStep::Abort => unreachable!(),
+            }
+            let _ = s.handle_reply(StatusCode::OK);
+        }
+        assert_eq!(s.outcome(), Some(Outcome::Committed));
     }
 }
