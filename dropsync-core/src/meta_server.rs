@@ -199,22 +199,7 @@ mod tests {
     use crate::storage::MemStorage;
     use std::sync::Arc;
 
-    #[derive(Clone, Default)]
-    struct Shared(Arc<MemStorage>);
-    impl Storage for Shared {
-        fn read(&self, n: &str) -> std::io::Result<Option<Vec<u8>>> {
-            self.0.read(n)
-        }
-        fn replace(&self, n: &str, b: &[u8]) -> std::io::Result<()> {
-            self.0.replace(n, b)
-        }
-        fn append(&self, n: &str, b: &[u8]) -> std::io::Result<()> {
-            self.0.append(n, b)
-        }
-        fn remove(&self, n: &str) -> std::io::Result<()> {
-            self.0.remove(n)
-        }
-    }
+    type Shared = Arc<MemStorage>;
 
     fn file(md5: u8, size: u64) -> Change {
         Change::File { md5: [md5; 16], size, mtime_ns: 5 }

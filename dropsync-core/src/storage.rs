@@ -27,6 +27,23 @@ pub trait Storage: Send + Sync {
     fn remove(&self, name: &str) -> io::Result<()>;
 }
 
+/// A shared handle stores where its target stores: a test keeps one `Arc`
+/// to inspect (or tamper with) what the component under test wrote.
+impl<S: Storage + ?Sized> Storage for std::sync::Arc<S> {
+    fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        (**self).read(name)
+    }
+    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        (**self).replace(name, bytes)
+    }
+    fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        (**self).append(name, bytes)
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        (**self).remove(name)
+    }
+}
+
 /// In-memory storage for tests: "durable" means "in the map".
 #[derive(Debug, Default)]
 pub struct MemStorage {

@@ -172,23 +172,7 @@ mod tests {
     use dropsync_proto::metadata::EntryState;
     use std::sync::Arc;
 
-    /// Lets a test keep a handle on the storage the store owns.
-    #[derive(Clone, Default)]
-    struct Shared(Arc<MemStorage>);
-    impl Storage for Shared {
-        fn read(&self, n: &str) -> std::io::Result<Option<Vec<u8>>> {
-            self.0.read(n)
-        }
-        fn replace(&self, n: &str, b: &[u8]) -> std::io::Result<()> {
-            self.0.replace(n, b)
-        }
-        fn append(&self, n: &str, b: &[u8]) -> std::io::Result<()> {
-            self.0.append(n, b)
-        }
-        fn remove(&self, n: &str) -> std::io::Result<()> {
-            self.0.remove(n)
-        }
-    }
+    type Shared = Arc<MemStorage>;
 
     fn e(path: &str, version: u64) -> Entry {
         Entry {

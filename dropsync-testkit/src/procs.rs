@@ -10,7 +10,6 @@ use std::time::Duration;
 
 use crate::wait::{wait_until, DEFAULT_DEADLINE};
 
-
 /// Path of a workspace binary (`server` or `client`), next to the test
 /// executable's `deps/` folder. `make test` builds the binaries first.
 pub fn bin_path(name: &str) -> PathBuf {
@@ -38,6 +37,27 @@ fn wrapped(bin: PathBuf) -> Command {
 
 fn signal(pid: u32, sig: &str) {
     let _ = Command::new("kill").args([sig, &pid.to_string()]).status();
+}
+
+/// Waits up to `deadline` for `c` to exit; kills and reaps it if it does not.
+fn reap_within(mut c: Child, deadline: Duration) -> Option<ExitStatus> {
+    let mut status = None;
+    wait_until(deadline, || {
+        status = c.try_wait().ok().flatten();
+        status.is_some()
+    });
+    if status.is_none() {
+        kill_and_reap(Some(c));
+    }
+    status
+}
+
+/// SIGKILL, then reap (no zombie left behind).
+fn kill_and_reap(child: Option<Child>) {
+    if let Some(mut c) = child {
+        let _ = c.kill();
+        let _ = c.wait();
+    }
 }
 
 /// A running server, its ports and its root folder.
@@ -117,26 +137,14 @@ impl ServerProc {
 
     /// SIGKILL, then reap.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_and_reap(self.child.take());
     }
 
     /// SIGTERM and wait (bounded) for the exit status.
     pub fn terminate(&mut self) -> Option<ExitStatus> {
-        let mut c = self.child.take()?;
+        let c = self.child.take()?;
         signal(c.id(), "-TERM");
-        let mut status = None;
-        wait_until(DEFAULT_DEADLINE, || {
-            status = c.try_wait().ok().flatten();
-            status.is_some()
-        });
-        if status.is_none() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        status
+        reap_within(c, DEFAULT_DEADLINE)
     }
 
     /// Starts the server again on the same ports, root and flags.
@@ -201,17 +209,7 @@ impl ClientProc {
 
     /// Waits (bounded) for the client to exit; kills it on timeout.
     pub fn wait(&mut self, deadline: Duration) -> Option<ExitStatus> {
-        let mut c = self.child.take()?;
-        let mut status = None;
-        wait_until(deadline, || {
-            status = c.try_wait().ok().flatten();
-            status.is_some()
-        });
-        if status.is_none() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        status
+        reap_within(self.child.take()?, deadline)
     }
 
     /// The client's stderr so far.
@@ -226,10 +224,7 @@ impl ClientProc {
 
     /// SIGKILL, then reap.
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        kill_and_reap(self.child.take());
     }
 
     /// SIGTERM and wait (bounded) for the exit status.
