@@ -142,6 +142,17 @@ pub struct Outgoing {
     frame: Vec<u8>,
     chunk: Vec<u8>,
     progress: Progress,
+    /// The next chunk of each upload, read and hashed while the reply to
+    /// the current one is awaited (see [`Outgoing::prefetch`]).
+    prefetched: HashMap<OpId, Prefetched>,
+}
+
+/// A chunk read and hashed ahead of time.
+#[derive(Debug)]
+struct Prefetched {
+    offset: u64,
+    data: Vec<u8>,
+    digest: Digest,
 }
 
 impl Outgoing {
@@ -158,6 +169,7 @@ impl Outgoing {
             frame: Vec::new(),
             chunk: Vec::new(),
             progress: Progress::new(),
+            prefetched: HashMap::new(),
         }
     }
 
@@ -225,13 +237,20 @@ impl Outgoing {
             let name = op.name.as_str();
             match (step, &mut op.kind) {
                 (Step::Chunk { offset, len }, Kind::Upload { file, .. }) => {
-                    let read = read_at(file, offset, len, &mut self.chunk);
-                    let recorded = match read {
-                        Ok(()) => self.mux.record_chunk(id, &self.chunk),
-                        Err(e) => {
-                            log::warn!("cannot read {name}: {e}");
-                            Recorded::NotExpected
+                    let ready = self.prefetched.remove(&id).filter(|p| p.offset == offset && p.data.len() == len as usize);
+                    let recorded = match ready {
+                        Some(p) => {
+                            let recorded = self.mux.record_chunk_hashed(id, &p.data, p.digest);
+                            self.chunk = p.data;
+                            recorded
                         }
+                        None => match read_at(file, offset, len, &mut self.chunk) {
+                            Ok(()) => self.mux.record_chunk(id, &self.chunk),
+                            Err(e) => {
+                                log::warn!("cannot read {name}: {e}");
+                                Recorded::NotExpected
+                            }
+                        },
                     };
                     match recorded {
                         Recorded::Send { digest } => {
@@ -264,8 +283,31 @@ impl Outgoing {
             }
             self.sock.write_all(&self.frame)?;
             self.last_send = Instant::now();
+            if let Step::Chunk { offset, len } = step {
+                self.prefetch(id, offset + u64::from(len));
+            }
         }
         Ok(done)
+    }
+
+    /// Reads and hashes the chunk of upload `id` that starts at `offset`,
+    /// right after the previous chunk went on the wire: while the server
+    /// checks that one, the client prepares the next, so the two MD5
+    /// passes run side by side on two cores instead of one after the other.
+    /// A resend, a halved chunk or a changed file simply finds no match
+    /// and reads again.
+    fn prefetch(&mut self, id: OpId, offset: u64) {
+        let Some(Op { kind: Kind::Upload { file, seen, .. }, .. }) = self.ops.get(&id) else { return };
+        let size = seen.content.size;
+        if offset >= size {
+            return;
+        }
+        let len = u64::from(self.chunk_size).min(size - offset) as u32;
+        let mut data = self.prefetched.remove(&id).map(|p| p.data).unwrap_or_default();
+        if read_at(file, offset, len, &mut data).is_ok() {
+            let digest = dropsync_proto::md5(&data);
+            self.prefetched.insert(id, Prefetched { offset, data, digest });
+        }
     }
 
     /// Feeds a STATUS reply to the mux; returns the operation it ended, if
@@ -315,6 +357,7 @@ impl Outgoing {
     }
 
     fn end(&mut self, id: OpId, outcome: Outcome) -> Option<Done> {
+        self.prefetched.remove(&id);
         let op = self.ops.remove(&id)?;
         self.progress.finish();
         self.by_name.remove(&op.name);

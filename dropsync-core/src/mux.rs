@@ -247,6 +247,16 @@ impl Mux {
     /// on the wire; on `WrongLength` the caller calls [`abort`](Self::abort)
     /// (or reads again). Any other `id` gets `NotExpected`.
     pub fn record_chunk(&mut self, id: OpId, payload: &[u8]) -> Recorded {
+        self.record_chunk_inner(id, payload, None)
+    }
+
+    /// Like [`record_chunk`](Self::record_chunk), with the payload's MD5
+    /// already computed by the caller (see [`Sender::record_chunk_hashed`]).
+    pub fn record_chunk_hashed(&mut self, id: OpId, payload: &[u8], digest: Digest) -> Recorded {
+        self.record_chunk_inner(id, payload, Some(digest))
+    }
+
+    fn record_chunk_inner(&mut self, id: OpId, payload: &[u8], digest: Option<Digest>) -> Recorded {
         if self.announced != Some(id) {
             return Recorded::NotExpected;
         }
@@ -254,7 +264,10 @@ impl Mux {
             self.announced = None;
             return Recorded::NotExpected;
         };
-        let recorded = sender.record_chunk(payload);
+        let recorded = match digest {
+            Some(d) => sender.record_chunk_hashed(payload, d),
+            None => sender.record_chunk(payload),
+        };
         if let Recorded::Send { .. } = recorded {
             self.announced = None;
             self.outstanding.push_back(id);

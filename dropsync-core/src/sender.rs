@@ -208,6 +208,18 @@ impl Sender {
     /// MD5 (a resent or shortened chunk hashes nothing twice). Returns the
     /// chunk's own MD5 for the FILE_CHUNK header when it may be sent.
     pub fn record_chunk(&mut self, payload: &[u8]) -> Recorded {
+        self.record(payload, None)
+    }
+
+    /// Like [`record_chunk`](Self::record_chunk), with `digest`, the MD5 of
+    /// `payload`, computed by the caller ahead of time: a sender can read
+    /// and hash chunk N+1 while it waits for the reply to chunk N, so its
+    /// hashing overlaps the receiver's instead of following it.
+    pub fn record_chunk_hashed(&mut self, payload: &[u8], digest: Digest) -> Recorded {
+        self.record(payload, Some(digest))
+    }
+
+    fn record(&mut self, payload: &[u8], digest: Option<Digest>) -> Recorded {
         let State::Announced { len } = self.state else {
             return Recorded::NotExpected;
         };
@@ -228,7 +240,7 @@ impl Sender {
         self.state = State::Waiting(Sent::Chunk { len });
         self.opened = true;
         Recorded::Send {
-            digest: md5(payload),
+            digest: digest.unwrap_or_else(|| md5(payload)),
         }
     }
 
