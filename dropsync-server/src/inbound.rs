@@ -94,10 +94,24 @@ impl Inbound<'_> {
                 },
             };
             self.last_heard_ms = self.server.now_ms();
-            if let Err(end) = self.handle(msg, reader) {
+            if let Err(end) = self.handle(msg, reader).and_then(|()| self.keepalive_if_due()) {
                 return end;
             }
         }
+    }
+
+    /// Section 9: a keep-alive once nothing was sent for the keep-alive
+    /// interval. Checked after every message as well as when a read times
+    /// out: a client whose own keep-alives arrive more often than the read
+    /// timeout never lets a read time out, and used to get no keep-alive at
+    /// all on this connection, so it dropped the session as dead (with
+    /// `--keepalive-secs 1` on both sides, every few seconds; found by
+    /// dropsync-soak, seed 2, where a large delivery then never finished).
+    fn keepalive_if_due(&mut self) -> Result<(), End> {
+        if self.server.now_ms().saturating_sub(self.last_sent_ms) >= self.server.config.keepalive.as_millis() as u64 {
+            self.reply(StatusCode::KEEP_ALIVE)?;
+        }
+        Ok(())
     }
 
     /// Called when a read times out: keep-alive and dead-peer checks (section 9).
@@ -111,9 +125,7 @@ impl Inbound<'_> {
         if now.saturating_sub(self.last_heard_ms) > cfg.dead_peer.as_millis() as u64 {
             return Err(format!("nothing received for {:?}", cfg.dead_peer));
         }
-        if now.saturating_sub(self.last_sent_ms) >= cfg.keepalive.as_millis() as u64 {
-            self.reply(StatusCode::KEEP_ALIVE)?;
-        }
+        self.keepalive_if_due()?;
         if self.server.is_shutting_down() || self.session.is_closed() {
             return Err("server shutting down".into());
         }

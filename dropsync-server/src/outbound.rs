@@ -3,6 +3,7 @@
 //! at dequeue time (PROTOCOL.md section 6). Also the thread that reads the
 //! client's replies on that connection.
 
+use std::collections::HashMap;
 use std::fs::File;
 use std::io;
 use std::net::TcpStream;
@@ -17,7 +18,7 @@ use dropsync_core::sender::{Outcome, Recorded};
 use dropsync_core::wire::{is_timeout_error, FrameReader, Msg};
 use dropsync_proto::metadata::EntryState;
 use dropsync_proto::name::METADATA_TRANSFER_NAME;
-use dropsync_proto::{encode_chunk_header, Frame, StatusCode, ZERO_DIGEST};
+use dropsync_proto::{encode_chunk_header, md5, Digest, Frame, StatusCode, ZERO_DIGEST};
 
 use crate::server::Server;
 use crate::session::{MetaState, Session};
@@ -65,6 +66,9 @@ struct Item {
     version: u64,
     /// `None` for a DELETE.
     content: Option<(Source, u64)>,
+    /// The content's MD5 when known (a committed blob, checked when it was
+    /// uploaded): the sender then skips hashing it again for FINISHED.
+    digest: Option<Digest>,
 }
 
 /// Serves one job for `session`: the META-DATA if it has not been sent,
@@ -113,7 +117,12 @@ pub fn send_pending_metadata(server: &Server, session: &Session) -> Result<MetaP
         }
     };
     let size = text.len() as u64;
-    let item = Item { name: METADATA_TRANSFER_NAME.into(), version: 0, content: Some((Source::Bytes(text.into_bytes()), size)) };
+    let item = Item {
+        name: METADATA_TRANSFER_NAME.into(),
+        version: 0,
+        content: Some((Source::Bytes(text.into_bytes()), size)),
+        digest: None,
+    };
     let outcomes = run_batch(server, session, vec![item])?;
     log::debug!("{}: META-DATA ({size} bytes) sent: {:?}", session.who(), outcomes.first());
     Ok(MetaProgress::JustSent)
@@ -148,12 +157,17 @@ fn serve_paths_now(server: &Server, session: &Session, paths: &[String]) -> Resu
                 break;
             }
             if entry.state == EntryState::Deleted {
-                items.push(Item { name: path.clone(), version: entry.version, content: None });
+                items.push(Item { name: path.clone(), version: entry.version, content: None, digest: None });
                 break;
             }
             match lib.open_content(&entry) {
                 Ok(f) => {
-                    items.push(Item { name: path.clone(), version: entry.version, content: Some((Source::File(f), entry.size)) });
+                    items.push(Item {
+                        name: path.clone(),
+                        version: entry.version,
+                        content: Some((Source::File(f), entry.size)),
+                        digest: Some(entry.md5),
+                    });
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -190,6 +204,14 @@ fn wait_reply(server: &Server, session: &Session) -> Result<StatusCode, Gone> {
     }
 }
 
+/// Reads `len` bytes at `offset` of `src` into `buf` (fewer at the end of
+/// a shrunken source, which the sender then refuses to send).
+fn read_chunk(src: Option<&Source>, offset: u64, len: u32, buf: &mut Vec<u8>) {
+    buf.resize(len as usize, 0);
+    let got = src.map_or(0, |s| s.read_full(buf, offset).unwrap_or(0));
+    buf.truncate(got);
+}
+
 /// Drives `items` through the core multiplexer: each transfer stop-and-wait
 /// on its own, chunks of different transfers interleaved, replies matched
 /// in order. On shutdown every transfer in progress is ABORTed (section 9).
@@ -206,7 +228,14 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
     let mut ops: Vec<(OpId, Option<Source>)> = Vec::with_capacity(items.len());
     for item in items {
         ops.push(match item.content {
-            Some((src, size)) => (mux.add_upload(item.name, size, server.config.chunk_size), Some(src)),
+            Some((src, size)) => {
+                let chunk = server.config.chunk_size;
+                let id = match item.digest {
+                    Some(d) => mux.add_upload_with_digest(item.name, size, chunk, d),
+                    None => mux.add_upload(item.name, size, chunk),
+                };
+                (id, Some(src))
+            }
             None => (mux.add_single(item.name, SingleKind::Delete, ZERO_DIGEST), None),
         });
     }
@@ -214,6 +243,8 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
     let index_of = |ops: &[(OpId, Option<Source>)], id: OpId| ops.iter().position(|(o, _)| *o == id);
     let mut buf = Vec::new();
     let mut frame = Vec::new();
+    // The next chunk of each transfer, read and hashed ahead of its turn.
+    let mut prefetched: HashMap<OpId, (u64, Vec<u8>, Digest)> = HashMap::new();
     let mut aborting = false;
     while !mux.is_empty() {
         if server.is_shutting_down() && !aborting {
@@ -230,13 +261,18 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
             frame.clear();
             match step {
                 Step::Chunk { offset, len } => {
-                    buf.resize(len as usize, 0);
-                    let got = match &ops[i].1 {
-                        Some(src) => src.read_full(&mut buf, offset).unwrap_or(0),
-                        None => 0,
+                    let ready = prefetched.remove(&id).filter(|(o, d, _)| *o == offset && d.len() == len as usize);
+                    let recorded = match ready {
+                        Some((_, data, digest)) => {
+                            buf = data;
+                            mux.record_chunk_hashed(id, &buf, digest)
+                        }
+                        None => {
+                            read_chunk(ops[i].1.as_ref(), offset, len, &mut buf);
+                            mux.record_chunk(id, &buf)
+                        }
                     };
-                    buf.truncate(got);
-                    match mux.record_chunk(id, &buf) {
+                    match recorded {
                         Recorded::Send { digest } => {
                             encode_chunk_header(&digest, &name, len, &mut frame);
                             frame.extend_from_slice(&buf);
@@ -256,6 +292,18 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
                 Step::Request { digest } => Frame::Request { digest, name: &name }.encode(&mut frame),
             }
             session.write_out(&frame, server.now_ms()).map_err(|e| Gone(format!("receive connection: {e}")))?;
+            // While the client checks this chunk, read and hash the next
+            // one, so the two MD5 passes run side by side.
+            if let (Step::Chunk { offset, len }, Some(size)) = (step, mux.sender(id).map(|s| s.size())) {
+                let next = offset + u64::from(len);
+                if next < size {
+                    let next_len = u64::from(server.config.chunk_size).min(size - next) as u32;
+                    let mut data = prefetched.remove(&id).map(|(_, d, _)| d).unwrap_or_default();
+                    read_chunk(ops[i].1.as_ref(), next, next_len, &mut data);
+                    let digest = md5(&data);
+                    prefetched.insert(id, (next, data, digest));
+                }
+            }
         }
         if mux.is_idle() {
             // Nothing awaits a reply and nothing can be sent: all over.
@@ -325,15 +373,19 @@ pub fn read_replies(server: &Arc<Server>, session: &Arc<Session>, mut reader: Fr
                 if now.saturating_sub(last_heard) > server.config.dead_peer.as_millis() as u64 {
                     break format!("nothing received for {:?}", server.config.dead_peer);
                 }
-                let idle = now.saturating_sub(session.out_last_sent.load(Ordering::Relaxed));
-                if idle >= server.config.keepalive.as_millis() as u64 {
-                    // Holding the writer lock, so it never lands inside a transfer's message.
-                    if session.write_out(&Frame::Status(StatusCode::KEEP_ALIVE).to_vec(), now).is_err() {
-                        break "receive connection write failed".into();
-                    }
-                }
             }
             Err(e) => break format!("receive connection: {e}"),
+        }
+        // Keep-alive when due, after a message as well as after a read
+        // timeout: a client sending its own keep-alives more often than the
+        // read timeout would otherwise never get one (see inbound.rs).
+        let now = server.now_ms();
+        let idle = now.saturating_sub(session.out_last_sent.load(Ordering::Relaxed));
+        if idle >= server.config.keepalive.as_millis() as u64 {
+            // Holding the writer lock, so it never lands inside a transfer's message.
+            if session.write_out(&Frame::Status(StatusCode::KEEP_ALIVE).to_vec(), now).is_err() {
+                break "receive connection write failed".into();
+            }
         }
     };
     drop(tx);

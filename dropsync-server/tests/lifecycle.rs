@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 
 use dropsync_core::wire::{FrameReader, Msg};
 use dropsync_proto::{Frame, StatusCode};
-use dropsync_testkit::{wait_until, RawPeer, ServerProc, TempDir, DEFAULT_DEADLINE};
+use dropsync_testkit::{bin_path, wait_until, RawPeer, ServerProc, TempDir, DEFAULT_DEADLINE};
 
 #[test]
 fn idle_connections_get_keepalives_and_silent_peers_are_dropped() {
@@ -46,6 +46,44 @@ fn keepalives_from_the_client_keep_it_connected() {
     assert_eq!(p.upload("still-here", b"yes", 3), StatusCode::OK);
 }
 
+/// The server's keep-alives do not depend on the client falling silent: a
+/// client whose own keep-alives come more often than the server's read
+/// timeout (1 s at most) still gets the server's on both connections.
+/// Those used to be sent only when a read timed out, so such a client heard
+/// nothing and dropped the session as dead every few seconds (found by
+/// dropsync-soak, seed 2, with `--keepalive-secs 1` on both sides).
+#[test]
+fn keepalives_come_even_while_the_client_sends_its_own() {
+    let tmp = TempDir::new("both-alive");
+    let s = ServerProc::start(&tmp.join("root"), &["--keepalive-secs", "1", "--dead-peer-secs", "3"]);
+    let mut p = RawPeer::hello(s.send_port, s.recv_port, [1; 16], "chatty");
+    p.receive_metadata();
+    p.send.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    p.recv.set_read_timeout(Some(Duration::from_millis(20))).unwrap();
+    let ka = Frame::Status(StatusCode::KEEP_ALIVE).to_vec();
+    let (mut on_send, mut on_recv) = (0, 0);
+    let end = Instant::now() + Duration::from_millis(3500);
+    let mut next = Instant::now();
+    use std::io::Write;
+    while Instant::now() < end {
+        if Instant::now() >= next {
+            p.send.write_all(&ka).unwrap();
+            p.recv.write_all(&ka).unwrap();
+            next += Duration::from_millis(300);
+        }
+        for (rx, n) in [(&mut p.send_rx, &mut on_send), (&mut p.recv_rx, &mut on_recv)] {
+            match rx.read_msg() {
+                Ok(Some(Msg::Status(StatusCode::KEEP_ALIVE))) => *n += 1,
+                Ok(other) => panic!("unexpected {other:?}"),
+                Err(_) => {}
+            }
+        }
+    }
+    assert!(on_send >= 2 && on_recv >= 2, "keep-alives in 3.5 s: {on_send} on the send connection, {on_recv} on the receive connection");
+    p.send.set_read_timeout(Some(DEFAULT_DEADLINE)).unwrap();
+    assert_eq!(p.upload("still-here", b"yes", 3), StatusCode::OK);
+}
+
 /// Also the `make valgrind` scenario: upload, fan-out, delete, shutdown.
 #[test]
 fn sigterm_shuts_down_cleanly_and_persists() {
@@ -68,6 +106,30 @@ fn sigterm_shuts_down_cleanly_and_persists() {
     let snapshot = std::fs::read_to_string(root.join("meta/metadata")).unwrap();
     assert!(snapshot.contains("\tF\tf\n"), "{snapshot}");
     assert!(!root.join("meta/metadata.journal").exists(), "journal folded into the snapshot");
+}
+
+/// Section 9 holds from the moment the server says it is listening: a
+/// SIGTERM right after that line is a graceful shutdown with status 0. The
+/// handler used to be installed only after the accept and worker threads
+/// were started, and most such SIGTERMs killed the server outright (found
+/// by dropsync-soak, seed 102). bash's builtin `kill` signals within
+/// microseconds of reading the line; `ServerProc::terminate`, which runs
+/// kill(1), is usually too slow to hit that window.
+#[test]
+fn sigterm_right_after_the_listening_line_exits_zero() {
+    let tmp = TempDir::new("sigterm-early");
+    let script = r#"coproc S { exec "$0" 0 0 --bind 127.0.0.1 --root "$1" -q 2>/dev/null; }
+read -r -t 30 line <&"${S[0]}"; kill -TERM "$S_PID"; wait "$S_PID"; echo "$?""#;
+    for i in 0..5 {
+        let out = std::process::Command::new("timeout")
+            .args(["60", "bash", "-c", script])
+            .arg(bin_path("server"))
+            .arg(tmp.join(&format!("root{i}")))
+            .output()
+            .unwrap();
+        let status = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+        assert_eq!(status, "0", "attempt {i}: exit status {status} (143: killed by the SIGTERM)");
+    }
 }
 
 #[test]
