@@ -33,6 +33,12 @@ fuzz:
 	cd fuzz && RUSTC_BOOTSTRAP=1 $(CARGO) fuzz run metadata_parser -- -max_total_time=$(FUZZ_SECONDS)
 
 bench:
+	$(MAKE) --no-print-directory bench-micro
+	$(MAKE) --no-print-directory bench-table
+
+# Micro-benchmarks of the proto and core crates (parser, META-DATA at
+# 1,000,000 entries, lock contention).
+bench-micro:
 	$(CARGO) bench --locked -p dropsync-proto -p dropsync-core
 
 # The server, then a client (each with the other unwrapped), under valgrind
@@ -65,3 +71,33 @@ wireshark:
 .PHONY: bench-parallel
 bench-parallel:
 	bash scripts/bench-parallel.sh
+
+# Randomized convergence testing with fault injection (dropsync-soak): the
+# real server and 2-5 clients, random changes, kill -9, SIGSTOP, --once,
+# then six invariants. `make test` runs a fixed set of seeds; this runs
+# SEEDS seeds from FIRST (default: from the clock) with STEPS steps each, for
+# long hunts. SEED=s replays one seed (as every failure report says), with
+# its operation log echoed.
+SEEDS ?= 20
+.PHONY: soak
+soak:
+	$(CARGO) build --locked --workspace --bins
+	if [ -n "$(SEED)" ]; then \
+	  DROPSYNC_SOAK_SEED=$(SEED) DROPSYNC_SOAK_STEPS=$(STEPS) $(CARGO) test --locked -p dropsync-soak --test convergence -- --ignored --exact replay --nocapture; \
+	else \
+	  DROPSYNC_SOAK_SEEDS=$(SEEDS) DROPSYNC_SOAK_FIRST=$(FIRST) DROPSYNC_SOAK_STEPS=$(STEPS) $(CARGO) test --locked -p dropsync-soak --test convergence -- --ignored --exact soak --nocapture; \
+	fi
+
+# Issue 9's benchmark table (bench/README.md): the real server and clients on
+# loopback beside rsync, end to end, latency, fan-out to 1,000 sessions,
+# memory. Prints a markdown table, writes bench/results/latest.json and a
+# timestamped copy. BENCH_RUNS=N (default 3), BENCH_QUICK=1 for small sizes.
+# Bounded: the binary's watchdog stops everything after BENCH_DEADLINE s
+# (default 900), and this timeout backs it up.
+BENCH_BIN = $(or $(CARGO_TARGET_DIR),target)/release
+.PHONY: bench-micro bench-table
+bench-table:
+	command -v rsync >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq rsync)
+	$(CARGO) build --release --locked -p dropsync-server -p dropsync-client -p dropsync-bench
+	ulimit -n $$(ulimit -Hn) 2>/dev/null || true; \
+	timeout --foreground -k 10 960 $(BENCH_BIN)/dropsync-bench --server $(BENCH_BIN)/server --client $(BENCH_BIN)/client --out bench/results

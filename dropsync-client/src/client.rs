@@ -50,11 +50,18 @@ pub struct Core {
 /// Runs the client until SIGINT/SIGTERM, or until `--once` is done.
 /// The error is the one line to print.
 pub fn run(cfg: Config) -> Result<(), String> {
+    // Signals first: a SIGTERM at any point after this is the graceful stop
+    // of section 9 (exit 0), even one sent while the folder is still being
+    // prepared. It used to be installed after META-DATA was loaded, and a
+    // SIGTERM in between killed the client (found by dropsync-soak, seed 113).
+    let (tx, events) = mpsc::channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    watch_signals(tx.clone(), Arc::clone(&stop)).map_err(|e| format!("cannot handle signals: {e}"))?;
     fs::create_dir_all(&cfg.folder).map_err(|e| format!("cannot create folder {}: {e}", cfg.folder.display()))?;
     let root = cfg.folder.canonicalize().map_err(|e| format!("folder {}: {e}", cfg.folder.display()))?;
     let (meta_file, tmp_dir) =
         MetaFile::prepare(&root).map_err(|e| format!("cannot prepare {}/.dropsync: {e}", root.display()))?;
-    let meta = meta_file.load().map_err(|e| format!("cannot load META-DATA: {e}"))?;
+    let (meta, generation) = meta_file.load().map_err(|e| format!("cannot load META-DATA: {e}"))?;
     log::info!("syncing {} as {:?} ({} paths known)", root.display(), cfg.label, meta.records.len());
     let ctx = Arc::new(Ctx {
         root: root.clone(),
@@ -63,9 +70,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         conflict_copies: cfg.conflict_copies,
         shared: Shared::new(meta),
     });
-    let (tx, events) = mpsc::channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    watch_signals(tx.clone(), Arc::clone(&stop)).map_err(|e| format!("cannot handle signals: {e}"))?;
+    meta_file.open_journal(&ctx.shared, generation);
     // --once looks at the folder once, at reconciliation; no watcher.
     let _watcher = if cfg.once {
         None

@@ -43,6 +43,10 @@ const SAVE_DELAY: Duration = Duration::from_millis(200);
 /// Longest the control loop sleeps without looking at the clock.
 const MAX_WAIT: Duration = Duration::from_secs(1);
 
+/// How long a change refused with 0x0040 (another transfer holds the file)
+/// waits before it is looked at again; see `Session::refused`.
+const LOCKED_RETRY: Duration = Duration::from_secs(5);
+
 /// Times an upload refused by a checksum or size abort (0x0008, 0x0010:
 /// data damaged on the way) is tried again before the change is given up.
 const MAX_RETRIES: u32 = 3;
@@ -441,8 +445,25 @@ impl<'a> Session<'a> {
 
     /// The server refused our change of `name` (whose content is `content`,
     /// `None` for a delete). 0x0040 and 0x0020 give the change up (section
-    /// 7); damaged transfers are tried again a few times.
+    /// 7), 0x0040 only until [`LOCKED_RETRY`] later; damaged transfers are
+    /// tried again a few times.
     fn refused(&mut self, name: &str, code: StatusCode, content: Option<Content>) {
+        if code == StatusCode::LOCKED && self.stop_deadline.is_none() {
+            // The upload holding the lock normally brings its version here,
+            // and that keeps our change as a conflict copy (section 7). But
+            // it may be aborted, or identical to what the server has: then
+            // no version ever comes, and a change given up for the rest of
+            // the session never reached anyone (found while modelling lost
+            // work for dropsync-soak). So the path is looked at again a
+            // little later: if a version arrived meanwhile, the path equals
+            // its new base and nothing is sent; if not, the change goes out
+            // again (and should it overwrite a version that is still on its
+            // way to us, the server's stale-change rule keeps that one as a
+            // conflict copy).
+            log::warn!("server refused {name} ({code}); looking at it again in {LOCKED_RETRY:?}");
+            self.core.debouncer.touch(name.to_owned(), Instant::now() + LOCKED_RETRY);
+            return;
+        }
         let retry = code == StatusCode::ABORT_CHECKSUM || code == StatusCode::ABORT_SIZE;
         let tries = self.retries.entry(name.to_owned()).or_insert(0);
         *tries += 1;

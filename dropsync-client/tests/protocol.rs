@@ -167,7 +167,8 @@ fn a_change_refused_as_locked_is_given_up_and_kept_when_the_server_version_arriv
     let FromClient::Chunk { name, .. } = s.next_from_client(false) else { panic!("expected a chunk") };
     assert_eq!(name, "doc.txt");
     s.reply(StatusCode::LOCKED);
-    // Given up: not sent again, even across rescans.
+    // Given up: not sent again, even across rescans (not before the
+    // client looks at the path again, 5 s later, in case no version comes).
     s.send.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
     match s.send_rx.read_msg() {
         Err(e) if dropsync_core::wire::is_timeout_error(&e) => {}

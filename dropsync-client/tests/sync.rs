@@ -10,7 +10,7 @@ use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
 use common::{conflict_copies, converge, files, show, Net};
-use dropsync_testkit::{tree, wait_until, write_file, DEFAULT_DEADLINE};
+use dropsync_testkit::{tree, wait_until, write_file, ClientProc, TempDir, DEFAULT_DEADLINE};
 
 /// The assignment's four rules on connect, driven with `--once` so each
 /// step is deterministic: client has a file the server lacks (upload),
@@ -218,6 +218,67 @@ fn sigterm_exits_zero_and_keeps_the_metadata() {
     assert!(fs::read_dir(a.join(".dropsync/tmp")).unwrap().next().is_none(), "no temp files left");
 }
 
+/// Section 9 from the start: a SIGTERM while a large META-DATA is still
+/// being loaded is a clean stop with status 0. Signals used to be caught
+/// only once the load was done, and a SIGTERM before that killed the client
+/// (found by dropsync-soak, seed 113).
+#[test]
+fn sigterm_while_loading_the_metadata_exits_zero() {
+    use std::fmt::Write as _;
+    let tmp = TempDir::new("sigterm-early");
+    let folder = tmp.join("big");
+    // 200,000 records: loading them takes a few hundred ms in a debug build.
+    let mut meta = String::from("dropsync-metadata 1\n# client-id 000102030405060708090a0b0c0d0e0f\n");
+    for i in 0..200_000 {
+        let md5 = dropsync_proto::digest::to_hex(&dropsync_proto::md5(&i.to_string().into_bytes()));
+        let _ = writeln!(meta, "1\t{md5}\t10\t1700000000000000000\tF\td{}/f{i}.txt", i % 100);
+    }
+    write_file(&folder, ".dropsync/metadata", meta.as_bytes());
+    // Nothing listens on port 1: the client would only retry.
+    let mut c = ClientProc::start_with_ports(1, 1, &folder, 64, &["--label", "early"]);
+    let pid = c.pid();
+    let signal_thread = || {
+        fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| {
+            tasks.flatten().any(|t| fs::read_to_string(t.path().join("comm")).is_ok_and(|n| n.trim() == "signals"))
+        })
+    };
+    // SIGTERM once signals are caught, or after 50 ms at the latest: then
+    // the load is still under way.
+    wait_until(Duration::from_millis(50), signal_thread);
+    let status = c.terminate();
+    assert!(status.is_some_and(|s| s.success()), "{status:?}\n{}", c.log());
+}
+
+/// Files received just before a `kill -9` keep their base: deleting one
+/// while the client is down is a delete (not "the server has a file we
+/// lack", which downloaded it again), and editing one is an edit (not a
+/// conflict that brought the older version back). META-DATA saves are
+/// coalesced, so the base of a file received a moment before the kill used
+/// to be lost (found by dropsync-soak, seeds 104 and 125).
+#[test]
+fn bases_received_just_before_a_kill_survive_it() {
+    let net = Net::new("kill-after-receive");
+    let (a, b) = (net.folder("a"), net.folder("b"));
+    let ca = net.client("a", &[]);
+    let mut cb = net.client("b", &[]);
+    write_file(&a, "gone.txt", b"deleted on b while b is down");
+    write_file(&a, "edit.txt", b"edited on b while b is down");
+    // Killed within moments of the second receipt: well inside the delay
+    // with which META-DATA saves are coalesced.
+    assert!(wait_until(DEFAULT_DEADLINE, || {
+        let log = cb.log();
+        log.contains("received gone.txt") && log.contains("received edit.txt")
+    }));
+    cb.kill9();
+    fs::remove_file(b.join("gone.txt")).unwrap();
+    write_file(&b, "edit.txt", b"the edit made on b");
+    let cb = net.client("b", &[]);
+    let t = converge(&[&a, &b], &[&ca, &cb], "the offline delete and edit", |t| {
+        !t.contains_key("gone.txt") && t.get("edit.txt").is_some_and(|v| v == b"the edit made on b")
+    });
+    assert!(conflict_copies(&t).is_empty(), "{:?}", show(&t));
+}
+
 #[test]
 fn no_conflict_copies_is_the_plain_overwrite() {
     let net = Net::new("plain");
@@ -297,4 +358,40 @@ fn two_hundred_files_with_parallel_8_converge_everywhere() {
     let expected = tree(&a);
     assert_eq!(expected.len(), 200);
     converge(&[a.as_path(), b.as_path(), c.as_path()], &[&ca, &cb, &cc], "200 files", |t| *t == expected);
+}
+
+/// A change refused with 0x0040 because another upload holds the file is
+/// not given up for good: when that upload is aborted (or was identical to
+/// the server's version), no version ever comes to keep the change as a
+/// conflict copy, and the change must still reach everyone. It used to stay
+/// on its client until that client reconnected (found while modelling lost
+/// work for dropsync-soak).
+#[test]
+fn changes_refused_by_a_lock_whose_upload_aborts_still_go_out() {
+    use dropsync_proto::{md5, Frame, StatusCode, ZERO_DIGEST};
+    let net = Net::new("lock-abort");
+    let (a, b) = (net.folder("a"), net.folder("b"));
+    let ca = net.client("a", &[]);
+    let cb = net.client("b", &[]);
+    write_file(&a, "gone.txt", b"deleted on b");
+    converge(&[&a, &b], &[&ca, &cb], "the first file", |t| t.contains_key("gone.txt"));
+    let mut peer = dropsync_testkit::RawPeer::hello(net.server.send_port, net.server.recv_port, [9; 16], "peer");
+    peer.receive_metadata();
+    // The peer's first chunks take the server's locks on both paths.
+    for name in ["new.txt", "gone.txt"] {
+        assert_eq!(peer.request(&Frame::Chunk { digest: md5(b"part"), name, payload: b"part" }), StatusCode::OK);
+    }
+    write_file(&b, "new.txt", b"from b");
+    fs::remove_file(b.join("gone.txt")).unwrap();
+    assert!(wait_until(DEFAULT_DEADLINE, || {
+        let log = cb.log();
+        log.contains("server refused new.txt") && log.contains("server refused gone.txt")
+    }));
+    for name in ["new.txt", "gone.txt"] {
+        assert_eq!(peer.request(&Frame::Abort { digest: ZERO_DIGEST, name }), StatusCode::OK);
+    }
+    let t = converge(&[&a, &b], &[&ca, &cb], "b's changes everywhere", |t| {
+        !t.contains_key("gone.txt") && t.get("new.txt").is_some_and(|v| v == b"from b")
+    });
+    assert_eq!(t.len(), 1, "{:?}", show(&t));
 }

@@ -16,8 +16,12 @@
 //!   has not accepted the delete.
 //!
 //! The file is rewritten whole (atomically) and saves are coalesced by the
-//! client: a stale base after a crash is harmless, since reconciliation
-//! compares content three ways and at worst keeps an extra conflict copy.
+//! client; between saves, every base change is appended to a journal
+//! (`metadata.journal.<generation>`, see the client's `state.rs`), so a
+//! client killed just after receiving a file still knows its base. A stale
+//! base is not harmless: a delete made while the client was down would be
+//! undone, and an edit would become a conflict copy (found by the soak
+//! harness).
 
 use std::collections::HashMap;
 

@@ -1,0 +1,897 @@
+//! `make bench` (issue 9): one table of dropsync's throughput, latency,
+//! fan-out and memory on loopback, beside rsync and the machine's MD5
+//! speed, also written as JSON under `bench/results/`. See
+//! `bench/README.md` for what each figure means and how it is measured.
+//!
+//! Environment: `BENCH_RUNS` (default 3), `BENCH_QUICK=1` (small sizes for
+//! a fast check), `BENCH_DIR` (scratch parent; default `/dev/shm` when it
+//! has room), `BENCH_DEADLINE` (seconds before the watchdog kills
+//! everything; default 900).
+
+mod data;
+mod fanout;
+mod json;
+mod procs;
+mod rsync;
+mod stats;
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use md5::{Digest as _, Md5};
+
+use crate::data::Rng;
+use crate::json::Json;
+use crate::procs::{Proc, Spec};
+use crate::rsync::Rsyncd;
+use crate::stats::{percentile, Figure};
+
+/// Errors: anything printable.
+pub type R<T> = Result<T, Box<dyn std::error::Error + Send + Sync>>;
+
+const MIB: u64 = 1 << 20;
+/// Throughput unit: 10^6 bytes per second, for dropsync, rsync and MD5 alike.
+const MB: f64 = 1e6;
+
+struct Cfg {
+    server: PathBuf,
+    client: PathBuf,
+    out: PathBuf,
+    work: PathBuf,
+    runs: usize,
+    quick: bool,
+    cores: usize,
+    /// B1/B2 file size.
+    big: u64,
+    /// Client chunk size in every phase.
+    chunk: usize,
+    small_dirs: usize,
+    small_per_dir: usize,
+    small_size: usize,
+    edits: usize,
+    edit_size: usize,
+    fan_sessions: usize,
+    fan_size: usize,
+    md5_buf: usize,
+    /// Bound on every process and wait.
+    limit: Duration,
+}
+
+/// A check applied to a row's median.
+type Check = Box<dyn Fn(f64) -> bool>;
+
+/// One row of the table.
+struct Row {
+    id: &'static str,
+    key: &'static str,
+    figure: String,
+    unit: &'static str,
+    fig: Figure,
+    /// Target text and the check applied to the median.
+    target: Option<(String, Check)>,
+}
+
+impl Row {
+    fn new(id: &'static str, key: &'static str, figure: impl Into<String>, unit: &'static str) -> Row {
+        Row { id, key, figure: figure.into(), unit, fig: Figure::default(), target: None }
+    }
+
+    fn target(mut self, text: impl Into<String>, check: impl Fn(f64) -> bool + 'static) -> Row {
+        self.target = Some((text.into(), Box::new(check)));
+        self
+    }
+
+    fn verdict(&self) -> Option<bool> {
+        let (_, check) = self.target.as_ref()?;
+        Some(self.fig.median().is_some_and(check))
+    }
+}
+
+/// Everything measured, filled phase by phase.
+struct Results {
+    rows: Vec<Row>,
+    b4_samples: Vec<Vec<f64>>,
+    errors: Vec<String>,
+    findings: Vec<String>,
+    notes: Vec<String>,
+}
+
+impl Results {
+    fn row(&mut self, key: &str) -> &mut Figure {
+        let i = self.rows.iter().position(|r| r.key == key).unwrap_or_else(|| panic!("no row {key}"));
+        &mut self.rows[i].fig
+    }
+
+    fn push(&mut self, key: &str, v: f64) {
+        self.row(key).push(v);
+    }
+}
+
+fn env_usize(name: &str, default: usize) -> usize {
+    std::env::var(name).ok().and_then(|v| v.trim().parse().ok()).unwrap_or(default)
+}
+
+fn sh(cmd: &str, args: &[&str]) -> String {
+    Command::new(cmd)
+        .args(args)
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8(o.stdout).ok())
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
+}
+
+fn free_kib(dir: &Path) -> u64 {
+    let out = sh("df", &["-Pk", &dir.display().to_string()]);
+    out.lines().nth(1).and_then(|l| l.split_whitespace().nth(3)).and_then(|v| v.parse().ok()).unwrap_or(0)
+}
+
+fn scratch_parent(need: u64) -> PathBuf {
+    if let Ok(d) = std::env::var("BENCH_DIR") {
+        return PathBuf::from(d);
+    }
+    let shm = Path::new("/dev/shm");
+    if shm.is_dir() && free_kib(shm) * 1024 >= need {
+        return shm.to_path_buf();
+    }
+    std::env::temp_dir()
+}
+
+fn parse_args() -> R<(PathBuf, PathBuf, PathBuf)> {
+    let mut server = PathBuf::from("target/release/server");
+    let mut client = PathBuf::from("target/release/client");
+    let mut out = PathBuf::from("bench/results");
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        let mut val = || it.next().map(PathBuf::from).ok_or(format!("{a} needs a value"));
+        match a.as_str() {
+            "--server" => server = val()?,
+            "--client" => client = val()?,
+            "--out" => out = val()?,
+            "-h" | "--help" => {
+                println!("dropsync-bench [--server PATH] [--client PATH] [--out DIR]\nEnvironment: BENCH_RUNS, BENCH_QUICK=1, BENCH_DIR, BENCH_DEADLINE; see bench/README.md");
+                std::process::exit(0);
+            }
+            other => return Err(format!("unknown argument {other}").into()),
+        }
+    }
+    for p in [&server, &client] {
+        if !p.exists() {
+            return Err(format!("{} not built (make bench builds it)", p.display()).into());
+        }
+    }
+    Ok((fs::canonicalize(server)?, fs::canonicalize(client)?, out))
+}
+
+fn main() {
+    let code = match real_main() {
+        Ok(()) => 0,
+        Err(e) => {
+            eprintln!("bench: error: {e}");
+            1
+        }
+    };
+    procs::kill_all_and_clean(Some(code));
+}
+
+fn install_guards() -> R<()> {
+    use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            eprintln!("bench: signal {sig}: stopping everything");
+            procs::kill_all_and_clean(Some(128 + sig));
+        }
+    });
+    let deadline = env_usize("BENCH_DEADLINE", 900) as u64;
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_secs(deadline));
+        eprintln!("bench: watchdog: still running after {deadline} s; killing everything");
+        procs::kill_all_and_clean(Some(124));
+    });
+    Ok(())
+}
+
+fn real_main() -> R<()> {
+    install_guards()?;
+    let (server, client, out) = parse_args()?;
+    let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
+    let runs = env_usize("BENCH_RUNS", 3).max(1);
+    let big = if quick { 64 * MIB } else { 1024 * MIB };
+    let parent = scratch_parent(big * 5);
+    let work = parent.join(format!("dropsync-bench.{}", std::process::id()));
+    fs::create_dir_all(&work)?;
+    procs::set_workdir(&work);
+    let cfg = Cfg {
+        server,
+        client,
+        out,
+        work,
+        runs,
+        quick,
+        cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+        big,
+        chunk: MIB as usize,
+        small_dirs: if quick { 10 } else { 100 },
+        small_per_dir: 100,
+        small_size: 4096,
+        edits: if quick { 20 } else { 100 },
+        edit_size: 100,
+        fan_sessions: if quick { 100 } else { 1000 },
+        fan_size: MIB as usize,
+        md5_buf: if quick { 64 << 20 } else { 256 << 20 },
+        limit: Duration::from_secs(if quick { 120 } else { 300 }),
+    };
+    let started = Instant::now();
+    let load_start = sh("cat", &["/proc/loadavg"]);
+    eprintln!(
+        "bench: {} run(s){}, scratch {} ({} MiB free), {} core(s), load {}",
+        cfg.runs,
+        if quick { ", QUICK sizes" } else { "" },
+        cfg.work.display(),
+        free_kib(&cfg.work) / 1024,
+        cfg.cores,
+        load_start
+    );
+
+    // Data, made once.
+    let t = Instant::now();
+    let data_dir = cfg.work.join("data");
+    fs::create_dir_all(&data_dir)?;
+    let mut rng = Rng::new(0xd5_0009);
+    let big_file = data_dir.join("big.bin");
+    data::random_file(&big_file, cfg.big, &mut rng)?;
+    let small_tree = data_dir.join("small");
+    data::small_tree(&small_tree, cfg.small_dirs, cfg.small_per_dir, cfg.small_size, &mut rng)?;
+    let md5_buf = rng.bytes(cfg.md5_buf);
+    let fan_data = Arc::new(rng.bytes(cfg.fan_size));
+    eprintln!("bench: data ready in {:.1} s", t.elapsed().as_secs_f64());
+
+    let mut res = Results { rows: rows(&cfg), b4_samples: Vec::new(), errors: Vec::new(), findings: Vec::new(), notes: Vec::new() };
+    let (rsync_version, rsync_checksums) = rsync::version();
+    let rsync_version = rsync_version.split_whitespace().collect::<Vec<_>>().join(" ");
+    let mut rsyncd = Rsyncd::start(&cfg.work, cfg.limit * 8)?;
+
+    for i in 0..cfg.runs {
+        if let Err(e) = b1(&cfg, &mut res, &rsyncd, &big_file, &md5_buf, i) {
+            note_err(&mut res, format!("B1 run {}: {e}", i + 1));
+        }
+    }
+    for i in 0..cfg.runs {
+        if let Err(e) = b2(&cfg, &mut res, &big_file, i) {
+            note_err(&mut res, format!("B2 run {}: {e}", i + 1));
+        }
+    }
+    for i in 0..cfg.runs {
+        if let Err(e) = b3(&cfg, &mut res, &rsyncd, &small_tree, i) {
+            note_err(&mut res, format!("B3 run {}: {e}", i + 1));
+        }
+    }
+    rsyncd.stop();
+    for i in 0..cfg.runs {
+        if let Err(e) = b4(&cfg, &mut res, i) {
+            note_err(&mut res, format!("B4 run {}: {e}", i + 1));
+        }
+    }
+    for i in 0..cfg.runs {
+        if let Err(e) = b5(&cfg, &mut res, fan_data.clone(), i) {
+            note_err(&mut res, format!("B5 run {}: {e}", i + 1));
+        }
+    }
+
+    let load_end = sh("cat", &["/proc/loadavg"]);
+    let elapsed = started.elapsed();
+    let config = config_lines(&cfg, &rsync_version, &rsync_checksums);
+    let table = render_table(&res, &config, &load_start, &load_end, elapsed);
+    let json = render_json(&cfg, &res, &config, &rsync_version, &rsync_checksums, &load_start, &load_end, elapsed);
+    fs::create_dir_all(&cfg.out)?;
+    let stamp = sh("date", &["-u", "+%Y%m%dT%H%M%SZ"]);
+    let stamped = cfg.out.join(format!("{stamp}{}.json", if quick { "-quick" } else { "" }));
+    let latest = cfg.out.join(if quick { "latest-quick.json" } else { "latest.json" });
+    fs::write(&stamped, json.pretty())?;
+    fs::write(&latest, json.pretty())?;
+    fs::write(cfg.out.join(if quick { "latest-quick.md" } else { "latest.md" }), &table)?;
+    if !res.errors.is_empty() || !res.findings.is_empty() {
+        println!("\n### Errors and log findings\n");
+        for e in &res.errors {
+            println!("- ERROR {e}");
+        }
+        for f in res.findings.iter().take(40) {
+            println!("- {f}");
+        }
+        if res.findings.len() > 40 {
+            println!("- … {} more in the JSON", res.findings.len() - 40);
+        }
+    }
+    println!("\n{table}");
+    println!("Results: {} (copy: {})", latest.display(), stamped.display());
+    Ok(())
+}
+
+fn note_err(res: &mut Results, e: String) {
+    eprintln!("bench: ERROR {e}");
+    res.errors.push(e);
+}
+
+fn rows(cfg: &Cfg) -> Vec<Row> {
+    let mib = |b: u64| b as f64 / MIB as f64;
+    let big = format!("{} MiB", cfg.big / MIB);
+    let nfiles = cfg.small_dirs * cfg.small_per_dir;
+    vec![
+        Row::new("B1", "b1_dropsync", format!("upload 1 × {big} (client --once), MB/s"), "MB/s"),
+        Row::new("B1", "b1_rsync", "rsync -a to rsyncd, default checksum, MB/s", "MB/s"),
+        Row::new("B1", "b1_rsync_md5", "rsync -a --checksum-choice=md5, MB/s", "MB/s"),
+        Row::new("B1", "b1_ratio", "dropsync ÷ rsync default (run by run)", "×"),
+        Row::new("B1", "b1_ratio_md5", "dropsync ÷ rsync md5 (run by run)", "×"),
+        Row::new("B1", "b1_md5", "md-5 crate, one stream, MB/s", "MB/s"),
+        Row::new("B1", "b1_limit", format!("MD5-bound limit = md5 × {} cores ÷ 4, MB/s", cfg.cores), "MB/s"),
+        Row::new("B1", "b1_of_limit", "dropsync ÷ MD5-bound limit (run by run)", "%").target("≥ 80 %", |v| v >= 80.0),
+        Row::new("B2", "b2_seconds", format!("A → B end to end, {big}, s"), "s"),
+        Row::new("B2", "b2_mbps", "A → B end to end, MB/s", "MB/s"),
+        Row::new("B2", "b2_upload", "… of which until A logs the upload done, s", "s"),
+        Row::new("B2", "b2_deliver", "… and from then until complete in B's folder, s", "s"),
+        Row::new("B3", "b3_dropsync", format!("upload {nfiles} × {} KiB in {} folders, files/s", cfg.small_size / 1024, cfg.small_dirs), "files/s"),
+        Row::new("B3", "b3_rsync", "rsync -a (default checksum), files/s", "files/s"),
+        Row::new("B3", "b3_ratio", "dropsync ÷ rsync (run by run)", "×").target("≥ 1.0×", |v| v >= 1.0),
+        Row::new("B4", "b4_p50", format!("edit on A visible on B ({} edits of {} B), p50 ms", cfg.edits, cfg.edit_size), "ms").target("< 50 ms", |v| v < 50.0),
+        Row::new("B4", "b4_p99", "p99 ms", "ms").target("< 200 ms", |v| v < 200.0),
+        Row::new("B4", "b4_max", "max ms", "ms"),
+        Row::new("B5", "b5_last", format!("{} MiB to {} sessions, until the last has it, s", mib(cfg.fan_size as u64), cfg.fan_sessions), "s"),
+        Row::new("B5", "b5_upload", "upload to the server alone, s", "s"),
+        Row::new("B5", "b5_ramp", "connecting and greeting all sessions, s", "s"),
+        Row::new("B5", "b5_hwm", "server peak RSS (VmHWM), MiB", "MiB").target("< 512 MiB", |v| v < 512.0),
+        Row::new("B5", "b5_threads", "server threads, peak sampled", "threads"),
+        Row::new("B6", "b6_server_b1", "server peak RSS during B1, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
+        Row::new("B6", "b6_client_b1", "client --once peak RSS during B1, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
+        Row::new("B6", "b6_server_b2", "server peak RSS during B2, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
+        Row::new("B6", "b6_client_a_b2", "client A (sender) peak RSS during B2, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
+        Row::new("B6", "b6_client_b_b2", "client B (receiver) peak RSS during B2, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
+    ]
+}
+
+// ---------------------------------------------------------------- processes
+
+fn start_server(cfg: &Cfg, dir: &Path, extra: &[&str]) -> R<(Proc, u16, u16)> {
+    let root = dir.join("server-root");
+    let mut args: Vec<String> = vec!["0".into(), "0".into(), "--bind".into(), "127.0.0.1".into(), "--root".into()];
+    args.push(root.display().to_string());
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let p = Proc::start(
+        "server",
+        Spec {
+            bin: cfg.server.clone(),
+            args,
+            limit: cfg.limit,
+            log: dir.join("server.log"),
+            read_listening: true,
+            time_file: None,
+        },
+    )?;
+    let (s, r) = p.ports()?;
+    Ok((p, s, r))
+}
+
+fn client_args(cfg: &Cfg, ports: (u16, u16), folder: &Path, label: &str, once: bool) -> Vec<String> {
+    let mut a = vec![
+        "127.0.0.1".to_string(),
+        ports.0.to_string(),
+        ports.1.to_string(),
+        folder.display().to_string(),
+        cfg.chunk.to_string(),
+        "--label".into(),
+        label.into(),
+    ];
+    if once {
+        a.push("--once".into());
+    }
+    a
+}
+
+fn start_client(cfg: &Cfg, dir: &Path, name: &str, ports: (u16, u16), folder: &Path, once: bool) -> R<Proc> {
+    Proc::start(
+        name,
+        Spec {
+            bin: cfg.client.clone(),
+            args: client_args(cfg, ports, folder, name, once),
+            limit: cfg.limit,
+            log: dir.join(format!("{name}.log")),
+            read_listening: false,
+            time_file: once.then(|| dir.join(format!("{name}.maxrss"))),
+        },
+    )
+}
+
+/// Waits until `needle` shows up in the log (the client's "reconciled …"
+/// line: connected and initial sync done).
+fn wait_log(path: &Path, needle: &str, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if fs::read_to_string(path).is_ok_and(|t| t.contains(needle)) {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
+}
+
+fn wait_ready(res: &mut Results, phase: &str, p: &Proc) {
+    if !wait_log(&p.log, "reconciled", Duration::from_secs(20)) {
+        res.notes.push(format!("{phase}: {} never logged \"reconciled\" within 20 s; went on", p.name));
+    }
+}
+
+/// Collects WARN/ERROR/panic lines of a run's logs, then removes the run's folder.
+fn finish_run(res: &mut Results, phase: &str, dir: &Path) {
+    if let Ok(rd) = fs::read_dir(dir) {
+        let mut logs: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| p.extension().is_some_and(|x| x == "log")).collect();
+        logs.sort();
+        for log in logs {
+            let text = fs::read_to_string(&log).unwrap_or_default();
+            let bad: Vec<&str> = text
+                .lines()
+                .filter(|l| l.contains(" WARN") || l.contains(" ERROR") || l.contains("panicked") || l.contains("error:"))
+                .collect();
+            if bad.is_empty() {
+                continue;
+            }
+            let name = log.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+            for l in bad.iter().take(3) {
+                res.findings.push(format!("{phase} {name}: {}", l.trim()));
+            }
+            if bad.len() > 3 {
+                res.findings.push(format!("{phase} {name}: … {} such lines in all", bad.len()));
+            }
+        }
+    }
+    let _ = fs::remove_dir_all(dir);
+}
+
+fn run_dir(cfg: &Cfg, phase: &str, i: usize) -> R<PathBuf> {
+    let d = cfg.work.join(format!("{phase}-run{}", i + 1));
+    procs::locked(|| {
+        let _ = fs::remove_dir_all(&d);
+        // Not create_dir_all: after an interrupt removed the scratch
+        // folder, this must fail rather than recreate it.
+        fs::create_dir(&d)
+    })?;
+    Ok(d)
+}
+
+fn kib_to_mib(k: u64) -> f64 {
+    k as f64 / 1024.0
+}
+
+// ------------------------------------------------------------------- phases
+
+fn md5_mbps(buf: &[u8]) -> f64 {
+    let t = Instant::now();
+    let d = Md5::digest(buf);
+    let s = t.elapsed().as_secs_f64();
+    std::hint::black_box(d);
+    buf.len() as f64 / MB / s
+}
+
+fn b1(cfg: &Cfg, res: &mut Results, rsyncd: &Rsyncd, big: &Path, md5_buf: &[u8], i: usize) -> R<()> {
+    let dir = run_dir(cfg, "b1", i)?;
+    let folder = dir.join("client");
+    fs::create_dir_all(&folder)?;
+    fs::hard_link(big, folder.join("big.bin")).or_else(|_| fs::copy(big, folder.join("big.bin")).map(|_| ()))?;
+    let (mut server, s, r) = start_server(cfg, &dir, &[])?;
+    let mut c = start_client(cfg, &dir, "client", (s, r), &folder, true)?;
+    let (d, st, client_rss) = c.wait_exit()?;
+    let server_hwm = server.status().map_or(0, |x| x.vm_hwm_kib);
+    server.stop();
+    let stored = data::count_files_of_size(&dir.join("server-root"), cfg.big);
+    if !st.success() || stored == 0 {
+        finish_run(res, &format!("B1 run {}", i + 1), &dir);
+        return Err(format!("client --once exited {st}; files of the right size in the server's root: {stored}").into());
+    }
+    let ours = cfg.big as f64 / MB / d.as_secs_f64();
+    finish_run(res, &format!("B1 run {}", i + 1), &dir);
+
+    let rd = rsyncd.push(big, false, &[], cfg.limit)?;
+    let theirs = cfg.big as f64 / MB / rd.as_secs_f64();
+    let rm = rsyncd.push(big, false, &["--checksum-choice=md5"], cfg.limit)?;
+    let theirs_md5 = cfg.big as f64 / MB / rm.as_secs_f64();
+    rsyncd.clear()?;
+    let md5 = md5_mbps(md5_buf);
+    let limit = md5 * cfg.cores as f64 / 4.0;
+    eprintln!(
+        "B1 run {}: dropsync {:.2} s = {ours:.0} MB/s; rsync {theirs:.0} MB/s, rsync md5 {theirs_md5:.0} MB/s; md5 {md5:.0} MB/s → limit {limit:.0} MB/s; RSS server {:.1} MiB, client {:.1} MiB",
+        i + 1,
+        d.as_secs_f64(),
+        kib_to_mib(server_hwm),
+        kib_to_mib(client_rss)
+    );
+    res.push("b1_dropsync", ours);
+    res.push("b1_rsync", theirs);
+    res.push("b1_rsync_md5", theirs_md5);
+    res.push("b1_ratio", ours / theirs);
+    res.push("b1_ratio_md5", ours / theirs_md5);
+    res.push("b1_md5", md5);
+    res.push("b1_limit", limit);
+    res.push("b1_of_limit", 100.0 * ours / limit);
+    res.push("b6_server_b1", kib_to_mib(server_hwm));
+    res.push("b6_client_b1", kib_to_mib(client_rss));
+    Ok(())
+}
+
+fn b2(cfg: &Cfg, res: &mut Results, big: &Path, i: usize) -> R<()> {
+    let phase = format!("B2 run {}", i + 1);
+    let dir = run_dir(cfg, "b2", i)?;
+    let (fa, fb, stage) = (dir.join("A"), dir.join("B"), dir.join("stage"));
+    for d in [&fa, &fb, &stage] {
+        fs::create_dir_all(d)?;
+    }
+    fs::hard_link(big, stage.join("big.bin")).or_else(|_| fs::copy(big, stage.join("big.bin")).map(|_| ()))?;
+    let out = (|| -> R<(f64, Option<f64>, u64, u64, u64)> {
+        let (mut server, s, r) = start_server(cfg, &dir, &[])?;
+        let mut cb = start_client(cfg, &dir, "client-b", (s, r), &fb, false)?;
+        let mut ca = start_client(cfg, &dir, "client-a", (s, r), &fa, false)?;
+        wait_ready(res, &phase, &cb);
+        wait_ready(res, &phase, &ca);
+        let target = fb.join("big.bin");
+        let t0 = Instant::now();
+        fs::rename(stage.join("big.bin"), fa.join("big.bin"))?;
+        let deadline = t0 + cfg.limit;
+        // When A logs the upload as done (the split between the two hops).
+        let mut uploaded = None;
+        let secs = loop {
+            if fs::metadata(&target).is_ok_and(|m| m.len() == cfg.big) {
+                break t0.elapsed().as_secs_f64();
+            }
+            if uploaded.is_none() && fs::read_to_string(&ca.log).is_ok_and(|t| t.contains("uploaded big.bin")) {
+                uploaded = Some(t0.elapsed().as_secs_f64());
+            }
+            if Instant::now() > deadline {
+                return Err(format!("not in B's folder after {} s", cfg.limit.as_secs()).into());
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let hwm = |p: &Proc| p.status().map_or(0, |x| x.vm_hwm_kib);
+        let (hs, ha, hb) = (hwm(&server), hwm(&ca), hwm(&cb));
+        ca.stop();
+        cb.stop();
+        server.stop();
+        if !data::same_content(&target, big)? {
+            return Err("B's copy differs from the original".into());
+        }
+        Ok((secs, uploaded, hs, ha, hb))
+    })();
+    finish_run(res, &phase, &dir);
+    let (secs, uploaded, hs, ha, hb) = out?;
+    eprintln!(
+        "{phase}: {secs:.2} s = {:.0} MB/s (A's upload done at {}); RSS server {:.1} MiB, A {:.1} MiB, B {:.1} MiB",
+        cfg.big as f64 / MB / secs,
+        uploaded.map_or("? (no \"uploaded big.bin\" in A's log)".to_string(), |u| format!("{u:.2} s")),
+        kib_to_mib(hs),
+        kib_to_mib(ha),
+        kib_to_mib(hb)
+    );
+    res.push("b2_seconds", secs);
+    res.push("b2_mbps", cfg.big as f64 / MB / secs);
+    if let Some(u) = uploaded {
+        res.push("b2_upload", u);
+        res.push("b2_deliver", secs - u);
+    }
+    res.push("b6_server_b2", kib_to_mib(hs));
+    res.push("b6_client_a_b2", kib_to_mib(ha));
+    res.push("b6_client_b_b2", kib_to_mib(hb));
+    Ok(())
+}
+
+fn b3(cfg: &Cfg, res: &mut Results, rsyncd: &Rsyncd, tree: &Path, i: usize) -> R<()> {
+    let phase = format!("B3 run {}", i + 1);
+    let dir = run_dir(cfg, "b3", i)?;
+    let folder = dir.join("client");
+    data::link_tree(tree, &folder)?;
+    let n = (cfg.small_dirs * cfg.small_per_dir) as f64;
+    let out = (|| -> R<f64> {
+        let (mut server, s, r) = start_server(cfg, &dir, &[])?;
+        let mut c = start_client(cfg, &dir, "client", (s, r), &folder, true)?;
+        let (d, st, _) = c.wait_exit()?;
+        server.stop();
+        let stored = data::count_files_of_size(&dir.join("server-root"), cfg.small_size as u64);
+        if !st.success() || stored < n as usize {
+            return Err(format!("client --once exited {st}; {stored} of {n} files stored by the server").into());
+        }
+        Ok(d.as_secs_f64())
+    })();
+    finish_run(res, &phase, &dir);
+    let secs = out?;
+    let rd = rsyncd.push(tree, true, &[], cfg.limit)?.as_secs_f64();
+    rsyncd.clear()?;
+    eprintln!("{phase}: dropsync {secs:.2} s = {:.0} files/s; rsync {rd:.2} s = {:.0} files/s", n / secs, n / rd);
+    res.push("b3_dropsync", n / secs);
+    res.push("b3_rsync", n / rd);
+    res.push("b3_ratio", rd / secs);
+    Ok(())
+}
+
+fn b4(cfg: &Cfg, res: &mut Results, i: usize) -> R<()> {
+    let phase = format!("B4 run {}", i + 1);
+    let dir = run_dir(cfg, "b4", i)?;
+    let (fa, fb) = (dir.join("A"), dir.join("B"));
+    fs::create_dir_all(&fa)?;
+    fs::create_dir_all(&fb)?;
+    let mut rng = Rng::new(0xb4 + i as u64);
+    let out = (|| -> R<(Vec<f64>, usize)> {
+        let (mut server, s, r) = start_server(cfg, &dir, &[])?;
+        let mut cb = start_client(cfg, &dir, "client-b", (s, r), &fb, false)?;
+        let mut ca = start_client(cfg, &dir, "client-a", (s, r), &fa, false)?;
+        wait_ready(res, &phase, &cb);
+        wait_ready(res, &phase, &ca);
+        let (src, dst) = (fa.join("edit.txt"), fb.join("edit.txt"));
+        let per_edit = Duration::from_secs(10);
+        let mut lat = Vec::with_capacity(cfg.edits);
+        let mut missed = 0;
+        for e in 0..cfg.edits {
+            let mut content = format!("edit {} of run {} ", e + 1, i + 1).into_bytes();
+            while content.len() < cfg.edit_size {
+                content.push(b'a' + (rng.next_u64() % 26) as u8);
+            }
+            content.truncate(cfg.edit_size);
+            let t0 = Instant::now();
+            fs::write(&src, &content)?;
+            loop {
+                if fs::read(&dst).is_ok_and(|b| b == content) {
+                    lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    break;
+                }
+                if t0.elapsed() > per_edit {
+                    missed += 1;
+                    lat.push(per_edit.as_secs_f64() * 1000.0);
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ca.stop();
+        cb.stop();
+        server.stop();
+        Ok((lat, missed))
+    })();
+    finish_run(res, &phase, &dir);
+    let (lat, missed) = out?;
+    let (p50, p99, max) = (percentile(&lat, 50.0), percentile(&lat, 99.0), percentile(&lat, 100.0));
+    eprintln!("{phase}: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms ({missed} not seen within 10 s)");
+    if missed > 0 {
+        res.notes.push(format!("{phase}: {missed} edit(s) not seen on B within 10 s (counted as 10 s)"));
+    }
+    res.push("b4_p50", p50);
+    res.push("b4_p99", p99);
+    res.push("b4_max", max);
+    res.b4_samples.push(lat);
+    Ok(())
+}
+
+fn b5(cfg: &Cfg, res: &mut Results, payload: Arc<Vec<u8>>, i: usize) -> R<()> {
+    let phase = format!("B5 run {}", i + 1);
+    let dir = run_dir(cfg, "b5", i)?;
+    let out = (|| -> R<fanout::FanoutResult> {
+        let (mut server, s, r) = start_server(cfg, &dir, &[])?;
+        let f = fanout::run(s, r, server.pid(), cfg.fan_sessions, payload, cfg.chunk, cfg.limit)?;
+        server.stop();
+        Ok(f)
+    })();
+    finish_run(res, &phase, &dir);
+    let f = out?;
+    eprintln!(
+        "{phase}: ramp {:.2} s, upload {:.3} s, last session {:.2} s; {} ok, {} failed; server VmHWM {:.1} MiB, threads peak {} (end {})",
+        f.ramp.as_secs_f64(),
+        f.upload.as_secs_f64(),
+        f.last.as_secs_f64(),
+        f.ok,
+        f.failures.len(),
+        kib_to_mib(f.server_hwm_kib),
+        f.threads_peak,
+        f.threads_end
+    );
+    if !f.failures.is_empty() {
+        res.notes.push(format!("{phase}: {} session(s) failed, e.g. {}", f.failures.len(), f.failures[0]));
+    }
+    if f.ok < cfg.fan_sessions {
+        return Err(format!("only {} of {} sessions got the file", f.ok, cfg.fan_sessions).into());
+    }
+    res.push("b5_last", f.last.as_secs_f64());
+    res.push("b5_upload", f.upload.as_secs_f64());
+    res.push("b5_ramp", f.ramp.as_secs_f64());
+    res.push("b5_hwm", kib_to_mib(f.server_hwm_kib));
+    res.push("b5_threads", f.threads_peak as f64);
+    Ok(())
+}
+
+// ------------------------------------------------------------------ output
+
+fn config_lines(cfg: &Cfg, rsync_version: &str, rsync_checksums: &str) -> Vec<String> {
+    let default_ck = rsync_checksums.split_whitespace().next().unwrap_or("?");
+    vec![
+        format!("runs: {} per figure (median, min, max){}", cfg.runs, if cfg.quick { "; BENCH_QUICK sizes" } else { "" }),
+        format!("machine: {} core(s), {}", cfg.cores, cpu_model()),
+        format!("scratch: {} (tmpfs when /dev/shm), loopback 127.0.0.1 only", cfg.work.parent().map_or(String::new(), |p| p.display().to_string())),
+        format!(
+            "server: `server 0 0 --bind 127.0.0.1 --root DIR` (defaults: --workers {}, --parallel {}, --chunk-size {}, info logging)",
+            help_default(&cfg.server, "--workers"),
+            help_default(&cfg.server, "--parallel"),
+            help_default(&cfg.server, "--chunk-size"),
+        ),
+        format!(
+            "client: `client 127.0.0.1 SEND RECV DIR {} --label NAME [--once]` (chunk size {} MiB; defaults: --parallel {}, --debounce-ms {} (B4), --rescan-secs {}, info logging)",
+            cfg.chunk,
+            cfg.chunk / MIB as usize,
+            help_default(&cfg.client, "--parallel"),
+            help_default(&cfg.client, "--debounce-ms"),
+            help_default(&cfg.client, "--rescan-secs"),
+        ),
+        format!("rsync: {rsync_version}; `rsync -a SRC rsync://127.0.0.1:PORT/bench/` into an emptied module; default checksum negotiates {default_ck} (list: {rsync_checksums})"),
+        format!("B5 sessions: raw protocol sessions in one process, a thread each (128 KiB stack), chunk {} MiB upload", cfg.chunk / MIB as usize),
+        "MB = 10^6 bytes; MiB = 2^20 bytes; PASS/MISS judged on the median".into(),
+    ]
+}
+
+/// The `[default: X]` that `bin --help` shows for `flag`, or "?".
+fn help_default(bin: &Path, flag: &str) -> String {
+    let help = sh(&bin.display().to_string(), &["--help"]);
+    let mut found = false;
+    for line in help.lines() {
+        let t = line.trim_start();
+        if t.starts_with("--") || t.starts_with("-v") || t.starts_with("-q") || t.starts_with("-h") {
+            if found {
+                break;
+            }
+            found = t.starts_with(&format!("{flag} ")) || t == flag;
+        }
+        if found {
+            if let Some(rest) = line.split("[default: ").nth(1) {
+                return rest.split(']').next().unwrap_or("?").to_owned();
+            }
+        }
+    }
+    "?".into()
+}
+
+fn cpu_model() -> String {
+    fs::read_to_string("/proc/cpuinfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("model name"))
+        .and_then(|l| l.split(':').nth(1))
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn fmt_val(v: Option<f64>, unit: &str) -> String {
+    match v {
+        None => "—".into(),
+        Some(v) => match unit {
+            "×" => format!("{v:.2}×"),
+            "%" => format!("{v:.0} %"),
+            "ms" => format!("{v:.1}"),
+            "s" if v < 1.0 => format!("{v:.3}"),
+            "s" => format!("{v:.2}"),
+            "MiB" => format!("{v:.1}"),
+            _ => format!("{v:.0}"),
+        },
+    }
+}
+
+fn render_table(res: &Results, config: &[String], load_start: &str, load_end: &str, elapsed: Duration) -> String {
+    let mut t = String::new();
+    t.push_str("| | Figure | Median | Min | Max | Target | |\n|---|---|---:|---:|---:|---|---|\n");
+    for r in &res.rows {
+        let (target, verdict) = match (&r.target, r.verdict()) {
+            (Some((text, _)), Some(true)) => (text.clone(), "PASS"),
+            (Some((text, _)), _) if r.fig.runs.is_empty() => (text.clone(), "n/a"),
+            (Some((text, _)), _) => (text.clone(), "MISS"),
+            _ => (String::new(), ""),
+        };
+        t.push_str(&format!(
+            "| {} | {} | {} | {} | {} | {} | {} |\n",
+            r.id,
+            r.figure,
+            fmt_val(r.fig.median(), r.unit),
+            fmt_val(r.fig.min(), r.unit),
+            fmt_val(r.fig.max(), r.unit),
+            target,
+            verdict
+        ));
+    }
+    t.push('\n');
+    for c in config {
+        t.push_str(&format!("- {c}\n"));
+    }
+    t.push_str(&format!("- load average: {load_start} at start, {load_end} at end; whole run {:.0} s\n", elapsed.as_secs_f64()));
+    for n in &res.notes {
+        t.push_str(&format!("- note: {n}\n"));
+    }
+    t
+}
+
+#[allow(clippy::too_many_arguments)]
+fn render_json(
+    cfg: &Cfg,
+    res: &Results,
+    config: &[String],
+    rsync_version: &str,
+    rsync_checksums: &str,
+    load_start: &str,
+    load_end: &str,
+    elapsed: Duration,
+) -> Json {
+    let commit = sh("git", &["rev-parse", "--short", "HEAD"]);
+    let dirty = !sh("git", &["status", "--porcelain", "--untracked-files=no"]).is_empty();
+    let mem = fs::read_to_string("/proc/meminfo")
+        .unwrap_or_default()
+        .lines()
+        .find(|l| l.starts_with("MemTotal"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|v| v.parse::<f64>().ok());
+    let figures = res
+        .rows
+        .iter()
+        .map(|r| {
+            Json::obj(vec![
+                ("id", Json::s(r.id)),
+                ("key", Json::s(r.key)),
+                ("figure", Json::s(r.figure.clone())),
+                ("unit", Json::s(r.unit)),
+                ("median", Json::opt(r.fig.median())),
+                ("min", Json::opt(r.fig.min())),
+                ("max", Json::opt(r.fig.max())),
+                ("runs", Json::Arr(r.fig.runs.iter().map(|&v| Json::Num(v)).collect())),
+                ("target", r.target.as_ref().map_or(Json::Null, |(t, _)| Json::s(t.clone()))),
+                ("pass", r.verdict().map_or(Json::Null, Json::Bool)),
+            ])
+        })
+        .collect();
+    Json::obj(vec![
+        ("schema", Json::s("dropsync-bench/1")),
+        ("timestamp", Json::s(sh("date", &["-u", "+%Y-%m-%dT%H:%M:%SZ"]))),
+        ("git", Json::s(format!("{commit}{}", if dirty { "-dirty" } else { "" }))),
+        ("quick", Json::Bool(cfg.quick)),
+        ("runs", Json::Num(cfg.runs as f64)),
+        ("elapsed_s", Json::Num(elapsed.as_secs_f64())),
+        (
+            "machine",
+            Json::obj(vec![
+                ("cpu", Json::s(cpu_model())),
+                ("cores", Json::Num(cfg.cores as f64)),
+                ("mem_total_mib", Json::opt(mem.map(|k| k / 1024.0))),
+                ("loadavg_start", Json::s(load_start)),
+                ("loadavg_end", Json::s(load_end)),
+            ]),
+        ),
+        (
+            "config",
+            Json::obj(vec![
+                ("big_file_bytes", Json::Num(cfg.big as f64)),
+                ("client_chunk_bytes", Json::Num(cfg.chunk as f64)),
+                ("client_debounce_ms", Json::s(help_default(&cfg.client, "--debounce-ms"))),
+                ("client_parallel", Json::s(help_default(&cfg.client, "--parallel"))),
+                ("server_workers", Json::s(help_default(&cfg.server, "--workers"))),
+                ("server_parallel", Json::s(help_default(&cfg.server, "--parallel"))),
+                ("small_files", Json::Num((cfg.small_dirs * cfg.small_per_dir) as f64)),
+                ("small_file_bytes", Json::Num(cfg.small_size as f64)),
+                ("small_folders", Json::Num(cfg.small_dirs as f64)),
+                ("edits", Json::Num(cfg.edits as f64)),
+                ("edit_bytes", Json::Num(cfg.edit_size as f64)),
+                ("fanout_sessions", Json::Num(cfg.fan_sessions as f64)),
+                ("fanout_bytes", Json::Num(cfg.fan_size as f64)),
+                ("md5_buffer_bytes", Json::Num(cfg.md5_buf as f64)),
+                ("rsync_version", Json::s(rsync_version)),
+                ("rsync_checksums", Json::s(rsync_checksums)),
+                ("process_limit_s", Json::Num(cfg.limit.as_secs_f64())),
+                ("described", Json::Arr(config.iter().map(|c| Json::s(c.clone())).collect())),
+            ]),
+        ),
+        ("figures", Json::Arr(figures)),
+        ("b4_latencies_ms", Json::Arr(res.b4_samples.iter().map(|v| Json::Arr(v.iter().map(|&x| Json::Num(x)).collect())).collect())),
+        ("errors", Json::Arr(res.errors.iter().map(|e| Json::s(e.clone())).collect())),
+        ("notes", Json::Arr(res.notes.iter().map(|e| Json::s(e.clone())).collect())),
+        ("log_findings", Json::Arr(res.findings.iter().map(|e| Json::s(e.clone())).collect())),
+    ])
+}
