@@ -17,31 +17,7 @@ use dropsync_proto::Digest;
 
 use crate::model::{Tree, Version};
 
-/// Every regular file under `dir` by `/`-separated relative name, leaving
-/// out `.dropsync*` entries at the top (a client's state folder), as `(name,
-/// absolute path)`. A folder that vanishes while it is walked is skipped.
-pub fn files(dir: &Path) -> Vec<(String, PathBuf)> {
-    let mut out = Vec::new();
-    let mut stack = vec![(dir.to_path_buf(), String::new())];
-    while let Some((path, prefix)) = stack.pop() {
-        let Ok(entries) = fs::read_dir(&path) else { continue };
-        for entry in entries.flatten() {
-            let name = entry.file_name().to_string_lossy().into_owned();
-            if prefix.is_empty() && name.starts_with(".dropsync") {
-                continue;
-            }
-            let rel = if prefix.is_empty() { name } else { format!("{prefix}/{name}") };
-            let Ok(kind) = entry.file_type() else { continue };
-            if kind.is_dir() {
-                stack.push((entry.path(), rel));
-            } else if kind.is_file() {
-                out.push((rel, entry.path()));
-            }
-        }
-    }
-    out.sort();
-    out
-}
+pub use dropsync_testkit::files;
 
 /// Reads a folder's tree, hashing a file only when its inode, size or
 /// mtime changed since the last call (files in a synced folder are

@@ -11,7 +11,7 @@ mod proxy;
 mod tempdir;
 mod wait;
 
-pub use folders::{tree, write_file};
+pub use folders::{files, tree, write_file};
 pub use peer::RawPeer;
 pub use procs::{bin_path, ClientProc, ServerProc};
 pub use proxy::LatencyProxy;
