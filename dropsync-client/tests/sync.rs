@@ -196,7 +196,8 @@ fn clients_reconnect_after_a_server_restart_and_converge() {
 
     net.server.kill9();
     write_file(&a, "while-down.txt", b"2");
-    std::thread::sleep(Duration::from_millis(300)); // let the client notice and back off
+    // Restart only once the client has noticed the server is gone.
+    assert!(wait_until(DEFAULT_DEADLINE, || ca.log().contains("reconnecting")), "{}", ca.log());
     net.server.restart();
     converge(&[&a, &b], &[&ca, &cb], "the change made while the server was down", |t| t.len() == 2);
     write_file(&b, "after.txt", b"3");
