@@ -66,14 +66,10 @@ pub struct FrameReader<R> {
     total_read: u64,
 }
 
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
-}
-
 /// True for the error a socket read timeout produces: not a failure, just
 /// time passing without data.
 pub fn is_timeout_error(e: &io::Error) -> bool {
-    is_timeout(e)
+    matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut)
 }
 
 impl<R: Read> FrameReader<R> {

@@ -6,7 +6,7 @@ use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::sync::{Condvar, Mutex, PoisonError};
 use std::time::Duration;
 
 use dropsync_core::locks::SessionId;
@@ -134,14 +134,10 @@ impl Session {
         *self.metadata.lock().unwrap_or_else(PoisonError::into_inner) = MetaState::Ready(text);
     }
 
-    /// The receive connection's writer, held for one whole message.
-    pub fn out(&self) -> MutexGuard<'_, TcpStream> {
-        self.out.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Writes one encoded message on the receive connection.
+    /// Writes one encoded message on the receive connection, holding the
+    /// writer for the whole message so a keep-alive never lands inside one.
     pub fn write_out(&self, bytes: &[u8], now_ms: u64) -> std::io::Result<()> {
-        let r = self.out().write_all(bytes);
+        let r = self.out.lock().unwrap_or_else(PoisonError::into_inner).write_all(bytes);
         self.out_last_sent.store(now_ms, Ordering::Relaxed);
         r
     }
