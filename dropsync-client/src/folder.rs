@@ -40,7 +40,7 @@ pub enum Before {
 impl Before {
     /// What a scan recorded: a file with this stat and content.
     pub fn seen(seen: LocalSeen) -> Self {
-        Before::File { stat: FileStat { mtime_ns: seen.mtime_ns, size: seen.content.size }, content: Some(seen.content) }
+        Before::File { stat: FileStat::of_seen(&seen), content: Some(seen.content) }
     }
 }
 
@@ -48,6 +48,7 @@ impl Before {
 pub fn look(path: &Path, seen: Option<LocalSeen>) -> io::Result<Before> {
     Ok(match read_local(path, seen, SystemTime::now())? {
         Local::File { seen, .. } => Before::seen(seen),
+        Local::Unhashed { stat, .. } => Before::File { stat, content: None },
         Local::NotAFile(p) => Before::NotAFile(p),
         Local::Unstable => match probe(path)? {
             Probe::File(stat) => Before::File { stat, content: None },

@@ -59,17 +59,24 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     let started = Instant::now();
     let server = server_side(doc);
 
-    // L: every file now, hashed only when its stat changed.
+    // L: every file now, hashed only when its stat changed, and only when
+    // its content matters: a path neither the server nor the base knows is
+    // uploaded whatever it holds (the upload hashes it as it goes).
     let now = SystemTime::now();
     let mut local_seen: HashMap<String, LocalSeen> = HashMap::new();
     let mut unsettled: HashSet<String> = HashSet::new();
+    let mut fresh: Vec<String> = Vec::new();
     for (name, _) in walk(&ctx.root, &ctx.root, notes) {
-        let recorded = ctx.shared.lock().record(&name).local;
-        match read_local(&local_path(&ctx.root, &name), recorded, now) {
+        let record = ctx.shared.lock().record(&name);
+        if record.base.is_none() && !server.contains_key(&name) {
+            fresh.push(name);
+            continue;
+        }
+        match read_local(&local_path(&ctx.root, &name), record.local, now) {
             Ok(Local::File { seen, .. }) => {
                 local_seen.insert(name, seen);
             }
-            Ok(Local::NotAFile(_)) => {}
+            Ok(Local::NotAFile(_) | Local::Unhashed { .. }) => {}
             Ok(Local::Unstable) => {
                 debouncer.touch(name.clone(), Instant::now());
                 unsettled.insert(name);
@@ -82,6 +89,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     }
 
     // Record what was seen; B is the base of every record.
+    let fresh_set: HashSet<&str> = fresh.iter().map(String::as_str).collect();
     let mut st = ctx.shared.lock();
     for (name, seen) in &local_seen {
         st.set_local(name, Some(*seen));
@@ -91,6 +99,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
         .records
         .iter()
         .filter(|(name, r)| r.local.is_some() && !local_seen.contains_key(*name) && !unsettled.contains(*name))
+        .filter(|(name, r)| !(r.base.is_none() && fresh_set.contains(name.as_str())))
         .map(|(name, _)| name.clone())
         .collect();
     for name in &vanished {
@@ -140,9 +149,11 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
             }
         }
     }
+    let new_files = fresh.len();
+    plan.syncs.extend(fresh);
     log::info!(
         "reconciled {} local files with {} server entries in {:?}: {} to request, {} to send",
-        local.len(),
+        local.len() + new_files,
         server.len(),
         started.elapsed(),
         plan.requests.len(),
@@ -269,7 +280,9 @@ mod tests {
         let st = ctx.shared.lock();
         assert_eq!(st.record("gone"), ClientRecord { base: None, base_version: 1, local: None });
         assert_eq!(st.record("same").local.map(|l| l.content), Some(content(b"same")));
-        assert_eq!(st.record("mine").local.map(|l| l.content), Some(content(b"new here")));
+        // Known to neither the server nor the base: sent whatever it holds,
+        // so not hashed here (the upload hashes it as it reads).
+        assert_eq!(st.record("mine").local, None);
         drop(st);
         std::fs::remove_dir_all(&root).unwrap();
     }

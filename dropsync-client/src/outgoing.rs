@@ -61,13 +61,16 @@ impl SendSide {
 pub fn settle(ctx: &Ctx, done: &Done) {
     let mut st = ctx.shared.lock();
     match done {
-        Done::Upload { name, seen, outcome } => {
+        Done::Upload { name, stat, content, outcome } => {
             st.outgoing.remove(name);
-            match outcome {
-                Outcome::Committed => st.set_synced(name, seen.content, seen.mtime_ns),
-                // Section 7: the local state is recorded anyway.
-                Outcome::Refused(_) => st.set_local(name, Some(*seen)),
-                Outcome::Aborted => {}
+            match (outcome, content) {
+                (Outcome::Committed, Some(content)) => st.set_synced(name, *content, stat.mtime_ns),
+                // Section 7: the local state is recorded anyway (when the
+                // content is known; else the control thread looks first).
+                (Outcome::Refused(_), Some(content)) => {
+                    st.set_local(name, Some(LocalSeen { mtime_ns: stat.mtime_ns, content: *content }))
+                }
+                _ => {}
             }
         }
         Done::Delete { name, outcome } => {
@@ -83,14 +86,18 @@ pub fn settle(ctx: &Ctx, done: &Done) {
 /// An operation on the send connection, as the control thread sees it end.
 #[derive(Debug)]
 pub enum Done {
-    /// An upload ended. When committed, `seen` is the content the server
-    /// now has (the digest of the bytes actually sent) and the stat the
-    /// file had; otherwise it is what the upload started from.
+    /// An upload ended.
     Upload {
         /// The path.
         name: String,
-        /// Content and stat, see above.
-        seen: LocalSeen,
+        /// The stat the file had when the upload started.
+        stat: FileStat,
+        /// When committed, the content the server now has (the digest of
+        /// the bytes actually sent). Otherwise the content the upload
+        /// started from, or what its FINISHED claimed; `None` when the file
+        /// was never hashed whole (an upload of a path the server never had
+        /// is not hashed before it starts, see [`Outgoing::add_upload`]).
+        content: Option<Content>,
         /// How it ended.
         outcome: Outcome,
     },
@@ -115,7 +122,9 @@ enum Kind {
     Upload {
         file: File,
         path: PathBuf,
-        seen: LocalSeen,
+        stat: FileStat,
+        /// The content hashed before the upload, if it was.
+        hashed: Option<Content>,
         /// The whole-file MD5 sent in FINISHED.
         sent_digest: Option<Digest>,
     },
@@ -145,6 +154,10 @@ pub struct Outgoing {
     /// The next chunk of each upload, read and hashed while the reply to
     /// the current one is awaited (see [`Outgoing::prefetch`]).
     prefetched: HashMap<OpId, Prefetched>,
+    /// A chunk buffer to read ahead into: buffers go round between this,
+    /// `chunk` and `prefetched` instead of being allocated per chunk (a
+    /// fresh 1 MiB buffer costs 256 page faults).
+    spare: Vec<u8>,
 }
 
 /// A chunk read and hashed ahead of time.
@@ -170,6 +183,7 @@ impl Outgoing {
             chunk: Vec::new(),
             progress: Progress::new(),
             prefetched: HashMap::new(),
+            spare: Vec::new(),
         }
     }
 
@@ -188,21 +202,23 @@ impl Outgoing {
         self.ops.is_empty()
     }
 
-    /// Queues an upload of `name` from the open `file`, whose content and
-    /// stat are `seen`.
+    /// Queues an upload of `name` from the open `file`, which had `stat`
+    /// when it was opened.
     ///
-    /// With `trust_digest`, the FINISHED carries `seen`'s digest (the file
-    /// was hashed to decide to send it) and the chunks are not hashed a
-    /// second time; a retry after the server's 0x0008 passes `false`, so a
-    /// stale digest can never make an upload fail twice.
-    pub fn add_upload(&mut self, name: String, file: File, path: PathBuf, seen: LocalSeen, trust_digest: bool) {
-        let (size, chunk) = (seen.content.size, self.chunk_size);
-        let id = if trust_digest {
-            self.mux.add_upload_with_digest(name.clone(), size, chunk, seen.content.md5)
-        } else {
-            self.mux.add_upload(name.clone(), size, chunk)
+    /// With `trusted` content (the file was hashed to decide to send it),
+    /// the FINISHED carries its digest and the chunks are not hashed a
+    /// second time. Without (a path the server never had, which is sent
+    /// whatever its content, or a retry after the server's 0x0008, so a
+    /// stale digest can never make an upload fail twice), the whole-file
+    /// digest is computed from the chunks as they are read; no pass over
+    /// the file delays the first chunk.
+    pub fn add_upload(&mut self, name: String, file: File, path: PathBuf, stat: FileStat, trusted: Option<Content>) {
+        let (size, chunk) = (stat.size, self.chunk_size);
+        let id = match trusted {
+            Some(content) => self.mux.add_upload_with_digest(name.clone(), size, chunk, content.md5),
+            None => self.mux.add_upload(name.clone(), size, chunk),
         };
-        self.insert(id, name, Kind::Upload { file, path, seen, sent_digest: None });
+        self.insert(id, name, Kind::Upload { file, path, stat, hashed: trusted, sent_digest: None });
     }
 
     /// Queues a DELETE of `name`, whose last version we held is `held`.
@@ -241,7 +257,7 @@ impl Outgoing {
                     let recorded = match ready {
                         Some(p) => {
                             let recorded = self.mux.record_chunk_hashed(id, &p.data, p.digest);
-                            self.chunk = p.data;
+                            self.spare = std::mem::replace(&mut self.chunk, p.data);
                             recorded
                         }
                         None => match read_at(file, offset, len, &mut self.chunk) {
@@ -253,10 +269,7 @@ impl Outgoing {
                         },
                     };
                     match recorded {
-                        Recorded::Send { digest } => {
-                            encode_chunk_header(&digest, name, len, &mut self.frame);
-                            self.frame.extend_from_slice(&self.chunk);
-                        }
+                        Recorded::Send { digest } => encode_chunk_header(&digest, name, len, &mut self.frame),
                         Recorded::WrongLength { .. } | Recorded::NotExpected => {
                             log::info!("{name} changed while it was being sent; will retry");
                             if let Some(outcome) = self.mux.abort(id) {
@@ -281,10 +294,15 @@ impl Outgoing {
                     continue;
                 }
             }
-            self.sock.write_all(&self.frame)?;
-            self.last_send = Instant::now();
             if let Step::Chunk { offset, len } = step {
+                // Header and payload in one writev: the payload is not
+                // copied into the frame buffer first.
+                write_all_vectored(&mut self.sock, &self.frame, &self.chunk)?;
+                self.last_send = Instant::now();
                 self.prefetch(id, offset + u64::from(len));
+            } else {
+                self.sock.write_all(&self.frame)?;
+                self.last_send = Instant::now();
             }
         }
         Ok(done)
@@ -292,20 +310,22 @@ impl Outgoing {
 
     /// Reads and hashes the chunk of upload `id` that starts at `offset`,
     /// right after the previous chunk went on the wire: while the server
-    /// checks that one, the client prepares the next, so the two MD5
-    /// passes run side by side on two cores instead of one after the other.
-    /// A resend, a halved chunk or a changed file simply finds no match
-    /// and reads again.
+    /// checks that one, the client prepares the next (its chunk MD5 and,
+    /// when the whole-file digest is not known yet, that pass too), so the
+    /// client's and the server's MD5 passes run side by side on two cores
+    /// instead of one after the other. A resend, a halved chunk or a
+    /// changed file simply finds no match and reads again.
     fn prefetch(&mut self, id: OpId, offset: u64) {
-        let Some(Op { kind: Kind::Upload { file, seen, .. }, .. }) = self.ops.get(&id) else { return };
-        let size = seen.content.size;
+        let Some(Op { kind: Kind::Upload { file, stat, .. }, .. }) = self.ops.get(&id) else { return };
+        let size = stat.size;
         if offset >= size {
             return;
         }
         let len = u64::from(self.chunk_size).min(size - offset) as u32;
-        let mut data = self.prefetched.remove(&id).map(|p| p.data).unwrap_or_default();
+        let mut data = self.prefetched.remove(&id).map_or_else(|| std::mem::take(&mut self.spare), |p| p.data);
         if read_at(file, offset, len, &mut data).is_ok() {
             let digest = dropsync_proto::md5(&data);
+            let _ = self.mux.hash_ahead(id, offset, &data);
             self.prefetched.insert(id, Prefetched { offset, data, digest });
         }
     }
@@ -338,11 +358,10 @@ impl Outgoing {
     /// True when the file of upload `id` no longer has the stat it had when
     /// the upload started ("stat before/after").
     fn changed_under_upload(&self, id: OpId) -> bool {
-        let Some(Op { name, kind: Kind::Upload { path, seen, .. }, .. }) = self.ops.get(&id) else {
+        let Some(Op { name, kind: Kind::Upload { path, stat, .. }, .. }) = self.ops.get(&id) else {
             return false;
         };
-        let was = FileStat { mtime_ns: seen.mtime_ns, size: seen.content.size };
-        let changed = !matches!(probe(path), Ok(Probe::File(now)) if now == was);
+        let changed = !matches!(probe(path), Ok(Probe::File(now)) if now == *stat);
         if changed {
             log::info!("{name} changed while it was being sent; aborting, will retry");
         }
@@ -357,20 +376,21 @@ impl Outgoing {
     }
 
     fn end(&mut self, id: OpId, outcome: Outcome) -> Option<Done> {
-        self.prefetched.remove(&id);
+        if let Some(p) = self.prefetched.remove(&id) {
+            self.spare = p.data;
+        }
         let op = self.ops.remove(&id)?;
         self.progress.finish();
         self.by_name.remove(&op.name);
         let name = op.name;
         Some(match op.kind {
-            Kind::Upload { seen, sent_digest, .. } => {
-                let seen = match (outcome, sent_digest) {
-                    (Outcome::Committed, Some(md5)) => {
-                        LocalSeen { content: Content { md5, ..seen.content }, ..seen }
-                    }
-                    _ => seen,
+            Kind::Upload { stat, hashed, sent_digest, .. } => {
+                let sent = sent_digest.map(|md5| Content { md5, size: stat.size });
+                let content = match outcome {
+                    Outcome::Committed => sent,
+                    _ => hashed.or(sent),
                 };
-                Done::Upload { name, seen, outcome }
+                Done::Upload { name, stat, content, outcome }
             }
             Kind::Delete => Done::Delete { name, outcome },
             Kind::Request => Done::Request { name, outcome },
@@ -392,6 +412,24 @@ impl Outgoing {
     }
 }
 
+/// Writes all of `head` then all of `body`, as few writev calls as the
+/// socket allows.
+fn write_all_vectored(w: &mut impl Write, head: &[u8], body: &[u8]) -> io::Result<()> {
+    let (mut head, mut body) = (head, body);
+    while !head.is_empty() || !body.is_empty() {
+        let n = match w.write_vectored(&[io::IoSlice::new(head), io::IoSlice::new(body)]) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        let from_head = n.min(head.len());
+        head = &head[from_head..];
+        body = &body[n - from_head..];
+    }
+    Ok(())
+}
+
 /// Reads up to `len` bytes at `offset` into `buf` (fewer at end of file).
 fn read_at(file: &File, offset: u64, len: u32, buf: &mut Vec<u8>) -> io::Result<()> {
     buf.resize(len as usize, 0);
@@ -406,4 +444,46 @@ fn read_at(file: &File, offset: u64, len: u32, buf: &mut Vec<u8>) -> io::Result<
     }
     buf.truncate(got);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A socket that takes at most `step` bytes per call, and only from the
+    /// first non-empty slice: every partial-write case of a writev.
+    struct Trickle {
+        got: Vec<u8>,
+        step: usize,
+    }
+
+    impl Write for Trickle {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.step);
+            self.got.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+            let first = bufs.iter().find(|b| !b.is_empty()).map_or(&[][..], |b| &b[..]);
+            self.write(first)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn vectored_writes_survive_partial_writes() {
+        for step in [1, 2, 3, 7, 100] {
+            let mut w = Trickle { got: Vec::new(), step };
+            write_all_vectored(&mut w, b"header", b"payload bytes").unwrap();
+            assert_eq!(w.got, b"headerpayload bytes", "step {step}");
+        }
+        let mut w = Trickle { got: Vec::new(), step: 4 };
+        write_all_vectored(&mut w, b"", b"").unwrap();
+        write_all_vectored(&mut w, b"", b"x").unwrap();
+        assert_eq!(w.got, b"x");
+    }
 }

@@ -47,6 +47,11 @@ impl FileStat {
     pub fn of(md: &fs::Metadata) -> Self {
         FileStat { mtime_ns: md.mtime().saturating_mul(1_000_000_000).saturating_add(md.mtime_nsec()), size: md.size() }
     }
+
+    /// The stat recorded with what was seen of a file.
+    pub fn of_seen(seen: &LocalSeen) -> Self {
+        FileStat { mtime_ns: seen.mtime_ns, size: seen.content.size }
+    }
 }
 
 /// What is at a path, without following a symlink.
@@ -130,6 +135,35 @@ pub enum Local {
     },
     /// It kept changing while being hashed: try again once it is quiet.
     Unstable,
+    /// The file, open but not hashed ([`open_unhashed`]), with the stat of
+    /// the open handle.
+    Unhashed {
+        /// Its stat when opened.
+        stat: FileStat,
+        /// The file, open for reading.
+        file: File,
+    },
+}
+
+/// The file at `path`, opened without reading it: for an upload that
+/// hashes the file as it sends it. The stat is the open handle's, so it
+/// describes the file the upload reads.
+pub fn open_unhashed(path: &Path) -> io::Result<Local> {
+    match probe(path)? {
+        Probe::File(_) => {}
+        other => return Ok(Local::NotAFile(other)),
+    }
+    let file = match File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Local::NotAFile(Probe::Absent)),
+        Err(e) => return Err(e),
+    };
+    let md = file.metadata()?;
+    if !md.is_file() {
+        // Replaced by something else between the probe and the open.
+        return Ok(Local::Unstable);
+    }
+    Ok(Local::Unhashed { stat: FileStat::of(&md), file })
 }
 
 /// The content of the file at `path`: `seen` when its stat still matches

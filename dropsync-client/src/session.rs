@@ -18,6 +18,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use dropsync_core::meta_client::LocalSeen;
 use dropsync_core::reconcile::Content;
 use dropsync_core::sender::Outcome;
 use dropsync_proto::{StatusCode, ZERO_DIGEST};
@@ -31,7 +32,7 @@ use crate::jobs::{Job, Jobs};
 use crate::outgoing::{settle, Done, Outgoing, SendSide};
 use crate::replies;
 use crate::paths::{checked_path, local_path};
-use crate::scan::{probe, read_local, FileStat, Local, Probe};
+use crate::scan::{open_unhashed, probe, read_local, FileStat, Local, Probe};
 
 /// How long a stopping client waits for the replies to its ABORTs (and to
 /// DELETEs and REQUESTs already sent) before it closes the connections.
@@ -319,9 +320,20 @@ impl<'a> Session<'a> {
             self.core.notes.once(&local_path(&ctx.root, &name), "inside a symlinked folder");
             return;
         };
-        let recorded = ctx.shared.lock().record(&name).local;
-        let local = match read_local(&path, recorded, SystemTime::now()) {
-            Ok(Local::File { seen, file }) => Some((seen, file)),
+        let record = ctx.shared.lock().record(&name);
+        // A path with no base has nothing in common with the server, so it
+        // is sent whatever its content (unless that content was given up):
+        // it is not hashed first, the upload hashes it as it reads. A new
+        // 1 GiB file starts going out at once instead of after a pass of
+        // seconds over it.
+        let found = if record.base.is_none() && !self.given_up.contains_key(&name) {
+            open_unhashed(&path)
+        } else {
+            read_local(&path, record.local, SystemTime::now())
+        };
+        let local = match found {
+            Ok(Local::File { seen, file }) => Some((FileStat::of_seen(&seen), Some(seen.content), file)),
+            Ok(Local::Unhashed { stat, file }) => Some((stat, None, Some(file))),
             Ok(Local::NotAFile(Probe::Absent)) => None,
             Ok(Local::NotAFile(Probe::Dir)) => {
                 // A folder appeared (created, or moved in): its files.
@@ -345,12 +357,11 @@ impl<'a> Session<'a> {
             // A folder removed or moved away takes its files with it.
             self.core.queue_records_under(&name);
         }
-        let content = local.as_ref().map(|(seen, _)| seen.content);
         let mut st = ctx.shared.lock();
         // The file was read without the lock: if an incoming transfer
         // replaced it meanwhile (or one is now open), what was read is stale
         // and must not be sent over the version just received.
-        let now = local.as_ref().map(|(seen, _)| FileStat { mtime_ns: seen.mtime_ns, size: seen.content.size });
+        let now = local.as_ref().map(|(stat, _, _)| *stat);
         let still = match probe(&path) {
             Ok(Probe::File(stat)) => Some(stat),
             _ => None,
@@ -361,16 +372,23 @@ impl<'a> Session<'a> {
             return;
         }
         let base = st.record(&name).base;
-        st.set_local(&name, local.as_ref().map(|(seen, _)| *seen));
-        if content == base {
-            self.given_up.remove(&name);
-            return;
-        }
-        if self.given_up.get(&name) == Some(&content) {
-            return;
+        if let Some((stat, None, _)) = &local {
+            // Sent unhashed: what it holds is known once the upload ends.
+            log::trace!("{name}: {} bytes, not hashed before the upload", stat.size);
+        } else {
+            let content = local.as_ref().and_then(|(_, content, _)| *content);
+            let seen = local.as_ref().zip(content).map(|((stat, _, _), content)| LocalSeen { mtime_ns: stat.mtime_ns, content });
+            st.set_local(&name, seen);
+            if content == base {
+                self.given_up.remove(&name);
+                return;
+            }
+            if self.given_up.get(&name) == Some(&content) {
+                return;
+            }
         }
         match (local, base) {
-            (Some((seen, file)), _) => {
+            (Some((stat, content, file)), _) => {
                 let file = match file.map_or_else(|| File::open(&path), Ok) {
                     Ok(f) => f,
                     Err(e) => {
@@ -380,9 +398,11 @@ impl<'a> Session<'a> {
                 };
                 st.outgoing.insert(name.clone());
                 drop(st);
-                log::debug!("uploading {name} ({} bytes)", seen.content.size);
-                let trust_digest = !self.retries.contains_key(&name);
-                self.out.lock().add_upload(name, file, path, seen, trust_digest);
+                log::debug!("uploading {name} ({} bytes)", stat.size);
+                // A retry (after 0x0008) hashes the chunks as they go out,
+                // so a stale digest can never make an upload fail twice.
+                let trusted = content.filter(|_| !self.retries.contains_key(&name));
+                self.out.lock().add_upload(name, file, path, stat, trusted);
             }
             (None, Some(base)) => {
                 st.outgoing.insert(name.clone());
@@ -398,12 +418,12 @@ impl<'a> Session<'a> {
     /// shared state by `outgoing::settle`): what it means for this session.
     fn on_done(&mut self, done: Done) {
         let name = match done {
-            Done::Upload { name, seen, outcome } => {
+            Done::Upload { name, stat, content, outcome } => {
                 match outcome {
                     Outcome::Committed => {
                         self.given_up.remove(&name);
                         self.retries.remove(&name);
-                        log::info!("uploaded {name} ({} bytes)", seen.content.size);
+                        log::info!("uploaded {name} ({} bytes)", stat.size);
                     }
                     Outcome::Aborted => {
                         if self.stop_deadline.is_none() {
@@ -411,7 +431,11 @@ impl<'a> Session<'a> {
                             self.core.debouncer.touch(name.clone(), Instant::now());
                         }
                     }
-                    Outcome::Refused(code) => self.refused(&name, code, Some(seen.content)),
+                    Outcome::Refused(code) => match content.or_else(|| self.hash_unchanged(&name, stat)) {
+                        Some(content) => self.refused(&name, code, Some(content)),
+                        // Changed since it was sent: that is a new change.
+                        None => self.core.debouncer.touch(name.clone(), Instant::now()),
+                    },
                 }
                 name
             }
@@ -441,6 +465,20 @@ impl<'a> Session<'a> {
             }
         };
         self.undefer(&name);
+    }
+
+    /// The content of `name` if the file still has the `stat` an upload
+    /// refused before it was ever hashed whole started from; recorded as
+    /// its local state (section 7 records a refused change anyway).
+    fn hash_unchanged(&self, name: &str, stat: FileStat) -> Option<Content> {
+        let path = local_path(&self.core.ctx.root, name);
+        match read_local(&path, None, SystemTime::now()) {
+            Ok(Local::File { seen, .. }) if FileStat::of_seen(&seen) == stat => {
+                self.core.ctx.shared.lock().set_local(name, Some(seen));
+                Some(seen.content)
+            }
+            _ => None,
+        }
     }
 
     /// The server refused our change of `name` (whose content is `content`,

@@ -256,6 +256,13 @@ impl Mux {
         self.record_chunk_inner(id, payload, Some(digest))
     }
 
+    /// Feeds bytes of upload `id` read ahead at `offset` into its
+    /// whole-file MD5 (see [`Sender::hash_ahead`]). False for any other
+    /// operation, or when the bytes do not continue the hash.
+    pub fn hash_ahead(&mut self, id: OpId, offset: u64, bytes: &[u8]) -> bool {
+        self.upload_mut(id).is_some_and(|s| s.hash_ahead(offset, bytes))
+    }
+
     fn record_chunk_inner(&mut self, id: OpId, payload: &[u8], digest: Option<Digest>) -> Recorded {
         if self.announced != Some(id) {
             return Recorded::NotExpected;

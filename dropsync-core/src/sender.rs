@@ -219,6 +219,29 @@ impl Sender {
         self.record(payload, Some(digest))
     }
 
+    /// Feeds `bytes`, read at `offset`, into the whole-file MD5 ahead of
+    /// their chunk: a sender that reads chunk N+1 while the reply to chunk N
+    /// is awaited can hash it for the FINISHED digest then too, so that
+    /// pass runs beside the receiver's work instead of between a reply and
+    /// the next send. Taken only when `offset` is where the whole-file hash
+    /// stands and the bytes stay inside the file; returns whether they were.
+    ///
+    /// The caller must send these same bytes when their chunk comes (it
+    /// keeps the buffer it read). Should it read the range again instead
+    /// (a resend at a halved size) and the file changed meanwhile, the
+    /// FINISHED digest no longer matches what was sent and the receiver's
+    /// whole-file check refuses it with 0x0008: never a wrong commit.
+    pub fn hash_ahead(&mut self, offset: u64, bytes: &[u8]) -> bool {
+        let end = offset.saturating_add(bytes.len() as u64);
+        let open = !matches!(self.state, State::Over(_)) && !self.abort_requested;
+        if !open || self.known_digest.is_some() || offset != self.hashed || end > self.size {
+            return false;
+        }
+        absorb(&mut self.hasher, bytes);
+        self.hashed = end;
+        true
+    }
+
     fn record(&mut self, payload: &[u8], digest: Option<Digest>) -> Recorded {
         let State::Announced { len } = self.state else {
             return Recorded::NotExpected;
@@ -676,9 +699,11 @@ mod tests {
             file in proptest::collection::vec(any::<u8>(), 0..300),
             chunk_size in 1u32..64,
             resends in proptest::collection::vec(0u8..3, 0..4),
+            ahead in proptest::collection::vec((0usize..300, 0usize..80), 0..8),
         ) {
             let mut tx = Sender::new(file.len() as u64, chunk_size);
             let mut resends = resends.into_iter();
+            let mut ahead = ahead.into_iter();
             let mut steps = 0;
             loop {
                 steps += 1;
@@ -687,6 +712,14 @@ mod tests {
                     Some(SendStep::Chunk { offset, len }) => {
                         let bytes = &file[offset as usize..(offset + u64::from(len)) as usize];
                         prop_assert!(matches!(tx.record_chunk(bytes), Recorded::Send { .. }), "chunk must be sendable");
+                        // Read ahead of the reply, at any offset and length:
+                        // only bytes that continue the whole-file hash count.
+                        if let Some((at, n)) = ahead.next() {
+                            let at = at.min(file.len());
+                            let n = n.min(file.len() - at);
+                            let took = tx.hash_ahead(at as u64, &file[at..at + n]);
+                            prop_assert!(!took || at as u64 + n as u64 <= file.len() as u64);
+                        }
                         let code = match resends.next() {
                             Some(1) => StatusCode::RESEND_CHECKSUM,
                             Some(2) => StatusCode::RESEND_SIZE,
@@ -706,6 +739,33 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn hashing_ahead_covers_each_byte_once() {
+        let data = b"0123456789";
+        let mut s = Sender::new(10, 4);
+        assert!(!s.hash_ahead(4, b"4567"), "not where the hash stands");
+        assert!(s.hash_ahead(0, b"0123"));
+        assert!(s.hash_ahead(4, b"4567"));
+        assert!(!s.hash_ahead(8, b"89x"), "past the end of the file");
+        let mut chunks = 0;
+        while let Some(step) = s.poll_send() {
+            match step {
+                SendStep::Chunk { offset, len } => {
+                    chunks += 1;
+                    let piece = &data[offset as usize..(offset + u64::from(len)) as usize];
+                    assert!(matches!(s.record_chunk(piece), Recorded::Send { .. }));
+                }
+                SendStep::Finished { digest } => assert_eq!(digest, md5(data)),
+                SendStep::Abort => unreachable!(),
+            }
+            let _ = s.handle_reply(StatusCode::OK);
+        }
+        assert_eq!((chunks, s.outcome()), (3, Some(Outcome::Committed)));
+        assert!(!s.hash_ahead(10, b""), "over");
+        let mut known = Sender::with_digest(4, 4, md5(b"abcd"));
+        assert!(!known.hash_ahead(0, b"abcd"), "nothing to hash when the digest is known");
     }
 
     #[test]
