@@ -25,6 +25,11 @@ pub const INVALID_SIZES_TO_ABORT: u32 = 3;
 /// lock) alive forever.
 pub const BAD_CHECKSUMS_TO_ABORT: u32 = 3;
 
+/// Largest first chunk kept aside (see `Receiver::first`): copying it is
+/// far cheaper than hashing it, but a big first chunk is rarely a whole
+/// file, so it is hashed at once rather than held.
+const KEEP_FIRST_MAX: usize = 256 * 1024;
+
 /// Feeds `data` into an incremental MD5.
 ///
 /// `Md5::update` comes from the md-5 crate's `Digest` trait, which
@@ -169,6 +174,11 @@ pub struct Receiver {
     /// `None` when the caller hashes accepted payloads itself (see
     /// [`Receiver::hashing_elsewhere`]).
     hasher: Option<Md5>,
+    /// The first accepted payload and its (checked) MD5, not yet fed to
+    /// `hasher`: if it is the only chunk, its MD5 is the whole-file MD5
+    /// and the file is hashed once, not twice (most small files). A second
+    /// chunk feeds it to `hasher` first. Kept only with `hasher`.
+    first: Option<(Digest, Vec<u8>)>,
     bytes: u64,
     invalid_sizes: u32,
     bad_checksums: u32,
@@ -184,6 +194,7 @@ impl Receiver {
         Receiver {
             max_chunk,
             hasher: Some(Md5::default()),
+            first: None,
             bytes: 0,
             invalid_sizes: 0,
             bad_checksums: 0,
@@ -256,7 +267,14 @@ impl Receiver {
             };
         }
         if let Some(h) = &mut self.hasher {
-            absorb(h, payload);
+            if self.bytes == 0 && payload.len() <= KEEP_FIRST_MAX {
+                self.first = Some((*digest, payload.to_vec()));
+            } else {
+                if let Some((_, first)) = self.first.take() {
+                    absorb(h, &first);
+                }
+                absorb(h, payload);
+            }
         }
         self.bytes = self.bytes.saturating_add(payload.len() as u64);
         ChunkVerdict::Append {
@@ -270,9 +288,10 @@ impl Receiver {
     /// A FINISHED with no chunk before it is an empty file, whose MD5 is
     /// that of no bytes at all.
     pub fn handle_finished(&mut self, digest: &Digest) -> FinishVerdict {
-        match self.hasher.take() {
-            Some(h) => self.handle_finished_hashed(digest, finish(h)),
-            None => FinishVerdict::Closed,
+        match (self.hasher.take(), self.first.take()) {
+            (Some(_), Some((only, _))) => self.handle_finished_hashed(digest, only),
+            (Some(h), None) => self.handle_finished_hashed(digest, finish(h)),
+            (None, _) => FinishVerdict::Closed,
         }
     }
 
@@ -685,6 +704,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn a_one_chunk_file_is_hashed_once_and_a_second_chunk_catches_up() {
+        let mut one = Receiver::new(16);
+        assert_eq!(good(&mut one, b"only"), ChunkVerdict::Append { reply: StatusCode::OK });
+        assert!(one.first.is_some(), "held, not hashed a second time");
+        assert!(matches!(one.handle_finished(&md5(b"only")), FinishVerdict::Commit { size: 4, .. }));
+
+        let mut two = Receiver::new(16);
+        let _ = good(&mut two, b"first ");
+        let _ = good(&mut two, b"second");
+        assert!(two.first.is_none(), "fed to the whole-file hash before the second chunk");
+        let _ = good(&mut two, b" third");
+        assert!(matches!(two.handle_finished(&md5(b"first second third")), FinishVerdict::Commit { size: 18, .. }));
+
+        let mut wrong = Receiver::new(16);
+        let _ = good(&mut wrong, b"only");
+        assert_eq!(wrong.handle_finished(&md5(b"else")), FinishVerdict::Discard { reply: StatusCode::ABORT_CHECKSUM });
+
+        let mut big = Receiver::new(u32::MAX);
+        let _ = good(&mut big, &vec![1; KEEP_FIRST_MAX + 1]);
+        assert!(big.first.is_none(), "a big first chunk is hashed at once");
     }
 
     #[test]

@@ -122,8 +122,9 @@ pub struct Sender {
     /// Bytes fed into `hasher`: every byte below this, exactly once.
     hashed: u64,
     hasher: Md5,
-    /// The whole-file MD5 given by the caller ([`Sender::with_digest`]);
-    /// when set, chunks are not hashed again.
+    /// The whole-file MD5 given by the caller ([`Sender::with_digest`]),
+    /// or the MD5 of a first chunk that was the whole file; when set,
+    /// chunks are not hashed again.
     known_digest: Option<Digest>,
     state: State,
     abort_requested: bool,
@@ -253,6 +254,15 @@ impl Sender {
             };
         }
         let end = self.acked + u64::from(len);
+        if self.hashed == 0 && end == self.size && self.known_digest.is_none() {
+            // One chunk is the whole file: its MD5 is the whole-file MD5,
+            // so the file is hashed once, not twice (most small files).
+            let digest = digest.unwrap_or_else(|| md5(payload));
+            self.known_digest = Some(digest);
+            self.state = State::Waiting(Sent::Chunk { len });
+            self.opened = true;
+            return Recorded::Send { digest };
+        }
         if self.hashed < end && self.known_digest.is_none() {
             // `hashed >= acked` always holds: bytes are only acknowledged
             // after they were recorded, and recording hashes up to their end.
@@ -766,6 +776,16 @@ mod tests {
         assert!(!s.hash_ahead(10, b""), "over");
         let mut known = Sender::with_digest(4, 4, md5(b"abcd"));
         assert!(!known.hash_ahead(0, b"abcd"), "nothing to hash when the digest is known");
+    }
+
+    #[test]
+    fn a_one_chunk_file_is_hashed_once() {
+        let mut s = Sender::new(4, 8);
+        assert_eq!(s.poll_send(), Some(SendStep::Chunk { offset: 0, len: 4 }));
+        assert_eq!(s.record_chunk(b"abcd"), Recorded::Send { digest: md5(b"abcd") });
+        assert_eq!((s.hashed, s.known_digest), (0, Some(md5(b"abcd"))), "the chunk's MD5 is the file's");
+        assert_eq!(s.handle_reply(StatusCode::OK).ok(), Some(ReplyOutcome::Continue));
+        assert_eq!(s.poll_send(), Some(SendStep::Finished { digest: md5(b"abcd") }));
     }
 
     #[test]

@@ -196,6 +196,33 @@ impl<R: Read> FrameReader<R> {
         Ok(out)
     }
 
+    /// Reads a chunk payload straight into `out` (its whole length is the
+    /// payload's), from byte `*got` on, advancing `*got`: what is already
+    /// buffered is copied, the rest is read from the stream into `out`
+    /// itself, so a large payload crosses no intermediate buffer and the
+    /// caller can hand `out` on (to a writer thread) without copying it.
+    /// Progress survives a read timeout: call it again with the same `out`
+    /// and `got` until it returns `Ok`.
+    pub fn read_payload_into(&mut self, out: &mut [u8], got: &mut usize) -> io::Result<()> {
+        self.drain_skip()?;
+        let from_buffer = self.buffered().min(out.len().saturating_sub(*got));
+        out[*got..*got + from_buffer].copy_from_slice(&self.buf[self.start..self.start + from_buffer]);
+        self.start += from_buffer;
+        *got += from_buffer;
+        while *got < out.len() {
+            match self.inner.read(&mut out[*got..]) {
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => {
+                    *got += n;
+                    self.total_read += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(())
+    }
+
     /// Reads and discards `len` bytes without ever holding more than the
     /// buffer: how an oversized chunk is dropped (section 4). If it times
     /// out, the rest is discarded by the next read: do not call it again.
@@ -296,6 +323,37 @@ mod tests {
             }
         }
         assert_eq!(got, ["Hello { clie", "chunk big 200000", "chunk skipped 0", "Named { kind", "Status(0x000"]);
+    }
+
+    #[test]
+    fn payload_read_into_a_buffer_resumes_after_timeouts() {
+        let mut r = FrameReader::new(Trickle { data: stream(), pos: 0, step: 50_000, timeout_next: false });
+        let mut names = Vec::new();
+        loop {
+            match r.read_msg() {
+                Ok(Some(Msg::Chunk { digest, name, len })) => {
+                    let mut out = vec![0xAA; len as usize];
+                    let mut got = 0;
+                    loop {
+                        match r.read_payload_into(&mut out, &mut got) {
+                            Ok(()) => break,
+                            Err(e) if is_timeout_error(&e) => continue,
+                            Err(e) => panic!("{e}"),
+                        }
+                    }
+                    assert_eq!(got, len as usize);
+                    if name == "big" {
+                        assert_eq!(dropsync_proto::md5(&out), digest);
+                    }
+                    names.push(name);
+                }
+                Ok(Some(_)) => {}
+                Ok(None) => break,
+                Err(e) if is_timeout_error(&e) => continue,
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(names, ["big", "skipped"], "the frames after each payload still parse");
     }
 
     #[test]

@@ -5,7 +5,7 @@
 //! own lock, temp file and receiver state machine.
 
 use std::collections::HashMap;
-use std::io::Write;
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
@@ -154,6 +154,18 @@ impl Inbound<'_> {
         }
     }
 
+    /// Reads a whole chunk payload into `out` (through read timeouts).
+    fn read_payload_into(&mut self, reader: &mut FrameReader<TcpStream>, out: &mut [u8]) -> Result<(), End> {
+        let mut got = 0;
+        loop {
+            match reader.read_payload_into(out, &mut got) {
+                Ok(()) => return Ok(()),
+                Err(e) if is_timeout_error(&e) => self.idle(reader)?,
+                Err(e) => return Err(format!("send connection: {e}")),
+            }
+        }
+    }
+
     fn skip(&mut self, reader: &mut FrameReader<TcpStream>, len: u32) -> Result<(), End> {
         match reader.skip(u64::from(len)) {
             // A timed-out skip completes during the next read.
@@ -242,31 +254,24 @@ impl Inbound<'_> {
             }
         };
         let reply = match verdict {
-            HeaderVerdict::ReadPayload => {
-                self.wait_payload(reader, len)?;
-                let payload = reader.read_payload(len).map_err(|e| format!("send connection: {e}"))?;
-                let Some(up) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
-                match up.receiver.handle_chunk(&digest, payload) {
-                    ChunkVerdict::Append { reply } => match up.sink.append(payload) {
-                        Ok(()) => reply,
-                        Err(e) => {
-                            log::error!("{name:?}: cannot write temp file: {e}");
-                            self.open.remove(&name);
-                            StatusCode::IN_USE
-                        }
-                    },
-                    ChunkVerdict::Resend { reply } => reply,
-                    ChunkVerdict::Discard { reply } => {
-                        log::info!("{}: upload of {name:?} aborted: {reply}", self.session.who());
-                        self.open.remove(&name);
-                        reply
-                    }
-                    ChunkVerdict::Closed => {
-                        self.open.remove(&name);
-                        StatusCode::BAD_REQUEST
-                    }
+            HeaderVerdict::ReadPayload => match self.open.get_mut(&name).and_then(|up| up.sink.buffer()) {
+                // A large chunk is read straight into a buffer that then
+                // goes to the sink thread as it is.
+                Some(mut buf) => {
+                    buf.resize(len as usize, 0);
+                    self.read_payload_into(reader, &mut buf)?;
+                    let Some(up) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
+                    let verdict = up.receiver.handle_chunk(&digest, &buf);
+                    self.chunk_verdict(&name, verdict, |sink| sink.append_owned(buf))
                 }
-            }
+                None => {
+                    self.wait_payload(reader, len)?;
+                    let payload = reader.read_payload(len).map_err(|e| format!("send connection: {e}"))?;
+                    let Some(up) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
+                    let verdict = up.receiver.handle_chunk(&digest, payload);
+                    self.chunk_verdict(&name, verdict, |sink| sink.append(payload))
+                }
+            },
             HeaderVerdict::Resend { reply } => {
                 self.skip(reader, len)?;
                 reply
@@ -284,6 +289,35 @@ impl Inbound<'_> {
             }
         };
         self.reply(reply)
+    }
+
+    /// Carries out the core receiver's verdict on a chunk of `name`;
+    /// `append` writes an accepted chunk to the upload's sink. Returns the
+    /// reply.
+    fn chunk_verdict(&mut self, name: &str, verdict: ChunkVerdict, append: impl FnOnce(&mut Sink) -> io::Result<()>) -> StatusCode {
+        match verdict {
+            ChunkVerdict::Append { reply } => {
+                let Some(up) = self.open.get_mut(name) else { return StatusCode::IN_USE };
+                match append(&mut up.sink) {
+                    Ok(()) => reply,
+                    Err(e) => {
+                        log::error!("{name:?}: cannot write temp file: {e}");
+                        self.open.remove(name);
+                        StatusCode::IN_USE
+                    }
+                }
+            }
+            ChunkVerdict::Resend { reply } => reply,
+            ChunkVerdict::Discard { reply } => {
+                log::info!("{}: upload of {name:?} aborted: {reply}", self.session.who());
+                self.open.remove(name);
+                reply
+            }
+            ChunkVerdict::Closed => {
+                self.open.remove(name);
+                StatusCode::BAD_REQUEST
+            }
+        }
     }
 
     fn on_finished(&mut self, digest: Digest, name: String) -> Result<(), End> {

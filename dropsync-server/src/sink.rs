@@ -88,6 +88,29 @@ impl Sink {
         }
     }
 
+    /// A buffer to read the next chunk of a threaded upload into (one the
+    /// sink thread is done with, when there is one; its length is whatever
+    /// it was, so resizing it to the next chunk writes nothing). `None` for
+    /// an inline sink, which is fed from the reader's own buffer.
+    pub fn buffer(&mut self) -> Option<Vec<u8>> {
+        match self {
+            Sink::Threaded { spare, .. } => Some(spare.try_recv().unwrap_or_default()),
+            Sink::Inline(_) | Sink::Failed(_) => None,
+        }
+    }
+
+    /// Appends an accepted chunk read into a buffer from
+    /// [`buffer`](Self::buffer), handing the buffer itself to the sink
+    /// thread (no copy).
+    pub fn append_owned(&mut self, buf: Vec<u8>) -> io::Result<()> {
+        match self {
+            Sink::Threaded { tx, .. } => {
+                tx.send(buf).map_err(|_| io::Error::other("the sink thread stopped (disk error)"))
+            }
+            _ => self.append(&buf),
+        }
+    }
+
     /// Waits for everything to be written; returns the temp file and, for
     /// a threaded sink, the MD5 of everything appended.
     pub fn finish(self) -> io::Result<(TempBlob, Option<Digest>)> {
