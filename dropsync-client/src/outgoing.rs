@@ -36,6 +36,10 @@ use crate::progress::{Direction, Progress};
 use crate::scan::{probe, FileStat, Probe};
 use crate::state::Ctx;
 
+/// Messages are gathered into one write up to this size, and a chunk
+/// payload this large is written straight from its buffer instead.
+const GATHER_MAX: usize = 64 * 1024;
+
 /// The send connection's state, shared by the control and reply threads.
 /// Never held together with the state lock (`state::Shared`): each thread
 /// releases one before it takes the other.
@@ -241,15 +245,21 @@ impl Outgoing {
     /// Sends every message the mux has ready. Returns the operations that
     /// ended without a reply (an upload whose file changed before anything
     /// of it was sent).
+    ///
+    /// Small messages are gathered and written together (many small files
+    /// make one write and one wake-up of the server, not two per file); a
+    /// large chunk goes out at once in a writev of its header and payload,
+    /// and so does everything gathered before a chunk whose next one is
+    /// read ahead, so the server is never kept waiting by that read.
     pub fn pump(&mut self) -> io::Result<Vec<Done>> {
         let mut done = Vec::new();
+        self.frame.clear();
         while let Some((id, step)) = self.mux.poll_send() {
             let Some(op) = self.ops.get_mut(&id) else {
                 // Every id the mux hands out was inserted with it.
                 let _ = self.mux.abort(id);
                 continue;
             };
-            self.frame.clear();
             let name = op.name.as_str();
             match (step, &mut op.kind) {
                 (Step::Chunk { offset, len }, Kind::Upload { file, .. }) => {
@@ -295,17 +305,42 @@ impl Outgoing {
                 }
             }
             if let Step::Chunk { offset, len } = step {
-                // Header and payload in one writev: the payload is not
-                // copied into the frame buffer first.
-                write_all_vectored(&mut self.sock, &self.frame, &self.chunk)?;
-                self.last_send = Instant::now();
-                self.prefetch(id, offset + u64::from(len));
-            } else {
-                self.sock.write_all(&self.frame)?;
-                self.last_send = Instant::now();
+                if self.chunk.len() >= GATHER_MAX {
+                    // Header and payload in one writev: the payload is not
+                    // copied into the frame buffer first.
+                    write_all_vectored(&mut self.sock, &self.frame, &self.chunk)?;
+                    self.frame.clear();
+                    self.last_send = Instant::now();
+                } else {
+                    self.frame.extend_from_slice(&self.chunk);
+                }
+                let next = offset + u64::from(len);
+                if self.has_more(id, next) {
+                    self.flush()?;
+                    self.prefetch(id, next);
+                }
+            }
+            if self.frame.len() >= GATHER_MAX {
+                self.flush()?;
             }
         }
+        self.flush()?;
         Ok(done)
+    }
+
+    /// Writes the gathered messages.
+    fn flush(&mut self) -> io::Result<()> {
+        if !self.frame.is_empty() {
+            self.sock.write_all(&self.frame)?;
+            self.frame.clear();
+            self.last_send = Instant::now();
+        }
+        Ok(())
+    }
+
+    /// True when upload `id` has bytes at and after `offset`.
+    fn has_more(&self, id: OpId, offset: u64) -> bool {
+        matches!(self.ops.get(&id), Some(Op { kind: Kind::Upload { stat, .. }, .. }) if offset < stat.size)
     }
 
     /// Reads and hashes the chunk of upload `id` that starts at `offset`,
@@ -317,11 +352,11 @@ impl Outgoing {
     /// changed file simply finds no match and reads again.
     fn prefetch(&mut self, id: OpId, offset: u64) {
         let Some(Op { kind: Kind::Upload { file, stat, .. }, .. }) = self.ops.get(&id) else { return };
-        let size = stat.size;
-        if offset >= size {
+        let left = stat.size.saturating_sub(offset);
+        if left == 0 {
             return;
         }
-        let len = u64::from(self.chunk_size).min(size - offset) as u32;
+        let len = u64::from(self.chunk_size).min(left) as u32;
         let mut data = self.prefetched.remove(&id).map_or_else(|| std::mem::take(&mut self.spare), |p| p.data);
         if read_at(file, offset, len, &mut data).is_ok() {
             let digest = dropsync_proto::md5(&data);

@@ -23,6 +23,9 @@ use crate::events::{Event, SessionEvent};
 use crate::outgoing::{settle, SendSide};
 use crate::state::Ctx;
 
+/// Length of a STATUS frame: type u16, code u16.
+const STATUS_LEN: usize = 4;
+
 /// Starts the reply thread of session `session`. It reports each ended
 /// operation, and the end of the connection (or a peer silent for
 /// `timing.dead_peer`), then ends with the connection.
@@ -51,17 +54,45 @@ pub fn spawn(
                 Err(e) => break format!("send connection: {e}"),
             };
             last_recv = Instant::now();
-            if code == StatusCode::KEEP_ALIVE {
-                continue;
+            // Every reply already received is fed in before anything is
+            // sent, so what they unblock goes out together (one write for
+            // many small files). A STATUS is 4 bytes: with that many
+            // buffered, the next message is read without blocking.
+            let mut codes = vec![code];
+            let mut broken = None;
+            while rx.buffered() >= STATUS_LEN {
+                match rx.read_msg() {
+                    Ok(Some(Msg::Status(code))) => codes.push(code),
+                    Ok(Some(other)) => {
+                        broken = Some(format!("server sent {other:?} on the send connection (only STATUS is expected)"));
+                        break;
+                    }
+                    Ok(None) => {
+                        broken = Some("server closed the send connection".to_owned());
+                        break;
+                    }
+                    Err(e) => {
+                        broken = Some(format!("send connection: {e}"));
+                        break;
+                    }
+                }
             }
             let (ended, sent) = {
                 let mut out = out.lock();
-                match out.handle_reply(code) {
-                    Ok(ended) => (ended, out.pump()),
-                    Err(e) => break format!("server broke the protocol: {e}"),
+                let mut ended = Vec::new();
+                for code in codes.into_iter().filter(|&c| c != StatusCode::KEEP_ALIVE) {
+                    match out.handle_reply(code) {
+                        Ok(e) => ended.extend(e),
+                        Err(e) => {
+                            broken = Some(format!("server broke the protocol: {e}"));
+                            break;
+                        }
+                    }
                 }
+                let sent = if broken.is_none() { out.pump() } else { Ok(Vec::new()) };
+                (ended, sent)
             };
-            let mut done: Vec<_> = ended.into_iter().collect();
+            let mut done: Vec<_> = ended;
             let failed = match sent {
                 Ok(more) => {
                     done.extend(more);
@@ -75,7 +106,7 @@ pub fn spawn(
                     return;
                 }
             }
-            if let Some(reason) = failed {
+            if let Some(reason) = failed.or(broken) {
                 break reason;
             }
         };

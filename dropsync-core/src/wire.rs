@@ -167,6 +167,18 @@ impl<R: Read> FrameReader<R> {
         }
     }
 
+    /// True when the next [`read_msg`](Self::read_msg) needs bytes not
+    /// received yet, so it may block. A peer that holds replies back to send
+    /// several in one write must send them before such a read: the other
+    /// side may be waiting for them before it sends more.
+    pub fn needs_input(&self) -> bool {
+        let avail = &self.buf[self.start..self.end];
+        match usize::try_from(self.pending_skip) {
+            Ok(skip) if skip <= avail.len() => matches!(parse_head(&avail[skip..]), Ok(None)),
+            _ => true,
+        }
+    }
+
     /// Bytes read from the stream so far (for dead-peer checks).
     pub fn total_read(&self) -> u64 {
         self.total_read
@@ -354,6 +366,21 @@ mod tests {
             }
         }
         assert_eq!(names, ["big", "skipped"], "the frames after each payload still parse");
+    }
+
+    #[test]
+    fn needs_input_says_when_a_read_would_wait() {
+        let mut v = Vec::new();
+        Frame::Status(StatusCode::OK).encode(&mut v);
+        Frame::Finished { digest: [2; 16], name: "a" }.encode(&mut v);
+        let split = v.len() - 1;
+        let mut r = FrameReader::new(Trickle { data: v, pos: 0, step: split, timeout_next: true });
+        assert!(r.needs_input(), "nothing buffered");
+        assert!(matches!(r.read_msg(), Ok(Some(Msg::Status(StatusCode::OK)))));
+        assert!(r.needs_input(), "the FINISHED is one byte short");
+        assert!(r.read_msg().is_err(), "a timeout");
+        assert!(matches!(r.read_msg(), Ok(Some(Msg::Named { .. }))));
+        assert!(r.needs_input());
     }
 
     #[test]

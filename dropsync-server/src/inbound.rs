@@ -9,7 +9,7 @@ use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
-use dropsync_core::locks::{try_lock_guard, try_lock_owned, OwnedLockGuard};
+use dropsync_core::locks::{try_lock_guard, try_lock_owned, OwnedLockGuard, SessionId};
 use dropsync_core::meta_server::Catalog;
 use dropsync_core::receiver::{ChunkVerdict, FinishVerdict, HeaderVerdict, Receiver};
 use dropsync_core::wire::{is_timeout_error, FrameReader, Msg};
@@ -32,12 +32,24 @@ struct Upload {
     _lock: OwnedLockGuard,
 }
 
+/// Work that follows a reply on the wire (section 6: the reply first, then
+/// the update queues).
+enum AfterReply {
+    /// A committed change of `path`: queue it for every client but `except`.
+    FanOut { path: String, except: Option<SessionId> },
+    /// An accepted REQUEST: queue the path for this client.
+    Queue(String),
+}
+
 struct Inbound<'a> {
     server: &'a Arc<Server>,
     session: &'a Arc<Session>,
     out: TcpStream,
     open: HashMap<String, Upload>,
+    /// Replies not sent yet (see `Inbound::reply`).
     scratch: Vec<u8>,
+    /// What follows those replies.
+    after_reply: Vec<AfterReply>,
     last_sent_ms: u64,
     last_heard_ms: u64,
     last_total_read: u64,
@@ -58,11 +70,14 @@ pub fn run(
         out,
         open: HashMap::new(),
         scratch: Vec::with_capacity(64),
+        after_reply: Vec::new(),
         last_sent_ms: now,
         last_heard_ms: now,
         last_total_read: 0,
     };
     let why = conn.serve(&mut reader, first);
+    // Replies to what was handled still go out (a commit's OK above all).
+    let _ = conn.flush();
     let partial = conn.open.len();
     // Dropping the open uploads removes their temp files and releases locks.
     drop(conn);
@@ -78,6 +93,11 @@ impl Inbound<'_> {
             }
             if self.server.is_shutting_down() {
                 return "server shutting down".into();
+            }
+            if pending.is_none() && reader.needs_input() {
+                if let Err(end) = self.flush() {
+                    return end;
+                }
             }
             let msg = match pending.take() {
                 Some(m) => m,
@@ -126,25 +146,58 @@ impl Inbound<'_> {
             return Err(format!("nothing received for {:?}", cfg.dead_peer));
         }
         self.keepalive_if_due()?;
+        self.flush()?;
         if self.server.is_shutting_down() || self.session.is_closed() {
             return Err("server shutting down".into());
         }
         Ok(())
     }
 
+    /// Queues a reply; [`flush`](Self::flush) sends what is queued.
+    /// Replies to messages that arrived together go out together (many
+    /// small files: one write and one wake-up of the client, not two per
+    /// file).
     fn reply(&mut self, code: StatusCode) -> Result<(), End> {
-        self.scratch.clear();
         Frame::Status(code).encode(&mut self.scratch);
-        self.out.write_all(&self.scratch).map_err(|e| format!("send connection: {e}"))?;
-        self.last_sent_ms = self.server.now_ms();
         if code != StatusCode::OK && code != StatusCode::KEEP_ALIVE {
             log::debug!("{}: replied {code}", self.session.who());
         }
         Ok(())
     }
 
+    /// Sends the queued replies. Called before anything that may wait for
+    /// the client (a read that needs more input, the stale-change rule's
+    /// wait), since the client may be waiting for these replies, and
+    /// before a commit is fanned out or a REQUEST queued, so the client
+    /// hears its reply first (section 6).
+    /// What waited for the replies is done then, even if the client is
+    /// gone: a committed change reaches the other clients regardless.
+    fn flush(&mut self) -> Result<(), End> {
+        let mut sent = Ok(());
+        if !self.scratch.is_empty() {
+            sent = self.out.write_all(&self.scratch).map_err(|e| format!("send connection: {e}"));
+            self.scratch.clear();
+            self.last_sent_ms = self.server.now_ms();
+        }
+        for after in std::mem::take(&mut self.after_reply) {
+            match after {
+                AfterReply::FanOut { path, except } => self.server.fan_out(&path, except),
+                AfterReply::Queue(name) => {
+                    self.session.requested.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone());
+                    if self.session.queue.push(&name) || self.server.config.workers > 0 {
+                        self.server.wake(self.session);
+                    }
+                }
+            }
+        }
+        sent
+    }
+
     /// Waits (through read timeouts) until `len` payload bytes are buffered.
     fn wait_payload(&mut self, reader: &mut FrameReader<TcpStream>, len: u32) -> Result<(), End> {
+        if reader.buffered() < len as usize {
+            self.flush()?;
+        }
         loop {
             match reader.ensure(len) {
                 Ok(()) => return Ok(()),
@@ -156,6 +209,7 @@ impl Inbound<'_> {
 
     /// Reads a whole chunk payload into `out` (through read timeouts).
     fn read_payload_into(&mut self, reader: &mut FrameReader<TcpStream>, out: &mut [u8]) -> Result<(), End> {
+        self.flush()?;
         let mut got = 0;
         loop {
             match reader.read_payload_into(out, &mut got) {
@@ -167,6 +221,7 @@ impl Inbound<'_> {
     }
 
     fn skip(&mut self, reader: &mut FrameReader<TcpStream>, len: u32) -> Result<(), End> {
+        self.flush()?;
         match reader.skip(u64::from(len)) {
             // A timed-out skip completes during the next read.
             Err(e) if !is_timeout_error(&e) => Err(format!("send connection: {e}")),
@@ -178,10 +233,13 @@ impl Inbound<'_> {
     /// client's reply to a delivery of `name` still in flight (see
     /// `Session::wait_outgoing_settled`). Without the rule there is nothing
     /// to decide and no reason to wait.
-    fn settle_outgoing(&self, name: &str) {
-        if self.server.library.conflict_copies() {
+    /// Queued replies are sent first: the client may be waiting for them.
+    fn settle_outgoing(&mut self, name: &str) -> Result<(), End> {
+        if self.server.library.conflict_copies() && self.session.has_outgoing(name) {
+            self.flush()?;
             self.session.wait_outgoing_settled(name, self.server.config.dead_peer);
         }
+        Ok(())
     }
 
     fn name_ok(&self, name: &str) -> bool {
@@ -343,21 +401,17 @@ impl Inbound<'_> {
         };
         match verdict {
             FinishVerdict::Commit { size, digest, .. } => {
-                let lib = &self.server.library;
-                self.settle_outgoing(&name);
+                let server = self.server;
+                let lib = &server.library;
+                self.settle_outgoing(&name)?;
                 let result = lib.commit_upload(&name, temp, digest, size, &self.session.seen, &self.session.label);
                 // Released before the reply, so a client that hears OK can
                 // start its next change of the file at once.
                 drop(lock);
                 match result {
                     Ok(Committed::New { entry, conflict }) => {
-                        self.reply(StatusCode::OK)?;
                         log::info!("{}: committed {name:?} version {} ({size} bytes)", self.session.who(), entry.version);
-                        if let Some(c) = conflict {
-                            self.server.fan_out(&c, None);
-                        }
-                        self.server.fan_out(&name, Some(self.session.id));
-                        Ok(())
+                        self.reply_then_fan_out(conflict, name)
                     }
                     Ok(_) => {
                         log::debug!("{}: {name:?} unchanged", self.session.who());
@@ -381,22 +435,18 @@ impl Inbound<'_> {
         if !self.name_ok(&name) {
             return self.reply(StatusCode::BAD_REQUEST);
         }
-        let lib = &self.server.library;
+        let server = self.server;
+        let lib = &server.library;
         let Some(lock) = try_lock_guard(lib.locks.as_ref(), &name, self.session.id) else {
             return self.reply(StatusCode::LOCKED);
         };
-        self.settle_outgoing(&name);
+        self.settle_outgoing(&name)?;
         let result = lib.commit_delete(&name, &self.session.seen);
         drop(lock);
         match result {
             Ok(Committed::New { entry, conflict }) => {
-                self.reply(StatusCode::OK)?;
                 log::info!("{}: deleted {name:?} (version {})", self.session.who(), entry.version);
-                if let Some(c) = conflict {
-                    self.server.fan_out(&c, None);
-                }
-                self.server.fan_out(&name, Some(self.session.id));
-                Ok(())
+                self.reply_then_fan_out(conflict, name)
             }
             Ok(_) => self.reply(StatusCode::NO_FILE),
             Err(e) => {
@@ -417,11 +467,18 @@ impl Inbound<'_> {
         if lib.catalog.get(&name).is_none() {
             return self.reply(StatusCode::NO_FILE);
         }
-        self.reply(StatusCode::OK)?;
-        self.session.requested.lock().unwrap_or_else(std::sync::PoisonError::into_inner).insert(name.clone());
-        if self.session.queue.push(&name) || self.server.config.workers > 0 {
-            self.server.wake(self.session);
+        self.after_reply.push(AfterReply::Queue(name));
+        self.reply(StatusCode::OK)
+    }
+
+    /// Replies OK to a committed change of `name` (and of its `conflict`
+    /// copy, if one was kept); both are queued for the other clients once
+    /// the reply is on the wire.
+    fn reply_then_fan_out(&mut self, conflict: Option<String>, name: String) -> Result<(), End> {
+        if let Some(c) = conflict {
+            self.after_reply.push(AfterReply::FanOut { path: c, except: None });
         }
-        Ok(())
+        self.after_reply.push(AfterReply::FanOut { path: name, except: Some(self.session.id) });
+        self.reply(StatusCode::OK)
     }
 }

@@ -127,6 +127,12 @@ impl Session {
             .unwrap_or_else(PoisonError::into_inner);
     }
 
+    /// True while a delivery of `path` to this client awaits its reply
+    /// (see [`wait_outgoing_settled`](Self::wait_outgoing_settled)).
+    pub fn has_outgoing(&self, path: &str) -> bool {
+        self.outgoing.lock().unwrap_or_else(PoisonError::into_inner).iter().any(|p| p == path)
+    }
+
     /// Sets the META-DATA to send first and the version counter it lists
     /// every version up to (section 6: what the client has seen).
     pub fn set_metadata(&self, text: String, listed_upto: u64) {
