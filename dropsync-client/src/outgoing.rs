@@ -377,10 +377,15 @@ impl Outgoing {
             MuxReply::KeepAlive => Ok(None),
             MuxReply::Routed { op, outcome: Some(outcome) } => Ok(self.end(op, outcome)),
             MuxReply::Routed { op, outcome: None } => {
+                let mut one_chunk = false;
                 if let (Some(o), Some(s)) = (self.ops.get(&op), self.mux.sender(op)) {
                     self.progress.update(Direction::Up, &o.name, s.bytes_acknowledged(), Some(s.size()), o.started);
+                    one_chunk = s.size() <= u64::from(self.chunk_size);
                 }
-                if self.changed_under_upload(op) {
+                // A file sent in one chunk cannot be torn between versions
+                // (its FINISHED carries the MD5 of that one read), so it is
+                // not looked at again; a later change is a change like any.
+                if !one_chunk && self.changed_under_upload(op) {
                     if let Some(outcome) = self.mux.abort(op) {
                         return Ok(self.end(op, outcome));
                     }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read};
-use std::os::unix::fs::MetadataExt;
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
 use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -28,10 +28,8 @@ const HASH_BUFFER: usize = 256 * 1024;
 /// the caller is told it is unstable (and tries again once it is quiet).
 const HASH_ATTEMPTS: usize = 3;
 
-/// Linux errno for "a component of the path is not a folder" (kept as a
-/// number: `io::ErrorKind::NotADirectory` needs a newer Rust than the
-/// workspace's minimum).
-const ENOTDIR: i32 = 20;
+/// errno for "a component of the path is not a folder".
+const ENOTDIR: i32 = libc::ENOTDIR;
 
 /// The part of a file's stat that tells whether it changed.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -148,23 +146,31 @@ pub enum Local {
 /// The file at `path`, opened without reading it: for an upload that
 /// hashes the file as it sends it. The stat is the open handle's, so it
 /// describes the file the upload reads.
+///
+/// It opens first and asks the handle what it is (one stat, not two):
+/// `O_NOFOLLOW` refuses a symlink, and `O_NONBLOCK` keeps a FIFO from
+/// blocking the open; anything but a regular file is closed again.
 pub fn open_unhashed(path: &Path) -> io::Result<Local> {
-    match probe(path)? {
-        Probe::File(_) => {}
-        other => return Ok(Local::NotAFile(other)),
-    }
-    let file = match File::open(path) {
+    let opened = fs::OpenOptions::new().read(true).custom_flags(libc::O_NOFOLLOW | libc::O_NONBLOCK).open(path);
+    let file = match opened {
         Ok(f) => f,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Local::NotAFile(Probe::Absent)),
+        Err(e) if e.raw_os_error() == Some(libc::ELOOP) => return Ok(Local::NotAFile(Probe::Symlink)),
+        Err(e) if e.kind() == io::ErrorKind::NotFound || e.raw_os_error() == Some(ENOTDIR) => {
+            return Ok(Local::NotAFile(Probe::Absent))
+        }
         Err(e) => return Err(e),
     };
     let md = file.metadata()?;
-    if !md.is_file() {
-        // Replaced by something else between the probe and the open.
-        return Ok(Local::Unstable);
-    }
-    Ok(Local::Unhashed { stat: FileStat::of(&md), file })
+    let t = md.file_type();
+    Ok(if t.is_file() {
+        Local::Unhashed { stat: FileStat::of(&md), file }
+    } else if t.is_dir() {
+        Local::NotAFile(Probe::Dir)
+    } else {
+        Local::NotAFile(Probe::Special)
+    })
 }
+
 
 /// The content of the file at `path`: `seen` when its stat still matches
 /// (see [`seen_is_current`]), else hashed, with the stat taken before and
@@ -281,6 +287,27 @@ mod tests {
         assert_eq!(notes.said.len(), 2, "symlink and bad name noted: {:?}", notes.said);
         let sub: Vec<String> = walk(&root, &root.join("a"), &mut notes).into_iter().map(|(n, _)| n).collect();
         assert_eq!(sub, ["a/b/deep.txt"]);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn open_unhashed_opens_regular_files_only() {
+        let root = tmp("unhashed");
+        let p = root.join("f");
+        fs::write(&p, b"hello").unwrap();
+        let Local::Unhashed { stat, mut file } = open_unhashed(&p).unwrap() else { panic!() };
+        assert_eq!(stat, FileStat::of(&fs::metadata(&p).unwrap()));
+        assert_eq!(hash_reader(&mut file).unwrap().md5, md5(b"hello"), "readable as a normal file");
+        std::os::unix::fs::symlink(&p, root.join("link")).unwrap();
+        assert!(matches!(open_unhashed(&root.join("link")).unwrap(), Local::NotAFile(Probe::Symlink)));
+        assert!(matches!(open_unhashed(&root).unwrap(), Local::NotAFile(Probe::Dir)));
+        assert!(matches!(open_unhashed(&root.join("none")).unwrap(), Local::NotAFile(Probe::Absent)));
+        assert!(matches!(open_unhashed(&p.join("x")).unwrap(), Local::NotAFile(Probe::Absent)));
+        let fifo = root.join("fifo");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status().unwrap();
+        assert!(made.success(), "mkfifo");
+        // Opened without blocking, and not taken for a file.
+        assert!(matches!(open_unhashed(&fifo).unwrap(), Local::NotAFile(Probe::Special)));
         fs::remove_dir_all(&root).unwrap();
     }
 
