@@ -1,6 +1,5 @@
 //! MD5 digests, the protocol's only checksum (through the `md-5` crate).
 
-use std::fmt::Write as _;
 
 pub use md5::Md5;
 use md5::Digest as _;
@@ -25,10 +24,21 @@ pub fn finish(hasher: Md5) -> Digest {
 /// Lower-case hex, the form META-DATA files and logs use.
 pub fn to_hex(digest: &Digest) -> String {
     let mut s = String::with_capacity(32);
-    for b in digest {
-        let _ = write!(s, "{b:02x}");
-    }
+    push_hex(digest, &mut s);
     s
+}
+
+/// Appends the lower-case hex of `digest` to `out`: a table lookup per
+/// nibble, not a formatter call per byte (rendering META-DATA of many
+/// files spent most of its time in `{:02x}`).
+pub fn push_hex(digest: &Digest, out: &mut String) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut hex = [0u8; 32];
+    for (pair, b) in hex.chunks_exact_mut(2).zip(digest) {
+        pair[0] = DIGITS[usize::from(b >> 4)];
+        pair[1] = DIGITS[usize::from(b & 0x0f)];
+    }
+    out.extend(hex.iter().map(|&c| char::from(c)));
 }
 
 /// Parses 32 hex digits (either case); `None` for anything else.

@@ -5,9 +5,8 @@
 //! mean. Parsing and rendering live here, next to the wire format, because
 //! the server sends this text as a file transfer and outside tools read it.
 
-use std::fmt::Write as _;
 
-use crate::digest::{from_hex, to_hex};
+use crate::digest::{from_hex, push_hex, to_hex};
 use crate::{ClientId, Digest};
 
 /// First line of every META-DATA file: the format and its version.
@@ -133,17 +132,38 @@ pub fn render_client_id(id: &ClientId, out: &mut String) {
 
 /// Appends one entry line, escaping the path.
 pub fn render_entry(e: &Entry, out: &mut String) {
-    let _ = write!(
-        out,
-        "{}\t{}\t{}\t{}\t{}\t",
-        e.version,
-        to_hex(&e.md5),
-        e.size,
-        e.mtime_ns,
-        e.state.as_char()
-    );
+    push_u64(e.version, out);
+    out.push('\t');
+    push_hex(&e.md5, out);
+    out.push('\t');
+    push_u64(e.size, out);
+    out.push('\t');
+    if e.mtime_ns < 0 {
+        out.push('-');
+    }
+    push_u64(e.mtime_ns.unsigned_abs(), out);
+    out.push('\t');
+    out.push(e.state.as_char());
+    out.push('\t');
     escape_path(&e.path, out);
     out.push('\n');
+}
+
+/// Appends `n` in decimal (what `write!("{n}")` gives, without the
+/// formatter machinery: META-DATA of a million files is rendered at every
+/// client connect).
+fn push_u64(mut n: u64, out: &mut String) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend(digits[at..].iter().map(|&c| char::from(c)));
 }
 
 /// Renders a whole file: header, optional client id, entries.
@@ -161,6 +181,10 @@ pub fn render_document(doc: &Document) -> String {
 
 /// Writes `\` as `\\`, tab as `\t` and newline as `\n`.
 pub fn escape_path(path: &str, out: &mut String) {
+    if !path.bytes().any(|b| matches!(b, b'\\' | b'\t' | b'\n')) {
+        out.push_str(path);
+        return;
+    }
     for c in path.chars() {
         match c {
             '\\' => out.push_str("\\\\"),
@@ -330,6 +354,33 @@ mod tests {
             let doc = Document { client_id, entries };
             let text = render_document(&doc);
             prop_assert_eq!(parse_document(&text), Ok(doc));
+        }
+
+        /// The hand-written number and hex output is exactly what the
+        /// formatter gives (including i64::MIN and 0).
+        #[test]
+        fn render_matches_the_formatter(e in arb_entry(), edge in 0usize..4) {
+            let mut e = e;
+            match edge {
+                1 => e.mtime_ns = i64::MIN,
+                2 => { e.version = 0; e.size = 0; e.mtime_ns = 0; }
+                3 => { e.version = u64::MAX; e.size = u64::MAX; e.mtime_ns = i64::MAX; }
+                _ => {}
+            }
+            let mut got = String::new();
+            render_entry(&e, &mut got);
+            let hex: String = e.md5.iter().map(|b| format!("{b:02x}")).collect();
+            let mut path = String::new();
+            for c in e.path.chars() {
+                match c {
+                    '\\' => path.push_str("\\\\"),
+                    '\t' => path.push_str("\\t"),
+                    '\n' => path.push_str("\\n"),
+                    c => path.push(c),
+                }
+            }
+            let want = format!("{}\t{}\t{}\t{}\t{}\t{}\n", e.version, hex, e.size, e.mtime_ns, e.state.as_char(), path);
+            prop_assert_eq!(got, want);
         }
 
         #[test]
