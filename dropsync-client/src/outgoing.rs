@@ -201,6 +201,13 @@ impl Outgoing {
         self.ops.len()
     }
 
+    /// Uploads under way of files larger than one chunk (the ones bounded
+    /// by `--parallel`: each holds a read-ahead buffer).
+    pub fn multi_chunk_uploads(&self) -> usize {
+        let chunk = u64::from(self.chunk_size);
+        self.ops.values().filter(|op| matches!(&op.kind, Kind::Upload { stat, .. } if stat.size > chunk)).count()
+    }
+
     /// True when no operation is under way.
     pub fn is_empty(&self) -> bool {
         self.ops.is_empty()

@@ -11,7 +11,7 @@
 //! wait for the next event or deadline (debounce, keep-alive, rescan,
 //! META-DATA save) → handle it.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::net::TcpStream;
 use std::sync::{mpsc, Arc};
@@ -86,6 +86,9 @@ pub struct Session<'a> {
     pending_requests: HashMap<String, Instant>,
     /// Paths whose sync waits for an operation on the same path to end.
     deferred: HashSet<String>,
+    /// Files larger than one chunk waiting for one of the `--parallel`
+    /// large-upload slots.
+    waiting_large: VecDeque<String>,
     /// Changes the server refused with 0x0040 or 0x0020 (or repeatedly
     /// damaged): not tried again this session unless the content changes.
     given_up: HashMap<String, Option<Content>>,
@@ -105,7 +108,7 @@ impl<'a> Session<'a> {
             Ok(c) => c,
             Err(e) => return (End::Lost(format!("socket: {e}")), false),
         };
-        let out = SendSide::new(Outgoing::new(send, core.cfg.parallel, core.cfg.chunk_size));
+        let out = SendSide::new(Outgoing::new(send, core.cfg.in_flight, core.cfg.chunk_size));
         let mut threads = Vec::new();
         let ctx = &core.ctx;
         let spawned = Incoming::spawn(Arc::clone(ctx), recv_rx, recv, core.tx.clone(), number, timing, go_rx)
@@ -133,6 +136,7 @@ impl<'a> Session<'a> {
             jobs: Jobs::default(),
             pending_requests: HashMap::new(),
             deferred: HashSet::new(),
+            waiting_large: VecDeque::new(),
             given_up: HashMap::new(),
             retries: HashMap::new(),
             stop_deadline: None,
@@ -234,6 +238,7 @@ impl<'a> Session<'a> {
             && self.jobs.is_empty()
             && self.pending_requests.is_empty()
             && self.deferred.is_empty()
+            && self.waiting_large.is_empty()
             && self.core.debouncer.is_empty()
             && self.core.ctx.shared.lock().incoming.is_empty()
     }
@@ -290,7 +295,13 @@ impl<'a> Session<'a> {
         for name in self.core.debouncer.take_due(Instant::now()) {
             self.jobs.push_sync(name);
         }
-        while self.out.lock().len() < self.core.cfg.parallel {
+        let in_flight = self.core.cfg.in_flight;
+        while !self.waiting_large.is_empty() && self.large_slot_free() && self.out.lock().len() < in_flight {
+            if let Some(name) = self.waiting_large.pop_front() {
+                self.sync_path(name);
+            }
+        }
+        while self.out.lock().len() < in_flight {
             match self.jobs.pop() {
                 Some(Job::Request(name)) => {
                     let held = self.core.ctx.shared.lock().record(&name).local.map_or(ZERO_DIGEST, |l| l.content.md5);
@@ -302,6 +313,12 @@ impl<'a> Session<'a> {
                 None => break,
             }
         }
+    }
+
+    /// True when fewer than `--parallel` uploads of files larger than one
+    /// chunk are under way.
+    fn large_slot_free(&self) -> bool {
+        self.out.lock().multi_chunk_uploads() < self.core.cfg.parallel
     }
 
     /// Brings one path in line with the server: looks at the local file
@@ -353,6 +370,11 @@ impl<'a> Session<'a> {
                 return;
             }
         };
+        if local.as_ref().is_some_and(|(stat, _, _)| stat.size > u64::from(self.core.cfg.chunk_size)) && !self.large_slot_free() {
+            // Looked at again when a large upload ends.
+            self.waiting_large.push_back(name);
+            return;
+        }
         if local.is_none() {
             // A folder removed or moved away takes its files with it.
             self.core.queue_records_under(&name);
@@ -531,6 +553,7 @@ impl<'a> Session<'a> {
         log::info!("stopping: aborting transfers in progress");
         self.jobs.clear();
         self.deferred.clear();
+        self.waiting_large.clear();
         let ended = self.out.lock().abort_all();
         for done in ended {
             settle(&self.core.ctx, &done);

@@ -9,7 +9,7 @@ use std::fs;
 use std::os::unix::fs::MetadataExt;
 use std::time::Duration;
 
-use common::{conflict_copies, converge, files, show, Net};
+use common::{conflict_copies, converge, files, show, Net, CHUNK};
 use dropsync_testkit::{tree, wait_until, write_file, ClientProc, TempDir, DEFAULT_DEADLINE};
 
 /// The assignment's four rules on connect, driven with `--once` so each
@@ -359,6 +359,26 @@ fn two_hundred_files_with_parallel_8_converge_everywhere() {
     let expected = tree(&a);
     assert_eq!(expected.len(), 200);
     converge(&[a.as_path(), b.as_path(), c.as_path()], &[&ca, &cb, &cc], "200 files", |t| *t == expected);
+}
+
+/// Files larger than one chunk take one of the `--parallel` slots and wait
+/// for a free one; files of one chunk go past them up to `--in-flight`.
+/// Both kinds, mixed in one folder, reach the other client whole.
+#[test]
+fn large_files_wait_for_a_parallel_slot_while_small_ones_go_past() {
+    let net = Net::new("inflight");
+    let (a, b) = (net.folder("a"), net.folder("b"));
+    for i in 0..60 {
+        // Every third file spans several chunks; the rest fit in one.
+        let size = if i % 3 == 0 { CHUNK as usize * 5 + i } else { 1 + i % CHUNK as usize };
+        let data: Vec<u8> = (0..size).map(|j| (j * 7 + i) as u8).collect();
+        write_file(&a, &format!("m/f{i:02}"), &data);
+    }
+    let ca = net.client("a", &["--parallel", "2", "--in-flight", "12"]);
+    let cb = net.client("b", &[]);
+    let expected = tree(&a);
+    assert_eq!(expected.len(), 60);
+    converge(&[a.as_path(), b.as_path()], &[&ca, &cb], "60 mixed files", |t| *t == expected);
 }
 
 /// A change refused with 0x0040 because another upload holds the file is
