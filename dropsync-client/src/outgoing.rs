@@ -30,6 +30,7 @@ use dropsync_core::reconcile::Content;
 use dropsync_core::sender::{Outcome, Recorded};
 use dropsync_core::wire::write_frame;
 use dropsync_core::CoreError;
+use dropsync_proto::md5_pair::{md5_chunk_into, FileMd5};
 use dropsync_proto::{encode_chunk_header, Digest, Frame, StatusCode};
 
 use crate::progress::{Direction, Progress};
@@ -129,6 +130,10 @@ enum Kind {
         stat: FileStat,
         /// The content hashed before the upload, if it was.
         hashed: Option<Content>,
+        /// The whole-file MD5, computed in the same pass as each chunk's
+        /// own MD5 as chunks are read, for a file of more than one chunk
+        /// that was not hashed before.
+        file_md5: Option<FileMd5>,
         /// The whole-file MD5 sent in FINISHED.
         sent_digest: Option<Digest>,
     },
@@ -225,11 +230,17 @@ impl Outgoing {
     /// the file delays the first chunk.
     pub fn add_upload(&mut self, name: String, file: File, path: PathBuf, stat: FileStat, trusted: Option<Content>) {
         let (size, chunk) = (stat.size, self.chunk_size);
+        let mut file_md5 = None;
         let id = match trusted {
             Some(content) => self.mux.add_upload_with_digest(name.clone(), size, chunk, content.md5),
+            None if size > u64::from(chunk) => {
+                file_md5 = Some(FileMd5::default());
+                self.mux.add_upload_hashed_elsewhere(name.clone(), size, chunk)
+            }
+            // One chunk: its MD5 is the whole-file MD5.
             None => self.mux.add_upload(name.clone(), size, chunk),
         };
-        self.insert(id, name, Kind::Upload { file, path, stat, hashed: trusted, sent_digest: None });
+        self.insert(id, name, Kind::Upload { file, path, stat, hashed: trusted, file_md5, sent_digest: None });
     }
 
     /// Queues a DELETE of `name`, whose last version we held is `held`.
@@ -269,7 +280,7 @@ impl Outgoing {
             };
             let name = op.name.as_str();
             match (step, &mut op.kind) {
-                (Step::Chunk { offset, len }, Kind::Upload { file, .. }) => {
+                (Step::Chunk { offset, len }, Kind::Upload { file, file_md5, stat, .. }) => {
                     let ready = self.prefetched.remove(&id).filter(|p| p.offset == offset && p.data.len() == len as usize);
                     let recorded = match ready {
                         Some(p) => {
@@ -278,7 +289,10 @@ impl Outgoing {
                             recorded
                         }
                         None => match read_at(file, offset, len, &mut self.chunk) {
-                            Ok(()) => self.mux.record_chunk(id, &self.chunk),
+                            Ok(()) => {
+                                let digest = hash_chunk(&mut self.mux, id, file_md5, stat.size, offset, &self.chunk);
+                                self.mux.record_chunk_hashed(id, &self.chunk, digest)
+                            }
                             Err(e) => {
                                 log::warn!("cannot read {name}: {e}");
                                 Recorded::NotExpected
@@ -358,16 +372,16 @@ impl Outgoing {
     /// instead of one after the other. A resend, a halved chunk or a
     /// changed file simply finds no match and reads again.
     fn prefetch(&mut self, id: OpId, offset: u64) {
-        let Some(Op { kind: Kind::Upload { file, stat, .. }, .. }) = self.ops.get(&id) else { return };
+        let Some(Op { kind: Kind::Upload { stat, .. }, .. }) = self.ops.get(&id) else { return };
         let left = stat.size.saturating_sub(offset);
         if left == 0 {
             return;
         }
         let len = u64::from(self.chunk_size).min(left) as u32;
         let mut data = self.prefetched.remove(&id).map_or_else(|| std::mem::take(&mut self.spare), |p| p.data);
+        let Some(Op { kind: Kind::Upload { file, file_md5, stat, .. }, .. }) = self.ops.get_mut(&id) else { return };
         if read_at(file, offset, len, &mut data).is_ok() {
-            let digest = dropsync_proto::md5(&data);
-            let _ = self.mux.hash_ahead(id, offset, &data);
+            let digest = hash_chunk(&mut self.mux, id, file_md5, stat.size, offset, &data);
             self.prefetched.insert(id, Prefetched { offset, data, digest });
         }
     }
@@ -457,6 +471,28 @@ impl Outgoing {
     pub fn keepalive_due(&self, interval: Duration) -> Instant {
         self.last_send + interval
     }
+}
+
+/// The MD5 of `chunk`, read at `offset` of upload `id` (a file of `size`
+/// bytes). If the upload computes its whole-file MD5 as it reads
+/// (`file_md5`) and that stands at `offset`, the chunk feeds it in the same
+/// pass (two digests for about the price of one,
+/// `dropsync_proto::md5_pair`), and once it covers the file the mux gets the
+/// digest for FINISHED. A resent or shortened chunk was hashed for the file
+/// already.
+///
+/// The caller sends these very bytes (a read-ahead that goes unused is read
+/// again; should the file have changed in between, the server's whole-file
+/// check refuses the upload with 0x0008, and it is tried again).
+fn hash_chunk(mux: &mut Mux, id: OpId, file_md5: &mut Option<FileMd5>, size: u64, offset: u64, chunk: &[u8]) -> Digest {
+    let Some(fm) = file_md5.as_mut().filter(|fm| fm.len() == offset) else {
+        return dropsync_proto::md5(chunk);
+    };
+    let digest = md5_chunk_into(chunk, fm);
+    if fm.len() >= size {
+        let _ = mux.set_digest(id, fm.finish());
+    }
+    digest
 }
 
 /// Writes all of `head` then all of `body`, as few writev calls as the

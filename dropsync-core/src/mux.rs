@@ -162,6 +162,19 @@ impl Mux {
         self.push(name, Work::Upload(Sender::with_digest(size, chunk_size, digest)))
     }
 
+    /// Like [`add_upload`](Self::add_upload) for a file the caller hashes
+    /// itself (see [`Sender::hashed_elsewhere`]); its FINISHED waits for
+    /// [`set_digest`](Self::set_digest).
+    pub fn add_upload_hashed_elsewhere(&mut self, name: String, size: u64, chunk_size: u32) -> OpId {
+        self.push(name, Work::Upload(Sender::hashed_elsewhere(size, chunk_size)))
+    }
+
+    /// Gives upload `id` its whole-file MD5 (see [`Sender::set_digest`]);
+    /// call [`poll_send`](Self::poll_send) after.
+    pub fn set_digest(&mut self, id: OpId, digest: Digest) -> bool {
+        self.upload_mut(id).is_some_and(|s| s.set_digest(digest))
+    }
+
     /// Queues a DELETE or REQUEST of `name` with `digest` (the MD5 of the
     /// version held, or zeros). Call [`poll_send`](Self::poll_send) after.
     pub fn add_single(&mut self, name: String, kind: SingleKind, digest: Digest) -> OpId {
@@ -254,13 +267,6 @@ impl Mux {
     /// already computed by the caller (see [`Sender::record_chunk_hashed`]).
     pub fn record_chunk_hashed(&mut self, id: OpId, payload: &[u8], digest: Digest) -> Recorded {
         self.record_chunk_inner(id, payload, Some(digest))
-    }
-
-    /// Feeds bytes of upload `id` read ahead at `offset` into its
-    /// whole-file MD5 (see [`Sender::hash_ahead`]). False for any other
-    /// operation, or when the bytes do not continue the hash.
-    pub fn hash_ahead(&mut self, id: OpId, offset: u64, bytes: &[u8]) -> bool {
-        self.upload_mut(id).is_some_and(|s| s.hash_ahead(offset, bytes))
     }
 
     fn record_chunk_inner(&mut self, id: OpId, payload: &[u8], digest: Option<Digest>) -> Recorded {

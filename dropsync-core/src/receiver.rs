@@ -11,8 +11,8 @@
 
 use std::io::Write as _;
 
-use dropsync_proto::digest::finish;
-use dropsync_proto::{md5, Digest, Md5, StatusCode};
+use dropsync_proto::md5_pair::{md5_chunk_into, FileMd5};
+use dropsync_proto::{Digest, Md5, StatusCode};
 
 /// Invalid chunk sizes that end a transfer: "the third invalid chunk in one
 /// transfer gets 0x0010 and aborts it" (section 4). The count is per
@@ -24,11 +24,6 @@ pub const INVALID_SIZES_TO_ABORT: u32 = 3;
 /// link that corrupts every other chunk cannot keep a transfer (and its file
 /// lock) alive forever.
 pub const BAD_CHECKSUMS_TO_ABORT: u32 = 3;
-
-/// Largest first chunk kept aside (see `Receiver::first`): copying it is
-/// far cheaper than hashing it, but a big first chunk is rarely a whole
-/// file, so it is hashed at once rather than held.
-const KEEP_FIRST_MAX: usize = 256 * 1024;
 
 /// Feeds `data` into an incremental MD5.
 ///
@@ -171,14 +166,9 @@ impl FinishVerdict {
 pub struct Receiver {
     max_chunk: u32,
     /// MD5 of every accepted payload, in order: the assembled file so far.
-    /// `None` when the caller hashes accepted payloads itself (see
-    /// [`Receiver::hashing_elsewhere`]).
-    hasher: Option<Md5>,
-    /// The first accepted payload and its (checked) MD5, not yet fed to
-    /// `hasher`: if it is the only chunk, its MD5 is the whole-file MD5
-    /// and the file is hashed once, not twice (most small files). A second
-    /// chunk feeds it to `hasher` first. Kept only with `hasher`.
-    first: Option<(Digest, Vec<u8>)>,
+    /// Each payload's own MD5 is computed in the same pass
+    /// (`dropsync_proto::md5_pair`): the two digests cost about one.
+    file_md5: FileMd5,
     bytes: u64,
     invalid_sizes: u32,
     bad_checksums: u32,
@@ -193,23 +183,12 @@ impl Receiver {
     pub fn new(max_chunk: u32) -> Self {
         Receiver {
             max_chunk,
-            hasher: Some(Md5::default()),
-            first: None,
+            file_md5: FileMd5::default(),
             bytes: 0,
             invalid_sizes: 0,
             bad_checksums: 0,
             over: false,
         }
-    }
-
-    /// Like [`Receiver::new`], but the whole-file MD5 of accepted payloads
-    /// is computed by the caller — e.g. on another thread, together with the
-    /// write to the temp file, so that the reply to each chunk waits only
-    /// for that chunk's own MD5 — and handed to
-    /// [`handle_finished_hashed`](Self::handle_finished_hashed).
-    /// [`handle_finished`](Self::handle_finished) then answers `Closed`.
-    pub fn hashing_elsewhere(max_chunk: u32) -> Self {
-        Receiver { hasher: None, ..Self::new(max_chunk) }
     }
 
     /// Checks a FILE_CHUNK's declared size *before* its payload is read, so
@@ -254,7 +233,11 @@ impl Receiver {
                 },
             };
         }
-        if md5(payload) != *digest {
+        // Hashed into the whole-file MD5 in the same pass; taken back out
+        // (the state restored) if the chunk is not accepted.
+        let before = self.file_md5.clone();
+        if md5_chunk_into(payload, &mut self.file_md5) != *digest {
+            self.file_md5 = before;
             self.bad_checksums += 1;
             if self.bad_checksums >= BAD_CHECKSUMS_TO_ABORT {
                 self.over = true;
@@ -265,16 +248,6 @@ impl Receiver {
             return ChunkVerdict::Resend {
                 reply: StatusCode::RESEND_CHECKSUM,
             };
-        }
-        if let Some(h) = &mut self.hasher {
-            if self.bytes == 0 && payload.len() <= KEEP_FIRST_MAX {
-                self.first = Some((*digest, payload.to_vec()));
-            } else {
-                if let Some((_, first)) = self.first.take() {
-                    absorb(h, &first);
-                }
-                absorb(h, payload);
-            }
         }
         self.bytes = self.bytes.saturating_add(payload.len() as u64);
         ChunkVerdict::Append {
@@ -288,21 +261,11 @@ impl Receiver {
     /// A FINISHED with no chunk before it is an empty file, whose MD5 is
     /// that of no bytes at all.
     pub fn handle_finished(&mut self, digest: &Digest) -> FinishVerdict {
-        match (self.hasher.take(), self.first.take()) {
-            (Some(_), Some((only, _))) => self.handle_finished_hashed(digest, only),
-            (Some(h), None) => self.handle_finished_hashed(digest, finish(h)),
-            (None, _) => FinishVerdict::Closed,
-        }
-    }
-
-    /// Ends the transfer on FINISHED for a receiver made with
-    /// [`Receiver::hashing_elsewhere`]: `actual` is the MD5 of every payload
-    /// this receiver told the caller to append, in order.
-    pub fn handle_finished_hashed(&mut self, digest: &Digest, actual: Digest) -> FinishVerdict {
         if self.over {
             return FinishVerdict::Closed;
         }
         self.over = true;
+        let actual = self.file_md5.finish();
         if actual == *digest {
             FinishVerdict::Commit {
                 reply: StatusCode::OK,
@@ -327,11 +290,6 @@ impl Receiver {
         FinishVerdict::Discard {
             reply: StatusCode::OK,
         }
-    }
-
-    /// True when this receiver computes the whole-file MD5 itself.
-    pub fn hashes_whole_file(&self) -> bool {
-        self.hasher.is_some()
     }
 
     /// Bytes accepted so far (the length of the temp file), for progress
@@ -370,6 +328,7 @@ impl Receiver {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use dropsync_proto::md5;
     use proptest::prelude::*;
 
     const MAX: u32 = 8;
@@ -704,47 +663,5 @@ mod tests {
                 }
             }
         }
-    }
-
-    #[test]
-    fn a_one_chunk_file_is_hashed_once_and_a_second_chunk_catches_up() {
-        let mut one = Receiver::new(16);
-        assert_eq!(good(&mut one, b"only"), ChunkVerdict::Append { reply: StatusCode::OK });
-        assert!(one.first.is_some(), "held, not hashed a second time");
-        assert!(matches!(one.handle_finished(&md5(b"only")), FinishVerdict::Commit { size: 4, .. }));
-
-        let mut two = Receiver::new(16);
-        let _ = good(&mut two, b"first ");
-        let _ = good(&mut two, b"second");
-        assert!(two.first.is_none(), "fed to the whole-file hash before the second chunk");
-        let _ = good(&mut two, b" third");
-        assert!(matches!(two.handle_finished(&md5(b"first second third")), FinishVerdict::Commit { size: 18, .. }));
-
-        let mut wrong = Receiver::new(16);
-        let _ = good(&mut wrong, b"only");
-        assert_eq!(wrong.handle_finished(&md5(b"else")), FinishVerdict::Discard { reply: StatusCode::ABORT_CHECKSUM });
-
-        let mut big = Receiver::new(u32::MAX);
-        let _ = good(&mut big, &vec![1; KEEP_FIRST_MAX + 1]);
-        assert!(big.first.is_none(), "a big first chunk is hashed at once");
-    }
-
-    #[test]
-    fn whole_file_digest_can_be_computed_elsewhere() {
-        let mut r = Receiver::hashing_elsewhere(16);
-        assert!(!r.hashes_whole_file());
-        assert_eq!(r.handle_chunk(&md5(b"abc"), b"abc"), ChunkVerdict::Append { reply: StatusCode::OK });
-        assert_eq!(r.handle_chunk(&md5(b"def"), b"def"), ChunkVerdict::Append { reply: StatusCode::OK });
-        let whole = md5(b"abcdef");
-        assert_eq!(
-            r.clone().handle_finished_hashed(&whole, whole),
-            FinishVerdict::Commit { reply: StatusCode::OK, size: 6, digest: whole }
-        );
-        assert_eq!(
-            r.clone().handle_finished_hashed(&whole, md5(b"abc")),
-            FinishVerdict::Discard { reply: StatusCode::ABORT_CHECKSUM }
-        );
-        // Without the caller's digest there is nothing to check against.
-        assert_eq!(r.handle_finished(&whole), FinishVerdict::Closed);
     }
 }

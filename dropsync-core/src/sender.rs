@@ -126,6 +126,9 @@ pub struct Sender {
     /// or the MD5 of a first chunk that was the whole file; when set,
     /// chunks are not hashed again.
     known_digest: Option<Digest>,
+    /// The caller hashes the file on its own and hands the digest over
+    /// with [`Sender::set_digest`] ([`Sender::hashed_elsewhere`]).
+    digest_elsewhere: bool,
     state: State,
     abort_requested: bool,
     /// True once any message of this transfer has gone on the wire, i.e.
@@ -146,6 +149,7 @@ impl Sender {
             hashed: 0,
             hasher: Md5::default(),
             known_digest: None,
+            digest_elsewhere: false,
             state: State::Idle,
             abort_requested: false,
             opened: false,
@@ -182,6 +186,8 @@ impl Sender {
                     len,
                 })
             }
+            // The caller's digest has not come yet: nothing to send.
+            State::Idle if self.digest_elsewhere && self.known_digest.is_none() => None,
             State::Idle => {
                 // Every acknowledged chunk was recorded first, so the hash
                 // covers the whole file exactly once here.
@@ -204,6 +210,28 @@ impl Sender {
         Sender { known_digest: Some(digest), ..Self::new(size, chunk_size) }
     }
 
+    /// A transfer whose whole-file MD5 the caller computes itself, on
+    /// another thread, from the very bytes it sends: chunks are not hashed
+    /// for it here, and FINISHED is offered only once the caller has given
+    /// the digest with [`set_digest`](Self::set_digest). That takes the
+    /// whole-file pass off the thread that reads and sends, which then only
+    /// computes each chunk's MD5. (A file of one chunk needs no digest: its
+    /// chunk's MD5 is the whole-file MD5.)
+    pub fn hashed_elsewhere(size: u64, chunk_size: u32) -> Self {
+        Sender { digest_elsewhere: true, ..Self::new(size, chunk_size) }
+    }
+
+    /// Gives the whole-file MD5 of a [`hashed_elsewhere`](Self::hashed_elsewhere)
+    /// transfer; returns whether it was wanted (not for other transfers,
+    /// nor twice).
+    pub fn set_digest(&mut self, digest: Digest) -> bool {
+        if !self.digest_elsewhere || self.known_digest.is_some() {
+            return false;
+        }
+        self.known_digest = Some(digest);
+        true
+    }
+
     /// Records the bytes read for the announced chunk, right before they are
     /// sent. Bytes of the file not hashed before are added to the whole-file
     /// MD5 (a resent or shortened chunk hashes nothing twice). Returns the
@@ -220,29 +248,6 @@ impl Sender {
         self.record(payload, Some(digest))
     }
 
-    /// Feeds `bytes`, read at `offset`, into the whole-file MD5 ahead of
-    /// their chunk: a sender that reads chunk N+1 while the reply to chunk N
-    /// is awaited can hash it for the FINISHED digest then too, so that
-    /// pass runs beside the receiver's work instead of between a reply and
-    /// the next send. Taken only when `offset` is where the whole-file hash
-    /// stands and the bytes stay inside the file; returns whether they were.
-    ///
-    /// The caller must send these same bytes when their chunk comes (it
-    /// keeps the buffer it read). Should it read the range again instead
-    /// (a resend at a halved size) and the file changed meanwhile, the
-    /// FINISHED digest no longer matches what was sent and the receiver's
-    /// whole-file check refuses it with 0x0008: never a wrong commit.
-    pub fn hash_ahead(&mut self, offset: u64, bytes: &[u8]) -> bool {
-        let end = offset.saturating_add(bytes.len() as u64);
-        let open = !matches!(self.state, State::Over(_)) && !self.abort_requested;
-        if !open || self.known_digest.is_some() || offset != self.hashed || end > self.size {
-            return false;
-        }
-        absorb(&mut self.hasher, bytes);
-        self.hashed = end;
-        true
-    }
-
     fn record(&mut self, payload: &[u8], digest: Option<Digest>) -> Recorded {
         let State::Announced { len } = self.state else {
             return Recorded::NotExpected;
@@ -254,7 +259,7 @@ impl Sender {
             };
         }
         let end = self.acked + u64::from(len);
-        if self.hashed == 0 && end == self.size && self.known_digest.is_none() {
+        if self.acked == 0 && end == self.size && self.known_digest.is_none() {
             // One chunk is the whole file: its MD5 is the whole-file MD5,
             // so the file is hashed once, not twice (most small files).
             let digest = digest.unwrap_or_else(|| md5(payload));
@@ -263,7 +268,7 @@ impl Sender {
             self.opened = true;
             return Recorded::Send { digest };
         }
-        if self.hashed < end && self.known_digest.is_none() {
+        if self.hashed < end && self.known_digest.is_none() && !self.digest_elsewhere {
             // `hashed >= acked` always holds: bytes are only acknowledged
             // after they were recorded, and recording hashes up to their end.
             let skip = self.hashed.saturating_sub(self.acked) as usize;
@@ -651,13 +656,25 @@ mod tests {
             file in proptest::collection::vec(any::<u8>(), 0..200),
             chunk_size in 0u32..64,
             actions in proptest::collection::vec(action(), 0..80),
+            elsewhere in any::<bool>(),
         ) {
-            let mut tx = Sender::new(file.len() as u64, chunk_size);
+            let mut tx = if elsewhere {
+                Sender::hashed_elsewhere(file.len() as u64, chunk_size)
+            } else {
+                Sender::new(file.len() as u64, chunk_size)
+            };
             let mut last_offset = 0u64;
             let mut finished_digest = None;
             for act in actions {
                 if tx.is_over() { break; }
-                let step = tx.poll_send();
+                let mut step = tx.poll_send();
+                if step.is_none() && !tx.is_awaiting_reply() && !tx.is_over() {
+                    // Only a digest computed elsewhere is ever waited for.
+                    prop_assert!(elsewhere);
+                    prop_assert_eq!(tx.bytes_acknowledged(), file.len() as u64);
+                    prop_assert!(tx.set_digest(md5(&file)));
+                    step = tx.poll_send();
+                }
                 match step {
                     Some(SendStep::Chunk { offset, len }) => {
                         prop_assert!(len >= 1 && len <= chunk_size.max(1));
@@ -709,11 +726,9 @@ mod tests {
             file in proptest::collection::vec(any::<u8>(), 0..300),
             chunk_size in 1u32..64,
             resends in proptest::collection::vec(0u8..3, 0..4),
-            ahead in proptest::collection::vec((0usize..300, 0usize..80), 0..8),
         ) {
             let mut tx = Sender::new(file.len() as u64, chunk_size);
             let mut resends = resends.into_iter();
-            let mut ahead = ahead.into_iter();
             let mut steps = 0;
             loop {
                 steps += 1;
@@ -722,14 +737,6 @@ mod tests {
                     Some(SendStep::Chunk { offset, len }) => {
                         let bytes = &file[offset as usize..(offset + u64::from(len)) as usize];
                         prop_assert!(matches!(tx.record_chunk(bytes), Recorded::Send { .. }), "chunk must be sendable");
-                        // Read ahead of the reply, at any offset and length:
-                        // only bytes that continue the whole-file hash count.
-                        if let Some((at, n)) = ahead.next() {
-                            let at = at.min(file.len());
-                            let n = n.min(file.len() - at);
-                            let took = tx.hash_ahead(at as u64, &file[at..at + n]);
-                            prop_assert!(!took || at as u64 + n as u64 <= file.len() as u64);
-                        }
                         let code = match resends.next() {
                             Some(1) => StatusCode::RESEND_CHECKSUM,
                             Some(2) => StatusCode::RESEND_SIZE,
@@ -752,30 +759,41 @@ mod tests {
     }
 
     #[test]
-    fn hashing_ahead_covers_each_byte_once() {
+    fn a_digest_hashed_elsewhere_is_waited_for() {
         let data = b"0123456789";
-        let mut s = Sender::new(10, 4);
-        assert!(!s.hash_ahead(4, b"4567"), "not where the hash stands");
-        assert!(s.hash_ahead(0, b"0123"));
-        assert!(s.hash_ahead(4, b"4567"));
-        assert!(!s.hash_ahead(8, b"89x"), "past the end of the file");
-        let mut chunks = 0;
-        while let Some(step) = s.poll_send() {
-            match step {
-                SendStep::Chunk { offset, len } => {
-                    chunks += 1;
+        let mut s = Sender::hashed_elsewhere(10, 4);
+        let mut waited = false;
+        loop {
+            match s.poll_send() {
+                Some(SendStep::Chunk { offset, len }) => {
                     let piece = &data[offset as usize..(offset + u64::from(len)) as usize];
                     assert!(matches!(s.record_chunk(piece), Recorded::Send { .. }));
                 }
-                SendStep::Finished { digest } => assert_eq!(digest, md5(data)),
-                SendStep::Abort => unreachable!(),
+                Some(SendStep::Finished { digest }) => {
+                    assert_eq!(digest, md5(data));
+                    break;
+                }
+                other => {
+                    assert_eq!(other, None, "only FINISHED waits");
+                    assert_eq!(s.bytes_acknowledged(), 10);
+                    assert!(!waited, "asked once");
+                    waited = true;
+                    assert!(s.set_digest(md5(data)));
+                    assert!(!s.set_digest([0; 16]), "not twice");
+                    continue;
+                }
             }
             let _ = s.handle_reply(StatusCode::OK);
         }
-        assert_eq!((chunks, s.outcome()), (3, Some(Outcome::Committed)));
-        assert!(!s.hash_ahead(10, b""), "over");
-        let mut known = Sender::with_digest(4, 4, md5(b"abcd"));
-        assert!(!known.hash_ahead(0, b"abcd"), "nothing to hash when the digest is known");
+        assert!(waited && s.hashed == 0);
+        assert_eq!(s.handle_reply(StatusCode::OK).ok(), Some(ReplyOutcome::Over(Outcome::Committed)));
+        assert!(!Sender::new(4, 4).set_digest([0; 16]), "only for a transfer hashed elsewhere");
+        // An abort still goes out while the digest is awaited.
+        let mut a = Sender::hashed_elsewhere(2, 4);
+        let _ = a.poll_send();
+        let _ = a.record_chunk(b"ab");
+        let _ = a.handle_reply(StatusCode::OK);
+        assert_eq!(a.poll_send(), Some(SendStep::Finished { digest: md5(b"ab") }), "one chunk: its own MD5");
     }
 
     #[test]

@@ -20,6 +20,7 @@ mod encode;
 mod error;
 mod frame;
 pub mod limits;
+pub mod md5_pair;
 pub mod metadata;
 pub mod name;
 mod status;

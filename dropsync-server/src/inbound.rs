@@ -290,7 +290,8 @@ impl Inbound<'_> {
                 log::error!("cannot create a temp file: {e}");
                 StatusCode::IN_USE
             })?;
-            let (sink, receiver) = Sink::open(temp, first_len, self.server.config.max_chunk);
+            let sink = Sink::open(temp, first_len);
+            let receiver = Receiver::new(self.server.config.max_chunk);
             self.open.insert(name.to_owned(), Upload { receiver, sink, _lock: lock });
         }
         self.open.get_mut(name).ok_or(StatusCode::IN_USE)
@@ -388,17 +389,14 @@ impl Inbound<'_> {
         let Some(Upload { mut receiver, sink, _lock: lock }) = self.open.remove(&name) else {
             return self.reply(StatusCode::IN_USE);
         };
-        let (temp, hashed) = match sink.finish() {
-            Ok(done) => done,
+        let temp = match sink.finish() {
+            Ok(temp) => temp,
             Err(e) => {
                 log::error!("{}: cannot write {name:?}: {e}", self.session.who());
                 return self.reply(StatusCode::IN_USE);
             }
         };
-        let verdict = match hashed {
-            Some(actual) => receiver.handle_finished_hashed(&digest, actual),
-            None => receiver.handle_finished(&digest),
-        };
+        let verdict = receiver.handle_finished(&digest);
         match verdict {
             FinishVerdict::Commit { size, digest, .. } => {
                 let server = self.server;

@@ -1,19 +1,16 @@
-//! Where an upload's accepted chunks go: the temp file, and the whole-file
-//! MD5 that FINISHED is checked against.
+//! Where an upload's accepted chunks go: the temp file.
 //!
-//! For a large upload both run on a thread of their own, fed through a
-//! short queue: the receiving thread replies to a chunk as soon as that
-//! chunk's MD5 checks out, and the whole-file hash and the disk write of
-//! chunk N overlap with the client preparing and sending chunk N+1. With
-//! stop-and-wait per chunk, this is what lets one transfer use both cores.
-//! Small uploads stay inline: a thread is not worth it for one chunk.
+//! For a large upload the writes run on a thread of their own, fed through
+//! a short queue: the receiving thread replies to a chunk as soon as that
+//! chunk's MD5 checks out (the core receiver computes it with the whole-file
+//! MD5 in one pass), and the disk write of chunk N overlaps with the client
+//! preparing and sending chunk N+1. Small uploads stay inline: a thread is
+//! not worth it for one chunk.
 
 use std::io;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::JoinHandle;
 
-use dropsync_core::receiver::Receiver as TransferReceiver;
-use dropsync_proto::{digest::finish, Digest, Md5};
 
 use crate::blobs::TempBlob;
 use crate::spawn_named;
@@ -27,16 +24,16 @@ const QUEUE: usize = 2;
 
 /// An upload's destination.
 pub enum Sink {
-    /// Written on the receiving thread; the core receiver hashes.
+    /// Written on the receiving thread.
     Inline(TempBlob),
-    /// Written and hashed on a sink thread.
+    /// Written on a sink thread.
     Threaded {
         /// Full buffers to the sink thread.
         tx: SyncSender<Vec<u8>>,
         /// Empty buffers back, for reuse (no allocation per chunk).
         spare: Receiver<Vec<u8>>,
-        /// The sink thread: the temp file and the MD5 of what it wrote.
-        thread: JoinHandle<io::Result<(TempBlob, Digest)>>,
+        /// The sink thread, which hands the temp file back.
+        thread: JoinHandle<io::Result<TempBlob>>,
     },
     /// The sink thread could not start; the upload fails at its first
     /// write (answered 0x0080) rather than at random later.
@@ -44,11 +41,10 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// A sink for an upload whose first chunk is `first_len` bytes, with
-    /// the matching core receiver.
-    pub fn open(temp: TempBlob, first_len: u32, max_chunk: u32) -> (Self, TransferReceiver) {
+    /// A sink for an upload whose first chunk is `first_len` bytes.
+    pub fn open(temp: TempBlob, first_len: u32) -> Self {
         if first_len < THREADED_MIN_CHUNK {
-            return (Sink::Inline(temp), TransferReceiver::new(max_chunk));
+            return Sink::Inline(temp);
         }
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
         let (spare_tx, spare) = mpsc::sync_channel::<Vec<u8>>(QUEUE + 1);
@@ -56,20 +52,17 @@ impl Sink {
         // thread cannot start).
         let spawned = spawn_named("sink", move || {
             let mut temp = temp;
-            let mut hasher = Md5::default();
             for buf in rx {
                 temp.append(&buf)?;
-                use std::io::Write as _;
-                let _ = hasher.write_all(&buf);
                 let _ = spare_tx.try_send(buf);
             }
-            Ok((temp, finish(hasher)))
+            Ok(temp)
         });
         match spawned {
-            Ok(thread) => (Sink::Threaded { tx, spare, thread }, TransferReceiver::hashing_elsewhere(max_chunk)),
+            Ok(thread) => Sink::Threaded { tx, spare, thread },
             Err(e) => {
                 log::error!("cannot start a sink thread: {e}");
-                (Sink::Failed(e), TransferReceiver::new(max_chunk))
+                Sink::Failed(e)
             }
         }
     }
@@ -111,15 +104,13 @@ impl Sink {
         }
     }
 
-    /// Waits for everything to be written; returns the temp file and, for
-    /// a threaded sink, the MD5 of everything appended.
-    pub fn finish(self) -> io::Result<(TempBlob, Option<Digest>)> {
+    /// Waits for everything to be written; returns the temp file.
+    pub fn finish(self) -> io::Result<TempBlob> {
         match self {
-            Sink::Inline(temp) => Ok((temp, None)),
+            Sink::Inline(temp) => Ok(temp),
             Sink::Threaded { tx, thread, .. } => {
                 drop(tx);
-                let (temp, digest) = thread.join().map_err(|_| io::Error::other("the sink thread panicked"))??;
-                Ok((temp, Some(digest)))
+                thread.join().map_err(|_| io::Error::other("the sink thread panicked"))?
             }
             Sink::Failed(e) => Err(e),
         }
