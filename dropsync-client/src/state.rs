@@ -29,7 +29,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::SystemTime;
 
-use dropsync_core::meta_client::{ClientMeta, ClientRecord, LocalSeen};
+use dropsync_core::meta_client::{render_record, ClientMeta, ClientRecord, LocalSeen};
 use dropsync_core::reconcile::Content;
 use dropsync_core::storage::replace_file;
 use dropsync_proto::ClientId;
@@ -127,11 +127,8 @@ impl State {
     /// keeps). A failing journal is dropped; the snapshots go on.
     fn journal(&mut self, name: &str) {
         let Some(file) = self.journal.as_mut() else { return };
-        let mut one = ClientMeta::new(self.meta.client_id);
-        one.records.insert(name.to_owned(), self.meta.records.get(name).copied().unwrap_or_default());
-        let text = one.render();
-        // The record's own lines, without the header and client-id lines.
-        let lines = text.splitn(3, '\n').nth(2).unwrap_or_default();
+        let mut lines = String::with_capacity(128);
+        render_record(name, &self.meta.records.get(name).copied().unwrap_or_default(), &mut lines);
         if let Err(e) = file.write_all(lines.as_bytes()) {
             log::error!("cannot append to the META-DATA journal: {e}; relying on snapshots");
             self.journal = None;

@@ -79,13 +79,12 @@ impl ClientMeta {
 
     /// Renders the whole file, sorted by path.
     pub fn render(&self) -> String {
-        let mut paths: Vec<&String> = self.records.keys().collect();
-        paths.sort_unstable();
-        let mut out = String::with_capacity(96 + paths.len() * 100);
+        let mut records: Vec<(&String, &ClientRecord)> = self.records.iter().collect();
+        records.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        let mut out = String::with_capacity(96 + records.len() * 100);
         metadata::render_header(&mut out);
         metadata::render_client_id(&self.client_id, &mut out);
-        for path in paths {
-            let Some(r) = self.records.get(path) else { continue };
+        for (path, r) in records {
             render_record(path, r, &mut out);
         }
         out
@@ -132,7 +131,9 @@ impl ClientMeta {
     }
 }
 
-fn render_record(path: &str, r: &ClientRecord, out: &mut String) {
+/// Appends the lines of one record, as [`ClientMeta::render`] writes them:
+/// what a journal of single changes appends.
+pub fn render_record(path: &str, r: &ClientRecord, out: &mut String) {
     let line = |state, content: Option<Content>, mtime_ns, version| Entry {
         version,
         md5: content.map_or(ZERO_DIGEST, |c| c.md5),

@@ -117,6 +117,10 @@ struct Op {
     id: OpId,
     name: String,
     work: Work,
+    /// An earlier operation has the same name: this one waits for it (kept
+    /// up to date as operations end, so finding the active operations
+    /// compares no names).
+    waits: bool,
 }
 
 /// The sending side of one connection: every operation whose messages go
@@ -191,7 +195,8 @@ impl Mux {
     fn push(&mut self, name: String, work: Work) -> OpId {
         let id = OpId(self.next_id);
         self.next_id += 1;
-        self.ops.push(Op { id, name, work });
+        let waits = self.ops.iter().any(|o| o.name == name);
+        self.ops.push(Op { id, name, work, waits });
         id
     }
 
@@ -309,7 +314,7 @@ impl Mux {
             self.announced = None;
         }
         if ended.is_some() {
-            self.ops.remove(i);
+            self.remove_op(i);
         }
         ended
     }
@@ -356,7 +361,7 @@ impl Mux {
             Work::Single { .. } => Some(Outcome::Refused(status)),
         };
         if outcome.is_some() {
-            self.ops.remove(i);
+            self.remove_op(i);
         }
         Ok(MuxReply::Routed { op: id, outcome })
     }
@@ -413,16 +418,18 @@ impl Mux {
     /// Indices of the active operations, oldest first: the first
     /// `max_in_flight` operations whose name no earlier operation has.
     fn active(&self) -> Vec<usize> {
-        let mut active: Vec<usize> = Vec::with_capacity(self.max_in_flight);
-        for (i, op) in self.ops.iter().enumerate() {
-            if active.len() == self.max_in_flight {
-                break;
-            }
-            if self.ops[..i].iter().all(|earlier| earlier.name != op.name) {
-                active.push(i);
+        self.ops.iter().enumerate().filter(|(_, op)| !op.waits).map(|(i, _)| i).take(self.max_in_flight).collect()
+    }
+
+    /// Removes the operation at `i`; the next one with its name, if any,
+    /// stops waiting.
+    fn remove_op(&mut self, i: usize) {
+        let op = self.ops.remove(i);
+        if !op.waits {
+            if let Some(next) = self.ops[i..].iter_mut().find(|o| o.name == op.name) {
+                next.waits = false;
             }
         }
-        active
     }
 }
 

@@ -9,7 +9,7 @@
 //! changes once in place, so a thread sending it to a client never sees a
 //! half-written version, and identical files (and conflict copies) share one.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -27,6 +27,12 @@ pub struct BlobStore {
     tmp: PathBuf,
     refs: Mutex<HashMap<Digest, u64>>,
     next_tmp: AtomicU64,
+    /// Prefix folders (`blobs/xx`, by first digest byte) known to exist:
+    /// looked up in memory, not with a stat per blob.
+    made_dirs: Mutex<[bool; 256]>,
+    /// Referenced blobs found missing at start: an upload of that content
+    /// installs it again.
+    missing: Mutex<HashSet<Digest>>,
 }
 
 /// An upload in progress: a temp file that is removed on drop unless it
@@ -64,7 +70,7 @@ impl BlobStore {
         fs::create_dir_all(&blobs)?;
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp)?;
-        Ok(Self { blobs, tmp, refs: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0) })
+        Ok(Self { blobs, tmp, refs: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0), made_dirs: Mutex::new([false; 256]), missing: Mutex::new(HashSet::new()) })
     }
 
     fn path_of(&self, digest: &Digest) -> PathBuf {
@@ -96,7 +102,8 @@ impl BlobStore {
                 }
             }
         }
-        let missing = refs.keys().filter(|d| !self.path_of(d).exists()).copied().collect();
+        let missing: Vec<Digest> = refs.keys().filter(|d| !self.path_of(d).exists()).copied().collect();
+        *self.missing.lock().unwrap_or_else(PoisonError::into_inner) = missing.iter().copied().collect();
         Ok((orphans, missing))
     }
 
@@ -116,19 +123,31 @@ impl BlobStore {
             return Err(io::Error::other("temp file already closed"));
         };
         let target = self.path_of(digest);
-        if target.exists() {
+        // A referenced blob exists (the counts are set from the disk at
+        // start and kept with every install and removal): no stat needed.
+        let was_missing = self.missing.lock().unwrap_or_else(PoisonError::into_inner).contains(digest);
+        if !was_missing && self.refs.lock().unwrap_or_else(PoisonError::into_inner).contains_key(digest) {
             drop(file);
             return fs::remove_file(&temp.path);
         }
         file.sync_all()?;
         drop(file);
         let dir = target.parent().unwrap_or(&self.blobs);
-        if !dir.exists() {
-            fs::create_dir_all(dir)?;
-            sync_dir(&self.blobs)?;
+        let mut made = self.made_dirs.lock().unwrap_or_else(PoisonError::into_inner);
+        if !made[usize::from(digest[0])] {
+            if !dir.exists() {
+                fs::create_dir_all(dir)?;
+                sync_dir(&self.blobs)?;
+            }
+            made[usize::from(digest[0])] = true;
         }
+        drop(made);
         fs::rename(&temp.path, &target)?;
-        sync_dir(dir)
+        sync_dir(dir)?;
+        if was_missing {
+            self.missing.lock().unwrap_or_else(PoisonError::into_inner).remove(digest);
+        }
+        Ok(())
     }
 
     /// Opens a blob for reading.
@@ -152,5 +171,41 @@ impl BlobStore {
             // A sender that already opened it keeps reading the open file.
             let _ = fs::remove_file(self.path_of(digest));
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use dropsync_proto::md5;
+
+    fn stored(store: &BlobStore, bytes: &[u8]) -> Digest {
+        let mut t = store.temp().unwrap();
+        t.append(bytes).unwrap();
+        let d = md5(bytes);
+        store.install(t, &d).unwrap();
+        d
+    }
+
+    /// Installing known content again leaves one blob and no temp file; a
+    /// blob found missing at start is installed again by the next upload of
+    /// that content.
+    #[test]
+    fn content_is_stored_once_and_a_missing_blob_comes_back() {
+        let root = std::env::temp_dir().join(format!("dropsync-blobs-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let store = BlobStore::open(&root).unwrap();
+        let d = stored(&store, b"hello");
+        store.add_ref(&d);
+        assert_eq!(stored(&store, b"hello"), d);
+        assert_eq!(fs::read(store.path_of(&d)).unwrap(), b"hello");
+        assert_eq!(fs::read_dir(root.join("tmp")).unwrap().count(), 0, "the second temp file is removed");
+
+        fs::remove_file(store.path_of(&d)).unwrap();
+        let (orphans, missing) = store.recover([d].into_iter()).unwrap();
+        assert_eq!((orphans, missing), (0, vec![d]));
+        stored(&store, b"hello");
+        assert_eq!(fs::read(store.path_of(&d)).unwrap(), b"hello", "installed again");
+        fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -19,12 +19,10 @@ use dropsync_proto::{ClientId, StatusCode};
 pub struct Session {
     /// Server-unique id (also the lock owner id).
     pub id: SessionId,
-    /// The id from HELLO; `None` for a legacy pair.
-    pub client_id: Option<ClientId>,
-    /// The label from HELLO (for logs and conflict-copy names).
+    /// Id, label, address and client id, for logs; see [`Session::who`].
+    who: String,
+    /// The label from HELLO (for conflict-copy names).
     pub label: String,
-    /// The client's address (of its send connection).
-    pub peer: SocketAddr,
     /// Paths waiting to be sent to this client (FIFO, no duplicates).
     pub queue: UpdateQueue,
     /// Versions this client is known to have seen (section 6).
@@ -85,10 +83,12 @@ impl Session {
     /// Assembles a session.
     pub fn new(p: SessionParts) -> Self {
         Self {
+            who: match &p.client_id {
+                Some(id) => format!("#{} {:?}@{} [{}]", p.id, p.label, p.peer, &dropsync_proto::digest::to_hex(id)[..8]),
+                None => format!("#{} {:?}@{} [legacy]", p.id, p.label, p.peer),
+            },
             id: p.id,
-            client_id: p.client_id,
             label: p.label,
-            peer: p.peer,
             queue: UpdateQueue::new(),
             seen: Mutex::new(SeenVersions::new(0)),
             requested: Mutex::new(HashSet::new()),
@@ -165,11 +165,9 @@ impl Session {
         self.closed.load(Ordering::SeqCst)
     }
 
-    /// A short name for logs.
-    pub fn who(&self) -> String {
-        match &self.client_id {
-            Some(id) => format!("#{} {:?}@{} [{}]", self.id, self.label, self.peer, &dropsync_proto::digest::to_hex(id)[..8]),
-            None => format!("#{} {:?}@{} [legacy]", self.id, self.label, self.peer),
-        }
+    /// A short name for logs (made once: it is in every log line of the
+    /// session).
+    pub fn who(&self) -> &str {
+        &self.who
     }
 }
