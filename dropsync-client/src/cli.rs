@@ -63,9 +63,9 @@ pub struct Args {
     /// Operations in flight at once on the send connection, counting the
     /// `--parallel` large uploads, uploads of files that fit in one chunk,
     /// DELETEs and REQUESTs. Small operations hold no buffer, so many can
-    /// be in flight: 32 measured best for 10,000 small files on loopback
-    /// (`make bench`, B3: 8, 32 and 64 took 0.54, 0.50 and 0.61 s).
-    #[arg(long, value_name = "M", default_value_t = 32, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// be in flight: for 10,000 files of 4 KiB on loopback (`make bench`,
+    /// B3) 16, 32, 64 and 128 took 0.42, 0.32, 0.27 and 0.28 s.
+    #[arg(long, value_name = "M", default_value_t = 64, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub in_flight: u16,
     /// A changed file is uploaded once it has been quiet for this many
     /// milliseconds. 20 by default: long enough to coalesce the bursts of
@@ -214,7 +214,7 @@ mod tests {
         let c = a.config();
         assert_eq!(c.chunk_size, 4096);
         assert!(c.conflict_copies && !c.once);
-        assert_eq!((c.parallel, c.in_flight), (8, 32));
+        assert_eq!((c.parallel, c.in_flight), (8, 64));
         assert!(c.debounce <= Duration::from_millis(50));
         assert_eq!(c.keepalive, Duration::from_secs(15));
         assert_eq!(c.dead_peer, Duration::from_secs(60));
