@@ -133,20 +133,35 @@ impl BlobStore {
         file.sync_all()?;
         drop(file);
         let dir = target.parent().unwrap_or(&self.blobs);
-        let mut made = self.made_dirs.lock().unwrap_or_else(PoisonError::into_inner);
-        if !made[usize::from(digest[0])] {
-            if !dir.exists() {
-                fs::create_dir_all(dir)?;
-                sync_dir(&self.blobs)?;
+        self.make_prefix_dir(digest[0], dir, false)?;
+        if let Err(e) = fs::rename(&temp.path, &target) {
+            if e.kind() != io::ErrorKind::NotFound {
+                return Err(e);
             }
-            made[usize::from(digest[0])] = true;
+            // The folder went away under us: make it again, once.
+            self.make_prefix_dir(digest[0], dir, true)?;
+            fs::rename(&temp.path, &target)?;
         }
-        drop(made);
-        fs::rename(&temp.path, &target)?;
         sync_dir(dir)?;
         if was_missing {
             self.missing.lock().unwrap_or_else(PoisonError::into_inner).remove(digest);
         }
+        Ok(())
+    }
+
+    /// Makes blob folder `dir` (prefix `prefix`) unless it is known to
+    /// exist (`again`: known wrongly), durably in `blobs/`.
+    fn make_prefix_dir(&self, prefix: u8, dir: &Path, again: bool) -> io::Result<()> {
+        let mut made = self.made_dirs.lock().unwrap_or_else(PoisonError::into_inner);
+        let slot = &mut made[usize::from(prefix)];
+        if *slot && !again {
+            return Ok(());
+        }
+        if !dir.exists() {
+            fs::create_dir_all(dir)?;
+            sync_dir(&self.blobs)?;
+        }
+        *slot = true;
         Ok(())
     }
 
@@ -206,6 +221,17 @@ mod tests {
         assert_eq!((orphans, missing), (0, vec![d]));
         stored(&store, b"hello");
         assert_eq!(fs::read(store.path_of(&d)).unwrap(), b"hello", "installed again");
+
+        // A blob folder removed under the running server is made again.
+        let other = md5(b"other");
+        fs::remove_dir_all(root.join("blobs")).unwrap();
+        fs::create_dir(root.join("blobs")).unwrap();
+        let mut t = store.temp().unwrap();
+        t.append(b"hello").unwrap();
+        store.refs.lock().unwrap().clear();
+        store.install(t, &d).unwrap();
+        assert_eq!(fs::read(store.path_of(&d)).unwrap(), b"hello");
+        assert_eq!(stored(&store, b"other"), other);
         fs::remove_dir_all(&root).unwrap();
     }
 }
