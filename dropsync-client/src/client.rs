@@ -19,7 +19,7 @@ use crate::connect::{self, Timing};
 use crate::debounce::Debouncer;
 use crate::events::Event;
 use crate::paths::{name_for, Unsyncable, STATE_DIR};
-use crate::scan::{walk, FileStat, Notes};
+use crate::scan::{walk, walk_names, FileStat, Notes};
 use crate::session::{End, Session};
 use crate::state::{Ctx, MetaFile, Shared};
 use crate::watch;
@@ -229,7 +229,7 @@ impl Core {
     /// Queues every file under the folder `dir` (one that appeared).
     pub fn queue_tree(&mut self, dir: &Path) {
         let now = Instant::now();
-        for (name, _) in walk(&self.ctx.root, dir, &mut self.notes) {
+        for name in walk_names(&self.ctx.root, dir, &mut self.notes) {
             self.debouncer.touch_due(name, now);
         }
     }

@@ -19,7 +19,7 @@ use dropsync_proto::name::validate_name;
 use crate::debounce::Debouncer;
 use crate::folder::{delete_local, keep_if_unaccepted, Before};
 use crate::paths::local_path;
-use crate::scan::{read_local, walk, Local, Notes};
+use crate::scan::{read_local, walk_names, Local, Notes};
 use crate::state::Ctx;
 
 /// The network half of a reconciliation plan.
@@ -66,7 +66,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     let mut local_seen: HashMap<String, LocalSeen> = HashMap::new();
     let mut unsettled: HashSet<String> = HashSet::new();
     let mut fresh: Vec<String> = Vec::new();
-    for (name, _) in walk(&ctx.root, &ctx.root, notes) {
+    for name in walk_names(&ctx.root, &ctx.root, notes) {
         let record = ctx.shared.lock().record(&name);
         if record.base.is_none() && !server.contains_key(&name) {
             fresh.push(name);

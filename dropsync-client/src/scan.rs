@@ -220,6 +220,27 @@ impl Notes {
 /// unreadable folders are reported once and skipped.
 pub fn walk(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<(String, FileStat)> {
     let mut out = Vec::new();
+    each_file(root, dir, notes, |name, entry| {
+        if let Ok(md) = entry.metadata() {
+            out.push((name, FileStat::of(&md)));
+        }
+    });
+    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    out
+}
+
+/// Like [`walk`], names only: no stat per file (the file type comes with
+/// the folder listing), for callers that look at each file anyway.
+pub fn walk_names(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<String> {
+    let mut out = Vec::new();
+    each_file(root, dir, notes, |name, _| out.push(name));
+    out.sort_unstable();
+    out
+}
+
+/// Calls `found` with the name and folder entry of every regular file under
+/// `dir` with a valid wire name (see [`walk`]).
+fn each_file(root: &Path, dir: &Path, notes: &mut Notes, mut found: impl FnMut(String, &fs::DirEntry)) {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let entries = match fs::read_dir(&dir) {
@@ -247,16 +268,12 @@ pub fn walk(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<(String, FileStat
             } else if kind.is_dir() {
                 stack.push(path);
             } else if kind.is_file() {
-                if let Ok(md) = entry.metadata() {
-                    out.push((name, FileStat::of(&md)));
-                }
+                found(name, &entry);
             } else {
                 notes.once(&path, "not a regular file");
             }
         }
     }
-    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-    out
 }
 
 #[cfg(test)]
@@ -287,6 +304,7 @@ mod tests {
         assert_eq!(notes.said.len(), 2, "symlink and bad name noted: {:?}", notes.said);
         let sub: Vec<String> = walk(&root, &root.join("a"), &mut notes).into_iter().map(|(n, _)| n).collect();
         assert_eq!(sub, ["a/b/deep.txt"]);
+        assert_eq!(walk_names(&root, &root, &mut notes), ["a/b/deep.txt", "top.txt"]);
         fs::remove_dir_all(&root).unwrap();
     }
 

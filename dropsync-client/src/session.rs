@@ -38,8 +38,12 @@ use crate::scan::{open_unhashed, probe, read_local, FileStat, Local, Probe};
 /// DELETEs and REQUESTs already sent) before it closes the connections.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 
-/// META-DATA saves are coalesced: at most one per this interval.
-const SAVE_DELAY: Duration = Duration::from_millis(200);
+/// META-DATA saves are coalesced: at most one per this interval. Base
+/// changes are journaled as they happen (`state.rs`), so a snapshot only
+/// bounds the journal and keeps local stats (lost ones are hashed again):
+/// rendering the whole table more often only costs time, which a first
+/// upload of many files spent at every 200 ms it used to save.
+const SAVE_DELAY: Duration = Duration::from_secs(1);
 
 /// Longest the control loop sleeps without looking at the clock.
 const MAX_WAIT: Duration = Duration::from_secs(1);
