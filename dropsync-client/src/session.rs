@@ -45,6 +45,9 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// upload of many files spent at every 200 ms it used to save.
 const SAVE_DELAY: Duration = Duration::from_secs(1);
 
+/// Most events the control loop handles in one turn (see `Session::drive`).
+const EVENT_BATCH: usize = 256;
+
 /// Longest the control loop sleeps without looking at the clock.
 const MAX_WAIT: Duration = Duration::from_secs(1);
 
@@ -188,6 +191,15 @@ impl<'a> Session<'a> {
                 Ok(ev) => {
                     if let Some(end) = self.on_event(ev) {
                         return end;
+                    }
+                    // Every event already waiting is handled before the
+                    // work above runs again: the uploads that a burst of
+                    // replies ended are followed by new ones together (one
+                    // gathered write), not one loop turn and one write each.
+                    for ev in self.core.events.try_iter().take(EVENT_BATCH).collect::<Vec<_>>() {
+                        if let Some(end) = self.on_event(ev) {
+                            return end;
+                        }
                     }
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
