@@ -209,8 +209,12 @@ impl Outgoing {
     /// Uploads under way of files larger than one chunk (the ones bounded
     /// by `--parallel`: each holds a read-ahead buffer).
     pub fn multi_chunk_uploads(&self) -> usize {
-        let chunk = u64::from(self.chunk_size);
-        self.ops.values().filter(|op| matches!(&op.kind, Kind::Upload { stat, .. } if stat.size > chunk)).count()
+        self.ops.values().filter(|op| matches!(&op.kind, Kind::Upload { stat, .. } if self.spans_chunks(stat.size))).count()
+    }
+
+    /// True when a file of `size` bytes goes out in more than one chunk.
+    pub fn spans_chunks(&self, size: u64) -> bool {
+        size > u64::from(self.chunk_size)
     }
 
     /// True when no operation is under way.
@@ -233,7 +237,7 @@ impl Outgoing {
         let mut file_md5 = None;
         let id = match trusted {
             Some(content) => self.mux.add_upload_with_digest(name.clone(), size, chunk, content.md5),
-            None if size > u64::from(chunk) => {
+            None if self.spans_chunks(size) => {
                 file_md5 = Some(FileMd5::default());
                 self.mux.add_upload_hashed_elsewhere(name.clone(), size, chunk)
             }
@@ -401,7 +405,7 @@ impl Outgoing {
                 let mut one_chunk = false;
                 if let (Some(o), Some(s)) = (self.ops.get(&op), self.mux.sender(op)) {
                     self.progress.update(Direction::Up, &o.name, s.bytes_acknowledged(), Some(s.size()), o.started);
-                    one_chunk = s.size() <= u64::from(self.chunk_size);
+                    one_chunk = !self.spans_chunks(s.size());
                 }
                 // A file sent in one chunk cannot be torn between versions
                 // (its FINISHED carries the MD5 of that one read), so it is

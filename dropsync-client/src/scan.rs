@@ -67,21 +67,27 @@ pub enum Probe {
     Special,
 }
 
+impl Probe {
+    /// What metadata (of a path not followed, or of an open handle) says
+    /// is there.
+    fn of(md: &fs::Metadata) -> Self {
+        let t = md.file_type();
+        if t.is_file() {
+            Probe::File(FileStat::of(md))
+        } else if t.is_dir() {
+            Probe::Dir
+        } else if t.is_symlink() {
+            Probe::Symlink
+        } else {
+            Probe::Special
+        }
+    }
+}
+
 /// Looks at `path` without following symlinks.
 pub fn probe(path: &Path) -> io::Result<Probe> {
     match fs::symlink_metadata(path) {
-        Ok(md) => {
-            let t = md.file_type();
-            Ok(if t.is_file() {
-                Probe::File(FileStat::of(&md))
-            } else if t.is_dir() {
-                Probe::Dir
-            } else if t.is_symlink() {
-                Probe::Symlink
-            } else {
-                Probe::Special
-            })
-        }
+        Ok(md) => Ok(Probe::of(&md)),
         Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(Probe::Absent),
         // A file where a folder of the path should be: nothing is at the path.
         Err(e) if e.raw_os_error() == Some(ENOTDIR) => Ok(Probe::Absent),
@@ -160,14 +166,9 @@ pub fn open_unhashed(path: &Path) -> io::Result<Local> {
         }
         Err(e) => return Err(e),
     };
-    let md = file.metadata()?;
-    let t = md.file_type();
-    Ok(if t.is_file() {
-        Local::Unhashed { stat: FileStat::of(&md), file }
-    } else if t.is_dir() {
-        Local::NotAFile(Probe::Dir)
-    } else {
-        Local::NotAFile(Probe::Special)
+    Ok(match Probe::of(&file.metadata()?) {
+        Probe::File(stat) => Local::Unhashed { stat, file },
+        other => Local::NotAFile(other),
     })
 }
 

@@ -386,7 +386,7 @@ impl<'a> Session<'a> {
                 return;
             }
         };
-        if local.as_ref().is_some_and(|(stat, _, _)| stat.size > u64::from(self.core.cfg.chunk_size)) && !self.large_slot_free() {
+        if local.as_ref().is_some_and(|(stat, _, _)| self.out.lock().spans_chunks(stat.size)) && !self.large_slot_free() {
             // Looked at again when a large upload ends.
             self.waiting_large.push_back(name);
             return;

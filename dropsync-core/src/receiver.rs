@@ -9,10 +9,8 @@
 //! incrementally over the accepted payloads, so the caller never has to read
 //! its temp file back to check FINISHED.
 
-use std::io::Write as _;
-
 use dropsync_proto::md5_pair::{md5_chunk_into, FileMd5};
-use dropsync_proto::{Digest, Md5, StatusCode};
+use dropsync_proto::{Digest, StatusCode};
 
 /// Invalid chunk sizes that end a transfer: "the third invalid chunk in one
 /// transfer gets 0x0010 and aborts it" (section 4). The count is per
@@ -24,16 +22,6 @@ pub const INVALID_SIZES_TO_ABORT: u32 = 3;
 /// link that corrupts every other chunk cannot keep a transfer (and its file
 /// lock) alive forever.
 pub const BAD_CHECKSUMS_TO_ABORT: u32 = 3;
-
-/// Feeds `data` into an incremental MD5.
-///
-/// `Md5::update` comes from the md-5 crate's `Digest` trait, which
-/// dropsync-proto does not re-export and this crate does not depend on; the
-/// hasher's `io::Write` impl performs the very same update and never fails,
-/// so the result carries no information and is dropped.
-pub(crate) fn absorb(hasher: &mut Md5, data: &[u8]) {
-    let _ = hasher.write_all(data);
-}
 
 /// What to do with a FILE_CHUNK whose header has been parsed but whose
 /// payload has not been read yet (see [`Receiver::handle_chunk_header`]).

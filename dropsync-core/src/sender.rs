@@ -14,11 +14,22 @@
 //! length (at least 1 byte) and keeps that smaller size for the rest of the
 //! transfer.
 
+use std::io::Write as _;
+
 use dropsync_proto::digest::finish;
 use dropsync_proto::{md5, Digest, Md5, StatusCode};
 
-use crate::receiver::absorb;
 use crate::CoreError;
+
+/// Feeds `data` into an incremental MD5.
+///
+/// `Md5::update` comes from the md-5 crate's `Digest` trait, which
+/// dropsync-proto does not re-export and this crate does not depend on; the
+/// hasher's `io::Write` impl performs the very same update and never fails,
+/// so the result carries no information and is dropped.
+fn absorb(hasher: &mut Md5, data: &[u8]) {
+    let _ = hasher.write_all(data);
+}
 
 /// The next message the transfer wants sent (see [`Sender::poll_send`]).
 #[must_use = "the step names a message the caller must send"]
