@@ -6,10 +6,13 @@ FUZZ_SECONDS ?= 60
 
 .PHONY: all clean test demo fuzz bench valgrind
 
+# Installed by copy to a temp name and rename, so `make all` works while
+# ./server or ./client runs (a copy onto a running program fails with
+# "Text file busy"; a rename replaces the name and the program keeps its file).
 all:
 	$(CARGO) build --release --locked -p dropsync-server -p dropsync-client
-	cp target/release/server ./server
-	cp target/release/client ./client
+	cp target/release/server ./.server.new && mv -f ./.server.new ./server
+	cp target/release/client ./.client.new && mv -f ./.client.new ./client
 
 clean:
 	$(CARGO) clean

@@ -113,7 +113,7 @@ impl Core {
     }
 
     fn run(&mut self) -> Result<(), String> {
-        let timing = Timing { keepalive: self.cfg.keepalive, dead_peer: self.cfg.dead_peer };
+        let timing = Timing { keepalive: self.cfg.keepalive, dead_peer: self.cfg.dead_peer, silence_ok: false };
         let server = format!("{}:{}/{}", self.cfg.host, self.cfg.send_port, self.cfg.receive_port);
         let mut backoff = Backoff::default();
         let mut number = 0;
@@ -125,12 +125,20 @@ impl Core {
             let id = self.ctx.shared.lock().meta.client_id;
             match connect::open(&self.cfg, id, timing, &self.stop) {
                 Ok(conn) => {
-                    log::info!("connected to {server}");
+                    log::info!("connected to {server}{}", if conn.legacy { " (legacy session, no HELLO)" } else { "" });
+                    let timing = Timing { silence_ok: conn.legacy, ..timing };
                     let (end, reconciled) = Session::run(self, conn, number, timing);
                     self.meta_file.save_if_changed(&self.ctx.shared);
                     match end {
-                        End::Done => {
+                        End::Done { server_state_known: true } => {
                             log::info!("everything is in sync; exiting (--once)");
+                            return Ok(());
+                        }
+                        End::Done { server_state_known: false } => {
+                            log::warn!(
+                                "the server's state was unknown (it sent no META-DATA): local changes were pushed, \
+                                 nothing was fetched; exiting (--once)"
+                            );
                             return Ok(());
                         }
                         End::Stopped => return Ok(()),

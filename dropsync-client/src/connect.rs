@@ -1,5 +1,6 @@
 //! Opening a session: both TCP connections with their socket options, and
-//! HELLO on each (PROTOCOL.md section 1 [ext]).
+//! HELLO on each (PROTOCOL.md section 1 [ext]), or, when the server refuses
+//! HELLO, both connections again without it, as a legacy peer.
 
 use std::io;
 use std::net::{Shutdown, TcpStream, ToSocketAddrs};
@@ -8,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use dropsync_core::wire::{is_timeout_error, write_frame, FrameReader, Msg};
 use dropsync_proto::{ClientId, Frame, StatusCode};
+use socket2::{SockRef, TcpKeepalive};
 
 use crate::cli::Config;
 
@@ -23,6 +25,11 @@ const MAX_READ_TICK: Duration = Duration::from_secs(1);
 /// the threads would only spin.
 const MIN_READ_TICK: Duration = Duration::from_millis(20);
 
+/// How long the server has to answer HELLO. A server written from the
+/// assignment alone may neither answer nor close on a message type it does
+/// not know; after this the client takes HELLO as refused.
+const HELLO_ANSWER_WAIT: Duration = Duration::from_secs(5);
+
 /// Timing of one session's connections (PROTOCOL.md section 9).
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -30,6 +37,11 @@ pub struct Timing {
     pub keepalive: Duration,
     /// Drop the connection after this long without receiving.
     pub dead_peer: Duration,
+    /// A legacy session (the server refused HELLO): silence alone closes
+    /// nothing, since such a server may never send keep-alives; a reply
+    /// awaited for `dead_peer` still does, and TCP keep-alive finds a
+    /// server that is gone.
+    pub silence_ok: bool,
 }
 
 impl Timing {
@@ -51,6 +63,8 @@ pub struct Connected {
     pub recv: TcpStream,
     /// Reader of the receive connection (transfers from the server).
     pub recv_rx: FrameReader<TcpStream>,
+    /// True when the server refused HELLO and the session is legacy.
+    pub legacy: bool,
 }
 
 impl Connected {
@@ -62,22 +76,57 @@ impl Connected {
 }
 
 /// Connects to the server's two ports and says HELLO on both, with the same
-/// client id; returns once the server has answered OK on each.
+/// client id; returns once the server has answered OK on each. A server
+/// that refuses HELLO (closes the connection, answers another code, sends
+/// something else, or says nothing for [`HELLO_ANSWER_WAIT`]) gets both
+/// connections again without HELLO, as from a legacy peer (section 1).
 /// Gives up early (an `Interrupted` error) once `stop` is set.
 pub fn open(cfg: &Config, id: ClientId, timing: Timing, stop: &AtomicBool) -> io::Result<Connected> {
+    match open_with_hello(cfg, id, timing, stop)? {
+        Ok(conn) => Ok(conn),
+        Err(why) => {
+            log::warn!("the server refused HELLO ({why}); connecting again as a legacy peer, without HELLO");
+            let send = dial(&cfg.host, cfg.send_port, timing)?;
+            let recv = dial(&cfg.host, cfg.receive_port, timing)?;
+            let send_rx = FrameReader::new(send.try_clone()?);
+            let recv_rx = FrameReader::new(recv.try_clone()?);
+            Ok(Connected { send, send_rx, recv, recv_rx, legacy: true })
+        }
+    }
+}
+
+/// Both connections with HELLO answered OK on each, or why HELLO was
+/// refused (the inner error); the outer error is a failure to connect.
+fn open_with_hello(cfg: &Config, id: ClientId, timing: Timing, stop: &AtomicBool) -> io::Result<Result<Connected, String>> {
     let send = dial(&cfg.host, cfg.send_port, timing)?;
     let recv = dial(&cfg.host, cfg.receive_port, timing)?;
     let hello = Frame::Hello { client_id: id, label: &cfg.label };
     let mut scratch = Vec::new();
     // Both HELLOs go out before either answer is awaited, so the order in
     // which the server answers (or pairs) does not matter.
-    write_frame(&mut &send, &hello, &mut scratch)?;
-    write_frame(&mut &recv, &hello, &mut scratch)?;
+    let written = write_frame(&mut &send, &hello, &mut scratch).and_then(|()| write_frame(&mut &recv, &hello, &mut scratch));
+    if let Err(e) = written {
+        return refused_or_error(e, "HELLO");
+    }
     let mut send_rx = FrameReader::new(send.try_clone()?);
     let mut recv_rx = FrameReader::new(recv.try_clone()?);
-    await_ok(&mut send_rx, "send", timing.dead_peer, stop)?;
-    await_ok(&mut recv_rx, "receive", timing.dead_peer, stop)?;
-    Ok(Connected { send, send_rx, recv, recv_rx })
+    let limit = HELLO_ANSWER_WAIT.min(timing.dead_peer);
+    for (rx, conn) in [(&mut send_rx, "send"), (&mut recv_rx, "receive")] {
+        if let Err(e) = await_ok(rx, conn, limit, stop) {
+            Connected::shutdown(&send, &recv);
+            return refused_or_error(e, conn);
+        }
+    }
+    Ok(Ok(Connected { send, send_rx, recv, recv_rx, legacy: false }))
+}
+
+/// Sorts a failure during HELLO: the server closing, resetting or
+/// answering otherwise is a refusal (`Ok(Err(why))`); a stop is an error.
+fn refused_or_error<T>(e: io::Error, conn: &str) -> io::Result<Result<T, String>> {
+    match e.kind() {
+        io::ErrorKind::Interrupted => Err(e),
+        _ => Ok(Err(format!("{conn}: {e}"))),
+    }
 }
 
 /// One TCP connection with TCP_NODELAY (stop-and-wait would otherwise wait
@@ -89,6 +138,12 @@ fn dial(host: &str, port: u16, timing: Timing) -> io::Result<TcpStream> {
             Ok(s) => {
                 s.set_nodelay(true)?;
                 s.set_read_timeout(Some(timing.read_tick()))?;
+                // A legacy server may never send keep-alives: the kernel's
+                // probes find one that is gone (section 1).
+                // (The kernel counts in whole seconds, and refuses 0.)
+                let every = (timing.keepalive / 3).max(Duration::from_secs(1));
+                let probes = TcpKeepalive::new().with_time(timing.keepalive.max(every)).with_interval(every);
+                SockRef::from(&s).set_tcp_keepalive(&probes)?;
                 return Ok(s);
             }
             Err(e) => last = io::Error::new(e.kind(), format!("{addr}: {e}")),
@@ -120,6 +175,9 @@ fn await_ok(rx: &mut FrameReader<TcpStream>, conn: &str, limit: Duration, stop: 
                 ))
             }
             Err(e) if is_timeout_error(&e) && start.elapsed() < limit => {}
+            Err(e) if is_timeout_error(&e) => {
+                return Err(io::Error::new(io::ErrorKind::TimedOut, format!("no answer to HELLO within {limit:?}")))
+            }
             Err(e) => return Err(e),
         }
     }

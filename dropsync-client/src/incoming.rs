@@ -8,7 +8,7 @@
 //! stat and content are recorded right after the rename, so the scan that
 //! the rename triggers sees an unchanged file and never uploads it back.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::TcpStream;
@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use dropsync_core::receiver::{ChunkVerdict, FinishVerdict, HeaderVerdict, Receiver};
 use dropsync_core::reconcile::Content;
@@ -42,6 +42,13 @@ const MAX_METADATA: u64 = 256 * 1024 * 1024;
 /// the limit only keeps a misbehaving peer from exhausting file handles
 /// (a transfer beyond it is refused with 0x0080).
 const MAX_OPEN_TRANSFERS: usize = 64;
+
+/// Transfers aborted for idleness whose names are remembered, so that the
+/// next message of one is refused rather than taken for a new transfer.
+const MAX_EXPIRED_REMEMBERED: usize = 64;
+
+/// How often open transfers are looked at for idleness.
+const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Numbers temp files uniquely within this process.
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
@@ -94,6 +101,8 @@ struct Open {
     rx: Receiver,
     sink: Sink,
     started: Instant,
+    /// When its last message arrived (section 9's idle-transfer rule).
+    last_msg: Instant,
 }
 
 /// The receive thread's state.
@@ -108,6 +117,10 @@ pub struct Incoming {
     go: mpsc::Receiver<()>,
     /// Open transfers by name (the server may interleave them, section 4).
     open: HashMap<String, Open>,
+    /// Transfers aborted for idleness, oldest first.
+    expired: VecDeque<String>,
+    /// When open transfers were last looked at for idleness.
+    last_expiry_check: Instant,
     last_recv: Instant,
     last_send: Instant,
     /// A chunk payload, copied out of the reader's buffer.
@@ -144,6 +157,8 @@ impl Incoming {
             timing,
             go,
             open: HashMap::new(),
+            expired: VecDeque::new(),
+            last_expiry_check: now,
             last_recv: now,
             last_send: now,
             payload: Vec::new(),
@@ -185,21 +200,61 @@ impl Incoming {
             };
             self.last_recv = Instant::now();
             self.handle(msg)?;
+            self.expire_idle_if_due();
             for what in std::mem::take(&mut self.delivered) {
                 self.post(what);
             }
         }
     }
 
-    /// Time passed without a message: keep-alive due? peer silent too long?
+    /// Time passed without a message: keep-alive due? peer silent too long
+    /// (never for a legacy session, section 1)? a transfer idle too long?
     fn tick(&mut self) -> Result<(), Fatal> {
-        if self.last_recv.elapsed() >= self.timing.dead_peer {
+        if !self.timing.silence_ok && self.last_recv.elapsed() >= self.timing.dead_peer {
             return Err(io::Error::new(
                 io::ErrorKind::TimedOut,
                 format!("nothing received for {:?}", self.timing.dead_peer),
             ));
         }
+        self.expire_idle_if_due();
+        for what in std::mem::take(&mut self.delivered) {
+            self.post(what);
+        }
         self.keepalive_if_due()
+    }
+
+    /// Section 9: "an open transfer that has had no message of its own for
+    /// 60 s is aborted by its receiver (partial data dropped [...])", even
+    /// while keep-alives keep the connection up. The name is remembered:
+    /// the transfer's next message gets 0x0080 (see `refuse_expired`).
+    fn expire_idle_if_due(&mut self) {
+        if self.open.is_empty() || self.last_expiry_check.elapsed() < EXPIRY_CHECK_EVERY {
+            return;
+        }
+        self.last_expiry_check = Instant::now();
+        let limit = self.timing.dead_peer;
+        let idle: Vec<String> =
+            self.open.iter().filter(|(_, o)| o.last_msg.elapsed() >= limit).map(|(n, _)| n.clone()).collect();
+        for name in idle {
+            log::warn!("incoming {name} aborted: no message of it for {limit:?}");
+            self.close(&name);
+            if self.expired.len() >= MAX_EXPIRED_REMEMBERED {
+                self.expired.pop_front();
+            }
+            self.expired.push_back(name);
+        }
+    }
+
+    /// True (and forgotten) when `name`'s transfer was aborted for
+    /// idleness: its late message is refused with 0x0080, which ends it.
+    fn refuse_expired(&mut self, name: &str) -> bool {
+        match self.expired.iter().position(|n| n == name) {
+            Some(i) => {
+                self.expired.remove(i);
+                true
+            }
+            None => false,
+        }
     }
 
     fn keepalive_if_due(&mut self) -> Result<(), Fatal> {
@@ -270,7 +325,7 @@ impl Incoming {
                 }
             }
         };
-        self.open.insert(name.to_owned(), Open { rx: Receiver::new(DEFAULT_MAX_CHUNK), sink, started });
+        self.open.insert(name.to_owned(), Open { rx: Receiver::new(DEFAULT_MAX_CHUNK), sink, started, last_msg: started });
         Ok(())
     }
 
@@ -354,13 +409,15 @@ impl Incoming {
             return self.reply(StatusCode::BAD_REQUEST);
         }
         if !self.open.contains_key(&name) {
-            if let Err(code) = self.open_transfer(&name) {
+            let opened = if self.refuse_expired(&name) { Err(StatusCode::IN_USE) } else { self.open_transfer(&name) };
+            if let Err(code) = opened {
                 self.skip_payload(len)?;
                 self.delivered.push(SessionEvent::Delivered { name, started: Instant::now() });
                 return self.reply(code);
             }
         }
         let Some(open) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
+        open.last_msg = Instant::now();
         let header = open.rx.handle_chunk_header(len);
         if header != HeaderVerdict::ReadPayload {
             self.skip_payload(len)?;
@@ -399,7 +456,8 @@ impl Incoming {
         }
         if !self.open.contains_key(&name) {
             // A FINISHED with no chunk before it: an empty file.
-            if let Err(code) = self.open_transfer(&name) {
+            let opened = if self.refuse_expired(&name) { Err(StatusCode::IN_USE) } else { self.open_transfer(&name) };
+            if let Err(code) = opened {
                 self.delivered.push(SessionEvent::Delivered { name, started: Instant::now() });
                 return self.reply(code);
             }
@@ -491,6 +549,7 @@ impl Incoming {
 
     fn on_abort(&mut self, name: &str) -> Result<(), Fatal> {
         // An ABORT naming no open transfer is answered OK and changes nothing.
+        self.expired.retain(|n| n != name);
         if self.open.contains_key(name) {
             log::info!("server aborted the transfer of {name}");
             self.close(name);

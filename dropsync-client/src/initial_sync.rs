@@ -11,9 +11,9 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Instant, SystemTime};
 
-use dropsync_core::meta_client::LocalSeen;
+use dropsync_core::meta_client::{ClientMeta, LocalSeen};
 use dropsync_core::reconcile::{reconcile, Action, Content, Planned, ServerSide};
-use dropsync_proto::metadata::{Document, EntryState};
+use dropsync_proto::metadata::{Document, Entry, EntryState};
 use dropsync_proto::name::validate_name;
 
 use crate::debounce::Debouncer;
@@ -162,6 +162,36 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     plan
 }
 
+/// Reconciliation when the server sent no META-DATA (section 1): its state
+/// is taken to be the base, so a path whose local file differs from its
+/// base is sent (uploaded, or DELETEd if the file is gone), a path the base
+/// never had is uploaded, and nothing is requested or changed here.
+pub fn run_without_server(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>) -> Plan {
+    let doc = base_as_server(&ctx.shared.lock().meta);
+    run(ctx, notes, debouncer, &doc)
+}
+
+/// A META-DATA document that lists every path's base as the server's
+/// current content.
+fn base_as_server(meta: &ClientMeta) -> Document {
+    let entries = meta
+        .records
+        .iter()
+        .filter_map(|(path, r)| {
+            let base = r.base?;
+            Some(Entry {
+                version: r.base_version,
+                md5: base.md5,
+                size: base.size,
+                mtime_ns: 0,
+                state: EntryState::File,
+                path: path.clone(),
+            })
+        })
+        .collect();
+    Document { client_id: None, entries }
+}
+
 /// Keeps the local file of `name` as a conflict copy before the server's
 /// `incoming` version is requested; returns the copy's name.
 fn keep_copy(ctx: &Ctx, name: &str, seen: Option<&LocalSeen>, incoming: Option<Content>) -> Option<String> {
@@ -203,11 +233,10 @@ fn remove_local(ctx: &Ctx, name: &str, seen: Option<&LocalSeen>) -> Option<Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dropsync_proto::metadata::Entry;
 
     use std::time::Duration;
 
-    use dropsync_core::meta_client::{ClientMeta, ClientRecord};
+    use dropsync_core::meta_client::ClientRecord;
     use dropsync_proto::md5;
 
     use crate::state::Shared;

@@ -40,20 +40,36 @@ pub fn spawn(
     let post = move |what| events.send(Event::Session { session, what }).is_ok();
     thread::Builder::new().name(format!("replies-{session}")).spawn(move || {
         let mut last_recv = Instant::now();
+        // Legacy session: since when a reply has been awaited, if one is.
+        let mut awaiting_since: Option<Instant> = None;
         let reason = loop {
             let code = match rx.read_msg() {
                 Ok(Some(Msg::Status(code))) => code,
                 Ok(Some(other)) => break format!("server sent {other:?} on the send connection (only STATUS is expected)"),
                 Ok(None) => break "server closed the send connection".to_owned(),
                 Err(e) if is_timeout_error(&e) => {
-                    if last_recv.elapsed() >= timing.dead_peer {
-                        break format!("nothing received on the send connection for {:?}", timing.dead_peer);
+                    if !timing.silence_ok {
+                        if last_recv.elapsed() >= timing.dead_peer {
+                            break format!("nothing received on the send connection for {:?}", timing.dead_peer);
+                        }
+                        continue;
+                    }
+                    // Section 1: a legacy server may never send keep-alives;
+                    // only a reply awaited too long ends the session.
+                    awaiting_since = match (out.lock().is_empty(), awaiting_since) {
+                        (true, _) => None,
+                        (false, None) => Some(Instant::now()),
+                        (false, since) => since,
+                    };
+                    if awaiting_since.is_some_and(|t| t.elapsed() >= timing.dead_peer) {
+                        break format!("no reply on the send connection for {:?}", timing.dead_peer);
                     }
                     continue;
                 }
                 Err(e) => break format!("send connection: {e}"),
             };
             last_recv = Instant::now();
+            awaiting_since = None;
             // Every reply already received is fed in before anything is
             // sent, so what they unblock goes out together (one write for
             // many small files). A STATUS is 4 bytes: with that many

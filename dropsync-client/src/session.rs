@@ -55,6 +55,23 @@ const MAX_WAIT: Duration = Duration::from_secs(1);
 /// waits before it is looked at again; see `Session::refused`.
 const LOCKED_RETRY: Duration = Duration::from_secs(5);
 
+/// Section 1: "a client that has no META-DATA within 5 s of pairing goes on
+/// without it".
+const METADATA_WAIT: Duration = Duration::from_secs(5);
+
+/// A change refused with 0x0080 (the server cannot take it now: too many
+/// transfers open, a disk error) is tried again after this, doubling each
+/// time up to [`IN_USE_RETRY_MAX`] (section 9: "the sender may try that
+/// transfer again later").
+const IN_USE_RETRY_FIRST: Duration = Duration::from_millis(500);
+
+/// Longest wait between two tries of a change refused with 0x0080.
+const IN_USE_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Under `--once`, tries of a change refused with 0x0080 before it is
+/// given up, so that a run always ends.
+const ONCE_IN_USE_TRIES: u32 = 6;
+
 /// Times an upload refused by a checksum or size abort (0x0008, 0x0010:
 /// data damaged on the way) is tried again before the change is given up.
 const MAX_RETRIES: u32 = 3;
@@ -62,8 +79,13 @@ const MAX_RETRIES: u32 = 3;
 /// How a session ended.
 #[derive(Debug)]
 pub enum End {
-    /// `--once`: everything pending in both directions is done.
-    Done,
+    /// `--once`: everything pending in both directions is done. Without
+    /// the server's META-DATA (`server_state_known: false`) that means only
+    /// that local changes were pushed.
+    Done {
+        /// False when the server never sent its META-DATA.
+        server_state_known: bool,
+    },
     /// SIGINT or SIGTERM: transfers aborted, ready to exit.
     Stopped,
     /// The connection was lost or broken; the reason, for the log.
@@ -83,8 +105,13 @@ pub struct Session<'a> {
     threads: Vec<JoinHandle<()>>,
     /// Lets the receive thread go on once META-DATA is reconciled.
     go: Option<mpsc::Sender<()>>,
-    /// True once the server's META-DATA has been reconciled.
+    /// True once the server's META-DATA has been reconciled, or the session
+    /// went on without it.
     reconciled: bool,
+    /// When the session goes on without META-DATA if none has come.
+    metadata_deadline: Instant,
+    /// False while the session runs without the server's META-DATA.
+    server_state_known: bool,
     jobs: Jobs,
     /// REQUESTs waiting for their delivery, with the time each was queued:
     /// a delivery of the path starting later answers it. (A delivery that
@@ -100,6 +127,8 @@ pub struct Session<'a> {
     /// damaged): not tried again this session unless the content changes.
     given_up: HashMap<String, Option<Content>>,
     retries: HashMap<String, u32>,
+    /// Changes refused with 0x0080, with how often in a row.
+    in_use_tries: HashMap<String, u32>,
     stop_deadline: Option<Instant>,
     last_save: Instant,
 }
@@ -108,7 +137,7 @@ impl<'a> Session<'a> {
     /// Runs a session on freshly opened connections until it ends; the
     /// second value is true when it got as far as reconciling.
     pub fn run(core: &'a mut Core, conn: Connected, number: u64, timing: Timing) -> (End, bool) {
-        let Connected { send, send_rx, recv, recv_rx } = conn;
+        let Connected { send, send_rx, recv, recv_rx, .. } = conn;
         let (go_tx, go_rx) = mpsc::channel();
         let clones = send.try_clone().and_then(|s| Ok((s, recv.try_clone()?)));
         let (send_sock, recv_sock) = match clones {
@@ -140,12 +169,15 @@ impl<'a> Session<'a> {
             threads,
             go: Some(go_tx),
             reconciled: false,
+            metadata_deadline: Instant::now() + METADATA_WAIT,
+            server_state_known: true,
             jobs: Jobs::default(),
             pending_requests: HashMap::new(),
             deferred: HashSet::new(),
             waiting_large: VecDeque::new(),
             given_up: HashMap::new(),
             retries: HashMap::new(),
+            in_use_tries: HashMap::new(),
             stop_deadline: None,
             last_save: Instant::now(),
         };
@@ -163,6 +195,9 @@ impl<'a> Session<'a> {
                 // Never turn a vanished (or unmounted) folder into deletes.
                 return End::Failed(why);
             }
+            if !self.reconciled && self.stop_deadline.is_none() && Instant::now() >= self.metadata_deadline {
+                self.go_on_without_metadata();
+            }
             if let Err(e) = self.make_progress() {
                 return End::Lost(format!("send connection: {e}"));
             }
@@ -173,7 +208,7 @@ impl<'a> Session<'a> {
                 }
             }
             if self.core.cfg.once && self.all_done() {
-                return End::Done;
+                return End::Done { server_state_known: self.server_state_known };
             }
             if self.core.ctx.shared.lock().unsaved && now >= self.last_save + SAVE_DELAY {
                 self.core.meta_file.save_if_changed(&self.core.ctx.shared);
@@ -220,6 +255,9 @@ impl<'a> Session<'a> {
         if self.reconciled && self.stop_deadline.is_none() {
             consider(self.core.debouncer.next_due());
             consider(self.core.next_rescan);
+        }
+        if !self.reconciled {
+            consider(Some(self.metadata_deadline));
         }
         consider(Some(self.out.lock().keepalive_due(self.timing.keepalive)));
         consider(self.stop_deadline);
@@ -286,7 +324,11 @@ impl<'a> Session<'a> {
                 }
                 // The debounced changes are covered by the scan just made,
                 // or wait in the debouncer for their quiet time.
+                if !self.server_state_known {
+                    log::info!("the server's META-DATA came late; reconciled with it now");
+                }
                 self.reconciled = true;
+                self.server_state_known = true;
                 self.core.schedule_rescan();
                 if let Some(go) = &self.go {
                     let _ = go.send(());
@@ -303,6 +345,25 @@ impl<'a> Session<'a> {
             SessionEvent::Closed { reason } => return Some(End::Lost(reason)),
         }
         None
+    }
+
+    /// Section 1: no META-DATA within [`METADATA_WAIT`] of pairing (a server
+    /// written from the assignment alone may never send it). The server's
+    /// state is unknown, so nothing is requested and nothing deleted here:
+    /// what changed since the base, and what the base never had, is sent.
+    /// Should the META-DATA still come, the session reconciles with it then.
+    fn go_on_without_metadata(&mut self) {
+        log::warn!(
+            "no META-DATA from the server within {METADATA_WAIT:?}: its state is unknown; \
+             sending what changed here since the last sync, requesting nothing"
+        );
+        let plan = initial_sync::run_without_server(&self.core.ctx, &mut self.core.notes, &mut self.core.debouncer);
+        for name in plan.syncs {
+            self.jobs.push_sync(name);
+        }
+        self.reconciled = true;
+        self.server_state_known = false;
+        self.core.schedule_rescan();
     }
 
     /// Moves due debounced paths to the job queue, and starts jobs while
@@ -461,6 +522,7 @@ impl<'a> Session<'a> {
                     Outcome::Committed => {
                         self.given_up.remove(&name);
                         self.retries.remove(&name);
+                        self.in_use_tries.remove(&name);
                         log::info!("uploaded {name} ({} bytes)", stat.size);
                     }
                     Outcome::Aborted => {
@@ -481,6 +543,7 @@ impl<'a> Session<'a> {
                 match outcome {
                     Outcome::Committed => {
                         self.given_up.remove(&name);
+                        self.in_use_tries.remove(&name);
                         log::info!("deleted {name} on the server");
                     }
                     Outcome::Aborted => {}
@@ -539,6 +602,21 @@ impl<'a> Session<'a> {
             log::warn!("server refused {name} ({code}); looking at it again in {LOCKED_RETRY:?}");
             self.core.debouncer.touch(name.to_owned(), Instant::now() + LOCKED_RETRY);
             return;
+        }
+        if code == StatusCode::IN_USE && self.stop_deadline.is_none() {
+            let tries = self.in_use_tries.entry(name.to_owned()).or_insert(0);
+            *tries += 1;
+            if !(self.core.cfg.once && *tries > ONCE_IN_USE_TRIES) {
+                let delay = IN_USE_RETRY_FIRST.saturating_mul(1 << (*tries - 1).min(16)).min(IN_USE_RETRY_MAX);
+                if *tries == 1 {
+                    log::warn!("server cannot take {name} now ({code}); trying again in {delay:?}");
+                } else {
+                    log::debug!("server cannot take {name} now ({code}, {tries} times); trying again in {delay:?}");
+                }
+                self.core.debouncer.touch(name.to_owned(), Instant::now() + delay);
+                return;
+            }
+            self.in_use_tries.remove(name);
         }
         let retry = code == StatusCode::ABORT_CHECKSUM || code == StatusCode::ABORT_SIZE;
         let tries = self.retries.entry(name.to_owned()).or_insert(0);

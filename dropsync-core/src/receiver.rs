@@ -10,7 +10,11 @@
 //! its temp file back to check FINISHED.
 
 use dropsync_proto::md5_pair::{md5_chunk_into, FileMd5};
-use dropsync_proto::{Digest, StatusCode};
+use dropsync_proto::{Digest, StatusCode, ZERO_DIGEST};
+
+/// A FINISHED digest of 16 zero bytes: "no whole-file digest given"
+/// (section 4); the assembled file is accepted as if it had matched.
+pub const NO_FILE_DIGEST: Digest = ZERO_DIGEST;
 
 /// Invalid chunk sizes that end a transfer: "the third invalid chunk in one
 /// transfer gets 0x0010 and aborts it" (section 4). The count is per
@@ -247,14 +251,17 @@ impl Receiver {
     /// payloads must equal `digest`, or the data is discarded with 0x0008.
     ///
     /// A FINISHED with no chunk before it is an empty file, whose MD5 is
-    /// that of no bytes at all.
+    /// that of no bytes at all. A `digest` of 16 zero bytes means "no
+    /// whole-file digest given" (section 4: the assignment does not say
+    /// which digest FINISHED carries): what the verified chunks assembled
+    /// is committed, with its actual MD5.
     pub fn handle_finished(&mut self, digest: &Digest) -> FinishVerdict {
         if self.over {
             return FinishVerdict::Closed;
         }
         self.over = true;
         let actual = self.file_md5.finish();
-        if actual == *digest {
+        if actual == *digest || *digest == NO_FILE_DIGEST {
             FinishVerdict::Commit {
                 reply: StatusCode::OK,
                 size: self.bytes,
@@ -516,6 +523,26 @@ mod tests {
     }
 
     #[test]
+    fn zero_digest_at_finished_commits_what_the_chunks_assembled() {
+        let mut rx = Receiver::new(MAX);
+        let _ = good(&mut rx, b"abc");
+        let _ = good(&mut rx, b"def");
+        assert_eq!(
+            rx.handle_finished(&NO_FILE_DIGEST),
+            FinishVerdict::Commit {
+                reply: StatusCode::OK,
+                size: 6,
+                digest: md5(b"abcdef")
+            }
+        );
+        // An empty file too: a FINISHED alone.
+        assert!(matches!(
+            Receiver::new(MAX).handle_finished(&NO_FILE_DIGEST),
+            FinishVerdict::Commit { size: 0, digest, .. } if digest == md5(b"")
+        ));
+    }
+
+    #[test]
     fn abort_mid_transfer_discards_with_ok() {
         let mut rx = Receiver::new(MAX);
         let _ = good(&mut rx, b"abc");
@@ -556,7 +583,8 @@ mod tests {
     enum Event {
         Header(u32),
         Chunk { data: Vec<u8>, corrupt: bool },
-        Finished { corrupt: bool },
+        /// `zero`: the digest is 16 zero bytes ("none given").
+        Finished { corrupt: bool, zero: bool },
         Abort,
     }
 
@@ -565,7 +593,7 @@ mod tests {
             2 => prop_oneof![Just(0u32), 1..=MAX + 2, Just(u32::MAX)].prop_map(Event::Header),
             6 => (proptest::collection::vec(any::<u8>(), 0..=MAX as usize + 1), any::<bool>())
                 .prop_map(|(data, corrupt)| Event::Chunk { data, corrupt }),
-            1 => any::<bool>().prop_map(|corrupt| Event::Finished { corrupt }),
+            1 => (any::<bool>(), any::<bool>()).prop_map(|(corrupt, zero)| Event::Finished { corrupt, zero }),
             1 => Just(Event::Abort),
         ]
     }
@@ -620,13 +648,14 @@ mod tests {
                             file.extend_from_slice(&data);
                         }
                     }
-                    Event::Finished { corrupt } => {
+                    Event::Finished { corrupt, zero } => {
                         let mut d = md5(&file);
                         if corrupt { d[0] ^= 1; }
+                        if zero { d = NO_FILE_DIGEST; }
                         let v = rx.handle_finished(&d);
                         if over {
                             prop_assert_eq!(v, FinishVerdict::Closed);
-                        } else if corrupt {
+                        } else if corrupt && !zero {
                             prop_assert_eq!(v, FinishVerdict::Discard { reply: StatusCode::ABORT_CHECKSUM });
                         } else {
                             prop_assert_eq!(v, FinishVerdict::Commit {

@@ -10,8 +10,18 @@
 //! to, uploaded by or deleted by the client after that are kept per path.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use dropsync_proto::metadata::{Entry, EntryState};
+
+/// Longest the rule waits for the client's reply to a delivery of the same
+/// path before it judges a change with what it knows (section 6: "the
+/// server may wait for that reply, at most 1 s"; "no reply on one
+/// connection waits more than 1 s on anything the peer does on its other
+/// connection"). A peer that never answers on its receive connection then
+/// only delays its own replies, by this much, and holds the path's lock no
+/// longer.
+pub const MAX_CROSS_CONNECTION_WAIT: Duration = Duration::from_secs(1);
 
 /// What one session is known to have seen.
 #[derive(Clone, Debug, Default)]

@@ -5,7 +5,7 @@
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use dropsync_core::locks::SessionId;
 use dropsync_core::pairing::{ConnId, ConnKind, PairEvent, HELLO_TIMEOUT};
@@ -14,10 +14,15 @@ use dropsync_proto::{ClientId, StatusCode};
 
 use crate::server::Server;
 use crate::session::{Session, SessionParts};
-use crate::{inbound, outbound, spawn_named, workers};
+use crate::{inbound, outbound, spawn_named, tcp, workers};
 
 /// How long a connection waits for its partner before it is dropped.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How often a waiting connection looks whether its peer has closed it
+/// (section 1: "a waiting connection that has closed is never paired").
+/// The check at pairing time catches a close within this window too.
+const PARKED_POLL: Duration = Duration::from_millis(200);
 
 /// One connection that said HELLO (or turned out to be legacy) and waits
 /// for, or has found, its partner.
@@ -79,18 +84,35 @@ fn handshake(server: &Arc<Server>, mut stream: TcpStream, kind: ConnKind) {
     };
     log::debug!("{peer}: {:?} connection {conn}, {}", kind, if client_id.is_some() { "HELLO" } else { "legacy" });
     let (taken_tx, taken_rx) = mpsc::channel();
+    let Ok(probe) = stream.try_clone() else { return };
     let half = Half { kind, stream, reader, peer, label, first, _taken: taken_tx };
     if let Some(pair) = announce(server, conn, half, client_id) {
         start_session(server, pair);
         return;
     }
-    // Parked: wait until the partner takes this half, or give up.
-    if let Err(RecvTimeoutError::Timeout) = taken_rx.recv_timeout(PAIR_TIMEOUT) {
+    // Parked: wait until the partner takes this half, the peer closes it,
+    // or the wait is over.
+    let parked_at = Instant::now();
+    loop {
+        match taken_rx.recv_timeout(PARKED_POLL) {
+            Err(RecvTimeoutError::Timeout) => {}
+            // Taken: the sender side of the channel went with the half.
+            _ => return,
+        }
+        let closed = tcp::peer_has_closed(&probe);
+        if !closed && parked_at.elapsed() < PAIR_TIMEOUT {
+            continue;
+        }
         let mut hs = server.handshakes();
         if hs.parked.remove(&conn).is_some() {
             let _ = hs.pairing.on_closed(conn);
-            log::info!("{peer}: no partner connection within {PAIR_TIMEOUT:?}; closed");
+            if closed {
+                log::info!("{peer}: {kind:?} connection closed while waiting for its partner");
+            } else {
+                log::info!("{peer}: no partner connection within {PAIR_TIMEOUT:?}; closed");
+            }
         }
+        return;
     }
 }
 
@@ -104,38 +126,48 @@ struct Pair {
 }
 
 /// Tells the pairing table about `half`; parks it, or returns the pair it
-/// completes.
+/// completes. A legacy partner found closed is forgotten and the next one
+/// tried (section 1: "a waiting connection that has closed is never
+/// paired"): pairing with it would end the new session at once and leave
+/// this half the dead partner of the next client from the address.
 fn announce(server: &Server, conn: ConnId, half: Half, client_id: Option<ClientId>) -> Option<Pair> {
     let mut hs = server.handshakes();
-    let event = match client_id {
-        Some(id) => hs.pairing.on_hello(conn, half.kind, id),
-        None => hs.pairing.on_legacy(conn, half.kind, half.peer.ip().to_canonical()),
-    };
-    match event {
-        PairEvent::Waiting => {
-            hs.parked.insert(conn, half);
-            None
-        }
-        PairEvent::Superseded(old) => {
-            hs.parked.remove(&old);
-            hs.parked.insert(conn, half);
-            None
-        }
-        PairEvent::Paired { send, receive, client_id, replaces } => {
-            let other = if send == conn { receive } else { send };
-            let Some(other_half) = hs.parked.remove(&other) else {
-                log::error!("pairing named connection {other}, which is not waiting");
+    loop {
+        let event = match client_id {
+            Some(id) => hs.pairing.on_hello(conn, half.kind, id),
+            None => hs.pairing.on_legacy(conn, half.kind, half.peer.ip().to_canonical()),
+        };
+        match event {
+            PairEvent::Waiting => {
+                hs.parked.insert(conn, half);
                 return None;
-            };
-            let (send_half, recv_half) =
-                if half.kind == ConnKind::Send { (half, other_half) } else { (other_half, half) };
-            let replaces = replaces.and_then(|(s, _)| hs.by_conn.get(&s).copied());
-            let id = server.next_id();
-            hs.by_conn.insert(send, id);
-            hs.by_conn.insert(receive, id);
-            Some(Pair { id, send: send_half, receive: recv_half, client_id, replaces })
+            }
+            PairEvent::Superseded(old) => {
+                hs.parked.remove(&old);
+                hs.parked.insert(conn, half);
+                return None;
+            }
+            PairEvent::Paired { send, receive, client_id, replaces } => {
+                let other = if send == conn { receive } else { send };
+                let Some(other_half) = hs.parked.remove(&other) else {
+                    log::error!("pairing named connection {other}, which is not waiting");
+                    return None;
+                };
+                if client_id.is_none() && tcp::peer_has_closed(&other_half.stream) {
+                    log::info!("{}: waiting legacy connection had closed; not paired", other_half.peer);
+                    let _ = hs.pairing.on_closed(other);
+                    continue;
+                }
+                let (send_half, recv_half) =
+                    if half.kind == ConnKind::Send { (half, other_half) } else { (other_half, half) };
+                let replaces = replaces.and_then(|(s, _)| hs.by_conn.get(&s).copied());
+                let id = server.next_id();
+                hs.by_conn.insert(send, id);
+                hs.by_conn.insert(receive, id);
+                return Some(Pair { id, send: send_half, receive: recv_half, client_id, replaces });
+            }
+            PairEvent::AlreadyKnown => return None,
         }
-        PairEvent::AlreadyKnown => None,
     }
 }
 
@@ -173,6 +205,15 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
     let tick = server.config.tick();
     let _ = send.stream.set_read_timeout(Some(tick));
     let _ = receive.stream.set_read_timeout(Some(tick));
+    if session.is_legacy() {
+        // Section 1: a legacy session is never closed for silence alone;
+        // the kernel's keep-alive probes find a peer that is really gone.
+        for s in [&send.stream, &receive.stream] {
+            if let Err(e) = tcp::enable_keepalive(s, server.config.keepalive) {
+                log::warn!("{}: cannot turn on TCP keep-alive: {e}", session.who());
+            }
+        }
+    }
     let (s1, s2, s3) = (server.clone(), server.clone(), server.clone());
     let (sess1, sess2, sess3) = (session.clone(), session.clone(), session.clone());
     let Half { stream: send_stream, reader: send_reader, first, .. } = send;

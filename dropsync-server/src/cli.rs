@@ -41,10 +41,16 @@ pub struct Args {
     /// Most clients connected at once; connections beyond are closed at once.
     #[arg(long, default_value_t = 4096)]
     pub max_clients: usize,
+    /// Most uploads open at once on one connection; the first message of
+    /// one more is refused with 0x0080 (PROTOCOL.md section 9: at least 256).
+    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(256..=65536))]
+    pub max_transfers: u32,
     /// Send a keep-alive after this many seconds without sending on a connection.
     #[arg(long, default_value_t = 15)]
     pub keepalive_secs: u64,
-    /// Close a connection after this many seconds without receiving anything.
+    /// Close a connection after this many seconds without receiving anything
+    /// (not a legacy one: TCP keep-alive watches those), and abort an open
+    /// upload that has had no message of its own for as long.
     #[arg(long, default_value_t = 60)]
     pub dead_peer_secs: u64,
     /// The assignment's plain overwrite: never keep an overwritten version

@@ -4,13 +4,14 @@
 //! once, interleaved chunk by chunk ([ext] parallel transfers): each has its
 //! own lock, temp file and receiver state machine.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
 
 use dropsync_core::locks::{try_lock_guard, try_lock_owned, OwnedLockGuard, SessionId};
 use dropsync_core::meta_server::Catalog;
+use dropsync_core::stale::MAX_CROSS_CONNECTION_WAIT;
 use dropsync_core::receiver::{ChunkVerdict, FinishVerdict, HeaderVerdict, Receiver};
 use dropsync_core::wire::{is_timeout_error, FrameReader, Msg};
 use dropsync_proto::name::validate_name;
@@ -24,10 +25,18 @@ use crate::sink::Sink;
 /// Why the loop ended (for the disconnect log line).
 type End = String;
 
+/// Uploads ended for idleness whose names are remembered, so that the
+/// next message of such a transfer is refused rather than taken for the
+/// start of a new one (a per-connection cap: the oldest is forgotten).
+const MAX_EXPIRED_REMEMBERED: usize = 256;
+
 /// One upload in progress.
 struct Upload {
     receiver: Receiver,
     sink: Sink,
+    /// When the last message of this transfer arrived (ms on the server's
+    /// clock), for the idle-transfer rule.
+    last_msg_ms: u64,
     /// Held for the whole transfer; dropping the upload releases it.
     _lock: OwnedLockGuard,
 }
@@ -46,6 +55,13 @@ struct Inbound<'a> {
     session: &'a Arc<Session>,
     out: TcpStream,
     open: HashMap<String, Upload>,
+    /// Uploads aborted for idleness, oldest first (see
+    /// [`Inbound::expire_idle`]).
+    expired: VecDeque<String>,
+    /// When idle uploads were last looked for.
+    last_expiry_check_ms: u64,
+    /// The transfer limit was reached at least once (logged once).
+    limit_logged: bool,
     /// Replies not sent yet (see `Inbound::reply`).
     scratch: Vec<u8>,
     /// What follows those replies.
@@ -69,6 +85,9 @@ pub fn run(
         session,
         out,
         open: HashMap::new(),
+        expired: VecDeque::new(),
+        last_expiry_check_ms: now,
+        limit_logged: false,
         scratch: Vec::with_capacity(64),
         after_reply: Vec::new(),
         last_sent_ms: now,
@@ -117,6 +136,7 @@ impl Inbound<'_> {
             if let Err(end) = self.handle(msg, reader).and_then(|()| self.keepalive_if_due()) {
                 return end;
             }
+            self.expire_idle_if_due();
         }
     }
 
@@ -142,15 +162,47 @@ impl Inbound<'_> {
             self.last_heard_ms = now;
         }
         let cfg = &self.server.config;
-        if now.saturating_sub(self.last_heard_ms) > cfg.dead_peer.as_millis() as u64 {
+        // Section 1: a legacy session is not closed for silence alone (TCP
+        // keep-alive finds a peer that is gone).
+        if !self.session.is_legacy() && now.saturating_sub(self.last_heard_ms) > cfg.dead_peer.as_millis() as u64 {
             return Err(format!("nothing received for {:?}", cfg.dead_peer));
         }
+        self.expire_idle_if_due();
         self.keepalive_if_due()?;
         self.flush()?;
         if self.server.is_shutting_down() || self.session.is_closed() {
             return Err("server shutting down".into());
         }
         Ok(())
+    }
+
+    /// Section 9: "an open transfer that has had no message of its own for
+    /// 60 s is aborted by its receiver (partial data dropped, lock
+    /// released), even while keep-alives keep the connection up". Looked
+    /// for at most once a tick. The name is remembered: the transfer's next
+    /// message gets 0x0080 (see [`Inbound::upload`]).
+    fn expire_idle_if_due(&mut self) {
+        let now = self.server.now_ms();
+        if self.open.is_empty() || now.saturating_sub(self.last_expiry_check_ms) < self.server.config.tick().as_millis() as u64 {
+            return;
+        }
+        self.last_expiry_check_ms = now;
+        let limit = self.server.config.dead_peer.as_millis() as u64;
+        let idle: Vec<String> =
+            self.open.iter().filter(|(_, up)| now.saturating_sub(up.last_msg_ms) > limit).map(|(n, _)| n.clone()).collect();
+        for name in idle {
+            // Dropping the upload removes its temp file and releases its lock.
+            self.open.remove(&name);
+            log::info!(
+                "{}: upload of {name:?} aborted: no message of its own for {:?}; lock released",
+                self.session.who(),
+                self.server.config.dead_peer
+            );
+            if self.expired.len() >= MAX_EXPIRED_REMEMBERED {
+                self.expired.pop_front();
+            }
+            self.expired.push_back(name);
+        }
     }
 
     /// Queues a reply; [`flush`](Self::flush) sends what is queued.
@@ -237,7 +289,7 @@ impl Inbound<'_> {
     fn settle_outgoing(&mut self, name: &str) -> Result<(), End> {
         if self.server.library.conflict_copies() && self.session.has_outgoing(name) {
             self.flush()?;
-            self.session.wait_outgoing_settled(name, self.server.config.dead_peer);
+            self.session.wait_outgoing_settled(name, MAX_CROSS_CONNECTION_WAIT);
         }
         Ok(())
     }
@@ -252,7 +304,9 @@ impl Inbound<'_> {
             Msg::Named { kind: MessageType::Finished, digest, name } => self.on_finished(digest, name),
             Msg::Named { kind: MessageType::Abort, name, .. } => {
                 // Section 4: an ABORT naming no transfer open on this
-                // connection is answered OK and changes nothing.
+                // connection is answered OK and changes nothing. It ends a
+                // transfer aborted for idleness too.
+                self.expired.retain(|n| *n != name);
                 if self.open.remove(&name).is_some() {
                     log::info!("{}: upload of {name:?} aborted by the client", self.session.who());
                 }
@@ -280,9 +334,24 @@ impl Inbound<'_> {
 
     /// The open upload of `name`, opening it (try-lock, temp file) if this is
     /// its first message, whose chunk has `first_len` bytes (0 for a
-    /// FINISHED). `Err(code)` refuses the transfer.
+    /// FINISHED). `Err(code)` refuses the transfer: 0x0040 when another
+    /// transfer holds the lock; 0x0080 beyond the limit of transfers open on
+    /// this connection (section 9), or for the next message of a transfer
+    /// aborted for idleness, which is over with that reply.
     fn upload(&mut self, name: &str, first_len: u32) -> Result<&mut Upload, StatusCode> {
+        let now = self.server.now_ms();
         if !self.open.contains_key(name) {
+            if let Some(i) = self.expired.iter().position(|n| n == name) {
+                self.expired.remove(i);
+                return Err(StatusCode::IN_USE);
+            }
+            let limit = self.server.config.max_transfers;
+            if self.open.len() >= limit {
+                if !std::mem::replace(&mut self.limit_logged, true) {
+                    log::warn!("{}: {limit} transfers open on one connection; refusing more with 0x0080", self.session.who());
+                }
+                return Err(StatusCode::IN_USE);
+            }
             let Some(lock) = try_lock_owned(&self.server.library.locks, name, self.session.id) else {
                 return Err(StatusCode::LOCKED);
             };
@@ -292,9 +361,11 @@ impl Inbound<'_> {
             })?;
             let sink = Sink::open(temp, first_len);
             let receiver = Receiver::new(self.server.config.max_chunk);
-            self.open.insert(name.to_owned(), Upload { receiver, sink, _lock: lock });
+            self.open.insert(name.to_owned(), Upload { receiver, sink, last_msg_ms: now, _lock: lock });
         }
-        self.open.get_mut(name).ok_or(StatusCode::IN_USE)
+        let up = self.open.get_mut(name).ok_or(StatusCode::IN_USE)?;
+        up.last_msg_ms = now;
+        Ok(up)
     }
 
     fn on_chunk(&mut self, reader: &mut FrameReader<TcpStream>, digest: Digest, name: String, len: u32) -> Result<(), End> {
@@ -386,7 +457,7 @@ impl Inbound<'_> {
         if let Err(code) = self.upload(&name, 0) {
             return self.reply(code);
         }
-        let Some(Upload { mut receiver, sink, _lock: lock }) = self.open.remove(&name) else {
+        let Some(Upload { mut receiver, sink, _lock: lock, .. }) = self.open.remove(&name) else {
             return self.reply(StatusCode::IN_USE);
         };
         let temp = match sink.finish() {

@@ -16,6 +16,7 @@ mod outbound;
 mod server;
 mod session;
 mod sink;
+mod tcp;
 mod workers;
 
 use std::io::Write;
@@ -91,6 +92,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         dead_peer: Duration::from_secs(args.dead_peer_secs.max(1)),
         workers: args.workers,
         parallel: usize::from(args.parallel),
+        max_transfers: args.max_transfers as usize,
     };
     let send = bind_all(&args.bind, args.send_port).map_err(|e| format!("cannot listen on send port {}: {e}", args.send_port))?;
     let recv = bind_all(&args.bind, args.receive_port)

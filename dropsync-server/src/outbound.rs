@@ -81,7 +81,7 @@ pub fn serve_next(server: &Server, session: &Session) -> Result<bool, Gone> {
         MetaProgress::AlreadySent => {}
     }
     let mut paths = Vec::new();
-    while paths.len() < server.config.parallel {
+    while paths.len() < session.transfers_at_once(server.config.parallel) {
         match session.queue.try_pop() {
             Some(p) => paths.push(p),
             None => break,
@@ -370,7 +370,8 @@ pub fn read_replies(server: &Arc<Server>, session: &Arc<Session>, mut reader: Fr
                     last_total = reader.total_read();
                     last_heard = now;
                 }
-                if now.saturating_sub(last_heard) > server.config.dead_peer.as_millis() as u64 {
+                // Section 1: a legacy session is not closed for silence alone.
+                if !session.is_legacy() && now.saturating_sub(last_heard) > server.config.dead_peer.as_millis() as u64 {
                     break format!("nothing received for {:?}", server.config.dead_peer);
                 }
             }

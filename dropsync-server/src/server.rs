@@ -34,6 +34,9 @@ pub struct Config {
     pub workers: usize,
     /// Most transfers interleaved to one client at once.
     pub parallel: usize,
+    /// Most uploads open at once on one connection (section 9: never
+    /// below 256); the first message of one more gets 0x0080.
+    pub max_transfers: usize,
 }
 
 impl Config {

@@ -23,6 +23,9 @@ pub struct Session {
     who: String,
     /// The label from HELLO (for conflict-copy names).
     pub label: String,
+    /// Paired without HELLO (section 1): one transfer at a time, and never
+    /// closed for silence alone.
+    legacy: bool,
     /// Paths waiting to be sent to this client (FIFO, no duplicates).
     pub queue: UpdateQueue,
     /// Versions this client is known to have seen (section 6).
@@ -89,6 +92,7 @@ impl Session {
             },
             id: p.id,
             label: p.label,
+            legacy: p.client_id.is_none(),
             queue: UpdateQueue::new(),
             seen: Mutex::new(SeenVersions::new(0)),
             requested: Mutex::new(HashSet::new()),
@@ -158,6 +162,22 @@ impl Session {
         let _ = self.send_sock.shutdown(Shutdown::Both);
         let _ = self.recv_sock.shutdown(Shutdown::Both);
         true
+    }
+
+    /// True for a session paired without HELLO (section 1).
+    pub fn is_legacy(&self) -> bool {
+        self.legacy
+    }
+
+    /// Most transfers to send this client at once: `configured` for a
+    /// client that said HELLO, one for a legacy one (section 6: "a legacy
+    /// session always gets one transfer at a time").
+    pub fn transfers_at_once(&self, configured: usize) -> usize {
+        if self.legacy {
+            1
+        } else {
+            configured.max(1)
+        }
     }
 
     /// True once the session has ended.

@@ -49,7 +49,7 @@ pub fn dedicated(server: &Arc<Server>, session: &Arc<Session>) {
             match session.queue.pop_timeout(IDLE_WAIT) {
                 Pop::Item(path) => {
                     let mut paths = vec![path];
-                    while paths.len() < server.config.parallel {
+                    while paths.len() < session.transfers_at_once(server.config.parallel) {
                         match session.queue.try_pop() {
                             Some(p) => paths.push(p),
                             None => break,

@@ -162,6 +162,24 @@ impl FakeServer {
         recv.write_all(&Frame::Status(StatusCode::OK).to_vec()).unwrap();
         Some(FakeSession { send, send_rx, recv, recv_rx, id, label, recv_hello_id })
     }
+
+    /// Accepts a client's two connections within `within` and reads
+    /// nothing: for a server that refuses HELLO, or a legacy session.
+    pub fn accept_raw(&self, within: Duration) -> Option<(TcpStream, TcpStream)> {
+        let until = Instant::now() + within;
+        let send = accept_within(&self.send_l, until)?;
+        let recv = accept_within(&self.recv_l, until)?;
+        Some((send, recv))
+    }
+}
+
+impl FakeSession {
+    /// A session on connections where no HELLO was said (a legacy one).
+    pub fn legacy(send: TcpStream, recv: TcpStream) -> Self {
+        let send_rx = FrameReader::new(send.try_clone().unwrap());
+        let recv_rx = FrameReader::new(recv.try_clone().unwrap());
+        FakeSession { send, send_rx, recv, recv_rx, id: [0; 16], label: String::new(), recv_hello_id: [0; 16] }
+    }
 }
 
 /// A message from the client on the send connection, payload included.
