@@ -191,6 +191,8 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
         recv_sock,
         out,
         replies: reply_rx,
+        now: std::time::Instant::now(),
+        timers: server.config.timers(),
     }));
     // In the client list before the snapshot, so that no commit can fall
     // between the two (a commit seen by both is just sent twice).

@@ -4,15 +4,17 @@
 //! once, interleaved chunk by chunk ([ext] parallel transfers): each has its
 //! own lock, temp file and receiver state machine.
 
-use std::collections::{HashMap, VecDeque};
 use std::io::{self, Write};
 use std::net::TcpStream;
 use std::sync::Arc;
+use std::time::Instant;
 
 use dropsync_core::locks::{try_lock_guard, try_lock_owned, OwnedLockGuard, SessionId};
+use dropsync_core::liveness::{Due, Liveness};
 use dropsync_core::meta_server::Catalog;
-use dropsync_core::stale::MAX_CROSS_CONNECTION_WAIT;
+use dropsync_core::open_transfers::{Begin, Limits, OpenTransfers, Refusal};
 use dropsync_core::receiver::{ChunkVerdict, FinishVerdict, HeaderVerdict, Receiver};
+use dropsync_core::stale::MAX_CROSS_CONNECTION_WAIT;
 use dropsync_core::wire::{is_timeout_error, FrameReader, Msg};
 use dropsync_proto::name::validate_name;
 use dropsync_proto::{Digest, Frame, MessageType, StatusCode};
@@ -25,18 +27,13 @@ use crate::sink::Sink;
 /// Why the loop ended (for the disconnect log line).
 type End = String;
 
-/// Uploads ended for idleness whose names are remembered, so that the
-/// next message of such a transfer is refused rather than taken for the
-/// start of a new one (a per-connection cap: the oldest is forgotten).
+/// Names of uploads aborted for idleness remembered per connection (see
+/// `open_transfers::Limits::remember_expired`).
 const MAX_EXPIRED_REMEMBERED: usize = 256;
 
-/// One upload in progress.
+/// What the server keeps for one upload in progress, beside its receiver.
 struct Upload {
-    receiver: Receiver,
     sink: Sink,
-    /// When the last message of this transfer arrived (ms on the server's
-    /// clock), for the idle-transfer rule.
-    last_msg_ms: u64,
     /// Held for the whole transfer; dropping the upload releases it.
     _lock: OwnedLockGuard,
 }
@@ -54,20 +51,17 @@ struct Inbound<'a> {
     server: &'a Arc<Server>,
     session: &'a Arc<Session>,
     out: TcpStream,
-    open: HashMap<String, Upload>,
-    /// Uploads aborted for idleness, oldest first (see
-    /// [`Inbound::expire_idle`]).
-    expired: VecDeque<String>,
-    /// When idle uploads were last looked for.
-    last_expiry_check_ms: u64,
+    /// The uploads open on this connection, with section 9's limits.
+    open: OpenTransfers<Upload>,
     /// The transfer limit was reached at least once (logged once).
     limit_logged: bool,
     /// Replies not sent yet (see `Inbound::reply`).
     scratch: Vec<u8>,
     /// What follows those replies.
     after_reply: Vec<AfterReply>,
-    last_sent_ms: u64,
-    last_heard_ms: u64,
+    /// Keep-alive and dead-peer clocks of the send connection.
+    link: Liveness,
+    /// Bytes read by the last look, to tell a slow message from silence.
     last_total_read: u64,
 }
 
@@ -79,25 +73,26 @@ pub fn run(
     out: TcpStream,
     first: Option<Msg>,
 ) {
-    let now = server.now_ms();
+    let limits = Limits {
+        max_open: server.config.max_transfers,
+        idle: server.config.dead_peer,
+        remember_expired: MAX_EXPIRED_REMEMBERED,
+    };
     let mut conn = Inbound {
         server,
         session,
         out,
-        open: HashMap::new(),
-        expired: VecDeque::new(),
-        last_expiry_check_ms: now,
+        open: OpenTransfers::new(limits),
         limit_logged: false,
         scratch: Vec::with_capacity(64),
         after_reply: Vec::new(),
-        last_sent_ms: now,
-        last_heard_ms: now,
+        link: Liveness::new(Instant::now(), server.config.timers(), session.silence()),
         last_total_read: 0,
     };
     let why = conn.serve(&mut reader, first);
     // Replies to what was handled still go out (a commit's OK above all).
     let _ = conn.flush();
-    let partial = conn.open.len();
+    let partial = conn.open.drain().len();
     // Dropping the open uploads removes their temp files and releases locks.
     drop(conn);
     let why = if partial > 0 { format!("{why}; {partial} partial upload(s) dropped") } else { why };
@@ -132,11 +127,11 @@ impl Inbound<'_> {
                     Err(e) => return format!("send connection: {e}"),
                 },
             };
-            self.last_heard_ms = self.server.now_ms();
+            self.link.on_received(Instant::now());
             if let Err(end) = self.handle(msg, reader).and_then(|()| self.keepalive_if_due()) {
                 return end;
             }
-            self.expire_idle_if_due();
+            self.expire_idle();
         }
     }
 
@@ -147,27 +142,32 @@ impl Inbound<'_> {
     /// all on this connection, so it dropped the session as dead (with
     /// `--keepalive-secs 1` on both sides, every few seconds; found by
     /// dropsync-soak, seed 2, where a large delivery then never finished).
+    /// The dead-peer check comes first, in [`idle`](Self::idle): a message
+    /// just handled proves the peer is there.
     fn keepalive_if_due(&mut self) -> Result<(), End> {
-        if self.server.now_ms().saturating_sub(self.last_sent_ms) >= self.server.config.keepalive.as_millis() as u64 {
+        let now = Instant::now();
+        if self.link.poll(now) == Due::KeepAlive {
             self.reply(StatusCode::KEEP_ALIVE)?;
+            // Queued now, written at the next flush, which comes before any
+            // wait for input.
+            self.link.on_sent(now);
         }
         Ok(())
     }
 
-    /// Called when a read times out: keep-alive and dead-peer checks (section 9).
+    /// Called when a read times out: keep-alive and dead-peer checks
+    /// (section 9; a legacy session is not closed for silence alone,
+    /// section 1: TCP keep-alive finds a peer that is gone).
     fn idle(&mut self, reader: &FrameReader<TcpStream>) -> Result<(), End> {
-        let now = self.server.now_ms();
+        let now = Instant::now();
         if reader.total_read() != self.last_total_read {
             self.last_total_read = reader.total_read();
-            self.last_heard_ms = now;
+            self.link.on_received(now);
         }
-        let cfg = &self.server.config;
-        // Section 1: a legacy session is not closed for silence alone (TCP
-        // keep-alive finds a peer that is gone).
-        if !self.session.is_legacy() && now.saturating_sub(self.last_heard_ms) > cfg.dead_peer.as_millis() as u64 {
-            return Err(format!("nothing received for {:?}", cfg.dead_peer));
+        if let Due::PeerGone(gone) = self.link.poll(now) {
+            return Err(gone.to_string());
         }
-        self.expire_idle_if_due();
+        self.expire_idle();
         self.keepalive_if_due()?;
         self.flush()?;
         if self.server.is_shutting_down() || self.session.is_closed() {
@@ -176,32 +176,20 @@ impl Inbound<'_> {
         Ok(())
     }
 
-    /// Section 9: "an open transfer that has had no message of its own for
-    /// 60 s is aborted by its receiver (partial data dropped, lock
-    /// released), even while keep-alives keep the connection up". Looked
-    /// for at most once a tick. The name is remembered: the transfer's next
-    /// message gets 0x0080 (see [`Inbound::upload`]).
-    fn expire_idle_if_due(&mut self) {
-        let now = self.server.now_ms();
-        if self.open.is_empty() || now.saturating_sub(self.last_expiry_check_ms) < self.server.config.tick().as_millis() as u64 {
+    /// Section 9's idle-transfer rule (`OpenTransfers::expire`): an upload
+    /// with no message of its own for the dead-peer time is aborted, even
+    /// while keep-alives flow; its next message gets 0x0080.
+    fn expire_idle(&mut self) {
+        if self.open.poll_timeout().map_or(true, |at| Instant::now() < at) {
             return;
         }
-        self.last_expiry_check_ms = now;
-        let limit = self.server.config.dead_peer.as_millis() as u64;
-        let idle: Vec<String> =
-            self.open.iter().filter(|(_, up)| now.saturating_sub(up.last_msg_ms) > limit).map(|(n, _)| n.clone()).collect();
-        for name in idle {
-            // Dropping the upload removes its temp file and releases its lock.
-            self.open.remove(&name);
+        // Dropping an upload removes its temp file and releases its lock.
+        for (name, _upload) in self.open.expire(Instant::now()) {
             log::info!(
                 "{}: upload of {name:?} aborted: no message of its own for {:?}; lock released",
                 self.session.who(),
                 self.server.config.dead_peer
             );
-            if self.expired.len() >= MAX_EXPIRED_REMEMBERED {
-                self.expired.pop_front();
-            }
-            self.expired.push_back(name);
         }
     }
 
@@ -229,7 +217,7 @@ impl Inbound<'_> {
         if !self.scratch.is_empty() {
             sent = self.out.write_all(&self.scratch).map_err(|e| format!("send connection: {e}"));
             self.scratch.clear();
-            self.last_sent_ms = self.server.now_ms();
+            self.link.on_sent(Instant::now());
         }
         for after in std::mem::take(&mut self.after_reply) {
             match after {
@@ -306,8 +294,7 @@ impl Inbound<'_> {
                 // Section 4: an ABORT naming no transfer open on this
                 // connection is answered OK and changes nothing. It ends a
                 // transfer aborted for idleness too.
-                self.expired.retain(|n| *n != name);
-                if self.open.remove(&name).is_some() {
+                if self.open.abort(&name).is_some() {
                     log::info!("{}: upload of {name:?} aborted by the client", self.session.who());
                 }
                 self.reply(StatusCode::OK)
@@ -332,40 +319,39 @@ impl Inbound<'_> {
         }
     }
 
-    /// The open upload of `name`, opening it (try-lock, temp file) if this is
-    /// its first message, whose chunk has `first_len` bytes (0 for a
-    /// FINISHED). `Err(code)` refuses the transfer: 0x0040 when another
-    /// transfer holds the lock; 0x0080 beyond the limit of transfers open on
-    /// this connection (section 9), or for the next message of a transfer
-    /// aborted for idleness, which is over with that reply.
-    fn upload(&mut self, name: &str, first_len: u32) -> Result<&mut Upload, StatusCode> {
-        let now = self.server.now_ms();
-        if !self.open.contains_key(name) {
-            if let Some(i) = self.expired.iter().position(|n| n == name) {
-                self.expired.remove(i);
-                return Err(StatusCode::IN_USE);
-            }
-            let limit = self.server.config.max_transfers;
-            if self.open.len() >= limit {
-                if !std::mem::replace(&mut self.limit_logged, true) {
-                    log::warn!("{}: {limit} transfers open on one connection; refusing more with 0x0080", self.session.who());
+    /// Opens the upload of `name` (try-lock, temp file) if this message,
+    /// whose chunk has `first_len` bytes (0 for a FINISHED), is its first.
+    /// `Err(code)` refuses the transfer: 0x0040 when another transfer holds
+    /// the lock; 0x0080 beyond the limit of transfers open on this
+    /// connection, or for the late message of a transfer aborted for
+    /// idleness (section 9), which is over with that reply.
+    fn upload(&mut self, name: &str, first_len: u32) -> Result<(), StatusCode> {
+        let now = Instant::now();
+        match self.open.begin(name, now) {
+            Begin::Open => return Ok(()),
+            Begin::Refused(code) => {
+                if self.open.last_refusal() == Some(Refusal::Limit) && !std::mem::replace(&mut self.limit_logged, true) {
+                    log::warn!(
+                        "{}: {} transfers open on one connection; refusing more with {code}",
+                        self.session.who(),
+                        self.server.config.max_transfers
+                    );
                 }
-                return Err(StatusCode::IN_USE);
+                return Err(code);
             }
-            let Some(lock) = try_lock_owned(&self.server.library.locks, name, self.session.id) else {
-                return Err(StatusCode::LOCKED);
-            };
-            let temp = self.server.library.blobs.temp().map_err(|e| {
-                log::error!("cannot create a temp file: {e}");
-                StatusCode::IN_USE
-            })?;
-            let sink = Sink::open(temp, first_len);
-            let receiver = Receiver::new(self.server.config.max_chunk);
-            self.open.insert(name.to_owned(), Upload { receiver, sink, last_msg_ms: now, _lock: lock });
+            Begin::New => {}
         }
-        let up = self.open.get_mut(name).ok_or(StatusCode::IN_USE)?;
-        up.last_msg_ms = now;
-        Ok(up)
+        let Some(lock) = try_lock_owned(&self.server.library.locks, name, self.session.id) else {
+            return Err(StatusCode::LOCKED);
+        };
+        let temp = self.server.library.blobs.temp().map_err(|e| {
+            log::error!("cannot create a temp file: {e}");
+            StatusCode::IN_USE
+        })?;
+        let sink = Sink::open(temp, first_len);
+        let receiver = Receiver::new(self.server.config.max_chunk);
+        self.open.insert(name, receiver, Upload { sink, _lock: lock }, now);
+        Ok(())
     }
 
     fn on_chunk(&mut self, reader: &mut FrameReader<TcpStream>, digest: Digest, name: String, len: u32) -> Result<(), End> {
@@ -373,8 +359,8 @@ impl Inbound<'_> {
             self.skip(reader, len)?;
             return self.reply(StatusCode::BAD_REQUEST);
         }
-        let verdict = match self.upload(&name, len) {
-            Ok(up) => up.receiver.handle_chunk_header(len),
+        let verdict = match self.upload(&name, len).and_then(|()| self.open.get_mut(&name).ok_or(StatusCode::IN_USE)) {
+            Ok((receiver, _)) => receiver.handle_chunk_header(len),
             Err(code) => {
                 self.skip(reader, len)?;
                 if code == StatusCode::LOCKED {
@@ -384,21 +370,21 @@ impl Inbound<'_> {
             }
         };
         let reply = match verdict {
-            HeaderVerdict::ReadPayload => match self.open.get_mut(&name).and_then(|up| up.sink.buffer()) {
+            HeaderVerdict::ReadPayload => match self.open.get_mut(&name).and_then(|(_, up)| up.sink.buffer()) {
                 // A large chunk is read straight into a buffer that then
                 // goes to the sink thread as it is.
                 Some(mut buf) => {
                     buf.resize(len as usize, 0);
                     self.read_payload_into(reader, &mut buf)?;
-                    let Some(up) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
-                    let verdict = up.receiver.handle_chunk(&digest, &buf);
+                    let Some((receiver, _)) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
+                    let verdict = receiver.handle_chunk(&digest, &buf);
                     self.chunk_verdict(&name, verdict, |sink| sink.append_owned(buf))
                 }
                 None => {
                     self.wait_payload(reader, len)?;
                     let payload = reader.read_payload(len).map_err(|e| format!("send connection: {e}"))?;
-                    let Some(up) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
-                    let verdict = up.receiver.handle_chunk(&digest, payload);
+                    let Some((receiver, _)) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
+                    let verdict = receiver.handle_chunk(&digest, payload);
                     self.chunk_verdict(&name, verdict, |sink| sink.append(payload))
                 }
             },
@@ -427,7 +413,7 @@ impl Inbound<'_> {
     fn chunk_verdict(&mut self, name: &str, verdict: ChunkVerdict, append: impl FnOnce(&mut Sink) -> io::Result<()>) -> StatusCode {
         match verdict {
             ChunkVerdict::Append { reply } => {
-                let Some(up) = self.open.get_mut(name) else { return StatusCode::IN_USE };
+                let Some((_, up)) = self.open.get_mut(name) else { return StatusCode::IN_USE };
                 match append(&mut up.sink) {
                     Ok(()) => reply,
                     Err(e) => {
@@ -457,7 +443,7 @@ impl Inbound<'_> {
         if let Err(code) = self.upload(&name, 0) {
             return self.reply(code);
         }
-        let Some(Upload { mut receiver, sink, _lock: lock, .. }) = self.open.remove(&name) else {
+        let Some((mut receiver, Upload { sink, _lock: lock })) = self.open.remove(&name) else {
             return self.reply(StatusCode::IN_USE);
         };
         let temp = match sink.finish() {

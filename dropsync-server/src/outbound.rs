@@ -11,7 +11,9 @@ use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{RecvTimeoutError, Sender as ReplyTx};
 use std::sync::{Arc, PoisonError};
+use std::time::Instant;
 
+use dropsync_core::liveness::Due;
 use dropsync_core::meta_server::Catalog;
 use dropsync_core::mux::{Mux, MuxReply, OpId, SingleKind, Step};
 use dropsync_core::sender::{Outcome, Recorded};
@@ -219,6 +221,8 @@ fn read_chunk(src: Option<&Source>, offset: u64, len: u32, buf: &mut Vec<u8>) {
 fn run_batch(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Outcome>, Gone> {
     server.active_transfers.fetch_add(1, Ordering::SeqCst);
     let result = drive(server, session, items);
+    // Every reply is in (or the session is over): none is awaited now.
+    session.link().set_awaiting(Instant::now(), false);
     server.active_transfers.fetch_sub(1, Ordering::SeqCst);
     result
 }
@@ -291,7 +295,7 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
                 Step::Delete { digest } => Frame::Delete { digest, name: &name }.encode(&mut frame),
                 Step::Request { digest } => Frame::Request { digest, name: &name }.encode(&mut frame),
             }
-            session.write_out(&frame, server.now_ms()).map_err(|e| Gone(format!("receive connection: {e}")))?;
+            session.write_out(&frame, true).map_err(|e| Gone(format!("receive connection: {e}")))?;
             // While the client checks this chunk, read and hash the next
             // one, so the two MD5 passes run side by side.
             if let (Step::Chunk { offset, len }, Some(size)) = (step, mux.sender(id).map(|s| s.size())) {
@@ -325,18 +329,23 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
 
 /// Reads the receive connection: STATUS replies go to the sending side,
 /// keep-alives are dropped; sends keep-alives when idle and ends the session
-/// when the client falls silent (section 9).
+/// when the client falls silent (section 9; for a legacy session only when
+/// a reply is awaited too long, section 1).
 pub fn read_replies(server: &Arc<Server>, session: &Arc<Session>, mut reader: FrameReader<TcpStream>, tx: ReplyTx<StatusCode>) {
-    let mut last_heard = server.now_ms();
     let mut last_total = 0;
     let why = loop {
         if session.is_closed() {
             break "session closed".to_string();
         }
-        match reader.read_msg() {
-            Ok(Some(Msg::Status(StatusCode::KEEP_ALIVE))) => last_heard = server.now_ms(),
+        let msg = reader.read_msg();
+        if reader.total_read() != last_total {
+            // Any byte is a sign of life, a whole message or not.
+            last_total = reader.total_read();
+            session.link().on_received(Instant::now());
+        }
+        match msg {
+            Ok(Some(Msg::Status(StatusCode::KEEP_ALIVE))) => {}
             Ok(Some(Msg::Status(code))) => {
-                last_heard = server.now_ms();
                 if tx.send(code).is_err() {
                     break "sender gone".into();
                 }
@@ -346,7 +355,6 @@ pub fn read_replies(server: &Arc<Server>, session: &Arc<Session>, mut reader: Fr
             // message but STATUS gets one reply), with 0x0100, or OK for a
             // repeated HELLO.
             Ok(Some(other)) => {
-                last_heard = server.now_ms();
                 let code = match &other {
                     Msg::Hello { .. } => StatusCode::OK,
                     _ => StatusCode::BAD_REQUEST,
@@ -359,33 +367,26 @@ pub fn read_replies(server: &Arc<Server>, session: &Arc<Session>, mut reader: Fr
                     }
                 }
                 log::warn!("{}: {other:?} on the receive connection; answered {code}", session.who());
-                if session.write_out(&Frame::Status(code).to_vec(), server.now_ms()).is_err() {
+                if session.write_out(&Frame::Status(code).to_vec(), false).is_err() {
                     break "receive connection write failed".into();
                 }
             }
             Ok(None) => break "client closed the receive connection".into(),
-            Err(e) if is_timeout_error(&e) => {
-                let now = server.now_ms();
-                if reader.total_read() != last_total {
-                    last_total = reader.total_read();
-                    last_heard = now;
-                }
-                // Section 1: a legacy session is not closed for silence alone.
-                if !session.is_legacy() && now.saturating_sub(last_heard) > server.config.dead_peer.as_millis() as u64 {
-                    break format!("nothing received for {:?}", server.config.dead_peer);
-                }
-            }
+            Err(e) if is_timeout_error(&e) => {}
             Err(e) => break format!("receive connection: {e}"),
         }
-        // Keep-alive when due, after a message as well as after a read
-        // timeout: a client sending its own keep-alives more often than the
-        // read timeout would otherwise never get one (see inbound.rs).
-        let now = server.now_ms();
-        let idle = now.saturating_sub(session.out_last_sent.load(Ordering::Relaxed));
-        if idle >= server.config.keepalive.as_millis() as u64 {
+        // Checked after a message as well as after a read timeout: a client
+        // sending its own keep-alives more often than the read timeout
+        // would otherwise never get one (see inbound.rs).
+        let due = session.link().poll(Instant::now());
+        match due {
+            Due::Nothing => {}
+            Due::PeerGone(gone) => break gone.to_string(),
             // Holding the writer lock, so it never lands inside a transfer's message.
-            if session.write_out(&Frame::Status(StatusCode::KEEP_ALIVE).to_vec(), now).is_err() {
-                break "receive connection write failed".into();
+            Due::KeepAlive => {
+                if session.write_out(&Frame::Status(StatusCode::KEEP_ALIVE).to_vec(), false).is_err() {
+                    break "receive connection write failed".into();
+                }
             }
         }
     };

@@ -6,8 +6,9 @@ use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use dropsync_core::liveness::Timers;
 use dropsync_core::locks::SessionId;
 use dropsync_core::pairing::{ConnId, Pairing};
 use dropsync_core::scheduler::WorkQueue;
@@ -40,6 +41,11 @@ pub struct Config {
 }
 
 impl Config {
+    /// Section 9's intervals.
+    pub fn timers(&self) -> Timers {
+        Timers { keepalive: self.keepalive, dead_peer: self.dead_peer }
+    }
+
     /// How often blocked reads wake up to check keep-alives and shutdown.
     pub fn tick(&self) -> Duration {
         self.keepalive.min(Duration::from_secs(1)).max(Duration::from_millis(50))
@@ -74,7 +80,6 @@ pub struct Server {
     /// Outgoing transfers in progress (shutdown waits for their ABORTs).
     pub active_transfers: AtomicUsize,
     next_id: AtomicU64,
-    started: Instant,
 }
 
 impl Server {
@@ -93,18 +98,12 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             active_transfers: AtomicUsize::new(0),
             next_id: AtomicU64::new(1),
-            started: Instant::now(),
         }
     }
 
     /// A fresh id for a connection or session.
     pub fn next_id(&self) -> u64 {
         self.next_id.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Milliseconds since the server started (for keep-alive bookkeeping).
-    pub fn now_ms(&self) -> u64 {
-        self.started.elapsed().as_millis() as u64
     }
 
     /// True once shutdown began.

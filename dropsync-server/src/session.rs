@@ -4,11 +4,12 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Receiver;
-use std::sync::{Condvar, Mutex, PoisonError};
-use std::time::Duration;
+use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
+use std::time::{Duration, Instant};
 
+use dropsync_core::liveness::{Liveness, Silence, Timers};
 use dropsync_core::locks::SessionId;
 use dropsync_core::queue::UpdateQueue;
 use dropsync_core::stale::SeenVersions;
@@ -41,9 +42,9 @@ pub struct Session {
     send_sock: TcpStream,
     recv_sock: TcpStream,
     closed: AtomicBool,
-    /// When something was last written on the receive connection (ms on the
-    /// server's clock), for keep-alives.
-    pub out_last_sent: AtomicU64,
+    /// Keep-alive and dead-peer clocks of the receive connection: written
+    /// by whoever sends to the client, read by its reply reader.
+    link: Mutex<Liveness>,
     /// The paths being sent to this client right now, until their outcome
     /// is recorded in `seen`.
     outgoing: Mutex<Vec<String>>,
@@ -68,6 +69,10 @@ pub struct SessionParts {
     pub out: TcpStream,
     /// Replies channel.
     pub replies: Receiver<StatusCode>,
+    /// When the session starts.
+    pub now: Instant,
+    /// Section 9's intervals.
+    pub timers: Timers,
 }
 
 /// Where a session is with its first transfer, the META-DATA.
@@ -102,7 +107,7 @@ impl Session {
             send_sock: p.send_sock,
             recv_sock: p.recv_sock,
             closed: AtomicBool::new(false),
-            out_last_sent: AtomicU64::new(0),
+            link: Mutex::new(Liveness::new(p.now, p.timers, if p.client_id.is_none() { Silence::Allowed } else { Silence::Ends })),
             outgoing: Mutex::new(Vec::new()),
             outgoing_done: Condvar::new(),
         }
@@ -146,10 +151,21 @@ impl Session {
 
     /// Writes one encoded message on the receive connection, holding the
     /// writer for the whole message so a keep-alive never lands inside one.
-    pub fn write_out(&self, bytes: &[u8], now_ms: u64) -> std::io::Result<()> {
+    /// `awaits_reply`: the message is a transfer's, which the client answers.
+    pub fn write_out(&self, bytes: &[u8], awaits_reply: bool) -> std::io::Result<()> {
         let r = self.out.lock().unwrap_or_else(PoisonError::into_inner).write_all(bytes);
-        self.out_last_sent.store(now_ms, Ordering::Relaxed);
+        let now = Instant::now();
+        let mut link = self.link();
+        link.on_sent(now);
+        if awaits_reply {
+            link.set_awaiting(now, true);
+        }
         r
+    }
+
+    /// The receive connection's clocks.
+    pub fn link(&self) -> MutexGuard<'_, Liveness> {
+        self.link.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Marks the session closed and shuts both sockets down (which wakes
@@ -177,6 +193,16 @@ impl Session {
             1
         } else {
             configured.max(1)
+        }
+    }
+
+    /// What silence from this client means (section 1: a legacy session is
+    /// not closed for silence alone).
+    pub fn silence(&self) -> Silence {
+        if self.legacy {
+            Silence::Allowed
+        } else {
+            Silence::Ends
         }
     }
 
