@@ -7,6 +7,7 @@ use std::net::{Shutdown, TcpStream, ToSocketAddrs};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
+use dropsync_core::liveness::{Silence, Timers};
 use dropsync_core::wire::{is_timeout_error, write_frame, FrameReader, Msg};
 use dropsync_proto::{ClientId, Frame, StatusCode};
 use socket2::{SockRef, TcpKeepalive};
@@ -45,6 +46,21 @@ pub struct Timing {
 }
 
 impl Timing {
+    /// Section 9's intervals, for the core's clocks.
+    pub fn timers(&self) -> Timers {
+        Timers { keepalive: self.keepalive, dead_peer: self.dead_peer }
+    }
+
+    /// What silence from the server means: a legacy server may never send
+    /// keep-alives (section 1).
+    pub fn silence(&self) -> Silence {
+        if self.silence_ok {
+            Silence::Allowed
+        } else {
+            Silence::Ends
+        }
+    }
+
     /// The socket read timeout: short enough to send keep-alives and notice
     /// silence on time.
     pub fn read_tick(&self) -> Duration {

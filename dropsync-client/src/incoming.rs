@@ -8,7 +8,6 @@
 //! stat and content are recorded right after the rename, so the scan that
 //! the rename triggers sees an unchanged file and never uploads it back.
 
-use std::collections::{HashMap, VecDeque};
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::net::TcpStream;
@@ -16,8 +15,10 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
+use dropsync_core::liveness::{Due, Liveness};
+use dropsync_core::open_transfers::{Begin, Limits, OpenTransfers, Refusal};
 use dropsync_core::receiver::{ChunkVerdict, FinishVerdict, HeaderVerdict, Receiver};
 use dropsync_core::reconcile::Content;
 use dropsync_core::wire::{is_timeout_error, write_status, FrameReader, Msg};
@@ -43,12 +44,9 @@ const MAX_METADATA: u64 = 256 * 1024 * 1024;
 /// (a transfer beyond it is refused with 0x0080).
 const MAX_OPEN_TRANSFERS: usize = 64;
 
-/// Transfers aborted for idleness whose names are remembered, so that the
-/// next message of one is refused rather than taken for a new transfer.
+/// Names of transfers aborted for idleness remembered (see
+/// `open_transfers::Limits::remember_expired`).
 const MAX_EXPIRED_REMEMBERED: usize = 64;
-
-/// How often open transfers are looked at for idleness.
-const EXPIRY_CHECK_EVERY: Duration = Duration::from_secs(1);
 
 /// Numbers temp files uniquely within this process.
 static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
@@ -95,14 +93,12 @@ enum Sink {
     Temp(TempFile),
 }
 
-/// One open incoming transfer.
+/// What the client keeps for one open incoming transfer, beside its
+/// receiver.
 #[derive(Debug)]
 struct Open {
-    rx: Receiver,
     sink: Sink,
     started: Instant,
-    /// When its last message arrived (section 9's idle-transfer rule).
-    last_msg: Instant,
 }
 
 /// The receive thread's state.
@@ -115,14 +111,13 @@ pub struct Incoming {
     timing: Timing,
     /// Told by the control thread once it has reconciled after META-DATA.
     go: mpsc::Receiver<()>,
-    /// Open transfers by name (the server may interleave them, section 4).
-    open: HashMap<String, Open>,
-    /// Transfers aborted for idleness, oldest first.
-    expired: VecDeque<String>,
-    /// When open transfers were last looked at for idleness.
-    last_expiry_check: Instant,
-    last_recv: Instant,
-    last_send: Instant,
+    /// Open transfers by name (the server may interleave them, section 4),
+    /// with section 9's limits.
+    open: OpenTransfers<Open>,
+    /// Keep-alive and dead-peer clocks of the receive connection.
+    link: Liveness,
+    /// When the message being handled arrived.
+    msg_at: Instant,
     /// A chunk payload, copied out of the reader's buffer.
     payload: Vec<u8>,
     /// "Delivered" events of the message being handled, posted only after
@@ -156,11 +151,13 @@ impl Incoming {
             session,
             timing,
             go,
-            open: HashMap::new(),
-            expired: VecDeque::new(),
-            last_expiry_check: now,
-            last_recv: now,
-            last_send: now,
+            open: OpenTransfers::new(Limits {
+                max_open: MAX_OPEN_TRANSFERS,
+                idle: timing.dead_peer,
+                remember_expired: MAX_EXPIRED_REMEMBERED,
+            }),
+            link: Liveness::new(now, timing.timers(), timing.silence()),
+            msg_at: now,
             payload: Vec::new(),
             delivered: Vec::new(),
             progress: Progress::new(),
@@ -174,7 +171,7 @@ impl Incoming {
             Err(e) => format!("receive connection: {e}"),
         };
         // Partial files go with their TempFile; the paths are free again.
-        let names: Vec<String> = self.open.drain().map(|(name, _)| name).collect();
+        let names: Vec<String> = self.open.drain().into_iter().map(|(name, _)| name).collect();
         let mut st = self.ctx.shared.lock();
         for name in &names {
             st.incoming.remove(name);
@@ -198,9 +195,10 @@ impl Incoming {
                 }
                 Err(e) => return Err(e),
             };
-            self.last_recv = Instant::now();
+            self.msg_at = Instant::now();
+            self.link.on_received(self.msg_at);
             self.handle(msg)?;
-            self.expire_idle_if_due();
+            self.expire_idle();
             for what in std::mem::take(&mut self.delivered) {
                 self.post(what);
             }
@@ -210,55 +208,34 @@ impl Incoming {
     /// Time passed without a message: keep-alive due? peer silent too long
     /// (never for a legacy session, section 1)? a transfer idle too long?
     fn tick(&mut self) -> Result<(), Fatal> {
-        if !self.timing.silence_ok && self.last_recv.elapsed() >= self.timing.dead_peer {
-            return Err(io::Error::new(
-                io::ErrorKind::TimedOut,
-                format!("nothing received for {:?}", self.timing.dead_peer),
-            ));
+        if let Due::PeerGone(gone) = self.link.poll(Instant::now()) {
+            return Err(io::Error::new(io::ErrorKind::TimedOut, gone.to_string()));
         }
-        self.expire_idle_if_due();
+        self.expire_idle();
         for what in std::mem::take(&mut self.delivered) {
             self.post(what);
         }
         self.keepalive_if_due()
     }
 
-    /// Section 9: "an open transfer that has had no message of its own for
-    /// 60 s is aborted by its receiver (partial data dropped [...])", even
-    /// while keep-alives keep the connection up. The name is remembered:
-    /// the transfer's next message gets 0x0080 (see `refuse_expired`).
-    fn expire_idle_if_due(&mut self) {
-        if self.open.is_empty() || self.last_expiry_check.elapsed() < EXPIRY_CHECK_EVERY {
+    /// Section 9's idle-transfer rule (`OpenTransfers::expire`): a transfer
+    /// with no message of its own for the dead-peer time is aborted, even
+    /// while keep-alives flow; its next message gets 0x0080.
+    fn expire_idle(&mut self) {
+        let now = Instant::now();
+        if self.open.poll_timeout().map_or(true, |at| now < at) {
             return;
         }
-        self.last_expiry_check = Instant::now();
-        let limit = self.timing.dead_peer;
-        let idle: Vec<String> =
-            self.open.iter().filter(|(_, o)| o.last_msg.elapsed() >= limit).map(|(n, _)| n.clone()).collect();
-        for name in idle {
-            log::warn!("incoming {name} aborted: no message of it for {limit:?}");
-            self.close(&name);
-            if self.expired.len() >= MAX_EXPIRED_REMEMBERED {
-                self.expired.pop_front();
-            }
-            self.expired.push_back(name);
-        }
-    }
-
-    /// True (and forgotten) when `name`'s transfer was aborted for
-    /// idleness: its late message is refused with 0x0080, which ends it.
-    fn refuse_expired(&mut self, name: &str) -> bool {
-        match self.expired.iter().position(|n| n == name) {
-            Some(i) => {
-                self.expired.remove(i);
-                true
-            }
-            None => false,
+        for (name, open) in self.open.expire(now) {
+            log::warn!("incoming {name} aborted: no message of it for {:?}", self.timing.dead_peer);
+            // Dropping it removes the partial file.
+            drop(open.sink);
+            self.ended(&name, open.started);
         }
     }
 
     fn keepalive_if_due(&mut self) -> Result<(), Fatal> {
-        if self.last_send.elapsed() >= self.timing.keepalive {
+        if self.link.poll(Instant::now()) == Due::KeepAlive {
             self.reply(StatusCode::KEEP_ALIVE)?;
         }
         Ok(())
@@ -266,7 +243,7 @@ impl Incoming {
 
     fn reply(&mut self, code: StatusCode) -> Result<(), Fatal> {
         write_status(&mut self.tx, code)?;
-        self.last_send = Instant::now();
+        self.link.on_sent(Instant::now());
         Ok(())
     }
 
@@ -305,12 +282,21 @@ impl Incoming {
         }
     }
 
-    /// Opens a transfer of `name`, or says which STATUS refuses it.
+    /// Opens a transfer of `name` if this message is its first, or says
+    /// which STATUS refuses it: 0x0080 beyond [`MAX_OPEN_TRANSFERS`], or for
+    /// the late message of a transfer aborted for idleness (section 9).
     fn open_transfer(&mut self, name: &str) -> Result<(), StatusCode> {
         let started = Instant::now();
-        if self.open.len() >= MAX_OPEN_TRANSFERS {
-            log::warn!("refused incoming {name}: {MAX_OPEN_TRANSFERS} transfers already open");
-            return Err(StatusCode::IN_USE);
+        match self.open.begin(name, started) {
+            Begin::Open => return Ok(()),
+            Begin::Refused(code) => {
+                match self.open.last_refusal() {
+                    Some(Refusal::Limit) => log::warn!("refused incoming {name}: {MAX_OPEN_TRANSFERS} transfers already open"),
+                    _ => log::info!("refused incoming {name}: its transfer was aborted for idleness"),
+                }
+                return Err(code);
+            }
+            Begin::New => {}
         }
         let sink = if name == METADATA_TRANSFER_NAME {
             Sink::Memory(Vec::new())
@@ -325,7 +311,7 @@ impl Incoming {
                 }
             }
         };
-        self.open.insert(name.to_owned(), Open { rx: Receiver::new(DEFAULT_MAX_CHUNK), sink, started, last_msg: started });
+        self.open.insert(name, Receiver::new(DEFAULT_MAX_CHUNK), Open { sink, started }, started);
         Ok(())
     }
 
@@ -355,7 +341,7 @@ impl Incoming {
 
     /// Ends the open transfer of `name` (whatever happened to it).
     fn close(&mut self, name: &str) {
-        let started = self.open.remove(name).map_or_else(Instant::now, |o| o.started);
+        let started = self.open.remove(name).map_or_else(Instant::now, |(_, o)| o.started);
         self.ended(name, started);
     }
 
@@ -377,7 +363,7 @@ impl Incoming {
                 Ok(p) => {
                     self.payload.clear();
                     self.payload.extend_from_slice(p);
-                    self.last_recv = Instant::now();
+                    self.link.on_received(Instant::now());
                     return Ok(());
                 }
                 Err(e) if is_timeout_error(&e) => {
@@ -385,7 +371,7 @@ impl Incoming {
                     // are not silence, even without a whole message.
                     if self.rx.buffered() != had {
                         had = self.rx.buffered();
-                        self.last_recv = Instant::now();
+                        self.link.on_received(Instant::now());
                     }
                     self.tick()?;
                 }
@@ -408,17 +394,13 @@ impl Incoming {
             self.skip_payload(len)?;
             return self.reply(StatusCode::BAD_REQUEST);
         }
-        if !self.open.contains_key(&name) {
-            let opened = if self.refuse_expired(&name) { Err(StatusCode::IN_USE) } else { self.open_transfer(&name) };
-            if let Err(code) = opened {
-                self.skip_payload(len)?;
-                self.delivered.push(SessionEvent::Delivered { name, started: Instant::now() });
-                return self.reply(code);
-            }
+        if let Err(code) = self.open_transfer(&name) {
+            self.skip_payload(len)?;
+            self.delivered.push(SessionEvent::Delivered { name, started: Instant::now() });
+            return self.reply(code);
         }
-        let Some(open) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
-        open.last_msg = Instant::now();
-        let header = open.rx.handle_chunk_header(len);
+        let Some((rx, _)) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
+        let header = rx.handle_chunk_header(len);
         if header != HeaderVerdict::ReadPayload {
             self.skip_payload(len)?;
             let reply = header.reply().unwrap_or(StatusCode::BAD_REQUEST);
@@ -428,11 +410,11 @@ impl Incoming {
             return self.reply(reply);
         }
         self.read_payload(len)?;
-        let Some(open) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
-        let reply = match open.rx.handle_chunk(digest, &self.payload) {
+        let Some((rx, open)) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
+        let reply = match rx.handle_chunk(digest, &self.payload) {
             ChunkVerdict::Append { reply } => match append(&mut open.sink, &self.payload) {
                 Ok(()) => {
-                    self.progress.update(Direction::Down, &name, open.rx.bytes_received(), None, open.started);
+                    self.progress.update(Direction::Down, &name, rx.bytes_received(), None, open.started);
                     reply
                 }
                 Err(e) => {
@@ -454,16 +436,13 @@ impl Incoming {
         if !Self::name_ok(&name) {
             return self.reply(StatusCode::BAD_REQUEST);
         }
-        if !self.open.contains_key(&name) {
-            // A FINISHED with no chunk before it: an empty file.
-            let opened = if self.refuse_expired(&name) { Err(StatusCode::IN_USE) } else { self.open_transfer(&name) };
-            if let Err(code) = opened {
-                self.delivered.push(SessionEvent::Delivered { name, started: Instant::now() });
-                return self.reply(code);
-            }
+        // A FINISHED with no chunk before it opens a transfer: an empty file.
+        if let Err(code) = self.open_transfer(&name) {
+            self.delivered.push(SessionEvent::Delivered { name, started: Instant::now() });
+            return self.reply(code);
         }
-        let Some(mut open) = self.open.remove(&name) else { return self.reply(StatusCode::IN_USE) };
-        let verdict = open.rx.handle_finished(digest);
+        let Some((mut rx, open)) = self.open.remove(&name) else { return self.reply(StatusCode::IN_USE) };
+        let verdict = rx.handle_finished(digest);
         let started = open.started;
         let reply = match (verdict, open.sink) {
             (FinishVerdict::Commit { size, digest, .. }, Sink::Memory(bytes)) => {
@@ -507,7 +486,7 @@ impl Incoming {
             }
         }
         // Time spent reconciling is not the server's silence.
-        self.last_recv = Instant::now();
+        self.link.on_received(Instant::now());
         Ok(())
     }
 
@@ -549,10 +528,10 @@ impl Incoming {
 
     fn on_abort(&mut self, name: &str) -> Result<(), Fatal> {
         // An ABORT naming no open transfer is answered OK and changes nothing.
-        self.expired.retain(|n| n != name);
-        if self.open.contains_key(name) {
+        if let Some(open) = self.open.abort(name) {
+            drop(open.sink);
             log::info!("server aborted the transfer of {name}");
-            self.close(name);
+            self.ended(name, open.started);
         }
         self.reply(StatusCode::OK)
     }
@@ -561,11 +540,11 @@ impl Incoming {
         if !Self::name_ok(&name) || name == METADATA_TRANSFER_NAME {
             return self.reply(StatusCode::BAD_REQUEST);
         }
-        if self.open.contains_key(&name) {
+        if self.open.get_mut(&name).is_some() {
             self.close(&name);
         }
         let reply = self.delete(&name);
-        self.delivered.push(SessionEvent::Delivered { name, started: self.last_recv });
+        self.delivered.push(SessionEvent::Delivered { name, started: self.msg_at });
         self.reply(reply)
     }
 

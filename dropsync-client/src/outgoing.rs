@@ -22,9 +22,10 @@ use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use dropsync_core::meta_client::LocalSeen;
+use dropsync_core::liveness::{Due, Gone, Liveness};
 use dropsync_core::mux::{Mux, MuxReply, OpId, SingleKind, Step};
 use dropsync_core::reconcile::Content;
 use dropsync_core::sender::{Outcome, Recorded};
@@ -156,7 +157,9 @@ pub struct Outgoing {
     ops: HashMap<OpId, Op>,
     by_name: HashMap<String, OpId>,
     chunk_size: u32,
-    last_send: Instant,
+    /// Keep-alive and dead-peer clocks of the send connection: the replies
+    /// thread reports what arrives, writes here report what leaves.
+    link: Liveness,
     frame: Vec<u8>,
     chunk: Vec<u8>,
     progress: Progress,
@@ -180,14 +183,14 @@ struct Prefetched {
 impl Outgoing {
     /// Drives `sock`, with at most `parallel` operations in flight and
     /// chunks of at most `chunk_size` bytes.
-    pub fn new(sock: TcpStream, parallel: usize, chunk_size: u32) -> Self {
+    pub fn new(sock: TcpStream, parallel: usize, chunk_size: u32, link: Liveness) -> Self {
         Outgoing {
             sock,
             mux: Mux::new(parallel),
             ops: HashMap::new(),
             by_name: HashMap::new(),
             chunk_size,
-            last_send: Instant::now(),
+            link,
             frame: Vec::new(),
             chunk: Vec::new(),
             progress: Progress::new(),
@@ -335,7 +338,7 @@ impl Outgoing {
                     // copied into the frame buffer first.
                     write_all_vectored(&mut self.sock, &self.frame, &self.chunk)?;
                     self.frame.clear();
-                    self.last_send = Instant::now();
+                    self.link.on_sent(Instant::now());
                 } else {
                     self.frame.extend_from_slice(&self.chunk);
                 }
@@ -358,7 +361,7 @@ impl Outgoing {
         if !self.frame.is_empty() {
             self.sock.write_all(&self.frame)?;
             self.frame.clear();
-            self.last_send = Instant::now();
+            self.link.on_sent(Instant::now());
         }
         Ok(())
     }
@@ -462,18 +465,33 @@ impl Outgoing {
         })
     }
 
-    /// Sends a keep-alive if nothing was sent for `interval` (section 9).
-    pub fn keepalive_if_due(&mut self, interval: Duration) -> io::Result<()> {
-        if self.last_send.elapsed() >= interval {
+    /// Sends a keep-alive if one is due (section 9).
+    pub fn keepalive_if_due(&mut self) -> io::Result<()> {
+        if self.link.poll(Instant::now()) == Due::KeepAlive {
             write_frame(&mut self.sock, &Frame::Status(StatusCode::KEEP_ALIVE), &mut self.frame)?;
-            self.last_send = Instant::now();
+            self.link.on_sent(Instant::now());
         }
         Ok(())
     }
 
-    /// When the next keep-alive is due.
-    pub fn keepalive_due(&self, interval: Duration) -> Instant {
-        self.last_send + interval
+    /// When the send connection's clocks next have something to say.
+    pub fn link_timeout(&self) -> Instant {
+        self.link.poll_timeout()
+    }
+
+    /// Replies (or any bytes) arrived at `now`; then whether the server
+    /// is gone: silent too long, or, in a legacy session, a reply awaited
+    /// too long (sections 1 and 9).
+    pub fn check_link(&mut self, now: Instant, received: bool) -> Option<Gone> {
+        if received {
+            self.link.on_received(now);
+        }
+        let awaiting = !self.is_empty();
+        self.link.set_awaiting(now, awaiting);
+        match self.link.poll(now) {
+            Due::PeerGone(gone) => Some(gone),
+            _ => None,
+        }
     }
 }
 

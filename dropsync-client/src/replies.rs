@@ -18,7 +18,6 @@ use std::time::Instant;
 use dropsync_core::wire::{is_timeout_error, FrameReader, Msg};
 use dropsync_proto::StatusCode;
 
-use crate::connect::Timing;
 use crate::events::{Event, SessionEvent};
 use crate::outgoing::{settle, SendSide};
 use crate::state::Ctx;
@@ -27,49 +26,35 @@ use crate::state::Ctx;
 const STATUS_LEN: usize = 4;
 
 /// Starts the reply thread of session `session`. It reports each ended
-/// operation, and the end of the connection (or a peer silent for
-/// `timing.dead_peer`), then ends with the connection.
+/// operation, and the end of the connection (or a server gone by the send
+/// connection's clocks, `Outgoing::check_link`), then ends with the
+/// connection.
 pub fn spawn(
     mut rx: FrameReader<TcpStream>,
     out: SendSide,
     ctx: Arc<Ctx>,
     events: mpsc::Sender<Event>,
     session: u64,
-    timing: Timing,
 ) -> io::Result<JoinHandle<()>> {
     let post = move |what| events.send(Event::Session { session, what }).is_ok();
     thread::Builder::new().name(format!("replies-{session}")).spawn(move || {
-        let mut last_recv = Instant::now();
-        // Legacy session: since when a reply has been awaited, if one is.
-        let mut awaiting_since: Option<Instant> = None;
+        let mut last_total = 0;
         let reason = loop {
             let code = match rx.read_msg() {
                 Ok(Some(Msg::Status(code))) => code,
                 Ok(Some(other)) => break format!("server sent {other:?} on the send connection (only STATUS is expected)"),
                 Ok(None) => break "server closed the send connection".to_owned(),
                 Err(e) if is_timeout_error(&e) => {
-                    if !timing.silence_ok {
-                        if last_recv.elapsed() >= timing.dead_peer {
-                            break format!("nothing received on the send connection for {:?}", timing.dead_peer);
-                        }
-                        continue;
-                    }
-                    // Section 1: a legacy server may never send keep-alives;
-                    // only a reply awaited too long ends the session.
-                    awaiting_since = match (out.lock().is_empty(), awaiting_since) {
-                        (true, _) => None,
-                        (false, None) => Some(Instant::now()),
-                        (false, since) => since,
-                    };
-                    if awaiting_since.is_some_and(|t| t.elapsed() >= timing.dead_peer) {
-                        break format!("no reply on the send connection for {:?}", timing.dead_peer);
+                    // Any byte counts: a reply may be arriving slowly.
+                    let received = std::mem::replace(&mut last_total, rx.total_read()) != rx.total_read();
+                    if let Some(gone) = out.lock().check_link(Instant::now(), received) {
+                        break format!("send connection: {gone}");
                     }
                     continue;
                 }
                 Err(e) => break format!("send connection: {e}"),
             };
-            last_recv = Instant::now();
-            awaiting_since = None;
+            last_total = rx.total_read();
             // Every reply already received is fed in before anything is
             // sent, so what they unblock goes out together (one write for
             // many small files). A STATUS is 4 bytes: with that many
@@ -95,6 +80,7 @@ pub fn spawn(
             }
             let (ended, sent) = {
                 let mut out = out.lock();
+                let _ = out.check_link(Instant::now(), true);
                 let mut ended = Vec::new();
                 for code in codes.into_iter().filter(|&c| c != StatusCode::KEEP_ALIVE) {
                     match out.handle_reply(code) {

@@ -18,6 +18,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
 
+use dropsync_core::liveness::Liveness;
 use dropsync_core::meta_client::LocalSeen;
 use dropsync_core::reconcile::Content;
 use dropsync_core::sender::Outcome;
@@ -98,7 +99,6 @@ pub enum End {
 pub struct Session<'a> {
     core: &'a mut Core,
     number: u64,
-    timing: Timing,
     out: SendSide,
     send_sock: TcpStream,
     recv_sock: TcpStream,
@@ -144,13 +144,14 @@ impl<'a> Session<'a> {
             Ok(c) => c,
             Err(e) => return (End::Lost(format!("socket: {e}")), false),
         };
-        let out = SendSide::new(Outgoing::new(send, core.cfg.in_flight, core.cfg.chunk_size));
+        let link = Liveness::new(Instant::now(), timing.timers(), timing.silence());
+        let out = SendSide::new(Outgoing::new(send, core.cfg.in_flight, core.cfg.chunk_size, link));
         let mut threads = Vec::new();
         let ctx = &core.ctx;
         let spawned = Incoming::spawn(Arc::clone(ctx), recv_rx, recv, core.tx.clone(), number, timing, go_rx)
             .and_then(|t| {
                 threads.push(t);
-                replies::spawn(send_rx, out.clone(), Arc::clone(ctx), core.tx.clone(), number, timing)
+                replies::spawn(send_rx, out.clone(), Arc::clone(ctx), core.tx.clone(), number)
             });
         match spawned {
             Ok(t) => threads.push(t),
@@ -162,7 +163,6 @@ impl<'a> Session<'a> {
         let mut s = Session {
             core,
             number,
-            timing,
             out,
             send_sock,
             recv_sock,
@@ -214,7 +214,7 @@ impl<'a> Session<'a> {
                 self.core.meta_file.save_if_changed(&self.core.ctx.shared);
                 self.last_save = now;
             }
-            let keepalive = self.out.lock().keepalive_if_due(self.timing.keepalive);
+            let keepalive = self.out.lock().keepalive_if_due();
             if let Err(e) = keepalive {
                 return End::Lost(format!("send connection: {e}"));
             }
@@ -259,7 +259,7 @@ impl<'a> Session<'a> {
         if !self.reconciled {
             consider(Some(self.metadata_deadline));
         }
-        consider(Some(self.out.lock().keepalive_due(self.timing.keepalive)));
+        consider(Some(self.out.lock().link_timeout()));
         consider(self.stop_deadline);
         if self.core.ctx.shared.lock().unsaved {
             consider(Some(self.last_save + SAVE_DELAY));
