@@ -223,7 +223,7 @@ impl Incoming {
     /// while keep-alives flow; its next message gets 0x0080.
     fn expire_idle(&mut self) {
         let now = Instant::now();
-        if self.open.poll_timeout().map_or(true, |at| now < at) {
+        if !matches!(self.open.poll_timeout(), Some(at) if at <= now) {
             return;
         }
         for (name, open) in self.open.expire(now) {

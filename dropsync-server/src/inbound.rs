@@ -180,7 +180,7 @@ impl Inbound<'_> {
     /// with no message of its own for the dead-peer time is aborted, even
     /// while keep-alives flow; its next message gets 0x0080.
     fn expire_idle(&mut self) {
-        if self.open.poll_timeout().map_or(true, |at| Instant::now() < at) {
+        if !matches!(self.open.poll_timeout(), Some(at) if at <= Instant::now()) {
             return;
         }
         // Dropping an upload removes its temp file and releases its lock.
