@@ -2,7 +2,7 @@
 //! section 1). Every accepted connection gets its own thread at once, so no
 //! accept ever waits for a busy worker.
 
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,10 +14,25 @@ use dropsync_proto::{ClientId, StatusCode};
 
 use crate::server::Server;
 use crate::session::{Session, SessionParts};
+use crate::quiet_log::{self, QuietLog};
 use crate::{inbound, outbound, spawn_named, tcp, workers};
 
-/// How long a connection waits for its partner before it is dropped.
-const PAIR_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a connection waits for its partner before it is dropped. A
+/// real client opens both connections at once; a lone one is a client that
+/// died half-way, or someone holding a thread and a descriptor for nothing.
+const PAIR_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Most connections from one IP address waiting for a partner at once; a
+/// connection beyond is closed at once. A real client has at most one of
+/// each kind waiting (a few, behind a NAT).
+const MAX_WAITING_PER_ADDRESS: usize = 64;
+
+/// First and longest pause of the accept loop after an accept error (out of
+/// descriptors: EMFILE, ENFILE), so that it backs off instead of spinning.
+const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
+
+static ACCEPT_ERRORS: QuietLog = QuietLog::new();
+static REFUSALS: QuietLog = QuietLog::new();
 
 /// How often a waiting connection looks whether its peer has closed it
 /// (section 1: "a waiting connection that has closed is never paired").
@@ -39,22 +54,54 @@ pub struct Half {
 }
 
 /// Accepts on `listener` forever, one thread per connection.
+/// An accept error (descriptors exhausted, above all) pauses the loop, from
+/// [`ACCEPT_BACKOFF`]'s first to its longest pause, and is logged at most
+/// once per interval.
 pub fn accept_loop(server: Arc<Server>, listener: TcpListener, kind: ConnKind) {
+    let mut pause = ACCEPT_BACKOFF.0;
     for conn in listener.incoming() {
         if server.is_shutting_down() {
             return;
         }
         match conn {
             Ok(stream) => {
+                pause = ACCEPT_BACKOFF.0;
                 let server = server.clone();
                 let spawned = spawn_named("handshake", move || handshake(&server, stream, kind));
                 if let Err(e) = spawned {
-                    log::error!("cannot start a thread for a new connection: {e}");
+                    if let Some(n) = ACCEPT_ERRORS.allow(Instant::now()) {
+                        log::error!("cannot start a thread for a new connection: {e}{}", quiet_log::more(n));
+                    }
                 }
             }
-            Err(e) => log::warn!("accept failed: {e}"),
+            Err(e) => {
+                if let Some(n) = ACCEPT_ERRORS.allow(Instant::now()) {
+                    log::warn!("accept failed: {e}; pausing accepts for {pause:?}{}", quiet_log::more(n));
+                }
+                std::thread::sleep(pause);
+                pause = (pause * 2).min(ACCEPT_BACKOFF.1);
+            }
         }
     }
+}
+
+/// Why a new connection from `ip` is turned away before it is read, if it
+/// is: the server is full, its address holds its share of the sessions
+/// (`--max-clients-per-address`), or it has too many connections waiting
+/// for a partner.
+fn refusal(server: &Server, ip: IpAddr) -> Option<String> {
+    let cfg = &server.config;
+    if server.client_count() >= cfg.max_clients {
+        return Some(format!("{} clients connected already", cfg.max_clients));
+    }
+    if server.sessions_from(ip) >= cfg.max_clients_per_address {
+        return Some(format!("{} sessions from this address already", cfg.max_clients_per_address));
+    }
+    let waiting = server.handshakes().parked.values().filter(|h| h.peer.ip().to_canonical() == ip).count();
+    if waiting >= MAX_WAITING_PER_ADDRESS {
+        return Some(format!("{waiting} connections from this address wait for a partner already"));
+    }
+    None
 }
 
 fn handshake(server: &Arc<Server>, mut stream: TcpStream, kind: ConnKind) {
@@ -68,8 +115,11 @@ fn handshake(server: &Arc<Server>, mut stream: TcpStream, kind: ConnKind) {
         Ok(s) => FrameReader::new(s),
         Err(e) => return log::warn!("{peer}: cannot set up connection: {e}"),
     };
-    if server.client_count() >= server.config.max_clients {
-        return log::warn!("{peer}: refused, {} clients connected already", server.config.max_clients);
+    if let Some(why) = refusal(server, peer.ip().to_canonical()) {
+        if let Some(n) = REFUSALS.allow(Instant::now()) {
+            log::warn!("{peer}: refused, {why}{}", quiet_log::more(n));
+        }
+        return;
     }
     let (client_id, label, first) = match reader.read_msg() {
         Ok(Some(Msg::Hello { client_id, label })) => {
@@ -182,6 +232,7 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
         return log::warn!("{}: cannot clone sockets", send.peer);
     };
     let (reply_tx, reply_rx) = mpsc::channel();
+    let (batch_tx, batch_rx) = mpsc::channel();
     let session = Arc::new(Session::new(SessionParts {
         id,
         client_id,
@@ -191,6 +242,7 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
         recv_sock,
         out,
         replies: reply_rx,
+        deliveries: batch_tx,
         now: std::time::Instant::now(),
         timers: server.config.timers(),
     }));
@@ -207,6 +259,11 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
     let tick = server.config.tick();
     let _ = send.stream.set_read_timeout(Some(tick));
     let _ = receive.stream.set_read_timeout(Some(tick));
+    // A client that stops reading blocks only its own threads' writes, and
+    // not for ever: a write that makes no progress for the dead-peer time
+    // fails, which ends the session.
+    let _ = send.stream.set_write_timeout(Some(server.config.dead_peer));
+    let _ = receive.stream.set_write_timeout(Some(server.config.dead_peer));
     if session.is_legacy() {
         // Section 1: a legacy session is never closed for silence alone;
         // the kernel's keep-alive probes find a peer that is really gone.
@@ -222,8 +279,11 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
     let recv_reader = receive.reader;
     let ok = spawn_named("inbound", move || inbound::run(&s1, &sess1, send_reader, send_stream, first)).is_ok()
         && spawn_named("replies", move || outbound::read_replies(&s2, &sess2, recv_reader, reply_tx)).is_ok()
-        && (server.config.workers > 0
-            || spawn_named("sender", move || workers::dedicated(&s3, &sess3)).is_ok());
+        && if server.config.workers > 0 {
+            spawn_named("sender", move || workers::session_sender(&s3, &sess3, batch_rx)).is_ok()
+        } else {
+            spawn_named("sender", move || workers::dedicated(&s3, &sess3)).is_ok()
+        };
     if !ok {
         return server.end_session(&session, "cannot start its threads");
     }

@@ -41,6 +41,11 @@ pub struct Args {
     /// Most clients connected at once; connections beyond are closed at once.
     #[arg(long, default_value_t = 4096)]
     pub max_clients: usize,
+    /// Most clients connected at once from one IP address. Default: all
+    /// but an eighth of --max-clients (at least one), so that no single
+    /// address can lock the others out.
+    #[arg(long)]
+    pub max_clients_per_address: Option<usize>,
     /// Most uploads open at once on one connection; the first message of
     /// one more is refused with 0x0080 (PROTOCOL.md section 9: at least 256).
     #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u32).range(256..=65536))]
@@ -63,4 +68,10 @@ pub struct Args {
     /// Less log output (warnings and errors only).
     #[arg(short, long)]
     pub quiet: bool,
+}
+
+/// The default of `--max-clients-per-address`: seven eighths of
+/// `max_clients` (at least one), leaving the rest for other addresses.
+pub fn default_per_address(max_clients: usize) -> usize {
+    (max_clients - max_clients / 8).max(1)
 }

@@ -13,6 +13,7 @@ mod clock;
 mod inbound;
 mod library;
 mod outbound;
+mod quiet_log;
 mod server;
 mod session;
 mod sink;
@@ -88,6 +89,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         max_chunk: args.max_chunk,
         max_name_len: usize::from(args.max_name_len),
         max_clients: args.max_clients,
+        max_clients_per_address: args.max_clients_per_address.unwrap_or_else(|| cli::default_per_address(args.max_clients)),
         keepalive: Duration::from_secs(args.keepalive_secs.max(1)),
         dead_peer: Duration::from_secs(args.dead_peer_secs.max(1)),
         workers: args.workers,

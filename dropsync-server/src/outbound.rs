@@ -1,7 +1,13 @@
 //! Server → client transfers on a session's receive connection: the
-//! META-DATA first, then one queued path at a time, each sent as its state
-//! at dequeue time (PROTOCOL.md section 6). Also the thread that reads the
-//! client's replies on that connection.
+//! META-DATA first, then queued paths, each sent as its state at dequeue
+//! time (PROTOCOL.md section 6). Also the thread that reads the client's
+//! replies on that connection.
+//!
+//! A delivery is prepared ([`prepare_next`]: dequeue, read the catalog, open
+//! the content) and then delivered ([`deliver`]: drive the transfers, wait
+//! for the client's replies, record what it has seen). Only the session's
+//! own sender thread delivers, so a client that is slow or never answers
+//! holds back nobody but itself; the pool's workers only prepare.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -73,13 +79,30 @@ struct Item {
     digest: Option<Digest>,
 }
 
-/// Serves one job for `session`: the META-DATA if it has not been sent,
-/// else up to `--parallel` queued paths, interleaved. Returns whether more
-/// work is queued.
-pub fn serve_next(server: &Server, session: &Session) -> Result<bool, Gone> {
-    match send_pending_metadata(server, session)? {
-        MetaProgress::NotReady => return Ok(false),
-        MetaProgress::JustSent => return Ok(!session.queue.is_empty()),
+/// Transfers to one client, prepared and ready to be delivered together
+/// (interleaved, [ext] parallel transfers).
+pub struct Batch {
+    items: Vec<Item>,
+    /// The META-DATA transfer rather than queued paths.
+    metadata: bool,
+}
+
+/// Prepares the next delivery for `session`: the META-DATA if it has not
+/// been sent, else up to `--parallel` queued paths (one for a legacy
+/// session). `None` when there is nothing to send yet.
+pub fn prepare_next(server: &Server, session: &Session) -> Option<Batch> {
+    match take_pending_metadata(session) {
+        MetaProgress::NotReady => return None,
+        MetaProgress::Take(text) => {
+            let size = text.len() as u64;
+            let item = Item {
+                name: METADATA_TRANSFER_NAME.into(),
+                version: 0,
+                content: Some((Source::Bytes(text.into_bytes()), size)),
+                digest: None,
+            };
+            return Some(Batch { items: vec![item], metadata: true });
+        }
         MetaProgress::AlreadySent => {}
     }
     let mut paths = Vec::new();
@@ -89,65 +112,43 @@ pub fn serve_next(server: &Server, session: &Session) -> Result<bool, Gone> {
             None => break,
         }
     }
-    serve_paths(server, session, paths)?;
-    Ok(!session.queue.is_empty())
+    prepare_paths(server, session, paths)
 }
 
-/// Where the META-DATA transfer stands after [`send_pending_metadata`].
-#[derive(Debug, PartialEq, Eq)]
-pub enum MetaProgress {
+/// Where the META-DATA transfer stands.
+enum MetaProgress {
     /// The snapshot is not taken yet: send nothing.
     NotReady,
-    /// It was sent just now.
-    JustSent,
+    /// Send this text now (section 1: the first transfer of every session).
+    Take(String),
     /// It went out earlier; the queue may be served.
     AlreadySent,
 }
 
-/// Sends the META-DATA if it is ready and not sent yet (section 1: the
-/// first transfer of every session).
-pub fn send_pending_metadata(server: &Server, session: &Session) -> Result<MetaProgress, Gone> {
-    let text = {
-        let mut state = session.metadata.lock().unwrap_or_else(PoisonError::into_inner);
-        match std::mem::replace(&mut *state, MetaState::Sent) {
-            MetaState::Pending => {
-                *state = MetaState::Pending;
-                return Ok(MetaProgress::NotReady);
-            }
-            MetaState::Ready(text) => text,
-            MetaState::Sent => return Ok(MetaProgress::AlreadySent),
+fn take_pending_metadata(session: &Session) -> MetaProgress {
+    let mut state = session.metadata.lock().unwrap_or_else(PoisonError::into_inner);
+    match std::mem::replace(&mut *state, MetaState::Sent) {
+        MetaState::Pending => {
+            *state = MetaState::Pending;
+            MetaProgress::NotReady
         }
-    };
-    let size = text.len() as u64;
-    let item = Item {
-        name: METADATA_TRANSFER_NAME.into(),
-        version: 0,
-        content: Some((Source::Bytes(text.into_bytes()), size)),
-        digest: None,
-    };
-    let outcomes = run_batch(server, session, vec![item])?;
-    log::debug!("{}: META-DATA ({size} bytes) sent: {:?}", session.who(), outcomes.first());
-    Ok(MetaProgress::JustSent)
+        MetaState::Ready(text) => MetaProgress::Take(text),
+        MetaState::Sent => MetaProgress::AlreadySent,
+    }
 }
 
-/// Sends each path as it is now: its committed content, or a DELETE for a
-/// tombstone; skipped when the client already has that version (unless it
-/// asked with REQUEST). Several paths go out interleaved on the receive
-/// connection ([ext] parallel transfers).
-pub fn serve_paths(server: &Server, session: &Session, paths: Vec<String>) -> Result<(), Gone> {
+/// Prepares `paths` as they are now: their committed content, or a DELETE
+/// for a tombstone; skipped when the client already has that version
+/// (unless it asked with REQUEST). They count as being sent to the client
+/// (the stale-change rule's wait) until [`deliver`] has recorded them.
+pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> Option<Batch> {
     if paths.is_empty() {
-        return Ok(());
+        return None;
     }
     session.set_outgoing(&paths);
-    let result = serve_paths_now(server, session, &paths);
-    session.set_outgoing(&[]);
-    result
-}
-
-fn serve_paths_now(server: &Server, session: &Session, paths: &[String]) -> Result<(), Gone> {
     let lib = &server.library;
     let mut items = Vec::with_capacity(paths.len());
-    for path in paths {
+    for path in &paths {
         let requested = session.requested.lock().unwrap_or_else(PoisonError::into_inner).remove(path);
         // A blob can vanish between reading the entry and opening it if the
         // path is overwritten meanwhile: then the newer entry is what to send.
@@ -180,8 +181,28 @@ fn serve_paths_now(server: &Server, session: &Session, paths: &[String]) -> Resu
             }
         }
     }
-    let versions: Vec<(String, u64)> = items.iter().map(|i| (i.name.clone(), i.version)).collect();
-    let outcomes = run_batch(server, session, items)?;
+    Some(Batch { items, metadata: false })
+}
+
+/// Delivers `batch` to `session` (the session's sender thread only: this
+/// waits for the client's replies) and records each outcome: a delivered
+/// version counts as seen (section 6), a refusal gives the path up for
+/// this client.
+pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), Gone> {
+    let versions: Vec<(String, u64)> = batch.items.iter().map(|i| (i.name.clone(), i.version)).collect();
+    let metadata = batch.metadata;
+    let result = run_batch(server, session, batch.items);
+    let outcomes = match result {
+        Ok(o) => o,
+        Err(gone) => {
+            session.set_outgoing(&[]);
+            return Err(gone);
+        }
+    };
+    if metadata {
+        log::debug!("{}: META-DATA sent: {:?}", session.who(), outcomes.first());
+        return Ok(());
+    }
     for ((path, version), outcome) in versions.into_iter().zip(outcomes) {
         match outcome {
             // A client answering a DELETE with 0x0020 already agrees.
@@ -194,6 +215,7 @@ fn serve_paths_now(server: &Server, session: &Session, paths: &[String]) -> Resu
             other => log::info!("{}: gave up sending {path:?}: {other:?}", session.who()),
         }
     }
+    session.set_outgoing(&[]);
     Ok(())
 }
 

@@ -27,6 +27,9 @@ pub struct Config {
     pub max_name_len: usize,
     /// Most sessions at once.
     pub max_clients: usize,
+    /// Most sessions from one IP address at once, so that one address
+    /// cannot fill `max_clients` and lock everyone else out.
+    pub max_clients_per_address: usize,
     /// Idle time before a keep-alive is sent.
     pub keepalive: Duration,
     /// Silence after which a connection is dropped.
@@ -123,6 +126,11 @@ impl Server {
     /// Number of connected clients.
     pub fn client_count(&self) -> usize {
         self.sessions().len()
+    }
+
+    /// Live sessions from `ip`.
+    pub fn sessions_from(&self, ip: IpAddr) -> usize {
+        self.sessions().values().filter(|s| s.ip == ip).count()
     }
 
     /// A live session by id.

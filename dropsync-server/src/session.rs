@@ -3,9 +3,9 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{self, Receiver};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -14,6 +14,8 @@ use dropsync_core::locks::SessionId;
 use dropsync_core::queue::UpdateQueue;
 use dropsync_core::stale::SeenVersions;
 use dropsync_proto::{ClientId, StatusCode};
+
+use crate::outbound::Batch;
 
 /// A paired client session.
 #[derive(Debug)]
@@ -24,6 +26,8 @@ pub struct Session {
     who: String,
     /// The label from HELLO (for conflict-copy names).
     pub label: String,
+    /// The client's IP address (for the per-address session cap).
+    pub ip: IpAddr,
     /// Paired without HELLO (section 1): one transfer at a time, and never
     /// closed for silence alone.
     legacy: bool,
@@ -37,8 +41,13 @@ pub struct Session {
     pub metadata: Mutex<MetaState>,
     /// Writer of the receive connection (transfers to the client, keep-alives).
     out: Mutex<TcpStream>,
-    /// STATUS replies read from the receive connection, keep-alives removed.
+    /// STATUS replies read from the receive connection, keep-alives removed
+    /// (read by whoever delivers: the session's own sender thread).
     pub replies: Mutex<Receiver<StatusCode>>,
+    /// Deliveries prepared by the worker pool, for the session's sender.
+    deliveries: Mutex<mpsc::Sender<Batch>>,
+    /// A delivery is prepared or under way (pool mode: at most one).
+    pub delivering: AtomicBool,
     send_sock: TcpStream,
     recv_sock: TcpStream,
     closed: AtomicBool,
@@ -69,6 +78,8 @@ pub struct SessionParts {
     pub out: TcpStream,
     /// Replies channel.
     pub replies: Receiver<StatusCode>,
+    /// Where prepared deliveries go (the sender thread holds the receiver).
+    pub deliveries: mpsc::Sender<Batch>,
     /// When the session starts.
     pub now: Instant,
     /// Section 9's intervals.
@@ -97,6 +108,7 @@ impl Session {
             },
             id: p.id,
             label: p.label,
+            ip: p.peer.ip().to_canonical(),
             legacy: p.client_id.is_none(),
             queue: UpdateQueue::new(),
             seen: Mutex::new(SeenVersions::new(0)),
@@ -104,6 +116,8 @@ impl Session {
             metadata: Mutex::new(MetaState::Pending),
             out: Mutex::new(p.out),
             replies: Mutex::new(p.replies),
+            deliveries: Mutex::new(p.deliveries),
+            delivering: AtomicBool::new(false),
             send_sock: p.send_sock,
             recv_sock: p.recv_sock,
             closed: AtomicBool::new(false),
@@ -111,6 +125,12 @@ impl Session {
             outgoing: Mutex::new(Vec::new()),
             outgoing_done: Condvar::new(),
         }
+    }
+
+    /// Hands a prepared delivery to the session's sender thread; false when
+    /// that thread is gone (the session is ending).
+    pub fn hand_over(&self, batch: Batch) -> bool {
+        self.deliveries.lock().unwrap_or_else(PoisonError::into_inner).send(batch).is_ok()
     }
 
     /// Marks `paths` as being sent to this client (empty: finished, and

@@ -3,7 +3,9 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::io::Write;
-use std::net::TcpStream;
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+
+use socket2::{Domain, Socket, Type};
 use std::time::Duration;
 
 use dropsync_core::wire::{FrameReader, Msg};
@@ -30,8 +32,13 @@ pub struct RawPeer {
 /// How long a raw peer waits for any single message.
 const READ_TIMEOUT: Duration = Duration::from_secs(20);
 
-fn connect(port: u16) -> TcpStream {
-    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+/// A connection to 127.0.0.1:`port` from the loopback address `local` (any
+/// of 127.0.0.0/8: a second "machine" for tests of per-address rules).
+fn connect_from(local: Ipv4Addr, port: u16) -> TcpStream {
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    sock.bind(&SocketAddr::from((local, 0)).into()).unwrap();
+    sock.connect(&SocketAddr::from((Ipv4Addr::LOCALHOST, port)).into()).unwrap();
+    let s: TcpStream = sock.into();
     s.set_nodelay(true).unwrap();
     s.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
     s
@@ -40,8 +47,14 @@ fn connect(port: u16) -> TcpStream {
 impl RawPeer {
     /// Connects both ports without saying anything.
     pub fn connect_raw(send_port: u16, recv_port: u16) -> Self {
-        let send = connect(send_port);
-        let recv = connect(recv_port);
+        Self::connect_raw_from(Ipv4Addr::LOCALHOST, send_port, recv_port)
+    }
+
+    /// Connects both ports from the loopback address `local` without saying
+    /// anything.
+    pub fn connect_raw_from(local: Ipv4Addr, send_port: u16, recv_port: u16) -> Self {
+        let send = connect_from(local, send_port);
+        let recv = connect_from(local, recv_port);
         let send_rx = FrameReader::new(send.try_clone().unwrap());
         let recv_rx = FrameReader::new(recv.try_clone().unwrap());
         Self { send, send_rx, recv, recv_rx, partial: HashMap::new(), done: VecDeque::new() }
@@ -50,7 +63,12 @@ impl RawPeer {
     /// Connects, sends HELLO on both connections, checks both OKs. Both
     /// HELLOs go out at once: a connection silent for 1 s is legacy.
     pub fn hello(send_port: u16, recv_port: u16, id: [u8; 16], label: &str) -> Self {
-        let mut p = Self::connect_raw(send_port, recv_port);
+        Self::hello_from(Ipv4Addr::LOCALHOST, send_port, recv_port, id, label)
+    }
+
+    /// Like [`hello`](Self::hello), from the loopback address `local`.
+    pub fn hello_from(local: Ipv4Addr, send_port: u16, recv_port: u16, id: [u8; 16], label: &str) -> Self {
+        let mut p = Self::connect_raw_from(local, send_port, recv_port);
         let hello = Frame::Hello { client_id: id, label };
         p.send.write_all(&hello.to_vec()).unwrap();
         p.recv.write_all(&hello.to_vec()).unwrap();
