@@ -9,7 +9,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use dropsync_core::wire::{is_timeout_error, write_status, FrameReader, Msg};
+use dropsync_io::wire::{is_timeout_error, write_status, FrameReader, Msg};
 use dropsync_proto::{md5, Frame, MessageType, StatusCode};
 
 use crate::data::Rng;

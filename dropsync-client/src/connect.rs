@@ -8,7 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dropsync_core::liveness::{Silence, Timers};
-use dropsync_core::wire::{is_timeout_error, write_frame, FrameReader, Msg};
+use dropsync_io::wire::{is_timeout_error, write_frame, FrameReader, Msg};
 use dropsync_proto::{ClientId, Frame, StatusCode};
 use socket2::{SockRef, TcpKeepalive};
 

@@ -21,7 +21,7 @@ use dropsync_core::liveness::{Due, Liveness};
 use dropsync_core::open_transfers::{Begin, Limits, OpenTransfers, Refusal};
 use dropsync_core::receiver::{ChunkVerdict, FinishVerdict, HeaderVerdict, Receiver};
 use dropsync_core::reconcile::Content;
-use dropsync_core::wire::{is_timeout_error, write_status, FrameReader, Msg};
+use dropsync_io::wire::{is_timeout_error, write_status, FrameReader, Msg};
 use dropsync_proto::limits::DEFAULT_MAX_CHUNK;
 use dropsync_proto::metadata::parse_document;
 use dropsync_proto::name::{validate_name, METADATA_TRANSFER_NAME};

@@ -29,7 +29,7 @@ use dropsync_core::liveness::{Due, Gone, Liveness};
 use dropsync_core::mux::{Mux, MuxReply, OpId, SingleKind, Step};
 use dropsync_core::reconcile::Content;
 use dropsync_core::sender::{Outcome, Recorded};
-use dropsync_core::wire::write_frame;
+use dropsync_io::wire::write_frame;
 use dropsync_core::CoreError;
 use dropsync_proto::md5_pair::{md5_chunk_into, FileMd5};
 use dropsync_proto::{encode_chunk_header, Digest, Frame, StatusCode};

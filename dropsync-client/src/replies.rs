@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
 
-use dropsync_core::wire::{is_timeout_error, FrameReader, Msg};
+use dropsync_io::wire::{is_timeout_error, FrameReader, Msg};
 use dropsync_proto::StatusCode;
 
 use crate::events::{Event, SessionEvent};

@@ -31,7 +31,7 @@ use std::time::SystemTime;
 
 use dropsync_core::meta_client::{render_record, ClientMeta, ClientRecord, LocalSeen};
 use dropsync_core::reconcile::Content;
-use dropsync_core::storage::replace_file;
+use dropsync_io::dir_storage::replace_file;
 use dropsync_proto::ClientId;
 
 use crate::paths::STATE_DIR;

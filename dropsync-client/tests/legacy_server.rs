@@ -11,7 +11,7 @@ use std::io::Write;
 use std::time::{Duration, Instant};
 
 use common::{FakeServer, FakeSession, FromClient};
-use dropsync_core::wire::Msg;
+use dropsync_io::wire::Msg;
 use dropsync_proto::{md5, Frame, MessageType, StatusCode, ZERO_DIGEST};
 use dropsync_testkit::{wait_until, write_file, ClientProc, TempDir, DEFAULT_DEADLINE};
 

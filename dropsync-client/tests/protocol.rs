@@ -34,7 +34,7 @@ fn hello_carries_one_id_on_both_connections_and_keepalives_flow() {
     // And one on the receive connection.
     s.recv.set_read_timeout(Some(3 * SECOND)).unwrap();
     match s.recv_rx.read_msg().unwrap() {
-        Some(dropsync_core::wire::Msg::Status(StatusCode::KEEP_ALIVE)) => {}
+        Some(dropsync_io::wire::Msg::Status(StatusCode::KEEP_ALIVE)) => {}
         other => panic!("expected a keep-alive, got {other:?}"),
     }
     // The id is kept across restarts.
@@ -171,7 +171,7 @@ fn a_change_refused_as_locked_is_given_up_and_kept_when_the_server_version_arriv
     // client looks at the path again, 5 s later, in case no version comes).
     s.send.set_read_timeout(Some(Duration::from_millis(1500))).unwrap();
     match s.send_rx.read_msg() {
-        Err(e) if dropsync_core::wire::is_timeout_error(&e) => {}
+        Err(e) if dropsync_io::wire::is_timeout_error(&e) => {}
         other => panic!("the refused change was sent again: {other:?}\n{}", client.log()),
     }
     s.send.set_read_timeout(Some(Duration::from_secs(10))).unwrap();

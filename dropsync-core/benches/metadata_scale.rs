@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use dropsync_core::meta_server::{Catalog, Change, MemCatalog};
 use dropsync_core::reconcile::{reconcile, Content, ServerSide};
-use dropsync_core::storage::DirStorage;
+use dropsync_io::dir_storage::DirStorage;
 use dropsync_proto::md5;
 
 const N: usize = 1_000_000;

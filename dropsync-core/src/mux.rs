@@ -274,7 +274,22 @@ impl Mux {
         self.record_chunk_inner(id, payload, Some(digest))
     }
 
+    /// Like [`record_chunk_hashed`](Self::record_chunk_hashed) with only the
+    /// chunk's length, for an upload added with
+    /// [`add_upload_with_digest`](Self::add_upload_with_digest) (see
+    /// [`Sender::record_chunk_digest`]): the caller streams the payload.
+    pub fn record_chunk_digest(&mut self, id: OpId, len: u32, digest: Digest) -> Recorded {
+        self.record_with(id, |sender| sender.record_chunk_digest(len, digest))
+    }
+
     fn record_chunk_inner(&mut self, id: OpId, payload: &[u8], digest: Option<Digest>) -> Recorded {
+        self.record_with(id, |sender| match digest {
+            Some(d) => sender.record_chunk_hashed(payload, d),
+            None => sender.record_chunk(payload),
+        })
+    }
+
+    fn record_with(&mut self, id: OpId, record: impl FnOnce(&mut Sender) -> Recorded) -> Recorded {
         if self.announced != Some(id) {
             return Recorded::NotExpected;
         }
@@ -282,10 +297,7 @@ impl Mux {
             self.announced = None;
             return Recorded::NotExpected;
         };
-        let recorded = match digest {
-            Some(d) => sender.record_chunk_hashed(payload, d),
-            None => sender.record_chunk(payload),
-        };
+        let recorded = record(sender);
         if let Recorded::Send { .. } = recorded {
             self.announced = None;
             self.outstanding.push_back(id);

@@ -259,6 +259,27 @@ impl Sender {
         self.record(payload, Some(digest))
     }
 
+    /// Like [`record_chunk_hashed`](Self::record_chunk_hashed) without the
+    /// bytes, for a transfer whose whole-file MD5 is known
+    /// ([`with_digest`](Self::with_digest)): nothing here needs them, so the
+    /// caller may stream the payload from its source to the socket without
+    /// holding it (it must then send exactly `len` bytes whose MD5 is
+    /// `digest`). Without a known whole-file MD5 this is `NotExpected`.
+    pub fn record_chunk_digest(&mut self, len: u32, digest: Digest) -> Recorded {
+        let State::Announced { len: announced } = self.state else {
+            return Recorded::NotExpected;
+        };
+        if self.known_digest.is_none() {
+            return Recorded::NotExpected;
+        }
+        if len != announced {
+            return Recorded::WrongLength { expected: announced, got: len as usize };
+        }
+        self.state = State::Waiting(Sent::Chunk { len });
+        self.opened = true;
+        Recorded::Send { digest }
+    }
+
     fn record(&mut self, payload: &[u8], digest: Option<Digest>) -> Recorded {
         let State::Announced { len } = self.state else {
             return Recorded::NotExpected;
@@ -608,6 +629,34 @@ mod tests {
             reply(&mut tx, StatusCode::OK),
             ReplyOutcome::Over(Outcome::Committed)
         );
+    }
+
+    #[test]
+    fn a_known_file_digest_lets_chunks_be_recorded_by_length_and_digest() {
+        let data = b"0123456789";
+        let mut tx = Sender::with_digest(10, 4, md5(data));
+        // Without a known whole-file digest it is refused.
+        let mut other = Sender::new(10, 4);
+        let _ = other.poll_send();
+        assert_eq!(other.record_chunk_digest(4, md5(b"0123")), Recorded::NotExpected);
+        let mut sent = Vec::new();
+        loop {
+            match tx.poll_send() {
+                Some(SendStep::Chunk { offset, len }) => {
+                    let piece = &data[offset as usize..(offset + u64::from(len)) as usize];
+                    assert_eq!(tx.record_chunk_digest(len + 1, md5(piece)), Recorded::WrongLength { expected: len, got: len as usize + 1 });
+                    assert_eq!(tx.record_chunk_digest(len, md5(piece)), Recorded::Send { digest: md5(piece) });
+                    sent.extend_from_slice(piece);
+                    let _ = reply(&mut tx, StatusCode::OK);
+                }
+                Some(SendStep::Finished { digest }) => {
+                    assert_eq!(digest, md5(data));
+                    break;
+                }
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(sent, data);
     }
 
     #[test]

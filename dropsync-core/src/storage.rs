@@ -1,15 +1,10 @@
 //! Durable storage of small named files (META-DATA snapshot and journal),
 //! behind a trait so tests keep them in memory and a later backend can keep
-//! them elsewhere.
-//!
-//! [`DirStorage`] is the one place in this crate that touches `std::fs`: both
-//! binaries need exactly these crash-safe primitives, and keeping them here
-//! means they are written (and tested) once.
+//! them elsewhere. The implementation on a local folder, which touches the
+//! file system, is `dropsync_io::dir_storage::DirStorage`.
 
 use std::collections::HashMap;
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
-use std::path::{Path, PathBuf};
+use std::io;
 use std::sync::{Mutex, PoisonError};
 
 /// Crash-safe operations on named blobs. Every method returns only once the
@@ -79,124 +74,33 @@ impl Storage for MemStorage {
     }
 }
 
-/// Blobs as files in one directory, made durable with fsync.
-#[derive(Debug)]
-pub struct DirStorage {
-    dir: PathBuf,
-    /// Open append handles, so a journal append is one write and one fdatasync.
-    appenders: Mutex<HashMap<String, File>>,
-}
-
-impl DirStorage {
-    /// Uses (and creates) `dir`.
-    pub fn new(dir: impl Into<PathBuf>) -> io::Result<Self> {
-        let dir = dir.into();
-        fs::create_dir_all(&dir)?;
-        Ok(Self { dir, appenders: Mutex::new(HashMap::new()) })
-    }
-
-    /// The directory the blobs live in.
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    fn sync_dir(&self) -> io::Result<()> {
-        sync_dir(&self.dir)
-    }
-}
-
-/// fsyncs a directory so that a rename or create inside it survives a crash.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// Writes `bytes` to `path` crash-safely: a temp file beside it, fsync,
-/// rename over `path`, fsync of the directory.
-pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    sync_dir(dir)
-}
-
-impl Storage for DirStorage {
-    fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
-        match fs::read(self.dir.join(name)) {
-            Ok(b) => Ok(Some(b)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(e),
-        }
-    }
-
-    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        // A cached append handle would point at the replaced inode.
-        self.appenders.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
-        replace_file(&self.dir.join(name), bytes)
-    }
-
-    fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        let mut handles = self.appenders.lock().unwrap_or_else(PoisonError::into_inner);
-        if !handles.contains_key(name) {
-            let path = self.dir.join(name);
-            let existed = path.exists();
-            let f = OpenOptions::new().create(true).append(true).open(&path)?;
-            if !existed {
-                self.sync_dir()?;
-            }
-            handles.insert(name.to_owned(), f);
-        }
-        let Some(f) = handles.get_mut(name) else {
-            return Err(io::Error::other("append handle vanished"));
-        };
-        f.write_all(bytes)?;
-        f.sync_data()
-    }
-
-    fn remove(&self, name: &str) -> io::Result<()> {
-        self.appenders.lock().unwrap_or_else(PoisonError::into_inner).remove(name);
-        match fs::remove_file(self.dir.join(name)) {
-            Ok(()) => self.sync_dir(),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(e),
-        }
-    }
+/// Checks the [`Storage`] contract on an empty store: reads, appends,
+/// replaces and removes, as every implementation's tests must. `Err` says
+/// which step broke it.
+pub fn check_contract(s: &dyn Storage) -> Result<(), String> {
+    let expect = |step: &str, got: io::Result<Option<Vec<u8>>>, want: Option<&[u8]>| match got {
+        Ok(g) if g.as_deref() == want => Ok(()),
+        other => Err(format!("{step}: read gave {other:?}, expected {want:?}")),
+    };
+    let io = |step: &str, r: io::Result<()>| r.map_err(|e| format!("{step}: {e}"));
+    expect("fresh", s.read("a"), None)?;
+    io("append", s.append("a", b"one\n"))?;
+    io("append", s.append("a", b"two\n"))?;
+    expect("after appends", s.read("a"), Some(b"one\ntwo\n"))?;
+    io("replace", s.replace("a", b"new"))?;
+    io("append after replace", s.append("a", b"+"))?;
+    expect("after replace", s.read("a"), Some(b"new+"))?;
+    io("remove", s.remove("a"))?;
+    io("remove again", s.remove("a"))?;
+    expect("after remove", s.read("a"), None)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn exercise(s: &dyn Storage) {
-        assert_eq!(s.read("a").unwrap(), None);
-        s.append("a", b"one\n").unwrap();
-        s.append("a", b"two\n").unwrap();
-        assert_eq!(s.read("a").unwrap().as_deref(), Some(&b"one\ntwo\n"[..]));
-        s.replace("a", b"new").unwrap();
-        s.append("a", b"+").unwrap();
-        assert_eq!(s.read("a").unwrap().as_deref(), Some(&b"new+"[..]));
-        s.remove("a").unwrap();
-        s.remove("a").unwrap();
-        assert_eq!(s.read("a").unwrap(), None);
-    }
-
     #[test]
     fn mem_storage_semantics() {
-        exercise(&MemStorage::new());
-    }
-
-    #[test]
-    fn dir_storage_semantics() {
-        let dir = std::env::temp_dir().join(format!("dropsync-storage-{}", std::process::id()));
-        let s = DirStorage::new(&dir).unwrap();
-        exercise(&s);
-        assert!(!dir.join("a.tmp").exists());
-        fs::remove_dir_all(&dir).unwrap();
+        check_contract(&MemStorage::new()).unwrap();
     }
 }

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use dropsync_core::locks::SessionId;
 use dropsync_core::pairing::{ConnId, ConnKind, PairEvent, HELLO_TIMEOUT};
-use dropsync_core::wire::{is_timeout_error, write_status, FrameReader, Msg};
+use dropsync_io::wire::{is_timeout_error, write_status, FrameReader, Msg};
 use dropsync_proto::{ClientId, StatusCode};
 
 use crate::server::Server;

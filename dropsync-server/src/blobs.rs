@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
-use dropsync_core::storage::sync_dir;
+use dropsync_io::dir_storage::sync_dir;
 use dropsync_proto::digest::{from_hex, to_hex};
 use dropsync_proto::Digest;
 

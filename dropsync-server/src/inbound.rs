@@ -15,7 +15,7 @@ use dropsync_core::meta_server::Catalog;
 use dropsync_core::open_transfers::{Begin, Limits, OpenTransfers, Refusal};
 use dropsync_core::receiver::{ChunkVerdict, FinishVerdict, HeaderVerdict, Receiver};
 use dropsync_core::stale::MAX_CROSS_CONNECTION_WAIT;
-use dropsync_core::wire::{is_timeout_error, FrameReader, Msg};
+use dropsync_io::wire::{is_timeout_error, FrameReader, Msg};
 use dropsync_proto::name::validate_name;
 use dropsync_proto::{Digest, Frame, MessageType, StatusCode};
 

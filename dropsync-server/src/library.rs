@@ -11,7 +11,7 @@ use dropsync_core::conflict::pick_conflict_name;
 use dropsync_core::locks::{LockTable, MemLockTable};
 use dropsync_core::meta_server::{Catalog, Change, MemCatalog};
 use dropsync_core::stale::{must_keep_overwritten, SeenVersions};
-use dropsync_core::storage::DirStorage;
+use dropsync_io::dir_storage::DirStorage;
 use dropsync_core::CoreError;
 use dropsync_proto::metadata::{Entry, EntryState};
 use dropsync_proto::Digest;

@@ -11,7 +11,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io;
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
@@ -23,10 +23,11 @@ use dropsync_core::liveness::Due;
 use dropsync_core::meta_server::Catalog;
 use dropsync_core::mux::{Mux, MuxReply, OpId, SingleKind, Step};
 use dropsync_core::sender::{Outcome, Recorded};
-use dropsync_core::wire::{is_timeout_error, FrameReader, Msg};
+use dropsync_io::wire::{is_timeout_error, FrameReader, Msg};
 use dropsync_proto::metadata::EntryState;
 use dropsync_proto::name::METADATA_TRANSFER_NAME;
-use dropsync_proto::{encode_chunk_header, md5, Digest, Frame, StatusCode, ZERO_DIGEST};
+use dropsync_proto::digest::finish;
+use dropsync_proto::{encode_chunk_header, md5, Digest, Frame, Md5, StatusCode, ZERO_DIGEST};
 
 use crate::server::Server;
 use crate::session::{MetaState, Session};
@@ -42,28 +43,59 @@ enum Source {
     Bytes(Vec<u8>),
 }
 
+/// Bytes read per step when a chunk's MD5 is computed from its source: a
+/// delivery never holds a whole chunk (1 MiB by default) in memory, so a
+/// fan-out to a thousand clients at once costs a thousand of these, not a
+/// thousand chunks.
+const HASH_PIECE: usize = 64 * 1024;
+
 impl Source {
-    fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
+    /// The MD5 of the `len` bytes at `offset`, read in pieces of
+    /// [`HASH_PIECE`] into `scratch`; an error if the source is shorter.
+    fn chunk_md5(&self, offset: u64, len: u32, scratch: &mut Vec<u8>) -> io::Result<Digest> {
         match self {
-            Source::File(f) => FileExt::read_at(f, buf, offset),
             Source::Bytes(b) => {
-                let start = (offset as usize).min(b.len());
-                let n = buf.len().min(b.len() - start);
-                buf[..n].copy_from_slice(&b[start..start + n]);
-                Ok(n)
+                let range = usize::try_from(offset).ok().and_then(|o| b.get(o..o + len as usize));
+                range.map(md5).ok_or_else(|| io::Error::other("META-DATA shorter than announced"))
+            }
+            Source::File(f) => {
+                scratch.resize(HASH_PIECE, 0);
+                let mut hasher = Md5::default();
+                let mut done = 0u64;
+                while done < u64::from(len) {
+                    let want = (u64::from(len) - done).min(HASH_PIECE as u64) as usize;
+                    let n = FileExt::read_at(f, &mut scratch[..want], offset + done)?;
+                    if n == 0 {
+                        return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "content shorter than its entry"));
+                    }
+                    hasher.write_all(&scratch[..n])?;
+                    done += n as u64;
+                }
+                Ok(finish(hasher))
             }
         }
     }
 
-    fn read_full(&self, buf: &mut [u8], offset: u64) -> io::Result<usize> {
-        let mut got = 0;
-        while got < buf.len() {
-            match self.read_at(&mut buf[got..], offset + got as u64)? {
-                0 => break,
-                n => got += n,
+    /// Writes the `len` bytes at `offset` to `out`: from a file through the
+    /// kernel (`io::copy` uses sendfile on a socket), with no chunk-sized
+    /// buffer here. Fewer bytes than `len` is an error: the frame on the
+    /// wire is then broken, and the session with it.
+    fn copy_to(&self, offset: u64, len: u32, out: &mut TcpStream) -> io::Result<()> {
+        match self {
+            Source::Bytes(b) => {
+                let range = usize::try_from(offset).ok().and_then(|o| b.get(o..o + len as usize));
+                out.write_all(range.ok_or_else(|| io::Error::other("META-DATA shorter than announced"))?)
+            }
+            Source::File(f) => {
+                let mut file = f;
+                file.seek(SeekFrom::Start(offset))?;
+                let copied = io::copy(&mut file.take(u64::from(len)), out)?;
+                if copied != u64::from(len) {
+                    return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "content shorter than its entry"));
+                }
+                Ok(())
             }
         }
-        Ok(got)
     }
 }
 
@@ -74,8 +106,8 @@ struct Item {
     version: u64,
     /// `None` for a DELETE.
     content: Option<(Source, u64)>,
-    /// The content's MD5 when known (a committed blob, checked when it was
-    /// uploaded): the sender then skips hashing it again for FINISHED.
+    /// The content's MD5 (a committed blob's was checked when it was
+    /// uploaded); `None` for a DELETE.
     digest: Option<Digest>,
 }
 
@@ -95,11 +127,12 @@ pub fn prepare_next(server: &Server, session: &Session) -> Option<Batch> {
         MetaProgress::NotReady => return None,
         MetaProgress::Take(text) => {
             let size = text.len() as u64;
+            let digest = md5(text.as_bytes());
             let item = Item {
                 name: METADATA_TRANSFER_NAME.into(),
                 version: 0,
                 content: Some((Source::Bytes(text.into_bytes()), size)),
-                digest: None,
+                digest: Some(digest),
             };
             return Some(Batch { items: vec![item], metadata: true });
         }
@@ -228,14 +261,6 @@ fn wait_reply(server: &Server, session: &Session) -> Result<StatusCode, Gone> {
     }
 }
 
-/// Reads `len` bytes at `offset` of `src` into `buf` (fewer at the end of
-/// a shrunken source, which the sender then refuses to send).
-fn read_chunk(src: Option<&Source>, offset: u64, len: u32, buf: &mut Vec<u8>) {
-    buf.resize(len as usize, 0);
-    let got = src.map_or(0, |s| s.read_full(buf, offset).unwrap_or(0));
-    buf.truncate(got);
-}
-
 /// Drives `items` through the core multiplexer: each transfer stop-and-wait
 /// on its own, chunks of different transfers interleaved, replies matched
 /// in order. On shutdown every transfer in progress is ABORTed (section 9).
@@ -251,26 +276,31 @@ fn run_batch(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec
 
 fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Outcome>, Gone> {
     let mut mux = Mux::new(items.len().max(1));
-    let mut ops: Vec<(OpId, Option<Source>)> = Vec::with_capacity(items.len());
+    // Each transfer with its source and whole-file MD5 (known for every
+    // file: a blob's was checked when it was uploaded, the META-DATA's is
+    // computed when it is prepared), so chunks are recorded by length and
+    // MD5 and their bytes streamed from the source.
+    let mut ops: Vec<(OpId, Option<(Source, Digest)>)> = Vec::with_capacity(items.len());
     for item in items {
-        ops.push(match item.content {
-            Some((src, size)) => {
-                let chunk = server.config.chunk_size;
-                let id = match item.digest {
-                    Some(d) => mux.add_upload_with_digest(item.name, size, chunk, d),
-                    None => mux.add_upload(item.name, size, chunk),
-                };
-                (id, Some(src))
+        ops.push(match (item.content, item.digest) {
+            (Some((src, size)), Some(digest)) => {
+                let id = mux.add_upload_with_digest(item.name, size, server.config.chunk_size, digest);
+                (id, Some((src, digest)))
             }
-            None => (mux.add_single(item.name, SingleKind::Delete, ZERO_DIGEST), None),
+            (Some(_), None) => {
+                log::error!("{:?}: no digest for its content; not sent", item.name);
+                continue;
+            }
+            (None, _) => (mux.add_single(item.name, SingleKind::Delete, ZERO_DIGEST), None),
         });
     }
     let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
-    let index_of = |ops: &[(OpId, Option<Source>)], id: OpId| ops.iter().position(|(o, _)| *o == id);
-    let mut buf = Vec::new();
+    let index_of = |ops: &[(OpId, Option<(Source, Digest)>)], id: OpId| ops.iter().position(|(o, _)| *o == id);
+    let mut scratch = Vec::new();
     let mut frame = Vec::new();
-    // The next chunk of each transfer, read and hashed ahead of its turn.
-    let mut prefetched: HashMap<OpId, (u64, Vec<u8>, Digest)> = HashMap::new();
+    // The MD5 of each transfer's next chunk (offset, length, digest),
+    // computed ahead of its turn.
+    let mut prefetched: HashMap<OpId, (u64, u32, Digest)> = HashMap::new();
     let mut aborting = false;
     while !mux.is_empty() {
         if server.is_shutting_down() && !aborting {
@@ -287,30 +317,41 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
             frame.clear();
             match step {
                 Step::Chunk { offset, len } => {
-                    let ready = prefetched.remove(&id).filter(|(o, d, _)| *o == offset && d.len() == len as usize);
-                    let recorded = match ready {
-                        Some((_, data, digest)) => {
-                            buf = data;
-                            mux.record_chunk_hashed(id, &buf, digest)
-                        }
-                        None => {
-                            read_chunk(ops[i].1.as_ref(), offset, len, &mut buf);
-                            mux.record_chunk(id, &buf)
+                    let Some((src, file_digest)) = ops[i].1.as_ref() else { continue };
+                    let size = mux.sender(id).map_or(0, |s| s.size());
+                    let digest = match prefetched.remove(&id) {
+                        Some((o, l, d)) if o == offset && l == len => Ok(d),
+                        // One chunk is the whole file: its MD5 is the file's.
+                        _ if offset == 0 && u64::from(len) == size => Ok(*file_digest),
+                        _ => src.chunk_md5(offset, len, &mut scratch),
+                    };
+                    let recorded = match digest {
+                        Ok(d) => mux.record_chunk_digest(id, len, d),
+                        Err(e) => {
+                            log::error!("{name:?}: cannot read its content: {e}");
+                            Recorded::NotExpected
                         }
                     };
-                    match recorded {
-                        Recorded::Send { digest } => {
-                            encode_chunk_header(&digest, &name, len, &mut frame);
-                            frame.extend_from_slice(&buf);
+                    let Recorded::Send { digest } = recorded else {
+                        if let Some(outcome) = mux.abort(id) {
+                            outcomes[i] = Some(outcome);
                         }
-                        _ => {
-                            log::error!("{name:?}: content changed under a sender");
-                            if let Some(outcome) = mux.abort(id) {
-                                outcomes[i] = Some(outcome);
-                            }
-                            continue;
+                        continue;
+                    };
+                    encode_chunk_header(&digest, &name, len, &mut frame);
+                    session
+                        .write_streamed(&frame, |out| src.copy_to(offset, len, out))
+                        .map_err(|e| Gone(format!("receive connection: {e}")))?;
+                    // While the client checks this chunk, hash the next one,
+                    // so the two MD5 passes run side by side.
+                    let next = offset + u64::from(len);
+                    if next < size {
+                        let next_len = u64::from(server.config.chunk_size).min(size - next) as u32;
+                        if let Ok(d) = src.chunk_md5(next, next_len, &mut scratch) {
+                            prefetched.insert(id, (next, next_len, d));
                         }
                     }
+                    continue;
                 }
                 Step::Finished { digest } => Frame::Finished { digest, name: &name }.encode(&mut frame),
                 Step::Abort => Frame::abort(&name).encode(&mut frame),
@@ -318,18 +359,6 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
                 Step::Request { digest } => Frame::Request { digest, name: &name }.encode(&mut frame),
             }
             session.write_out(&frame, true).map_err(|e| Gone(format!("receive connection: {e}")))?;
-            // While the client checks this chunk, read and hash the next
-            // one, so the two MD5 passes run side by side.
-            if let (Step::Chunk { offset, len }, Some(size)) = (step, mux.sender(id).map(|s| s.size())) {
-                let next = offset + u64::from(len);
-                if next < size {
-                    let next_len = u64::from(server.config.chunk_size).min(size - next) as u32;
-                    let mut data = prefetched.remove(&id).map(|(_, d, _)| d).unwrap_or_default();
-                    read_chunk(ops[i].1.as_ref(), next, next_len, &mut data);
-                    let digest = md5(&data);
-                    prefetched.insert(id, (next, data, digest));
-                }
-            }
         }
         if mux.is_idle() {
             // Nothing awaits a reply and nothing can be sent: all over.

@@ -11,7 +11,7 @@ use std::time::Duration;
 use dropsync_core::liveness::Timers;
 use dropsync_core::locks::SessionId;
 use dropsync_core::pairing::{ConnId, Pairing};
-use dropsync_core::scheduler::WorkQueue;
+use dropsync_io::scheduler::WorkQueue;
 
 use crate::accept::Half;
 use crate::session::Session;

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use dropsync_core::liveness::{Liveness, Silence, Timers};
 use dropsync_core::locks::SessionId;
-use dropsync_core::queue::UpdateQueue;
+use dropsync_io::queue::UpdateQueue;
 use dropsync_core::stale::SeenVersions;
 use dropsync_proto::{ClientId, StatusCode};
 
@@ -180,6 +180,26 @@ impl Session {
         if awaits_reply {
             link.set_awaiting(now, true);
         }
+        r
+    }
+
+    /// Writes a chunk on the receive connection: its `header`, then its
+    /// payload, which `body` streams into the socket (from the content's
+    /// file, with no chunk-sized buffer). The writer is held throughout, as
+    /// in [`write_out`](Self::write_out). The client answers it.
+    pub fn write_streamed(
+        &self,
+        header: &[u8],
+        body: impl FnOnce(&mut TcpStream) -> std::io::Result<()>,
+    ) -> std::io::Result<()> {
+        let r = {
+            let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
+            out.write_all(header).and_then(|()| body(&mut out))
+        };
+        let now = Instant::now();
+        let mut link = self.link();
+        link.on_sent(now);
+        link.set_awaiting(now, true);
         r
     }
 

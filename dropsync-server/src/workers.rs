@@ -14,7 +14,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::Duration;
 
-use dropsync_core::queue::Pop;
+use dropsync_io::queue::Pop;
 
 use crate::outbound::{deliver, prepare_next, prepare_paths, Batch, Gone};
 use crate::server::Server;

@@ -102,7 +102,7 @@ fn dist_archive_has_sources_and_nothing_forbidden() {
         "dropsync-testkit/src/lib.rs",
         "dropsync-server/tests/wireshark.rs",
     ];
-    let crates = ["dropsync-proto", "dropsync-core", "dropsync-server", "dropsync-client", "dropsync-testkit"];
+    let crates = ["dropsync-proto", "dropsync-core", "dropsync-io", "dropsync-server", "dropsync-client", "dropsync-testkit"];
     let required = fixed.iter().map(|f| f.to_string()).chain(crates.iter().map(|c| format!("{c}/Cargo.toml")));
     let missing: Vec<String> = required.filter(|r| !names.contains(r)).collect();
     assert!(missing.is_empty(), "missing from the archive (tracked by git?): {missing:?}");

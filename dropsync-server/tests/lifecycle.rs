@@ -3,7 +3,7 @@
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use dropsync_core::wire::{FrameReader, Msg};
+use dropsync_io::wire::{FrameReader, Msg};
 use dropsync_proto::{Frame, StatusCode};
 use dropsync_testkit::{bin_path, wait_until, RawPeer, ServerProc, TempDir, DEFAULT_DEADLINE};
 

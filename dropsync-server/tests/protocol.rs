@@ -413,13 +413,13 @@ fn server_interleaves_transfers_to_one_client() {
     let mut finished = 0;
     while finished < files.len() {
         match b.recv_rx.read_msg().unwrap().unwrap() {
-            dropsync_core::wire::Msg::Chunk { name, len, .. } => {
+            dropsync_io::wire::Msg::Chunk { name, len, .. } => {
                 let p = b.recv_rx.read_payload(len).unwrap().to_vec();
                 got.entry(name.clone()).or_default().extend(p);
                 order.push(name);
                 b.recv.write_all(&Frame::Status(StatusCode::OK).to_vec()).unwrap();
             }
-            dropsync_core::wire::Msg::Named { .. } => {
+            dropsync_io::wire::Msg::Named { .. } => {
                 finished += 1;
                 b.recv.write_all(&Frame::Status(StatusCode::OK).to_vec()).unwrap();
             }
@@ -444,7 +444,7 @@ fn wrong_connection_messages_are_answered_not_fatal() {
     a.recv.write_all(&Frame::Chunk { digest: md5(b"x"), name: "f2", payload: b"x" }.to_vec()).unwrap();
     for _ in 0..2 {
         match a.recv_rx.read_msg().unwrap() {
-            Some(dropsync_core::wire::Msg::Status(c)) => assert_eq!(c, StatusCode::BAD_REQUEST),
+            Some(dropsync_io::wire::Msg::Status(c)) => assert_eq!(c, StatusCode::BAD_REQUEST),
             other => panic!("{other:?}"),
         }
     }

@@ -36,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use dropsync_core::wire::{FrameReader, Msg};
+use dropsync_io::wire::{FrameReader, Msg};
 use dropsync_proto::{md5, Frame, MessageType, StatusCode, ZERO_DIGEST};
 use dropsync_testkit::{wait_until, ClientProc, RawPeer, ServerProc, TempDir, DEFAULT_DEADLINE};
 

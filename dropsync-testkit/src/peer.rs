@@ -8,7 +8,7 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use socket2::{Domain, Socket, Type};
 use std::time::Duration;
 
-use dropsync_core::wire::{FrameReader, Msg};
+use dropsync_io::wire::{FrameReader, Msg};
 use dropsync_proto::{md5, Frame, StatusCode};
 
 /// Both connections of one client session.
@@ -187,7 +187,7 @@ impl RawPeer {
         };
         self.recv.set_read_timeout(Some(READ_TIMEOUT)).unwrap();
         match res {
-            Err(e) if dropsync_core::wire::is_timeout_error(&e) => {}
+            Err(e) if dropsync_io::wire::is_timeout_error(&e) => {}
             other => panic!("expected silence on the receive connection, got {other:?}"),
         }
     }
@@ -199,7 +199,7 @@ impl RawPeer {
             match self.send_rx.read_msg() {
                 Ok(Some(Msg::Status(StatusCode::KEEP_ALIVE))) => continue,
                 Ok(None) => return true,
-                Err(e) => return !dropsync_core::wire::is_timeout_error(&e),
+                Err(e) => return !dropsync_io::wire::is_timeout_error(&e),
                 Ok(Some(_)) => return false,
             }
         }

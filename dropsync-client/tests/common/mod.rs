@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use dropsync_core::wire::{FrameReader, Msg};
+use dropsync_io::wire::{FrameReader, Msg};
 use dropsync_proto::{md5, Frame, MessageType, StatusCode};
 use dropsync_testkit::{tree, wait_until, ClientProc, ServerProc, TempDir, DEFAULT_DEADLINE};
 

@@ -2,9 +2,8 @@
 //! credit: "a work queue to keep track of pending requests and to issue them
 //! to workers in FIFO order").
 //!
-//! A job is "send client K the next path of its update queue". PROTOCOL.md
-//! section 6 serves each client's queue "by one transfer at a time", so a
-//! client is in one of three states here: idle, queued (waiting for a
+//! A job is "prepare client K's next delivery" (the server's `workers.rs`).
+//! One job per client at a time, so a client is in one of three states here: idle, queued (waiting for a
 //! worker, at most once in the queue) or being served (by exactly one
 //! worker). A client that still has work after its job goes to the back of
 //! the queue, so clients are served round-robin and one busy client cannot
