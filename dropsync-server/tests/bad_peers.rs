@@ -3,10 +3,11 @@
 //! the worker pool never waits on a client, each client's own sender does).
 #![allow(clippy::unwrap_used)]
 
+use std::io::Write;
 use std::net::{Ipv4Addr, TcpStream};
 use std::time::{Duration, Instant};
 
-use dropsync_proto::StatusCode;
+use dropsync_proto::{md5, Frame, StatusCode};
 use dropsync_testkit::{RawPeer, ServerProc, TempDir};
 
 /// Far below the 60 s a worker used to wait on a silent client, far above
@@ -73,4 +74,63 @@ fn sessions_from_one_address_never_lock_out_another_address() {
     other.receive_metadata();
     assert_eq!(other.upload("hello.txt", b"from elsewhere", 64), StatusCode::OK);
     assert!(s.log().contains("sessions from this address already"), "{}", s.log());
+}
+
+#[test]
+fn two_thousand_idle_connections_hold_back_no_one() {
+    let tmp = TempDir::new("idle-2000");
+    let s = ServerProc::start(&tmp.join("root"), &[]);
+    // 2,000 connections that never say a word, half on each port (after
+    // 1 s they are legacy, and pair with each other into sessions that
+    // never answer their META-DATA).
+    let idle: Vec<TcpStream> = (0..2000)
+        .map(|i| TcpStream::connect(("127.0.0.1", if i % 2 == 0 { s.send_port } else { s.recv_port })).unwrap())
+        .collect();
+    // Real clients, from another address.
+    let other = Ipv4Addr::new(127, 0, 0, 2);
+    let mut a = RawPeer::hello_from(other, s.send_port, s.recv_port, [1; 16], "a");
+    a.receive_metadata();
+    let mut b = RawPeer::hello_from(other, s.send_port, s.recv_port, [2; 16], "b");
+    b.receive_metadata();
+    for i in 0..10 {
+        let name = format!("edit{i}");
+        let started = Instant::now();
+        assert_eq!(a.upload(&name, name.as_bytes(), 64), StatusCode::OK);
+        assert_eq!(b.receive_one(), (name.clone(), Some(name.as_bytes().to_vec())));
+        let took = started.elapsed();
+        assert!(took < PROMPT, "{name} took {took:?} from A to B with 2,000 idle connections open");
+        if i == 0 {
+            eprintln!("first edit A -> B with 2,000 idle connections open: {took:?}");
+        }
+    }
+    drop(idle);
+}
+
+#[test]
+fn fifteen_hundred_transfers_from_one_connection_leave_the_others_working() {
+    let tmp = TempDir::new("transfers-1500");
+    let s = ServerProc::start(&tmp.join("root"), &[]);
+    let mut x = RawPeer::hello(s.send_port, s.recv_port, [9; 16], "greedy");
+    x.receive_metadata();
+    let mut a = RawPeer::hello(s.send_port, s.recv_port, [1; 16], "a");
+    a.receive_metadata();
+    let mut b = RawPeer::hello(s.send_port, s.recv_port, [2; 16], "b");
+    b.receive_metadata();
+    // 1,500 transfers opened at once on one connection, none finished.
+    let mut burst = Vec::new();
+    for i in 0..1500 {
+        let name = format!("open/{i}");
+        burst.extend_from_slice(&Frame::Chunk { digest: md5(b"x"), name: &name, payload: b"x" }.to_vec());
+    }
+    x.send.write_all(&burst).unwrap();
+    let replies: Vec<StatusCode> = (0..1500).map(|_| x.send_status()).collect();
+    let ok = replies.iter().filter(|c| **c == StatusCode::OK).count();
+    let in_use = replies.iter().filter(|c| **c == StatusCode::IN_USE).count();
+    assert_eq!((ok, in_use), (256, 1244), "the per-connection limit (256) holds");
+    // Everyone else carries on.
+    assert_eq!(a.upload("still/works.txt", b"yes", 64), StatusCode::OK);
+    assert_eq!(b.receive_one(), ("still/works.txt".to_string(), Some(b"yes".to_vec())));
+    let log = s.log().len();
+    assert!(log < 1_000_000, "the server wrote {log} bytes of log");
+    eprintln!("server log after 1,500 transfers on one connection: {log} bytes");
 }
