@@ -59,6 +59,7 @@ pub struct Half {
 /// once per interval.
 pub fn accept_loop(server: Arc<Server>, listener: TcpListener, kind: ConnKind) {
     let mut pause = ACCEPT_BACKOFF.0;
+    let mut reserve = Reserve::take();
     for conn in listener.incoming() {
         if server.is_shutting_down() {
             return;
@@ -75,6 +76,9 @@ pub fn accept_loop(server: Arc<Server>, listener: TcpListener, kind: ConnKind) {
                 }
             }
             Err(e) => {
+                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                    reserve.turn_away(&listener);
+                }
                 if let Some(n) = ACCEPT_ERRORS.allow(Instant::now()) {
                     log::warn!("accept failed: {e}; pausing accepts for {pause:?}{}", quiet_log::more(n));
                 }
@@ -82,6 +86,25 @@ pub fn accept_loop(server: Arc<Server>, listener: TcpListener, kind: ConnKind) {
                 pause = (pause * 2).min(ACCEPT_BACKOFF.1);
             }
         }
+    }
+}
+
+/// A descriptor held back for the moment the process runs out of them
+/// (EMFILE, ENFILE): the accept loop then gives it up, accepts the waiting
+/// connection and closes it at once, so its client hears a refusal instead
+/// of hanging in the backlog (and the loop does not spin on the same
+/// error), and takes the descriptor back.
+struct Reserve(Option<std::fs::File>);
+
+impl Reserve {
+    fn take() -> Self {
+        Reserve(std::fs::File::open("/dev/null").ok())
+    }
+
+    fn turn_away(&mut self, listener: &TcpListener) {
+        self.0 = None;
+        drop(listener.accept());
+        *self = Reserve::take();
     }
 }
 

@@ -22,7 +22,7 @@ use dropsync_proto::{Digest, Frame, MessageType, StatusCode};
 use crate::library::Committed;
 use crate::server::Server;
 use crate::session::Session;
-use crate::sink::Sink;
+use crate::sink::{Sink, SinkThreads};
 
 /// Why the loop ended (for the disconnect log line).
 type End = String;
@@ -55,6 +55,9 @@ struct Inbound<'a> {
     open: OpenTransfers<Upload>,
     /// The transfer limit was reached at least once (logged once).
     limit_logged: bool,
+    /// This connection's sink threads (at most
+    /// `sink::MAX_THREADS_PER_CONNECTION`).
+    sink_threads: SinkThreads,
     /// Replies not sent yet (see `Inbound::reply`).
     scratch: Vec<u8>,
     /// What follows those replies.
@@ -84,6 +87,7 @@ pub fn run(
         out,
         open: OpenTransfers::new(limits),
         limit_logged: false,
+        sink_threads: SinkThreads::default(),
         scratch: Vec::with_capacity(64),
         after_reply: Vec::new(),
         link: Liveness::new(Instant::now(), server.config.timers(), session.silence()),
@@ -348,7 +352,7 @@ impl Inbound<'_> {
             log::error!("cannot create a temp file: {e}");
             StatusCode::IN_USE
         })?;
-        let sink = Sink::open(temp, first_len);
+        let sink = Sink::open(temp, first_len, &self.sink_threads);
         let receiver = Receiver::new(self.server.config.max_chunk);
         self.open.insert(name, receiver, Upload { sink, _lock: lock }, now);
         Ok(())

@@ -8,9 +8,10 @@
 //! not worth it for one chunk.
 
 use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::sync::Arc;
 use std::thread::JoinHandle;
-
 
 use crate::blobs::TempBlob;
 use crate::spawn_named;
@@ -21,6 +22,43 @@ pub const THREADED_MIN_CHUNK: u32 = 256 * 1024;
 /// Chunks queued between the receiving thread and the sink thread: enough
 /// to overlap, few enough to bound memory (this many chunk buffers).
 const QUEUE: usize = 2;
+
+/// Most sink threads one connection runs at once (a client sends at most
+/// `--parallel 8` large files at a time by default). Uploads beyond are
+/// written inline: a peer that opens hundreds of large transfers gets no
+/// more threads or chunk buffers than this (section 9's limits).
+pub const MAX_THREADS_PER_CONNECTION: usize = 8;
+
+/// The sink threads of one connection: a count shared with each thread,
+/// which gives its place back when it ends.
+#[derive(Debug, Clone, Default)]
+pub struct SinkThreads(Arc<AtomicUsize>);
+
+/// One place among a connection's sink threads, held by the thread.
+struct Place(Arc<AtomicUsize>);
+
+impl SinkThreads {
+    fn take(&self) -> Option<Place> {
+        if self.0.fetch_add(1, Ordering::SeqCst) < MAX_THREADS_PER_CONNECTION {
+            Some(Place(self.0.clone()))
+        } else {
+            self.0.fetch_sub(1, Ordering::SeqCst);
+            None
+        }
+    }
+
+    /// Sink threads running now.
+    #[cfg(test)]
+    fn running(&self) -> usize {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Place {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
 
 /// An upload's destination.
 pub enum Sink {
@@ -41,16 +79,22 @@ pub enum Sink {
 }
 
 impl Sink {
-    /// A sink for an upload whose first chunk is `first_len` bytes.
-    pub fn open(temp: TempBlob, first_len: u32) -> Self {
+    /// A sink for an upload whose first chunk is `first_len` bytes, on a
+    /// thread of its own if it is large and the connection has a place
+    /// among its `threads`.
+    pub fn open(temp: TempBlob, first_len: u32, threads: &SinkThreads) -> Self {
         if first_len < THREADED_MIN_CHUNK {
             return Sink::Inline(temp);
         }
+        let Some(place) = threads.take() else {
+            return Sink::Inline(temp);
+        };
         let (tx, rx) = mpsc::sync_channel::<Vec<u8>>(QUEUE);
         let (spare_tx, spare) = mpsc::sync_channel::<Vec<u8>>(QUEUE + 1);
         // The temp file moves into the thread (and is removed with it if the
         // thread cannot start).
         let spawned = spawn_named("sink", move || {
+            let _place = place;
             let mut temp = temp;
             for buf in rx {
                 temp.append(&buf)?;
@@ -114,5 +158,33 @@ impl Sink {
             }
             Sink::Failed(e) => Err(e),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::blobs::BlobStore;
+
+    #[test]
+    fn a_connection_gets_at_most_its_share_of_sink_threads() {
+        let root = std::env::temp_dir().join(format!("dropsync-sink-{}", std::process::id()));
+        let store = BlobStore::open(&root).unwrap();
+        let threads = SinkThreads::default();
+        let sinks: Vec<Sink> = (0..MAX_THREADS_PER_CONNECTION + 3)
+            .map(|_| Sink::open(store.temp().unwrap(), THREADED_MIN_CHUNK, &threads))
+            .collect();
+        let threaded = sinks.iter().filter(|s| matches!(s, Sink::Threaded { .. })).count();
+        assert_eq!(threaded, MAX_THREADS_PER_CONNECTION);
+        assert_eq!(threads.running(), MAX_THREADS_PER_CONNECTION);
+        // Each finished sink gives its place back.
+        for sink in sinks {
+            let mut sink = sink;
+            sink.append(b"data").unwrap();
+            drop(sink.finish().unwrap());
+        }
+        assert_eq!(threads.running(), 0);
+        assert!(matches!(Sink::open(store.temp().unwrap(), THREADED_MIN_CHUNK, &threads), Sink::Threaded { .. }));
+        std::fs::remove_dir_all(&root).unwrap();
     }
 }
