@@ -186,6 +186,7 @@ fn base_as_server(meta: &ClientMeta) -> Document {
                 mtime_ns: 0,
                 state: EntryState::File,
                 path: path.clone(),
+                strong: None,
             })
         })
         .collect();
@@ -283,6 +284,7 @@ mod tests {
             mtime_ns: 0,
             state,
             path: path.into(),
+            strong: None,
         };
         let doc = Document {
             client_id: None,
@@ -318,7 +320,7 @@ mod tests {
 
     #[test]
     fn server_side_skips_bad_names_and_unknown_states_and_keeps_the_last_line() {
-        let entry = |path: &str, state, version| Entry { version, md5: [1; 16], size: 1, mtime_ns: 0, state, path: path.into() };
+        let entry = |path: &str, state, version| Entry { version, md5: [1; 16], size: 1, mtime_ns: 0, state, path: path.into(), strong: None };
         let doc = Document {
             client_id: None,
             entries: vec![

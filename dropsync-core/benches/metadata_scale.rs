@@ -25,9 +25,16 @@ fn main() {
     // Build a 1M-entry table through the real journaled catalog.
     let cat = MemCatalog::open(DirStorage::new(&dir).expect("dir")).expect("open");
     let digests: Vec<[u8; 16]> = (0..N).map(|i| md5(&i.to_le_bytes())).collect();
+    // A SHA-256 stands in the server's store beside each MD5 (its length is
+    // what matters here, not its value).
+    let strong = |i: usize| {
+        let mut s = [0u8; 32];
+        s[..16].copy_from_slice(&digests[i]);
+        s
+    };
     let t = Instant::now();
     for i in 0..10_000 {
-        cat.commit(&path(i), Change::File { md5: digests[i], size: i as u64, mtime_ns: 1 }).expect("commit");
+        cat.commit(&path(i), Change::File { md5: digests[i], size: i as u64, mtime_ns: 1, strong: strong(i) }).expect("commit");
     }
     let per_commit = t.elapsed().as_secs_f64() / 10_000.0;
     println!("commit (journal append + fdatasync): {:.1} µs each", per_commit * 1e6);
@@ -44,6 +51,7 @@ fn main() {
                 mtime_ns: 1_700_000_000_000_000_000 + i as i64,
                 state: dropsync_proto::metadata::EntryState::File,
                 path: p,
+                strong: Some(strong(i)),
             },
         );
     }

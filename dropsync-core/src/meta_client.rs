@@ -141,6 +141,7 @@ pub fn render_record(path: &str, r: &ClientRecord, out: &mut String) {
         mtime_ns,
         state,
         path: path.to_owned(),
+        strong: None,
     };
     match (r.base, r.local) {
         (Some(base), Some(local)) if local.content == base => {

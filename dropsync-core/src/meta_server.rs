@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use dropsync_proto::metadata::{self, Entry, EntryState};
+use dropsync_proto::metadata::{self, Entry, EntryState, Strong};
 use dropsync_proto::Digest;
 
 use crate::storage::Storage;
@@ -18,7 +18,8 @@ use crate::CoreError;
 /// A change to commit to one path.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Change {
-    /// New content: its MD5, size and modification time (ns since the epoch).
+    /// New content: its MD5, size, modification time (ns since the epoch)
+    /// and strong digest.
     File {
         /// MD5 of the whole file.
         md5: Digest,
@@ -26,6 +27,8 @@ pub enum Change {
         size: u64,
         /// When the upload finished.
         mtime_ns: i64,
+        /// SHA-256 of the whole file: what identifies the content (section 6).
+        strong: Strong,
     },
     /// A delete, recorded as a tombstone at `mtime_ns`.
     Delete {
@@ -78,17 +81,30 @@ impl ServerMeta {
     /// line. The caller has already decided that the change is allowed.
     pub fn apply(&mut self, path: &str, change: Change) -> Entry {
         self.last_version += 1;
-        let (md5, size, mtime_ns, state) = match change {
-            Change::File { md5, size, mtime_ns } => (md5, size, mtime_ns, EntryState::File),
+        let (md5, size, mtime_ns, state, strong) = match change {
+            Change::File { md5, size, mtime_ns, strong } => (md5, size, mtime_ns, EntryState::File, Some(strong)),
             Change::Delete { mtime_ns } => {
-                // A tombstone keeps the digest and size of the last version.
-                let (md5, size) = self.entries.get(path).map(|e| (e.md5, e.size)).unwrap_or_default();
-                (md5, size, mtime_ns, EntryState::Deleted)
+                // A tombstone keeps the digests and size of the last version.
+                let (md5, size, strong) = self.entries.get(path).map(|e| (e.md5, e.size, e.strong)).unwrap_or_default();
+                (md5, size, mtime_ns, EntryState::Deleted, strong)
             }
         };
-        let entry = Entry { version: self.last_version, md5, size, mtime_ns, state, path: path.to_owned() };
+        let entry = Entry { version: self.last_version, md5, size, mtime_ns, state, path: path.to_owned(), strong };
         self.entries.insert(path.to_owned(), entry.clone());
         entry
+    }
+
+    /// Records the strong digest of `path`'s content without a new version
+    /// (adopting a store written before strong digests; the content is the
+    /// same). False for an unknown path.
+    pub fn set_strong(&mut self, path: &str, strong: Strong) -> bool {
+        match self.entries.get_mut(path) {
+            Some(e) => {
+                e.strong = Some(strong);
+                true
+            }
+            None => false,
+        }
     }
 
     /// The META-DATA text sent to a client on pairing (section 1), sorted by
@@ -147,6 +163,13 @@ impl<S: Storage> MemCatalog<S> {
         f(&self.lock().0)
     }
 
+    /// Records the strong digest of `path`'s content, in memory (see
+    /// [`ServerMeta::set_strong`]); [`compact`](Self::compact) makes it
+    /// durable.
+    pub fn set_strong(&self, path: &str, strong: Strong) -> bool {
+        self.lock().0.set_strong(path, strong)
+    }
+
     /// Writes a fresh snapshot and drops the journal (e.g. at shutdown).
     pub fn compact(&self) -> Result<(), CoreError> {
         let mut guard = self.lock();
@@ -202,7 +225,7 @@ mod tests {
     type Shared = Arc<MemStorage>;
 
     fn file(md5: u8, size: u64) -> Change {
-        Change::File { md5: [md5; 16], size, mtime_ns: 5 }
+        Change::File { md5: [md5; 16], size, mtime_ns: 5, strong: [md5; 32] }
     }
 
     #[test]

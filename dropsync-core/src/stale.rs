@@ -74,7 +74,7 @@ mod tests {
     use super::*;
 
     fn entry(version: u64, state: EntryState) -> Entry {
-        Entry { version, md5: [0; 16], size: 0, mtime_ns: 0, state, path: "f".into() }
+        Entry { version, md5: [0; 16], size: 0, mtime_ns: 0, state, path: "f".into(), strong: None }
     }
 
     #[test]

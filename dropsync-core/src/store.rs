@@ -93,12 +93,12 @@ impl<S: Storage> JournaledStore<S> {
             text.push_str(&self.generation.to_string());
             text.push('\n');
             for e in entries {
-                metadata::render_entry(e, &mut text);
+                metadata::render_stored_entry(e, &mut text);
             }
             self.storage.replace(JOURNAL, text.as_bytes())?;
         } else {
             for e in entries {
-                metadata::render_entry(e, &mut text);
+                metadata::render_stored_entry(e, &mut text);
             }
             self.storage.append(JOURNAL, text.as_bytes())?;
         }
@@ -129,7 +129,7 @@ impl<S: Storage> JournaledStore<S> {
         text.push_str(&next.to_string());
         text.push('\n');
         for e in entries {
-            metadata::render_entry(e, &mut text);
+            metadata::render_stored_entry(e, &mut text);
         }
         self.storage.replace(SNAPSHOT, text.as_bytes())?;
         self.generation = next;
@@ -186,6 +186,8 @@ mod tests {
             mtime_ns: 0,
             state: EntryState::File,
             path: path.into(),
+            // Every other line has one: both forms round-trip.
+            strong: (version & 1 == 0).then_some([version as u8; 32]),
         }
     }
 

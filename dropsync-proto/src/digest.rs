@@ -28,26 +28,30 @@ pub fn to_hex(digest: &Digest) -> String {
     s
 }
 
-/// Appends the lower-case hex of `digest` to `out`: a table lookup per
-/// nibble, not a formatter call per byte (rendering META-DATA of many
-/// files spent most of its time in `{:02x}`).
-pub fn push_hex(digest: &Digest, out: &mut String) {
+/// Appends the lower-case hex of `digest` (an MD5, or any fixed-size
+/// digest) to `out`: a table lookup per nibble, not a formatter call per
+/// byte (rendering META-DATA of many files spent most of its time in
+/// `{:02x}`).
+pub fn push_hex<const N: usize>(digest: &[u8; N], out: &mut String) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut hex = [0u8; 32];
-    for (pair, b) in hex.chunks_exact_mut(2).zip(digest) {
-        pair[0] = DIGITS[usize::from(b >> 4)];
-        pair[1] = DIGITS[usize::from(b & 0x0f)];
+    for b in digest {
+        out.push(char::from(DIGITS[usize::from(b >> 4)]));
+        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
     }
-    out.extend(hex.iter().map(|&c| char::from(c)));
 }
 
-/// Parses 32 hex digits (either case); `None` for anything else.
+/// Parses 32 hex digits (either case) as an MD5; `None` for anything else.
 pub fn from_hex(text: &str) -> Option<Digest> {
+    bytes_from_hex(text)
+}
+
+/// Parses exactly `2 * N` hex digits (either case); `None` for anything else.
+pub fn bytes_from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
     let bytes = text.as_bytes();
-    if bytes.len() != 32 {
+    if bytes.len() != 2 * N {
         return None;
     }
-    let mut out = [0u8; 16];
+    let mut out = [0u8; N];
     for (i, pair) in bytes.chunks_exact(2).enumerate() {
         out[i] = (hex_val(pair[0])? << 4) | hex_val(pair[1])?;
     }

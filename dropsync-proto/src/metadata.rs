@@ -6,11 +6,19 @@
 //! the server sends this text as a file transfer and outside tools read it.
 
 
-use crate::digest::{from_hex, push_hex, to_hex};
+use crate::digest::{bytes_from_hex, from_hex, push_hex, to_hex};
 use crate::{ClientId, Digest};
 
 /// First line of every META-DATA file: the format and its version.
 pub const HEADER: &str = "dropsync-metadata 1";
+
+/// A SHA-256 digest: the server's identity for content (section 6: "content
+/// is compared by a strong hash [...] never by MD5 alone").
+pub type Strong = [u8; 32];
+
+/// Prefix of the optional seventh field of a line in the server's own store,
+/// which holds the content's [`Strong`] digest in hex.
+pub const STRONG_PREFIX: &str = "sha256:";
 
 /// Comment prefix of the line that stores a client's id in its own file.
 pub const CLIENT_ID_PREFIX: &str = "# client-id ";
@@ -65,6 +73,11 @@ pub struct Entry {
     pub state: EntryState,
     /// The path, unescaped.
     pub path: String,
+    /// SHA-256 of the content (of the last version, for a tombstone), where
+    /// known: the server's identity for it. Kept in the server's own store
+    /// only ([`render_stored_entry`]), never sent: a reader of section 5
+    /// takes everything after the fifth tab for the path.
+    pub strong: Option<Strong>,
 }
 
 /// A parsed line of a META-DATA file.
@@ -149,6 +162,20 @@ pub fn render_entry(e: &Entry, out: &mut String) {
     out.push('\n');
 }
 
+/// Appends one line of the server's own store: the entry's line with its
+/// [`Strong`] digest, when known, as a seventh field (`sha256:<hex>`). Paths
+/// escape their tabs, so the field cannot be mistaken for part of one.
+pub fn render_stored_entry(e: &Entry, out: &mut String) {
+    render_entry(e, out);
+    if let Some(strong) = &e.strong {
+        out.pop();
+        out.push('\t');
+        out.push_str(STRONG_PREFIX);
+        push_hex(strong, out);
+        out.push('\n');
+    }
+}
+
 /// Appends `n` in decimal (what `write!("{n}")` gives, without the
 /// formatter machinery: META-DATA of a million files is rendered at every
 /// client connect).
@@ -227,10 +254,14 @@ pub fn parse_line(text: &str, line: usize) -> Result<Line, MetadataError> {
     if text.is_empty() || text.starts_with('#') {
         return Ok(Line::Ignored);
     }
-    let fields: Vec<&str> = text.splitn(6, '\t').collect();
-    let [version, md5, size, mtime, state, path] = fields[..] else {
+    // Six fields; a seventh is the server's own (see `render_stored_entry`),
+    // ignored when it is not a strong digest (readers ignore what they do
+    // not know).
+    let fields: Vec<&str> = text.splitn(7, '\t').collect();
+    let ([version, md5, size, mtime, state, path], extra) = (&fields[..fields.len().min(6)], fields.get(6)) else {
         return Err(MetadataError::FieldCount { line, found: fields.len() });
     };
+    let strong = extra.and_then(|f| f.strip_prefix(STRONG_PREFIX)).and_then(bytes_from_hex);
     let bad = |column| MetadataError::BadField { line, column };
     Ok(Line::Entry(Entry {
         version: version.parse().map_err(|_| bad("version"))?,
@@ -239,6 +270,7 @@ pub fn parse_line(text: &str, line: usize) -> Result<Line, MetadataError> {
         mtime_ns: mtime.parse().map_err(|_| bad("mtime"))?,
         state: EntryState::from_field(state).ok_or(bad("state"))?,
         path: unescape_path(path, line)?,
+        strong,
     }))
 }
 
@@ -272,6 +304,7 @@ mod tests {
             mtime_ns: 1_700_000_000_123_456_789,
             state: EntryState::File,
             path: path.to_owned(),
+            strong: None,
         }
     }
 
@@ -283,6 +316,25 @@ mod tests {
             out,
             "7\t900150983cd24fb0d6963f7d28e17f72\t3\t1700000000123456789\tF\ta\\tb\\\\c\\nd\n"
         );
+    }
+
+    #[test]
+    fn the_servers_store_keeps_a_strong_digest_that_the_wire_never_shows() {
+        let mut e = entry("dir/a\tb");
+        e.strong = Some([0xab; 32]);
+        let mut wire = String::new();
+        render_entry(&e, &mut wire);
+        assert!(!wire.contains(STRONG_PREFIX), "never sent: {wire:?}");
+        let mut stored = String::new();
+        render_stored_entry(&e, &mut stored);
+        assert_eq!(stored, format!("{}\t{STRONG_PREFIX}{}\n", wire.trim_end(), "ab".repeat(32)));
+        assert_eq!(parse_line(stored.trim_end(), 1).unwrap(), Line::Entry(e.clone()));
+        // A line without it, and one whose seventh field is something else
+        // (ignored, as section 5 says of what a reader does not know).
+        let mut plain = e.clone();
+        plain.strong = None;
+        assert_eq!(parse_line(wire.trim_end(), 1).unwrap(), Line::Entry(plain.clone()));
+        assert_eq!(parse_line(&format!("{}\tx-other:1", wire.trim_end()), 1).unwrap(), Line::Entry(plain));
     }
 
     #[test]
@@ -336,6 +388,7 @@ mod tests {
             "(\\PC|[\t\n\\\\]){1,40}",
         )
             .prop_map(|(version, md5, size, mtime_ns, state, path)| Entry {
+            strong: None,
                 version,
                 md5,
                 size,

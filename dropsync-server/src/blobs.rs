@@ -1,5 +1,10 @@
-//! Committed file contents, stored by MD5 under `<root>/blobs/`, and the
-//! temp files uploads are written to under `<root>/tmp/`.
+//! Committed file contents, stored by their SHA-256 under `<root>/blobs/`,
+//! and the temp files uploads are written to under `<root>/tmp/`.
+//!
+//! Content is known by a strong hash, never by MD5 (PROTOCOL.md section 6:
+//! two different files with one MD5 are easy to make): a temp file hashes
+//! what is appended to it, and that digest names the blob, decides whether
+//! two uploads are the same content, and counts references.
 //!
 //! Content addressing is what makes commits crash-safe without checking
 //! every file at start-up: a blob is written to a temp file, fsynced and
@@ -17,22 +22,24 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 
 use dropsync_io::dir_storage::sync_dir;
-use dropsync_proto::digest::{from_hex, to_hex};
+use dropsync_proto::digest::{bytes_from_hex, push_hex};
+use dropsync_proto::metadata::Strong;
 use dropsync_proto::Digest;
+use sha2::{Digest as _, Sha256};
 
 /// The blob directory with reference counts.
 #[derive(Debug)]
 pub struct BlobStore {
     blobs: PathBuf,
     tmp: PathBuf,
-    refs: Mutex<HashMap<Digest, u64>>,
+    refs: Mutex<HashMap<Strong, u64>>,
     next_tmp: AtomicU64,
     /// Prefix folders (`blobs/xx`, by first digest byte) known to exist:
     /// looked up in memory, not with a stat per blob.
     made_dirs: Mutex<[bool; 256]>,
     /// Referenced blobs found missing at start: an upload of that content
     /// installs it again.
-    missing: Mutex<HashSet<Digest>>,
+    missing: Mutex<HashSet<Strong>>,
 }
 
 /// An upload in progress: a temp file that is removed on drop unless it
@@ -41,16 +48,41 @@ pub struct BlobStore {
 pub struct TempBlob {
     path: PathBuf,
     file: Option<File>,
+    /// SHA-256 of what was appended, computed as it is written.
+    hasher: Sha256,
 }
 
 impl TempBlob {
-    /// Appends accepted chunk bytes.
+    /// Appends accepted chunk bytes (and hashes them).
     pub fn append(&mut self, data: &[u8]) -> io::Result<()> {
         match &mut self.file {
-            Some(f) => f.write_all(data),
+            Some(f) => {
+                f.write_all(data)?;
+                self.hasher.update(data);
+                Ok(())
+            }
             None => Err(io::Error::other("temp file already closed")),
         }
     }
+
+    /// The SHA-256 of everything appended so far.
+    pub fn strong(&self) -> Strong {
+        self.hasher.clone().finalize().into()
+    }
+}
+
+/// The lower-case hex of a strong digest (a blob's file name).
+fn strong_hex(key: &Strong) -> String {
+    let mut s = String::with_capacity(64);
+    push_hex(key, &mut s);
+    s
+}
+
+/// The SHA-256 of a whole file, read in pieces.
+fn hash_file(path: &Path) -> io::Result<Strong> {
+    let mut hasher = Sha256::new();
+    io::copy(&mut File::open(path)?, &mut hasher)?;
+    Ok(hasher.finalize().into())
 }
 
 impl Drop for TempBlob {
@@ -73,15 +105,46 @@ impl BlobStore {
         Ok(Self { blobs, tmp, refs: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0), made_dirs: Mutex::new([false; 256]), missing: Mutex::new(HashSet::new()) })
     }
 
-    fn path_of(&self, digest: &Digest) -> PathBuf {
-        let hex = to_hex(digest);
+    fn path_of(&self, key: &Strong) -> PathBuf {
+        let hex = strong_hex(key);
         self.blobs.join(&hex[..2]).join(hex)
+    }
+
+    /// Where a store from before strong keys kept the content with MD5
+    /// `md5` (`blobs/xx/<md5 hex>`).
+    fn legacy_path_of(&self, md5: &Digest) -> PathBuf {
+        let hex = dropsync_proto::digest::to_hex(md5);
+        self.blobs.join(&hex[..2]).join(hex)
+    }
+
+    /// Gives the content a store from before strong keys kept under MD5
+    /// `md5` its name by SHA-256, and returns that digest; `None` when there
+    /// is no such file. Crash-safe: the new name is a hard link, made
+    /// durable, and the old name stays until the caller has recorded the
+    /// digests (it is then an orphan for [`recover`](Self::recover)). Done
+    /// again after a crash, it finds the link already there.
+    pub fn adopt_legacy(&self, md5: &Digest) -> io::Result<Option<Strong>> {
+        let old = self.legacy_path_of(md5);
+        let strong = match hash_file(&old) {
+            Ok(s) => s,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let target = self.path_of(&strong);
+        let dir = target.parent().unwrap_or(&self.blobs);
+        self.make_prefix_dir(strong[0], dir, false)?;
+        match fs::hard_link(&old, &target) {
+            Ok(()) => sync_dir(dir)?,
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(e),
+        }
+        Ok(Some(strong))
     }
 
     /// Sets the reference counts from the loaded META-DATA and removes every
     /// blob nothing refers to (left by a crash between install and journal).
     /// Returns (orphans removed, referenced blobs missing).
-    pub fn recover(&self, referenced: impl Iterator<Item = Digest>) -> io::Result<(usize, Vec<Digest>)> {
+    pub fn recover(&self, referenced: impl Iterator<Item = Strong>) -> io::Result<(usize, Vec<Strong>)> {
         let mut refs = self.refs.lock().unwrap_or_else(PoisonError::into_inner);
         refs.clear();
         for d in referenced {
@@ -95,14 +158,14 @@ impl BlobStore {
             }
             for f in fs::read_dir(&dir)? {
                 let f = f?.path();
-                let known = f.file_name().and_then(|n| n.to_str()).and_then(from_hex);
+                let known = f.file_name().and_then(|n| n.to_str()).and_then(bytes_from_hex::<32>);
                 if known.is_none_or(|d| !refs.contains_key(&d)) {
                     fs::remove_file(&f)?;
                     orphans += 1;
                 }
             }
         }
-        let missing: Vec<Digest> = refs.keys().filter(|d| !self.path_of(d).exists()).copied().collect();
+        let missing: Vec<Strong> = refs.keys().filter(|d| !self.path_of(d).exists()).copied().collect();
         *self.missing.lock().unwrap_or_else(PoisonError::into_inner) = missing.iter().copied().collect();
         Ok((orphans, missing))
     }
@@ -112,13 +175,15 @@ impl BlobStore {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp.join(format!("upload-{n}"));
         let file = File::create(&path)?;
-        Ok(TempBlob { path, file: Some(file) })
+        Ok(TempBlob { path, file: Some(file), hasher: Sha256::new() })
     }
 
-    /// Makes `temp` (whose content has MD5 `digest`) durable as a blob: fsync,
-    /// rename into place, fsync the directory. If the blob already exists
+    /// Makes `temp` durable as the blob of its SHA-256 (returned): fsync,
+    /// rename into place, fsync the directory. If that blob already exists
     /// the temp file is simply dropped.
-    pub fn install(&self, mut temp: TempBlob, digest: &Digest) -> io::Result<()> {
+    pub fn install(&self, mut temp: TempBlob) -> io::Result<Strong> {
+        let key = temp.strong();
+        let digest = &key;
         let Some(file) = temp.file.take() else {
             return Err(io::Error::other("temp file already closed"));
         };
@@ -128,7 +193,7 @@ impl BlobStore {
         let was_missing = self.missing.lock().unwrap_or_else(PoisonError::into_inner).contains(digest);
         if !was_missing && self.refs.lock().unwrap_or_else(PoisonError::into_inner).contains_key(digest) {
             drop(file);
-            return fs::remove_file(&temp.path);
+            return fs::remove_file(&temp.path).map(|()| key);
         }
         file.sync_all()?;
         drop(file);
@@ -146,7 +211,7 @@ impl BlobStore {
         if was_missing {
             self.missing.lock().unwrap_or_else(PoisonError::into_inner).remove(digest);
         }
-        Ok(())
+        Ok(key)
     }
 
     /// Makes blob folder `dir` (prefix `prefix`) unless it is known to
@@ -166,18 +231,18 @@ impl BlobStore {
     }
 
     /// Opens a blob for reading.
-    pub fn open_blob(&self, digest: &Digest) -> io::Result<File> {
-        File::open(self.path_of(digest))
+    pub fn open_blob(&self, key: &Strong) -> io::Result<File> {
+        File::open(self.path_of(key))
     }
 
     /// One more META-DATA entry refers to `digest`.
-    pub fn add_ref(&self, digest: &Digest) {
+    pub fn add_ref(&self, digest: &Strong) {
         *self.refs.lock().unwrap_or_else(PoisonError::into_inner).entry(*digest).or_insert(0) += 1;
     }
 
     /// One fewer entry refers to `digest`; the blob is removed when none
     /// does. Call only after the META-DATA change is durable.
-    pub fn drop_ref(&self, digest: &Digest) {
+    pub fn drop_ref(&self, digest: &Strong) {
         let mut refs = self.refs.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(n) = refs.get_mut(digest) else { return };
         *n -= 1;
@@ -192,13 +257,15 @@ impl BlobStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use dropsync_proto::md5;
+    fn sha256(bytes: &[u8]) -> Strong {
+        Sha256::digest(bytes).into()
+    }
 
-    fn stored(store: &BlobStore, bytes: &[u8]) -> Digest {
+    fn stored(store: &BlobStore, bytes: &[u8]) -> Strong {
         let mut t = store.temp().unwrap();
         t.append(bytes).unwrap();
-        let d = md5(bytes);
-        store.install(t, &d).unwrap();
+        let d = store.install(t).unwrap();
+        assert_eq!(d, sha256(bytes));
         d
     }
 
@@ -223,15 +290,64 @@ mod tests {
         assert_eq!(fs::read(store.path_of(&d)).unwrap(), b"hello", "installed again");
 
         // A blob folder removed under the running server is made again.
-        let other = md5(b"other");
+        let other = sha256(b"other");
         fs::remove_dir_all(root.join("blobs")).unwrap();
         fs::create_dir(root.join("blobs")).unwrap();
         let mut t = store.temp().unwrap();
         t.append(b"hello").unwrap();
         store.refs.lock().unwrap().clear();
-        store.install(t, &d).unwrap();
+        assert_eq!(store.install(t).unwrap(), d);
         assert_eq!(fs::read(store.path_of(&d)).unwrap(), b"hello");
         assert_eq!(stored(&store, b"other"), other);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// The published MD5 collision pair (Wang et al., 2004): two different
+    /// 128-byte blocks with one MD5. Stored by SHA-256, each keeps its bytes.
+    pub const COLLISION_A: &str = "d131dd02c5e6eec4693d9a0698aff95c2fcab58712467eab4004583eb8fb7f8955ad340609f4b30283e488832571415a085125e8f7cdc99fd91dbdf280373c5bd8823e3156348f5bae6dacd436c919c6dd53e2b487da03fd02396306d248cda0e99f33420f577ee8ce54b67080a80d1ec69821bcb6a8839396f9652b6ff72a70";
+    /// The other half of the pair.
+    pub const COLLISION_B: &str = "d131dd02c5e6eec4693d9a0698aff95c2fcab50712467eab4004583eb8fb7f8955ad340609f4b30283e4888325f1415a085125e8f7cdc99fd91dbd7280373c5bd8823e3156348f5bae6dacd436c919c6dd53e23487da03fd02396306d248cda0e99f33420f577ee8ce54b67080280d1ec69821bcb6a8839396f965ab6ff72a70";
+
+    fn unhex(s: &str) -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap()).collect()
+    }
+
+    #[test]
+    fn two_files_with_one_md5_are_two_blobs() {
+        let (a, b) = (unhex(COLLISION_A), unhex(COLLISION_B));
+        assert_ne!(a, b);
+        assert_eq!(dropsync_proto::md5(&a), dropsync_proto::md5(&b), "the pair collides");
+        let root = std::env::temp_dir().join(format!("dropsync-blobs-collide-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let store = BlobStore::open(&root).unwrap();
+        let (ka, kb) = (stored(&store, &a), stored(&store, &b));
+        store.add_ref(&ka);
+        store.add_ref(&kb);
+        assert_ne!(ka, kb);
+        assert_eq!(fs::read(store.path_of(&ka)).unwrap(), a);
+        assert_eq!(fs::read(store.path_of(&kb)).unwrap(), b);
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_blob_stored_by_md5_is_adopted_under_its_sha256() {
+        let root = std::env::temp_dir().join(format!("dropsync-blobs-legacy-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        let store = BlobStore::open(&root).unwrap();
+        let md5 = dropsync_proto::md5(b"old layout");
+        let old = store.legacy_path_of(&md5);
+        fs::create_dir_all(old.parent().unwrap()).unwrap();
+        fs::write(&old, b"old layout").unwrap();
+        let key = store.adopt_legacy(&md5).unwrap();
+        assert_eq!(key, Some(sha256(b"old layout")));
+        // Again (as after a crash before the digests were recorded).
+        assert_eq!(store.adopt_legacy(&md5).unwrap(), key);
+        assert_eq!(store.adopt_legacy(&dropsync_proto::md5(b"none")).unwrap(), None);
+        // Once recorded, the old name is an orphan.
+        let (orphans, missing) = store.recover(key.into_iter()).unwrap();
+        assert_eq!((orphans, missing.len()), (1, 0));
+        assert!(!old.exists());
+        assert_eq!(fs::read(store.path_of(&sha256(b"old layout"))).unwrap(), b"old layout");
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -13,7 +13,7 @@ use dropsync_core::meta_server::{Catalog, Change, MemCatalog};
 use dropsync_core::stale::{must_keep_overwritten, SeenVersions};
 use dropsync_io::dir_storage::DirStorage;
 use dropsync_core::CoreError;
-use dropsync_proto::metadata::{Entry, EntryState};
+use dropsync_proto::metadata::{Entry, EntryState, Strong};
 use dropsync_proto::Digest;
 
 use crate::blobs::{BlobStore, TempBlob};
@@ -59,15 +59,16 @@ impl Library {
     pub fn open(root: &Path, conflict_copies: bool) -> Result<Self, CoreError> {
         let catalog = MemCatalog::open(DirStorage::new(root.join("meta"))?)?;
         let blobs = BlobStore::open(root)?;
-        let referenced: Vec<Digest> = catalog.with_table(|t| {
-            t.entries().filter(|e| e.state == EntryState::File).map(|e| e.md5).collect()
+        adopt_legacy_blobs(&catalog, &blobs)?;
+        let referenced: Vec<Strong> = catalog.with_table(|t| {
+            t.entries().filter(|e| e.state == EntryState::File).filter_map(|e| e.strong).collect()
         });
         let (orphans, missing) = blobs.recover(referenced.into_iter())?;
         if orphans > 0 {
-            log::info!("removed {orphans} unreferenced blob(s) left by an interrupted commit");
+            log::info!("removed {orphans} unreferenced blob(s) left by an interrupted commit or an older layout");
         }
-        for d in missing {
-            log::error!("META-DATA refers to missing content {}", dropsync_proto::digest::to_hex(&d));
+        if !missing.is_empty() {
+            log::error!("META-DATA refers to {} missing content blob(s)", missing.len());
         }
         Ok(Self {
             catalog,
@@ -100,8 +101,9 @@ impl Library {
         let name = pick_conflict_name(&current.path, &label, clock::now_secs(), |n| {
             self.catalog.get(n).is_some_and(|e| e.state == EntryState::File)
         });
-        self.blobs.add_ref(&current.md5);
-        let change = Change::File { md5: current.md5, size: current.size, mtime_ns: clock::now_ns() };
+        let strong = current.strong.ok_or_else(|| CoreError::Io(io::Error::other("content without a strong digest")))?;
+        self.blobs.add_ref(&strong);
+        let change = Change::File { md5: current.md5, size: current.size, mtime_ns: clock::now_ns(), strong };
         match self.catalog.commit(&name, change) {
             // The name held no file (at most a tombstone, which refers to
             // no blob), so no reference is released here.
@@ -110,14 +112,17 @@ impl Library {
                 Ok(name)
             }
             Err(e) => {
-                self.blobs.drop_ref(&current.md5);
+                self.blobs.drop_ref(&strong);
                 Err(e)
             }
         }
     }
 
     /// Commits an uploaded file whose whole-file MD5 checked out. The
-    /// caller holds the path's lock.
+    /// caller holds the path's lock. Its content is known by the SHA-256
+    /// its temp file computed as it was written (section 6: never by MD5
+    /// alone): that decides whether it equals the current version, and
+    /// names its blob.
     pub fn commit_upload(
         &self,
         path: &str,
@@ -127,26 +132,27 @@ impl Library {
         seen: &Mutex<SeenVersions>,
         label: &str,
     ) -> Result<Committed, CoreError> {
+        let strong = temp.strong();
         let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.catalog.get(path);
         if let Some(cur) = &current {
-            if cur.state == EntryState::File && cur.md5 == digest && cur.size == size {
+            if cur.state == EntryState::File && cur.strong == Some(strong) && cur.size == size {
                 seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, cur.version);
                 return Ok(Committed::Unchanged);
             }
         }
-        self.blobs.install(temp, &digest).map_err(CoreError::Io)?;
+        let strong = self.blobs.install(temp).map_err(CoreError::Io)?;
         let conflict = self.conflict_if_stale(current.as_ref(), seen)?;
-        self.blobs.add_ref(&digest);
-        let entry = match self.catalog.commit(path, Change::File { md5: digest, size, mtime_ns: clock::now_ns() }) {
+        self.blobs.add_ref(&strong);
+        let entry = match self.catalog.commit(path, Change::File { md5: digest, size, mtime_ns: clock::now_ns(), strong }) {
             Ok(e) => e,
             Err(e) => {
-                self.blobs.drop_ref(&digest);
+                self.blobs.drop_ref(&strong);
                 return Err(e);
             }
         };
-        if let Some(cur) = current.filter(|c| c.state == EntryState::File) {
-            self.blobs.drop_ref(&cur.md5);
+        if let Some(old) = current.filter(|c| c.state == EntryState::File).and_then(|c| c.strong) {
+            self.blobs.drop_ref(&old);
         }
         self.set_uploader(path, label);
         seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, entry.version);
@@ -162,7 +168,9 @@ impl Library {
         };
         let conflict = self.conflict_if_stale(Some(&current), seen)?;
         let entry = self.catalog.commit(path, Change::Delete { mtime_ns: clock::now_ns() })?;
-        self.blobs.drop_ref(&current.md5);
+        if let Some(old) = current.strong {
+            self.blobs.drop_ref(&old);
+        }
         seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, entry.version);
         Ok(Committed::New { entry, conflict })
     }
@@ -184,6 +192,42 @@ impl Library {
 
     /// Opens the committed content of `entry` for sending.
     pub fn open_content(&self, entry: &Entry) -> io::Result<std::fs::File> {
-        self.blobs.open_blob(&entry.md5)
+        match &entry.strong {
+            Some(key) => self.blobs.open_blob(key),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "content without a strong digest")),
+        }
     }
+}
+
+/// A store written before content was known by SHA-256 keeps blobs under
+/// their MD5 and lines without a strong digest: each such file's blob is
+/// hashed and adopted under its SHA-256 (`BlobStore::adopt_legacy`), the
+/// digests are recorded in the table, and a snapshot makes them durable.
+/// Content shared by several paths (one MD5 then) is hashed once.
+fn adopt_legacy_blobs(catalog: &MemCatalog<DirStorage>, blobs: &BlobStore) -> Result<(), CoreError> {
+    let legacy: Vec<(String, Digest)> = catalog.with_table(|t| {
+        t.entries().filter(|e| e.state == EntryState::File && e.strong.is_none()).map(|e| (e.path.clone(), e.md5)).collect()
+    });
+    if legacy.is_empty() {
+        return Ok(());
+    }
+    log::info!("adopting {} file(s) stored by MD5 under their SHA-256", legacy.len());
+    let mut known: HashMap<Digest, Option<Strong>> = HashMap::new();
+    for (path, md5) in legacy {
+        let strong = match known.get(&md5) {
+            Some(s) => *s,
+            None => {
+                let s = blobs.adopt_legacy(&md5).map_err(CoreError::Io)?;
+                known.insert(md5, s);
+                s
+            }
+        };
+        match strong {
+            Some(s) => {
+                catalog.set_strong(&path, s);
+            }
+            None => log::error!("{path:?}: its content (MD5 {}) is missing", dropsync_proto::digest::to_hex(&md5)),
+        }
+    }
+    catalog.compact()
 }

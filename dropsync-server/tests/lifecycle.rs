@@ -104,7 +104,7 @@ fn sigterm_shuts_down_cleanly_and_persists() {
     assert!(status.success(), "exit status {status:?}; log:\n{}", s.log());
     assert!(p.send_closed_by_server());
     let snapshot = std::fs::read_to_string(root.join("meta/metadata")).unwrap();
-    assert!(snapshot.contains("\tF\tf\n"), "{snapshot}");
+    assert!(snapshot.contains("\tF\tf\tsha256:"), "{snapshot}");
     assert!(!root.join("meta/metadata.journal").exists(), "journal folded into the snapshot");
 }
 

@@ -1213,8 +1213,8 @@ impl Run {
             )),
             Err(e) => out.push(problem(1, e)),
         }
-        for v in end.values() {
-            let p = views::blob_path(root, &v.md5);
+        let blobs = views::server_blobs(root).unwrap_or_default();
+        for p in end.keys().filter_map(|path| blobs.get(path).cloned().flatten()) {
             expected.insert(p.strip_prefix(root).map(|p| p.display().to_string()).unwrap_or_default());
         }
         for f in views::all_files(root) {

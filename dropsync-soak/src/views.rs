@@ -11,9 +11,8 @@ use std::path::{Path, PathBuf};
 
 use dropsync_core::storage::Storage;
 use dropsync_core::store::JournaledStore;
-use dropsync_proto::digest::to_hex;
-use dropsync_proto::metadata::{Entry, EntryState};
-use dropsync_proto::Digest;
+use dropsync_proto::digest::push_hex;
+use dropsync_proto::metadata::{Entry, EntryState, Strong};
 
 use crate::model::{Tree, Version};
 
@@ -86,10 +85,22 @@ pub fn server_entries(root: &Path) -> Result<HashMap<String, Entry>, String> {
     Ok(loaded.entries)
 }
 
-/// Where the server keeps the content with digest `d`.
-pub fn blob_path(root: &Path, d: &Digest) -> PathBuf {
-    let hex = to_hex(d);
+/// Where the server keeps the content with SHA-256 `key` (its strong
+/// content key; MD5 names nothing on the server).
+pub fn blob_path(root: &Path, key: &Strong) -> PathBuf {
+    let mut hex = String::with_capacity(64);
+    push_hex(key, &mut hex);
     root.join("blobs").join(&hex[..2]).join(hex)
+}
+
+/// The blob of every file path of the server's META-DATA (`None`: a line
+/// without a strong digest, which the server never writes).
+pub fn server_blobs(root: &Path) -> Result<HashMap<String, Option<PathBuf>>, String> {
+    Ok(server_entries(root)?
+        .into_values()
+        .filter(|e| e.state == EntryState::File)
+        .map(|e| (e.path, e.strong.map(|k| blob_path(root, &k))))
+        .collect())
 }
 
 /// The server's files (`F` entries) as a tree, from META-DATA alone.
@@ -104,10 +115,17 @@ pub fn server_tree(root: &Path) -> Result<Tree, String> {
 /// Checks that every file of the server's view has its blob, holding
 /// exactly that content; returns the problems.
 pub fn check_blobs(root: &Path, view: &Tree) -> Vec<String> {
+    let blobs = match server_blobs(root) {
+        Ok(b) => b,
+        Err(e) => return vec![e],
+    };
     let mut out = Vec::new();
     for (path, v) in view {
-        let blob = blob_path(root, &v.md5);
-        match fs::read(&blob) {
+        let Some(Some(blob)) = blobs.get(path) else {
+            out.push(format!("server META-DATA names no blob for {path:?}"));
+            continue;
+        };
+        match fs::read(blob) {
             Ok(bytes) if Version::of(&bytes) == *v => {}
             Ok(bytes) => out.push(format!(
                 "server blob of {path:?} ({}) holds {} bytes with another digest",
