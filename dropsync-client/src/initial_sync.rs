@@ -82,7 +82,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
                 unsettled.insert(name);
             }
             Err(e) => {
-                log::warn!("cannot read {name}: {e}");
+                notes.unreadable(&name, &e);
                 unsettled.insert(name);
             }
         }

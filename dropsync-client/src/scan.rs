@@ -1,7 +1,7 @@
 //! Looking at the synced folder: walking it, stat-ing files, and hashing a
 //! file only when its stat says it may have changed since it was last seen.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -201,10 +201,13 @@ pub fn read_local(path: &Path, seen: Option<LocalSeen>, now: SystemTime) -> io::
 }
 
 /// Remembers which unsyncable paths were already reported, so each is
-/// logged once, not at every rescan.
+/// logged once, not at every rescan, and how often each unreadable file
+/// failed, so that a file that cannot be read is warned about once (then
+/// at the 10th, 100th, ... failure, with the count), not every 5 s for ever.
 #[derive(Debug, Default)]
 pub struct Notes {
     said: HashSet<String>,
+    unreadable: HashMap<String, u64>,
 }
 
 impl Notes {
@@ -212,6 +215,28 @@ impl Notes {
     pub fn once(&mut self, path: &Path, what: &str) {
         if self.said.insert(path.display().to_string()) {
             log::info!("not synced: {} ({what})", path.display());
+        }
+    }
+
+    /// `name` could not be read (it is tried again at each rescan). Returns
+    /// whether this failure was logged.
+    pub fn unreadable(&mut self, name: &str, e: &io::Error) -> bool {
+        let n = self.unreadable.entry(name.to_owned()).or_insert(0);
+        *n += 1;
+        match *n {
+            1 => log::warn!("cannot read {name}: {e}; trying again at each rescan"),
+            n if n.checked_ilog10().is_some_and(|p| 10u64.pow(p) == n) => {
+                log::warn!("cannot read {name}: {e} ({n} times so far)")
+            }
+            _ => return false,
+        }
+        true
+    }
+
+    /// `name` was read: if it had failed before, says so once.
+    pub fn readable(&mut self, name: &str) {
+        if let Some(n) = self.unreadable.remove(name) {
+            log::info!("{name} can be read again (after {n} failed attempt(s))");
         }
     }
 }
@@ -280,6 +305,21 @@ fn each_file(root: &Path, dir: &Path, notes: &mut Notes, mut found: impl FnMut(S
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_unreadable_file_is_logged_once_then_at_each_power_of_ten() {
+        let mut notes = Notes::default();
+        let e = io::Error::from(io::ErrorKind::PermissionDenied);
+        let mut logged = Vec::new();
+        for attempt in 1..=1000u64 {
+            if notes.unreadable("f", &e) {
+                logged.push(attempt);
+            }
+        }
+        assert_eq!(logged, [1, 10, 100, 1000]);
+        notes.readable("f");
+        assert!(notes.unreadable("f", &e), "a new failure after it was readable is logged again");
+    }
     use dropsync_proto::md5;
 
     fn tmp(tag: &str) -> std::path::PathBuf {

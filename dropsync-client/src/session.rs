@@ -443,10 +443,11 @@ impl<'a> Session<'a> {
                 return;
             }
             Err(e) => {
-                log::warn!("cannot read {name}: {e}");
+                self.core.notes.unreadable(&name, &e);
                 return;
             }
         };
+        self.core.notes.readable(&name);
         if local.as_ref().is_some_and(|(stat, _, _)| self.out.lock().spans_chunks(stat.size)) && !self.large_slot_free() {
             // Looked at again when a large upload ends.
             self.waiting_large.push_back(name);
