@@ -22,6 +22,12 @@ use crate::{inbound, outbound, spawn_named, tcp, workers};
 /// died half-way, or someone holding a thread and a descriptor for nothing.
 const PAIR_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// The same for a legacy connection that has said nothing at all: a legacy
+/// client opens its two connections together, so one that is silent and
+/// alone after this long is closed rather than paired with whatever comes
+/// next from its address.
+const SILENT_PAIR_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Most connections from one IP address waiting for a partner at once; a
 /// connection beyond is closed at once. A real client has at most one of
 /// each kind waiting (a few, behind a NAT).
@@ -158,6 +164,7 @@ fn handshake(server: &Arc<Server>, mut stream: TcpStream, kind: ConnKind) {
     log::debug!("{peer}: {:?} connection {conn}, {}", kind, if client_id.is_some() { "HELLO" } else { "legacy" });
     let (taken_tx, taken_rx) = mpsc::channel();
     let Ok(probe) = stream.try_clone() else { return };
+    let wait_limit = if client_id.is_none() && first.is_none() { SILENT_PAIR_TIMEOUT } else { PAIR_TIMEOUT };
     let half = Half { kind, stream, reader, peer, label, first, _taken: taken_tx };
     if let Some(pair) = announce(server, conn, half, client_id) {
         start_session(server, pair);
@@ -173,7 +180,7 @@ fn handshake(server: &Arc<Server>, mut stream: TcpStream, kind: ConnKind) {
             _ => return,
         }
         let closed = tcp::peer_has_closed(&probe);
-        if !closed && parked_at.elapsed() < PAIR_TIMEOUT {
+        if !closed && parked_at.elapsed() < wait_limit {
             continue;
         }
         let mut hs = server.handshakes();
@@ -182,7 +189,7 @@ fn handshake(server: &Arc<Server>, mut stream: TcpStream, kind: ConnKind) {
             if closed {
                 log::info!("{peer}: {kind:?} connection closed while waiting for its partner");
             } else {
-                log::info!("{peer}: no partner connection within {PAIR_TIMEOUT:?}; closed");
+                log::info!("{peer}: no partner connection within {wait_limit:?}; closed");
             }
         }
         return;

@@ -338,3 +338,21 @@ fn a_transfer_beyond_the_per_connection_limit_gets_0x0080() {
     assert_eq!(b.receive_one(), ("t256".to_string(), Some(p256)));
     assert_eq!(a.request(&Frame::Finished { digest: md5(&content(255)), name: "t255" }), StatusCode::OK);
 }
+
+#[test]
+fn a_lone_silent_connection_is_closed_within_a_few_seconds() {
+    let tmp = TempDir::new("lone-silent");
+    let s = start(&tmp, &[]);
+    let mut lone = TcpStream::connect(("127.0.0.1", s.send_port)).unwrap();
+    lone.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let started = Instant::now();
+    // It says nothing and has no partner: the server closes it (1 s HELLO
+    // window, then 5 s to find a partner), well before the 10 s a
+    // connection that spoke may wait.
+    let mut byte = [0u8; 1];
+    let n = std::io::Read::read(&mut lone, &mut byte).unwrap_or(0);
+    let took = started.elapsed();
+    assert_eq!(n, 0, "the server sent something to a silent connection");
+    assert!(took < Duration::from_secs(9), "closed after {took:?}");
+    assert!(s.log().contains("no partner connection within 5s"), "{}", s.log());
+}
