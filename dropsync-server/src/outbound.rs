@@ -104,11 +104,9 @@ struct Item {
     name: String,
     /// The catalog version being delivered (0 for the META-DATA).
     version: u64,
-    /// `None` for a DELETE.
-    content: Option<(Source, u64)>,
-    /// The content's MD5 (a committed blob's was checked when it was
-    /// uploaded); `None` for a DELETE.
-    digest: Option<Digest>,
+    /// Where the bytes come from, how many and their MD5 (a committed
+    /// blob's was checked when it was uploaded); `None` for a DELETE.
+    content: Option<(Source, u64, Digest)>,
 }
 
 /// Transfers to one client, prepared and ready to be delivered together
@@ -131,8 +129,7 @@ pub fn prepare_next(server: &Server, session: &Session) -> Option<Batch> {
             let item = Item {
                 name: METADATA_TRANSFER_NAME.into(),
                 version: 0,
-                content: Some((Source::Bytes(text.into_bytes()), size)),
-                digest: Some(digest),
+                content: Some((Source::Bytes(text.into_bytes()), size, digest)),
             };
             return Some(Batch { items: vec![item], metadata: true });
         }
@@ -193,7 +190,7 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
                 break;
             }
             if entry.state == EntryState::Deleted {
-                items.push(Item { name: path.clone(), version: entry.version, content: None, digest: None });
+                items.push(Item { name: path.clone(), version: entry.version, content: None });
                 break;
             }
             match lib.open_content(&entry) {
@@ -201,8 +198,7 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
                     items.push(Item {
                         name: path.clone(),
                         version: entry.version,
-                        content: Some((Source::File(f), entry.size)),
-                        digest: Some(entry.md5),
+                        content: Some((Source::File(f), entry.size, entry.md5)),
                     });
                     break;
                 }
@@ -282,16 +278,12 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
     // MD5 and their bytes streamed from the source.
     let mut ops: Vec<(OpId, Option<(Source, Digest)>)> = Vec::with_capacity(items.len());
     for item in items {
-        ops.push(match (item.content, item.digest) {
-            (Some((src, size)), Some(digest)) => {
+        ops.push(match item.content {
+            Some((src, size, digest)) => {
                 let id = mux.add_upload_with_digest(item.name, size, server.config.chunk_size, digest);
                 (id, Some((src, digest)))
             }
-            (Some(_), None) => {
-                log::error!("{:?}: no digest for its content; not sent", item.name);
-                continue;
-            }
-            (None, _) => (mux.add_single(item.name, SingleKind::Delete, ZERO_DIGEST), None),
+            None => (mux.add_single(item.name, SingleKind::Delete, ZERO_DIGEST), None),
         });
     }
     let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
@@ -317,8 +309,15 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
             frame.clear();
             match step {
                 Step::Chunk { offset, len } => {
-                    let Some((src, file_digest)) = ops[i].1.as_ref() else { continue };
                     let size = mux.sender(id).map_or(0, |s| s.size());
+                    let Some((src, file_digest)) = ops[i].1.as_ref() else {
+                        // A chunk of a DELETE cannot be asked for; should it
+                        // be, the operation ends rather than stay announced.
+                        if let Some(outcome) = mux.abort(id) {
+                            outcomes[i] = Some(outcome);
+                        }
+                        continue;
+                    };
                     let digest = match prefetched.remove(&id) {
                         Some((o, l, d)) if o == offset && l == len => Ok(d),
                         // One chunk is the whole file: its MD5 is the file's.
