@@ -20,6 +20,7 @@
 //! condition variable.
 
 pub mod conflict;
+pub mod decoder;
 pub mod error;
 pub mod liveness;
 pub mod locks;

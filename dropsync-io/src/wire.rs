@@ -1,66 +1,22 @@
 //! Frames over any byte stream: the small adapter both binaries put between
-//! a socket and the codec.
+//! a socket and core's [`Decoder`], which holds the buffer and the codec.
 //!
-//! It is generic over `Read`/`Write` (tests use byte slices) and holds no
-//! state beyond a buffer, so it belongs beside the state machines rather
-//! than copied into each binary. A read that times out (the socket's read
-//! timeout, used for keep-alives and the dead-peer check) loses nothing: the
-//! bytes already buffered stay, and the next call carries on.
+//! It is generic over `Read`/`Write` (tests use byte slices). A read that
+//! times out (the socket's read timeout, used for keep-alives and the
+//! dead-peer check) loses nothing: the bytes already buffered stay, and the
+//! next call carries on.
 
 use std::io::{self, Read, Write};
 
-use dropsync_proto::{parse_head, Digest, Frame, Head, MessageType, ParseError, StatusCode};
+pub use dropsync_core::decoder::Msg;
+use dropsync_core::decoder::Decoder;
+use dropsync_proto::{Frame, StatusCode};
 
-/// Initial buffer size: holds any non-chunk frame; grows to the largest
-/// accepted chunk payload.
-const INITIAL_BUFFER: usize = 64 * 1024;
-
-/// One message read from the stream, with names copied out of the buffer
-/// (names are short; payloads stay borrowed, see [`FrameReader::read_payload`]).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Msg {
-    /// A FILE_CHUNK header. The caller must next call `read_payload(len)` or
-    /// `skip(len)` before reading another message.
-    Chunk {
-        /// MD5 the payload should have.
-        digest: Digest,
-        /// The file.
-        name: String,
-        /// Declared payload length.
-        len: u32,
-    },
-    /// STATUS (keep-alives included: the caller filters 0x8000).
-    Status(StatusCode),
-    /// FINISHED, ABORT, DELETE or REQUEST.
-    Named {
-        /// Which of the four.
-        kind: MessageType,
-        /// Its digest.
-        digest: Digest,
-        /// The file.
-        name: String,
-    },
-    /// HELLO with the client id and label.
-    Hello {
-        /// The client's stable id.
-        client_id: [u8; 16],
-        /// Its label.
-        label: String,
-    },
-    /// A frame whose name broke a codec rule (too long, not UTF-8). It has
-    /// been skipped whole; the caller replies 0x0100 (section 3).
-    Rejected(ParseError),
-}
-
-/// Reads frames from a byte stream.
+/// Reads frames from a byte stream: core's [`Decoder`] fed from `R`.
 #[derive(Debug)]
 pub struct FrameReader<R> {
     inner: R,
-    buf: Vec<u8>,
-    start: usize,
-    end: usize,
-    /// Bytes still to discard from an earlier `skip` that timed out.
-    pending_skip: u64,
+    dec: Decoder,
     /// Bytes read from the stream so far: a liveness signal that moves even
     /// in the middle of a long payload.
     total_read: u64,
@@ -75,7 +31,7 @@ pub fn is_timeout_error(e: &io::Error) -> bool {
 impl<R: Read> FrameReader<R> {
     /// Wraps a stream.
     pub fn new(inner: R) -> Self {
-        Self { inner, buf: vec![0; INITIAL_BUFFER], start: 0, end: 0, pending_skip: 0, total_read: 0 }
+        Self { inner, dec: Decoder::new(), total_read: 0 }
     }
 
     /// The wrapped stream.
@@ -85,28 +41,17 @@ impl<R: Read> FrameReader<R> {
 
     /// Bytes received but not yet returned as a message.
     pub fn buffered(&self) -> usize {
-        self.end - self.start
+        self.dec.buffered()
     }
 
-    /// Reads more bytes into the buffer; `Ok(false)` at end of stream.
+    /// Reads more bytes into the decoder, with room for `want` from the
+    /// first unconsumed one; `Ok(false)` at end of stream.
     fn fill(&mut self, want: usize) -> io::Result<bool> {
-        if self.start > 0 && (self.start == self.end || self.buf.len() - self.start < want) {
-            self.buf.copy_within(self.start..self.end, 0);
-            self.end -= self.start;
-            self.start = 0;
-        }
-        if self.buf.len() < want {
-            self.buf.resize(want, 0);
-        }
-        if self.end == self.buf.len() {
-            let grow = self.buf.len();
-            self.buf.resize(self.buf.len() + grow, 0);
-        }
         loop {
-            match self.inner.read(&mut self.buf[self.end..]) {
+            match self.inner.read(self.dec.spare(want)) {
                 Ok(0) => return Ok(false),
                 Ok(n) => {
-                    self.end += n;
+                    self.dec.filled(n);
                     self.total_read += n as u64;
                     return Ok(true);
                 }
@@ -122,43 +67,14 @@ impl<R: Read> FrameReader<R> {
     pub fn read_msg(&mut self) -> io::Result<Option<Msg>> {
         self.drain_skip()?;
         loop {
-            match parse_head(&self.buf[self.start..self.end]) {
-                Ok(Some((head, used))) => {
-                    let msg = match head {
-                        Head::Chunk { digest, name, payload_len } => {
-                            Msg::Chunk { digest, name: name.to_owned(), len: payload_len }
-                        }
-                        Head::Frame(Frame::Status(code)) => Msg::Status(code),
-                        Head::Frame(Frame::Hello { client_id, label }) => {
-                            Msg::Hello { client_id, label: label.to_owned() }
-                        }
-                        Head::Frame(f) => Msg::Named {
-                            kind: f.message_type(),
-                            digest: match f {
-                                Frame::Finished { digest, .. }
-                                | Frame::Abort { digest, .. }
-                                | Frame::Delete { digest, .. }
-                                | Frame::Request { digest, .. } => digest,
-                                _ => [0; 16],
-                            },
-                            name: f.name().unwrap_or_default().to_owned(),
-                        },
-                    };
-                    self.start += used;
-                    return Ok(Some(msg));
-                }
+            match self.dec.poll_msg() {
+                Ok(Some(msg)) => return Ok(Some(msg)),
                 Ok(None) => {}
-                Err(e) => match e.skippable_len() {
-                    Some(len) => {
-                        self.skip(len)?;
-                        return Ok(Some(Msg::Rejected(e)));
-                    }
-                    None => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
-                },
+                Err(e) => return Err(io::Error::new(io::ErrorKind::InvalidData, e)),
             }
             let had = self.buffered();
             if !self.fill(had + 1)? {
-                return if had == 0 {
+                return if had == 0 && self.dec.skip_pending() == 0 {
                     Ok(None)
                 } else {
                     Err(io::ErrorKind::UnexpectedEof.into())
@@ -168,15 +84,9 @@ impl<R: Read> FrameReader<R> {
     }
 
     /// True when the next [`read_msg`](Self::read_msg) needs bytes not
-    /// received yet, so it may block. A peer that holds replies back to send
-    /// several in one write must send them before such a read: the other
-    /// side may be waiting for them before it sends more.
+    /// received yet, so it may block (see `Decoder::needs_input`).
     pub fn needs_input(&self) -> bool {
-        let avail = &self.buf[self.start..self.end];
-        match usize::try_from(self.pending_skip) {
-            Ok(skip) if skip <= avail.len() => matches!(parse_head(&avail[skip..]), Ok(None)),
-            _ => true,
-        }
+        self.dec.needs_input()
     }
 
     /// Bytes read from the stream so far (for dead-peer checks).
@@ -189,9 +99,8 @@ impl<R: Read> FrameReader<R> {
     /// after a timeout.
     pub fn ensure(&mut self, len: u32) -> io::Result<()> {
         self.drain_skip()?;
-        let len = len as usize;
-        while self.buffered() < len {
-            if !self.fill(len)? {
+        while self.buffered() < len as usize {
+            if !self.fill(len as usize)? {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
@@ -202,10 +111,7 @@ impl<R: Read> FrameReader<R> {
     /// receiver's maximum) and borrows it from the buffer.
     pub fn read_payload(&mut self, len: u32) -> io::Result<&[u8]> {
         self.ensure(len)?;
-        let len = len as usize;
-        let out = &self.buf[self.start..self.start + len];
-        self.start += len;
-        Ok(out)
+        self.dec.payload(len).ok_or_else(|| io::ErrorKind::UnexpectedEof.into())
     }
 
     /// Reads a chunk payload straight into `out` (its whole length is the
@@ -217,10 +123,8 @@ impl<R: Read> FrameReader<R> {
     /// and `got` until it returns `Ok`.
     pub fn read_payload_into(&mut self, out: &mut [u8], got: &mut usize) -> io::Result<()> {
         self.drain_skip()?;
-        let from_buffer = self.buffered().min(out.len().saturating_sub(*got));
-        out[*got..*got + from_buffer].copy_from_slice(&self.buf[self.start..self.start + from_buffer]);
-        self.start += from_buffer;
-        *got += from_buffer;
+        let at = (*got).min(out.len());
+        *got += self.dec.take_into(&mut out[at..]);
         while *got < out.len() {
             match self.inner.read(&mut out[*got..]) {
                 Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
@@ -239,22 +143,17 @@ impl<R: Read> FrameReader<R> {
     /// buffer: how an oversized chunk is dropped (section 4). If it times
     /// out, the rest is discarded by the next read: do not call it again.
     pub fn skip(&mut self, len: u64) -> io::Result<()> {
-        self.pending_skip += len;
+        self.dec.skip(len);
         self.drain_skip()
     }
 
     fn drain_skip(&mut self) -> io::Result<()> {
-        loop {
-            let take = (self.buffered() as u64).min(self.pending_skip);
-            self.start += take as usize;
-            self.pending_skip -= take;
-            if self.pending_skip == 0 {
-                return Ok(());
-            }
+        while self.dec.skip_pending() > 0 {
             if !self.fill(1)? {
                 return Err(io::ErrorKind::UnexpectedEof.into());
             }
         }
+        Ok(())
     }
 }
 
