@@ -193,7 +193,9 @@ fn push_u64(mut n: u64, out: &mut String) {
     out.extend(digits[at..].iter().map(|&c| char::from(c)));
 }
 
-/// Renders a whole file: header, optional client id, entries.
+/// Renders a whole file: header, optional client id, entries (with their
+/// strong digests where they carry one, as a server's own store does: what
+/// parses renders back the same).
 pub fn render_document(doc: &Document) -> String {
     let mut out = String::with_capacity(64 + doc.entries.len() * 80);
     render_header(&mut out);
@@ -201,7 +203,7 @@ pub fn render_document(doc: &Document) -> String {
         render_client_id(id, &mut out);
     }
     for e in &doc.entries {
-        render_entry(e, &mut out);
+        render_stored_entry(e, &mut out);
     }
     out
 }
@@ -386,15 +388,16 @@ mod tests {
             ],
             // Arbitrary unicode, tabs, newlines and backslashes included.
             "(\\PC|[\t\n\\\\]){1,40}",
+            proptest::option::of(any::<[u8; 32]>()),
         )
-            .prop_map(|(version, md5, size, mtime_ns, state, path)| Entry {
-            strong: None,
+            .prop_map(|(version, md5, size, mtime_ns, state, path, strong)| Entry {
                 version,
                 md5,
                 size,
                 mtime_ns,
                 state,
                 path,
+                strong,
             })
     }
 
