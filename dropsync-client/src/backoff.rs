@@ -1,4 +1,5 @@
-//! Capped exponential backoff between reconnection attempts.
+//! Capped exponential backoff: between reconnection attempts, and between
+//! tries of a change the server could not take (0x0080).
 
 use std::time::Duration;
 
@@ -9,25 +10,32 @@ pub const INITIAL_BACKOFF: Duration = Duration::from_millis(100);
 /// Longest wait between attempts, however long the server stays away.
 pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
-/// The delays to wait between attempts: doubling from
-/// [`INITIAL_BACKOFF`] up to [`MAX_BACKOFF`].
+/// The delays to wait between attempts: doubling from a first delay up to a
+/// cap ([`INITIAL_BACKOFF`] and [`MAX_BACKOFF`] by default, for reconnecting).
 #[derive(Debug, Clone)]
 pub struct Backoff {
+    first: Duration,
+    max: Duration,
     next: Duration,
     attempts: u32,
 }
 
 impl Default for Backoff {
     fn default() -> Self {
-        Backoff { next: INITIAL_BACKOFF, attempts: 0 }
+        Backoff::new(INITIAL_BACKOFF, MAX_BACKOFF)
     }
 }
 
 impl Backoff {
+    /// Delays from `first`, doubling, up to `max`.
+    pub fn new(first: Duration, max: Duration) -> Self {
+        Backoff { first, max, next: first, attempts: 0 }
+    }
+
     /// The delay before the next attempt.
     pub fn next_delay(&mut self) -> Duration {
         let d = self.next;
-        self.next = (self.next * 2).min(MAX_BACKOFF);
+        self.next = self.next.saturating_mul(2).min(self.max);
         self.attempts += 1;
         d
     }
@@ -39,7 +47,7 @@ impl Backoff {
 
     /// Starts over after a connection that worked.
     pub fn reset(&mut self) {
-        *self = Backoff::default();
+        *self = Backoff::new(self.first, self.max);
     }
 }
 
@@ -55,5 +63,14 @@ mod tests {
         assert_eq!(b.attempts(), 9);
         b.reset();
         assert_eq!(b.next_delay(), INITIAL_BACKOFF);
+    }
+
+    #[test]
+    fn other_bounds_double_the_same_way() {
+        let mut b = Backoff::new(Duration::from_millis(500), Duration::from_secs(60));
+        let delays: Vec<u128> = (0..9).map(|_| b.next_delay().as_millis()).collect();
+        assert_eq!(delays, [500, 1000, 2000, 4000, 8000, 16000, 32000, 60000, 60000]);
+        b.reset();
+        assert_eq!(b.next_delay(), Duration::from_millis(500));
     }
 }

@@ -8,9 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dropsync_core::liveness::{Silence, Timers};
+use dropsync_io::tcp;
 use dropsync_io::wire::{is_timeout_error, write_frame, FrameReader, Msg};
 use dropsync_proto::{ClientId, Frame, StatusCode};
-use socket2::{SockRef, TcpKeepalive};
 
 use crate::cli::Config;
 
@@ -156,10 +156,7 @@ fn dial(host: &str, port: u16, timing: Timing) -> io::Result<TcpStream> {
                 s.set_read_timeout(Some(timing.read_tick()))?;
                 // A legacy server may never send keep-alives: the kernel's
                 // probes find one that is gone (section 1).
-                // (The kernel counts in whole seconds, and refuses 0.)
-                let every = (timing.keepalive / 3).max(Duration::from_secs(1));
-                let probes = TcpKeepalive::new().with_time(timing.keepalive.max(every)).with_interval(every);
-                SockRef::from(&s).set_tcp_keepalive(&probes)?;
+                tcp::enable_keepalive(&s, timing.keepalive)?;
                 return Ok(s);
             }
             Err(e) => last = io::Error::new(e.kind(), format!("{addr}: {e}")),

@@ -184,6 +184,14 @@ impl Incoming {
         let _ = self.events.send(Event::Session { session: self.session, what });
     }
 
+    /// Posts the "Delivered" events held back until their replies were
+    /// written (see `delivered`).
+    fn post_delivered(&mut self) {
+        for what in std::mem::take(&mut self.delivered) {
+            self.post(what);
+        }
+    }
+
     fn serve(&mut self) -> Result<(), Fatal> {
         loop {
             let msg = match self.rx.read_msg() {
@@ -199,9 +207,7 @@ impl Incoming {
             self.link.on_received(self.msg_at);
             self.handle(msg)?;
             self.expire_idle();
-            for what in std::mem::take(&mut self.delivered) {
-                self.post(what);
-            }
+            self.post_delivered();
         }
     }
 
@@ -212,9 +218,7 @@ impl Incoming {
             return Err(io::Error::new(io::ErrorKind::TimedOut, gone.to_string()));
         }
         self.expire_idle();
-        for what in std::mem::take(&mut self.delivered) {
-            self.post(what);
-        }
+        self.post_delivered();
         self.keepalive_if_due()
     }
 

@@ -24,6 +24,7 @@ use dropsync_core::reconcile::Content;
 use dropsync_core::sender::Outcome;
 use dropsync_proto::{StatusCode, ZERO_DIGEST};
 
+use crate::backoff::Backoff;
 use crate::client::Core;
 use crate::connect::{Connected, Timing};
 use crate::events::{Event, SessionEvent};
@@ -127,8 +128,8 @@ pub struct Session<'a> {
     /// damaged): not tried again this session unless the content changes.
     given_up: HashMap<String, Option<Content>>,
     retries: HashMap<String, u32>,
-    /// Changes refused with 0x0080, with how often in a row.
-    in_use_tries: HashMap<String, u32>,
+    /// Changes refused with 0x0080, with the backoff of their next try.
+    in_use_tries: HashMap<String, Backoff>,
     stop_deadline: Option<Instant>,
     last_save: Instant,
 }
@@ -605,11 +606,12 @@ impl<'a> Session<'a> {
             return;
         }
         if code == StatusCode::IN_USE && self.stop_deadline.is_none() {
-            let tries = self.in_use_tries.entry(name.to_owned()).or_insert(0);
-            *tries += 1;
-            if !(self.core.cfg.once && *tries > ONCE_IN_USE_TRIES) {
-                let delay = IN_USE_RETRY_FIRST.saturating_mul(1 << (*tries - 1).min(16)).min(IN_USE_RETRY_MAX);
-                if *tries == 1 {
+            let backoff =
+                self.in_use_tries.entry(name.to_owned()).or_insert_with(|| Backoff::new(IN_USE_RETRY_FIRST, IN_USE_RETRY_MAX));
+            if !(self.core.cfg.once && backoff.attempts() >= ONCE_IN_USE_TRIES) {
+                let delay = backoff.next_delay();
+                let tries = backoff.attempts();
+                if tries == 1 {
                     log::warn!("server cannot take {name} now ({code}); trying again in {delay:?}");
                 } else {
                     log::debug!("server cannot take {name} now ({code}, {tries} times); trying again in {delay:?}");

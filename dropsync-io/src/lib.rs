@@ -9,10 +9,13 @@
 //! - [`queue`]: a client's update queue (the assignment's per-client queue
 //!   of pending updates), which a sender thread waits on;
 //! - [`scheduler`]: the worker pool's FIFO work queue (extra credit);
-//! - [`clock`]: the time, which the drivers read and pass to the core.
+//! - [`clock`]: the time, which the drivers read and pass to the core;
+//! - [`tcp`]: TCP keep-alive and the closed-peer check, which `std::net`
+//!   lacks.
 
 pub mod clock;
 pub mod dir_storage;
 pub mod queue;
 pub mod scheduler;
+pub mod tcp;
 pub mod wire;

@@ -9,13 +9,14 @@ use std::time::{Duration, Instant};
 
 use dropsync_core::locks::SessionId;
 use dropsync_core::pairing::{ConnId, ConnKind, PairEvent, HELLO_TIMEOUT};
+use dropsync_io::tcp;
 use dropsync_io::wire::{is_timeout_error, write_status, FrameReader, Msg};
 use dropsync_proto::{ClientId, StatusCode};
 
 use crate::server::Server;
 use crate::session::{Session, SessionParts};
 use crate::quiet_log::{self, QuietLog};
-use crate::{inbound, outbound, spawn_named, tcp, workers};
+use crate::{inbound, outbound, spawn_named, workers};
 
 /// How long a connection waits for its partner before it is dropped. A
 /// real client opens both connections at once; a lone one is a client that
@@ -82,7 +83,7 @@ pub fn accept_loop(server: Arc<Server>, listener: TcpListener, kind: ConnKind) {
                 }
             }
             Err(e) => {
-                if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) {
+                if tcp::is_out_of_descriptors(&e) {
                     reserve.turn_away(&listener);
                 }
                 if let Some(n) = ACCEPT_ERRORS.allow(Instant::now()) {

@@ -184,11 +184,12 @@ impl Inbound<'_> {
     /// with no message of its own for the dead-peer time is aborted, even
     /// while keep-alives flow; its next message gets 0x0080.
     fn expire_idle(&mut self) {
-        if !matches!(self.open.poll_timeout(), Some(at) if at <= Instant::now()) {
+        let now = Instant::now();
+        if !matches!(self.open.poll_timeout(), Some(at) if at <= now) {
             return;
         }
         // Dropping an upload removes its temp file and releases its lock.
-        for (name, _upload) in self.open.expire(Instant::now()) {
+        for (name, _upload) in self.open.expire(now) {
             log::info!(
                 "{}: upload of {name:?} aborted: no message of its own for {:?}; lock released",
                 self.session.who(),

@@ -17,7 +17,6 @@ mod quiet_log;
 mod server;
 mod session;
 mod sink;
-mod tcp;
 mod workers;
 
 use std::io::Write;

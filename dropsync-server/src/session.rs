@@ -121,7 +121,7 @@ impl Session {
             send_sock: p.send_sock,
             recv_sock: p.recv_sock,
             closed: AtomicBool::new(false),
-            link: Mutex::new(Liveness::new(p.now, p.timers, if p.client_id.is_none() { Silence::Allowed } else { Silence::Ends })),
+            link: Mutex::new(Liveness::new(p.now, p.timers, silence_of(p.client_id.is_none()))),
             outgoing: Mutex::new(Vec::new()),
             outgoing_done: Condvar::new(),
         }
@@ -174,12 +174,7 @@ impl Session {
     /// `awaits_reply`: the message is a transfer's, which the client answers.
     pub fn write_out(&self, bytes: &[u8], awaits_reply: bool) -> std::io::Result<()> {
         let r = self.out.lock().unwrap_or_else(PoisonError::into_inner).write_all(bytes);
-        let now = Instant::now();
-        let mut link = self.link();
-        link.on_sent(now);
-        if awaits_reply {
-            link.set_awaiting(now, true);
-        }
+        self.sent(awaits_reply);
         r
     }
 
@@ -196,11 +191,19 @@ impl Session {
             let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);
             out.write_all(header).and_then(|()| body(&mut out))
         };
+        self.sent(true);
+        r
+    }
+
+    /// Tells the receive connection's clocks that a message went out (one
+    /// the client answers, if `awaits_reply`).
+    fn sent(&self, awaits_reply: bool) {
         let now = Instant::now();
         let mut link = self.link();
         link.on_sent(now);
-        link.set_awaiting(now, true);
-        r
+        if awaits_reply {
+            link.set_awaiting(now, true);
+        }
     }
 
     /// The receive connection's clocks.
@@ -239,11 +242,7 @@ impl Session {
     /// What silence from this client means (section 1: a legacy session is
     /// not closed for silence alone).
     pub fn silence(&self) -> Silence {
-        if self.legacy {
-            Silence::Allowed
-        } else {
-            Silence::Ends
-        }
+        silence_of(self.legacy)
     }
 
     /// True once the session has ended.
@@ -255,5 +254,14 @@ impl Session {
     /// session).
     pub fn who(&self) -> &str {
         &self.who
+    }
+}
+
+/// What silence means from a client that is `legacy` (section 1) or not.
+fn silence_of(legacy: bool) -> Silence {
+    if legacy {
+        Silence::Allowed
+    } else {
+        Silence::Ends
     }
 }

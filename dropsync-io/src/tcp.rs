@@ -1,6 +1,6 @@
 //! What the protocol asks of a socket that `std::net` cannot do: TCP
-//! keep-alive for legacy sessions, and telling whether a waiting
-//! connection's peer has gone (PROTOCOL.md section 1).
+//! keep-alive for legacy sessions, on both sides, and telling whether a
+//! waiting connection's peer has gone (PROTOCOL.md section 1).
 
 use std::io;
 use std::mem::MaybeUninit;
@@ -13,10 +13,12 @@ use socket2::{SockRef, TcpKeepalive};
 const KEEPALIVE_PROBES: u32 = 4;
 
 /// Section 1: "the server turns on TCP keep-alive for [a legacy session's]
-/// sockets and ends it on a socket error". The kernel probes after `idle`
-/// without traffic; a peer that answers none of the probes makes the next
-/// read fail, which ends the session. A peer that is merely quiet answers
-/// them and stays.
+/// sockets and ends it on a socket error"; a client whose HELLO was refused
+/// relies on it the same way. The kernel probes after `idle` without
+/// traffic, every third of it (whole seconds, at least one: the kernel
+/// refuses 0); a peer that answers none of the probes makes the next read
+/// fail, which ends the session. A peer that is merely quiet answers them
+/// and stays.
 pub fn enable_keepalive(stream: &TcpStream, idle: Duration) -> io::Result<()> {
     let interval = (idle / 3).max(Duration::from_secs(1));
     let params = TcpKeepalive::new().with_time(idle.max(interval)).with_interval(interval).with_retries(KEEPALIVE_PROBES);
@@ -35,6 +37,13 @@ pub fn peer_has_closed(stream: &TcpStream) -> bool {
         Ok(_) => false,
         Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted),
     }
+}
+
+/// True for the error an accept gets when the process or the system is
+/// out of file descriptors (EMFILE, ENFILE): not the connection's fault, and
+/// it recurs until descriptors are freed.
+pub fn is_out_of_descriptors(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE))
 }
 
 #[cfg(test)]
