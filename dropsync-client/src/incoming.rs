@@ -9,7 +9,7 @@
 //! the rename triggers sees an unchanged file and never uploads it back.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -17,21 +17,20 @@ use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Instant, SystemTime};
 
-use dropsync_core::liveness::{Due, Liveness};
-use dropsync_core::open_transfers::{Begin, Limits, OpenTransfers, Refusal};
-use dropsync_core::receiver::{ChunkVerdict, FinishVerdict, HeaderVerdict, Receiver};
+use dropsync_core::open_transfers::Limits;
+use dropsync_core::receiving::{Assembled, Config, Ended, Event as ConnEvent, Host, Payload, Receiving, Step};
 use dropsync_core::reconcile::Content;
-use dropsync_io::wire::{is_timeout_error, write_status, FrameReader, Msg};
-use dropsync_proto::limits::DEFAULT_MAX_CHUNK;
+use dropsync_io::wire::{is_timeout_error, FrameReader};
+use dropsync_proto::limits::{DEFAULT_MAX_CHUNK, MAX_NAME_LEN};
 use dropsync_proto::metadata::parse_document;
-use dropsync_proto::name::{validate_name, METADATA_TRANSFER_NAME};
-use dropsync_proto::{Digest, MessageType, StatusCode};
+use dropsync_proto::name::METADATA_TRANSFER_NAME;
+use dropsync_proto::StatusCode;
 
-use crate::progress::{Direction, Progress};
 use crate::connect::Timing;
 use crate::events::{Event, SessionEvent};
 use crate::folder::{delete_local, keep_if_unaccepted, look};
 use crate::paths::checked_path;
+use crate::progress::{Direction, Progress};
 use crate::scan::{probe, Probe};
 use crate::state::Ctx;
 
@@ -93,42 +92,48 @@ enum Sink {
     Temp(TempFile),
 }
 
-/// What the client keeps for one open incoming transfer, beside its
-/// receiver.
+/// What the client keeps for one open incoming transfer.
 #[derive(Debug)]
-struct Open {
+pub struct Open {
     sink: Sink,
     started: Instant,
+    bytes: u64,
 }
 
-/// The receive thread's state.
+/// The receive thread: the driver of the connection's [`Receiving`]
+/// machine, which holds every rule of it, and its [`Host`] ([`Deliveries`]).
 pub struct Incoming {
-    ctx: Arc<Ctx>,
-    rx: FrameReader<TcpStream>,
+    rx: TcpStream,
     tx: TcpStream,
-    events: mpsc::Sender<Event>,
-    session: u64,
+    conn: Receiving<Open>,
+    host: Deliveries,
     timing: Timing,
     /// Told by the control thread once it has reconciled after META-DATA.
     go: mpsc::Receiver<()>,
-    /// Open transfers by name (the server may interleave them, section 4),
-    /// with section 9's limits.
-    open: OpenTransfers<Open>,
-    /// Keep-alive and dead-peer clocks of the receive connection.
-    link: Liveness,
-    /// When the message being handled arrived.
-    msg_at: Instant,
-    /// A chunk payload, copied out of the reader's buffer.
-    payload: Vec<u8>,
-    /// "Delivered" events of the message being handled, posted only after
-    /// its reply is on the wire: `--once` may exit as soon as it hears of
+    wbuf: Vec<u8>,
+}
+
+/// The client's side of the machine's [`Host`] calls: the folder, the
+/// per-path records, and the events for the control thread.
+struct Deliveries {
+    ctx: Arc<Ctx>,
+    events: mpsc::Sender<Event>,
+    session: u64,
+    timing: Timing,
+    /// "Delivered" events of the messages handled, posted only after their
+    /// replies are on the wire: `--once` may exit as soon as it hears of
     /// the last delivery, and must not leave that delivery unanswered.
     delivered: Vec<SessionEvent>,
+    /// The server's META-DATA arrived: no message is handled until the
+    /// control thread has reconciled.
+    awaiting_go: bool,
+    /// The META-DATA could not be read: the session ends.
+    fatal: Option<String>,
     /// The terminal progress line of long incoming transfers.
     progress: Progress,
 }
 
-/// Why a message could not be handled; the thread ends with it.
+/// Why the thread ends.
 type Fatal = io::Error;
 
 impl Incoming {
@@ -142,25 +147,36 @@ impl Incoming {
         timing: Timing,
         go: mpsc::Receiver<()>,
     ) -> io::Result<JoinHandle<()>> {
-        let now = Instant::now();
-        let me = Incoming {
-            ctx,
-            rx,
-            tx,
-            events,
-            session,
-            timing,
-            go,
-            open: OpenTransfers::new(Limits {
+        let config = Config {
+            max_chunk: DEFAULT_MAX_CHUNK,
+            max_name_len: MAX_NAME_LEN,
+            metadata_name: true,
+            limits: Limits {
                 max_open: MAX_OPEN_TRANSFERS,
                 idle: timing.dead_peer,
                 remember_expired: MAX_EXPIRED_REMEMBERED,
-            }),
-            link: Liveness::new(now, timing.timers(), timing.silence()),
-            msg_at: now,
-            payload: Vec::new(),
-            delivered: Vec::new(),
-            progress: Progress::new(),
+            },
+            timers: timing.timers(),
+            silence: timing.silence(),
+        };
+        let (rx, decoder) = rx.into_parts();
+        let me = Incoming {
+            rx,
+            tx,
+            conn: Receiving::with_decoder(config, Instant::now(), decoder),
+            host: Deliveries {
+                ctx,
+                events,
+                session,
+                timing,
+                delivered: Vec::new(),
+                awaiting_go: false,
+                fatal: None,
+                progress: Progress::new(),
+            },
+            timing,
+            go,
+            wbuf: Vec::with_capacity(64),
         };
         thread::Builder::new().name(format!("receive-{session}")).spawn(move || me.run())
     }
@@ -170,138 +186,110 @@ impl Incoming {
             Ok(()) => "server closed the receive connection".to_owned(),
             Err(e) => format!("receive connection: {e}"),
         };
-        // Partial files go with their TempFile; the paths are free again.
-        let names: Vec<String> = self.open.drain().into_iter().map(|(name, _)| name).collect();
-        let mut st = self.ctx.shared.lock();
-        for name in &names {
-            st.incoming.remove(name);
-        }
-        drop(st);
-        self.post(SessionEvent::Closed { reason });
-    }
-
-    fn post(&self, what: SessionEvent) {
-        let _ = self.events.send(Event::Session { session: self.session, what });
-    }
-
-    /// Posts the "Delivered" events held back until their replies were
-    /// written (see `delivered`).
-    fn post_delivered(&mut self) {
-        for what in std::mem::take(&mut self.delivered) {
-            self.post(what);
-        }
+        // Partial files go with their temp files; the paths are free again.
+        self.conn.close(&mut self.host);
+        self.host.post(SessionEvent::Closed { reason });
     }
 
     fn serve(&mut self) -> Result<(), Fatal> {
         loop {
-            let msg = match self.rx.read_msg() {
-                Ok(Some(msg)) => msg,
-                Ok(None) => return Ok(()),
-                Err(e) if is_timeout_error(&e) => {
-                    self.tick()?;
+            let step = self.conn.process(Instant::now(), &mut self.host);
+            log_events(&mut self.conn);
+            match step {
+                Ok(Step::NeedInput) | Ok(Step::Settle { .. }) => {}
+                Ok(Step::Paused) => {
+                    self.flush()?;
+                    self.await_reconciled()?;
                     continue;
                 }
+                Err(closed) => return Err(io::Error::new(io::ErrorKind::InvalidData, closed.to_string())),
+            }
+            self.flush()?;
+            match self.rx.read(self.conn.spare()) {
+                Ok(0) if self.conn.is_between_messages() => return Ok(()),
+                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Ok(n) => self.conn.filled(Instant::now(), n),
+                Err(e) if is_timeout_error(&e) => self
+                    .conn
+                    .handle_timeout(Instant::now(), &mut self.host)
+                    .map_err(|closed| io::Error::new(io::ErrorKind::TimedOut, closed.to_string()))?,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
-            };
-            self.msg_at = Instant::now();
-            self.link.on_received(self.msg_at);
-            self.handle(msg)?;
-            self.expire_idle();
-            self.post_delivered();
+            }
         }
     }
 
-    /// Time passed without a message: keep-alive due? peer silent too long
-    /// (never for a legacy session, section 1)? a transfer idle too long?
-    fn tick(&mut self) -> Result<(), Fatal> {
-        if let Due::PeerGone(gone) = self.link.poll(Instant::now()) {
-            return Err(io::Error::new(io::ErrorKind::TimedOut, gone.to_string()));
+    /// Writes the replies, then posts the events that waited for them.
+    fn flush(&mut self) -> Result<(), Fatal> {
+        if self.conn.poll_transmit(Instant::now(), &mut self.wbuf) {
+            let sent = self.tx.write_all(&self.wbuf);
+            self.wbuf.clear();
+            sent?;
         }
-        self.expire_idle();
-        self.post_delivered();
-        self.keepalive_if_due()
-    }
-
-    /// Section 9's idle-transfer rule (`OpenTransfers::expire`): a transfer
-    /// with no message of its own for the dead-peer time is aborted, even
-    /// while keep-alives flow; its next message gets 0x0080.
-    fn expire_idle(&mut self) {
-        let now = Instant::now();
-        if !matches!(self.open.poll_timeout(), Some(at) if at <= now) {
-            return;
-        }
-        for (name, open) in self.open.expire(now) {
-            log::warn!("incoming {name} aborted: no message of it for {:?}", self.timing.dead_peer);
-            // Dropping it removes the partial file.
-            drop(open.sink);
-            self.ended(&name, open.started);
-        }
-    }
-
-    fn keepalive_if_due(&mut self) -> Result<(), Fatal> {
-        if self.link.poll(Instant::now()) == Due::KeepAlive {
-            self.reply(StatusCode::KEEP_ALIVE)?;
+        for what in std::mem::take(&mut self.host.delivered) {
+            self.host.post(what);
         }
         Ok(())
     }
 
-    fn reply(&mut self, code: StatusCode) -> Result<(), Fatal> {
-        write_status(&mut self.tx, code)?;
-        self.link.on_sent(Instant::now());
-        Ok(())
-    }
-
-    fn handle(&mut self, msg: Msg) -> Result<(), Fatal> {
-        match msg {
-            Msg::Status(StatusCode::KEEP_ALIVE) => Ok(()),
-            Msg::Status(code) => {
-                // A STATUS is never answered, and nothing here awaits one.
-                log::warn!("unexpected STATUS {code} on the receive connection, ignored");
-                Ok(())
-            }
-            Msg::Hello { .. } => self.reply(StatusCode::BAD_REQUEST),
-            Msg::Rejected(e) => {
-                log::warn!("refused a message from the server: {e}");
-                self.reply(StatusCode::BAD_REQUEST)
-            }
-            Msg::Chunk { digest, name, len } => self.on_chunk(&digest, name, len),
-            Msg::Named { kind: MessageType::Finished, digest, name } => self.on_finished(&digest, name),
-            Msg::Named { kind: MessageType::Abort, name, .. } => self.on_abort(&name),
-            Msg::Named { kind: MessageType::Delete, name, .. } => self.on_delete(name),
-            Msg::Named { kind, name, .. } => {
-                log::warn!("unexpected {kind:?} of {name:?} from the server, refused");
-                self.reply(StatusCode::BAD_REQUEST)
-            }
+    /// After the server's META-DATA: waits until the control thread has
+    /// reconciled before reading anything else, keeping the connection
+    /// alive meanwhile.
+    fn await_reconciled(&mut self) -> Result<(), Fatal> {
+        if let Some(why) = self.host.fatal.take() {
+            return Err(io::Error::other(why));
         }
-    }
-
-    /// Section 3: a name from the wire must be valid before it is used.
-    fn name_ok(name: &str) -> bool {
-        match validate_name(name, true) {
-            Ok(()) => true,
-            Err(e) => {
-                log::warn!("refused {name:?} from the server: {e}");
-                false
-            }
-        }
-    }
-
-    /// Opens a transfer of `name` if this message is its first, or says
-    /// which STATUS refuses it: 0x0080 beyond [`MAX_OPEN_TRANSFERS`], or for
-    /// the late message of a transfer aborted for idleness (section 9).
-    fn open_transfer(&mut self, name: &str) -> Result<(), StatusCode> {
-        let started = Instant::now();
-        match self.open.begin(name, started) {
-            Begin::Open => return Ok(()),
-            Begin::Refused(code) => {
-                match self.open.last_refusal() {
-                    Some(Refusal::Limit) => log::warn!("refused incoming {name}: {MAX_OPEN_TRANSFERS} transfers already open"),
-                    _ => log::info!("refused incoming {name}: its transfer was aborted for idleness"),
+        loop {
+            match self.go.recv_timeout(self.timing.read_tick()) {
+                Ok(()) => break,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // Nothing is read meanwhile: what the server sent is
+                    // not silence.
+                    let now = Instant::now();
+                    self.conn.forgive_silence(now);
+                    let _ = self.conn.handle_timeout(now, &mut self.host);
+                    self.flush()?;
                 }
-                return Err(code);
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(io::Error::other("session ended during reconciliation"))
+                }
             }
-            Begin::New => {}
         }
+        self.host.awaiting_go = false;
+        // Time spent reconciling is not the server's silence.
+        self.conn.forgive_silence(Instant::now());
+        Ok(())
+    }
+}
+
+fn log_events(conn: &mut Receiving<Open>) {
+    while let Some(event) = conn.poll_event() {
+        match event {
+            ConnEvent::LimitReached { max_open } => {
+                log::warn!("refusing incoming transfers: {max_open} already open")
+            }
+            ConnEvent::LateMessage { name } => {
+                log::info!("refused incoming {name}: its transfer was aborted for idleness")
+            }
+            ConnEvent::BadName { name } => {
+                log::warn!("refused {name:?} from the server: not a valid name")
+            }
+            ConnEvent::Rejected(e) => log::warn!("refused a message from the server: {e}"),
+            ConnEvent::Unexpected { kind, name } => {
+                log::warn!("unexpected {kind:?} of {name:?} from the server, refused")
+            }
+            // A STATUS is never answered, and nothing here awaits one.
+            ConnEvent::StrayStatus(code) => {
+                log::warn!("unexpected STATUS {code} on the receive connection, ignored")
+            }
+        }
+    }
+}
+
+impl Host for Deliveries {
+    type Transfer = Open;
+
+    fn open(&mut self, name: &str, _first_len: u32) -> Result<Open, StatusCode> {
         let sink = if name == METADATA_TRANSFER_NAME {
             Sink::Memory(Vec::new())
         } else {
@@ -315,8 +303,73 @@ impl Incoming {
                 }
             }
         };
-        self.open.insert(name, Receiver::new(DEFAULT_MAX_CHUNK), Open { sink, started }, started);
-        Ok(())
+        Ok(Open { sink, started: Instant::now(), bytes: 0 })
+    }
+
+    fn append(&mut self, name: &str, open: &mut Open, payload: Payload<'_>) -> Result<(), StatusCode> {
+        let bytes = payload.as_slice();
+        match append(&mut open.sink, bytes) {
+            Ok(()) => {
+                open.bytes += bytes.len() as u64;
+                self.progress.update(Direction::Down, name, open.bytes, None, open.started);
+                Ok(())
+            }
+            Err(e) => {
+                log::warn!("cannot write incoming {name}: {e}");
+                Err(StatusCode::IN_USE)
+            }
+        }
+    }
+
+    fn commit(&mut self, name: &str, open: Open, file: Assembled) -> StatusCode {
+        let reply = match open.sink {
+            Sink::Memory(bytes) => return self.on_metadata(&bytes, file, open.started),
+            Sink::Temp(temp) => match self.install(name, temp, Content { md5: file.md5, size: file.size }) {
+                Ok(()) => StatusCode::OK,
+                Err(code) => code,
+            },
+        };
+        self.ended(name, open.started);
+        reply
+    }
+
+    fn discard(&mut self, name: &str, open: Open, why: Ended) {
+        match why {
+            Ended::Verdict(reply) => log::warn!("incoming {name} discarded: {reply}"),
+            Ended::PeerAbort => log::info!("server aborted the transfer of {name}"),
+            Ended::Idle => log::warn!("incoming {name} aborted: no message of it for {:?}", self.timing.dead_peer),
+            Ended::HostFailed(_) => {}
+            Ended::ConnectionClosed => {
+                // The session is over: the path is free again, and no
+                // delivery is reported.
+                self.ctx.shared.lock().incoming.remove(name);
+                return;
+            }
+        }
+        // Dropping the sink removes the partial file.
+        drop(open.sink);
+        self.ended(name, open.started);
+    }
+
+    fn refused(&mut self, name: &str, _code: StatusCode) {
+        self.delivered.push(SessionEvent::Delivered { name: name.to_owned(), started: Instant::now() });
+    }
+
+    fn delete(&mut self, name: &str) -> StatusCode {
+        let started = Instant::now();
+        let reply = self.delete_local(name);
+        self.delivered.push(SessionEvent::Delivered { name: name.to_owned(), started });
+        reply
+    }
+
+    fn paused(&self) -> bool {
+        self.awaiting_go || self.fatal.is_some()
+    }
+}
+
+impl Deliveries {
+    fn post(&self, what: SessionEvent) {
+        let _ = self.events.send(Event::Session { session: self.session, what });
     }
 
     /// Section 7: 0x0080 for a path we are uploading or deleting right now,
@@ -343,12 +396,6 @@ impl Incoming {
         Ok(())
     }
 
-    /// Ends the open transfer of `name` (whatever happened to it).
-    fn close(&mut self, name: &str) {
-        let started = self.open.remove(name).map_or_else(Instant::now, |(_, o)| o.started);
-        self.ended(name, started);
-    }
-
     /// Frees the path of a transfer that ended and reports it.
     fn ended(&mut self, name: &str, started: Instant) {
         self.progress.finish();
@@ -358,140 +405,30 @@ impl Incoming {
         self.delivered.push(SessionEvent::Delivered { name: name.to_owned(), started });
     }
 
-    /// Reads a chunk payload into `self.payload`, sending keep-alives if it
-    /// is slow to come.
-    fn read_payload(&mut self, len: u32) -> Result<(), Fatal> {
-        let mut had = self.rx.buffered();
-        loop {
-            match self.rx.read_payload(len) {
-                Ok(p) => {
-                    self.payload.clear();
-                    self.payload.extend_from_slice(p);
-                    self.link.on_received(Instant::now());
-                    return Ok(());
-                }
-                Err(e) if is_timeout_error(&e) => {
-                    // A large chunk on a slow link: bytes still arriving
-                    // are not silence, even without a whole message.
-                    if self.rx.buffered() != had {
-                        had = self.rx.buffered();
-                        self.link.on_received(Instant::now());
-                    }
-                    self.tick()?;
-                }
-                Err(e) => return Err(e),
+    /// The server's META-DATA: hand it to the control thread and answer;
+    /// nothing else is handled until it has reconciled.
+    fn on_metadata(&mut self, bytes: &[u8], file: Assembled, started: Instant) -> StatusCode {
+        let doc = std::str::from_utf8(bytes)
+            .map_err(|e| format!("META-DATA is not UTF-8: {e}"))
+            .and_then(|text| parse_document(text).map_err(|e| format!("bad META-DATA from server: {e}")));
+        match doc {
+            Ok(doc) => {
+                log::debug!(
+                    "server META-DATA: {} entries, {} bytes, md5 {}, in {:?}",
+                    doc.entries.len(),
+                    file.size,
+                    dropsync_proto::digest::to_hex(&file.md5),
+                    started.elapsed()
+                );
+                self.post(SessionEvent::ServerMeta(doc));
+                self.awaiting_go = true;
+                StatusCode::OK
+            }
+            Err(why) => {
+                self.fatal = Some(why);
+                StatusCode::BAD_REQUEST
             }
         }
-    }
-
-    /// Discards a chunk payload without buffering it.
-    fn skip_payload(&mut self, len: u32) -> Result<(), Fatal> {
-        match self.rx.skip(u64::from(len)) {
-            // A timed-out skip finishes during the next read (wire.rs).
-            Err(e) if is_timeout_error(&e) => Ok(()),
-            other => other,
-        }
-    }
-
-    fn on_chunk(&mut self, digest: &Digest, name: String, len: u32) -> Result<(), Fatal> {
-        if !Self::name_ok(&name) {
-            self.skip_payload(len)?;
-            return self.reply(StatusCode::BAD_REQUEST);
-        }
-        if let Err(code) = self.open_transfer(&name) {
-            self.skip_payload(len)?;
-            self.delivered.push(SessionEvent::Delivered { name, started: Instant::now() });
-            return self.reply(code);
-        }
-        let Some((rx, _)) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
-        let header = rx.handle_chunk_header(len);
-        if header != HeaderVerdict::ReadPayload {
-            self.skip_payload(len)?;
-            let reply = header.reply().unwrap_or(StatusCode::BAD_REQUEST);
-            if !matches!(header, HeaderVerdict::Resend { .. }) {
-                self.close(&name);
-            }
-            return self.reply(reply);
-        }
-        self.read_payload(len)?;
-        let Some((rx, open)) = self.open.get_mut(&name) else { return self.reply(StatusCode::IN_USE) };
-        let reply = match rx.handle_chunk(digest, &self.payload) {
-            ChunkVerdict::Append { reply } => match append(&mut open.sink, &self.payload) {
-                Ok(()) => {
-                    self.progress.update(Direction::Down, &name, rx.bytes_received(), None, open.started);
-                    reply
-                }
-                Err(e) => {
-                    log::warn!("cannot write incoming {name}: {e}");
-                    self.close(&name);
-                    StatusCode::IN_USE
-                }
-            },
-            ChunkVerdict::Resend { reply } => reply,
-            verdict => {
-                self.close(&name);
-                verdict.reply().unwrap_or(StatusCode::BAD_REQUEST)
-            }
-        };
-        self.reply(reply)
-    }
-
-    fn on_finished(&mut self, digest: &Digest, name: String) -> Result<(), Fatal> {
-        if !Self::name_ok(&name) {
-            return self.reply(StatusCode::BAD_REQUEST);
-        }
-        // A FINISHED with no chunk before it opens a transfer: an empty file.
-        if let Err(code) = self.open_transfer(&name) {
-            self.delivered.push(SessionEvent::Delivered { name, started: Instant::now() });
-            return self.reply(code);
-        }
-        let Some((mut rx, open)) = self.open.remove(&name) else { return self.reply(StatusCode::IN_USE) };
-        let verdict = rx.handle_finished(digest);
-        let started = open.started;
-        let reply = match (verdict, open.sink) {
-            (FinishVerdict::Commit { size, digest, .. }, Sink::Memory(bytes)) => {
-                return self.on_metadata(&bytes, size, &digest, started);
-            }
-            (FinishVerdict::Commit { size, digest, .. }, Sink::Temp(temp)) => {
-                match self.install(&name, temp, Content { md5: digest, size }) {
-                    Ok(()) => StatusCode::OK,
-                    Err(code) => code,
-                }
-            }
-            (verdict, _) => {
-                log::warn!("incoming {name} discarded: {}", verdict.reply().unwrap_or(StatusCode::BAD_REQUEST));
-                verdict.reply().unwrap_or(StatusCode::BAD_REQUEST)
-            }
-        };
-        self.ended(&name, started);
-        self.reply(reply)
-    }
-
-    /// The server's META-DATA: hand it to the control thread, answer, and
-    /// wait until it has reconciled before reading anything else.
-    fn on_metadata(&mut self, bytes: &[u8], size: u64, digest: &Digest, started: Instant) -> Result<(), Fatal> {
-        let text = std::str::from_utf8(bytes).map_err(|e| io::Error::other(format!("META-DATA is not UTF-8: {e}")))?;
-        let doc = parse_document(text).map_err(|e| io::Error::other(format!("bad META-DATA from server: {e}")))?;
-        log::debug!(
-            "server META-DATA: {} entries, {size} bytes, md5 {}, in {:?}",
-            doc.entries.len(),
-            dropsync_proto::digest::to_hex(digest),
-            started.elapsed()
-        );
-        self.post(SessionEvent::ServerMeta(doc));
-        self.reply(StatusCode::OK)?;
-        loop {
-            match self.go.recv_timeout(self.timing.read_tick()) {
-                Ok(()) => break,
-                Err(mpsc::RecvTimeoutError::Timeout) => self.keepalive_if_due()?,
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    return Err(io::Error::other("session ended during reconciliation"))
-                }
-            }
-        }
-        // Time spent reconciling is not the server's silence.
-        self.link.on_received(Instant::now());
-        Ok(())
     }
 
     /// Renames a verified temp file into place (section 7), keeping local
@@ -530,30 +467,8 @@ impl Incoming {
         Ok(())
     }
 
-    fn on_abort(&mut self, name: &str) -> Result<(), Fatal> {
-        // An ABORT naming no open transfer is answered OK and changes nothing.
-        if let Some(open) = self.open.abort(name) {
-            drop(open.sink);
-            log::info!("server aborted the transfer of {name}");
-            self.ended(name, open.started);
-        }
-        self.reply(StatusCode::OK)
-    }
-
-    fn on_delete(&mut self, name: String) -> Result<(), Fatal> {
-        if !Self::name_ok(&name) || name == METADATA_TRANSFER_NAME {
-            return self.reply(StatusCode::BAD_REQUEST);
-        }
-        if self.open.get_mut(&name).is_some() {
-            self.close(&name);
-        }
-        let reply = self.delete(&name);
-        self.delivered.push(SessionEvent::Delivered { name, started: self.msg_at });
-        self.reply(reply)
-    }
-
     /// Section 7: "Incoming DELETE: delete F, or 0x0020 if absent."
-    fn delete(&mut self, name: &str) -> StatusCode {
+    fn delete_local(&mut self, name: &str) -> StatusCode {
         let ctx = Arc::clone(&self.ctx);
         let path = match checked_path(&ctx.root, name, false) {
             Ok(p) => p,

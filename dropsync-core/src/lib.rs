@@ -30,6 +30,7 @@ pub mod mux;
 pub mod open_transfers;
 pub mod pairing;
 pub mod receiver;
+pub mod receiving;
 pub mod reconcile;
 pub mod sender;
 pub mod stale;

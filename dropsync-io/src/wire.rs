@@ -34,6 +34,12 @@ impl<R: Read> FrameReader<R> {
         Self { inner, dec: Decoder::new(), total_read: 0 }
     }
 
+    /// The stream and the decoder with what it holds, for a driver that
+    /// reads the stream itself from now on.
+    pub fn into_parts(self) -> (R, Decoder) {
+        (self.inner, self.dec)
+    }
+
     /// The wrapped stream.
     pub fn get_ref(&self) -> &R {
         &self.inner
