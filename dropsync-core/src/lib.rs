@@ -23,6 +23,7 @@ pub mod conflict;
 pub mod decoder;
 pub mod error;
 pub mod liveness;
+pub mod library;
 pub mod locks;
 pub mod meta_client;
 pub mod meta_server;

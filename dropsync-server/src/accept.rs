@@ -282,7 +282,7 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
     server.add_session(session.clone());
     let (text, listed_upto) = {
         use dropsync_core::meta_server::Catalog;
-        server.library.catalog.snapshot()
+        server.library.catalog().snapshot()
     };
     session.set_metadata(text, listed_upto);
     log::info!("connect {} (client id {}); {} client(s)", session.who(), client_id.map_or("legacy".into(), |c| dropsync_proto::digest::to_hex(&c)), server.client_count());

@@ -254,6 +254,23 @@ impl BlobStore {
     }
 }
 
+/// What core's commit rules need of a content store.
+impl dropsync_core::library::BlobStore for BlobStore {
+    type Temp = TempBlob;
+    fn strong_of(&self, temp: &TempBlob) -> Strong {
+        temp.strong()
+    }
+    fn install(&self, temp: TempBlob) -> io::Result<Strong> {
+        BlobStore::install(self, temp)
+    }
+    fn add_ref(&self, key: &Strong) {
+        BlobStore::add_ref(self, key)
+    }
+    fn drop_ref(&self, key: &Strong) {
+        BlobStore::drop_ref(self, key)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

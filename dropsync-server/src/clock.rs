@@ -8,7 +8,3 @@ pub fn now_ns() -> i64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_nanos() as i64)
 }
 
-/// Seconds since the Unix epoch.
-pub fn now_secs() -> i64 {
-    now_ns() / 1_000_000_000
-}

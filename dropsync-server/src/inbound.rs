@@ -10,14 +10,14 @@ use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dropsync_core::locks::{try_lock_guard, try_lock_owned, OwnedLockGuard, SessionId};
-use dropsync_core::meta_server::Catalog;
+use dropsync_core::library::Committed;
+use dropsync_core::locks::{try_lock_owned, OwnedLockGuard, SessionId};
 use dropsync_core::open_transfers::Limits;
 use dropsync_core::receiving::{Assembled, Config, Ended, Event, Host, Payload, Receiving, Step};
 use dropsync_io::wire::{is_timeout_error, FrameReader, Msg};
 use dropsync_proto::StatusCode;
 
-use crate::library::Committed;
+use crate::library;
 use crate::server::Server;
 use crate::session::Session;
 use crate::sink::{Sink, SinkThreads};
@@ -214,11 +214,11 @@ impl Host for Uploads<'_> {
     type Transfer = Upload;
 
     fn open(&mut self, name: &str, first_len: u32) -> Result<Upload, StatusCode> {
-        let Some(lock) = try_lock_owned(&self.server.library.locks, name, self.session.id) else {
+        let Some(lock) = try_lock_owned(self.server.library.locks(), name, self.session.id) else {
             log::info!("{}: {name:?} is locked by another transfer", self.session.who());
             return Err(StatusCode::LOCKED);
         };
-        let temp = self.server.library.blobs.temp().map_err(|e| {
+        let temp = self.server.library.blobs().temp().map_err(|e| {
             log::error!("cannot create a temp file: {e}");
             StatusCode::IN_USE
         })?;
@@ -252,7 +252,7 @@ impl Host for Uploads<'_> {
             }
         };
         let lib = &self.server.library;
-        let result = lib.commit_upload(name, temp, file.md5, file.size, &self.session.seen, &self.session.label);
+        let result = lib.commit_upload(name, temp, file.md5, file.size, &self.session.seen, &self.session.label, library::now());
         // Released before the reply, so a client that hears OK can start
         // its next change of the file at once.
         drop(lock);
@@ -298,17 +298,13 @@ impl Host for Uploads<'_> {
     }
 
     fn delete(&mut self, name: &str) -> StatusCode {
-        let lib = &self.server.library;
-        let Some(lock) = try_lock_guard(lib.locks.as_ref(), name, self.session.id) else {
-            return StatusCode::LOCKED;
-        };
-        let result = lib.commit_delete(name, &self.session.seen);
-        drop(lock);
+        let result = self.server.library.delete(name, self.session.id, &self.session.seen, library::now());
         match result {
             Ok(Committed::New { entry, conflict }) => {
                 log::info!("{}: deleted {name:?} (version {})", self.session.who(), entry.version);
                 self.fan_out_after_reply(conflict, name)
             }
+            Ok(Committed::Locked) => StatusCode::LOCKED,
             Ok(_) => StatusCode::NO_FILE,
             Err(e) => {
                 log::error!("{}: cannot delete {name:?}: {e}", self.session.who());
@@ -318,15 +314,11 @@ impl Host for Uploads<'_> {
     }
 
     fn request(&mut self, name: &str) -> StatusCode {
-        let lib = &self.server.library;
-        if lib.locks.holder(name).is_some() {
-            return StatusCode::IN_USE;
+        let reply = self.server.library.request(name);
+        if reply == StatusCode::OK {
+            self.after_reply.push(AfterReply::Queue(name.to_owned()));
         }
-        if lib.catalog.get(name).is_none() {
-            return StatusCode::NO_FILE;
-        }
-        self.after_reply.push(AfterReply::Queue(name.to_owned()));
-        StatusCode::OK
+        reply
     }
 
     /// A repeated HELLO changes nothing.

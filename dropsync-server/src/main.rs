@@ -81,7 +81,7 @@ fn bind_all(addrs: &[IpAddr], port: u16) -> std::io::Result<Vec<TcpListener>> {
 
 fn run(args: cli::Args) -> Result<(), String> {
     std::fs::create_dir_all(&args.root).map_err(|e| format!("cannot create root {}: {e}", args.root.display()))?;
-    let library = library::Library::open(&args.root, !args.no_conflict_copies)
+    let library = library::open(&args.root, !args.no_conflict_copies)
         .map_err(|e| format!("cannot open storage in {}: {e}", args.root.display()))?;
     let config = Config {
         chunk_size: args.chunk_size,
@@ -104,7 +104,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         log::info!(
             "storage {}: {} path(s); {} worker(s){}",
             args.root.display(),
-            server.library.catalog.len(),
+            server.library.catalog().len(),
             args.workers,
             if args.workers == 0 { " (dedicated sender per client)" } else { "" }
         );
@@ -148,7 +148,7 @@ fn shutdown(server: &Server) {
     for s in server.all_sessions() {
         server.end_session(&s, "server shutting down");
     }
-    if let Err(e) = server.library.catalog.compact() {
+    if let Err(e) = server.library.catalog().compact() {
         log::error!("cannot write the META-DATA snapshot: {e}");
     }
     log::info!("stopped");

@@ -183,7 +183,7 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
         // A blob can vanish between reading the entry and opening it if the
         // path is overwritten meanwhile: then the newer entry is what to send.
         for _ in 0..3 {
-            let Some(entry) = lib.catalog.get(path) else { break };
+            let Some(entry) = lib.catalog().get(path) else { break };
             let has_it = session.seen.lock().unwrap_or_else(PoisonError::into_inner).has_received(path, entry.version);
             if has_it && !requested {
                 log::debug!("{}: skip {path:?} version {}: already has it", session.who(), entry.version);
@@ -193,7 +193,7 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
                 items.push(Item { name: path.clone(), version: entry.version, content: None });
                 break;
             }
-            match lib.open_content(&entry) {
+            match crate::library::open_content(lib, &entry) {
                 Ok(f) => {
                     items.push(Item {
                         name: path.clone(),

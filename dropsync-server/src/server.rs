@@ -175,7 +175,7 @@ impl Server {
         }
         self.sessions().remove(&s.id);
         self.work.forget(&s.id);
-        let released = self.library.locks.release_all(s.id);
+        let released = self.library.locks().release_all(s.id);
         {
             let mut hs = self.handshakes();
             let conns: Vec<ConnId> = hs.by_conn.iter().filter(|(_, &sid)| sid == s.id).map(|(&c, _)| c).collect();

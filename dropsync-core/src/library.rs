@@ -1,0 +1,270 @@
+//! The server's files as the protocol sees them (PROTOCOL.md section 6):
+//! the catalog of META-DATA, the store of committed contents, the per-file
+//! locks, and the rules that decide each upload, DELETE and REQUEST.
+//!
+//! The catalog ([`Catalog`]) and the content store ([`BlobStore`]) are
+//! traits: the server keeps them on its local disk today, and a shared
+//! backend (a database, an object store) can replace either without
+//! touching these rules. The wall clock comes in as an argument.
+//!
+//! The rules, each in one place:
+//! - "An upload whose content equals the current version of a file (not a
+//!   tombstone) is answered 0x0001 and changes nothing", content compared by
+//!   its strong digest, never by MD5 alone ([`Library::commit_upload`]);
+//! - "On commit: bump the version, update the META-DATA and persist it
+//!   crash-safely before replying" (the catalog's `commit`);
+//! - the stale-change rule's conflict copy ([`Library::commit_upload`],
+//!   [`Library::delete`], with `stale::must_keep_overwritten`);
+//! - "DELETE: F locked: 0x0040. F unknown or already a tombstone: 0x0020"
+//!   ([`Library::delete`]);
+//! - "REQUEST: F locked (being written): 0x0080. F unknown: 0x0020"
+//!   ([`Library::request`]).
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use dropsync_proto::metadata::{Entry, EntryState, Strong};
+use dropsync_proto::{Digest, StatusCode};
+
+use crate::conflict::pick_conflict_name;
+use crate::locks::{try_lock_guard, LockTable, SessionId};
+use crate::meta_server::{Catalog, Change};
+use crate::stale::{must_keep_overwritten, SeenVersions};
+use crate::CoreError;
+
+/// Where committed contents are kept, by their strong digest, with a
+/// reference count per content (identical files and conflict copies share
+/// one).
+pub trait BlobStore: Send + Sync {
+    /// An upload's content being written, which knows its strong digest.
+    type Temp;
+    /// The strong digest of what `temp` holds.
+    fn strong_of(&self, temp: &Self::Temp) -> Strong;
+    /// Makes `temp` durable as the content of its digest (returned) before
+    /// any catalog line names it; content already stored is not stored twice.
+    fn install(&self, temp: Self::Temp) -> io::Result<Strong>;
+    /// One more catalog line refers to `key`.
+    fn add_ref(&self, key: &Strong);
+    /// One less; the content goes when none is left.
+    fn drop_ref(&self, key: &Strong);
+}
+
+/// The wall-clock time of a change, for its META-DATA line and a conflict
+/// copy's name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct WallTime {
+    /// Nanoseconds since the Unix epoch.
+    pub unix_ns: i64,
+}
+
+impl WallTime {
+    fn secs(self) -> i64 {
+        self.unix_ns.div_euclid(1_000_000_000)
+    }
+}
+
+/// What a commit did, for the reply and the fan-out.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Committed {
+    /// A new version: `entry`; `conflict` names the conflict copy that was
+    /// made of the overwritten version first, if any. Reply 0x0001, then
+    /// queue both for the other clients.
+    New {
+        /// The committed line.
+        entry: Entry,
+        /// The conflict copy's path.
+        conflict: Option<String>,
+    },
+    /// The upload equals the current version: 0x0001, nothing changed.
+    Unchanged,
+    /// DELETE of an unknown path or a tombstone: 0x0020.
+    NoFile,
+    /// DELETE of a path whose lock another transfer holds: 0x0040.
+    Locked,
+}
+
+/// The server's files and the rules of section 6.
+pub struct Library<C, B> {
+    catalog: C,
+    blobs: B,
+    locks: Arc<dyn LockTable>,
+    /// Label of each path's last uploader (for conflict-copy names; not
+    /// persisted: after a restart it is "unknown", as section 6 says).
+    uploaders: Mutex<HashMap<String, String>>,
+    /// Serializes commits so that reference counts and conflict names are
+    /// decided on a table no one else is changing.
+    commit_lock: Mutex<()>,
+    conflict_copies: bool,
+}
+
+impl<C: Catalog, B: BlobStore> Library<C, B> {
+    /// The rules over `catalog`, `blobs` and `locks`. `conflict_copies:
+    /// false` is the server's `--no-conflict-copies`.
+    pub fn new(catalog: C, blobs: B, locks: Arc<dyn LockTable>, conflict_copies: bool) -> Self {
+        Library {
+            catalog,
+            blobs,
+            locks,
+            uploaders: Mutex::new(HashMap::new()),
+            commit_lock: Mutex::new(()),
+            conflict_copies,
+        }
+    }
+
+    /// The META-DATA table.
+    pub fn catalog(&self) -> &C {
+        &self.catalog
+    }
+
+    /// The committed contents.
+    pub fn blobs(&self) -> &B {
+        &self.blobs
+    }
+
+    /// The per-path write locks.
+    pub fn locks(&self) -> &Arc<dyn LockTable> {
+        &self.locks
+    }
+
+    /// True unless `--no-conflict-copies`: whether the stale-change rule
+    /// applies (and so whether a change must wait for a delivery's reply).
+    pub fn conflict_copies(&self) -> bool {
+        self.conflict_copies
+    }
+
+    fn uploader_of(&self, path: &str) -> String {
+        self.uploaders.lock().unwrap_or_else(PoisonError::into_inner).get(path).cloned().unwrap_or_default()
+    }
+
+    fn set_uploader(&self, path: &str, label: &str) {
+        self.uploaders.lock().unwrap_or_else(PoisonError::into_inner).insert(path.to_owned(), label.to_owned());
+    }
+
+    /// Commits an upload whose whole-file MD5 checked out; the caller holds
+    /// the path's lock. Its content is known by the strong digest its temp
+    /// computed as it was written: that decides whether it equals the
+    /// current version, and names its content.
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit_upload(
+        &self,
+        path: &str,
+        temp: B::Temp,
+        md5: Digest,
+        size: u64,
+        seen: &Mutex<SeenVersions>,
+        label: &str,
+        now: WallTime,
+    ) -> Result<Committed, CoreError> {
+        let strong = self.blobs.strong_of(&temp);
+        let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = self.catalog.get(path);
+        if let Some(cur) = &current {
+            if cur.state == EntryState::File && cur.strong == Some(strong) && cur.size == size {
+                seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, cur.version);
+                return Ok(Committed::Unchanged);
+            }
+        }
+        let strong = self.blobs.install(temp).map_err(CoreError::Io)?;
+        let conflict = self.conflict_if_stale(current.as_ref(), seen, now)?;
+        self.blobs.add_ref(&strong);
+        let change = Change::File { md5, size, mtime_ns: now.unix_ns, strong };
+        let entry = match self.catalog.commit(path, change) {
+            Ok(e) => e,
+            Err(e) => {
+                self.blobs.drop_ref(&strong);
+                return Err(e);
+            }
+        };
+        if let Some(old) = current.filter(|c| c.state == EntryState::File).and_then(|c| c.strong) {
+            self.blobs.drop_ref(&old);
+        }
+        self.set_uploader(path, label);
+        seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, entry.version);
+        Ok(Committed::New { entry, conflict })
+    }
+
+    /// A DELETE of `path` from session `owner`: takes the path's lock
+    /// without waiting, records a tombstone with a new version.
+    pub fn delete(
+        &self,
+        path: &str,
+        owner: SessionId,
+        seen: &Mutex<SeenVersions>,
+        now: WallTime,
+    ) -> Result<Committed, CoreError> {
+        let Some(_lock) = try_lock_guard(self.locks.as_ref(), path, owner) else {
+            return Ok(Committed::Locked);
+        };
+        let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let current = match self.catalog.get(path) {
+            Some(c) if c.state == EntryState::File => c,
+            _ => return Ok(Committed::NoFile),
+        };
+        let conflict = self.conflict_if_stale(Some(&current), seen, now)?;
+        let entry = self.catalog.commit(path, Change::Delete { mtime_ns: now.unix_ns })?;
+        if let Some(old) = current.strong {
+            self.blobs.drop_ref(&old);
+        }
+        seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, entry.version);
+        Ok(Committed::New { entry, conflict })
+    }
+
+    /// The reply to a REQUEST of `path`; on 0x0001 the caller queues the
+    /// path for that client (after the reply).
+    pub fn request(&self, path: &str) -> StatusCode {
+        if self.locks.holder(path).is_some() {
+            return StatusCode::IN_USE;
+        }
+        if self.catalog.get(path).is_none() {
+            return StatusCode::NO_FILE;
+        }
+        StatusCode::OK
+    }
+
+    /// Keeps `current` as a conflict copy first if the change's sender
+    /// never saw it (the stale-change rule). Runs under the commit lock.
+    fn conflict_if_stale(
+        &self,
+        current: Option<&Entry>,
+        seen: &Mutex<SeenVersions>,
+        now: WallTime,
+    ) -> Result<Option<String>, CoreError> {
+        let stale = {
+            let seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+            must_keep_overwritten(current, &seen, self.conflict_copies)
+        };
+        match current {
+            Some(cur) if stale => self.keep_conflict_copy(cur, now).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    /// Commits `current`'s content under a conflict-copy name, labelled
+    /// with its uploader.
+    fn keep_conflict_copy(&self, current: &Entry, now: WallTime) -> Result<String, CoreError> {
+        let label = self.uploader_of(&current.path);
+        let name = pick_conflict_name(&current.path, &label, now.secs(), |n| {
+            self.catalog.get(n).is_some_and(|e| e.state == EntryState::File)
+        });
+        let strong = current.strong.ok_or_else(|| CoreError::Io(io::Error::other("content without a strong digest")))?;
+        self.blobs.add_ref(&strong);
+        let change = Change::File { md5: current.md5, size: current.size, mtime_ns: now.unix_ns, strong };
+        match self.catalog.commit(&name, change) {
+            // The name held no file (at most a tombstone, which refers to
+            // no content), so no reference is released here.
+            Ok(_) => {
+                self.set_uploader(&name, &label);
+                Ok(name)
+            }
+            Err(e) => {
+                self.blobs.drop_ref(&strong);
+                Err(e)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "library_tests.rs"]
+mod tests;

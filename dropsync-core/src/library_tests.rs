@@ -1,0 +1,258 @@
+//! Section 6's rules on an in-memory catalog and content store, one test
+//! per rule, named by the rule's words.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use dropsync_proto::md5;
+use dropsync_proto::metadata::{Entry, EntryState, Strong};
+use dropsync_proto::StatusCode;
+
+use super::*;
+use crate::locks::MemLockTable;
+use crate::meta_server::MemCatalog;
+use crate::storage::MemStorage;
+
+/// 2026-12-06 12:34:56 UTC.
+const NOW: WallTime = WallTime { unix_ns: 1_796_560_496_000_000_000 };
+
+/// An upload's content in memory, with the strong digest the test gives it
+/// (so two contents can share an MD5 and differ in strong digest).
+struct MemTemp {
+    bytes: Vec<u8>,
+    strong: Strong,
+}
+
+/// Contents in memory with reference counts.
+#[derive(Default)]
+struct MemBlobs {
+    stored: Mutex<HashMap<Strong, (Vec<u8>, u64)>>,
+}
+
+impl MemBlobs {
+    fn refs(&self, key: &Strong) -> u64 {
+        self.stored.lock().unwrap_or_else(PoisonError::into_inner).get(key).map_or(0, |(_, n)| *n)
+    }
+}
+
+impl BlobStore for Arc<MemBlobs> {
+    type Temp = MemTemp;
+    fn strong_of(&self, temp: &MemTemp) -> Strong {
+        temp.strong
+    }
+    fn install(&self, temp: MemTemp) -> std::io::Result<Strong> {
+        self.stored.lock().unwrap_or_else(PoisonError::into_inner).entry(temp.strong).or_insert((temp.bytes, 0));
+        Ok(temp.strong)
+    }
+    fn add_ref(&self, key: &Strong) {
+        if let Some((_, n)) = self.stored.lock().unwrap_or_else(PoisonError::into_inner).get_mut(key) {
+            *n += 1;
+        }
+    }
+    fn drop_ref(&self, key: &Strong) {
+        let mut stored = self.stored.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, n)) = stored.get_mut(key) {
+            *n -= 1;
+            if *n == 0 {
+                stored.remove(key);
+            }
+        }
+    }
+}
+
+type TestLibrary = Library<MemCatalog<Arc<MemStorage>>, Arc<MemBlobs>>;
+
+struct Server {
+    lib: TestLibrary,
+    storage: Arc<MemStorage>,
+    blobs: Arc<MemBlobs>,
+}
+
+fn server(conflict_copies: bool) -> Server {
+    let storage = Arc::new(MemStorage::new());
+    let blobs = Arc::new(MemBlobs::default());
+    let catalog = MemCatalog::open(Arc::clone(&storage)).unwrap();
+    let lib = Library::new(catalog, Arc::clone(&blobs), Arc::new(MemLockTable::new()), conflict_copies);
+    Server { lib, storage, blobs }
+}
+
+/// A session that was sent the META-DATA at this point.
+fn session(lib: &TestLibrary) -> Mutex<SeenVersions> {
+    Mutex::new(SeenVersions::new(lib.catalog().snapshot().1))
+}
+
+fn temp(bytes: &[u8], tag: u8) -> MemTemp {
+    MemTemp { bytes: bytes.to_vec(), strong: [tag; 32] }
+}
+
+fn upload(s: &Server, path: &str, bytes: &[u8], tag: u8, seen: &Mutex<SeenVersions>, label: &str) -> Committed {
+    s.lib.commit_upload(path, temp(bytes, tag), md5(bytes), bytes.len() as u64, seen, label, NOW).unwrap()
+}
+
+fn new_entry(c: Committed) -> (Entry, Option<String>) {
+    match c {
+        Committed::New { entry, conflict } => (entry, conflict),
+        other => panic!("expected a new version, got {other:?}"),
+    }
+}
+
+#[test]
+fn an_upload_whose_content_equals_the_current_version_is_answered_ok_and_changes_nothing() {
+    let s = server(true);
+    let seen = session(&s.lib);
+    let (first, _) = new_entry(upload(&s, "f", b"same", 1, &seen, "a"));
+    let other = session(&s.lib);
+    assert_eq!(upload(&s, "f", b"same", 1, &other, "b"), Committed::Unchanged);
+    assert_eq!(s.lib.catalog().get("f"), Some(first.clone()), "no new version");
+    // Its identical upload matched: that client has seen this version.
+    assert!(other.lock().unwrap().has_received("f", first.version));
+}
+
+#[test]
+fn content_is_compared_by_a_strong_hash_never_by_md5_alone() {
+    let s = server(true);
+    let seen = session(&s.lib);
+    let (first, _) = new_entry(upload(&s, "f", b"one", 1, &seen, "a"));
+    // Same MD5 and size, other strong digest: another content.
+    let (second, conflict) = new_entry(upload(&s, "f", b"one", 2, &seen, "a"));
+    assert!(second.version > first.version);
+    assert_eq!(second.strong, Some([2; 32]));
+    assert_eq!(conflict, None, "the uploader had seen the version it overwrote");
+}
+
+#[test]
+fn on_commit_the_version_is_bumped_and_persisted_before_replying() {
+    let s = server(true);
+    let seen = session(&s.lib);
+    let (a, _) = new_entry(upload(&s, "a", b"1", 1, &seen, "x"));
+    let (b, _) = new_entry(upload(&s, "b", b"2", 2, &seen, "x"));
+    assert!(b.version > a.version, "one server-wide counter");
+    let reopened = MemCatalog::open(Arc::clone(&s.storage)).unwrap();
+    assert_eq!(reopened.get("b"), Some(b));
+    assert_eq!(s.blobs.refs(&[1; 32]), 1);
+}
+
+#[test]
+fn a_stale_change_keeps_what_it_overwrites_as_a_conflict_copy_committed_like_any_new_file() {
+    let s = server(true);
+    let bob = session(&s.lib);
+    let alice = session(&s.lib);
+    let (v1, _) = new_entry(upload(&s, "docs/report.txt", b"alice's", 1, &alice, "alice"));
+    // Bob never saw v1 (it came after his META-DATA) and overwrites it.
+    let (v2, conflict) = new_entry(upload(&s, "docs/report.txt", b"bob's", 2, &bob, "bob"));
+    let copy = conflict.expect("the overwritten version is kept");
+    assert_eq!(copy, "docs/report (conflicted copy alice 2026-12-06 123456).txt");
+    let kept = s.lib.catalog().get(&copy).unwrap();
+    assert_eq!((kept.md5, kept.strong, kept.state), (v1.md5, v1.strong, EntryState::File));
+    assert!(kept.version > v1.version && v2.version > kept.version, "the copy commits first");
+    assert_eq!(s.blobs.refs(&[1; 32]), 1, "the copy holds the old content");
+}
+
+#[test]
+fn a_version_the_client_has_seen_is_overwritten_without_a_copy() {
+    let s = server(true);
+    let alice = session(&s.lib);
+    new_entry(upload(&s, "f", b"1", 1, &alice, "alice"));
+    let bob = session(&s.lib);
+    let (_, conflict) = new_entry(upload(&s, "f", b"2", 2, &bob, "bob"));
+    assert_eq!(conflict, None, "listed in bob's META-DATA");
+    assert_eq!(s.blobs.refs(&[1; 32]), 0, "the overwritten content is released");
+}
+
+#[test]
+fn if_the_conflict_copy_name_exists_2_is_added_after_the_date() {
+    let s = server(true);
+    let a = session(&s.lib);
+    let taken = "f (conflicted copy a 2026-12-06 123456)";
+    new_entry(upload(&s, taken, b"x", 9, &a, "a"));
+    new_entry(upload(&s, "f", b"1", 1, &a, "a"));
+    let stale = Mutex::new(SeenVersions::new(0));
+    let (_, conflict) = new_entry(upload(&s, "f", b"2", 2, &stale, "b"));
+    assert_eq!(conflict.as_deref(), Some("f (conflicted copy a 2026-12-06 123456 2)"));
+}
+
+#[test]
+fn the_label_is_unknown_when_no_longer_known_after_a_restart() {
+    let s = server(true);
+    let a = session(&s.lib);
+    new_entry(upload(&s, "f", b"1", 1, &a, "a"));
+    let catalog = MemCatalog::open(Arc::clone(&s.storage)).unwrap();
+    let restarted = Library::new(catalog, Arc::clone(&s.blobs), Arc::new(MemLockTable::new()), true);
+    let stale = Mutex::new(SeenVersions::new(0));
+    let c = restarted.commit_upload("f", temp(b"2", 2), md5(b"2"), 1, &stale, "b", NOW).unwrap();
+    assert_eq!(new_entry(c).1.as_deref(), Some("f (conflicted copy unknown 2026-12-06 123456)"));
+}
+
+#[test]
+fn a_tombstone_has_no_content_so_overwriting_one_keeps_nothing() {
+    let s = server(true);
+    let a = session(&s.lib);
+    new_entry(upload(&s, "f", b"1", 1, &a, "a"));
+    new_entry(s.lib.delete("f", 1, &a, NOW).unwrap());
+    let stale = Mutex::new(SeenVersions::new(0));
+    assert_eq!(new_entry(upload(&s, "f", b"2", 2, &stale, "b")).1, None);
+}
+
+#[test]
+fn no_conflict_copies_turns_the_rule_off() {
+    let s = server(false);
+    let a = session(&s.lib);
+    new_entry(upload(&s, "f", b"1", 1, &a, "a"));
+    let stale = Mutex::new(SeenVersions::new(0));
+    assert_eq!(new_entry(upload(&s, "f", b"2", 2, &stale, "b")).1, None);
+    assert_eq!(s.lib.catalog().len(), 1);
+}
+
+#[test]
+fn delete_f_locked_0x0040_unknown_or_already_a_tombstone_0x0020() {
+    let s = server(true);
+    let a = session(&s.lib);
+    assert_eq!(s.lib.delete("never", 1, &a, NOW).unwrap(), Committed::NoFile);
+    new_entry(upload(&s, "f", b"1", 1, &a, "a"));
+    assert!(s.lib.locks().try_lock("f", 2));
+    assert_eq!(s.lib.delete("f", 1, &a, NOW).unwrap(), Committed::Locked);
+    s.lib.locks().release("f", 2);
+    let (tomb, _) = new_entry(s.lib.delete("f", 1, &a, NOW).unwrap());
+    assert_eq!(tomb.state, EntryState::Deleted);
+    assert_eq!(tomb.md5, md5(b"1"), "a tombstone keeps the last version's digest");
+    assert_eq!(s.blobs.refs(&[1; 32]), 0, "the file is removed");
+    assert_eq!(s.lib.delete("f", 1, &a, NOW).unwrap(), Committed::NoFile);
+    assert!(s.lib.locks().holder("f").is_none(), "the delete released its lock");
+}
+
+#[test]
+fn a_stale_delete_keeps_the_file_it_removes_as_a_conflict_copy() {
+    let s = server(true);
+    let a = session(&s.lib);
+    new_entry(upload(&s, "f.txt", b"1", 1, &a, "ann"));
+    let stale = Mutex::new(SeenVersions::new(0));
+    let (_, conflict) = new_entry(s.lib.delete("f.txt", 2, &stale, NOW).unwrap());
+    assert_eq!(conflict.as_deref(), Some("f (conflicted copy ann 2026-12-06 123456).txt"));
+}
+
+#[test]
+fn request_f_locked_0x0080_unknown_0x0020_else_0x0001() {
+    let s = server(true);
+    let a = session(&s.lib);
+    assert_eq!(s.lib.request("f"), StatusCode::NO_FILE);
+    new_entry(upload(&s, "f", b"1", 1, &a, "a"));
+    assert_eq!(s.lib.request("f"), StatusCode::OK);
+    assert!(s.lib.locks().try_lock("f", 7));
+    assert_eq!(s.lib.request("f"), StatusCode::IN_USE);
+    s.lib.locks().release("f", 7);
+    new_entry(s.lib.delete("f", 1, &a, NOW).unwrap());
+    assert_eq!(s.lib.request("f"), StatusCode::OK, "a tombstone is known: the client is sent a DELETE");
+}
+
+#[test]
+fn identical_files_share_one_content_until_the_last_goes() {
+    let s = server(true);
+    let a = session(&s.lib);
+    new_entry(upload(&s, "x", b"same", 1, &a, "a"));
+    new_entry(upload(&s, "y", b"same", 1, &a, "a"));
+    assert_eq!(s.blobs.refs(&[1; 32]), 2);
+    new_entry(s.lib.delete("x", 1, &a, NOW).unwrap());
+    assert_eq!(s.blobs.refs(&[1; 32]), 1);
+    new_entry(s.lib.delete("y", 1, &a, NOW).unwrap());
+    assert_eq!(s.blobs.refs(&[1; 32]), 0);
+}
