@@ -11,6 +11,11 @@ pub const METADATA_TRANSFER_NAME: &str = ".dropsync-metadata";
 /// in `.dropsync/`, and nothing there is ever synced.
 pub const RESERVED_PREFIX: &str = ".dropsync";
 
+/// Longest path component: "a component longer than 255 bytes (no common
+/// file system holds one)" is rejected (section 3), so that a name the
+/// server accepts is one every client can write.
+pub const MAX_COMPONENT_LEN: usize = 255;
+
 /// Why a name was rejected. Every variant is answered with STATUS 0x0100.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -26,6 +31,9 @@ pub enum NameError {
     /// `a//b` or a trailing `/`.
     #[error("name has an empty path component")]
     EmptyComponent,
+    /// A component of more than [`MAX_COMPONENT_LEN`] bytes.
+    #[error("name has a component of {0} bytes, longer than the {max}-byte limit", max = MAX_COMPONENT_LEN)]
+    ComponentTooLong(usize),
     /// `.` or `..`: `..` would escape the folder, `.` is never canonical.
     #[error("name has a '.' or '..' component")]
     DotComponent,
@@ -65,6 +73,7 @@ pub fn validate_name(name: &str, allow_metadata: bool) -> Result<(), NameError> 
         match component {
             "" => return Err(NameError::EmptyComponent),
             "." | ".." => return Err(NameError::DotComponent),
+            c if c.len() > MAX_COMPONENT_LEN => return Err(NameError::ComponentTooLong(c.len())),
             _ => {}
         }
     }
@@ -96,13 +105,15 @@ mod tests {
 
     #[test]
     fn rejects_every_rule_of_section_3() {
-        let long = "a".repeat(MAX_NAME_LEN + 1);
-        let cases: [(&str, NameError); 12] = [
+        let long = "a/".repeat(MAX_NAME_LEN / 2) + "a";
+        let component = format!("dir/{}", "é".repeat(128));
+        let cases: [(&str, NameError); 13] = [
             ("", NameError::Empty),
             (&long, NameError::TooLong(MAX_NAME_LEN + 1)),
             ("/etc/passwd", NameError::Absolute),
             ("a//b", NameError::EmptyComponent),
             ("a/", NameError::EmptyComponent),
+            (&component, NameError::ComponentTooLong(256)),
             ("./a", NameError::DotComponent),
             ("../x", NameError::DotComponent),
             ("a/../../x", NameError::DotComponent),
@@ -120,6 +131,8 @@ mod tests {
     fn metadata_name_only_where_allowed() {
         assert_eq!(validate_name(METADATA_TRANSFER_NAME, true), Ok(()));
         assert_eq!(validate_name(".dropsyncX", true), Err(NameError::Reserved));
-        assert_eq!(validate_name(&"a".repeat(MAX_NAME_LEN), false), Ok(()));
+        let longest = format!("{}/{}", "a".repeat(MAX_COMPONENT_LEN), "b/".repeat(1919) + "cc");
+        assert_eq!(longest.len(), MAX_NAME_LEN);
+        assert_eq!(validate_name(&longest, false), Ok(()));
     }
 }

@@ -150,7 +150,9 @@ fn bad_names_get_0x0100_and_nothing_is_written() {
     let tmp = TempDir::new("names");
     let s = start(&tmp, &[]);
     let mut a = peer(&s, 1, "a");
-    for name in ["../x", "/etc/passwd", "a/../../b", "a//b", ".dropsync/metadata", ".dropsync-metadata", "a\\b", ""] {
+    // A component over 255 bytes: no client could write it (section 3).
+    let long_component = format!("dir/{}.txt", "x".repeat(252));
+    for name in ["../x", "/etc/passwd", "a/../../b", "a//b", ".dropsync/metadata", ".dropsync-metadata", "a\\b", "", &long_component] {
         assert_eq!(
             a.request(&Frame::Chunk { digest: md5(b"x"), name, payload: b"x" }),
             StatusCode::BAD_REQUEST,
