@@ -1,8 +1,9 @@
-//! The send connection: uploads, DELETEs and REQUESTs, driven through the
-//! core [`Mux`] (stop-and-wait per operation, up to `--parallel`
-//! operations interleaved, replies matched in order, PROTOCOL.md section 4).
+//! The send connection: uploads, DELETEs and REQUESTs, driven through
+//! core's [`Sending`] machine (stop-and-wait per operation, up to
+//! `--parallel` operations interleaved, replies matched in order,
+//! PROTOCOL.md section 4).
 //!
-//! This file only moves bytes: it reads the chunk ranges the mux asks for
+//! This file only moves bytes: it reads the chunk ranges the machine asks for
 //! from the open file, writes frames, feeds replies back, and checks that a
 //! file being uploaded is not changing under it (its stat is compared after
 //! every accepted chunk; a change ABORTs the upload, which the control
@@ -26,13 +27,14 @@ use std::time::Instant;
 
 use dropsync_core::meta_client::LocalSeen;
 use dropsync_core::liveness::{Due, Gone, Liveness};
-use dropsync_core::mux::{Mux, MuxReply, OpId, SingleKind, Step};
+use dropsync_core::mux::OpId;
 use dropsync_core::reconcile::Content;
-use dropsync_core::sender::{Outcome, Recorded};
-use dropsync_io::wire::write_frame;
+use dropsync_core::sender::Outcome;
+use dropsync_core::sending::{Cause, Ended, FileDigest, Prepared, Replied, Sending, Source, Transmit};
 use dropsync_core::CoreError;
+use dropsync_io::wire::write_frame;
 use dropsync_proto::md5_pair::{md5_chunk_into, FileMd5};
-use dropsync_proto::{encode_chunk_header, Digest, Frame, StatusCode};
+use dropsync_proto::{Digest, Frame, StatusCode};
 
 use crate::progress::{Direction, Progress};
 use crate::scan::{probe, FileStat, Probe};
@@ -135,34 +137,38 @@ enum Kind {
         /// own MD5 as chunks are read, for a file of more than one chunk
         /// that was not hashed before.
         file_md5: Option<FileMd5>,
-        /// The whole-file MD5 sent in FINISHED.
-        sent_digest: Option<Digest>,
     },
     Delete,
     Request,
 }
 
+/// What the client keeps for one operation on the send connection.
 #[derive(Debug)]
 struct Op {
-    name: String,
     kind: Kind,
     started: Instant,
 }
 
-/// The sending half of the send connection.
-#[derive(Debug)]
+/// The sending half of the send connection: core's [`Sending`] machine
+/// (the mux, frames, replies matched), its [`Reader`] of chunks, and the
+/// socket it writes to.
 pub struct Outgoing {
     sock: TcpStream,
-    mux: Mux,
-    ops: HashMap<OpId, Op>,
-    by_name: HashMap<String, OpId>,
+    sending: Sending<Op>,
+    reader: Reader,
     chunk_size: u32,
     /// Keep-alive and dead-peer clocks of the send connection: the replies
     /// thread reports what arrives, writes here report what leaves.
     link: Liveness,
     frame: Vec<u8>,
-    chunk: Vec<u8>,
     progress: Progress,
+}
+
+/// Reads and hashes chunks of the files being uploaded, for the machine.
+#[derive(Debug, Default)]
+struct Reader {
+    /// The chunk just prepared, which the driver writes next.
+    chunk: Vec<u8>,
     /// The next chunk of each upload, read and hashed while the reply to
     /// the current one is awaited (see [`Outgoing::prefetch`]).
     prefetched: HashMap<OpId, Prefetched>,
@@ -178,6 +184,33 @@ struct Prefetched {
     offset: u64,
     data: Vec<u8>,
     digest: Digest,
+    file_digest: Option<Digest>,
+}
+
+impl Source<Op> for Reader {
+    fn prepare(&mut self, id: OpId, _name: &str, op: &mut Op, offset: u64, len: u32) -> io::Result<Prepared<'_>> {
+        let Kind::Upload { file, file_md5, stat, .. } = &mut op.kind else {
+            return Err(io::Error::other("a chunk of a DELETE or REQUEST"));
+        };
+        let ready = self.prefetched.remove(&id).filter(|p| p.offset == offset && p.data.len() == len as usize);
+        let (digest, file_digest) = match ready {
+            Some(p) => {
+                self.spare = std::mem::replace(&mut self.chunk, p.data);
+                (p.digest, p.file_digest)
+            }
+            None => {
+                read_at(file, offset, len, &mut self.chunk)?;
+                hash_chunk(file_md5, stat.size, offset, &self.chunk)
+            }
+        };
+        Ok(Prepared { payload: Some(&self.chunk), len: self.chunk.len() as u32, digest, file_digest })
+    }
+}
+
+impl std::fmt::Debug for Outgoing {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Outgoing").field("operations", &self.sending.len()).finish_non_exhaustive()
+    }
 }
 
 impl Outgoing {
@@ -186,33 +219,32 @@ impl Outgoing {
     pub fn new(sock: TcpStream, parallel: usize, chunk_size: u32, link: Liveness) -> Self {
         Outgoing {
             sock,
-            mux: Mux::new(parallel),
-            ops: HashMap::new(),
-            by_name: HashMap::new(),
+            sending: Sending::new(parallel),
+            reader: Reader::default(),
             chunk_size,
             link,
             frame: Vec::new(),
-            chunk: Vec::new(),
             progress: Progress::new(),
-            prefetched: HashMap::new(),
-            spare: Vec::new(),
         }
     }
 
     /// True when an operation on `name` is under way.
     pub fn has(&self, name: &str) -> bool {
-        self.by_name.contains_key(name)
+        self.sending.has(name)
     }
 
     /// Operations under way.
     pub fn len(&self) -> usize {
-        self.ops.len()
+        self.sending.len()
     }
 
     /// Uploads under way of files larger than one chunk (the ones bounded
     /// by `--parallel`: each holds a read-ahead buffer).
     pub fn multi_chunk_uploads(&self) -> usize {
-        self.ops.values().filter(|op| matches!(&op.kind, Kind::Upload { stat, .. } if self.spans_chunks(stat.size))).count()
+        self.sending
+            .ops()
+            .filter(|(_, _, op)| matches!(&op.kind, Kind::Upload { stat, .. } if self.spans_chunks(stat.size)))
+            .count()
     }
 
     /// True when a file of `size` bytes goes out in more than one chunk.
@@ -222,7 +254,7 @@ impl Outgoing {
 
     /// True when no operation is under way.
     pub fn is_empty(&self) -> bool {
-        self.ops.is_empty()
+        self.sending.is_empty()
     }
 
     /// Queues an upload of `name` from the open `file`, which had `stat`
@@ -236,40 +268,34 @@ impl Outgoing {
     /// digest is computed from the chunks as they are read; no pass over
     /// the file delays the first chunk.
     pub fn add_upload(&mut self, name: String, file: File, path: PathBuf, stat: FileStat, trusted: Option<Content>) {
-        let (size, chunk) = (stat.size, self.chunk_size);
         let mut file_md5 = None;
-        let id = match trusted {
-            Some(content) => self.mux.add_upload_with_digest(name.clone(), size, chunk, content.md5),
-            None if self.spans_chunks(size) => {
+        let digest = match trusted {
+            Some(content) => FileDigest::Known(content.md5),
+            None if self.spans_chunks(stat.size) => {
                 file_md5 = Some(FileMd5::default());
-                self.mux.add_upload_hashed_elsewhere(name.clone(), size, chunk)
+                FileDigest::FromSource
             }
             // One chunk: its MD5 is the whole-file MD5.
-            None => self.mux.add_upload(name.clone(), size, chunk),
+            None => FileDigest::FromChunks,
         };
-        self.insert(id, name, Kind::Upload { file, path, stat, hashed: trusted, file_md5, sent_digest: None });
+        let size = stat.size;
+        let kind = Kind::Upload { file, path, stat, hashed: trusted, file_md5 };
+        self.sending.add_upload(name, size, self.chunk_size, digest, Op { kind, started: Instant::now() });
     }
 
     /// Queues a DELETE of `name`, whose last version we held is `held`.
     pub fn add_delete(&mut self, name: String, held: Digest) {
-        let id = self.mux.add_single(name.clone(), SingleKind::Delete, held);
-        self.insert(id, name, Kind::Delete);
+        self.sending.add_delete(name, held, Op { kind: Kind::Delete, started: Instant::now() });
     }
 
     /// Queues a REQUEST of `name`; `held` is the version we hold, or zeros.
     pub fn add_request(&mut self, name: String, held: Digest) {
-        let id = self.mux.add_single(name.clone(), SingleKind::Request, held);
-        self.insert(id, name, Kind::Request);
+        self.sending.add_request(name, held, Op { kind: Kind::Request, started: Instant::now() });
     }
 
-    fn insert(&mut self, id: OpId, name: String, kind: Kind) {
-        self.by_name.insert(name.clone(), id);
-        self.ops.insert(id, Op { name, kind, started: Instant::now() });
-    }
-
-    /// Sends every message the mux has ready. Returns the operations that
-    /// ended without a reply (an upload whose file changed before anything
-    /// of it was sent).
+    /// Sends every message the machine has ready. Returns the operations
+    /// that ended without a reply (an upload whose file changed before
+    /// anything of it was sent).
     ///
     /// Small messages are gathered and written together (many small files
     /// make one write and one wake-up of the server, not two per file); a
@@ -277,82 +303,32 @@ impl Outgoing {
     /// and so does everything gathered before a chunk whose next one is
     /// read ahead, so the server is never kept waiting by that read.
     pub fn pump(&mut self) -> io::Result<Vec<Done>> {
-        let mut done = Vec::new();
         self.frame.clear();
-        while let Some((id, step)) = self.mux.poll_send() {
-            let Some(op) = self.ops.get_mut(&id) else {
-                // Every id the mux hands out was inserted with it.
-                let _ = self.mux.abort(id);
-                continue;
-            };
-            let name = op.name.as_str();
-            match (step, &mut op.kind) {
-                (Step::Chunk { offset, len }, Kind::Upload { file, file_md5, stat, .. }) => {
-                    let ready = self.prefetched.remove(&id).filter(|p| p.offset == offset && p.data.len() == len as usize);
-                    let recorded = match ready {
-                        Some(p) => {
-                            let recorded = self.mux.record_chunk_hashed(id, &p.data, p.digest);
-                            self.spare = std::mem::replace(&mut self.chunk, p.data);
-                            recorded
-                        }
-                        None => match read_at(file, offset, len, &mut self.chunk) {
-                            Ok(()) => {
-                                let digest = hash_chunk(&mut self.mux, id, file_md5, stat.size, offset, &self.chunk);
-                                self.mux.record_chunk_hashed(id, &self.chunk, digest)
-                            }
-                            Err(e) => {
-                                log::warn!("cannot read {name}: {e}");
-                                Recorded::NotExpected
-                            }
-                        },
-                    };
-                    match recorded {
-                        Recorded::Send { digest } => encode_chunk_header(&digest, name, len, &mut self.frame),
-                        Recorded::WrongLength { .. } | Recorded::NotExpected => {
-                            log::info!("{name} changed while it was being sent; will retry");
-                            if let Some(outcome) = self.mux.abort(id) {
-                                done.extend(self.end(id, outcome));
-                            }
-                            continue;
-                        }
-                    }
-                }
-                (Step::Finished { digest }, Kind::Upload { sent_digest, .. }) => {
-                    *sent_digest = Some(digest);
-                    Frame::Finished { digest, name }.encode(&mut self.frame);
-                }
-                (Step::Abort, _) => Frame::abort(name).encode(&mut self.frame),
-                (Step::Delete { digest }, _) => Frame::Delete { digest, name }.encode(&mut self.frame),
-                (Step::Request { digest }, _) => Frame::Request { digest, name }.encode(&mut self.frame),
-                (step, _) => {
-                    // A chunk or FINISHED step for a DELETE or REQUEST cannot
-                    // come from the mux; drop the operation if it ever does.
-                    log::error!("internal: step {step:?} for {name}");
-                    let _ = self.mux.abort(id);
-                    continue;
-                }
+        while let Some(Transmit::Chunk { id, offset, len }) = self.sending.poll_transmit(&mut self.reader) {
+            self.sending.take_frames(&mut self.frame);
+            if self.reader.chunk.len() >= GATHER_MAX {
+                // Header and payload in one writev: the payload is not
+                // copied into the frame buffer first.
+                write_all_vectored(&mut self.sock, &self.frame, &self.reader.chunk)?;
+                self.frame.clear();
+                self.link.on_sent(Instant::now());
+            } else {
+                self.frame.extend_from_slice(&self.reader.chunk);
             }
-            if let Step::Chunk { offset, len } = step {
-                if self.chunk.len() >= GATHER_MAX {
-                    // Header and payload in one writev: the payload is not
-                    // copied into the frame buffer first.
-                    write_all_vectored(&mut self.sock, &self.frame, &self.chunk)?;
-                    self.frame.clear();
-                    self.link.on_sent(Instant::now());
-                } else {
-                    self.frame.extend_from_slice(&self.chunk);
-                }
-                let next = offset + u64::from(len);
-                if self.has_more(id, next) {
-                    self.flush()?;
-                    self.prefetch(id, next);
-                }
+            if let Some((next, next_len)) = self.sending.next_range(id, offset + u64::from(len), self.chunk_size) {
+                self.flush()?;
+                self.prefetch(id, next, next_len);
             }
             if self.frame.len() >= GATHER_MAX {
                 self.flush()?;
             }
         }
+        self.sending.take_frames(&mut self.frame);
         self.flush()?;
+        let mut done = Vec::new();
+        while let Some(ended) = self.sending.poll_ended() {
+            done.extend(self.end(ended));
+        }
         Ok(done)
     }
 
@@ -366,56 +342,50 @@ impl Outgoing {
         Ok(())
     }
 
-    /// True when upload `id` has bytes at and after `offset`.
-    fn has_more(&self, id: OpId, offset: u64) -> bool {
-        matches!(self.ops.get(&id), Some(Op { kind: Kind::Upload { stat, .. }, .. }) if offset < stat.size)
-    }
-
-    /// Reads and hashes the chunk of upload `id` that starts at `offset`,
+    /// Reads and hashes the chunk of upload `id` at `offset` (`len` bytes),
     /// right after the previous chunk went on the wire: while the server
     /// checks that one, the client prepares the next (its chunk MD5 and,
     /// when the whole-file digest is not known yet, that pass too), so the
     /// client's and the server's MD5 passes run side by side on two cores
     /// instead of one after the other. A resend, a halved chunk or a
     /// changed file simply finds no match and reads again.
-    fn prefetch(&mut self, id: OpId, offset: u64) {
-        let Some(Op { kind: Kind::Upload { stat, .. }, .. }) = self.ops.get(&id) else { return };
-        let left = stat.size.saturating_sub(offset);
-        if left == 0 {
+    fn prefetch(&mut self, id: OpId, offset: u64, len: u32) {
+        let reader = &mut self.reader;
+        let mut data = reader.prefetched.remove(&id).map_or_else(|| std::mem::take(&mut reader.spare), |p| p.data);
+        let Some(Op { kind: Kind::Upload { file, file_md5, stat, .. }, .. }) = self.sending.op_mut(id) else {
+            reader.spare = data;
             return;
-        }
-        let len = u64::from(self.chunk_size).min(left) as u32;
-        let mut data = self.prefetched.remove(&id).map_or_else(|| std::mem::take(&mut self.spare), |p| p.data);
-        let Some(Op { kind: Kind::Upload { file, file_md5, stat, .. }, .. }) = self.ops.get_mut(&id) else { return };
+        };
         if read_at(file, offset, len, &mut data).is_ok() {
-            let digest = hash_chunk(&mut self.mux, id, file_md5, stat.size, offset, &data);
-            self.prefetched.insert(id, Prefetched { offset, data, digest });
+            let (digest, file_digest) = hash_chunk(file_md5, stat.size, offset, &data);
+            reader.prefetched.insert(id, Prefetched { offset, data, digest, file_digest });
         }
     }
 
-    /// Feeds a STATUS reply to the mux; returns the operation it ended, if
-    /// any. An upload still going on has its file's stat checked, and is
+    /// Feeds a STATUS reply to the machine; returns the operation it ended,
+    /// if any. An upload still going on has its file's stat checked, and is
     /// aborted if the file changed.
     ///
     /// # Errors
     /// A reply with no message waiting for it: the connection is out of
     /// step and must be dropped.
     pub fn handle_reply(&mut self, code: StatusCode) -> Result<Option<Done>, CoreError> {
-        match self.mux.handle_reply(code)? {
-            MuxReply::KeepAlive => Ok(None),
-            MuxReply::Routed { op, outcome: Some(outcome) } => Ok(self.end(op, outcome)),
-            MuxReply::Routed { op, outcome: None } => {
+        match self.sending.handle_reply(code)? {
+            Replied::KeepAlive => Ok(None),
+            Replied::Ended(ended) => Ok(self.end(ended)),
+            Replied::Progress { id } => {
                 let mut one_chunk = false;
-                if let (Some(o), Some(s)) = (self.ops.get(&op), self.mux.sender(op)) {
-                    self.progress.update(Direction::Up, &o.name, s.bytes_acknowledged(), Some(s.size()), o.started);
+                if let (Some((name, op)), Some(s)) = (self.sending.op(id), self.sending.sender(id)) {
+                    self.progress.update(Direction::Up, name, s.bytes_acknowledged(), Some(s.size()), op.started);
                     one_chunk = !self.spans_chunks(s.size());
                 }
                 // A file sent in one chunk cannot be torn between versions
                 // (its FINISHED carries the MD5 of that one read), so it is
                 // not looked at again; a later change is a change like any.
-                if !one_chunk && self.changed_under_upload(op) {
-                    if let Some(outcome) = self.mux.abort(op) {
-                        return Ok(self.end(op, outcome));
+                if !one_chunk && self.changed_under_upload(id) {
+                    self.sending.abort(id);
+                    if let Some(ended) = self.sending.poll_ended() {
+                        return Ok(self.end(ended));
                     }
                 }
                 Ok(None)
@@ -426,7 +396,7 @@ impl Outgoing {
     /// True when the file of upload `id` no longer has the stat it had when
     /// the upload started ("stat before/after").
     fn changed_under_upload(&self, id: OpId) -> bool {
-        let Some(Op { name, kind: Kind::Upload { path, stat, .. }, .. }) = self.ops.get(&id) else {
+        let Some((name, Op { kind: Kind::Upload { path, stat, .. }, .. })) = self.sending.op(id) else {
             return false;
         };
         let changed = !matches!(probe(path), Ok(Probe::File(now)) if now == *stat);
@@ -439,20 +409,27 @@ impl Outgoing {
     /// Aborts everything for shutdown (section 9); returns what ended at
     /// once. ABORTs for uploads in progress go out with the next `pump`.
     pub fn abort_all(&mut self) -> Vec<Done> {
-        let ended = self.mux.abort_all();
-        ended.into_iter().filter_map(|(id, outcome)| self.end(id, outcome)).collect()
+        self.sending.abort_all();
+        let mut done = Vec::new();
+        while let Some(ended) = self.sending.poll_ended() {
+            done.extend(self.end(ended));
+        }
+        done
     }
 
-    fn end(&mut self, id: OpId, outcome: Outcome) -> Option<Done> {
-        if let Some(p) = self.prefetched.remove(&id) {
-            self.spare = p.data;
+    fn end(&mut self, ended: Ended<Op>) -> Option<Done> {
+        if let Some(p) = self.reader.prefetched.remove(&ended.id) {
+            self.reader.spare = p.data;
         }
-        let op = self.ops.remove(&id)?;
         self.progress.finish();
-        self.by_name.remove(&op.name);
-        let name = op.name;
+        let Ended { name, op, outcome, sent_digest, cause, .. } = ended;
+        match cause {
+            Cause::Changed => log::info!("{name} changed while it was being sent; will retry"),
+            Cause::Unreadable(why) => log::warn!("cannot read {name}: {why}; will retry"),
+            Cause::Reply | Cause::Aborted => {}
+        }
         Some(match op.kind {
-            Kind::Upload { stat, hashed, sent_digest, .. } => {
+            Kind::Upload { stat, hashed, .. } => {
                 let sent = sent_digest.map(|md5| Content { md5, size: stat.size });
                 let content = match outcome {
                     Outcome::Committed => sent,
@@ -495,26 +472,24 @@ impl Outgoing {
     }
 }
 
-/// The MD5 of `chunk`, read at `offset` of upload `id` (a file of `size`
-/// bytes). If the upload computes its whole-file MD5 as it reads
-/// (`file_md5`) and that stands at `offset`, the chunk feeds it in the same
-/// pass (two digests for about the price of one,
-/// `dropsync_proto::md5_pair`), and once it covers the file the mux gets the
-/// digest for FINISHED. A resent or shortened chunk was hashed for the file
-/// already.
+/// The MD5 of `chunk`, read at `offset` of an upload of a file of `size`
+/// bytes, and the whole-file MD5 once it is known. If the upload computes
+/// its whole-file MD5 as it reads (`file_md5`) and that stands at `offset`,
+/// the chunk feeds it in the same pass (two digests for about the price of
+/// one, `dropsync_proto::md5_pair`); once it covers the file, that digest
+/// is returned for FINISHED. A resent or shortened chunk was hashed for the
+/// file already.
 ///
 /// The caller sends these very bytes (a read-ahead that goes unused is read
 /// again; should the file have changed in between, the server's whole-file
 /// check refuses the upload with 0x0008, and it is tried again).
-fn hash_chunk(mux: &mut Mux, id: OpId, file_md5: &mut Option<FileMd5>, size: u64, offset: u64, chunk: &[u8]) -> Digest {
+fn hash_chunk(file_md5: &mut Option<FileMd5>, size: u64, offset: u64, chunk: &[u8]) -> (Digest, Option<Digest>) {
     let Some(fm) = file_md5.as_mut().filter(|fm| fm.len() == offset) else {
-        return dropsync_proto::md5(chunk);
+        return (dropsync_proto::md5(chunk), None);
     };
     let digest = md5_chunk_into(chunk, fm);
-    if fm.len() >= size {
-        let _ = mux.set_digest(id, fm.finish());
-    }
-    digest
+    let file = (fm.len() >= size).then(|| fm.finish());
+    (digest, file)
 }
 
 /// Writes all of `head` then all of `body`, as few writev calls as the

@@ -34,6 +34,7 @@ pub mod receiver;
 pub mod receiving;
 pub mod reconcile;
 pub mod sender;
+pub mod sending;
 pub mod stale;
 pub mod storage;
 pub mod store;

@@ -9,7 +9,6 @@
 //! own sender thread delivers, so a client that is slow or never answers
 //! holds back nobody but itself; the pool's workers only prepare.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
@@ -21,13 +20,14 @@ use std::time::Instant;
 
 use dropsync_core::liveness::Due;
 use dropsync_core::meta_server::Catalog;
-use dropsync_core::mux::{Mux, MuxReply, OpId, SingleKind, Step};
-use dropsync_core::sender::{Outcome, Recorded};
+use dropsync_core::mux::OpId;
+use dropsync_core::sender::Outcome;
+use dropsync_core::sending::{Cause, Ended, FileDigest, Prepared, Replied, Sending, Source as SendSource, Transmit};
 use dropsync_io::wire::{is_timeout_error, FrameReader, Msg};
 use dropsync_proto::metadata::EntryState;
 use dropsync_proto::name::METADATA_TRANSFER_NAME;
 use dropsync_proto::digest::finish;
-use dropsync_proto::{encode_chunk_header, md5, Digest, Frame, Md5, StatusCode, ZERO_DIGEST};
+use dropsync_proto::{md5, Digest, Frame, Md5, StatusCode, ZERO_DIGEST};
 
 use crate::server::Server;
 use crate::session::{MetaState, Session};
@@ -270,106 +270,111 @@ fn run_batch(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec
     result
 }
 
+/// What a delivery keeps per transfer: its item's place in the batch, its
+/// content, and the MD5 of its next chunk computed ahead of its turn.
+struct Delivery {
+    index: usize,
+    /// The source, its size and whole-file MD5; `None` for a DELETE.
+    content: Option<(Source, u64, Digest)>,
+    prefetched: Option<(u64, u32, Digest)>,
+}
+
+impl Delivery {
+    /// Hashes the chunk at `offset` ahead of its turn.
+    fn prefetch(&mut self, offset: u64, len: u32, scratch: &mut Vec<u8>) {
+        if let Some((src, _, _)) = &self.content {
+            if let Ok(digest) = src.chunk_md5(offset, len, scratch) {
+                self.prefetched = Some((offset, len, digest));
+            }
+        }
+    }
+}
+
+/// Chunks of stored contents: their MD5 computed here, in pieces, and
+/// their bytes streamed by the driver from the source to the socket.
+struct Chunks {
+    scratch: Vec<u8>,
+}
+
+impl SendSource<Delivery> for Chunks {
+    fn prepare(&mut self, _id: OpId, _name: &str, d: &mut Delivery, offset: u64, len: u32) -> io::Result<Prepared<'_>> {
+        let Some((src, size, file_digest)) = &d.content else {
+            // A chunk of a DELETE cannot be asked for.
+            return Err(io::Error::other("a chunk of a DELETE"));
+        };
+        let digest = match d.prefetched.take() {
+            Some((o, l, digest)) if o == offset && l == len => digest,
+            // One chunk is the whole file: its MD5 is the file's.
+            _ if offset == 0 && u64::from(len) == *size => *file_digest,
+            _ => src.chunk_md5(offset, len, &mut self.scratch)?,
+        };
+        Ok(Prepared { payload: None, len, digest, file_digest: None })
+    }
+}
+
 fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Outcome>, Gone> {
-    let mut mux = Mux::new(items.len().max(1));
+    let mut sending = Sending::new(items.len().max(1));
+    let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
     // Each transfer with its source and whole-file MD5 (known for every
     // file: a blob's was checked when it was uploaded, the META-DATA's is
-    // computed when it is prepared), so chunks are recorded by length and
-    // MD5 and their bytes streamed from the source.
-    let mut ops: Vec<(OpId, Option<(Source, Digest)>)> = Vec::with_capacity(items.len());
-    for item in items {
-        ops.push(match item.content {
+    // computed when it is prepared), so chunks go out by length and MD5 and
+    // their bytes are streamed from the source.
+    for (index, item) in items.into_iter().enumerate() {
+        match item.content {
             Some((src, size, digest)) => {
-                let id = mux.add_upload_with_digest(item.name, size, server.config.chunk_size, digest);
-                (id, Some((src, digest)))
+                let d = Delivery { index, content: Some((src, size, digest)), prefetched: None };
+                sending.add_upload(item.name, size, server.config.chunk_size, FileDigest::Known(digest), d);
             }
-            None => (mux.add_single(item.name, SingleKind::Delete, ZERO_DIGEST), None),
-        });
+            None => {
+                let d = Delivery { index, content: None, prefetched: None };
+                sending.add_delete(item.name, ZERO_DIGEST, d);
+            }
+        }
     }
-    let mut outcomes: Vec<Option<Outcome>> = vec![None; ops.len()];
-    let index_of = |ops: &[(OpId, Option<(Source, Digest)>)], id: OpId| ops.iter().position(|(o, _)| *o == id);
-    let mut scratch = Vec::new();
+    let mut chunks = Chunks { scratch: Vec::new() };
     let mut frame = Vec::new();
-    // The MD5 of each transfer's next chunk (offset, length, digest),
-    // computed ahead of its turn.
-    let mut prefetched: HashMap<OpId, (u64, u32, Digest)> = HashMap::new();
     let mut aborting = false;
-    while !mux.is_empty() {
+    let record = |ended: Ended<Delivery>, outcomes: &mut Vec<Option<Outcome>>| {
+        if let Cause::Unreadable(e) = &ended.cause {
+            log::error!("{:?}: cannot read its content: {e}", ended.name);
+        }
+        outcomes[ended.op.index] = Some(ended.outcome);
+    };
+    while !sending.is_empty() {
         if server.is_shutting_down() && !aborting {
             aborting = true;
-            for (id, outcome) in mux.abort_all() {
-                if let Some(i) = index_of(&ops, id) {
-                    outcomes[i] = Some(outcome);
+            sending.abort_all();
+        }
+        while let Some(Transmit::Chunk { id, offset, len }) = sending.poll_transmit(&mut chunks) {
+            frame.clear();
+            sending.take_frames(&mut frame);
+            let Some(Delivery { content: Some((src, _, _)), .. }) = sending.op_mut(id) else { continue };
+            session
+                .write_streamed(&frame, |out| src.copy_to(offset, len, out))
+                .map_err(|e| Gone(format!("receive connection: {e}")))?;
+            // While the client checks this chunk, hash the next one, so the
+            // two MD5 passes run side by side.
+            if let Some((next, next_len)) = sending.next_range(id, offset + u64::from(len), server.config.chunk_size) {
+                if let Some(d) = sending.op_mut(id) {
+                    d.prefetch(next, next_len, &mut chunks.scratch);
                 }
             }
         }
-        while let Some((id, step)) = mux.poll_send() {
-            let Some(i) = index_of(&ops, id) else { continue };
-            let name = mux.name(id).unwrap_or_default().to_owned();
-            frame.clear();
-            match step {
-                Step::Chunk { offset, len } => {
-                    let size = mux.sender(id).map_or(0, |s| s.size());
-                    let Some((src, file_digest)) = ops[i].1.as_ref() else {
-                        // A chunk of a DELETE cannot be asked for; should it
-                        // be, the operation ends rather than stay announced.
-                        if let Some(outcome) = mux.abort(id) {
-                            outcomes[i] = Some(outcome);
-                        }
-                        continue;
-                    };
-                    let digest = match prefetched.remove(&id) {
-                        Some((o, l, d)) if o == offset && l == len => Ok(d),
-                        // One chunk is the whole file: its MD5 is the file's.
-                        _ if offset == 0 && u64::from(len) == size => Ok(*file_digest),
-                        _ => src.chunk_md5(offset, len, &mut scratch),
-                    };
-                    let recorded = match digest {
-                        Ok(d) => mux.record_chunk_digest(id, len, d),
-                        Err(e) => {
-                            log::error!("{name:?}: cannot read its content: {e}");
-                            Recorded::NotExpected
-                        }
-                    };
-                    let Recorded::Send { digest } = recorded else {
-                        if let Some(outcome) = mux.abort(id) {
-                            outcomes[i] = Some(outcome);
-                        }
-                        continue;
-                    };
-                    encode_chunk_header(&digest, &name, len, &mut frame);
-                    session
-                        .write_streamed(&frame, |out| src.copy_to(offset, len, out))
-                        .map_err(|e| Gone(format!("receive connection: {e}")))?;
-                    // While the client checks this chunk, hash the next one,
-                    // so the two MD5 passes run side by side.
-                    let next = offset + u64::from(len);
-                    if next < size {
-                        let next_len = u64::from(server.config.chunk_size).min(size - next) as u32;
-                        if let Ok(d) = src.chunk_md5(next, next_len, &mut scratch) {
-                            prefetched.insert(id, (next, next_len, d));
-                        }
-                    }
-                    continue;
-                }
-                Step::Finished { digest } => Frame::Finished { digest, name: &name }.encode(&mut frame),
-                Step::Abort => Frame::abort(&name).encode(&mut frame),
-                Step::Delete { digest } => Frame::Delete { digest, name: &name }.encode(&mut frame),
-                Step::Request { digest } => Frame::Request { digest, name: &name }.encode(&mut frame),
-            }
+        frame.clear();
+        sending.take_frames(&mut frame);
+        if !frame.is_empty() {
             session.write_out(&frame, true).map_err(|e| Gone(format!("receive connection: {e}")))?;
         }
-        if mux.is_idle() {
-            // Nothing awaits a reply and nothing can be sent: all over.
+        while let Some(ended) = sending.poll_ended() {
+            record(ended, &mut outcomes);
+        }
+        if sending.is_idle() {
+            // Nothing awaits a reply and nothing more could be sent: all over.
             break;
         }
         let reply = wait_reply(server, session)?;
-        match mux.handle_reply(reply) {
-            Ok(MuxReply::Routed { op, outcome: Some(outcome) }) => {
-                if let Some(i) = index_of(&ops, op) {
-                    outcomes[i] = Some(outcome);
-                }
-            }
+        match sending.handle_reply(reply) {
+            Ok(Replied::Ended(ended)) => record(ended, &mut outcomes),
             Ok(_) => {}
             Err(e) => return Err(Gone(e.to_string())),
         }
