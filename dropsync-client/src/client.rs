@@ -13,7 +13,7 @@ use std::time::Instant;
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
 
-use crate::backoff::Backoff;
+use dropsync_core::backoff::Backoff;
 use crate::cli::Config;
 use crate::connect::{self, Timing};
 use crate::debounce::Debouncer;

@@ -17,6 +17,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use dropsync_core::conflict::pick_conflict_name;
 use dropsync_core::meta_client::LocalSeen;
 use dropsync_core::reconcile::Content;
+use dropsync_core::sync_policy::must_keep_local;
 
 use crate::paths::{local_path, remove_empty_parents};
 use crate::scan::{probe, read_local, FileStat, Local, Probe};
@@ -57,13 +58,6 @@ pub fn look(path: &Path, seen: Option<LocalSeen>) -> io::Result<Before> {
     })
 }
 
-/// True when replacing a local file holding `local` with `incoming`
-/// (`None`: deleting it) would destroy content the server never accepted:
-/// it is not the base, and not what arrives either.
-pub fn must_keep(local: Option<Content>, base: Option<Content>, incoming: Option<Content>) -> bool {
-    local.is_some() && local != base && local != incoming
-}
-
 /// Under the state lock, before `name` (at `path`) is replaced by
 /// `incoming` or deleted (`None`): if the local file holds content the
 /// server never accepted, renames it to its conflict-copy name and returns
@@ -88,7 +82,7 @@ pub fn keep_if_unaccepted(
     };
     let keep = match *before {
         Before::File { stat: was, content: Some(local) } if was == stat => {
-            must_keep(Some(local), st.record(name).base, incoming)
+            must_keep_local(Some(local), st.record(name).base, incoming)
         }
         // Changed since it was looked at: new content nobody has seen.
         _ => true,
@@ -125,28 +119,3 @@ pub fn delete_local(ctx: &Ctx, st: &mut State, name: &str, path: &Path) -> io::R
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const A: Content = Content { md5: [1; 16], size: 1 };
-    const B: Content = Content { md5: [2; 16], size: 2 };
-    const C: Content = Content { md5: [3; 16], size: 3 };
-
-    #[test]
-    fn only_unaccepted_content_is_kept() {
-        // (local, base, incoming, keep?)
-        let cases = [
-            (None, Some(A), Some(B), false),
-            (Some(A), Some(A), Some(B), false),
-            (Some(A), Some(A), None, false),
-            (Some(B), Some(A), Some(C), true),
-            (Some(B), Some(A), None, true),
-            (Some(B), None, Some(C), true),
-            (Some(B), Some(A), Some(B), false),
-        ];
-        for (local, base, incoming, keep) in cases {
-            assert_eq!(must_keep(local, base, incoming), keep, "{local:?} {base:?} {incoming:?}");
-        }
-    }
-}

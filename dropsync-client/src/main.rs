@@ -9,7 +9,6 @@
 //! local deletes), `state` (shared records, META-DATA file), `paths`,
 //! `jobs`, `backoff`, `events`.
 
-mod backoff;
 mod cli;
 mod client;
 mod connect;
@@ -18,7 +17,6 @@ mod events;
 mod folder;
 mod incoming;
 mod initial_sync;
-mod jobs;
 mod outgoing;
 mod paths;
 mod progress;

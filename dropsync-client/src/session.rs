@@ -11,7 +11,6 @@
 //! wait for the next event or deadline (debounce, keep-alive, rescan,
 //! META-DATA save) → handle it.
 
-use std::collections::{HashMap, HashSet, VecDeque};
 use std::fs::File;
 use std::net::TcpStream;
 use std::sync::{mpsc, Arc};
@@ -21,16 +20,16 @@ use std::time::{Duration, Instant, SystemTime};
 use dropsync_core::liveness::Liveness;
 use dropsync_core::meta_client::LocalSeen;
 use dropsync_core::reconcile::Content;
+use dropsync_core::jobs::Job;
 use dropsync_core::sender::Outcome;
-use dropsync_proto::{StatusCode, ZERO_DIGEST};
+use dropsync_core::sync_policy::{Again, Ending, Judgement, Local as LocalState, Next, SyncPolicy, LOCKED_RETRY};
+use dropsync_proto::ZERO_DIGEST;
 
-use crate::backoff::Backoff;
 use crate::client::Core;
 use crate::connect::{Connected, Timing};
 use crate::events::{Event, SessionEvent};
 use crate::incoming::Incoming;
 use crate::initial_sync;
-use crate::jobs::{Job, Jobs};
 use crate::outgoing::{settle, Done, Outgoing, SendSide};
 use crate::replies;
 use crate::paths::{checked_path, local_path};
@@ -53,30 +52,14 @@ const EVENT_BATCH: usize = 256;
 /// Longest the control loop sleeps without looking at the clock.
 const MAX_WAIT: Duration = Duration::from_secs(1);
 
-/// How long a change refused with 0x0040 (another transfer holds the file)
-/// waits before it is looked at again; see `Session::refused`.
-const LOCKED_RETRY: Duration = Duration::from_secs(5);
 
 /// Section 1: "a client that has no META-DATA within 5 s of pairing goes on
 /// without it".
 const METADATA_WAIT: Duration = Duration::from_secs(5);
 
-/// A change refused with 0x0080 (the server cannot take it now: too many
-/// transfers open, a disk error) is tried again after this, doubling each
-/// time up to [`IN_USE_RETRY_MAX`] (section 9: "the sender may try that
-/// transfer again later").
-const IN_USE_RETRY_FIRST: Duration = Duration::from_millis(500);
 
-/// Longest wait between two tries of a change refused with 0x0080.
-const IN_USE_RETRY_MAX: Duration = Duration::from_secs(60);
 
-/// Under `--once`, tries of a change refused with 0x0080 before it is
-/// given up, so that a run always ends.
-const ONCE_IN_USE_TRIES: u32 = 6;
 
-/// Times an upload refused by a checksum or size abort (0x0008, 0x0010:
-/// data damaged on the way) is tried again before the change is given up.
-const MAX_RETRIES: u32 = 3;
 
 /// How a session ended.
 #[derive(Debug)]
@@ -113,23 +96,8 @@ pub struct Session<'a> {
     metadata_deadline: Instant,
     /// False while the session runs without the server's META-DATA.
     server_state_known: bool,
-    jobs: Jobs,
-    /// REQUESTs waiting for their delivery, with the time each was queued:
-    /// a delivery of the path starting later answers it. (A delivery that
-    /// starts before the REQUEST actually goes out, a fan-out of the same
-    /// path, may count instead; it brings the same current version.)
-    pending_requests: HashMap<String, Instant>,
-    /// Paths whose sync waits for an operation on the same path to end.
-    deferred: HashSet<String>,
-    /// Files larger than one chunk waiting for one of the `--parallel`
-    /// large-upload slots.
-    waiting_large: VecDeque<String>,
-    /// Changes the server refused with 0x0040 or 0x0020 (or repeatedly
-    /// damaged): not tried again this session unless the content changes.
-    given_up: HashMap<String, Option<Content>>,
-    retries: HashMap<String, u32>,
-    /// Changes refused with 0x0080, with the backoff of their next try.
-    in_use_tries: HashMap<String, Backoff>,
+    /// What to send next and what each reply means (section 7), in core.
+    policy: SyncPolicy,
     stop_deadline: Option<Instant>,
     last_save: Instant,
 }
@@ -161,6 +129,7 @@ impl<'a> Session<'a> {
                 return (End::Lost(format!("cannot start a thread: {e}")), false);
             }
         }
+        let once = core.cfg.once;
         let mut s = Session {
             core,
             number,
@@ -172,13 +141,7 @@ impl<'a> Session<'a> {
             reconciled: false,
             metadata_deadline: Instant::now() + METADATA_WAIT,
             server_state_known: true,
-            jobs: Jobs::default(),
-            pending_requests: HashMap::new(),
-            deferred: HashSet::new(),
-            waiting_large: VecDeque::new(),
-            given_up: HashMap::new(),
-            retries: HashMap::new(),
-            in_use_tries: HashMap::new(),
+            policy: SyncPolicy::new(once),
             stop_deadline: None,
             last_save: Instant::now(),
         };
@@ -290,10 +253,7 @@ impl<'a> Session<'a> {
         let sending = !self.out.lock().is_empty();
         self.reconciled
             && !sending
-            && self.jobs.is_empty()
-            && self.pending_requests.is_empty()
-            && self.deferred.is_empty()
-            && self.waiting_large.is_empty()
+            && self.policy.is_idle()
             && self.core.debouncer.is_empty()
             && self.core.ctx.shared.lock().incoming.is_empty()
     }
@@ -318,10 +278,10 @@ impl<'a> Session<'a> {
             SessionEvent::ServerMeta(doc) => {
                 let plan = initial_sync::run(&self.core.ctx, &mut self.core.notes, &mut self.core.debouncer, &doc);
                 for name in plan.requests {
-                    self.jobs.push_request(name);
+                    self.policy.request(name);
                 }
                 for name in plan.syncs {
-                    self.jobs.push_sync(name);
+                    self.policy.sync(name);
                 }
                 // The debounced changes are covered by the scan just made,
                 // or wait in the debouncer for their quiet time.
@@ -336,13 +296,8 @@ impl<'a> Session<'a> {
                 }
             }
             SessionEvent::Done(done) => self.on_done(done),
-            SessionEvent::Delivered { name, started } => {
-                if self.pending_requests.get(&name).is_some_and(|&sent| started >= sent) {
-                    self.pending_requests.remove(&name);
-                }
-                self.undefer(&name);
-            }
-            SessionEvent::ConflictCopy(name) => self.jobs.push_sync(name),
+            SessionEvent::Delivered { name, started } => self.policy.delivered(&name, started),
+            SessionEvent::ConflictCopy(name) => self.policy.sync(name),
             SessionEvent::Closed { reason } => return Some(End::Lost(reason)),
         }
         None
@@ -360,7 +315,7 @@ impl<'a> Session<'a> {
         );
         let plan = initial_sync::run_without_server(&self.core.ctx, &mut self.core.notes, &mut self.core.debouncer);
         for name in plan.syncs {
-            self.jobs.push_sync(name);
+            self.policy.sync(name);
         }
         self.reconciled = true;
         self.server_state_known = false;
@@ -368,23 +323,19 @@ impl<'a> Session<'a> {
     }
 
     /// Moves due debounced paths to the job queue, and starts jobs while
-    /// the mux has room.
+    /// the connection has room.
     fn start_jobs(&mut self) {
-        for name in self.core.debouncer.take_due(Instant::now()) {
-            self.jobs.push_sync(name);
+        let now = Instant::now();
+        for name in self.core.debouncer.take_due(now) {
+            self.policy.sync(name);
         }
         let in_flight = self.core.cfg.in_flight;
-        while !self.waiting_large.is_empty() && self.large_slot_free() && self.out.lock().len() < in_flight {
-            if let Some(name) = self.waiting_large.pop_front() {
-                self.sync_path(name);
-            }
-        }
         while self.out.lock().len() < in_flight {
-            match self.jobs.pop() {
+            let large_slot_free = self.large_slot_free();
+            match self.policy.next_job(now, large_slot_free) {
                 Some(Job::Request(name)) => {
                     let held = self.core.ctx.shared.lock().record(&name).local.map_or(ZERO_DIGEST, |l| l.content.md5);
                     log::debug!("requesting {name}");
-                    self.pending_requests.insert(name.clone(), Instant::now());
                     self.out.lock().add_request(name, held);
                 }
                 Some(Job::Sync(name)) => self.sync_path(name),
@@ -406,9 +357,8 @@ impl<'a> Session<'a> {
         let ctx = Arc::clone(&self.core.ctx);
         let sending = self.out.lock().has(&name);
         let receiving = ctx.shared.lock().incoming.contains(&name);
-        if sending || receiving || self.pending_requests.contains_key(&name) {
-            // Another operation on the path is under way; look again after.
-            self.deferred.insert(name);
+        if !self.policy.may_sync(&name, sending || receiving) {
+            // Another operation on the path is under way; looked at after.
             return;
         }
         let Ok(path) = checked_path(&ctx.root, &name, false) else {
@@ -421,7 +371,7 @@ impl<'a> Session<'a> {
         // it is not hashed first, the upload hashes it as it reads. A new
         // 1 GiB file starts going out at once instead of after a pass of
         // seconds over it.
-        let found = if record.base.is_none() && !self.given_up.contains_key(&name) {
+        let found = if self.policy.may_send_unhashed(&name, record.base.is_some()) {
             open_unhashed(&path)
         } else {
             read_local(&path, record.local, SystemTime::now())
@@ -451,7 +401,7 @@ impl<'a> Session<'a> {
         self.core.notes.readable(&name);
         if local.as_ref().is_some_and(|(stat, _, _)| self.out.lock().spans_chunks(stat.size)) && !self.large_slot_free() {
             // Looked at again when a large upload ends.
-            self.waiting_large.push_back(name);
+            self.policy.wait_for_large_slot(name);
             return;
         }
         if local.is_none() {
@@ -473,23 +423,23 @@ impl<'a> Session<'a> {
             return;
         }
         let base = st.record(&name).base;
-        if let Some((stat, None, _)) = &local {
-            // Sent unhashed: what it holds is known once the upload ends.
-            log::trace!("{name}: {} bytes, not hashed before the upload", stat.size);
-        } else {
-            let content = local.as_ref().and_then(|(_, content, _)| *content);
-            let seen = local.as_ref().zip(content).map(|((stat, _, _), content)| LocalSeen { mtime_ns: stat.mtime_ns, content });
+        let state = match &local {
+            Some((_, Some(content), _)) => LocalState::File(*content),
+            Some((stat, None, _)) => {
+                // Sent unhashed: what it holds is known once the upload ends.
+                log::trace!("{name}: {} bytes, not hashed before the upload", stat.size);
+                LocalState::Unhashed
+            }
+            None => LocalState::Absent,
+        };
+        if state != LocalState::Unhashed {
+            let seen = local.as_ref().and_then(|(stat, content, _)| {
+                content.map(|content| LocalSeen { mtime_ns: stat.mtime_ns, content })
+            });
             st.set_local(&name, seen);
-            if content == base {
-                self.given_up.remove(&name);
-                return;
-            }
-            if self.given_up.get(&name) == Some(&content) {
-                return;
-            }
         }
-        match (local, base) {
-            (Some((stat, content, file)), _) => {
+        match (self.policy.judge(&name, state, base), local) {
+            (Judgement::Upload { trusted }, Some((stat, _, file))) => {
                 let file = match file.map_or_else(|| File::open(&path), Ok) {
                     Ok(f) => f,
                     Err(e) => {
@@ -500,74 +450,63 @@ impl<'a> Session<'a> {
                 st.outgoing.insert(name.clone());
                 drop(st);
                 log::debug!("uploading {name} ({} bytes)", stat.size);
-                // A retry (after 0x0008) hashes the chunks as they go out,
-                // so a stale digest can never make an upload fail twice.
-                let trusted = content.filter(|_| !self.retries.contains_key(&name));
                 self.out.lock().add_upload(name, file, path, stat, trusted);
             }
-            (None, Some(base)) => {
+            (Judgement::Delete, _) => {
+                let held = base.map_or(ZERO_DIGEST, |b| b.md5);
                 st.outgoing.insert(name.clone());
                 drop(st);
                 log::debug!("deleting {name} on the server");
-                self.out.lock().add_delete(name, base.md5);
+                self.out.lock().add_delete(name, held);
             }
-            (None, None) => {}
+            _ => {}
         }
     }
 
     /// An operation on the send connection ended (already recorded in the
     /// shared state by `outgoing::settle`): what it means for this session.
     fn on_done(&mut self, done: Done) {
-        let name = match done {
+        let (name, ending) = match done {
             Done::Upload { name, stat, content, outcome } => {
-                match outcome {
-                    Outcome::Committed => {
-                        self.given_up.remove(&name);
-                        self.retries.remove(&name);
-                        self.in_use_tries.remove(&name);
-                        log::info!("uploaded {name} ({} bytes)", stat.size);
-                    }
-                    Outcome::Aborted => {
-                        if self.stop_deadline.is_none() {
-                            // It changed while being sent: again once quiet.
-                            self.core.debouncer.touch(name.clone(), Instant::now());
-                        }
-                    }
-                    Outcome::Refused(code) => match content.or_else(|| self.hash_unchanged(&name, stat)) {
-                        Some(content) => self.refused(&name, code, Some(content)),
-                        // Changed since it was sent: that is a new change.
-                        None => self.core.debouncer.touch(name.clone(), Instant::now()),
-                    },
+                if outcome == Outcome::Committed {
+                    log::info!("uploaded {name} ({} bytes)", stat.size);
                 }
-                name
+                let content = match outcome {
+                    Outcome::Refused(_) => content.or_else(|| self.hash_unchanged(&name, stat)),
+                    _ => content,
+                };
+                (name, Ending::Upload { outcome, content })
             }
             Done::Delete { name, outcome } => {
-                match outcome {
-                    Outcome::Committed => {
-                        self.given_up.remove(&name);
-                        self.in_use_tries.remove(&name);
-                        log::info!("deleted {name} on the server");
-                    }
-                    Outcome::Aborted => {}
-                    Outcome::Refused(code) => self.refused(&name, code, None),
+                if outcome == Outcome::Committed {
+                    log::info!("deleted {name} on the server");
                 }
-                name
+                (name, Ending::Delete(outcome))
             }
             Done::Request { name, outcome } => {
-                match outcome {
-                    Outcome::Committed => {}
-                    Outcome::Aborted => {
-                        self.pending_requests.remove(&name);
-                    }
-                    Outcome::Refused(code) => {
-                        log::info!("server refused REQUEST of {name}: {code}");
-                        self.pending_requests.remove(&name);
-                    }
+                if let Outcome::Refused(code) = outcome {
+                    log::info!("server refused REQUEST of {name}: {code}");
                 }
-                name
+                (name, Ending::Request(outcome))
             }
         };
-        self.undefer(&name);
+        match self.policy.ended(&name, ending, Instant::now()) {
+            Next::Done => {}
+            Next::LookAgain { at, why } => {
+                match why {
+                    Again::Changed => {}
+                    // The upload holding the lock normally brings its
+                    // version here, and that keeps our change as a conflict
+                    // copy (section 7); if it never does, ours still goes out.
+                    Again::Locked => log::warn!("server refused {name} (file locked); looking at it again in {LOCKED_RETRY:?}"),
+                    Again::InUse { tries: 1 } => log::warn!("server cannot take {name} now (0x0080); trying again later"),
+                    Again::InUse { tries } => log::debug!("server cannot take {name} now (0x0080, {tries} times); trying again later"),
+                    Again::Damaged => log::warn!("server refused {name} (damaged on the way); trying again"),
+                }
+                self.core.debouncer.touch(name, at);
+            }
+            Next::GivenUp(code) => log::warn!("server refused {name} ({code}); giving up this change"),
+        }
     }
 
     /// The content of `name` if the file still has the `stat` an upload
@@ -584,73 +523,11 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// The server refused our change of `name` (whose content is `content`,
-    /// `None` for a delete). 0x0040 and 0x0020 give the change up (section
-    /// 7), 0x0040 only until [`LOCKED_RETRY`] later; damaged transfers are
-    /// tried again a few times.
-    fn refused(&mut self, name: &str, code: StatusCode, content: Option<Content>) {
-        if code == StatusCode::LOCKED && self.stop_deadline.is_none() {
-            // The upload holding the lock normally brings its version here,
-            // and that keeps our change as a conflict copy (section 7). But
-            // it may be aborted, or identical to what the server has: then
-            // no version ever comes, and a change given up for the rest of
-            // the session never reached anyone (found while modelling lost
-            // work for dropsync-soak). So the path is looked at again a
-            // little later: if a version arrived meanwhile, the path equals
-            // its new base and nothing is sent; if not, the change goes out
-            // again (and should it overwrite a version that is still on its
-            // way to us, the server's stale-change rule keeps that one as a
-            // conflict copy).
-            log::warn!("server refused {name} ({code}); looking at it again in {LOCKED_RETRY:?}");
-            self.core.debouncer.touch(name.to_owned(), Instant::now() + LOCKED_RETRY);
-            return;
-        }
-        if code == StatusCode::IN_USE && self.stop_deadline.is_none() {
-            let backoff =
-                self.in_use_tries.entry(name.to_owned()).or_insert_with(|| Backoff::new(IN_USE_RETRY_FIRST, IN_USE_RETRY_MAX));
-            if !(self.core.cfg.once && backoff.attempts() >= ONCE_IN_USE_TRIES) {
-                let delay = backoff.next_delay();
-                let tries = backoff.attempts();
-                if tries == 1 {
-                    log::warn!("server cannot take {name} now ({code}); trying again in {delay:?}");
-                } else {
-                    log::debug!("server cannot take {name} now ({code}, {tries} times); trying again in {delay:?}");
-                }
-                self.core.debouncer.touch(name.to_owned(), Instant::now() + delay);
-                return;
-            }
-            self.in_use_tries.remove(name);
-        }
-        let retry = code == StatusCode::ABORT_CHECKSUM || code == StatusCode::ABORT_SIZE;
-        let tries = self.retries.entry(name.to_owned()).or_insert(0);
-        *tries += 1;
-        if retry && *tries <= MAX_RETRIES && self.stop_deadline.is_none() {
-            log::warn!("server refused {name} ({code}); trying again");
-            self.core.debouncer.touch(name.to_owned(), Instant::now());
-            return;
-        }
-        self.retries.remove(name);
-        log::warn!("server refused {name} ({code}); giving up this change");
-        self.given_up.insert(name.to_owned(), content);
-    }
-
-    /// Queues the sync of `name` again if it waited for an operation on it.
-    fn undefer(&mut self, name: &str) {
-        if self.pending_requests.contains_key(name) {
-            return;
-        }
-        if self.deferred.remove(name) {
-            self.jobs.push_sync(name.to_owned());
-        }
-    }
-
     /// Section 9: stop taking work, ABORT the uploads in progress (their
     /// ABORTs go out as the mux allows), then wait briefly for replies.
     fn begin_stop(&mut self) {
         log::info!("stopping: aborting transfers in progress");
-        self.jobs.clear();
-        self.deferred.clear();
-        self.waiting_large.clear();
+        self.policy.stop();
         let ended = self.out.lock().abort_all();
         for done in ended {
             settle(&self.core.ctx, &done);

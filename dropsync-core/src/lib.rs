@@ -19,10 +19,12 @@
 //! reading the clock, and the sources use no socket, file, thread or
 //! condition variable.
 
+pub mod backoff;
 pub mod conflict;
 pub mod decoder;
 pub mod error;
 pub mod liveness;
+pub mod jobs;
 pub mod library;
 pub mod locks;
 pub mod meta_client;
@@ -37,6 +39,7 @@ pub mod sender;
 pub mod sending;
 pub mod stale;
 pub mod storage;
+pub mod sync_policy;
 pub mod store;
 
 pub use error::CoreError;

@@ -1,0 +1,343 @@
+//! The client's sync policy for one session (PROTOCOL.md section 7), with
+//! no I/O: what to send next, what one path's local state means, and what
+//! to do once the server answered. The control thread looks at files and
+//! talks to the connection; every decision it makes about them is here,
+//! taking what it saw (a file's content, whether an operation on the path
+//! is under way, a reply) and `now`, and returning what to do.
+//!
+//! The rules, each in one place:
+//! - REQUESTs go before uploads, each path queued once ([`Jobs`]); a path
+//!   with an operation under way waits for it to end (deferred);
+//! - a path that equals its base is in sync; a change given up is not sent
+//!   again until the content changes ([`SyncPolicy::judge`]);
+//! - "A reply 0x0040 or 0x0020 gives up on that change" — 0x0040 only
+//!   until [`LOCKED_RETRY`] later (the holder's version usually comes and
+//!   keeps ours as a conflict copy; if it never does, ours must still go
+//!   out); 0x0080 is tried again with a backoff (section 9); a damaged
+//!   transfer (0x0008, 0x0010) is tried again [`MAX_RETRIES`] times
+//!   ([`SyncPolicy::ended`]);
+//! - a REQUEST is answered by the first delivery of its path that starts
+//!   after it.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::time::{Duration, Instant};
+
+use dropsync_proto::StatusCode;
+
+use crate::backoff::Backoff;
+use crate::jobs::{Job, Jobs};
+use crate::reconcile::Content;
+use crate::sender::Outcome;
+
+/// How long a change refused with 0x0040 (another transfer holds the file)
+/// waits before it is looked at again.
+pub const LOCKED_RETRY: Duration = Duration::from_secs(5);
+
+/// A change refused with 0x0080 (the server cannot take it now: too many
+/// transfers open, a disk error) is tried again after this, doubling each
+/// time up to [`IN_USE_RETRY_MAX`] (section 9: "the sender may try that
+/// transfer again later").
+pub const IN_USE_RETRY_FIRST: Duration = Duration::from_millis(500);
+
+/// Longest wait between two tries of a change refused with 0x0080.
+pub const IN_USE_RETRY_MAX: Duration = Duration::from_secs(60);
+
+/// Under `--once`, tries of a change refused with 0x0080 before it is
+/// given up, so that a run always ends.
+pub const ONCE_IN_USE_TRIES: u32 = 6;
+
+/// Times an upload refused by a checksum or size abort (0x0008, 0x0010:
+/// data damaged on the way) is tried again before the change is given up.
+pub const MAX_RETRIES: u32 = 3;
+
+/// Section 7 [ext], conflict copies: true when replacing a local file
+/// holding `local` with `incoming` (`None`: deleting it) would destroy
+/// content the server never accepted — it is not the base, and not what
+/// arrives either — so it is first kept as a conflict copy.
+pub fn must_keep_local(local: Option<Content>, base: Option<Content>, incoming: Option<Content>) -> bool {
+    local.is_some() && local != base && local != incoming
+}
+
+/// What the file of a path is now, as the control thread found it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Local {
+    /// No file.
+    Absent,
+    /// A file, with this content.
+    File(Content),
+    /// A file not hashed first (a path with no base is sent whatever its
+    /// content; the upload hashes it as it reads).
+    Unhashed,
+}
+
+/// What to do with a path, from [`SyncPolicy::judge`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Judgement {
+    /// Upload the file. `trusted` is the content it was hashed to, for
+    /// FINISHED; `None` has the upload hash what it reads (a retry after
+    /// 0x0008 does, so that a stale digest cannot fail it twice).
+    Upload {
+        /// The content to announce, if it may be trusted.
+        trusted: Option<Content>,
+    },
+    /// DELETE it on the server: the file is gone and the server had it.
+    Delete,
+    /// Nothing: in sync with the base, or a change given up, or nothing on
+    /// either side.
+    Nothing,
+}
+
+/// What comes of an operation that ended, from [`SyncPolicy::ended`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing more to do about it.
+    Done,
+    /// Look at the path again at `at` (once quiet, through the debouncer).
+    LookAgain {
+        /// When.
+        at: Instant,
+        /// Why, for the log.
+        why: Again,
+    },
+    /// The change is given up for this session, unless the file changes
+    /// (section 7: it counts as not accepted).
+    GivenUp(StatusCode),
+}
+
+/// Why a path is looked at again.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Again {
+    /// It changed while it was being sent, or since.
+    Changed,
+    /// 0x0040: another transfer holds it; see [`LOCKED_RETRY`].
+    Locked,
+    /// 0x0080, for the `tries`-th time.
+    InUse {
+        /// Tries so far.
+        tries: u32,
+    },
+    /// 0x0008 or 0x0010: damaged on the way.
+    Damaged,
+}
+
+/// How an operation of the send connection ended, as the policy needs it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// An upload; `content` is what the file held if that is known (a
+    /// refused upload's content, `None` if the file changed since).
+    Upload {
+        /// How it ended.
+        outcome: Outcome,
+        /// The content refused, for the given-up record.
+        content: Option<Content>,
+    },
+    /// A DELETE.
+    Delete(Outcome),
+    /// A REQUEST.
+    Request(Outcome),
+}
+
+/// The sync policy of one session.
+#[derive(Debug)]
+pub struct SyncPolicy {
+    /// `--once`: a run must end, so 0x0080 is not tried for ever.
+    once: bool,
+    jobs: Jobs,
+    /// REQUESTs waiting for their delivery, with when each was sent: a
+    /// delivery of the path that starts later answers it.
+    pending_requests: HashMap<String, Instant>,
+    /// Paths whose sync waits for an operation on the same path to end.
+    deferred: HashSet<String>,
+    /// Files larger than one chunk waiting for a large-upload slot.
+    waiting_large: VecDeque<String>,
+    /// Changes the server refused for good: not sent again this session
+    /// unless the content changes (`None`: a DELETE).
+    given_up: HashMap<String, Option<Content>>,
+    retries: HashMap<String, u32>,
+    in_use_tries: HashMap<String, Backoff>,
+    stopping: bool,
+}
+
+impl SyncPolicy {
+    /// A new session's policy.
+    pub fn new(once: bool) -> Self {
+        SyncPolicy {
+            once,
+            jobs: Jobs::default(),
+            pending_requests: HashMap::new(),
+            deferred: HashSet::new(),
+            waiting_large: VecDeque::new(),
+            given_up: HashMap::new(),
+            retries: HashMap::new(),
+            in_use_tries: HashMap::new(),
+            stopping: false,
+        }
+    }
+
+    /// Queues a REQUEST of `name` (reconciliation pulls it).
+    pub fn request(&mut self, name: String) {
+        self.jobs.push_request(name);
+    }
+
+    /// Queues a look at `name` (a local change, or reconciliation).
+    pub fn sync(&mut self, name: String) {
+        self.jobs.push_sync(name);
+    }
+
+    /// The next job while the connection has room: a file waiting for a
+    /// large-upload slot first when `large_slot_free`, then REQUESTs, then
+    /// syncs. A REQUEST returned counts as sent at `now`.
+    pub fn next_job(&mut self, now: Instant, large_slot_free: bool) -> Option<Job> {
+        if large_slot_free {
+            if let Some(name) = self.waiting_large.pop_front() {
+                return Some(Job::Sync(name));
+            }
+        }
+        let job = self.jobs.pop()?;
+        if let Job::Request(name) = &job {
+            self.pending_requests.insert(name.clone(), now);
+        }
+        Some(job)
+    }
+
+    /// Whether `name` may be looked at now: not while an operation on it
+    /// is under way (`busy`: being sent or received) or a REQUEST of it
+    /// awaits its delivery. A path that may not is looked at once that ends.
+    pub fn may_sync(&mut self, name: &str, busy: bool) -> bool {
+        if busy || self.pending_requests.contains_key(name) {
+            self.deferred.insert(name.to_owned());
+            return false;
+        }
+        true
+    }
+
+    /// `name` is a file larger than one chunk and no large-upload slot is
+    /// free: it waits for one.
+    pub fn wait_for_large_slot(&mut self, name: String) {
+        self.waiting_large.push_back(name);
+    }
+
+    /// Whether the file of `name` may be sent without hashing it first: it
+    /// has nothing in common with the server (`has_base` false) and no
+    /// change of it was given up (that one must be compared).
+    pub fn may_send_unhashed(&self, name: &str, has_base: bool) -> bool {
+        !has_base && !self.given_up.contains_key(name)
+    }
+
+    /// Section 7: what to do with `name`, whose file is `local` and whose
+    /// base (content last in common with the server) is `base`.
+    pub fn judge(&mut self, name: &str, local: Local, base: Option<Content>) -> Judgement {
+        let content = match local {
+            Local::Unhashed => return Judgement::Upload { trusted: None },
+            Local::File(c) => Some(c),
+            Local::Absent => None,
+        };
+        if content == base {
+            self.given_up.remove(name);
+            return Judgement::Nothing;
+        }
+        if self.given_up.get(name) == Some(&content) {
+            return Judgement::Nothing;
+        }
+        match (content, base) {
+            (Some(c), _) => Judgement::Upload { trusted: Some(c).filter(|_| !self.retries.contains_key(name)) },
+            (None, Some(_)) => Judgement::Delete,
+            (None, None) => Judgement::Nothing,
+        }
+    }
+
+    /// The operation on `name` ended at `now` as `ending` says: what comes
+    /// next for the path. Syncs deferred for it are queued again.
+    pub fn ended(&mut self, name: &str, ending: Ending, now: Instant) -> Next {
+        let next = match ending {
+            Ending::Upload { outcome: Outcome::Committed, .. } | Ending::Delete(Outcome::Committed) => {
+                self.given_up.remove(name);
+                self.retries.remove(name);
+                self.in_use_tries.remove(name);
+                Next::Done
+            }
+            // It changed while being sent: again once quiet.
+            Ending::Upload { outcome: Outcome::Aborted, .. } if !self.stopping => {
+                Next::LookAgain { at: now, why: Again::Changed }
+            }
+            Ending::Upload { outcome: Outcome::Refused(code), content } => match content {
+                Some(c) => self.refused(name, code, Some(c), now),
+                // Changed since it was sent: that is a new change.
+                None => Next::LookAgain { at: now, why: Again::Changed },
+            },
+            Ending::Delete(Outcome::Refused(code)) => self.refused(name, code, None, now),
+            Ending::Request(outcome) => {
+                if outcome != Outcome::Committed {
+                    self.pending_requests.remove(name);
+                }
+                Next::Done
+            }
+            Ending::Upload { outcome: Outcome::Aborted, .. } | Ending::Delete(Outcome::Aborted) => Next::Done,
+        };
+        self.undefer(name);
+        next
+    }
+
+    /// A delivery of `name` that started at `started` ended: it answers a
+    /// REQUEST sent before it, and syncs deferred for the path go on.
+    pub fn delivered(&mut self, name: &str, started: Instant) {
+        if self.pending_requests.get(name).is_some_and(|&sent| started >= sent) {
+            self.pending_requests.remove(name);
+        }
+        self.undefer(name);
+    }
+
+    /// Section 9: stop taking work. Nothing queued is started, and nothing
+    /// refused is tried again.
+    pub fn stop(&mut self) {
+        self.stopping = true;
+        self.jobs.clear();
+        self.deferred.clear();
+        self.waiting_large.clear();
+    }
+
+    /// True when nothing is queued, waiting or awaited here (`--once`
+    /// ends when this and the rest of the session are idle).
+    pub fn is_idle(&self) -> bool {
+        self.jobs.is_empty() && self.pending_requests.is_empty() && self.deferred.is_empty() && self.waiting_large.is_empty()
+    }
+
+    fn refused(&mut self, name: &str, code: StatusCode, content: Option<Content>, now: Instant) -> Next {
+        if code == StatusCode::LOCKED && !self.stopping {
+            return Next::LookAgain { at: now + LOCKED_RETRY, why: Again::Locked };
+        }
+        if code == StatusCode::IN_USE && !self.stopping {
+            let backoff =
+                self.in_use_tries.entry(name.to_owned()).or_insert_with(|| Backoff::new(IN_USE_RETRY_FIRST, IN_USE_RETRY_MAX));
+            if !(self.once && backoff.attempts() >= ONCE_IN_USE_TRIES) {
+                let delay = backoff.next_delay();
+                let tries = backoff.attempts();
+                return Next::LookAgain { at: now + delay, why: Again::InUse { tries } };
+            }
+            self.in_use_tries.remove(name);
+        }
+        let damaged = code == StatusCode::ABORT_CHECKSUM || code == StatusCode::ABORT_SIZE;
+        let tries = self.retries.entry(name.to_owned()).or_insert(0);
+        *tries += 1;
+        if damaged && *tries <= MAX_RETRIES && !self.stopping {
+            return Next::LookAgain { at: now, why: Again::Damaged };
+        }
+        self.retries.remove(name);
+        self.given_up.insert(name.to_owned(), content);
+        Next::GivenUp(code)
+    }
+
+    /// Queues the sync of `name` again if it waited for an operation on it.
+    fn undefer(&mut self, name: &str) {
+        if self.pending_requests.contains_key(name) {
+            return;
+        }
+        if self.deferred.remove(name) {
+            self.jobs.push_sync(name.to_owned());
+        }
+    }
+}
+
+#[cfg(test)]
+#[path = "sync_policy_tests.rs"]
+mod tests;
