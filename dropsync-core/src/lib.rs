@@ -22,6 +22,7 @@
 pub mod backoff;
 pub mod conflict;
 pub mod decoder;
+pub mod delivery;
 pub mod error;
 pub mod liveness;
 pub mod jobs;

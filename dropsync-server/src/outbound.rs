@@ -20,11 +20,11 @@ use std::time::Instant;
 
 use dropsync_core::liveness::Due;
 use dropsync_core::meta_server::Catalog;
+use dropsync_core::delivery::{client_has_it, judge_queued, Delivery as Queued};
 use dropsync_core::mux::OpId;
 use dropsync_core::sender::Outcome;
 use dropsync_core::sending::{Cause, Ended, FileDigest, Prepared, Replied, Sending, Source as SendSource, Transmit};
 use dropsync_io::wire::{is_timeout_error, FrameReader, Msg};
-use dropsync_proto::metadata::EntryState;
 use dropsync_proto::name::METADATA_TRANSFER_NAME;
 use dropsync_proto::digest::finish;
 use dropsync_proto::{md5, Digest, Frame, Md5, StatusCode, ZERO_DIGEST};
@@ -183,30 +183,29 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
         // A blob can vanish between reading the entry and opening it if the
         // path is overwritten meanwhile: then the newer entry is what to send.
         for _ in 0..3 {
-            let Some(entry) = lib.catalog().get(path) else { break };
-            let has_it = session.seen.lock().unwrap_or_else(PoisonError::into_inner).has_received(path, entry.version);
-            if has_it && !requested {
-                log::debug!("{}: skip {path:?} version {}: already has it", session.who(), entry.version);
-                break;
-            }
-            if entry.state == EntryState::Deleted {
-                items.push(Item { name: path.clone(), version: entry.version, content: None });
-                break;
-            }
-            match crate::library::open_content(lib, &entry) {
-                Ok(f) => {
-                    items.push(Item {
-                        name: path.clone(),
-                        version: entry.version,
-                        content: Some((Source::File(f), entry.size, entry.md5)),
-                    });
+            let entry = lib.catalog().get(path);
+            let judged = judge_queued(entry.as_ref(), &session.seen.lock().unwrap_or_else(PoisonError::into_inner), requested);
+            let Some(entry) = entry else { break };
+            match judged {
+                Queued::Skip => {
+                    log::debug!("{}: skip {path:?} version {}: already has it", session.who(), entry.version);
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                Err(e) => {
-                    log::error!("cannot open content of {path:?}: {e}");
+                Queued::Delete { version } => {
+                    items.push(Item { name: path.clone(), version, content: None });
                     break;
                 }
+                Queued::File { version } => match crate::library::open_content(lib, &entry) {
+                    Ok(f) => {
+                        items.push(Item { name: path.clone(), version, content: Some((Source::File(f), entry.size, entry.md5)) });
+                        break;
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                    Err(e) => {
+                        log::error!("cannot open content of {path:?}: {e}");
+                        break;
+                    }
+                },
             }
         }
     }
@@ -233,15 +232,13 @@ pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), G
         return Ok(());
     }
     for ((path, version), outcome) in versions.into_iter().zip(outcomes) {
-        match outcome {
-            // A client answering a DELETE with 0x0020 already agrees.
-            Outcome::Committed | Outcome::Refused(StatusCode::NO_FILE) => {
-                session.seen.lock().unwrap_or_else(PoisonError::into_inner).saw(&path, version);
-                log::debug!("{}: delivered {path:?} version {version}", session.who());
-            }
+        if client_has_it(outcome) {
+            session.seen.lock().unwrap_or_else(PoisonError::into_inner).saw(&path, version);
+            log::debug!("{}: delivered {path:?} version {version}", session.who());
+        } else {
             // 0x0080 (and any other refusal): give up on this path for
             // this client (ASSIGNMENT.md, section 6).
-            other => log::info!("{}: gave up sending {path:?}: {other:?}", session.who()),
+            log::info!("{}: gave up sending {path:?}: {outcome:?}", session.who());
         }
     }
     session.set_outgoing(&[]);

@@ -232,11 +232,7 @@ impl Session {
     /// client that said HELLO, one for a legacy one (section 6: "a legacy
     /// session always gets one transfer at a time").
     pub fn transfers_at_once(&self, configured: usize) -> usize {
-        if self.legacy {
-            1
-        } else {
-            configured.max(1)
-        }
+        dropsync_core::delivery::transfers_at_once(self.legacy, configured)
     }
 
     /// What silence from this client means (section 1: a legacy session is
