@@ -22,6 +22,7 @@ mod paths;
 mod progress;
 mod replies;
 mod scan;
+mod send_thread;
 mod session;
 mod state;
 mod watch;

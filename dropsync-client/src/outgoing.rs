@@ -9,12 +9,11 @@
 //! every accepted chunk; a change ABORTs the upload, which the control
 //! thread retries once the file is quiet).
 //!
-//! Two threads drive it, through [`SendSide`]: the control thread adds
-//! operations and sends their first messages; the reply thread
-//! (`replies.rs`) feeds each STATUS in and at once sends what that
-//! unblocked (the next chunk), so a busy control thread never slows a
-//! transfer, and an operation's end is recorded the moment its reply is
-//! read (see [`settle`]).
+//! One thread owns it (`send_thread.rs`): the control thread hands it
+//! operations and the reply thread the server's replies, and it sends what
+//! each unblocked (the next chunk) at once, so a busy control thread never
+//! slows a transfer, and an operation's end is recorded the moment its
+//! reply is read (see [`settle`]).
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -22,7 +21,6 @@ use std::io::{self, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Instant;
 
 use dropsync_core::meta_client::LocalSeen;
@@ -43,25 +41,6 @@ use crate::state::Ctx;
 /// Messages are gathered into one write up to this size, and a chunk
 /// payload this large is written straight from its buffer instead.
 const GATHER_MAX: usize = 64 * 1024;
-
-/// The send connection's state, shared by the control and reply threads.
-/// Never held together with the state lock (`state::Shared`): each thread
-/// releases one before it takes the other.
-#[derive(Clone, Debug)]
-pub struct SendSide(Arc<Mutex<Outgoing>>);
-
-impl SendSide {
-    /// Shares `out`.
-    pub fn new(out: Outgoing) -> Self {
-        SendSide(Arc::new(Mutex::new(out)))
-    }
-
-    /// Locks it. Every update leaves `Outgoing` consistent, so a poisoned
-    /// lock is used as is.
-    pub fn lock(&self) -> MutexGuard<'_, Outgoing> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-}
 
 /// Records in the shared state what an ended operation means, at once:
 /// the path is no longer being sent (so an incoming transfer of it is
@@ -226,25 +205,6 @@ impl Outgoing {
             frame: Vec::new(),
             progress: Progress::new(),
         }
-    }
-
-    /// True when an operation on `name` is under way.
-    pub fn has(&self, name: &str) -> bool {
-        self.sending.has(name)
-    }
-
-    /// Operations under way.
-    pub fn len(&self) -> usize {
-        self.sending.len()
-    }
-
-    /// Uploads under way of files larger than one chunk (the ones bounded
-    /// by `--parallel`: each holds a read-ahead buffer).
-    pub fn multi_chunk_uploads(&self) -> usize {
-        self.sending
-            .ops()
-            .filter(|(_, _, op)| matches!(&op.kind, Kind::Upload { stat, .. } if self.spans_chunks(stat.size)))
-            .count()
     }
 
     /// True when a file of `size` bytes goes out in more than one chunk.

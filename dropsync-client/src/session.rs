@@ -2,14 +2,14 @@
 //! control thread.
 //!
 //! Threads of a session: the receive thread ([`Incoming`]) owns the receive
-//! connection; the reply thread (`replies.rs`) reads the send connection
-//! and sends what each reply unblocks; the control thread (this file)
-//! makes every decision and starts every operation. They talk through the
-//! one event channel, and share the per-path records (`state::Shared`) and
-//! the send side ([`SendSide`]); no thread ever holds both locks at once.
-//! The control loop is: start due work → send what the mux has ready →
-//! wait for the next event or deadline (debounce, keep-alive, rescan,
-//! META-DATA save) → handle it.
+//! connection; the send thread (`send_thread.rs`) owns the send
+//! connection's writing half and everything sent on it; the reply thread
+//! (`replies.rs`) reads that connection's replies and hands them to the
+//! send thread; the control thread (this file) looks at files and starts
+//! every operation, deciding through core's [`SyncPolicy`]. They talk
+//! through channels and share only the per-path records
+//! (`state::Shared`). The control loop is: start due work → wait for the
+//! next event or deadline (debounce, rescan, META-DATA save) → handle it.
 
 use std::fs::File;
 use std::net::TcpStream;
@@ -30,7 +30,8 @@ use crate::connect::{Connected, Timing};
 use crate::events::{Event, SessionEvent};
 use crate::incoming::Incoming;
 use crate::initial_sync;
-use crate::outgoing::{settle, Done, Outgoing, SendSide};
+use crate::outgoing::{Done, Outgoing};
+use crate::send_thread::{self, SendHandle};
 use crate::replies;
 use crate::paths::{checked_path, local_path};
 use crate::scan::{open_unhashed, probe, read_local, FileStat, Local, Probe};
@@ -83,10 +84,13 @@ pub enum End {
 pub struct Session<'a> {
     core: &'a mut Core,
     number: u64,
-    out: SendSide,
+    out: SendHandle,
     send_sock: TcpStream,
     recv_sock: TcpStream,
+    /// The reply and receive threads.
     threads: Vec<JoinHandle<()>>,
+    /// The send thread, stopped last (see `teardown`).
+    send_thread: Option<JoinHandle<()>>,
     /// Lets the receive thread go on once META-DATA is reconciled.
     go: Option<mpsc::Sender<()>>,
     /// True once the server's META-DATA has been reconciled, or the session
@@ -114,21 +118,26 @@ impl<'a> Session<'a> {
             Err(e) => return (End::Lost(format!("socket: {e}")), false),
         };
         let link = Liveness::new(Instant::now(), timing.timers(), timing.silence());
-        let out = SendSide::new(Outgoing::new(send, core.cfg.in_flight, core.cfg.chunk_size, link));
+        let outgoing = Outgoing::new(send, core.cfg.in_flight, core.cfg.chunk_size, link);
         let mut threads = Vec::new();
+        let mut sender = None;
         let ctx = &core.ctx;
-        let spawned = Incoming::spawn(Arc::clone(ctx), recv_rx, recv, core.tx.clone(), number, timing, go_rx)
-            .and_then(|t| {
-                threads.push(t);
-                replies::spawn(send_rx, out.clone(), Arc::clone(ctx), core.tx.clone(), number)
+        let spawned = send_thread::spawn(outgoing, core.cfg.chunk_size, Arc::clone(ctx), core.tx.clone(), number)
+            .and_then(|(out, t)| {
+                sender = Some(t);
+                let replies = replies::spawn(send_rx, out.commands(), core.tx.clone(), number)?;
+                threads.push(replies);
+                let incoming = Incoming::spawn(Arc::clone(ctx), recv_rx, recv, core.tx.clone(), number, timing, go_rx)?;
+                threads.push(incoming);
+                Ok(out)
             });
-        match spawned {
-            Ok(t) => threads.push(t),
+        let out = match spawned {
+            Ok(out) => out,
             Err(e) => {
                 Connected::shutdown(&send_sock, &recv_sock);
                 return (End::Lost(format!("cannot start a thread: {e}")), false);
             }
-        }
+        };
         let once = core.cfg.once;
         let mut s = Session {
             core,
@@ -137,6 +146,7 @@ impl<'a> Session<'a> {
             send_sock,
             recv_sock,
             threads,
+            send_thread: sender,
             go: Some(go_tx),
             reconciled: false,
             metadata_deadline: Instant::now() + METADATA_WAIT,
@@ -162,12 +172,10 @@ impl<'a> Session<'a> {
             if !self.reconciled && self.stop_deadline.is_none() && Instant::now() >= self.metadata_deadline {
                 self.go_on_without_metadata();
             }
-            if let Err(e) = self.make_progress() {
-                return End::Lost(format!("send connection: {e}"));
-            }
+            self.make_progress();
             let now = Instant::now();
             if let Some(deadline) = self.stop_deadline {
-                if self.out.lock().is_empty() || now >= deadline {
+                if self.out.is_empty() || now >= deadline {
                     return End::Stopped;
                 }
             }
@@ -177,10 +185,6 @@ impl<'a> Session<'a> {
             if self.core.ctx.shared.lock().unsaved && now >= self.last_save + SAVE_DELAY {
                 self.core.meta_file.save_if_changed(&self.core.ctx.shared);
                 self.last_save = now;
-            }
-            let keepalive = self.out.lock().keepalive_if_due();
-            if let Err(e) = keepalive {
-                return End::Lost(format!("send connection: {e}"));
             }
             if self.reconciled && self.core.next_rescan.is_some_and(|at| now >= at) {
                 self.core.rescan();
@@ -223,7 +227,6 @@ impl<'a> Session<'a> {
         if !self.reconciled {
             consider(Some(self.metadata_deadline));
         }
-        consider(Some(self.out.lock().link_timeout()));
         consider(self.stop_deadline);
         if self.core.ctx.shared.lock().unsaved {
             consider(Some(self.last_save + SAVE_DELAY));
@@ -231,26 +234,16 @@ impl<'a> Session<'a> {
         at.max(now)
     }
 
-    /// Starts due work and sends what is ready, until neither makes more.
-    fn make_progress(&mut self) -> std::io::Result<()> {
-        loop {
-            if self.reconciled && self.stop_deadline.is_none() {
-                self.start_jobs();
-            }
-            let done = self.out.lock().pump()?;
-            if done.is_empty() {
-                return Ok(());
-            }
-            for d in done {
-                settle(&self.core.ctx, &d);
-                self.on_done(d);
-            }
+    /// Starts due work (the send thread sends it).
+    fn make_progress(&mut self) {
+        if self.reconciled && self.stop_deadline.is_none() {
+            self.start_jobs();
         }
     }
 
     /// `--once`: nothing queued, in flight, awaited or being received.
     fn all_done(&self) -> bool {
-        let sending = !self.out.lock().is_empty();
+        let sending = !self.out.is_empty();
         self.reconciled
             && !sending
             && self.policy.is_idle()
@@ -295,7 +288,10 @@ impl<'a> Session<'a> {
                     let _ = go.send(());
                 }
             }
-            SessionEvent::Done(done) => self.on_done(done),
+            SessionEvent::Done(done) => {
+                self.out.ended(&done);
+                self.on_done(done);
+            }
             SessionEvent::Delivered { name, started } => self.policy.delivered(&name, started),
             SessionEvent::ConflictCopy(name) => self.policy.sync(name),
             SessionEvent::Closed { reason } => return Some(End::Lost(reason)),
@@ -330,13 +326,13 @@ impl<'a> Session<'a> {
             self.policy.sync(name);
         }
         let in_flight = self.core.cfg.in_flight;
-        while self.out.lock().len() < in_flight {
+        while self.out.len() < in_flight {
             let large_slot_free = self.large_slot_free();
             match self.policy.next_job(now, large_slot_free) {
                 Some(Job::Request(name)) => {
                     let held = self.core.ctx.shared.lock().record(&name).local.map_or(ZERO_DIGEST, |l| l.content.md5);
                     log::debug!("requesting {name}");
-                    self.out.lock().add_request(name, held);
+                    self.out.add_request(name, held);
                 }
                 Some(Job::Sync(name)) => self.sync_path(name),
                 None => break,
@@ -347,7 +343,7 @@ impl<'a> Session<'a> {
     /// True when fewer than `--parallel` uploads of files larger than one
     /// chunk are under way.
     fn large_slot_free(&self) -> bool {
-        self.out.lock().multi_chunk_uploads() < self.core.cfg.parallel
+        self.out.multi_chunk_uploads() < self.core.cfg.parallel
     }
 
     /// Brings one path in line with the server: looks at the local file
@@ -355,9 +351,11 @@ impl<'a> Session<'a> {
     /// equals the base (section 7).
     fn sync_path(&mut self, name: String) {
         let ctx = Arc::clone(&self.core.ctx);
-        let sending = self.out.lock().has(&name);
-        let receiving = ctx.shared.lock().incoming.contains(&name);
-        if !self.policy.may_sync(&name, sending || receiving) {
+        let busy = {
+            let st = ctx.shared.lock();
+            st.outgoing.contains(&name) || st.incoming.contains(&name)
+        };
+        if !self.policy.may_sync(&name, busy) {
             // Another operation on the path is under way; looked at after.
             return;
         }
@@ -399,7 +397,7 @@ impl<'a> Session<'a> {
             }
         };
         self.core.notes.readable(&name);
-        if local.as_ref().is_some_and(|(stat, _, _)| self.out.lock().spans_chunks(stat.size)) && !self.large_slot_free() {
+        if local.as_ref().is_some_and(|(stat, _, _)| self.out.spans_chunks(stat.size)) && !self.large_slot_free() {
             // Looked at again when a large upload ends.
             self.policy.wait_for_large_slot(name);
             return;
@@ -450,14 +448,14 @@ impl<'a> Session<'a> {
                 st.outgoing.insert(name.clone());
                 drop(st);
                 log::debug!("uploading {name} ({} bytes)", stat.size);
-                self.out.lock().add_upload(name, file, path, stat, trusted);
+                self.out.add_upload(name, file, path, stat, trusted);
             }
             (Judgement::Delete, _) => {
                 let held = base.map_or(ZERO_DIGEST, |b| b.md5);
                 st.outgoing.insert(name.clone());
                 drop(st);
                 log::debug!("deleting {name} on the server");
-                self.out.lock().add_delete(name, held);
+                self.out.add_delete(name, held);
             }
             _ => {}
         }
@@ -528,11 +526,8 @@ impl<'a> Session<'a> {
     fn begin_stop(&mut self) {
         log::info!("stopping: aborting transfers in progress");
         self.policy.stop();
-        let ended = self.out.lock().abort_all();
-        for done in ended {
-            settle(&self.core.ctx, &done);
-            self.on_done(done);
-        }
+        // What ends at once comes back as events, like every other end.
+        self.out.abort_all();
         self.stop_deadline = Some(Instant::now() + SHUTDOWN_GRACE);
     }
 
@@ -542,6 +537,13 @@ impl<'a> Session<'a> {
         Connected::shutdown(&self.send_sock, &self.recv_sock);
         self.go = None;
         for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        // Only once the reply thread has handed over every reply it read
+        // (a commit's 0x0001 above all: it makes the upload the base) is
+        // the send thread stopped; it takes in what is queued first.
+        self.out.stop();
+        if let Some(t) = self.send_thread.take() {
             let _ = t.join();
         }
         let mut st = self.core.ctx.shared.lock();
