@@ -16,7 +16,7 @@ use signal_hook::iterator::Signals;
 use dropsync_core::backoff::Backoff;
 use crate::cli::Config;
 use crate::connect::{self, Timing};
-use crate::debounce::Debouncer;
+use dropsync_core::debounce::Debouncer;
 use crate::events::Event;
 use crate::paths::{name_for, Unsyncable, STATE_DIR};
 use crate::scan::{walk, walk_names, FileStat, Notes};

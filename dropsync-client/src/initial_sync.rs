@@ -16,7 +16,7 @@ use dropsync_core::reconcile::{reconcile, Action, Content, Planned, ServerSide};
 use dropsync_proto::metadata::{Document, Entry, EntryState};
 use dropsync_proto::name::validate_name;
 
-use crate::debounce::Debouncer;
+use dropsync_core::debounce::Debouncer;
 use crate::folder::{delete_local, keep_if_unaccepted, Before};
 use crate::paths::local_path;
 use crate::scan::{read_local, walk_names, Local, Notes};

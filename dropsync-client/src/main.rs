@@ -12,7 +12,6 @@
 mod cli;
 mod client;
 mod connect;
-mod debounce;
 mod events;
 mod folder;
 mod incoming;

@@ -21,6 +21,7 @@
 
 pub mod backoff;
 pub mod conflict;
+pub mod debounce;
 pub mod decoder;
 pub mod delivery;
 pub mod error;

@@ -39,6 +39,12 @@ use crate::CoreError;
 pub trait BlobStore: Send + Sync {
     /// An upload's content being written, which knows its strong digest.
     type Temp;
+    /// Committed content opened for reading (to send it).
+    type Reader;
+    /// A new, empty upload.
+    fn temp(&self) -> io::Result<Self::Temp>;
+    /// The committed content of `key`; `NotFound` if it is not stored.
+    fn open(&self, key: &Strong) -> io::Result<Self::Reader>;
     /// The strong digest of what `temp` holds.
     fn strong_of(&self, temp: &Self::Temp) -> Strong;
     /// Makes `temp` durable as the content of its digest (returned) before
@@ -120,6 +126,20 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
     /// The committed contents.
     pub fn blobs(&self) -> &B {
         &self.blobs
+    }
+
+    /// A new, empty upload, to be committed with
+    /// [`commit_upload`](Self::commit_upload).
+    pub fn temp(&self) -> io::Result<B::Temp> {
+        self.blobs.temp()
+    }
+
+    /// The committed content of `entry`, to send it.
+    pub fn open_content(&self, entry: &Entry) -> io::Result<B::Reader> {
+        match &entry.strong {
+            Some(key) => self.blobs.open(key),
+            None => Err(io::Error::new(io::ErrorKind::NotFound, "content without a strong digest")),
+        }
     }
 
     /// The per-path write locks.

@@ -37,6 +37,14 @@ impl MemBlobs {
 
 impl BlobStore for Arc<MemBlobs> {
     type Temp = MemTemp;
+    type Reader = Vec<u8>;
+    fn temp(&self) -> std::io::Result<MemTemp> {
+        Ok(MemTemp { bytes: Vec::new(), strong: [0; 32] })
+    }
+    fn open(&self, key: &Strong) -> std::io::Result<Vec<u8>> {
+        let stored = self.stored.lock().unwrap_or_else(PoisonError::into_inner);
+        stored.get(key).map(|(b, _)| b.clone()).ok_or_else(|| std::io::ErrorKind::NotFound.into())
+    }
     fn strong_of(&self, temp: &MemTemp) -> Strong {
         temp.strong
     }
@@ -128,8 +136,9 @@ fn on_commit_the_version_is_bumped_and_persisted_before_replying() {
     let (b, _) = new_entry(upload(&s, "b", b"2", 2, &seen, "x"));
     assert!(b.version > a.version, "one server-wide counter");
     let reopened = MemCatalog::open(Arc::clone(&s.storage)).unwrap();
-    assert_eq!(reopened.get("b"), Some(b));
+    assert_eq!(reopened.get("b").as_ref(), Some(&b));
     assert_eq!(s.blobs.refs(&[1; 32]), 1);
+    assert_eq!(s.lib.open_content(&b).unwrap(), b"2");
 }
 
 #[test]

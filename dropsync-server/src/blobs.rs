@@ -257,6 +257,13 @@ impl BlobStore {
 /// What core's commit rules need of a content store.
 impl dropsync_core::library::BlobStore for BlobStore {
     type Temp = TempBlob;
+    type Reader = File;
+    fn temp(&self) -> io::Result<TempBlob> {
+        BlobStore::temp(self)
+    }
+    fn open(&self, key: &Strong) -> io::Result<File> {
+        self.open_blob(key)
+    }
     fn strong_of(&self, temp: &TempBlob) -> Strong {
         temp.strong()
     }

@@ -218,7 +218,7 @@ impl Host for Uploads<'_> {
             log::info!("{}: {name:?} is locked by another transfer", self.session.who());
             return Err(StatusCode::LOCKED);
         };
-        let temp = self.server.library.blobs().temp().map_err(|e| {
+        let temp = self.server.library.temp().map_err(|e| {
             log::error!("cannot create a temp file: {e}");
             StatusCode::IN_USE
         })?;

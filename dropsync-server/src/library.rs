@@ -3,7 +3,6 @@
 //! are core's `library`; this opens its catalog and blob store.
 
 use std::collections::HashMap;
-use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -12,7 +11,7 @@ use dropsync_core::locks::MemLockTable;
 use dropsync_core::meta_server::MemCatalog;
 use dropsync_core::CoreError;
 use dropsync_io::dir_storage::DirStorage;
-use dropsync_proto::metadata::{Entry, EntryState, Strong};
+use dropsync_proto::metadata::{EntryState, Strong};
 use dropsync_proto::Digest;
 
 use crate::blobs::BlobStore;
@@ -40,14 +39,6 @@ pub fn open(root: &Path, conflict_copies: bool) -> Result<Library, CoreError> {
         log::error!("META-DATA refers to {} missing content blob(s)", missing.len());
     }
     Ok(Library::new(catalog, blobs, Arc::new(MemLockTable::new()), conflict_copies))
-}
-
-/// Opens the committed content of `entry` for sending.
-pub fn open_content(library: &Library, entry: &Entry) -> io::Result<std::fs::File> {
-    match &entry.strong {
-        Some(key) => library.blobs().open_blob(key),
-        None => Err(io::Error::new(io::ErrorKind::NotFound, "content without a strong digest")),
-    }
 }
 
 /// The wall clock now, for a commit.

@@ -195,7 +195,7 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
                     items.push(Item { name: path.clone(), version, content: None });
                     break;
                 }
-                Queued::File { version } => match crate::library::open_content(lib, &entry) {
+                Queued::File { version } => match lib.open_content(&entry) {
                     Ok(f) => {
                         items.push(Item { name: path.clone(), version, content: Some((Source::File(f), entry.size, entry.md5)) });
                         break;

@@ -1,7 +1,8 @@
-//! Debouncing of file-change notifications: a path is handed out once it
-//! has been quiet (no new event) for the debounce delay, so a file being
-//! written is uploaded once, after its last write. Pure: time comes in as
-//! arguments.
+//! Debouncing of file-change notifications (PROTOCOL.md section 7: "wait
+//! until a file has been quiet briefly, then upload or DELETE it"): a path
+//! is handed out once it has been quiet (no new event) for the debounce
+//! delay, so a file being written is uploaded once, after its last write.
+//! Time comes in as arguments.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -75,7 +76,7 @@ mod tests {
 
     #[test]
     fn a_key_is_due_only_after_a_quiet_period() {
-        let t0 = Instant::now();
+        let t0 = dropsync_io::clock::now();
         let mut d = Debouncer::new(Q);
         d.touch("a", t0);
         assert_eq!(d.next_due(), Some(t0 + Q));
@@ -91,7 +92,7 @@ mod tests {
 
     #[test]
     fn an_older_event_never_moves_the_wait_back() {
-        let t0 = Instant::now();
+        let t0 = dropsync_io::clock::now();
         let mut d = Debouncer::new(Q);
         d.touch("a", t0 + Q);
         d.touch("a", t0);
@@ -100,7 +101,7 @@ mod tests {
 
     #[test]
     fn due_keys_come_out_oldest_first_and_once() {
-        let t0 = Instant::now();
+        let t0 = dropsync_io::clock::now();
         let mut d = Debouncer::new(Q);
         d.touch("late", t0 + Duration::from_millis(10));
         d.touch("early", t0);
@@ -115,7 +116,7 @@ mod tests {
 
     #[test]
     fn rescan_finds_are_due_at_once_but_do_not_cut_an_event_short() {
-        let t0 = Instant::now() + Q;
+        let t0 = dropsync_io::clock::now() + Q;
         let mut d = Debouncer::new(Q);
         d.touch_due("found", t0);
         assert_eq!(d.take_due(t0), ["found"]);
