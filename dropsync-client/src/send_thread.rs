@@ -199,7 +199,8 @@ fn run(mut out: Outgoing, rx: &mpsc::Receiver<Command>, ctx: &Ctx, post: &impl F
         }
     };
     loop {
-        let wait = out.link_timeout().saturating_duration_since(Instant::now()).min(MAX_WAIT);
+        // Once broken, the clocks say nothing more: only commands matter.
+        let wait = if broken { MAX_WAIT } else { out.link_timeout().saturating_duration_since(Instant::now()).min(MAX_WAIT) };
         let first = match rx.recv_timeout(wait) {
             Ok(cmd) => Some(cmd),
             Err(mpsc::RecvTimeoutError::Timeout) => None,

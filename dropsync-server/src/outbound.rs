@@ -14,9 +14,9 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::net::TcpStream;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{RecvTimeoutError, Sender as ReplyTx};
+use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, PoisonError};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use dropsync_core::liveness::Due;
 use dropsync_core::meta_server::Catalog;
@@ -245,12 +245,85 @@ pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), G
     Ok(())
 }
 
+/// What the reply reader hands the session's sender, the one thread that
+/// writes on the receive connection.
+#[derive(Debug)]
+pub enum Inbox {
+    /// A STATUS reply (keep-alives are not replies).
+    Reply(StatusCode),
+    /// Bytes arrived at this time: the client is there.
+    Heard(Instant),
+    /// A message the client should not send on this connection, to be
+    /// answered with this STATUS (section 4: every message but STATUS gets
+    /// one reply).
+    Answer(StatusCode),
+}
+
+/// How often a sender waiting for a reply looks at the connection's clocks.
+const TICK: Duration = Duration::from_millis(250);
+
+/// Waits for the client's next reply, at most the dead-peer time, sending
+/// keep-alives and answering stray messages meanwhile.
 fn wait_reply(server: &Server, session: &Session) -> Result<StatusCode, Gone> {
-    let replies = session.replies.lock().unwrap_or_else(PoisonError::into_inner);
-    match replies.recv_timeout(server.config.dead_peer) {
-        Ok(code) => Ok(code),
-        Err(RecvTimeoutError::Timeout) => Err(Gone(format!("no reply within {:?}", server.config.dead_peer))),
-        Err(RecvTimeoutError::Disconnected) => Err(Gone("receive connection closed".into())),
+    let inbox = session.replies.lock().unwrap_or_else(PoisonError::into_inner);
+    let deadline = Instant::now() + server.config.dead_peer;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Gone(format!("no reply within {:?}", server.config.dead_peer)));
+        }
+        match inbox.recv_timeout(left.min(TICK)) {
+            Ok(Inbox::Reply(code)) => return Ok(code),
+            Ok(other) => take_in(session, other)?,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err(Gone("receive connection closed".into())),
+        }
+        keep_alive(session)?;
+    }
+}
+
+/// Between deliveries: answers what the client sent on the receive
+/// connection and keeps its clocks (section 9). A reply with no message
+/// waiting for it breaks the protocol.
+pub fn tend(session: &Session) -> Result<(), Gone> {
+    {
+        let inbox = session.replies.lock().unwrap_or_else(PoisonError::into_inner);
+        loop {
+            match inbox.try_recv() {
+                Ok(Inbox::Reply(code)) => {
+                    return Err(Gone(format!("STATUS {code} arrived with no message waiting for a reply")))
+                }
+                Ok(other) => take_in(session, other)?,
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => return Err(Gone("receive connection closed".into())),
+            }
+        }
+    }
+    keep_alive(session)
+}
+
+fn take_in(session: &Session, what: Inbox) -> Result<(), Gone> {
+    match what {
+        Inbox::Heard(at) => session.link().on_received(at),
+        Inbox::Answer(code) => {
+            session.write_out(&Frame::Status(code).to_vec(), false).map_err(|e| Gone(format!("receive connection: {e}")))?
+        }
+        Inbox::Reply(_) => {}
+    }
+    Ok(())
+}
+
+/// Section 9 on the receive connection: a keep-alive when one is due; the
+/// client gone when silent too long (a legacy one only when a reply is
+/// overdue, section 1).
+fn keep_alive(session: &Session) -> Result<(), Gone> {
+    let due = session.link().poll(Instant::now());
+    match due {
+        Due::Nothing => Ok(()),
+        Due::PeerGone(gone) => Err(Gone(gone.to_string())),
+        Due::KeepAlive => session
+            .write_out(&Frame::Status(StatusCode::KEEP_ALIVE).to_vec(), false)
+            .map_err(|e| Gone(format!("receive connection: {e}"))),
     }
 }
 
@@ -379,29 +452,27 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
     Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Aborted)).collect())
 }
 
-/// Reads the receive connection: STATUS replies go to the sending side,
-/// keep-alives are dropped; sends keep-alives when idle and ends the session
-/// when the client falls silent (section 9; for a legacy session only when
-/// a reply is awaited too long, section 1).
-pub fn read_replies(server: &Arc<Server>, session: &Arc<Session>, mut reader: FrameReader<TcpStream>, tx: ReplyTx<StatusCode>) {
+/// Reads the receive connection and hands what it reads to the session's
+/// sender ([`Inbox`]), which is the only one to write on it: replies, signs
+/// of life, and stray messages to answer. Ends the session when the
+/// connection closes.
+pub fn read_replies(server: &Arc<Server>, session: &Arc<Session>, mut reader: FrameReader<TcpStream>, tx: mpsc::Sender<Inbox>) {
     let mut last_total = 0;
     let why = loop {
         if session.is_closed() {
             break "session closed".to_string();
         }
         let msg = reader.read_msg();
+        // Any byte is a sign of life, a whole message or not.
         if reader.total_read() != last_total {
-            // Any byte is a sign of life, a whole message or not.
             last_total = reader.total_read();
-            session.link().on_received(Instant::now());
-        }
-        match msg {
-            Ok(Some(Msg::Status(StatusCode::KEEP_ALIVE))) => {}
-            Ok(Some(Msg::Status(code))) => {
-                if tx.send(code).is_err() {
-                    break "sender gone".into();
-                }
+            if tx.send(Inbox::Heard(Instant::now())).is_err() {
+                break "sender gone".into();
             }
+        }
+        let handed = match msg {
+            Ok(Some(Msg::Status(StatusCode::KEEP_ALIVE))) => Ok(()),
+            Ok(Some(Msg::Status(code))) => tx.send(Inbox::Reply(code)),
             // Transfers flow server → client here; anything else the client
             // sends on this connection is still answered (section 4: every
             // message but STATUS gets one reply), with 0x0100, or OK for a
@@ -419,27 +490,14 @@ pub fn read_replies(server: &Arc<Server>, session: &Arc<Session>, mut reader: Fr
                     }
                 }
                 log::warn!("{}: {other:?} on the receive connection; answered {code}", session.who());
-                if session.write_out(&Frame::Status(code).to_vec(), false).is_err() {
-                    break "receive connection write failed".into();
-                }
+                tx.send(Inbox::Answer(code))
             }
             Ok(None) => break "client closed the receive connection".into(),
-            Err(e) if is_timeout_error(&e) => {}
+            Err(e) if is_timeout_error(&e) => Ok(()),
             Err(e) => break format!("receive connection: {e}"),
-        }
-        // Checked after a message as well as after a read timeout: a client
-        // sending its own keep-alives more often than the read timeout
-        // would otherwise never get one (see inbound.rs).
-        let due = session.link().poll(Instant::now());
-        match due {
-            Due::Nothing => {}
-            Due::PeerGone(gone) => break gone.to_string(),
-            // Holding the writer lock, so it never lands inside a transfer's message.
-            Due::KeepAlive => {
-                if session.write_out(&Frame::Status(StatusCode::KEEP_ALIVE).to_vec(), false).is_err() {
-                    break "receive connection write failed".into();
-                }
-            }
+        };
+        if handed.is_err() {
+            break "sender gone".into();
         }
     };
     drop(tx);

@@ -13,9 +13,9 @@ use dropsync_core::liveness::{Liveness, Silence, Timers};
 use dropsync_core::locks::SessionId;
 use dropsync_io::queue::UpdateQueue;
 use dropsync_core::stale::SeenVersions;
-use dropsync_proto::{ClientId, StatusCode};
+use dropsync_proto::ClientId;
 
-use crate::outbound::Batch;
+use crate::outbound::{Batch, Inbox};
 
 /// A paired client session.
 #[derive(Debug)]
@@ -39,11 +39,13 @@ pub struct Session {
     pub requested: Mutex<HashSet<String>>,
     /// The META-DATA transfer that must precede every other transfer.
     pub metadata: Mutex<MetaState>,
-    /// Writer of the receive connection (transfers to the client, keep-alives).
+    /// Writer of the receive connection (transfers to the client,
+    /// keep-alives, answers): used by the session's sender thread only, its
+    /// one owner.
     out: Mutex<TcpStream>,
-    /// STATUS replies read from the receive connection, keep-alives removed
-    /// (read by whoever delivers: the session's own sender thread).
-    pub replies: Mutex<Receiver<StatusCode>>,
+    /// What the reply reader read on the receive connection, for the
+    /// sender thread (`outbound::Inbox`).
+    pub replies: Mutex<Receiver<Inbox>>,
     /// Deliveries prepared by the worker pool, for the session's sender.
     deliveries: Mutex<mpsc::Sender<Batch>>,
     /// A delivery is prepared or under way (pool mode: at most one).
@@ -51,8 +53,8 @@ pub struct Session {
     send_sock: TcpStream,
     recv_sock: TcpStream,
     closed: AtomicBool,
-    /// Keep-alive and dead-peer clocks of the receive connection: written
-    /// by whoever sends to the client, read by its reply reader.
+    /// Keep-alive and dead-peer clocks of the receive connection, kept by
+    /// the sender thread (the reply reader reports what it hears).
     link: Mutex<Liveness>,
     /// The paths being sent to this client right now, until their outcome
     /// is recorded in `seen`.
@@ -76,8 +78,8 @@ pub struct SessionParts {
     pub recv_sock: TcpStream,
     /// Writer for the receive connection.
     pub out: TcpStream,
-    /// Replies channel.
-    pub replies: Receiver<StatusCode>,
+    /// What the reply reader hands the sender.
+    pub replies: Receiver<Inbox>,
     /// Where prepared deliveries go (the sender thread holds the receiver).
     pub deliveries: mpsc::Sender<Batch>,
     /// When the session starts.

@@ -16,7 +16,7 @@ use std::time::Duration;
 
 use dropsync_io::queue::Pop;
 
-use crate::outbound::{deliver, prepare_next, prepare_paths, Batch, Gone};
+use crate::outbound::{deliver, prepare_next, prepare_paths, tend, Batch, Gone};
 use crate::server::Server;
 use crate::session::Session;
 
@@ -65,7 +65,11 @@ pub fn session_sender(server: &Arc<Server>, session: &Arc<Session>, batches: Rec
                     server.wake(session);
                 }
             }
-            Err(RecvTimeoutError::Timeout) if !session.is_closed() && !server.is_shutting_down() => {}
+            Err(RecvTimeoutError::Timeout) if !session.is_closed() && !server.is_shutting_down() => {
+                if let Err(gone) = tend(session) {
+                    return server.end_session(session, &gone.0);
+                }
+            }
             Err(_) => return,
         }
     }
@@ -97,7 +101,7 @@ pub fn dedicated(server: &Arc<Server>, session: &Arc<Session>) {
                         deliver(server, session, batch)?;
                     }
                 }
-                Pop::TimedOut => {}
+                Pop::TimedOut => tend(session)?,
                 Pop::Closed => return Ok(()),
             }
         }
