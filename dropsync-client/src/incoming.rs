@@ -20,6 +20,7 @@ use std::time::{Instant, SystemTime};
 use dropsync_core::open_transfers::Limits;
 use dropsync_core::receiving::{Assembled, Config, Ended, Event as ConnEvent, Host, Payload, Receiving, Step};
 use dropsync_core::reconcile::Content;
+use dropsync_core::sync_policy::admit_incoming;
 use dropsync_io::wire::{is_timeout_error, FrameReader};
 use dropsync_proto::limits::{DEFAULT_MAX_CHUNK, MAX_NAME_LEN};
 use dropsync_proto::metadata::parse_document;
@@ -377,10 +378,7 @@ impl Deliveries {
     /// file parent). Marks the path as being received.
     fn check_writable(&self, name: &str) -> Result<(), StatusCode> {
         let mut st = self.ctx.shared.lock();
-        if st.outgoing.contains(name) {
-            log::info!("refused incoming {name}: our own change of it is being sent");
-            return Err(StatusCode::IN_USE);
-        }
+        let being_sent = st.outgoing.contains(name);
         let writable = checked_path(&self.ctx.root, name, false)
             .and_then(|path| probe(&path))
             .map_err(|e| e.to_string())
@@ -388,9 +386,12 @@ impl Deliveries {
                 Probe::Absent | Probe::File(_) => Ok(()),
                 other => Err(format!("the local path is {other:?}")),
             });
-        if let Err(why) = writable {
-            log::warn!("refused incoming {name}: cannot write it: {why}");
-            return Err(StatusCode::IN_USE);
+        if let Err(code) = admit_incoming(being_sent, writable.is_ok()) {
+            match writable {
+                Err(why) => log::warn!("refused incoming {name}: cannot write it: {why}"),
+                Ok(()) => log::info!("refused incoming {name}: our own change of it is being sent"),
+            }
+            return Err(code);
         }
         st.incoming.insert(name.to_owned());
         Ok(())
@@ -444,11 +445,11 @@ impl Deliveries {
         let seen = ctx.shared.lock().record(name).local;
         let before = look(&path, seen).map_err(|e| fail("local file", e))?;
         let mut st = ctx.shared.lock();
-        if st.outgoing.contains(name) {
-            // Our upload started after this transfer did: it wins, and the
-            // server keeps this version as a conflict copy (section 7).
+        // Our upload may have started after this transfer did: it wins, and
+        // the server keeps this version as a conflict copy (section 7).
+        if let Err(code) = admit_incoming(st.outgoing.contains(name), true) {
             log::info!("refused incoming {name} at FINISHED: our own change of it is being sent");
-            return Err(StatusCode::IN_USE);
+            return Err(code);
         }
         let kept = keep_if_unaccepted(&ctx, &mut st, name, &path, &before, Some(content))
             .map_err(|e| fail("local file", e))?;
@@ -486,9 +487,9 @@ impl Deliveries {
             }
         };
         let mut st = ctx.shared.lock();
-        if st.outgoing.contains(name) {
+        if let Err(code) = admit_incoming(st.outgoing.contains(name), true) {
             log::info!("refused DELETE of {name}: our own change of it is being sent");
-            return StatusCode::IN_USE;
+            return code;
         }
         match probe(&path) {
             Ok(Probe::File(_)) => {}

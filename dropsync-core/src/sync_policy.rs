@@ -58,6 +58,20 @@ pub fn must_keep_local(local: Option<Content>, base: Option<Content>, incoming: 
     local.is_some() && local != base && local != incoming
 }
 
+/// Section 7, on an incoming transfer or DELETE of a path: "An incoming
+/// transfer or DELETE of a path that the client is uploading at that moment
+/// (from its first message of that upload until the reply to its FINISHED
+/// or ABORT) is refused with 0x0080, at the first chunk or at latest at
+/// FINISHED: the upload in flight replaces it"; and "If F cannot be opened
+/// for writing: reply 0x0080". The client asks at the first message and
+/// again right before it installs or deletes.
+pub fn admit_incoming(being_sent: bool, writable: bool) -> Result<(), StatusCode> {
+    if being_sent || !writable {
+        return Err(StatusCode::IN_USE);
+    }
+    Ok(())
+}
+
 /// What the file of a path is now, as the control thread found it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Local {

@@ -206,3 +206,10 @@ fn an_incoming_file_or_delete_that_would_destroy_local_content_the_server_never_
         assert_eq!(must_keep_local(local, base, incoming), keep, "{local:?} {base:?} {incoming:?}");
     }
 }
+
+#[test]
+fn an_incoming_transfer_or_delete_of_a_path_the_client_is_uploading_or_cannot_write_gets_0x0080() {
+    assert_eq!(admit_incoming(false, true), Ok(()));
+    assert_eq!(admit_incoming(true, true), Err(StatusCode::IN_USE));
+    assert_eq!(admit_incoming(false, false), Err(StatusCode::IN_USE));
+}
