@@ -39,6 +39,15 @@ pub struct Args {
     /// Largest chunk this client sends, in bytes: 1 to 16777216 (16 MiB).
     #[arg(value_parser = parse_chunk_size)]
     pub chunk_size: u32,
+    /// The delete guard: when at least this many of the files in sync (and
+    /// at least half of them) are deleted at once, the deletes are held, not
+    /// sent, until `client confirm-deletes FOLDER` (send them) or `client
+    /// restore-deletes FOLDER` (bring the files back from the server).
+    #[arg(long, value_name = "N", default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    pub delete_guard_min: u16,
+    /// Turns the delete guard off: every delete is sent.
+    #[arg(long)]
+    pub no_delete_guard: bool,
     /// Synchronise once and exit: connect, reconcile, transfer everything
     /// pending in both directions, save META-DATA, exit 0 (non-zero with a
     /// one-line message on failure).
@@ -137,6 +146,9 @@ pub struct Config {
     pub debounce: Duration,
     /// Period of the full rescan; `None` turns it off.
     pub rescan: Option<Duration>,
+    /// Least number of deletes at once that the delete guard holds (with
+    /// half the files in sync); `None`: the guard is off.
+    pub delete_guard: Option<usize>,
     /// Keep-alive interval.
     pub keepalive: Duration,
     /// Silence after which a connection is dropped.
@@ -159,6 +171,7 @@ impl Args {
             in_flight: usize::from(self.in_flight.max(self.parallel)),
             debounce: Duration::from_millis(self.debounce_ms),
             rescan: (self.rescan_secs > 0 && !self.once).then(|| Duration::from_secs(self.rescan_secs)),
+            delete_guard: (!self.no_delete_guard).then_some(usize::from(self.delete_guard_min)),
             keepalive: Duration::from_secs(self.keepalive_secs),
             dead_peer: Duration::from_secs(self.dead_peer_secs),
         }

@@ -17,6 +17,7 @@ use dropsync_core::backoff::Backoff;
 use crate::cli::Config;
 use crate::connect::{self, Timing};
 use dropsync_core::debounce::Debouncer;
+use dropsync_core::delete_guard::DeleteGuard;
 use crate::events::Event;
 use crate::paths::{name_for, Unsyncable, STATE_DIR};
 use crate::scan::{walk, walk_names, FileStat, Notes};
@@ -41,6 +42,9 @@ pub struct Core {
     stop: Arc<AtomicBool>,
     /// Local changes waiting to be quiet.
     pub debouncer: Debouncer<String>,
+    /// Deletes held because many files went at once (issue 17); kept
+    /// across sessions.
+    pub delete_guard: DeleteGuard,
     /// Unsyncable paths already reported.
     pub notes: Notes,
     /// When the next periodic rescan is due.
@@ -84,8 +88,9 @@ pub fn run(cfg: Config) -> Result<(), String> {
         }
     };
     let debouncer = Debouncer::new(cfg.debounce);
+    let delete_guard = DeleteGuard::new(cfg.delete_guard);
     let mut core =
-        Core { cfg, ctx, meta_file, events, tx, stop, debouncer, notes: Notes::default(), next_rescan: None };
+        Core { cfg, ctx, meta_file, events, tx, stop, debouncer, delete_guard, notes: Notes::default(), next_rescan: None };
     let result = core.run();
     core.meta_file.save_if_changed(&core.ctx.shared);
     result

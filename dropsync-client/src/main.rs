@@ -2,18 +2,22 @@
 //! keeps a folder in sync with every other client of a dropsync server.
 //!
 //! Module map: `cli` (arguments), `client` (life cycle, reconnection),
-//! `session` (the control loop of one connection), `connect` (sockets,
-//! HELLO), `incoming` (receive thread), `outgoing` (uploads through the
-//! core mux), `replies` (reply thread), `initial_sync` (reconciliation on connect), `scan`, `watch`
-//! and `debounce` (noticing local changes), `folder` (conflict copies,
-//! local deletes), `state` (shared records, META-DATA file), `paths`,
-//! `jobs`, `backoff`, `events`.
+//! `session` (the control loop of one connection, carrying out core's
+//! `sync_policy`), `connect` (sockets, HELLO), `incoming` (receive thread:
+//! driver and host of core's `receiving` machine), `outgoing` (the chunk
+//! source of core's `sending` machine), `send_thread` (the send
+//! connection's one owner), `replies` (reply thread), `initial_sync`
+//! (reconciliation on connect), `scan` and `watch` (noticing local
+//! changes), `folder` (conflict copies, local deletes), `state` (shared
+//! records, META-DATA file), `held` (the answers to held deletes), `paths`,
+//! `progress`, `events`.
 
 mod cli;
 mod client;
 mod connect;
 mod events;
 mod folder;
+mod held;
 mod incoming;
 mod initial_sync;
 mod outgoing;
@@ -31,6 +35,19 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(done) = held::command(&argv) {
+        return match done {
+            Ok(msg) => {
+                println!("client: {msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("client: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = cli::Args::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or(args.log_filter()))
         .format_timestamp_millis()

@@ -23,11 +23,12 @@ use dropsync_core::reconcile::Content;
 use dropsync_core::jobs::Job;
 use dropsync_core::sender::Outcome;
 use dropsync_core::sync_policy::{Again, Ending, Judgement, Local as LocalState, Next, SyncPolicy, LOCKED_RETRY};
-use dropsync_proto::ZERO_DIGEST;
+use dropsync_proto::{Digest, ZERO_DIGEST};
 
 use crate::client::Core;
 use crate::connect::{Connected, Timing};
 use crate::events::{Event, SessionEvent};
+use crate::held::{self, Answer};
 use crate::incoming::Incoming;
 use crate::initial_sync;
 use crate::outgoing::{Done, Outgoing};
@@ -46,6 +47,14 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// rendering the whole table more often only costs time, which a first
 /// upload of many files spent at every 200 ms it used to save.
 const SAVE_DELAY: Duration = Duration::from_secs(1);
+
+/// Deletes wait until none has come for this long, then go out (or are
+/// held) together: see `Session::send_deletes`.
+const DELETE_QUIET: Duration = Duration::from_millis(300);
+
+/// How often the control loop looks for the user's answer to held deletes
+/// (`held.rs`).
+const ANSWER_CHECK: Duration = Duration::from_millis(500);
 
 /// Most events the control loop handles in one turn (see `Session::drive`).
 const EVENT_BATCH: usize = 256;
@@ -102,6 +111,12 @@ pub struct Session<'a> {
     server_state_known: bool,
     /// What to send next and what each reply means (section 7), in core.
     policy: SyncPolicy,
+    /// DELETEs waiting to be judged together by the delete guard, with the
+    /// MD5 of the version each path held, and when the last one came.
+    pending_deletes: Vec<(String, Digest)>,
+    last_delete: Instant,
+    /// When the user's answer to held deletes was last looked for.
+    answer_checked: Instant,
     stop_deadline: Option<Instant>,
     last_save: Instant,
 }
@@ -152,6 +167,9 @@ impl<'a> Session<'a> {
             metadata_deadline: Instant::now() + METADATA_WAIT,
             server_state_known: true,
             policy: SyncPolicy::new(once),
+            pending_deletes: Vec::new(),
+            last_delete: Instant::now(),
+            answer_checked: Instant::now(),
             stop_deadline: None,
             last_save: Instant::now(),
         };
@@ -171,6 +189,10 @@ impl<'a> Session<'a> {
             }
             if !self.reconciled && self.stop_deadline.is_none() && Instant::now() >= self.metadata_deadline {
                 self.go_on_without_metadata();
+            }
+            if self.reconciled && self.stop_deadline.is_none() && Instant::now() >= self.answer_checked + ANSWER_CHECK {
+                self.answer_checked = Instant::now();
+                self.answer_held_deletes();
             }
             self.make_progress();
             let now = Instant::now();
@@ -227,6 +249,9 @@ impl<'a> Session<'a> {
         if !self.reconciled {
             consider(Some(self.metadata_deadline));
         }
+        if !self.pending_deletes.is_empty() {
+            consider(Some(self.last_delete + DELETE_QUIET));
+        }
         consider(self.stop_deadline);
         if self.core.ctx.shared.lock().unsaved {
             consider(Some(self.last_save + SAVE_DELAY));
@@ -238,6 +263,7 @@ impl<'a> Session<'a> {
     fn make_progress(&mut self) {
         if self.reconciled && self.stop_deadline.is_none() {
             self.start_jobs();
+            self.send_deletes();
         }
     }
 
@@ -247,6 +273,7 @@ impl<'a> Session<'a> {
         self.reconciled
             && !sending
             && self.policy.is_idle()
+            && self.pending_deletes.is_empty()
             && self.core.debouncer.is_empty()
             && self.core.ctx.shared.lock().incoming.is_empty()
     }
@@ -292,7 +319,11 @@ impl<'a> Session<'a> {
                 self.out.ended(&done);
                 self.on_done(done);
             }
-            SessionEvent::Delivered { name, started } => self.policy.delivered(&name, started),
+            SessionEvent::Delivered { name, started } => {
+                // The server's version (or its delete) settles a held delete.
+                self.core.delete_guard.settled(&name);
+                self.policy.delivered(&name, started);
+            }
             SessionEvent::ConflictCopy(name) => self.policy.sync(name),
             SessionEvent::Closed { reason } => return Some(End::Lost(reason)),
         }
@@ -337,6 +368,74 @@ impl<'a> Session<'a> {
                 Some(Job::Sync(name)) => self.sync_path(name),
                 None => break,
             }
+        }
+    }
+
+    /// Once no delete has come for [`DELETE_QUIET`], the delete guard
+    /// judges the deletes waiting together: they go out, or, when many
+    /// files went at once, they are held (issue 17). Waiting gathers an
+    /// `rm -rf` of many files, which the watcher reports over a while, into
+    /// one burst. A path whose file came back meanwhile is looked at again.
+    fn send_deletes(&mut self) {
+        if self.pending_deletes.is_empty() || Instant::now() < self.last_delete + DELETE_QUIET {
+            return;
+        }
+        let (gone, back): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_deletes)
+            .into_iter()
+            .partition(|(name, _)| matches!(probe(&local_path(&self.core.ctx.root, name)), Ok(Probe::Absent)));
+        for (name, _) in back {
+            self.policy.sync(name);
+        }
+        if gone.is_empty() {
+            return;
+        }
+        let files = self.core.ctx.shared.lock().meta.records.values().filter(|r| r.base.is_some()).count();
+        let names: Vec<String> = gone.iter().map(|(n, _)| n.clone()).collect();
+        let burst = self.core.delete_guard.judge(names, files, Instant::now());
+        for name in burst.send {
+            let held = gone.iter().find(|(n, _)| *n == name).map_or(ZERO_DIGEST, |(_, d)| *d);
+            self.core.ctx.shared.lock().outgoing.insert(name.clone());
+            log::debug!("deleting {name} on the server");
+            self.out.add_delete(name, held);
+        }
+        if burst.tripped {
+            let folder = self.core.cfg.folder.display();
+            log::warn!(
+                "holding {} deletes: that many of the {files} files in sync here went at once, so they are not deleted on \
+                 the server. To delete them everywhere: `client confirm-deletes {folder}`. To bring them back from the \
+                 server: `client restore-deletes {folder}`.",
+                burst.held.len()
+            );
+        } else if !burst.held.is_empty() {
+            log::warn!("holding {} more deletes ({} held in all)", burst.held.len(), self.core.delete_guard.held().len());
+        }
+    }
+
+    /// Carries out the user's answer to held deletes, if one was left.
+    fn answer_held_deletes(&mut self) {
+        let answer = match held::take(&self.core.ctx.root) {
+            Ok(a) => a,
+            Err(e) => {
+                log::warn!("cannot read the answer to held deletes: {e}");
+                return;
+            }
+        };
+        match answer {
+            Some(Answer::Confirm) => {
+                let names = self.core.delete_guard.confirm();
+                log::warn!("confirmed: deleting {} held files on the server", names.len());
+                for name in names {
+                    self.policy.sync(name);
+                }
+            }
+            Some(Answer::Restore) => {
+                let names = self.core.delete_guard.restore();
+                log::warn!("restoring {} held files from the server", names.len());
+                for name in names {
+                    self.policy.request(name);
+                }
+            }
+            None => {}
         }
     }
 
@@ -448,17 +547,20 @@ impl<'a> Session<'a> {
                 st.outgoing.insert(name.clone());
                 drop(st);
                 log::debug!("uploading {name} ({} bytes)", stat.size);
+                self.core.delete_guard.settled(&name);
                 self.out.add_upload(name, file, path, stat, trusted);
+                return;
             }
             (Judgement::Delete, _) => {
-                let held = base.map_or(ZERO_DIGEST, |b| b.md5);
-                st.outgoing.insert(name.clone());
                 drop(st);
-                log::debug!("deleting {name} on the server");
-                self.out.add_delete(name, held);
+                // Judged with the deletes around it (see `send_deletes`).
+                self.pending_deletes.push((name, base.map_or(ZERO_DIGEST, |b| b.md5)));
+                self.last_delete = Instant::now();
+                return;
             }
             _ => {}
         }
+        self.core.delete_guard.settled(&name);
     }
 
     /// An operation on the send connection ended (already recorded in the
@@ -526,6 +628,8 @@ impl<'a> Session<'a> {
     fn begin_stop(&mut self) {
         log::info!("stopping: aborting transfers in progress");
         self.policy.stop();
+        // Not sent: found again at the next start.
+        self.pending_deletes.clear();
         // What ends at once comes back as events, like every other end.
         self.out.abort_all();
         self.stop_deadline = Some(Instant::now() + SHUTDOWN_GRACE);

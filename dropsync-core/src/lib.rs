@@ -22,6 +22,7 @@
 pub mod backoff;
 pub mod conflict;
 pub mod debounce;
+pub mod delete_guard;
 pub mod decoder;
 pub mod delivery;
 pub mod error;
