@@ -31,6 +31,10 @@ const MIN_READ_TICK: Duration = Duration::from_millis(20);
 /// not know; after this the client takes HELLO as refused.
 const HELLO_ANSWER_WAIT: Duration = Duration::from_secs(5);
 
+/// Pause before HELLO is tried a second time after the server closed the
+/// connection (see [`open`]).
+const HELLO_RETRY: Duration = Duration::from_millis(300);
+
 /// Timing of one session's connections (PROTOCOL.md section 9).
 #[derive(Clone, Copy, Debug)]
 pub struct Timing {
@@ -98,22 +102,54 @@ impl Connected {
 /// connections again without HELLO, as from a legacy peer (section 1).
 /// Gives up early (an `Interrupted` error) once `stop` is set.
 pub fn open(cfg: &Config, id: ClientId, timing: Timing, stop: &AtomicBool) -> io::Result<Connected> {
-    match open_with_hello(cfg, id, timing, stop)? {
-        Ok(conn) => Ok(conn),
-        Err(why) => {
-            log::warn!("the server refused HELLO ({why}); connecting again as a legacy peer, without HELLO");
-            let send = dial(&cfg.host, cfg.send_port, timing)?;
-            let recv = dial(&cfg.host, cfg.receive_port, timing)?;
-            let send_rx = FrameReader::new(send.try_clone()?);
-            let recv_rx = FrameReader::new(recv.try_clone()?);
-            Ok(Connected { send, send_rx, recv, recv_rx, legacy: true })
-        }
+    let mut refusal = match open_with_hello(cfg, id, timing, stop)? {
+        Ok(conn) => return Ok(conn),
+        Err(r) => r,
+    };
+    if refusal.transient {
+        // A server restarting resets the connections that reach it while
+        // it starts; one that does not know HELLO closes them every time.
+        // Only a second close in a row counts as a refusal: clients that
+        // fell back to legacy all at once after a server restart used to
+        // have their connections paired across clients (found by
+        // dropsync-soak, seed 506).
+        log::debug!("HELLO met a closed connection ({}); trying HELLO once more", refusal.why);
+        sleep_unless_stopped(HELLO_RETRY, stop)?;
+        refusal = match open_with_hello(cfg, id, timing, stop)? {
+            Ok(conn) => return Ok(conn),
+            Err(r) => r,
+        };
     }
+    log::warn!("the server refused HELLO ({}); connecting again as a legacy peer, without HELLO", refusal.why);
+    let send = dial(&cfg.host, cfg.send_port, timing)?;
+    let recv = dial(&cfg.host, cfg.receive_port, timing)?;
+    let send_rx = FrameReader::new(send.try_clone()?);
+    let recv_rx = FrameReader::new(recv.try_clone()?);
+    Ok(Connected { send, send_rx, recv, recv_rx, legacy: true })
+}
+
+/// Why HELLO was refused; `transient` when the server only closed or
+/// reset the connection (which a restarting server does too).
+struct Refusal {
+    why: String,
+    transient: bool,
+}
+
+/// Waits `d`, in short steps, unless `stop` is set (then `Interrupted`).
+fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> io::Result<()> {
+    let until = Instant::now() + d;
+    while Instant::now() < until {
+        if stop.load(Ordering::SeqCst) {
+            return Err(io::Error::new(io::ErrorKind::Interrupted, "stopped"));
+        }
+        std::thread::sleep(Duration::from_millis(20).min(until.saturating_duration_since(Instant::now())));
+    }
+    Ok(())
 }
 
 /// Both connections with HELLO answered OK on each, or why HELLO was
 /// refused (the inner error); the outer error is a failure to connect.
-fn open_with_hello(cfg: &Config, id: ClientId, timing: Timing, stop: &AtomicBool) -> io::Result<Result<Connected, String>> {
+fn open_with_hello(cfg: &Config, id: ClientId, timing: Timing, stop: &AtomicBool) -> io::Result<Result<Connected, Refusal>> {
     let send = dial(&cfg.host, cfg.send_port, timing)?;
     let recv = dial(&cfg.host, cfg.receive_port, timing)?;
     let hello = Frame::Hello { client_id: id, label: &cfg.label };
@@ -138,10 +174,14 @@ fn open_with_hello(cfg: &Config, id: ClientId, timing: Timing, stop: &AtomicBool
 
 /// Sorts a failure during HELLO: the server closing, resetting or
 /// answering otherwise is a refusal (`Ok(Err(why))`); a stop is an error.
-fn refused_or_error<T>(e: io::Error, conn: &str) -> io::Result<Result<T, String>> {
+fn refused_or_error<T>(e: io::Error, conn: &str) -> io::Result<Result<T, Refusal>> {
+    use io::ErrorKind::*;
     match e.kind() {
-        io::ErrorKind::Interrupted => Err(e),
-        _ => Ok(Err(format!("{conn}: {e}"))),
+        Interrupted => Err(e),
+        kind => Ok(Err(Refusal {
+            why: format!("{conn}: {e}"),
+            transient: matches!(kind, ConnectionAborted | ConnectionReset | BrokenPipe | UnexpectedEof),
+        })),
     }
 }
 

@@ -27,17 +27,40 @@ fn start(fake: &FakeServer, dir: &TempDir, chunk: u32, extra: &[&str]) -> Client
 /// the connections are closed without a word). Returns the client's
 /// next pair of connections, which must carry no HELLO.
 fn refuse_hello(fake: &FakeServer, answer: Option<StatusCode>) -> FakeSession {
-    let (mut send, mut recv) = fake.accept_raw(DEFAULT_DEADLINE).expect("client connects");
-    let mut first = FakeSession::legacy(send.try_clone().unwrap(), recv.try_clone().unwrap());
-    assert!(matches!(first.send_rx.read_msg().unwrap(), Some(Msg::Hello { .. })));
-    assert!(matches!(first.recv_rx.read_msg().unwrap(), Some(Msg::Hello { .. })));
-    if let Some(code) = answer {
-        send.write_all(&Frame::Status(code).to_vec()).unwrap();
-        recv.write_all(&Frame::Status(code).to_vec()).unwrap();
+    // A close counts as a refusal only the second time in a row (a server
+    // that is restarting closes connections too); a code at once.
+    let tries = if answer.is_some() { 1 } else { 2 };
+    for _ in 0..tries {
+        let (mut send, mut recv) = fake.accept_raw(DEFAULT_DEADLINE).expect("client connects");
+        let mut first = FakeSession::legacy(send.try_clone().unwrap(), recv.try_clone().unwrap());
+        assert!(matches!(first.send_rx.read_msg().unwrap(), Some(Msg::Hello { .. })));
+        assert!(matches!(first.recv_rx.read_msg().unwrap(), Some(Msg::Hello { .. })));
+        if let Some(code) = answer {
+            send.write_all(&Frame::Status(code).to_vec()).unwrap();
+            recv.write_all(&Frame::Status(code).to_vec()).unwrap();
+        }
+        drop((first, send, recv));
     }
-    drop((first, send, recv));
     let (send, recv) = fake.accept_raw(DEFAULT_DEADLINE).expect("client connects again");
     FakeSession::legacy(send, recv)
+}
+
+#[test]
+fn one_closed_hello_is_tried_again_before_the_client_goes_legacy() {
+    // As a server that is restarting does: the first HELLO meets a close.
+    let dir = TempDir::new("legacy-retry");
+    let fake = FakeServer::new();
+    let client = start(&fake, &dir, 100, &[]);
+    let (send, recv) = fake.accept_raw(DEFAULT_DEADLINE).expect("client connects");
+    let mut first = FakeSession::legacy(send.try_clone().unwrap(), recv.try_clone().unwrap());
+    assert!(matches!(first.send_rx.read_msg().unwrap(), Some(Msg::Hello { .. })));
+    drop((first, send, recv));
+    let mut s = fake.accept(DEFAULT_DEADLINE).expect("HELLO again, answered OK this time");
+    s.send_empty_metadata();
+    write_file(&dir.join("f"), "x.txt", b"with HELLO");
+    let (name, _) = s.receive_upload(100);
+    assert_eq!(name, "x.txt");
+    assert!(!client.log().contains("legacy peer"), "{}", client.log());
 }
 
 /// A session where HELLO is refused and no META-DATA is ever sent: the
