@@ -175,7 +175,8 @@ impl Core {
         while !self.stopping() {
             let Some(wait) = until.checked_duration_since(Instant::now()) else { return };
             match self.events.recv_timeout(wait) {
-                Ok(Event::Changed(paths)) => self.note_changed(paths),
+                Ok(Event::Changed(paths)) => self.note_changed(paths, false),
+                Ok(Event::Closed(paths)) => self.note_changed(paths, true),
                 Ok(_) => {}
                 Err(_) => return,
             }
@@ -192,10 +193,12 @@ impl Core {
     }
 
     /// Debounces the paths the watcher reported.
-    pub fn note_changed(&mut self, paths: Vec<PathBuf>) {
+    pub fn note_changed(&mut self, paths: Vec<PathBuf>, closed: bool) {
         let now = Instant::now();
         for p in paths {
             match name_for(&self.ctx.root, &p) {
+                // A file closed after writing is done: no quiet time to wait.
+                Ok(name) if closed => self.debouncer.due_now(name, now),
                 Ok(name) => self.debouncer.touch(name, now),
                 Err(Unsyncable::BadName(why)) => self.notes.once(&p, &format!("name not allowed: {why}")),
                 Err(Unsyncable::Reserved | Unsyncable::Outside) => {}

@@ -18,6 +18,9 @@ use crate::outgoing::Done;
 pub enum Event {
     /// Paths the watcher saw change (files or folders, absolute).
     Changed(Vec<PathBuf>),
+    /// Files closed after being written (absolute): done, so they go out
+    /// at once instead of after the quiet time.
+    Closed(Vec<PathBuf>),
     /// The watcher lost events (queue overflow, error): rescan everything.
     RescanNeeded,
     /// SIGINT or SIGTERM.

@@ -280,7 +280,8 @@ impl<'a> Session<'a> {
 
     fn on_event(&mut self, ev: Event) -> Option<End> {
         match ev {
-            Event::Changed(paths) => self.core.note_changed(paths),
+            Event::Changed(paths) => self.core.note_changed(paths, false),
+            Event::Closed(paths) => self.core.note_changed(paths, true),
             Event::RescanNeeded => {
                 if self.reconciled {
                     self.core.rescan();

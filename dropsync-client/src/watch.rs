@@ -22,11 +22,16 @@ pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<Recomme
                 if !matters(&ev.kind) {
                     return;
                 }
+                let closed = is_closed_after_write(&ev.kind);
                 let paths: Vec<PathBuf> = ev.paths.into_iter().filter(|p| !is_state_path(&base, p)).collect();
                 if paths.is_empty() {
                     return;
                 }
-                Event::Changed(paths)
+                if closed {
+                    Event::Closed(paths)
+                } else {
+                    Event::Changed(paths)
+                }
             }
             Err(e) => {
                 log::warn!("file watcher: {e}; rescanning");
@@ -38,6 +43,11 @@ pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<Recomme
     let mut watcher = RecommendedWatcher::new(handler, Config::default().with_follow_symlinks(false))?;
     watcher.watch(root, RecursiveMode::Recursive)?;
     Ok(watcher)
+}
+
+/// True when a file written to was closed: its writer is done with it.
+fn is_closed_after_write(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Access(AccessKind::Close(AccessMode::Write)))
 }
 
 /// True for events that may mean a change of content or of the tree.
@@ -63,5 +73,12 @@ mod tests {
         assert!(matters(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
         assert!(matters(&EventKind::Create(CreateKind::File)));
         assert!(matters(&EventKind::Modify(ModifyKind::Any)));
+    }
+
+    #[test]
+    fn only_a_close_after_writing_is_a_file_done() {
+        assert!(is_closed_after_write(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
+        assert!(!is_closed_after_write(&EventKind::Access(AccessKind::Close(AccessMode::Read))));
+        assert!(!is_closed_after_write(&EventKind::Modify(ModifyKind::Any)));
     }
 }

@@ -35,6 +35,13 @@ impl<K: Eq + Hash + Clone> Debouncer<K> {
         self.last_event.entry(key).or_insert(due);
     }
 
+    /// Makes `key` due at once, whatever came before (a file closed after
+    /// writing: its writer is done with it).
+    pub fn due_now(&mut self, key: K, now: Instant) {
+        let due = now.checked_sub(self.quiet).unwrap_or(now);
+        self.last_event.insert(key, due);
+    }
+
     /// Removes and returns every key quiet for the delay at `now`, oldest
     /// event first.
     pub fn take_due(&mut self, now: Instant) -> Vec<K> {
@@ -123,5 +130,17 @@ mod tests {
         d.touch("written", t0);
         d.touch_due("written", t0);
         assert!(d.take_due(t0).is_empty(), "the pending event still waits");
+    }
+
+    #[test]
+    fn a_file_closed_after_writing_is_due_at_once_and_a_later_write_waits_again() {
+        let t0 = dropsync_io::clock::now() + Q;
+        let mut d = Debouncer::new(Q);
+        d.touch("f", t0);
+        d.due_now("f", t0);
+        assert_eq!(d.take_due(t0), ["f"], "closed: no quiet time to wait");
+        d.due_now("g", t0);
+        d.touch("g", t0);
+        assert!(d.take_due(t0).is_empty(), "written again after the close: quiet time again");
     }
 }

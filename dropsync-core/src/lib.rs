@@ -1,17 +1,25 @@
 //! The dropsync sync engine, without sockets, files, threads of its own or
 //! clock reads: time comes in as arguments, like quinn-proto's.
 //!
-//! Every rule of PROTOCOL.md sections 4 to 7 lives here as deterministic
-//! logic: the META-DATA tables, the per-file lock table, the receiver and
-//! sender state machines of one transfer and the multiplexer that
-//! interleaves them, the transfers open on one connection with their limits
-//! ([`open_transfers`]), each connection's keep-alive and dead-peer clocks
-//! ([`liveness`]), reconciliation, session pairing and the stale-change
-//! rule. Inputs come in as parsed frames, byte slices and times passed as
-//! arguments; outputs come back as the STATUS to send and actions for the
-//! caller. The binaries (`dropsync-server`, `dropsync-client`) only move
-//! bytes between these machines and sockets, threads and the disk, which is
-//! what lets every rule be tested in memory.
+//! Every rule of PROTOCOL.md sections 3 to 9 lives here as deterministic
+//! logic (the README's "Where each rule lives" maps them):
+//! - the connection machines: [`receiving`] (the receiving side of a
+//!   connection, with a [`receiving::Host`] for what touches the disk) and
+//!   [`sending`] (the sending side, with a [`sending::Source`] for chunk
+//!   bytes), built on the one-transfer machines [`receiver`] and [`sender`],
+//!   the multiplexer [`mux`], [`open_transfers`], [`liveness`] and the
+//!   message [`decoder`];
+//! - the server's rules: [`library`] (commits over the [`meta_server::Catalog`]
+//!   and [`library::BlobStore`] traits), [`delivery`] (the update queue),
+//!   [`stale`], [`locks`], [`pairing`];
+//! - the client's: [`sync_policy`], [`reconcile`], [`delete_guard`],
+//!   [`debounce`], [`conflict`], [`meta_client`].
+//!
+//! Inputs come in as bytes, parsed frames, results of the caller's I/O and
+//! times; outputs come back as bytes to send, decisions and deadlines. The
+//! binaries (`dropsync-server`, `dropsync-client`) only move bytes between
+//! these machines and sockets, threads and the disk, which is what lets
+//! every rule be tested in memory.
 //!
 //! What blocks or touches the outside and is shared by both binaries (frames
 //! over a socket, the crash-safe folder behind [`storage::Storage`], the
