@@ -53,6 +53,12 @@ pub enum SessionEvent {
         /// When its first message arrived.
         started: Instant,
     },
+    /// An incoming transfer of `name` was refused (0x0080) because the path
+    /// could not be written here; the server gives it up for this client,
+    /// so the session asks for it again later.
+    Unwritable(String),
+    /// An incoming transfer of `name` was written into the folder.
+    Written(String),
     /// The receive thread made a conflict copy named `name`: upload it.
     ConflictCopy(String),
     /// A connection of the session ended or must be dropped.

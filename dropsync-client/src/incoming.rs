@@ -137,6 +137,15 @@ struct Deliveries {
 /// Why the thread ends.
 type Fatal = io::Error;
 
+/// Why a verified file was not installed; either way the reply is 0x0080
+/// (section 7).
+enum Unwritten {
+    /// Our own change of the path is being sent: it wins.
+    BeingSent,
+    /// The path cannot be written here (asked for again later).
+    CannotWrite,
+}
+
 impl Incoming {
     /// Starts the receive thread of session `session`.
     pub fn spawn(
@@ -327,7 +336,11 @@ impl Host for Deliveries {
             Sink::Memory(bytes) => return self.on_metadata(&bytes, file, open.started),
             Sink::Temp(temp) => match self.install(name, temp, Content { md5: file.md5, size: file.size }) {
                 Ok(()) => StatusCode::OK,
-                Err(code) => code,
+                Err(Unwritten::BeingSent) => StatusCode::IN_USE,
+                Err(Unwritten::CannotWrite) => {
+                    self.delivered.push(SessionEvent::Unwritable(name.to_owned()));
+                    StatusCode::IN_USE
+                }
             },
         };
         self.ended(name, open.started);
@@ -376,7 +389,7 @@ impl Deliveries {
     /// Section 7: 0x0080 for a path we are uploading or deleting right now,
     /// or one that cannot be written (a folder, a symlink, a symlinked or
     /// file parent). Marks the path as being received.
-    fn check_writable(&self, name: &str) -> Result<(), StatusCode> {
+    fn check_writable(&mut self, name: &str) -> Result<(), StatusCode> {
         let mut st = self.ctx.shared.lock();
         let being_sent = st.outgoing.contains(name);
         let writable = checked_path(&self.ctx.root, name, false)
@@ -387,8 +400,12 @@ impl Deliveries {
                 other => Err(format!("the local path is {other:?}")),
             });
         if let Err(code) = admit_incoming(being_sent, writable.is_ok()) {
+            drop(st);
             match writable {
-                Err(why) => log::warn!("refused incoming {name}: cannot write it: {why}"),
+                Err(why) => {
+                    log::warn!("refused incoming {name}: cannot write it: {why}");
+                    self.delivered.push(SessionEvent::Unwritable(name.to_owned()));
+                }
                 Ok(()) => log::info!("refused incoming {name}: our own change of it is being sent"),
             }
             return Err(code);
@@ -434,11 +451,11 @@ impl Deliveries {
 
     /// Renames a verified temp file into place (section 7), keeping local
     /// content the server never accepted as a conflict copy first.
-    fn install(&mut self, name: &str, mut temp: TempFile, content: Content) -> Result<(), StatusCode> {
+    fn install(&mut self, name: &str, mut temp: TempFile, content: Content) -> Result<(), Unwritten> {
         let ctx = Arc::clone(&self.ctx);
         let fail = |what: &str, e: io::Error| {
             log::warn!("cannot write incoming {name}: {what}: {e}");
-            StatusCode::IN_USE
+            Unwritten::CannotWrite
         };
         let path = checked_path(&ctx.root, name, true).map_err(|e| fail("folder", e))?;
         temp.finish().map_err(|e| fail("temp file", e))?;
@@ -447,9 +464,9 @@ impl Deliveries {
         let mut st = ctx.shared.lock();
         // Our upload may have started after this transfer did: it wins, and
         // the server keeps this version as a conflict copy (section 7).
-        if let Err(code) = admit_incoming(st.outgoing.contains(name), true) {
+        if admit_incoming(st.outgoing.contains(name), true).is_err() {
             log::info!("refused incoming {name} at FINISHED: our own change of it is being sent");
-            return Err(code);
+            return Err(Unwritten::BeingSent);
         }
         let kept = keep_if_unaccepted(&ctx, &mut st, name, &path, &before, Some(content))
             .map_err(|e| fail("local file", e))?;
@@ -462,6 +479,7 @@ impl Deliveries {
         st.set_synced(name, content, mtime_ns);
         drop(st);
         log::info!("received {name} ({} bytes)", content.size);
+        self.delivered.push(SessionEvent::Written(name.to_owned()));
         if let Some(copy) = kept {
             self.post(SessionEvent::ConflictCopy(copy));
         }

@@ -252,6 +252,9 @@ impl<'a> Session<'a> {
         if !self.pending_deletes.is_empty() {
             consider(Some(self.last_delete + DELETE_QUIET));
         }
+        if self.reconciled {
+            consider(self.policy.next_retry());
+        }
         consider(self.stop_deadline);
         if self.core.ctx.shared.lock().unsaved {
             consider(Some(self.last_save + SAVE_DELAY));
@@ -326,6 +329,14 @@ impl<'a> Session<'a> {
                 self.policy.delivered(&name, started);
             }
             SessionEvent::ConflictCopy(name) => self.policy.sync(name),
+            SessionEvent::Written(name) => self.policy.incoming_written(&name),
+            SessionEvent::Unwritable(name) => match self.policy.incoming_refused(&name, Instant::now()) {
+                Some(at) => log::info!(
+                    "could not write {name} here; asking the server for it again in {:?}",
+                    at.saturating_duration_since(Instant::now())
+                ),
+                None => log::warn!("could not write {name} here; giving up on it for this run"),
+            },
             SessionEvent::Closed { reason } => return Some(End::Lost(reason)),
         }
         None

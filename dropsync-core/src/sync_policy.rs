@@ -46,6 +46,15 @@ pub const IN_USE_RETRY_MAX: Duration = Duration::from_secs(60);
 /// given up, so that a run always ends.
 pub const ONCE_IN_USE_TRIES: u32 = 6;
 
+/// A delivery this client refused because it could not write the path
+/// (section 7's 0x0080) is asked for again after this, doubling up to
+/// [`UNWRITABLE_RETRY_MAX`]: the server gives the path up for this client
+/// (section 6), so without asking again the replica would stay stale.
+pub const UNWRITABLE_RETRY_FIRST: Duration = Duration::from_secs(1);
+
+/// Longest wait between two REQUESTs of a path that could not be written.
+pub const UNWRITABLE_RETRY_MAX: Duration = Duration::from_secs(60);
+
 /// Times an upload refused by a checksum or size abort (0x0008, 0x0010:
 /// data damaged on the way) is tried again before the change is given up.
 pub const MAX_RETRIES: u32 = 3;
@@ -169,6 +178,10 @@ pub struct SyncPolicy {
     given_up: HashMap<String, Option<Content>>,
     retries: HashMap<String, u32>,
     in_use_tries: HashMap<String, Backoff>,
+    /// Paths this client could not write when they were delivered: when
+    /// each is asked for again (`None` once asked, until its delivery ends),
+    /// and its backoff.
+    unwritable: HashMap<String, (Option<Instant>, Backoff)>,
     stopping: bool,
 }
 
@@ -184,6 +197,7 @@ impl SyncPolicy {
             given_up: HashMap::new(),
             retries: HashMap::new(),
             in_use_tries: HashMap::new(),
+            unwritable: HashMap::new(),
             stopping: false,
         }
     }
@@ -202,6 +216,18 @@ impl SyncPolicy {
     /// large-upload slot first when `large_slot_free`, then REQUESTs, then
     /// syncs. A REQUEST returned counts as sent at `now`.
     pub fn next_job(&mut self, now: Instant, large_slot_free: bool) -> Option<Job> {
+        let due = self.unwritable.iter().find(|(name, (at, _))| {
+            at.is_some_and(|at| at <= now) && !self.pending_requests.contains_key(*name)
+        });
+        if let Some(name) = due.map(|(name, _)| name.clone()) {
+            if let Some((at, _)) = self.unwritable.get_mut(&name) {
+                // Asked for now; `incoming_refused` sets the next time if
+                // this delivery cannot be written either.
+                *at = None;
+            }
+            self.pending_requests.insert(name.clone(), now);
+            return Some(Job::Request(name));
+        }
         if large_slot_free {
             if let Some(name) = self.waiting_large.pop_front() {
                 return Some(Job::Sync(name));
@@ -283,6 +309,8 @@ impl SyncPolicy {
             Ending::Request(outcome) => {
                 if outcome != Outcome::Committed {
                     self.pending_requests.remove(name);
+                    // Nothing will be delivered: nothing more to ask for.
+                    self.unwritable.remove(name);
                 }
                 Next::Done
             }
@@ -301,6 +329,34 @@ impl SyncPolicy {
         self.undefer(name);
     }
 
+    /// This client refused a delivery of `name` at `now` because it could
+    /// not write the path (a folder in the way, a full disk): it asks for
+    /// it again later, with a backoff; returns when. Under `--once`, after
+    /// [`ONCE_IN_USE_TRIES`] tries it gives up (`None`).
+    pub fn incoming_refused(&mut self, name: &str, now: Instant) -> Option<Instant> {
+        let entry = self
+            .unwritable
+            .entry(name.to_owned())
+            .or_insert_with(|| (None, Backoff::new(UNWRITABLE_RETRY_FIRST, UNWRITABLE_RETRY_MAX)));
+        if self.once && entry.1.attempts() >= ONCE_IN_USE_TRIES {
+            self.unwritable.remove(name);
+            return None;
+        }
+        let at = now + entry.1.next_delay();
+        entry.0 = Some(at);
+        Some(at)
+    }
+
+    /// `name` was written here: no more asking for it.
+    pub fn incoming_written(&mut self, name: &str) {
+        self.unwritable.remove(name);
+    }
+
+    /// When a path that could not be written is next asked for.
+    pub fn next_retry(&self) -> Option<Instant> {
+        self.unwritable.values().filter_map(|(at, _)| *at).min()
+    }
+
     /// Section 9: stop taking work. Nothing queued is started, and nothing
     /// refused is tried again.
     pub fn stop(&mut self) {
@@ -308,12 +364,17 @@ impl SyncPolicy {
         self.jobs.clear();
         self.deferred.clear();
         self.waiting_large.clear();
+        self.unwritable.clear();
     }
 
     /// True when nothing is queued, waiting or awaited here (`--once`
     /// ends when this and the rest of the session are idle).
     pub fn is_idle(&self) -> bool {
-        self.jobs.is_empty() && self.pending_requests.is_empty() && self.deferred.is_empty() && self.waiting_large.is_empty()
+        self.jobs.is_empty()
+            && self.pending_requests.is_empty()
+            && self.deferred.is_empty()
+            && self.waiting_large.is_empty()
+            && self.unwritable.is_empty()
     }
 
     fn refused(&mut self, name: &str, code: StatusCode, content: Option<Content>, now: Instant) -> Next {

@@ -213,3 +213,41 @@ fn an_incoming_transfer_or_delete_of_a_path_the_client_is_uploading_or_cannot_wr
     assert_eq!(admit_incoming(true, true), Err(StatusCode::IN_USE));
     assert_eq!(admit_incoming(false, false), Err(StatusCode::IN_USE));
 }
+
+#[test]
+fn a_delivery_the_client_could_not_write_is_asked_for_again_later_until_written() {
+    let mut p = SyncPolicy::new(false);
+    let now = t0();
+    let at = p.incoming_refused("f", now).unwrap();
+    assert_eq!(at, now + UNWRITABLE_RETRY_FIRST);
+    assert!(!p.is_idle());
+    assert_eq!(p.next_retry(), Some(at));
+    assert_eq!(p.next_job(now, true), None, "not before its time");
+    assert_eq!(p.next_job(at, true), Some(Job::Request("f".into())));
+    assert_eq!(p.next_job(at, true), None, "asked once");
+    // Refused again: the wait doubles.
+    assert_eq!(p.incoming_refused("f", at), Some(at + 2 * UNWRITABLE_RETRY_FIRST));
+    p.incoming_written("f");
+    p.delivered("f", at + Duration::from_secs(3));
+    assert!(p.is_idle());
+}
+
+#[test]
+fn under_once_a_path_that_cannot_be_written_is_given_up_after_six_tries() {
+    let mut p = SyncPolicy::new(true);
+    for _ in 0..ONCE_IN_USE_TRIES {
+        assert!(p.incoming_refused("f", t0()).is_some());
+    }
+    assert_eq!(p.incoming_refused("f", t0()), None);
+    assert!(p.is_idle());
+}
+
+#[test]
+fn a_path_that_could_not_be_written_and_is_then_gone_from_the_server_is_not_asked_for_again() {
+    let mut p = SyncPolicy::new(false);
+    let at = p.incoming_refused("f", t0()).unwrap();
+    assert_eq!(p.next_job(at, true), Some(Job::Request("f".into())));
+    p.ended("f", Ending::Request(Outcome::Refused(StatusCode::NO_FILE)), at);
+    assert!(p.is_idle());
+    assert_eq!(p.next_retry(), None);
+}
