@@ -19,6 +19,7 @@ use crate::connect::{self, Timing};
 use dropsync_core::debounce::Debouncer;
 use dropsync_core::delete_guard::DeleteGuard;
 use crate::events::Event;
+use crate::ignores::{Ignores, IGNORE_FILE};
 use crate::paths::{name_for, Unsyncable, STATE_DIR};
 use crate::scan::{walk, walk_names, FileStat, Notes};
 use crate::session::{End, Session};
@@ -73,6 +74,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         label: cfg.label.clone(),
         conflict_copies: cfg.conflict_copies,
         shared: Shared::new(meta),
+        ignores: Ignores::load(&root),
     });
     meta_file.open_journal(&ctx.shared, generation);
     // --once looks at the folder once, at reconciliation; no watcher.
@@ -197,6 +199,11 @@ impl Core {
         let now = Instant::now();
         for p in paths {
             match name_for(&self.ctx.root, &p) {
+                Ok(name) if name == IGNORE_FILE => {
+                    self.ctx.ignores.reload(&self.ctx.root);
+                    self.debouncer.touch(name, now);
+                }
+                Ok(name) if self.ctx.ignores.is_ignored(&name) => {}
                 // A file closed after writing is done: no quiet time to wait.
                 Ok(name) if closed => self.debouncer.due_now(name, now),
                 Ok(name) => self.debouncer.touch(name, now),

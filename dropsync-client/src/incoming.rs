@@ -29,6 +29,7 @@ use dropsync_proto::StatusCode;
 
 use crate::connect::Timing;
 use crate::events::{Event, SessionEvent};
+use crate::ignores::IGNORE_FILE;
 use crate::folder::{delete_local, keep_if_unaccepted, look};
 use crate::paths::checked_path;
 use crate::progress::{Direction, Progress};
@@ -302,6 +303,10 @@ impl Host for Deliveries {
     fn open(&mut self, name: &str, _first_len: u32) -> Result<Open, StatusCode> {
         let sink = if name == METADATA_TRANSFER_NAME {
             Sink::Memory(Vec::new())
+        } else if self.ctx.ignores.is_ignored(name) {
+            // Ignored here: left as it is (`ignores.rs`).
+            log::debug!("refused incoming {name}: ignored here");
+            return Err(StatusCode::IN_USE);
         } else {
             self.check_writable(name)?;
             match TempFile::create(&self.ctx.tmp_dir) {
@@ -479,6 +484,9 @@ impl Deliveries {
         st.set_synced(name, content, mtime_ns);
         drop(st);
         log::info!("received {name} ({} bytes)", content.size);
+        if name == IGNORE_FILE {
+            ctx.ignores.reload(&ctx.root);
+        }
         self.delivered.push(SessionEvent::Written(name.to_owned()));
         if let Some(copy) = kept {
             self.post(SessionEvent::ConflictCopy(copy));
@@ -489,6 +497,10 @@ impl Deliveries {
     /// Section 7: "Incoming DELETE: delete F, or 0x0020 if absent."
     fn delete_local(&mut self, name: &str) -> StatusCode {
         let ctx = Arc::clone(&self.ctx);
+        if ctx.ignores.is_ignored(name) {
+            log::debug!("refused DELETE of {name}: ignored here");
+            return StatusCode::IN_USE;
+        }
         let path = match checked_path(&ctx.root, name, false) {
             Ok(p) => p,
             Err(e) => {
@@ -529,6 +541,9 @@ impl Deliveries {
         }
         drop(st);
         log::info!("deleted {name} (deleted on the server)");
+        if name == IGNORE_FILE {
+            ctx.ignores.reload(&ctx.root);
+        }
         if let Some(copy) = kept {
             self.post(SessionEvent::ConflictCopy(copy));
         }

@@ -67,6 +67,10 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     let mut unsettled: HashSet<String> = HashSet::new();
     let mut fresh: Vec<String> = Vec::new();
     for name in walk_names(&ctx.root, &ctx.root, notes) {
+        // An ignored file is not synced in either direction (`ignores.rs`).
+        if ctx.ignores.is_ignored(&name) {
+            continue;
+        }
         let record = ctx.shared.lock().record(&name);
         if record.base.is_none() && !server.contains_key(&name) {
             fresh.push(name);
@@ -99,6 +103,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
         .records
         .iter()
         .filter(|(name, r)| r.local.is_some() && !local_seen.contains_key(*name) && !unsettled.contains(*name))
+        .filter(|(name, _)| !ctx.ignores.is_ignored(name))
         .filter(|(name, r)| !(r.base.is_none() && fresh_set.contains(name.as_str())))
         .map(|(name, _)| name.clone())
         .collect();
@@ -119,7 +124,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
 
     let mut plan = Plan::default();
     for Planned { path: name, action } in planned {
-        if unsettled.contains(&name) {
+        if unsettled.contains(&name) || ctx.ignores.is_ignored(&name) {
             continue;
         }
         let (side, version) = server.get(&name).copied().map_or((None, 0), |(s, v)| (Some(s), v));
@@ -276,6 +281,7 @@ mod tests {
             label: "me".into(),
             conflict_copies: true,
             shared: Shared::new(meta),
+            ignores: crate::ignores::Ignores::load(&root),
         };
         let entry = |path: &str, bytes: &[u8], state| Entry {
             version: 2,

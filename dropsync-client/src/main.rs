@@ -9,7 +9,7 @@
 //! connection's one owner), `replies` (reply thread), `initial_sync`
 //! (reconciliation on connect), `scan` and `watch` (noticing local
 //! changes), `folder` (conflict copies, local deletes), `state` (shared
-//! records, META-DATA file), `held` (the answers to held deletes), `paths`,
+//! records, META-DATA file), `held` (the answers to held deletes), `ignores`, `paths`,
 //! `progress`, `events`.
 
 mod cli;
@@ -18,6 +18,7 @@ mod connect;
 mod events;
 mod folder;
 mod held;
+mod ignores;
 mod incoming;
 mod initial_sync;
 mod outgoing;

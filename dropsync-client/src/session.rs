@@ -462,6 +462,10 @@ impl<'a> Session<'a> {
     /// equals the base (section 7).
     fn sync_path(&mut self, name: String) {
         let ctx = Arc::clone(&self.core.ctx);
+        if ctx.ignores.is_ignored(&name) {
+            // Not synced in either direction (`ignores.rs`).
+            return;
+        }
         let busy = {
             let st = ctx.shared.lock();
             st.outgoing.contains(&name) || st.incoming.contains(&name)

@@ -34,6 +34,7 @@ use dropsync_core::reconcile::Content;
 use dropsync_io::dir_storage::replace_file;
 use dropsync_proto::ClientId;
 
+use crate::ignores::Ignores;
 use crate::paths::STATE_DIR;
 
 /// File name of the client's META-DATA inside the state folder.
@@ -178,6 +179,8 @@ pub struct Ctx {
     pub conflict_copies: bool,
     /// The shared state.
     pub shared: Shared,
+    /// What is never synced (`ignores.rs`).
+    pub ignores: Ignores,
 }
 
 /// The META-DATA file on disk.
