@@ -97,6 +97,25 @@ pub fn checked_path(root: &Path, name: &str, create: bool) -> io::Result<PathBuf
     Ok(dir)
 }
 
+/// True when a folder above `name` is now a regular file (reached through
+/// real folders only): a folder replaced by a file, which takes every path
+/// below it away (issue 17: folder ↔ file swaps). A symlink on the way is
+/// not this: what lies behind one is never synced.
+pub fn parent_is_file(root: &Path, name: &str) -> bool {
+    let mut dir = root.to_path_buf();
+    let parts: Vec<&str> = name.split('/').collect();
+    let Some((_, parents)) = parts.split_last() else { return false };
+    for part in parents {
+        dir.push(part);
+        match fs::symlink_metadata(&dir) {
+            Ok(md) if md.is_dir() => {}
+            Ok(md) => return md.is_file(),
+            Err(_) => return false,
+        }
+    }
+    false
+}
+
 /// Removes the now-empty folders above `name`, deepest first, stopping at
 /// the first one that is not empty (empty folders are not synced, so a
 /// folder emptied by a remote delete goes too). Best effort.

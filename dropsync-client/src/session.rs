@@ -34,7 +34,7 @@ use crate::initial_sync;
 use crate::outgoing::{Done, Outgoing};
 use crate::send_thread::{self, SendHandle};
 use crate::replies;
-use crate::paths::{checked_path, local_path};
+use crate::paths::{self, checked_path, local_path};
 use crate::scan::{open_unhashed, probe, read_local, FileStat, Local, Probe};
 
 /// How long a stopping client waits for the replies to its ABORTs (and to
@@ -387,14 +387,15 @@ impl<'a> Session<'a> {
     /// judges the deletes waiting together: they go out, or, when many
     /// files went at once, they are held (issue 17). Waiting gathers an
     /// `rm -rf` of many files, which the watcher reports over a while, into
-    /// one burst. A path whose file came back meanwhile is looked at again.
+    /// one burst. A path whose file came back meanwhile is looked at again
+    /// (a folder there now does not bring the file back: it replaced it).
     fn send_deletes(&mut self) {
         if self.pending_deletes.is_empty() || Instant::now() < self.last_delete + DELETE_QUIET {
             return;
         }
         let (gone, back): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_deletes)
             .into_iter()
-            .partition(|(name, _)| matches!(probe(&local_path(&self.core.ctx.root, name)), Ok(Probe::Absent)));
+            .partition(|(name, _)| !matches!(probe(&local_path(&self.core.ctx.root, name)), Ok(Probe::File(_))));
         for (name, _) in back {
             self.policy.sync(name);
         }
@@ -474,9 +475,14 @@ impl<'a> Session<'a> {
             // Another operation on the path is under way; looked at after.
             return;
         }
-        let Ok(path) = checked_path(&ctx.root, &name, false) else {
-            self.core.notes.once(&local_path(&ctx.root, &name), "inside a symlinked folder");
-            return;
+        let (path, parent_is_file) = match checked_path(&ctx.root, &name, false) {
+            Ok(path) => (path, false),
+            // A folder above it was replaced by a file: the path is gone.
+            Err(_) if paths::parent_is_file(&ctx.root, &name) => (local_path(&ctx.root, &name), true),
+            Err(_) => {
+                self.core.notes.once(&local_path(&ctx.root, &name), "inside a symlinked folder");
+                return;
+            }
         };
         let record = ctx.shared.lock().record(&name);
         // A path with no base has nothing in common with the server, so it
@@ -484,7 +490,9 @@ impl<'a> Session<'a> {
         // it is not hashed first, the upload hashes it as it reads. A new
         // 1 GiB file starts going out at once instead of after a pass of
         // seconds over it.
-        let found = if self.policy.may_send_unhashed(&name, record.base.is_some()) {
+        let found = if parent_is_file {
+            Ok(Local::NotAFile(Probe::Absent))
+        } else if self.policy.may_send_unhashed(&name, record.base.is_some()) {
             open_unhashed(&path)
         } else {
             read_local(&path, record.local, SystemTime::now())
