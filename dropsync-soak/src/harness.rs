@@ -418,6 +418,11 @@ impl Run {
                 &debounce.to_string(),
                 "--parallel",
                 &parallel.to_string(),
+                // The model has every delete reach the server; the delete
+                // guard holds a user's mass deletes until confirmed, which
+                // random edits of a small folder trip (it has tests of its
+                // own: dropsync-client/tests/delete_guard.rs).
+                "--no-delete-guard",
             ]
             .iter()
             .map(|s| s.to_string())
