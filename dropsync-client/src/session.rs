@@ -393,7 +393,9 @@ impl<'a> Session<'a> {
         if self.pending_deletes.is_empty() || Instant::now() < self.last_delete + DELETE_QUIET {
             return;
         }
-        let (gone, back): (Vec<_>, Vec<_>) = std::mem::take(&mut self.pending_deletes)
+        // A path judged twice while waiting (a rescan, say) is one delete.
+        let pending: std::collections::BTreeMap<String, Digest> = std::mem::take(&mut self.pending_deletes).into_iter().collect();
+        let (gone, back): (Vec<_>, Vec<_>) = pending
             .into_iter()
             .partition(|(name, _)| !matches!(probe(&local_path(&self.core.ctx.root, name)), Ok(Probe::File(_))));
         for (name, _) in back {
