@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::Instant;
+use std::time::{Instant, SystemTime};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -20,6 +20,7 @@ use dropsync_core::debounce::Debouncer;
 use dropsync_core::delete_guard::DeleteGuard;
 use crate::events::Event;
 use crate::ignores::{Ignores, IGNORE_FILE};
+use crate::status::{self, Status};
 use crate::paths::{name_for, Unsyncable, STATE_DIR};
 use crate::scan::{walk, walk_names, FileStat, Notes};
 use crate::session::{End, Session};
@@ -46,6 +47,8 @@ pub struct Core {
     /// Deletes held because many files went at once (issue 17); kept
     /// across sessions.
     pub delete_guard: DeleteGuard,
+    /// The status last written for `client status` (`status.rs`).
+    pub status: Status,
     /// Unsyncable paths already reported.
     pub notes: Notes,
     /// When the next periodic rescan is due.
@@ -92,7 +95,19 @@ pub fn run(cfg: Config) -> Result<(), String> {
     let debouncer = Debouncer::new(cfg.debounce);
     let delete_guard = DeleteGuard::new(cfg.delete_guard);
     let mut core =
-        Core { cfg, ctx, meta_file, events, tx, stop, debouncer, delete_guard, notes: Notes::default(), next_rescan: None };
+        Core {
+            cfg,
+            ctx,
+            meta_file,
+            events,
+            tx,
+            stop,
+            debouncer,
+            delete_guard,
+            status: Status::default(),
+            notes: Notes::default(),
+            next_rescan: None,
+        };
     let result = core.run();
     core.meta_file.save_if_changed(&core.ctx.shared);
     result
@@ -114,6 +129,22 @@ fn watch_signals(tx: mpsc::Sender<Event>, stop: Arc<AtomicBool>) -> std::io::Res
 }
 
 impl Core {
+    /// Writes `status` for `client status` if it says something new; the
+    /// time the folder became in sync is kept from one report to the next.
+    pub fn report_status(&mut self, mut status: Status) {
+        status.server = format!("{}:{}/{}", self.cfg.host, self.cfg.send_port, self.cfg.receive_port);
+        status.last_in_sync = self.status.last_in_sync;
+        if status.in_sync() && !self.status.in_sync() {
+            status.last_in_sync = Some(SystemTime::now());
+        }
+        if status != self.status {
+            if let Err(e) = status::write(&self.ctx.root, &status) {
+                log::debug!("cannot write the status file: {e}");
+            }
+            self.status = status;
+        }
+    }
+
     /// True once SIGINT or SIGTERM arrived.
     pub fn stopping(&self) -> bool {
         self.stop.load(Ordering::SeqCst)
@@ -155,6 +186,7 @@ impl Core {
                         }
                         End::Lost(reason) => {
                             log::warn!("disconnected: {reason}; reconnecting");
+                            self.report_status(Status { connected: false, ..self.status.clone() });
                             if reconciled {
                                 backoff.reset();
                             }

@@ -9,7 +9,8 @@
 //! connection's one owner), `replies` (reply thread), `initial_sync`
 //! (reconciliation on connect), `scan` and `watch` (noticing local
 //! changes), `folder` (conflict copies, local deletes), `state` (shared
-//! records, META-DATA file), `held` (the answers to held deletes), `ignores`, `paths`,
+//! records, META-DATA file), `held` (the answers to held deletes), `ignores`, `status`
+//! (`client status FOLDER`), `paths`,
 //! `progress`, `events`.
 
 mod cli;
@@ -29,6 +30,7 @@ mod scan;
 mod send_thread;
 mod session;
 mod state;
+mod status;
 mod watch;
 
 use std::process::ExitCode;
@@ -37,7 +39,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
-    if let Some(done) = held::command(&argv) {
+    if let Some(done) = held::command(&argv).or_else(|| status::command(&argv)) {
         return match done {
             Ok(msg) => {
                 println!("client: {msg}");

@@ -29,6 +29,7 @@ use crate::client::Core;
 use crate::connect::{Connected, Timing};
 use crate::events::{Event, SessionEvent};
 use crate::held::{self, Answer};
+use crate::status::Status;
 use crate::incoming::Incoming;
 use crate::initial_sync;
 use crate::outgoing::{Done, Outgoing};
@@ -51,6 +52,9 @@ const SAVE_DELAY: Duration = Duration::from_secs(1);
 /// Deletes wait until none has come for this long, then go out (or are
 /// held) together: see `Session::send_deletes`.
 const DELETE_QUIET: Duration = Duration::from_millis(300);
+
+/// How often the status for `client status` is worked out.
+const STATUS_EVERY: Duration = Duration::from_millis(250);
 
 /// How often the control loop looks for the user's answer to held deletes
 /// (`held.rs`).
@@ -117,6 +121,8 @@ pub struct Session<'a> {
     last_delete: Instant,
     /// When the user's answer to held deletes was last looked for.
     answer_checked: Instant,
+    /// When the status for `client status` was last worked out.
+    status_checked: Instant,
     stop_deadline: Option<Instant>,
     last_save: Instant,
 }
@@ -170,6 +176,7 @@ impl<'a> Session<'a> {
             pending_deletes: Vec::new(),
             last_delete: Instant::now(),
             answer_checked: Instant::now(),
+            status_checked: Instant::now(),
             stop_deadline: None,
             last_save: Instant::now(),
         };
@@ -195,6 +202,7 @@ impl<'a> Session<'a> {
                 self.answer_held_deletes();
             }
             self.make_progress();
+            self.report_status();
             let now = Instant::now();
             if let Some(deadline) = self.stop_deadline {
                 if self.out.is_empty() || now >= deadline {
@@ -424,6 +432,31 @@ impl<'a> Session<'a> {
         } else if !burst.held.is_empty() {
             log::warn!("holding {} more deletes ({} held in all)", burst.held.len(), self.core.delete_guard.held().len());
         }
+    }
+
+    /// Works out the folder's status for `client status` (at most every
+    /// [`STATUS_EVERY`]); the file is written only when it changes.
+    fn report_status(&mut self) {
+        let now = Instant::now();
+        if now < self.status_checked + STATUS_EVERY {
+            return;
+        }
+        self.status_checked = now;
+        let (downloads, conflicts) = {
+            let st = self.core.ctx.shared.lock();
+            let conflicts =
+                st.meta.records.iter().filter(|(n, r)| r.local.is_some() && n.contains("(conflicted copy ")).count();
+            (st.incoming.len(), conflicts)
+        };
+        let status = Status {
+            connected: self.reconciled,
+            uploads: self.out.len() + self.pending_deletes.len() + self.core.debouncer.len() + self.policy.pending(),
+            downloads,
+            held_deletes: self.core.delete_guard.held().len(),
+            conflicts,
+            ..Status::default()
+        };
+        self.core.report_status(status);
     }
 
     /// Carries out the user's answer to held deletes, if one was left.

@@ -69,7 +69,6 @@ impl<K: Eq + Hash + Clone> Debouncer<K> {
     }
 
     /// Keys pending.
-    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.last_event.len()
     }

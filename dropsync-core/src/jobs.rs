@@ -48,6 +48,11 @@ impl Jobs {
         Some(job)
     }
 
+    /// How many jobs are queued.
+    pub fn len(&self) -> usize {
+        self.requests.len() + self.syncs.len()
+    }
+
     /// True when nothing is queued.
     pub fn is_empty(&self) -> bool {
         self.requests.is_empty() && self.syncs.is_empty()

@@ -367,6 +367,12 @@ impl SyncPolicy {
         self.unwritable.clear();
     }
 
+    /// How many paths are queued, waiting or awaited here (for a status
+    /// report).
+    pub fn pending(&self) -> usize {
+        self.jobs.len() + self.pending_requests.len() + self.deferred.len() + self.waiting_large.len() + self.unwritable.len()
+    }
+
     /// True when nothing is queued, waiting or awaited here (`--once`
     /// ends when this and the rest of the session are idle).
     pub fn is_idle(&self) -> bool {
