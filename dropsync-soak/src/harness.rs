@@ -1228,13 +1228,15 @@ impl Run {
             }
         }
         for c in &self.clients {
-            // The snapshot, and the (empty) journal that follows it.
+            // The snapshot, the (empty) journal that follows it, and the
+            // status file `client status` reads (never a half-written
+            // `status.tmp`: it is renamed into place).
             let state = c.folder.join(".dropsync");
             let snapshot = fs::read_to_string(state.join("metadata")).unwrap_or_default();
             let generation = snapshot.lines().rev().find_map(|l| l.strip_prefix("# generation ")).unwrap_or("?");
             let journal = format!("metadata.journal.{generation}");
             for f in views::all_files(&state) {
-                if f != "metadata" && f != journal {
+                if f != "metadata" && f != journal && f != "status" {
                     out.push(problem(5, format!("{}: unexpected file .dropsync/{f}", c.label)));
                 }
             }
