@@ -207,8 +207,13 @@ impl Outgoing {
         }
     }
 
+    /// Largest chunk sent.
+    pub fn chunk_size(&self) -> u32 {
+        self.chunk_size
+    }
+
     /// True when a file of `size` bytes goes out in more than one chunk.
-    pub fn spans_chunks(&self, size: u64) -> bool {
+    fn spans_chunks(&self, size: u64) -> bool {
         size > u64::from(self.chunk_size)
     }
 

@@ -88,13 +88,6 @@ struct Counts {
     chunk_size: u32,
 }
 
-impl Counts {
-    fn spans_chunks(&self, size: u64) -> bool {
-        size > u64::from(self.chunk_size)
-    }
-
-}
-
 impl SendHandle {
     /// A sender for [`Command`]s (the reply thread's).
     pub fn commands(&self) -> mpsc::Sender<Command> {
@@ -162,20 +155,19 @@ impl SendHandle {
 
     /// True when a file of `size` bytes goes out in more than one chunk.
     pub fn spans_chunks(&self, size: u64) -> bool {
-        self.counts.spans_chunks(size)
+        size > u64::from(self.counts.chunk_size)
     }
 }
 
 /// Starts the send thread of session `session` over `out`.
 pub fn spawn(
     out: Outgoing,
-    chunk_size: u32,
     ctx: Arc<Ctx>,
     events: mpsc::Sender<Event>,
     session: u64,
 ) -> std::io::Result<(SendHandle, JoinHandle<()>)> {
     let (tx, rx) = mpsc::channel();
-    let counts = Arc::new(Counts { ops: AtomicUsize::new(0), large: AtomicUsize::new(0), chunk_size });
+    let counts = Arc::new(Counts { ops: AtomicUsize::new(0), large: AtomicUsize::new(0), chunk_size: out.chunk_size() });
     let handle = SendHandle { tx, counts };
     let thread = thread::Builder::new().name(format!("send-{session}")).spawn(move || {
         let post = |what| {

@@ -11,6 +11,7 @@
 //! (`state::Shared`). The control loop is: start due work → wait for the
 //! next event or deadline (debounce, rescan, META-DATA save) → handle it.
 
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::net::TcpStream;
 use std::sync::{mpsc, Arc};
@@ -143,7 +144,7 @@ impl<'a> Session<'a> {
         let mut threads = Vec::new();
         let mut sender = None;
         let ctx = &core.ctx;
-        let spawned = send_thread::spawn(outgoing, core.cfg.chunk_size, Arc::clone(ctx), core.tx.clone(), number)
+        let spawned = send_thread::spawn(outgoing, Arc::clone(ctx), core.tx.clone(), number)
             .and_then(|(out, t)| {
                 sender = Some(t);
                 let replies = replies::spawn(send_rx, out.commands(), core.tx.clone(), number)?;
@@ -402,8 +403,8 @@ impl<'a> Session<'a> {
             return;
         }
         // A path judged twice while waiting (a rescan, say) is one delete.
-        let pending: std::collections::BTreeMap<String, Digest> = std::mem::take(&mut self.pending_deletes).into_iter().collect();
-        let (gone, back): (Vec<_>, Vec<_>) = pending
+        let pending: BTreeMap<String, Digest> = std::mem::take(&mut self.pending_deletes).into_iter().collect();
+        let (gone, back): (BTreeMap<_, _>, BTreeMap<_, _>) = pending
             .into_iter()
             .partition(|(name, _)| !matches!(probe(&local_path(&self.core.ctx.root, name)), Ok(Probe::File(_))));
         for (name, _) in back {
@@ -413,10 +414,10 @@ impl<'a> Session<'a> {
             return;
         }
         let files = self.core.ctx.shared.lock().meta.records.values().filter(|r| r.base.is_some()).count();
-        let names: Vec<String> = gone.iter().map(|(n, _)| n.clone()).collect();
+        let names: Vec<String> = gone.keys().cloned().collect();
         let burst = self.core.delete_guard.judge(names, files, Instant::now());
         for name in burst.send {
-            let held = gone.iter().find(|(n, _)| *n == name).map_or(ZERO_DIGEST, |(_, d)| *d);
+            let held = gone.get(&name).copied().unwrap_or(ZERO_DIGEST);
             self.core.ctx.shared.lock().outgoing.insert(name.clone());
             log::debug!("deleting {name} on the server");
             self.out.add_delete(name, held);

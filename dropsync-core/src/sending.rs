@@ -221,11 +221,6 @@ impl<O> Sending<O> {
         self.ops.get_mut(&id).map(|o| &mut o.op)
     }
 
-    /// Every operation's driver state.
-    pub fn ops(&self) -> impl Iterator<Item = (OpId, &str, &O)> {
-        self.ops.iter().map(|(id, o)| (*id, o.name.as_str(), &o.op))
-    }
-
     /// The transfer state of upload `id` (size, bytes acknowledged).
     pub fn sender(&self, id: OpId) -> Option<&Sender> {
         self.mux.sender(id)
@@ -291,11 +286,6 @@ impl<O> Sending<O> {
     /// Moves the encoded messages into `out` (appended).
     pub fn take_frames(&mut self, out: &mut Vec<u8>) {
         out.append(&mut self.frames);
-    }
-
-    /// Bytes of encoded messages not taken yet.
-    pub fn frames_len(&self) -> usize {
-        self.frames.len()
     }
 
     /// Feeds a STATUS from the peer. `Err`: a reply with no message waiting
