@@ -10,7 +10,7 @@ use std::fs;
 use std::io;
 use std::path::Path;
 
-use crate::paths::STATE_DIR;
+use crate::paths::{state_dir_of, STATE_DIR};
 
 /// What the user asked for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,10 +43,7 @@ pub fn command(args: &[String]) -> Option<Result<String, String>> {
 }
 
 fn leave_marker(folder: &Path, answer: Answer) -> Result<String, String> {
-    let state = folder.join(STATE_DIR);
-    if !state.is_dir() {
-        return Err(format!("{} is not a synced folder (no {STATE_DIR}/ in it)", folder.display()));
-    }
+    let state = state_dir_of(folder)?;
     fs::write(state.join(answer.word()), b"").map_err(|e| format!("cannot write to {}: {e}", state.display()))?;
     Ok(match answer {
         Answer::Confirm => "the held deletes will be sent to the server by the running client (or the next one started)",

@@ -9,7 +9,7 @@
 //! the rename triggers sees an unchanged file and never uploads it back.
 
 use std::fs::{self, File};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -21,7 +21,7 @@ use dropsync_core::open_transfers::Limits;
 use dropsync_core::receiving::{Assembled, Config, Ended, Event as ConnEvent, Host, Payload, Receiving, Step};
 use dropsync_core::reconcile::Content;
 use dropsync_core::sync_policy::admit_incoming;
-use dropsync_io::wire::{is_timeout_error, FrameReader};
+use dropsync_io::wire::{feed, Fed, FrameReader};
 use dropsync_proto::limits::{DEFAULT_MAX_CHUNK, MAX_NAME_LEN};
 use dropsync_proto::metadata::parse_document;
 use dropsync_proto::name::METADATA_TRANSFER_NAME;
@@ -216,16 +216,14 @@ impl Incoming {
                 Err(closed) => return Err(io::Error::new(io::ErrorKind::InvalidData, closed.to_string())),
             }
             self.flush()?;
-            match self.rx.read(self.conn.spare()) {
-                Ok(0) if self.conn.is_between_messages() => return Ok(()),
-                Ok(0) => return Err(io::ErrorKind::UnexpectedEof.into()),
-                Ok(n) => self.conn.filled(Instant::now(), n),
-                Err(e) if is_timeout_error(&e) => self
+            match feed(&mut self.rx, &mut self.conn)? {
+                Fed::Bytes => {}
+                Fed::Closed { mid_message: false } => return Ok(()),
+                Fed::Closed { mid_message: true } => return Err(io::ErrorKind::UnexpectedEof.into()),
+                Fed::TimedOut => self
                     .conn
                     .handle_timeout(Instant::now(), &mut self.host)
                     .map_err(|closed| io::Error::new(io::ErrorKind::TimedOut, closed.to_string()))?,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(e),
             }
         }
     }

@@ -12,6 +12,18 @@ use dropsync_proto::name::{is_reserved, validate_name};
 /// under it is ever synced (its name is reserved by section 3).
 pub const STATE_DIR: &str = ".dropsync";
 
+/// The state folder of the synced folder `folder`, for the commands that
+/// talk to its client through files there; an error for a folder no client
+/// has synced.
+pub fn state_dir_of(folder: &Path) -> Result<PathBuf, String> {
+    let state = folder.join(STATE_DIR);
+    if state.is_dir() {
+        Ok(state)
+    } else {
+        Err(format!("{} is not a synced folder (no {STATE_DIR}/ in it)", folder.display()))
+    }
+}
+
 /// Why a local path has no wire name.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Unsyncable {

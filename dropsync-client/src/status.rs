@@ -10,7 +10,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use dropsync_core::conflict::format_utc;
 
-use crate::paths::STATE_DIR;
+use crate::paths::{state_dir_of, STATE_DIR};
 
 /// The status file, in the state folder.
 const FILE: &str = "status";
@@ -88,10 +88,10 @@ pub fn command(args: &[String]) -> Option<Result<String, String>> {
     if word != "status" {
         return None;
     }
-    let state = Path::new(folder).join(STATE_DIR);
-    if !state.is_dir() {
-        return Some(Err(format!("{folder} is not a synced folder (no {STATE_DIR}/ in it)")));
-    }
+    let state = match state_dir_of(Path::new(folder)) {
+        Ok(state) => state,
+        Err(e) => return Some(Err(e)),
+    };
     let text = match fs::read_to_string(state.join(FILE)) {
         Ok(t) => t,
         Err(_) => return Some(Ok(format!("{folder}: no client has run here yet with status reports"))),

@@ -10,6 +10,7 @@ use std::io::{self, Read, Write};
 
 pub use dropsync_core::decoder::Msg;
 use dropsync_core::decoder::Decoder;
+use dropsync_core::receiving::Receiving;
 use dropsync_proto::{Frame, StatusCode};
 
 /// Reads frames from a byte stream: core's [`Decoder`] fed from `R`.
@@ -160,6 +161,39 @@ impl<R: Read> FrameReader<R> {
             }
         }
         Ok(())
+    }
+}
+
+/// What one read of a socket brought a receiving machine ([`feed`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fed {
+    /// Bytes arrived; the machine has them.
+    Bytes,
+    /// The peer closed the connection; `mid_message` when it did so
+    /// inside a message.
+    Closed {
+        /// Part of a message was left unfinished.
+        mid_message: bool,
+    },
+    /// The read timed out: time to call the machine's `handle_timeout`.
+    TimedOut,
+}
+
+/// Reads once from `input` straight into the room `conn` gives (a large
+/// payload into the buffer its host lent), and tells it what came: the one
+/// read step of every driver of a [`Receiving`] machine.
+pub fn feed<T>(input: &mut impl Read, conn: &mut Receiving<T>) -> io::Result<Fed> {
+    loop {
+        match input.read(conn.spare()) {
+            Ok(0) => return Ok(Fed::Closed { mid_message: !conn.is_between_messages() }),
+            Ok(n) => {
+                conn.filled(crate::clock::now(), n);
+                return Ok(Fed::Bytes);
+            }
+            Err(e) if is_timeout_error(&e) => return Ok(Fed::TimedOut),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
 }
 

@@ -5,7 +5,7 @@
 //! (read, feed, process, write) and its [`Host`]: the lock table, the temp
 //! files and the commits of the server's library (PROTOCOL.md section 6).
 
-use std::io::{self, Read, Write};
+use std::io::Write;
 use std::net::TcpStream;
 use std::sync::Arc;
 use std::time::Instant;
@@ -14,7 +14,7 @@ use dropsync_core::library::Committed;
 use dropsync_core::locks::{try_lock_owned, OwnedLockGuard, SessionId};
 use dropsync_core::open_transfers::Limits;
 use dropsync_core::receiving::{Assembled, Config, Ended, Event, Host, Payload, Receiving, Step};
-use dropsync_io::wire::{is_timeout_error, FrameReader, Msg};
+use dropsync_io::wire::{feed, Fed, FrameReader, Msg};
 use dropsync_proto::StatusCode;
 
 use crate::library;
@@ -131,16 +131,17 @@ impl Driver {
             if let Err(end) = self.flush(conn, host) {
                 return end;
             }
-            match self.input.read(conn.spare()) {
-                Ok(0) if conn.is_between_messages() => return "client closed the send connection".into(),
-                Ok(0) => return "client closed the send connection in the middle of a message".into(),
-                Ok(n) => conn.filled(Instant::now(), n),
-                Err(e) if is_timeout_error(&e) => {
+            match feed(&mut self.input, conn) {
+                Ok(Fed::Bytes) => {}
+                Ok(Fed::Closed { mid_message: false }) => return "client closed the send connection".into(),
+                Ok(Fed::Closed { mid_message: true }) => {
+                    return "client closed the send connection in the middle of a message".into()
+                }
+                Ok(Fed::TimedOut) => {
                     if let Err(closed) = conn.handle_timeout(Instant::now(), host) {
                         return closed.to_string();
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return format!("send connection: {e}"),
             }
         }
@@ -203,6 +204,7 @@ impl Uploads<'_> {
     /// kept) is queued for the other clients once the reply is on the wire.
     fn fan_out_after_reply(&mut self, conflict: Option<String>, name: &str) -> StatusCode {
         if let Some(c) = conflict {
+            log::info!("{name}: overwrites a version its sender never saw; kept as {c:?}");
             self.after_reply.push(AfterReply::FanOut { path: c, except: None });
         }
         self.after_reply.push(AfterReply::FanOut { path: name.to_owned(), except: Some(self.session.id) });
