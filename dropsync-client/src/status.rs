@@ -1,7 +1,8 @@
 //! `client status FOLDER` (part of issue 20): is this folder in sync? The
-//! running client keeps `FOLDER/.dropsync/status` up to date (at most once
-//! a second, replaced atomically); the command prints it, and says when
-//! the client that wrote it is no longer running.
+//! running client keeps `FOLDER/.dropsync/status` up to date (looked at
+//! every 250 ms, written only when it changes, replaced atomically); the
+//! command prints it, and says when the client that wrote it is no longer
+//! running.
 
 use std::fs;
 use std::io;
