@@ -1,0 +1,130 @@
+//! The server's content store in memory, behind core's `BlobStore`: what
+//! was installed survives a crash of the simulated server (it was made
+//! durable before any catalog line named it); temps do not. A "disk full"
+//! switch makes new uploads fail, as a full disk does.
+
+use std::collections::HashMap;
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use dropsync_core::library::BlobStore;
+use dropsync_proto::metadata::Strong;
+use sha2::{Digest as _, Sha256};
+
+/// An upload being written.
+#[derive(Debug)]
+pub struct SimTemp {
+    bytes: Vec<u8>,
+    open: Arc<Mutex<usize>>,
+}
+
+impl SimTemp {
+    /// Appends `bytes`.
+    pub fn append(&mut self, bytes: &[u8]) {
+        self.bytes.extend_from_slice(bytes);
+    }
+}
+
+impl Drop for SimTemp {
+    fn drop(&mut self) {
+        let mut n = self.open.lock().unwrap_or_else(PoisonError::into_inner);
+        *n = n.saturating_sub(1);
+    }
+}
+
+#[derive(Debug, Default)]
+struct Stored {
+    bytes: HashMap<Strong, Arc<Vec<u8>>>,
+    refs: HashMap<Strong, u64>,
+}
+
+/// The store. Clones share it (the server keeps one across restarts).
+#[derive(Debug, Clone, Default)]
+pub struct MemBlobs {
+    stored: Arc<Mutex<Stored>>,
+    open: Arc<Mutex<usize>>,
+    full: Arc<Mutex<bool>>,
+}
+
+
+impl MemBlobs {
+    fn stored(&self) -> std::sync::MutexGuard<'_, Stored> {
+        self.stored.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Temps not yet installed or dropped.
+    pub fn temps_open(&self) -> usize {
+        *self.open.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Makes new uploads fail (`true`) or work again.
+    pub fn set_full(&self, full: bool) {
+        *self.full.lock().unwrap_or_else(PoisonError::into_inner) = full;
+    }
+
+    /// The bytes of `key`, if stored.
+    pub fn get(&self, key: &Strong) -> Option<Arc<Vec<u8>>> {
+        self.stored().bytes.get(key).cloned()
+    }
+
+    /// After a restart: the reference counts are the catalog's to rebuild.
+    pub fn reset_refs(&self) {
+        self.stored().refs.clear();
+    }
+
+    /// Stored contents with no reference (leaked by a commit that failed
+    /// half-way, or by a reference count gone wrong).
+    pub fn unreferenced(&self) -> usize {
+        let s = self.stored();
+        s.bytes.keys().filter(|k| !s.refs.contains_key(*k)).count()
+    }
+
+    /// The SHA-256 of `bytes`.
+    pub fn strong(bytes: &[u8]) -> Strong {
+        Sha256::digest(bytes).into()
+    }
+}
+
+impl BlobStore for MemBlobs {
+    type Temp = SimTemp;
+    type Reader = Arc<Vec<u8>>;
+
+    fn temp(&self) -> io::Result<SimTemp> {
+        if *self.full.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device (simulated)"));
+        }
+        *self.open.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        Ok(SimTemp { bytes: Vec::new(), open: self.open.clone() })
+    }
+
+    fn open(&self, key: &Strong) -> io::Result<Arc<Vec<u8>>> {
+        self.get(key).ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "no such content"))
+    }
+
+    fn strong_of(&self, temp: &SimTemp) -> Strong {
+        Self::strong(&temp.bytes)
+    }
+
+    fn install(&self, temp: SimTemp) -> io::Result<Strong> {
+        let key = Self::strong(&temp.bytes);
+        let mut s = self.stored();
+        if !s.bytes.contains_key(&key) {
+            s.bytes.insert(key, Arc::new(temp.bytes.clone()));
+        }
+        Ok(key)
+    }
+
+    fn add_ref(&self, key: &Strong) {
+        *self.stored().refs.entry(*key).or_insert(0) += 1;
+    }
+
+    fn drop_ref(&self, key: &Strong) {
+        let mut s = self.stored();
+        let Some(n) = s.refs.get_mut(key) else { return };
+        *n -= 1;
+        if *n == 0 {
+            s.refs.remove(key);
+            s.bytes.remove(key);
+        }
+    }
+}

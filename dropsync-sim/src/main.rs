@@ -1,0 +1,112 @@
+//! `dropsync-sim`: runs seeds of the deterministic simulation.
+//!
+//! - `dropsync-sim --seeds 10000 --first 0`: that many seeds, on every
+//!   core; prints the rate, and for each failure its one-line replay
+//!   command. Exit status 1 if any seed failed.
+//! - `dropsync-sim --seed 1234`: replays one seed and prints its event log.
+
+use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use clap::Parser;
+use dropsync_sim::{run, Failure};
+
+#[derive(Parser, Debug)]
+#[command(about = "Deterministic simulation of dropsync: one server and 2 to 8 clients in one thread per seed")]
+struct Args {
+    /// How many seeds to run.
+    #[arg(long, default_value_t = 1000)]
+    seeds: u64,
+    /// The first seed.
+    #[arg(long, default_value_t = 0)]
+    first: u64,
+    /// Replay this one seed and print its event log.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Worker threads (default: one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Stop at the first failure.
+    #[arg(long)]
+    fail_fast: bool,
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    if let Some(seed) = args.seed {
+        return replay(seed);
+    }
+    let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let next = AtomicU64::new(args.first);
+    let end = args.first.saturating_add(args.seeds);
+    let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
+    let events = AtomicU64::new(0);
+    let started = Instant::now();
+    std::thread::scope(|scope| {
+        for _ in 0..threads.max(1) {
+            scope.spawn(|| loop {
+                let seed = next.fetch_add(1, Ordering::Relaxed);
+                if seed >= end {
+                    return;
+                }
+                match run(seed) {
+                    Ok(o) => {
+                        events.fetch_add(o.events, Ordering::Relaxed);
+                    }
+                    Err(f) => {
+                        eprintln!("{f}");
+                        let mut all = failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+                        all.push(f);
+                        if args.fail_fast {
+                            next.store(end, Ordering::Relaxed);
+                        }
+                    }
+                }
+            });
+        }
+    });
+    let secs = started.elapsed().as_secs_f64();
+    let failures = failures.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    let ran = next.load(Ordering::Relaxed).min(end) - args.first;
+    println!(
+        "sim: {ran} seeds from {} in {secs:.1} s on {threads} thread(s): {:.0} seeds/s, {:.0} seeds/min, {} events; {} failed",
+        args.first,
+        ran as f64 / secs,
+        ran as f64 * 60.0 / secs,
+        events.load(Ordering::Relaxed),
+        failures.len()
+    );
+    if failures.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        let mut seeds: Vec<u64> = failures.iter().map(|f| f.seed).collect();
+        seeds.sort_unstable();
+        println!("failed seeds: {seeds:?}");
+        ExitCode::FAILURE
+    }
+}
+
+fn replay(seed: u64) -> ExitCode {
+    match run(seed) {
+        Ok(o) => {
+            println!(
+                "seed {seed}: ok: {} steps, {} events, {:.1} s virtual, {} files, {} bytes on the wire",
+                o.steps,
+                o.events,
+                o.virtual_time.as_secs_f64(),
+                o.files,
+                o.bytes
+            );
+            ExitCode::SUCCESS
+        }
+        Err(f) => {
+            for line in &f.log {
+                println!("{line}");
+            }
+            println!("{f}");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,629 @@
+//! The server engine of the simulation: core's library (commit rules over
+//! an in-memory catalog and blob store), lock table, update-queue rules and
+//! connection machines, wired the way `dropsync-server` wires them, with
+//! the simulated network instead of sockets and the virtual clock instead
+//! of `Instant::now`. A session is paired as soon as a client opens its two
+//! connections (the HELLO exchange is the real server's `pairing`, tested
+//! elsewhere).
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::io;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Instant;
+
+use dropsync_core::decoder::{Decoder, Msg};
+use dropsync_core::delivery::{client_has_it, judge_queued, resend_after, Delivery};
+use dropsync_core::library::{BlobStore, Committed, Library, WallTime};
+use dropsync_core::liveness::{Due, Liveness, Silence};
+use dropsync_core::locks::{try_lock_owned, LockTable, MemLockTable, OwnedLockGuard, SessionId};
+use dropsync_core::meta_server::{Catalog, MemCatalog};
+use dropsync_core::mux::OpId;
+use dropsync_core::receiving::{self, Assembled, Host, Payload, Receiving, Step};
+use dropsync_core::sending::{FileDigest, Prepared, Replied, Sending, Source, Transmit};
+use dropsync_core::stale::SeenVersions;
+use dropsync_core::storage::MemStorage;
+use dropsync_proto::metadata::EntryState;
+use dropsync_proto::name::METADATA_TRANSFER_NAME;
+use dropsync_proto::{md5, Frame, StatusCode, ZERO_DIGEST};
+use dropsync_soak::model::Version;
+
+use crate::blobs::{MemBlobs, SimTemp};
+use crate::net::{ConnId, End, Net};
+use crate::Settings;
+
+type Lib = Library<MemCatalog<Arc<MemStorage>>, MemBlobs>;
+
+/// What survives a crash of the server: its durable catalog storage and
+/// its installed contents.
+#[derive(Debug, Clone, Default)]
+pub struct Disk {
+    /// The catalog's journal and snapshot.
+    pub catalog: Arc<MemStorage>,
+    /// The contents.
+    pub blobs: MemBlobs,
+}
+
+/// Something the server did that the invariants judge.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Effect {
+    /// An upload from `client` was answered 0x0001 as `version` of `path`.
+    Committed {
+        /// Who sent it.
+        client: usize,
+        /// The path.
+        path: String,
+        /// What it holds.
+        content: Option<Version>,
+        /// The version it got (0: unchanged).
+        version: u64,
+    },
+    /// A line for the event log.
+    Log(String),
+}
+
+struct Upload {
+    temp: SimTemp,
+    _lock: OwnedLockGuard,
+}
+
+enum Out {
+    Meta(Arc<Vec<u8>>),
+    File { version: u64, bytes: Arc<Vec<u8>> },
+    Delete { version: u64 },
+}
+
+#[derive(PartialEq, Eq)]
+enum Meta {
+    Pending,
+    Sent,
+    Done,
+}
+
+struct State {
+    client: usize,
+    seen: Mutex<SeenVersions>,
+    queue: VecDeque<String>,
+    queued: BTreeSet<String>,
+    requested: BTreeSet<String>,
+    meta: Meta,
+    settling: Option<(String, Instant)>,
+}
+
+struct Session {
+    up_conn: ConnId,
+    down_conn: ConnId,
+    up: Receiving<Upload>,
+    down: Sending<Out>,
+    down_link: Liveness,
+    replies: Decoder,
+    st: State,
+}
+
+/// The server.
+pub struct Server {
+    lib: Lib,
+    disk: Disk,
+    settings: Settings,
+    sessions: BTreeMap<SessionId, Session>,
+    by_conn: BTreeMap<ConnId, SessionId>,
+    next_session: SessionId,
+    /// Unix time of the virtual clock's start, for META-DATA and names.
+    wall_base_ns: i64,
+    started: Instant,
+}
+
+/// The uploads host: what the receiving machine of a client's send
+/// connection asks of the server.
+struct Uploads<'a> {
+    lib: &'a Lib,
+    st: &'a mut State,
+    down: &'a Sending<Out>,
+    id: SessionId,
+    wall: WallTime,
+    fan: &'a mut Vec<(String, Option<SessionId>)>,
+    fx: &'a mut Vec<Effect>,
+}
+
+impl Uploads<'_> {
+    fn label(&self) -> String {
+        format!("c{}", self.st.client)
+    }
+}
+
+impl Host for Uploads<'_> {
+    type Transfer = Upload;
+
+    fn open(&mut self, name: &str, _first_len: u32) -> Result<Upload, StatusCode> {
+        let lock = try_lock_owned(self.lib.locks(), name, self.id).ok_or(StatusCode::LOCKED)?;
+        let temp = self.lib.temp().map_err(|_| StatusCode::IN_USE)?;
+        Ok(Upload { temp, _lock: lock })
+    }
+
+    fn append(&mut self, _name: &str, upload: &mut Upload, payload: Payload<'_>) -> Result<(), StatusCode> {
+        upload.temp.append(payload.as_slice());
+        Ok(())
+    }
+
+    fn commit(&mut self, name: &str, upload: Upload, file: Assembled) -> StatusCode {
+        let Upload { temp, _lock } = upload;
+        let label = self.label();
+        let result = self.lib.commit_upload(name, temp, file.md5, file.size, &self.st.seen, &label, self.wall);
+        drop(_lock);
+        let content = Some(Version { md5: file.md5, size: file.size });
+        match result {
+            Ok(Committed::New { entry, conflict }) => {
+                self.fx.push(Effect::Committed {
+                    client: self.st.client,
+                    path: name.to_owned(),
+                    content,
+                    version: entry.version,
+                });
+                self.after_commit(conflict, name);
+                StatusCode::OK
+            }
+            Ok(_) => {
+                self.fx.push(Effect::Committed { client: self.st.client, path: name.to_owned(), content, version: 0 });
+                StatusCode::OK
+            }
+            Err(e) => {
+                self.fx.push(Effect::Log(format!("server: cannot commit {name:?}: {e}")));
+                StatusCode::IN_USE
+            }
+        }
+    }
+
+    fn must_settle(&mut self, name: &str) -> bool {
+        self.lib.conflict_copies() && self.down.has(name)
+    }
+
+    fn delete(&mut self, name: &str) -> StatusCode {
+        match self.lib.delete(name, self.id, &self.st.seen, self.wall) {
+            Ok(Committed::New { entry, conflict }) => {
+                self.fx.push(Effect::Committed {
+                    client: self.st.client,
+                    path: name.to_owned(),
+                    content: None,
+                    version: entry.version,
+                });
+                self.after_commit(conflict, name);
+                StatusCode::OK
+            }
+            Ok(Committed::Locked) => StatusCode::LOCKED,
+            Ok(_) => StatusCode::NO_FILE,
+            Err(_) => StatusCode::IN_USE,
+        }
+    }
+
+    fn request(&mut self, name: &str) -> StatusCode {
+        let reply = self.lib.request(name);
+        if reply == StatusCode::OK {
+            self.st.requested.insert(name.to_owned());
+            push_queue(self.st, name);
+        }
+        reply
+    }
+
+    fn hello(&mut self) -> StatusCode {
+        StatusCode::OK
+    }
+}
+
+impl Uploads<'_> {
+    /// A committed change goes to every other client, and its conflict copy
+    /// (if one was kept) to everyone.
+    fn after_commit(&mut self, conflict: Option<String>, name: &str) {
+        if let Some(c) = conflict {
+            self.fx.push(Effect::Log(format!("server: {name:?} was stale; kept {c:?}")));
+            self.fan.push((c, None));
+        }
+        self.fan.push((name.to_owned(), Some(self.id)));
+    }
+}
+
+fn push_queue(st: &mut State, path: &str) {
+    if st.queued.insert(path.to_owned()) {
+        st.queue.push_back(path.to_owned());
+    }
+}
+
+/// Chunk bytes of a delivery, copied out of the stored content.
+struct Contents {
+    buf: Vec<u8>,
+}
+
+impl Source<Out> for Contents {
+    fn prepare(&mut self, _id: OpId, _name: &str, op: &mut Out, offset: u64, len: u32) -> io::Result<Prepared<'_>> {
+        let bytes = match op {
+            Out::Meta(b) | Out::File { bytes: b, .. } => b,
+            Out::Delete { .. } => return Err(io::Error::other("a DELETE has no chunks")),
+        };
+        let start = (offset as usize).min(bytes.len());
+        let end = (start + len as usize).min(bytes.len());
+        self.buf.clear();
+        self.buf.extend_from_slice(&bytes[start..end]);
+        Ok(Prepared { payload: Some(&self.buf), len: self.buf.len() as u32, digest: md5(&self.buf), file_digest: None })
+    }
+}
+
+impl Server {
+    /// A server on `disk` (empty for a first start), started at `now`.
+    pub fn start(disk: Disk, settings: Settings, now: Instant, wall_base_ns: i64) -> Result<Self, String> {
+        let catalog = MemCatalog::open(disk.catalog.clone()).map_err(|e| format!("catalog: {e}"))?;
+        disk.blobs.reset_refs();
+        catalog.with_table(|t| {
+            for e in t.entries().filter(|e| e.state == EntryState::File) {
+                if let Some(k) = &e.strong {
+                    disk.blobs.add_ref(k);
+                }
+            }
+        });
+        let locks: Arc<dyn LockTable> = Arc::new(MemLockTable::new());
+        let lib = Library::new(catalog, disk.blobs.clone(), locks, true);
+        Ok(Server {
+            lib,
+            disk,
+            settings,
+            sessions: BTreeMap::new(),
+            by_conn: BTreeMap::new(),
+            next_session: 1,
+            wall_base_ns,
+            started: now,
+        })
+    }
+
+    /// The durable part, to start again from after a crash.
+    pub fn disk(&self) -> Disk {
+        self.disk.clone()
+    }
+
+    fn wall(&self, now: Instant) -> WallTime {
+        WallTime { unix_ns: self.wall_base_ns + now.saturating_duration_since(self.started).as_nanos() as i64 }
+    }
+
+    /// The live files: path → content.
+    pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
+        let mut out = BTreeMap::new();
+        self.lib.catalog().with_table(|t| {
+            for e in t.entries().filter(|e| e.state == EntryState::File) {
+                let bytes = e.strong.and_then(|k| self.disk.blobs.get(&k));
+                out.insert(e.path.clone(), bytes.map(|b| b.to_vec()).unwrap_or_default());
+            }
+        });
+        out
+    }
+
+    /// The catalog's version counter.
+    pub fn last_version(&self) -> u64 {
+        self.lib.catalog().with_table(|t| t.last_version())
+    }
+
+    /// Each path's version.
+    pub fn versions(&self) -> BTreeMap<String, u64> {
+        self.lib.catalog().with_table(|t| t.entries().map(|e| (e.path.clone(), e.version)).collect())
+    }
+
+    /// Who holds `path`'s lock.
+    pub fn lock_holder(&self, path: &str) -> Option<SessionId> {
+        self.lib.locks().holder(path)
+    }
+
+    /// Whether session `id` is still up.
+    pub fn has_session(&self, id: SessionId) -> bool {
+        self.sessions.contains_key(&id)
+    }
+
+    /// Temps of uploads under way.
+    pub fn temps_open(&self) -> usize {
+        self.disk.blobs.temps_open()
+    }
+
+    /// Whether every session is idle: nothing queued, sent or settling.
+    pub fn is_idle(&self) -> bool {
+        self.sessions.values().all(|s| {
+            s.st.queue.is_empty() && s.down.is_empty() && s.st.settling.is_none() && s.up.open_transfers() == 0
+        })
+    }
+
+    /// What is left to do, for a failure report.
+    pub fn backlog(&self) -> Vec<String> {
+        self.sessions
+            .iter()
+            .filter(|(_, s)| !(s.st.queue.is_empty() && s.down.is_empty() && s.st.settling.is_none()))
+            .map(|(id, s)| {
+                format!(
+                    "session {id} (c{}): queue {:?}, {} deliveries, settling {:?}, {} uploads open",
+                    s.st.client,
+                    s.st.queue,
+                    s.down.len(),
+                    s.st.settling,
+                    s.up.open_transfers()
+                )
+            })
+            .collect()
+    }
+
+    /// Client `client` opened `up` (its send connection) and `down` (its
+    /// receive connection): a new session, which is sent the META-DATA.
+    pub fn accept(&mut self, client: usize, up: ConnId, down: ConnId, now: Instant, net: &mut Net) -> SessionId {
+        let id = self.next_session;
+        self.next_session += 1;
+        let cfg = receiving::Config {
+            max_chunk: self.settings.chunk * 4,
+            max_name_len: 4096,
+            metadata_name: false,
+            limits: self.settings.limits,
+            timers: self.settings.timers,
+            silence: Silence::Ends,
+        };
+        let session = Session {
+            up_conn: up,
+            down_conn: down,
+            up: Receiving::new(cfg, now),
+            down: Sending::new(self.settings.parallel),
+            down_link: Liveness::new(now, self.settings.timers, Silence::Ends),
+            replies: Decoder::new(),
+            st: State {
+                client,
+                seen: Mutex::new(SeenVersions::new(0)),
+                queue: VecDeque::new(),
+                queued: BTreeSet::new(),
+                requested: BTreeSet::new(),
+                meta: Meta::Pending,
+                settling: None,
+            },
+        };
+        self.sessions.insert(id, session);
+        self.by_conn.insert(up, id);
+        self.by_conn.insert(down, id);
+        self.pump(id, now, net);
+        id
+    }
+
+    /// Bytes arrived on `conn`.
+    pub fn on_bytes(&mut self, conn: ConnId, bytes: &[u8], now: Instant, net: &mut Net, fx: &mut Vec<Effect>) {
+        let Some(&id) = self.by_conn.get(&conn) else { return };
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        if conn == s.up_conn {
+            s.up.handle_input(now, bytes);
+            self.drive_up(id, now, net, fx);
+        } else {
+            s.replies.handle_input(bytes);
+            s.down_link.on_received(now);
+            loop {
+                let Some(s) = self.sessions.get_mut(&id) else { return };
+                let msg = match s.replies.poll_msg() {
+                    Ok(Some(msg)) => msg,
+                    Ok(None) => break,
+                    Err(e) => return self.end(id, &format!("unreadable reply: {e}"), net, fx),
+                };
+                let Msg::Status(code) = msg else {
+                    return self.end(id, "a message that is not a STATUS on the receive connection", net, fx);
+                };
+                match s.down.handle_reply(code) {
+                    Ok(Replied::Ended(e)) => match e.op {
+                        Out::Meta(_) if e.outcome == dropsync_core::sender::Outcome::Committed => s.st.meta = Meta::Done,
+                        Out::Meta(_) => return self.end(id, "the client refused the META-DATA", net, fx),
+                        Out::File { version, .. } | Out::Delete { version } => {
+                            if client_has_it(e.outcome) {
+                                let mut seen = s.st.seen.lock().unwrap_or_else(PoisonError::into_inner);
+                                seen.saw(&e.name, version);
+                                if resend_after(version, self.lib.catalog().get(&e.name).as_ref(), &seen) {
+                                    drop(seen);
+                                    s.st.requested.insert(e.name.clone());
+                                    push_queue(&mut s.st, &e.name);
+                                }
+                            }
+                        }
+                    },
+                    Ok(_) => {}
+                    Err(e) => return self.end(id, &format!("reply out of step: {e}"), net, fx),
+                }
+            }
+            self.resume_settled(id, now, net, fx);
+            self.pump(id, now, net);
+        }
+    }
+
+    /// The connection `conn` closed: its session ends.
+    pub fn on_closed(&mut self, conn: ConnId, net: &mut Net, fx: &mut Vec<Effect>) {
+        if let Some(&id) = self.by_conn.get(&conn) {
+            self.end(id, "connection closed", net, fx);
+        }
+    }
+
+    /// When [`on_timeout`](Self::on_timeout) next has something to do.
+    pub fn deadline(&self) -> Option<Instant> {
+        self.sessions
+            .values()
+            .flat_map(|s| [Some(s.up.poll_timeout()), Some(s.down_link.poll_timeout()), s.st.settling.as_ref().map(|x| x.1)])
+            .flatten()
+            .min()
+    }
+
+    /// Time passed: keep-alives, dead peers, idle transfers, settled waits.
+    pub fn on_timeout(&mut self, now: Instant, net: &mut Net, fx: &mut Vec<Effect>) {
+        let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
+        for id in ids {
+            let Some(s) = self.sessions.get_mut(&id) else { continue };
+            match s.down_link.poll(now) {
+                Due::PeerGone(g) => {
+                    self.end(id, &format!("receive connection: {g}"), net, fx);
+                    continue;
+                }
+                Due::KeepAlive => {
+                    let mut buf = Vec::new();
+                    Frame::Status(StatusCode::KEEP_ALIVE).encode(&mut buf);
+                    net.send(now, s.down_conn, End::Client, buf);
+                    s.down_link.on_sent(now);
+                }
+                Due::Nothing => {}
+            }
+            let mut fan = Vec::new();
+            let result = {
+                let Session { up, down, st, .. } = s;
+                let mut host = Uploads {
+                    lib: &self.lib,
+                    st,
+                    down,
+                    id,
+                    wall: WallTime { unix_ns: 0 },
+                    fan: &mut fan,
+                    fx,
+                };
+                host.wall = wall_at(self.wall_base_ns, self.started, now);
+                up.handle_timeout(now, &mut host)
+            };
+            if let Err(e) = result {
+                self.end(id, &format!("send connection: {e}"), net, fx);
+                continue;
+            }
+            self.flush_up(id, now, net);
+            self.fan_out(fan, now, net);
+            self.resume_settled(id, now, net, fx);
+        }
+    }
+
+    fn resume_settled(&mut self, id: SessionId, now: Instant, net: &mut Net, fx: &mut Vec<Effect>) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let done = match &s.st.settling {
+            Some((name, until)) => !s.down.has(name) || *until <= now,
+            None => false,
+        };
+        if done {
+            s.st.settling = None;
+            self.drive_up(id, now, net, fx);
+        }
+    }
+
+    /// Runs the send connection's machine over what arrived.
+    fn drive_up(&mut self, id: SessionId, now: Instant, net: &mut Net, fx: &mut Vec<Effect>) {
+        let wall = self.wall(now);
+        let mut fan = Vec::new();
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        if s.st.settling.is_some() {
+            return;
+        }
+        let result = {
+            let Session { up, down, st, .. } = s;
+            let mut host = Uploads { lib: &self.lib, st, down, id, wall, fan: &mut fan, fx };
+            up.process(now, &mut host)
+        };
+        match result {
+            Ok(Step::Settle { name, until }) => s.st.settling = Some((name, until)),
+            Ok(_) => {}
+            Err(e) => {
+                self.flush_up(id, now, net);
+                self.fan_out(fan, now, net);
+                return self.end(id, &format!("send connection: {e}"), net, fx);
+            }
+        }
+        self.flush_up(id, now, net);
+        self.fan_out(fan, now, net);
+    }
+
+    fn flush_up(&mut self, id: SessionId, now: Instant, net: &mut Net) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let mut buf = Vec::new();
+        if s.up.poll_transmit(now, &mut buf) {
+            net.send(now, s.up_conn, End::Client, buf);
+        }
+    }
+
+    fn fan_out(&mut self, fan: Vec<(String, Option<SessionId>)>, now: Instant, net: &mut Net) {
+        for (path, except) in fan {
+            let ids: Vec<SessionId> = self.sessions.keys().copied().filter(|&i| Some(i) != except).collect();
+            for i in ids {
+                if let Some(s) = self.sessions.get_mut(&i) {
+                    push_queue(&mut s.st, &path);
+                }
+                self.pump(i, now, net);
+            }
+        }
+    }
+
+    /// Starts deliveries while the session has room, and sends what is
+    /// ready.
+    fn pump(&mut self, id: SessionId, now: Instant, net: &mut Net) {
+        let Some(s) = self.sessions.get_mut(&id) else { return };
+        let chunk = self.settings.chunk;
+        match s.st.meta {
+            Meta::Pending => {
+                let (text, upto) = self.lib.catalog().snapshot();
+                *s.st.seen.lock().unwrap_or_else(PoisonError::into_inner) = SeenVersions::new(upto);
+                let bytes = Arc::new(text.into_bytes());
+                let digest = FileDigest::Known(md5(&bytes));
+                s.down.add_upload(METADATA_TRANSFER_NAME.into(), bytes.len() as u64, chunk, digest, Out::Meta(bytes));
+                s.st.meta = Meta::Sent;
+            }
+            Meta::Sent => {}
+            Meta::Done => {
+                let mut busy = Vec::new();
+                while s.down.len() < self.settings.parallel {
+                    let Some(path) = s.st.queue.pop_front() else { break };
+                    if s.down.has(&path) {
+                        busy.push(path);
+                        continue;
+                    }
+                    s.st.queued.remove(&path);
+                    let requested = s.st.requested.remove(&path);
+                    let entry = self.lib.catalog().get(&path);
+                    let judged = {
+                        let seen = s.st.seen.lock().unwrap_or_else(PoisonError::into_inner);
+                        judge_queued(entry.as_ref(), &seen, requested)
+                    };
+                    match (judged, entry) {
+                        (Delivery::File { version }, Some(e)) => match self.lib.open_content(&e) {
+                            Ok(bytes) => {
+                                let d = FileDigest::Known(e.md5);
+                                s.down.add_upload(path, e.size, chunk, d, Out::File { version, bytes });
+                            }
+                            Err(_) => continue,
+                        },
+                        (Delivery::Delete { version }, _) => {
+                            s.down.add_delete(path, ZERO_DIGEST, Out::Delete { version });
+                        }
+                        _ => {}
+                    }
+                }
+                for p in busy.into_iter().rev() {
+                    s.st.queue.push_front(p);
+                }
+            }
+        }
+        let mut src = Contents { buf: Vec::new() };
+        let mut out = Vec::new();
+        while let Some(t) = s.down.poll_transmit(&mut src) {
+            s.down.take_frames(&mut out);
+            let Transmit::Chunk { .. } = t;
+            out.extend_from_slice(&src.buf);
+        }
+        s.down.take_frames(&mut out);
+        if !out.is_empty() {
+            net.send(now, s.down_conn, End::Client, out);
+            s.down_link.on_sent(now);
+        }
+    }
+
+    /// Ends session `id`: its transfers are discarded, its locks released,
+    /// its connections closed.
+    fn end(&mut self, id: SessionId, why: &str, net: &mut Net, fx: &mut Vec<Effect>) {
+        let Some(mut s) = self.sessions.remove(&id) else { return };
+        let mut fan = Vec::new();
+        {
+            let Session { up, down, st, .. } = &mut s;
+            let mut host = Uploads { lib: &self.lib, st, down, id, wall: WallTime { unix_ns: 0 }, fan: &mut fan, fx };
+            up.close(&mut host);
+        }
+        s.down.abort_all();
+        self.lib.locks().release_all(id);
+        self.by_conn.remove(&s.up_conn);
+        self.by_conn.remove(&s.down_conn);
+        net.close(s.up_conn);
+        net.close(s.down_conn);
+        fx.push(Effect::Log(format!("server: session {id} (c{}) ended: {why}", s.st.client)));
+    }
+}
+
+fn wall_at(base_ns: i64, started: Instant, now: Instant) -> WallTime {
+    WallTime { unix_ns: base_ns + now.saturating_duration_since(started).as_nanos() as i64 }
+}
