@@ -57,6 +57,10 @@ pub enum SessionEvent {
     /// could not be written here; the server gives it up for this client,
     /// so the session asks for it again later.
     Unwritable(String),
+    /// An incoming transfer or DELETE of `name` was refused (0x0080)
+    /// because our own change of it was being sent: asked for once that
+    /// change has its reply (`SyncPolicy::refused_while_sending`).
+    RefusedWhileSending(String),
     /// An incoming transfer of `name` was written into the folder.
     Written(String),
     /// The receive thread made a conflict copy named `name`: upload it.

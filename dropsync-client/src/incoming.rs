@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime};
 use dropsync_core::open_transfers::Limits;
 use dropsync_core::receiving::{Assembled, Config, Ended, Event as ConnEvent, Host, Payload, Receiving, Step};
 use dropsync_core::reconcile::Content;
-use dropsync_core::sync_policy::admit_incoming;
+use dropsync_core::sync_policy::{admit_incoming, brings_nothing_new};
 use dropsync_io::wire::{feed, Fed, FrameReader};
 use dropsync_proto::limits::{DEFAULT_MAX_CHUNK, MAX_NAME_LEN};
 use dropsync_proto::metadata::parse_document;
@@ -339,7 +339,10 @@ impl Host for Deliveries {
             Sink::Memory(bytes) => return self.on_metadata(&bytes, file, open.started),
             Sink::Temp(temp) => match self.install(name, temp, Content { md5: file.md5, size: file.size }) {
                 Ok(()) => StatusCode::OK,
-                Err(Unwritten::BeingSent) => StatusCode::IN_USE,
+                Err(Unwritten::BeingSent) => {
+                    self.delivered.push(SessionEvent::RefusedWhileSending(name.to_owned()));
+                    StatusCode::IN_USE
+                }
                 Err(Unwritten::CannotWrite) => {
                     self.delivered.push(SessionEvent::Unwritable(name.to_owned()));
                     StatusCode::IN_USE
@@ -409,7 +412,10 @@ impl Deliveries {
                     log::warn!("refused incoming {name}: cannot write it: {why}");
                     self.delivered.push(SessionEvent::Unwritable(name.to_owned()));
                 }
-                Ok(()) => log::info!("refused incoming {name}: our own change of it is being sent"),
+                Ok(()) => {
+                    log::info!("refused incoming {name}: our own change of it is being sent");
+                    self.delivered.push(SessionEvent::RefusedWhileSending(name.to_owned()));
+                }
             }
             return Err(code);
         }
@@ -471,6 +477,13 @@ impl Deliveries {
             log::info!("refused incoming {name} at FINISHED: our own change of it is being sent");
             return Err(Unwritten::BeingSent);
         }
+        if brings_nothing_new(content, st.record(name).base) {
+            // The temp file goes with `temp`.
+            drop(st);
+            log::debug!("{name}: received the version last in common; the local file stays as it is");
+            self.delivered.push(SessionEvent::Written(name.to_owned()));
+            return Ok(());
+        }
         let kept = keep_if_unaccepted(&ctx, &mut st, name, &path, &before, Some(content))
             .map_err(|e| fail("local file", e))?;
         fs::rename(&temp.path, &path).map_err(|e| fail("rename", e))?;
@@ -517,6 +530,7 @@ impl Deliveries {
         let mut st = ctx.shared.lock();
         if let Err(code) = admit_incoming(st.outgoing.contains(name), true) {
             log::info!("refused DELETE of {name}: our own change of it is being sent");
+            self.delivered.push(SessionEvent::RefusedWhileSending(name.to_owned()));
             return code;
         }
         match probe(&path) {

@@ -12,7 +12,7 @@ use std::collections::{HashMap, HashSet};
 use std::time::{Instant, SystemTime};
 
 use dropsync_core::meta_client::{ClientMeta, LocalSeen};
-use dropsync_core::reconcile::{reconcile, Action, Content, Planned, ServerSide};
+use dropsync_core::reconcile::{effective_base, reconcile, Action, Content, Planned, ServerSide};
 use dropsync_proto::metadata::{Document, Entry, EntryState};
 use dropsync_proto::name::validate_name;
 
@@ -89,6 +89,27 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
                 notes.unreadable(&name, &e);
                 unsettled.insert(name);
             }
+        }
+    }
+
+    // Content last seen here that the server has is content in common,
+    // even if this client never heard that the server took it (core's
+    // `effective_base`): recorded as the base before B is read.
+    {
+        let mut st = ctx.shared.lock();
+        let found: Vec<(String, Content, u64)> = st
+            .meta
+            .records
+            .iter()
+            .filter_map(|(name, r)| {
+                let (side, version) = server.get(name).copied()?;
+                let b = effective_base(r.base, r.local.map(|l| l.content), Some(side))?;
+                (Some(b) != r.base).then(|| (name.clone(), b, version))
+            })
+            .collect();
+        for (name, b, version) in found {
+            log::debug!("{name}: the server has what was last seen here; that is the base");
+            st.set_base(&name, Some(b), version);
         }
     }
 

@@ -339,6 +339,15 @@ impl<'a> Session<'a> {
             }
             SessionEvent::ConflictCopy(name) => self.policy.sync(name),
             SessionEvent::Written(name) => self.policy.incoming_written(&name),
+            SessionEvent::RefusedWhileSending(name) => {
+                // Asked for once our change has its reply; if it has had it
+                // already (its end is on its way here), at once.
+                if self.core.ctx.shared.lock().outgoing.contains(&name) {
+                    self.policy.refused_while_sending(&name);
+                } else {
+                    self.policy.request(name);
+                }
+            }
             SessionEvent::Unwritable(name) => match self.policy.incoming_refused(&name, Instant::now()) {
                 Some(at) => log::info!(
                     "could not write {name} here; asking the server for it again in {:?}",

@@ -12,7 +12,9 @@
 //!   a client that sent HELLO, by up to N interleaved transfers";
 //! - "A reply 0x0080 from the client gives up on that path for that
 //!   client"; a delivered version counts as seen by it (the stale-change
-//!   rule).
+//!   rule);
+//! - a delivery overtaken by the client's own change is followed by that
+//!   change ([`resend_after`]).
 
 use dropsync_proto::metadata::{Entry, EntryState};
 use dropsync_proto::StatusCode;
@@ -71,6 +73,19 @@ pub fn client_has_it(outcome: Outcome) -> bool {
     matches!(outcome, Outcome::Committed | Outcome::Refused(StatusCode::NO_FILE))
 }
 
+/// A delivery of `delivered` (a version of `current`'s path) ended with
+/// the client having it, but the path is now at a newer version that the
+/// client made itself (its own upload or DELETE, committed while the
+/// delivery was on its way: the stale-change rule waits at most 1 s for
+/// the delivery's reply). The update queue skips a version its client made,
+/// so without sending it again the client would keep the older version it
+/// just installed over its own, and differ from the server for good (found
+/// by the simulator, seed 48). True: queue the path for the client again,
+/// as if it had asked for it.
+pub fn resend_after(delivered: u64, current: Option<&Entry>, seen: &SeenVersions) -> bool {
+    current.is_some_and(|e| e.version > delivered && seen.has_received(&e.path, e.version))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -101,6 +116,19 @@ mod tests {
     fn a_listing_in_meta_data_does_not_count_here() {
         let seen = SeenVersions::new(10);
         assert_eq!(judge_queued(Some(&entry("f", 3, EntryState::File)), &seen, false), Delivery::File { version: 3 });
+    }
+
+    #[test]
+    fn a_delivery_overtaken_by_the_clients_own_change_is_sent_again() {
+        let mut seen = SeenVersions::new(0);
+        seen.saw("f", 3);
+        seen.saw("f", 5); // its own upload, committed while 3 was on its way
+        assert!(resend_after(3, Some(&entry("f", 5, EntryState::File)), &seen));
+        assert!(resend_after(3, Some(&entry("f", 5, EntryState::Deleted)), &seen), "its own DELETE too");
+        let other = SeenVersions::new(0);
+        assert!(!resend_after(3, Some(&entry("f", 5, EntryState::File)), &other), "another client's: queued anyway");
+        assert!(!resend_after(5, Some(&entry("f", 5, EntryState::File)), &seen), "the current version");
+        assert!(!resend_after(3, None, &seen));
     }
 
     #[test]

@@ -17,7 +17,10 @@
 //!   transfer (0x0008, 0x0010) is tried again [`MAX_RETRIES`] times
 //!   ([`SyncPolicy::ended`]);
 //! - a REQUEST is answered by the first delivery of its path that starts
-//!   after it.
+//!   after it;
+//! - a delivery refused because this client's own change of the path was
+//!   being sent is asked for once that change has its reply
+//!   ([`SyncPolicy::refused_while_sending`]).
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::time::{Duration, Instant};
@@ -65,6 +68,18 @@ pub const MAX_RETRIES: u32 = 3;
 /// arrives either — so it is first kept as a conflict copy.
 pub fn must_keep_local(local: Option<Content>, base: Option<Content>, incoming: Option<Content>) -> bool {
     local.is_some() && local != base && local != incoming
+}
+
+/// Section 7 [ext]: a delivery whose content is the base (what this client
+/// and the server last had in common) brings nothing new, so the local
+/// file is left as it is: if it changed or was deleted since, that change
+/// goes out as usual. Installing the base over it would undo a change the
+/// server has not seen yet (a deleted file would come back: found by the
+/// simulator, seed 66, where a REQUEST was answered with the client's own
+/// version after the user had deleted the file). Reply 0x0001: the client
+/// has that version.
+pub fn brings_nothing_new(incoming: Content, base: Option<Content>) -> bool {
+    base == Some(incoming)
 }
 
 /// Section 7, on an incoming transfer or DELETE of a path: "An incoming
@@ -182,6 +197,9 @@ pub struct SyncPolicy {
     /// each is asked for again (`None` once asked, until its delivery ends),
     /// and its backoff.
     unwritable: HashMap<String, (Option<Instant>, Backoff)>,
+    /// Paths whose delivery was refused while this client's own change of
+    /// them was being sent: asked for once that change ends.
+    overtaken: HashSet<String>,
     stopping: bool,
 }
 
@@ -198,6 +216,7 @@ impl SyncPolicy {
             retries: HashMap::new(),
             in_use_tries: HashMap::new(),
             unwritable: HashMap::new(),
+            overtaken: HashSet::new(),
             stopping: false,
         }
     }
@@ -316,6 +335,9 @@ impl SyncPolicy {
             }
             Ending::Upload { outcome: Outcome::Aborted, .. } | Ending::Delete(Outcome::Aborted) => Next::Done,
         };
+        if !matches!(ending, Ending::Request(_)) && self.overtaken.remove(name) && !self.stopping {
+            self.jobs.push_request(name.to_owned());
+        }
         self.undefer(name);
         next
     }
@@ -347,6 +369,19 @@ impl SyncPolicy {
         Some(at)
     }
 
+    /// This client refused a delivery of `name` (0x0080) because its own
+    /// upload or DELETE of the path was being sent (section 7: "the upload
+    /// in flight replaces it"). That holds when the server commits our
+    /// change after the refused version; but the server may have committed
+    /// ours first and the refused version after it (another client's newer
+    /// change, delivered before our reply arrived), and it gives the path
+    /// up for this client on the refusal. So once our change has its reply,
+    /// the path is asked for: the server sends its current version, ours or
+    /// newer (found by the simulator, seed 14).
+    pub fn refused_while_sending(&mut self, name: &str) {
+        self.overtaken.insert(name.to_owned());
+    }
+
     /// `name` was written here: no more asking for it.
     pub fn incoming_written(&mut self, name: &str) {
         self.unwritable.remove(name);
@@ -365,6 +400,7 @@ impl SyncPolicy {
         self.deferred.clear();
         self.waiting_large.clear();
         self.unwritable.clear();
+        self.overtaken.clear();
     }
 
     /// How many paths are queued, waiting or awaited here (for a status

@@ -251,3 +251,29 @@ fn a_path_that_could_not_be_written_and_is_then_gone_from_the_server_is_not_aske
     assert!(p.is_idle());
     assert_eq!(p.next_retry(), None);
 }
+
+#[test]
+fn a_delivery_refused_while_our_change_was_sent_is_asked_for_after_it() {
+    let now = Instant::now();
+    let mut p = SyncPolicy::new(false);
+    p.refused_while_sending("f");
+    let next = p.ended("f", Ending::Delete(Outcome::Committed), now);
+    assert_eq!(next, Next::Done);
+    assert_eq!(p.next_job(now, true), Some(Job::Request("f".into())), "the server's version may be newer than ours");
+    assert!(!p.may_sync("f", false), "the local file waits for the answer");
+    p.delivered("f", now);
+    assert!(p.may_sync("f", false));
+    // Asked for once, not after every later change.
+    let _ = p.ended("f", Ending::Delete(Outcome::Committed), now);
+    assert_eq!(p.next_job(now, true), Some(Job::Sync("f".into())));
+    assert_eq!(p.next_job(now, true), None);
+}
+
+#[test]
+fn a_delivery_of_the_base_leaves_a_local_change_alone() {
+    let x = Content { md5: [1; 16], size: 1 };
+    let y = Content { md5: [2; 16], size: 2 };
+    assert!(brings_nothing_new(x, Some(x)));
+    assert!(!brings_nothing_new(x, Some(y)));
+    assert!(!brings_nothing_new(x, None));
+}

@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use dropsync_core::liveness::Due;
 use dropsync_core::meta_server::Catalog;
-use dropsync_core::delivery::{client_has_it, judge_queued, Delivery as Queued};
+use dropsync_core::delivery::{client_has_it, judge_queued, resend_after, Delivery as Queued};
 use dropsync_core::mux::OpId;
 use dropsync_core::sender::Outcome;
 use dropsync_core::sending::{Cause, Ended, FileDigest, Prepared, Replied, Sending, Source as SendSource, Transmit};
@@ -233,8 +233,17 @@ pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), G
     }
     for ((path, version), outcome) in versions.into_iter().zip(outcomes) {
         if client_has_it(outcome) {
-            session.seen.lock().unwrap_or_else(PoisonError::into_inner).saw(&path, version);
+            let mut seen = session.seen.lock().unwrap_or_else(PoisonError::into_inner);
+            seen.saw(&path, version);
             log::debug!("{}: delivered {path:?} version {version}", session.who());
+            if resend_after(version, server.library.catalog().get(&path).as_ref(), &seen) {
+                drop(seen);
+                log::info!("{}: {path:?} changed by this client while version {version} was on its way; sending it again", session.who());
+                session.requested.lock().unwrap_or_else(PoisonError::into_inner).insert(path.clone());
+                if session.queue.push(&path) || server.config.workers > 0 {
+                    server.wake(session);
+                }
+            }
         } else {
             // 0x0080 (and any other refusal): give up on this path for
             // this client (ASSIGNMENT.md, section 6).
