@@ -261,7 +261,8 @@ impl<'a> Session<'a> {
         if !self.pending_deletes.is_empty() {
             consider(Some(self.last_delete + DELETE_QUIET));
         }
-        if self.reconciled {
+        // A retry waits for room on the connection, as jobs do.
+        if self.reconciled && self.out.len() < self.core.cfg.in_flight {
             consider(self.policy.next_retry());
         }
         consider(self.stop_deadline);

@@ -328,8 +328,17 @@ impl SyncPolicy {
             Ending::Request(outcome) => {
                 if outcome != Outcome::Committed {
                     self.pending_requests.remove(name);
-                    // Nothing will be delivered: nothing more to ask for.
-                    self.unwritable.remove(name);
+                    if outcome == Outcome::Refused(StatusCode::IN_USE) && !self.stopping {
+                        // Section 6: "F locked (being written): 0x0080".
+                        // That write usually ends in a commit, which comes
+                        // through the update queue; but one aborted sends
+                        // nothing: asked again later (found by the
+                        // simulator, seed 2793).
+                        let _ = self.incoming_refused(name, now);
+                    } else {
+                        // Nothing will be delivered: nothing more to ask for.
+                        self.unwritable.remove(name);
+                    }
                 }
                 Next::Done
             }
@@ -347,6 +356,15 @@ impl SyncPolicy {
     pub fn delivered(&mut self, name: &str, started: Instant) {
         if self.pending_requests.get(name).is_some_and(|&sent| started >= sent) {
             self.pending_requests.remove(name);
+        }
+        // A change given up was about the path as it was before this
+        // delivery: a DELETE refused with 0x0020 must not keep the next
+        // deletion of the file that came back from going out (found by the
+        // simulator, seed 1007).
+        self.given_up.remove(name);
+        // Asked for again and answered (a DELETE writes nothing).
+        if matches!(self.unwritable.get(name), Some((None, _))) {
+            self.unwritable.remove(name);
         }
         self.undefer(name);
     }
@@ -387,9 +405,17 @@ impl SyncPolicy {
         self.unwritable.remove(name);
     }
 
-    /// When a path that could not be written is next asked for.
+    /// When a path that could not be written is next asked for: what
+    /// [`next_job`](Self::next_job) would pick then. A driver waits for it
+    /// only while its connection has room for a job; otherwise a retry that
+    /// is due but cannot start yet would wake it again at once, for ever
+    /// (found by the simulator, seed 4951).
     pub fn next_retry(&self) -> Option<Instant> {
-        self.unwritable.values().filter_map(|(at, _)| *at).min()
+        self.unwritable
+            .iter()
+            .filter(|(name, _)| !self.pending_requests.contains_key(*name))
+            .filter_map(|(_, (at, _))| *at)
+            .min()
     }
 
     /// Section 9: stop taking work. Nothing queued is started, and nothing

@@ -277,3 +277,33 @@ fn a_delivery_of_the_base_leaves_a_local_change_alone() {
     assert!(!brings_nothing_new(x, Some(y)));
     assert!(!brings_nothing_new(x, None));
 }
+
+#[test]
+fn a_delivery_ends_what_was_given_up_about_the_path() {
+    let now = Instant::now();
+    let mut p = SyncPolicy::new(false);
+    let x = Content { md5: [1; 16], size: 1 };
+    assert_eq!(p.ended("f", Ending::Delete(Outcome::Refused(StatusCode::NO_FILE)), now), Next::GivenUp(StatusCode::NO_FILE));
+    assert_eq!(p.judge("f", Local::Absent, Some(x)), Judgement::Nothing, "given up");
+    p.delivered("f", now);
+    assert_eq!(p.judge("f", Local::Absent, Some(x)), Judgement::Delete, "the file came back and was deleted again");
+}
+
+#[test]
+fn a_request_refused_while_the_path_is_written_is_asked_again() {
+    let now = Instant::now();
+    let mut p = SyncPolicy::new(false);
+    p.request("f".into());
+    assert_eq!(p.next_job(now, true), Some(Job::Request("f".into())));
+    let _ = p.ended("f", Ending::Request(Outcome::Refused(StatusCode::IN_USE)), now);
+    let at = p.next_retry().expect("asked again: the write may be aborted");
+    assert_eq!(p.next_job(now, true), None);
+    assert_eq!(p.next_job(at, true), Some(Job::Request("f".into())));
+    p.delivered("f", at);
+    assert!(p.is_idle(), "answered, by a DELETE as well");
+    // Unknown on the server: nothing to ask for again.
+    p.request("g".into());
+    let _ = p.next_job(now, true);
+    let _ = p.ended("g", Ending::Request(Outcome::Refused(StatusCode::NO_FILE)), now);
+    assert!(p.is_idle());
+}

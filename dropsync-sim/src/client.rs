@@ -697,7 +697,7 @@ impl Client {
             if let Some(d) = self.dirty.values().min() {
                 at = at.min(*d);
             }
-            if let Some(r) = s.policy.next_retry() {
+            if let Some(r) = s.policy.next_retry().filter(|_| s.up.len() < self.settings.parallel) {
                 at = at.min(r);
             }
         }

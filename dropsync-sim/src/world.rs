@@ -39,6 +39,10 @@ use crate::Settings;
 /// Longest a run may take, in virtual time, to settle after its workload.
 const SETTLE_LIMIT: Duration = Duration::from_secs(400);
 
+/// Most events one run may take: a run that needs more is spinning (a
+/// deadline that passed and is never moved on), and fails.
+const MAX_EVENTS: u64 = 2_000_000;
+
 /// Wall-clock time the virtual clock starts at (2026-01-01), so conflict
 /// names do not depend on when the run happens.
 const WALL_BASE_SECS: i64 = 1_767_225_600;
@@ -92,6 +96,20 @@ enum Item {
     ClientBack(usize),
     Action,
     DiskBack,
+}
+
+impl Item {
+    fn kind(&self) -> String {
+        match self {
+            Item::Bytes(c, e, b) => format!("{} bytes on {c} to {e:?}", b.len()),
+            Item::ServerTimer => "server timer".into(),
+            Item::ServerBack => "server back".into(),
+            Item::Client(i) => format!("c{i} timer"),
+            Item::ClientBack(i) => format!("c{i} back"),
+            Item::Action => "workload".into(),
+            Item::DiskBack => "disk back".into(),
+        }
+    }
 }
 
 struct World {
@@ -220,11 +238,20 @@ impl World {
                     return Err(self.unsettled());
                 }
             }
+            if self.events > MAX_EVENTS {
+                let mut out = vec![format!("ran away: over {MAX_EVENTS} events without settling (a timer that never moves on?)")];
+                out.extend(self.unsettled().into_iter().skip(1));
+                return Err(out);
+            }
             let Some(t) = self.next_time() else {
                 return Err(vec!["nothing left to happen, yet not settled".into()]);
             };
             self.now = self.now.max(t);
             let mut items = self.ready();
+            if self.events + items.len() as u64 > MAX_EVENTS {
+                let kinds: Vec<String> = items.iter().map(Item::kind).collect();
+                self.say(format!("ready at the limit: {kinds:?}"));
+            }
             // Several events ready at once: any order may happen.
             for i in (1..items.len()).rev() {
                 let j = self.rng.index(i + 1);
