@@ -32,8 +32,9 @@ pub struct Plan {
     pub syncs: Vec<String>,
 }
 
-/// The server's side of each path, from its META-DATA, and its version.
-fn server_side(doc: &Document) -> HashMap<String, (ServerSide, u64)> {
+/// The server's side of each path, from its META-DATA, its version, and
+/// the content its line names (a tombstone's is the content it deleted).
+fn server_side(doc: &Document) -> HashMap<String, (ServerSide, u64, Content)> {
     let mut server = HashMap::with_capacity(doc.entries.len());
     for e in &doc.entries {
         if let Err(err) = validate_name(&e.path, false) {
@@ -47,7 +48,7 @@ fn server_side(doc: &Document) -> HashMap<String, (ServerSide, u64)> {
             EntryState::Other(_) => continue,
         };
         // A later line for the same path wins.
-        server.insert(e.path.clone(), (side, e.version));
+        server.insert(e.path.clone(), (side, e.version, Content { md5: e.md5, size: e.size }));
     }
     server
 }
@@ -102,8 +103,8 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
             .records
             .iter()
             .filter_map(|(name, r)| {
-                let (side, version) = server.get(name).copied()?;
-                let b = effective_base(r.base, r.local.map(|l| l.content), Some(side))?;
+                let (side, version, named) = server.get(name).copied()?;
+                let b = effective_base(r.base, r.local.map(|l| l.content), Some(side), Some(named))?;
                 (Some(b) != r.base).then(|| (name.clone(), b, version))
             })
             .collect();
@@ -140,7 +141,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     drop(st);
 
     let local: HashMap<String, Content> = local_seen.iter().map(|(n, s)| (n.clone(), s.content)).collect();
-    let sides: HashMap<String, ServerSide> = server.iter().map(|(n, (s, _))| (n.clone(), *s)).collect();
+    let sides: HashMap<String, ServerSide> = server.iter().map(|(n, (s, _, _))| (n.clone(), *s)).collect();
     let planned = reconcile(&sides, &base, &local, ctx.conflict_copies);
 
     let mut plan = Plan::default();
@@ -148,7 +149,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
         if unsettled.contains(&name) || ctx.ignores.is_ignored(&name) {
             continue;
         }
-        let (side, version) = server.get(&name).copied().map_or((None, 0), |(s, v)| (Some(s), v));
+        let (side, version) = server.get(&name).copied().map_or((None, 0), |(s, v, _)| (Some(s), v));
         let server_content = match side {
             Some(ServerSide::File(c)) => Some(c),
             _ => None,
@@ -360,6 +361,7 @@ mod tests {
         };
         let s = server_side(&doc);
         assert_eq!(s.len(), 1);
-        assert_eq!(s["a"], (ServerSide::Tombstone, 5));
+        assert_eq!(s["a"].0, ServerSide::Tombstone);
+        assert_eq!(s["a"].1, 5);
     }
 }

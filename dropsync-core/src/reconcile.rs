@@ -126,17 +126,30 @@ pub fn reconcile(
     plan
 }
 
-/// B for one path: the recorded base, or the server's content S when the
-/// local file was last seen holding S (`last_seen`, what the client hashed
-/// when it last looked). Then both sides had S, so S is content in common,
-/// even if the client never heard that the server took it (its upload's
-/// reply was lost with a crash or a reset). Without this, a file the client
-/// uploaded and the user then deleted comes back from the server on the
-/// next connect, and an edit made since becomes a conflict copy (found by
-/// the simulator, seed 222). The caller records the base it returns.
-pub fn effective_base(base: Option<Content>, last_seen: Option<Content>, server: Option<ServerSide>) -> Option<Content> {
+/// B for one path: the recorded base, or the content C of the server's
+/// line when the local file was last seen holding C (`last_seen`, what the
+/// client hashed when it last looked). Then both sides had C, so C is
+/// content in common, even if the client never heard that the server took
+/// it (its upload's reply was lost with a crash or a reset):
+/// - the server's file is C: without this, a file the client uploaded and
+///   the user then deleted comes back on the next connect, and an edit
+///   made since becomes a conflict copy (found by the simulator, seed 222);
+/// - the server's tombstone deleted C (section 5: a tombstone keeps the
+///   digest and size of the last version, `deleted`): without this, the
+///   client uploads C again and a file another client deleted comes back
+///   (seed 2609). Not for an empty C: an empty file is no evidence that
+///   this one was ever the server's.
+///
+/// The caller records the base it returns.
+pub fn effective_base(
+    base: Option<Content>,
+    last_seen: Option<Content>,
+    server: Option<ServerSide>,
+    deleted: Option<Content>,
+) -> Option<Content> {
     match (server, last_seen) {
         (Some(ServerSide::File(s)), Some(seen)) if s == seen => Some(s),
+        (Some(ServerSide::Tombstone), Some(seen)) if deleted == Some(seen) && seen.size > 0 => Some(seen),
         _ => base,
     }
 }
@@ -149,13 +162,20 @@ mod tests {
     #[test]
     fn content_last_seen_here_that_the_server_has_is_a_base() {
         let (s, b) = (Some(ServerSide::File(X)), Some(Y));
-        assert_eq!(effective_base(None, Some(X), s), Some(X), "our upload, its reply lost");
-        assert_eq!(effective_base(b, Some(X), s), Some(X));
-        assert_eq!(effective_base(b, Some(Y), s), b, "seen content the server does not have");
-        assert_eq!(effective_base(b, Some(X), Some(ServerSide::Tombstone)), b);
-        assert_eq!(effective_base(b, None, s), b);
+        assert_eq!(effective_base(None, Some(X), s, None), Some(X), "our upload, its reply lost");
+        assert_eq!(effective_base(b, Some(X), s, None), Some(X));
+        assert_eq!(effective_base(b, Some(Y), s, None), b, "seen content the server does not have");
+        assert_eq!(effective_base(b, None, s, None), b);
         // And so the file deleted since is deleted on the server, not fetched back.
-        assert_eq!(decide(s, effective_base(None, Some(X), s), None, true), Some(DeleteRemote));
+        assert_eq!(decide(s, effective_base(None, Some(X), s, None), None, true), Some(DeleteRemote));
+
+        let t = Some(ServerSide::Tombstone);
+        assert_eq!(effective_base(None, Some(X), t, Some(X)), Some(X), "our upload, then deleted elsewhere");
+        assert_eq!(effective_base(b, Some(X), t, Some(Y)), b, "a tombstone of other content");
+        let empty = Content { md5: [3; 16], size: 0 };
+        assert_eq!(effective_base(None, Some(empty), t, Some(empty)), None, "an empty file proves nothing");
+        // And so the file is deleted here, not uploaded again.
+        assert_eq!(decide(t, effective_base(None, Some(X), t, Some(X)), Some(X), true), Some(DeleteLocal));
     }
 
     const X: Content = Content { md5: [1; 16], size: 1 };

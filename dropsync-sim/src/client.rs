@@ -137,17 +137,20 @@ impl Deliveries<'_> {
         let Ok(text) = std::str::from_utf8(bytes) else { return StatusCode::BAD_REQUEST };
         let Ok(doc) = parse_document(text) else { return StatusCode::BAD_REQUEST };
         let mut server = HashMap::new();
+        let mut named = HashMap::new();
         for e in doc.entries {
             let side = match e.state {
                 EntryState::File => ServerSide::File(Content { md5: e.md5, size: e.size }),
                 EntryState::Deleted => ServerSide::Tombstone,
                 EntryState::Other(_) => continue,
             };
+            named.insert(e.path.clone(), Content { md5: e.md5, size: e.size });
             server.insert(e.path, side);
         }
         for (path, seen) in self.folder.seen.iter() {
             let base = self.folder.bases.get(path).copied();
-            if let Some(b) = effective_base(base, Some(*seen), server.get(path).copied()).filter(|b| Some(*b) != base) {
+            let b = effective_base(base, Some(*seen), server.get(path).copied(), named.get(path).copied());
+            if let Some(b) = b.filter(|b| Some(*b) != base) {
                 self.folder.bases.insert(path.clone(), b);
             }
         }
