@@ -576,7 +576,9 @@ impl Client {
     /// An operation of the send connection ended: what it means.
     fn settle(&mut self, e: Ended<UpOp>, now: Instant, fx: &mut Vec<Effect>) {
         let Some(s) = &mut self.sess else { return };
-        s.outgoing.remove(&e.name);
+        if !matches!(e.op, UpOp::Request) {
+            s.outgoing.remove(&e.name);
+        }
         if s.uploads.get(&e.name) == Some(&e.id) {
             s.uploads.remove(&e.name);
         }
