@@ -263,7 +263,7 @@ impl SyncPolicy {
     /// is under way (`busy`: being sent or received) or a REQUEST of it
     /// awaits its delivery. A path that may not is looked at once that ends.
     pub fn may_sync(&mut self, name: &str, busy: bool) -> bool {
-        if busy || self.pending_requests.contains_key(name) {
+        if busy || self.awaits_server(name) {
             self.deferred.insert(name.to_owned());
             return false;
         }
@@ -470,9 +470,18 @@ impl SyncPolicy {
         Next::GivenUp(code)
     }
 
+    /// Whether the server's version of `name` is awaited: asked for, or to
+    /// be asked for again. Until it comes the local file is not judged: the
+    /// base is older than what the server has, so a local delete judged
+    /// against it would go out as a DELETE of a version this client never
+    /// had (found by the simulator, seed 15335).
+    fn awaits_server(&self, name: &str) -> bool {
+        self.pending_requests.contains_key(name) || self.unwritable.contains_key(name)
+    }
+
     /// Queues the sync of `name` again if it waited for an operation on it.
     fn undefer(&mut self, name: &str) {
-        if self.pending_requests.contains_key(name) {
+        if self.awaits_server(name) {
             return;
         }
         if self.deferred.remove(name) {

@@ -298,8 +298,10 @@ fn a_request_refused_while_the_path_is_written_is_asked_again() {
     let _ = p.ended("f", Ending::Request(Outcome::Refused(StatusCode::IN_USE)), now);
     let at = p.next_retry().expect("asked again: the write may be aborted");
     assert_eq!(p.next_job(now, true), None);
+    assert!(!p.may_sync("f", false), "the local file waits for the server's version");
     assert_eq!(p.next_job(at, true), Some(Job::Request("f".into())));
     p.delivered("f", at);
+    assert_eq!(p.next_job(at, true), Some(Job::Sync("f".into())), "then it is looked at");
     assert!(p.is_idle(), "answered, by a DELETE as well");
     // Unknown on the server: nothing to ask for again.
     p.request("g".into());
