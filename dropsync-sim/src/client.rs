@@ -53,6 +53,15 @@ pub enum Effect {
         /// Its base before.
         base: Option<Content>,
     },
+    /// The server answered 0x0001 to an upload of `content` at `path`.
+    Acked {
+        /// The client.
+        client: usize,
+        /// The path.
+        path: String,
+        /// What was uploaded.
+        content: Content,
+    },
     /// An operation of the send connection ended.
     Sent {
         /// The client.
@@ -592,6 +601,7 @@ impl Client {
             UpOp::Upload { data, content } => {
                 if e.outcome == Outcome::Committed {
                     self.bases.insert(e.name.clone(), content);
+                    fx.push(Effect::Acked { client: self.idx, path: e.name.clone(), content });
                 }
                 let unchanged = self.fs.get(&e.name) == Some(&data);
                 Ending::Upload { outcome: e.outcome, content: unchanged.then_some(content) }

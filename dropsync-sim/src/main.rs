@@ -43,6 +43,7 @@ fn main() -> ExitCode {
     let end = args.first.saturating_add(args.seeds);
     let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
     let events = AtomicU64::new(0);
+    let known: Mutex<Vec<u64>> = Mutex::new(Vec::new());
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
@@ -54,6 +55,9 @@ fn main() -> ExitCode {
                 match run(seed) {
                     Ok(o) => {
                         events.fetch_add(o.events, Ordering::Relaxed);
+                        if !o.known.is_empty() {
+                            known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(seed);
+                        }
                     }
                     Err(f) => {
                         eprintln!("{f}");
@@ -78,6 +82,11 @@ fn main() -> ExitCode {
         events.load(Ordering::Relaxed),
         failures.len()
     );
+    let mut known = known.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
+    if !known.is_empty() {
+        known.sort_unstable();
+        println!("known limits ({}) met in {} seed(s): {known:?}", dropsync_sim::world::KNOWN_LIMITS, known.len());
+    }
     if failures.is_empty() {
         ExitCode::SUCCESS
     } else {
@@ -91,6 +100,9 @@ fn main() -> ExitCode {
 fn replay(seed: u64) -> ExitCode {
     match run(seed) {
         Ok(o) => {
+            for k in &o.known {
+                println!("known limit: {k}");
+            }
             println!(
                 "seed {seed}: ok: {} steps, {} events, {:.1} s virtual, {} files, {} bytes on the wire",
                 o.steps,

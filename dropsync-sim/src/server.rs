@@ -57,6 +57,14 @@ pub enum Effect {
         /// The version it got (0: unchanged).
         version: u64,
     },
+    /// A delivery to `client` was overtaken by its own change of `path`,
+    /// which is sent to it again (`delivery::resend_after`).
+    Resent {
+        /// The client.
+        client: usize,
+        /// The path.
+        path: String,
+    },
     /// A line for the event log.
     Log(String),
 }
@@ -409,6 +417,7 @@ impl Server {
                                 seen.saw(&e.name, version);
                                 if resend_after(version, self.lib.catalog().get(&e.name).as_ref(), &seen) {
                                     drop(seen);
+                                    fx.push(Effect::Resent { client: s.st.client, path: e.name.clone() });
                                     s.st.requested.insert(e.name.clone());
                                     push_queue(&mut s.st, &e.name);
                                 }

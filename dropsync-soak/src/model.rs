@@ -65,6 +65,20 @@ pub struct Event {
     pub change: Change,
 }
 
+/// A content back at a path after a client that saw it there replaced or
+/// deleted it (see [`History::resurrections`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Resurrection {
+    /// The path.
+    pub path: String,
+    /// The content back there.
+    pub content: Version,
+    /// The event that wrote it.
+    pub written: usize,
+    /// The later event that saw it there and replaced or deleted it.
+    pub gone: usize,
+}
+
 /// Where a content came from: the first event that wrote it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Origin {
@@ -195,25 +209,37 @@ impl History {
     /// Contents written at P more than once (empty files, a rename back)
     /// cannot be told apart, so they are not judged.
     pub fn resurrections(&self, end: &Tree) -> Vec<String> {
+        self.resurrected(end).iter().map(|r| self.show_resurrection(r)).collect()
+    }
+
+    /// The cases [`resurrections`](Self::resurrections) reports, as data.
+    pub fn resurrected(&self, end: &Tree) -> Vec<Resurrection> {
         let mut out = Vec::new();
         for (path, v) in end {
             let mut writes = self.events.iter().filter(|e| e.path == *path && e.change == Change::Write(*v));
             let (Some(w), None) = (writes.next(), writes.next()) else { continue };
             let gone = self.events[w.seq + 1..].iter().find(|e| e.path == *path && e.prior == Some(*v));
             if let Some(g) = gone {
-                let how = if g.change == Change::Delete { "deleted" } else { "replaced" };
-                out.push(format!(
-                    "{path:?} holds {} at the end, which c{} saw and {how} at e{} after it was written at e{}\n    \
-                     events on the path:\n{}",
-                    self.describe(Some(*v)),
-                    g.client,
-                    g.seq,
-                    w.seq,
-                    self.show_path(path)
-                ));
+                out.push(Resurrection { path: path.clone(), content: *v, written: w.seq, gone: g.seq });
             }
         }
         out
+    }
+
+    /// One line for a resurrection, with the events on its path.
+    pub fn show_resurrection(&self, r: &Resurrection) -> String {
+        let g = &self.events[r.gone];
+        let how = if g.change == Change::Delete { "deleted" } else { "replaced" };
+        format!(
+            "{:?} holds {} at the end, which c{} saw and {how} at e{} after it was written at e{}\n    \
+             events on the path:\n{}",
+            r.path,
+            self.describe(Some(r.content)),
+            g.client,
+            g.seq,
+            r.written,
+            self.show_path(&r.path)
+        )
     }
 
     /// Invariant 4, no torn files: every file's content is one the harness
