@@ -33,6 +33,18 @@ test:
 sans-io:
 	$(CARGO) clippy --locked -p dropsync-proto -p dropsync-core --lib -- -D clippy::disallowed_methods -D clippy::disallowed_types
 
+# The deterministic simulation (dropsync-sim): SEEDS seeds from FIRST on
+# every core, printing the rate; `make sim SEED=n` replays one seed with its
+# event log. `make test` runs the first thousand.
+# (SEEDS and FIRST are shared with `make soak`, whose defaults differ.)
+SIM_SEEDS = $(if $(filter command line environment,$(origin SEEDS)),$(SEEDS),10000)
+SIM_FIRST = $(if $(FIRST),$(FIRST),0)
+.PHONY: sim
+sim:
+	$(CARGO) build --release --locked -p dropsync-sim
+	@if [ -n "$(SEED)" ]; then ./target/release/dropsync-sim --seed $(SEED) --log; \
+	else ./target/release/dropsync-sim --seeds $(SIM_SEEDS) --first $(SIM_FIRST); fi
+
 demo: all
 	./scripts/demo.sh
 

@@ -235,9 +235,13 @@ impl SyncPolicy {
     /// large-upload slot first when `large_slot_free`, then REQUESTs, then
     /// syncs. A REQUEST returned counts as sent at `now`.
     pub fn next_job(&mut self, now: Instant, large_slot_free: bool) -> Option<Job> {
-        let due = self.unwritable.iter().find(|(name, (at, _))| {
-            at.is_some_and(|at| at <= now) && !self.pending_requests.contains_key(*name)
-        });
+        // The earliest due first, ties by name: the same inputs always give
+        // the same order (the simulator replays a seed bit for bit).
+        let due = self
+            .unwritable
+            .iter()
+            .filter(|(name, (at, _))| at.is_some_and(|at| at <= now) && !self.pending_requests.contains_key(*name))
+            .min_by(|a, b| (a.1 .0, a.0).cmp(&(b.1 .0, b.0)));
         if let Some(name) = due.map(|(name, _)| name.clone()) {
             if let Some((at, _)) = self.unwritable.get_mut(&name) {
                 // Asked for now; `incoming_refused` sets the next time if

@@ -31,12 +31,15 @@ struct Args {
     /// Stop at the first failure.
     #[arg(long)]
     fail_fast: bool,
+    /// With --seed: print the event log even when the seed passes.
+    #[arg(long)]
+    log: bool,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
     if let Some(seed) = args.seed {
-        return replay(seed);
+        return replay(seed, args.log);
     }
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let next = AtomicU64::new(args.first);
@@ -97,9 +100,14 @@ fn main() -> ExitCode {
     }
 }
 
-fn replay(seed: u64) -> ExitCode {
+fn replay(seed: u64, log: bool) -> ExitCode {
     match run(seed) {
         Ok(o) => {
+            if log {
+                for line in &o.log {
+                    println!("{line}");
+                }
+            }
             for k in &o.known {
                 println!("known limit: {k}");
             }

@@ -62,6 +62,8 @@ pub struct Outcome {
     pub bytes: u64,
     /// Resurrections a known limit explains ([`KNOWN_LIMITS`]).
     pub known: Vec<String>,
+    /// The event log.
+    pub log: Vec<String>,
 }
 
 /// A run that broke an invariant.
@@ -268,6 +270,7 @@ impl World {
                         files: self.server.as_ref().map_or(0, |s| s.files().len()),
                         bytes: self.net.bytes,
                         known: self.known.clone(),
+                        log: std::mem::take(&mut self.log),
                     });
                 }
                 if self.now > by {
