@@ -53,6 +53,15 @@ pub enum Effect {
         /// Its base before.
         base: Option<Content>,
     },
+    /// A delivery brought the version this client already had in common
+    /// with the server, unasked: the update queue sent a client its own
+    /// upload, or a version it had.
+    Echo {
+        /// The client.
+        client: usize,
+        /// The path.
+        path: String,
+    },
     /// The server answered 0x0001 to an upload of `content` at `path`.
     Acked {
         /// The client.
@@ -98,6 +107,10 @@ struct Session {
     uploads: BTreeMap<String, OpId>,
     /// Deliveries open, with when each started.
     incoming: BTreeMap<String, Instant>,
+    /// Paths this session asked for (REQUEST): a REQUEST is always served,
+    /// so each may come more than once (a delivery already on its way,
+    /// then the one that answers it).
+    requested: BTreeSet<String>,
 }
 
 /// What the folder and the bases are, shared by the session and the host.
@@ -139,6 +152,7 @@ struct Deliveries<'a> {
     outgoing: &'a BTreeSet<String>,
     incoming: &'a mut BTreeMap<String, Instant>,
     reconciled: &'a mut bool,
+    requested: &'a mut BTreeSet<String>,
 }
 
 impl Deliveries<'_> {
@@ -235,6 +249,9 @@ impl Host for Deliveries<'_> {
             let local = self.folder.fs.get(name).map(|b| content_of(b));
             let base = self.folder.bases.get(name).copied();
             if brings_nothing_new(incoming, base) {
+                if !self.requested.contains(name) {
+                    self.folder.fx.push(Effect::Echo { client: self.folder.idx, path: name.to_owned() });
+                }
                 self.policy.incoming_written(name);
                 self.ended(name);
                 return StatusCode::OK;
@@ -427,6 +444,7 @@ impl Client {
             outgoing: BTreeSet::new(),
             uploads: BTreeMap::new(),
             incoming: BTreeMap::new(),
+            requested: BTreeSet::new(),
         });
     }
 
@@ -494,7 +512,7 @@ impl Client {
         net.close(s.up_conn);
         net.close(s.down_conn);
         let wall_secs = self.wall_secs(now);
-        let Session { down, policy, outgoing, incoming, reconciled, .. } = &mut s;
+        let Session { down, policy, outgoing, incoming, reconciled, requested, .. } = &mut s;
         let mut host = Deliveries {
             folder: Folder {
                 idx: self.idx,
@@ -510,6 +528,7 @@ impl Client {
             outgoing,
             incoming,
             reconciled,
+            requested,
         };
         down.close(&mut host);
         fx.push(Effect::Log(format!("c{}: session ended: {why}", self.idx)));
@@ -557,7 +576,7 @@ impl Client {
     fn drive_down(&mut self, now: Instant, net: &mut Net, fx: &mut Vec<Effect>) -> Result<(), String> {
         let wall_secs = self.wall_secs(now);
         let Some(s) = &mut self.sess else { return Ok(()) };
-        let Session { down, policy, outgoing, incoming, reconciled, down_conn, .. } = s;
+        let Session { down, policy, outgoing, incoming, reconciled, down_conn, requested, .. } = s;
         let mut host = Deliveries {
             folder: Folder {
                 idx: self.idx,
@@ -573,6 +592,7 @@ impl Client {
             outgoing,
             incoming,
             reconciled,
+            requested,
         };
         let result = down.process(now, &mut host).map(|_| ()).map_err(|e| format!("receive connection: {e}"));
         let mut buf = Vec::new();
@@ -642,6 +662,7 @@ impl Client {
             let Some(job) = s.policy.next_job(now, true) else { break };
             match job {
                 Job::Request(name) => {
+                    s.requested.insert(name.clone());
                     let held = self.bases.get(&name).map_or(ZERO_DIGEST, |b| b.md5);
                     s.up.add_request(name, held, UpOp::Request);
                 }
@@ -739,7 +760,7 @@ impl Client {
             }
             Due::Nothing => {}
         }
-        let Session { down, policy, outgoing, incoming, reconciled, down_conn, .. } = s;
+        let Session { down, policy, outgoing, incoming, reconciled, down_conn, requested, .. } = s;
         let mut host = Deliveries {
             folder: Folder {
                 idx: self.idx,
@@ -755,6 +776,7 @@ impl Client {
             outgoing,
             incoming,
             reconciled,
+            requested,
         };
         if let Err(e) = down.handle_timeout(now, &mut host) {
             return self.drop_session(&format!("receive connection: {e}"), now, net, fx);

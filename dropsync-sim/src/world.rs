@@ -179,7 +179,7 @@ pub fn run(seed: u64) -> Result<Outcome, Failure> {
     let result = w.main_loop();
     match result {
         Ok(o) if w.broken.is_empty() => Ok(o),
-        Ok(_) => Err(Failure { seed, what: std::mem::take(&mut w.broken), log: w.log }),
+        Ok(o) => Err(Failure { seed, what: std::mem::take(&mut w.broken), log: o.log }),
         Err(mut what) => {
             what.append(&mut w.broken);
             Err(Failure { seed, what, log: w.log })
@@ -493,6 +493,17 @@ impl World {
                     self.say(line);
                 }
                 client::Effect::Sent { client, path, what } => self.say(format!("c{client}: {path:?} {what}")),
+                client::Effect::Echo { client, path } => {
+                    self.say(format!("c{client}: {path:?} delivered unasked, and it already had that version"));
+                    // The server sends a path again after an overtaken
+                    // delivery (resend_after): an answer, not an echo.
+                    if self.resent.contains(&(client, path.clone())) {
+                        continue;
+                    }
+                    self.broken.push(format!(
+                        "c{client} was sent {path:?} in a version it already had, unasked (the update queue skips a client's own changes and what it was delivered)"
+                    ));
+                }
                 client::Effect::Acked { client, path, content } => {
                     self.unacked.remove(&(client, path, Version { md5: content.md5, size: content.size }));
                 }
