@@ -54,8 +54,9 @@ pub enum SessionEvent {
         started: Instant,
     },
     /// An incoming transfer of `name` was refused (0x0080) because the path
-    /// could not be written here; the server gives it up for this client,
-    /// so the session asks for it again later.
+    /// could not be written here, or ended here without being installed
+    /// (`sync_policy::ask_again_after`); the server gives it up for this
+    /// client, so the session asks for it again later.
     Unwritable(String),
     /// An incoming transfer or DELETE of `name` was refused (0x0080)
     /// because our own change of it was being sent: asked for once that

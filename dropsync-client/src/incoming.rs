@@ -20,7 +20,7 @@ use std::time::{Instant, SystemTime};
 use dropsync_core::open_transfers::Limits;
 use dropsync_core::receiving::{Assembled, Config, Ended, Event as ConnEvent, Host, Payload, Receiving, Step};
 use dropsync_core::reconcile::Content;
-use dropsync_core::sync_policy::{admit_incoming, brings_nothing_new};
+use dropsync_core::sync_policy::{admit_incoming, ask_again_after, brings_nothing_new};
 use dropsync_io::wire::{feed, Fed, FrameReader};
 use dropsync_proto::limits::{DEFAULT_MAX_CHUNK, MAX_NAME_LEN};
 use dropsync_proto::metadata::parse_document;
@@ -368,6 +368,10 @@ impl Host for Deliveries {
         }
         // Dropping the sink removes the partial file.
         drop(open.sink);
+        if name != METADATA_TRANSFER_NAME && ask_again_after(why) {
+            // The server gave the path up for this client: asked again.
+            self.delivered.push(SessionEvent::Unwritable(name.to_owned()));
+        }
         self.ended(name, open.started);
     }
 

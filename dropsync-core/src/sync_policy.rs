@@ -29,6 +29,7 @@ use dropsync_proto::StatusCode;
 
 use crate::backoff::Backoff;
 use crate::jobs::{Job, Jobs};
+use crate::receiving::Ended;
 use crate::reconcile::Content;
 use crate::sender::Outcome;
 
@@ -80,6 +81,18 @@ pub fn must_keep_local(local: Option<Content>, base: Option<Content>, incoming: 
 /// has that version.
 pub fn brings_nothing_new(incoming: Content, base: Option<Content>) -> bool {
     base == Some(incoming)
+}
+
+/// Whether a delivery that ended here without being installed must be
+/// asked for again ([`SyncPolicy::incoming_refused`]): the server gives a
+/// path up for this client on any reply but 0x0001 (section 6), so one
+/// this side aborted for idleness (a link that stalled past the idle
+/// limit), found damaged, or could not write would never arrive (found by
+/// the simulator, seed 46324). Not when the server aborted it (it sends
+/// the path again if it should) or the connection ended (the next session
+/// reconciles).
+pub fn ask_again_after(why: Ended) -> bool {
+    matches!(why, Ended::Idle | Ended::Verdict(_) | Ended::HostFailed(_))
 }
 
 /// Section 7, on an incoming transfer or DELETE of a path: "An incoming

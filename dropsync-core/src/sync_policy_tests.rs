@@ -309,3 +309,13 @@ fn a_request_refused_while_the_path_is_written_is_asked_again() {
     let _ = p.ended("g", Ending::Request(Outcome::Refused(StatusCode::NO_FILE)), now);
     assert!(p.is_idle());
 }
+
+#[test]
+fn a_delivery_ended_here_is_asked_for_again_unless_the_server_or_the_connection_ended_it() {
+    use crate::receiving::Ended;
+    assert!(ask_again_after(Ended::Idle));
+    assert!(ask_again_after(Ended::Verdict(StatusCode::ABORT_CHECKSUM)));
+    assert!(ask_again_after(Ended::HostFailed(StatusCode::IN_USE)));
+    assert!(!ask_again_after(Ended::PeerAbort));
+    assert!(!ask_again_after(Ended::ConnectionClosed));
+}

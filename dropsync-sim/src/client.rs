@@ -22,7 +22,7 @@ use dropsync_core::receiving::{self, Assembled, Ended as InEnded, Host, Payload,
 use dropsync_core::reconcile::{effective_base, reconcile, Action, Content, ServerSide};
 use dropsync_core::sender::Outcome;
 use dropsync_core::sending::{Cause, Ended, FileDigest, Prepared, Replied, Sending, Source, Transmit};
-use dropsync_core::sync_policy::{admit_incoming, brings_nothing_new, must_keep_local, Ending, Judgement, Local, Next, SyncPolicy};
+use dropsync_core::sync_policy::{admit_incoming, ask_again_after, brings_nothing_new, must_keep_local, Ending, Judgement, Local, Next, SyncPolicy};
 use dropsync_proto::metadata::{parse_document, EntryState};
 use dropsync_proto::name::METADATA_TRANSFER_NAME;
 use dropsync_proto::{md5, Frame, StatusCode, ZERO_DIGEST};
@@ -276,8 +276,11 @@ impl Host for Deliveries<'_> {
         reply
     }
 
-    fn discard(&mut self, name: &str, _t: Incoming, _why: InEnded) {
+    fn discard(&mut self, name: &str, _t: Incoming, why: InEnded) {
         if name != METADATA_TRANSFER_NAME {
+            if ask_again_after(why) {
+                let _ = self.policy.incoming_refused(name, self.folder.now);
+            }
             self.ended(name);
         }
     }
