@@ -12,6 +12,7 @@ mod cli;
 mod clock;
 mod inbound;
 mod library;
+mod metrics;
 mod outbound;
 mod quiet_log;
 mod server;
