@@ -165,7 +165,7 @@ pub fn paths(server: &Server, max: usize) -> Paths {
             })
             .collect();
     });
-    picked.sort_by(|a, b| b.version.cmp(&a.version));
+    picked.sort_by_key(|p| Reverse(p.version));
     out.rows = picked;
     out
 }
