@@ -14,6 +14,33 @@ all:
 	cp target/release/server ./.server.new && mv -f ./.server.new ./server
 	cp target/release/client ./.client.new && mv -f ./.client.new ./client
 
+# `make install PREFIX=/usr/local` (the default; DESTDIR=... for packaging):
+# the release binaries as $(PREFIX)/bin/dropsync-server and dropsync-client,
+# the systemd units (contrib/systemd, pointed at those binaries) under
+# $(UNITDIR), and the README under $(DOCDIR). `install-files` does the same
+# with the binaries SERVER_BIN and CLIENT_BIN as they are, without building.
+PREFIX ?= /usr/local
+BINDIR ?= $(PREFIX)/bin
+UNITDIR ?= $(PREFIX)/lib/systemd/system
+DOCDIR ?= $(PREFIX)/share/doc/dropsync
+SERVER_BIN ?= ./server
+CLIENT_BIN ?= ./client
+UNITS = dropsync-server.service dropsync-client@.service
+
+.PHONY: install install-files
+install: all
+	$(MAKE) --no-print-directory install-files
+
+install-files:
+	install -d "$(DESTDIR)$(BINDIR)" "$(DESTDIR)$(UNITDIR)" "$(DESTDIR)$(DOCDIR)"
+	install -m 0755 "$(SERVER_BIN)" "$(DESTDIR)$(BINDIR)/dropsync-server"
+	install -m 0755 "$(CLIENT_BIN)" "$(DESTDIR)$(BINDIR)/dropsync-client"
+	for u in $(UNITS); do \
+	  sed -e 's|@BINDIR@|$(BINDIR)|g' -e 's|@DOCDIR@|$(DOCDIR)|g' "contrib/systemd/$$u" > "$(DESTDIR)$(UNITDIR)/$$u" && \
+	  chmod 0644 "$(DESTDIR)$(UNITDIR)/$$u" || exit 1; \
+	done
+	install -m 0644 README.md "$(DESTDIR)$(DOCDIR)/README.md"
+
 clean:
 	$(CARGO) clean
 	rm -rf ./server ./client fuzz/target

@@ -43,6 +43,10 @@ pub trait LockTable: Send + Sync {
     /// Who holds `path` now, if anyone. Only a snapshot: for logs, tests and
     /// REQUEST's "F locked (being written): 0x0080" check.
     fn holder(&self, path: &str) -> Option<SessionId>;
+
+    /// How many locks are held now. Only a snapshot, for the server's
+    /// metrics.
+    fn held(&self) -> usize;
 }
 
 /// Number of shards of [`MemLockTable`]. More shards than server worker
@@ -126,6 +130,12 @@ impl LockTable for MemLockTable {
 
     fn holder(&self, path: &str) -> Option<SessionId> {
         self.shard(path).get(path).copied()
+    }
+
+    /// One shard at a time, so the sum may be a moment stale; no shard is
+    /// held while another is taken.
+    fn held(&self) -> usize {
+        self.shards.iter().map(|shard| lock_map(shard).len()).sum()
     }
 }
 
@@ -245,6 +255,7 @@ mod tests {
         assert!(!table.try_lock("a", 2), "another owner");
         assert!(!table.try_lock("a", 1), "the same owner again");
         assert!(table.try_lock("b", 2), "another path is independent");
+        assert_eq!(table.held(), 2);
         assert!(table.release("a", 1));
         assert_eq!(table.holder("a"), None);
         assert!(!table.release("a", 1), "already released");

@@ -13,6 +13,7 @@ use dropsync_io::tcp;
 use dropsync_io::wire::{is_timeout_error, write_status, FrameReader, Msg};
 use dropsync_proto::{ClientId, StatusCode};
 
+use crate::metrics::SessionKind;
 use crate::server::Server;
 use crate::session::{Session, SessionParts};
 use crate::quiet_log::{self, QuietLog};
@@ -280,6 +281,8 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
     // In the client list before the snapshot, so that no commit can fall
     // between the two (a commit seen by both is just sent twice).
     server.add_session(session.clone());
+    let kind = if session.is_legacy() { SessionKind::Legacy } else { SessionKind::Hello };
+    server.metrics.session_started(kind);
     let (text, listed_upto) = {
         use dropsync_core::meta_server::Catalog;
         server.library.catalog().snapshot()

@@ -230,6 +230,12 @@ impl BlobStore {
         Ok(())
     }
 
+    /// How many distinct contents are stored (one map lookup's lock: cheap
+    /// enough for every metrics scrape).
+    pub fn blob_count(&self) -> usize {
+        self.refs.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
     /// Opens a blob for reading.
     pub fn open_blob(&self, key: &Strong) -> io::Result<File> {
         File::open(self.path_of(key))

@@ -1,6 +1,6 @@
 //! Command line: the assignment's two ports, plus `--flags` with defaults.
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 
 use clap::Parser;
@@ -58,6 +58,13 @@ pub struct Args {
     /// upload that has had no message of its own for as long.
     #[arg(long, default_value_t = 60)]
     pub dead_peer_secs: u64,
+    /// Serve /metrics (Prometheus text), /healthz and a status page over
+    /// HTTP on this address, e.g. 127.0.0.1:9100 (port 0 picks one). Off
+    /// by default. The page lists clients, paths and changes to anyone who
+    /// can reach it, with no login: keep it on loopback, or behind a proxy
+    /// that authenticates.
+    #[arg(long, value_name = "ADDR")]
+    pub http: Option<SocketAddr>,
     /// The assignment's plain overwrite: never keep an overwritten version
     /// as a conflict copy (PROTOCOL.md section 6 [ext]).
     #[arg(long)]

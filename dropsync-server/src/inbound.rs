@@ -7,6 +7,7 @@
 
 use std::io::Write;
 use std::net::TcpStream;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -18,6 +19,7 @@ use dropsync_io::wire::{feed, Fed, FrameReader, Msg};
 use dropsync_proto::StatusCode;
 
 use crate::library;
+use crate::metrics::{Change, Metrics};
 use crate::server::Server;
 use crate::session::Session;
 use crate::sink::{Sink, SinkThreads};
@@ -34,6 +36,25 @@ pub struct Upload {
     sink: Sink,
     /// Held for the whole transfer; dropping the upload releases it.
     lock: OwnedLockGuard,
+    /// Counts the upload as open until it is dropped, however it ends.
+    _open: OpenUpload,
+}
+
+/// One count in `Metrics::uploads_open` (and so in the locks held by
+/// uploads), given back on drop so that no way out of a transfer leaks it.
+struct OpenUpload(Arc<Server>);
+
+impl OpenUpload {
+    fn new(server: &Arc<Server>) -> Self {
+        server.metrics.uploads_open.fetch_add(1, Ordering::Relaxed);
+        Self(server.clone())
+    }
+}
+
+impl Drop for OpenUpload {
+    fn drop(&mut self) {
+        self.0.metrics.uploads_open.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 /// Work that follows a reply on the wire (section 6: the reply first, then
@@ -153,11 +174,27 @@ impl Driver {
     fn flush(&mut self, conn: &mut Receiving<Upload>, host: &mut Uploads<'_>) -> Result<(), End> {
         let mut sent = Ok(());
         if conn.poll_transmit(Instant::now(), &mut self.wbuf) {
+            count_replies(&self.wbuf, &host.server.metrics);
             sent = self.out.write_all(&self.wbuf).map_err(|e| format!("send connection: {e}"));
             self.wbuf.clear();
         }
         host.after_reply();
         sent
+    }
+}
+
+/// Counts the refusals among the replies about to go out (`wbuf` holds
+/// whole STATUS frames only, replies and keep-alives).
+fn count_replies(wbuf: &[u8], metrics: &Metrics) {
+    let mut rest = wbuf;
+    while let Ok(Some((frame, used))) = dropsync_proto::parse(rest) {
+        if let dropsync_proto::Frame::Status(code) = frame {
+            metrics.replied(code);
+        }
+        rest = rest.get(used..).unwrap_or_default();
+        if used == 0 {
+            break;
+        }
     }
 }
 
@@ -200,6 +237,17 @@ impl Uploads<'_> {
         }
     }
 
+    /// Remembers a committed change for the status page.
+    fn changed(&self, name: &str, version: u64, deleted: bool) {
+        self.server.metrics.changed(Change {
+            at_ns: crate::clock::now_ns(),
+            path: name.to_owned(),
+            version,
+            client: self.session.display_label(),
+            deleted,
+        });
+    }
+
     /// A committed change of `name` (and of its `conflict` copy, if one was
     /// kept) is queued for the other clients once the reply is on the wire.
     fn fan_out_after_reply(&mut self, conflict: Option<String>, name: &str) -> StatusCode {
@@ -224,7 +272,7 @@ impl Host for Uploads<'_> {
             log::error!("cannot create a temp file: {e}");
             StatusCode::IN_USE
         })?;
-        Ok(Upload { sink: Sink::open(temp, first_len, &self.sink_threads), lock })
+        Ok(Upload { sink: Sink::open(temp, first_len, &self.sink_threads), lock, _open: OpenUpload::new(self.server) })
     }
 
     /// A large chunk is read straight into a buffer that then goes to the
@@ -234,10 +282,13 @@ impl Host for Uploads<'_> {
     }
 
     fn append(&mut self, name: &str, upload: &mut Upload, payload: Payload<'_>) -> Result<(), StatusCode> {
-        let written = match payload {
-            Payload::Borrowed(bytes) => upload.sink.append(bytes),
-            Payload::Owned(buf) => upload.sink.append_owned(buf),
+        let (len, written) = match payload {
+            Payload::Borrowed(bytes) => (bytes.len(), upload.sink.append(bytes)),
+            Payload::Owned(buf) => (buf.len(), upload.sink.append_owned(buf)),
         };
+        if written.is_ok() {
+            Metrics::add(&self.server.metrics.bytes_in, len as u64);
+        }
         written.map_err(|e| {
             log::error!("{name:?}: cannot write temp file: {e}");
             StatusCode::IN_USE
@@ -245,7 +296,8 @@ impl Host for Uploads<'_> {
     }
 
     fn commit(&mut self, name: &str, upload: Upload, file: Assembled) -> StatusCode {
-        let Upload { sink, lock } = upload;
+        let Upload { sink, lock, _open } = upload;
+        let started = Instant::now();
         let temp = match sink.finish() {
             Ok(temp) => temp,
             Err(e) => {
@@ -258,8 +310,15 @@ impl Host for Uploads<'_> {
         // Released before the reply, so a client that hears OK can start
         // its next change of the file at once.
         drop(lock);
+        let metrics = &self.server.metrics;
+        if result.is_ok() {
+            metrics.commit_took(started.elapsed());
+            Metrics::add(&metrics.files_in, 1);
+        }
         match result {
             Ok(Committed::New { entry, conflict }) => {
+                Metrics::add(&metrics.commits, 1);
+                self.changed(name, entry.version, false);
                 log::info!(
                     "{}: committed {name:?} version {} ({} bytes)",
                     self.session.who(),
@@ -303,6 +362,8 @@ impl Host for Uploads<'_> {
         let result = self.server.library.delete(name, self.session.id, &self.session.seen, library::now());
         match result {
             Ok(Committed::New { entry, conflict }) => {
+                Metrics::add(&self.server.metrics.deletes_in, 1);
+                self.changed(name, entry.version, true);
                 log::info!("{}: deleted {name:?} (version {})", self.session.who(), entry.version);
                 self.fan_out_after_reply(conflict, name)
             }

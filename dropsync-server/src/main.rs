@@ -10,13 +10,18 @@ mod accept;
 mod blobs;
 mod cli;
 mod clock;
+mod exposition;
+mod http;
 mod inbound;
 mod library;
+mod metrics;
 mod outbound;
 mod quiet_log;
 mod server;
 mod session;
+mod status_page;
 mod sink;
+mod views;
 mod workers;
 
 use std::io::Write;
@@ -98,6 +103,10 @@ fn run(args: cli::Args) -> Result<(), String> {
     let send = bind_all(&args.bind, args.send_port).map_err(|e| format!("cannot listen on send port {}: {e}", args.send_port))?;
     let recv = bind_all(&args.bind, args.receive_port)
         .map_err(|e| format!("cannot listen on receive port {}: {e}", args.receive_port))?;
+    let http = match args.http {
+        Some(a) => Some(TcpListener::bind(a).map_err(|e| format!("cannot listen for HTTP on {a}: {e}"))?),
+        None => None,
+    };
     let server = Arc::new(Server::new(config, library));
     {
         use dropsync_core::meta_server::Catalog;
@@ -115,8 +124,18 @@ fn run(args: cli::Args) -> Result<(), String> {
     // action (found by dropsync-soak, seed 102).
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM]).map_err(|e| e.to_string())?;
     let addr = |ls: &[TcpListener]| ls.first().and_then(|l| l.local_addr().ok()).map_or("?".into(), |a| a.to_string());
+    let http_addr = http.as_ref().and_then(|l| l.local_addr().ok());
+    if let Some(l) = http {
+        http::start(server.clone(), l).map_err(|e| format!("cannot start the HTTP threads: {e}"))?;
+    }
     // Machine-readable, for scripts and tests that start us on port 0.
-    println!("dropsync-server listening send={} receive={}", addr(&send), addr(&recv));
+    match http_addr {
+        Some(h) => {
+            log::info!("status page on http://{h}/ (metrics on /metrics)");
+            println!("dropsync-server listening send={} receive={} http={h}", addr(&send), addr(&recv));
+        }
+        None => println!("dropsync-server listening send={} receive={}", addr(&send), addr(&recv)),
+    }
     let _ = std::io::stdout().flush();
 
     for (listeners, kind) in [(send, ConnKind::Send), (recv, ConnKind::Receive)] {

@@ -29,6 +29,7 @@ use dropsync_proto::name::METADATA_TRANSFER_NAME;
 use dropsync_proto::digest::finish;
 use dropsync_proto::{md5, Digest, Frame, Md5, StatusCode, ZERO_DIGEST};
 
+use crate::metrics::Metrics;
 use crate::server::Server;
 use crate::session::{MetaState, Session};
 
@@ -217,7 +218,8 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
 /// version counts as seen (section 6), a refusal gives the path up for
 /// this client.
 pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), Gone> {
-    let versions: Vec<(String, u64)> = batch.items.iter().map(|i| (i.name.clone(), i.version)).collect();
+    let versions: Vec<(String, u64, bool)> =
+        batch.items.iter().map(|i| (i.name.clone(), i.version, i.content.is_none())).collect();
     let metadata = batch.metadata;
     let result = run_batch(server, session, batch.items);
     let outcomes = match result {
@@ -231,14 +233,22 @@ pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), G
         log::debug!("{}: META-DATA sent: {:?}", session.who(), outcomes.first());
         return Ok(());
     }
-    for ((path, version), outcome) in versions.into_iter().zip(outcomes) {
+    for ((path, version, delete), outcome) in versions.into_iter().zip(outcomes) {
         if client_has_it(outcome) {
+            let m = &server.metrics;
+            Metrics::add(if delete { &m.deletes_out } else { &m.files_out }, 1);
+            // Read before the session's lock is taken: no lock is held
+            // while the catalog's is waited for.
+            let current = server.library.catalog().get(&path);
             let mut seen = session.seen.lock().unwrap_or_else(PoisonError::into_inner);
             seen.saw(&path, version);
             log::debug!("{}: delivered {path:?} version {version}", session.who());
-            if resend_after(version, server.library.catalog().get(&path).as_ref(), &seen) {
+            if resend_after(version, current.as_ref(), &seen) {
                 drop(seen);
-                log::info!("{}: {path:?} changed by this client while version {version} was on its way; sending it again", session.who());
+                log::info!(
+                    "{}: {path:?} changed by this client while version {version} was on its way; sending it again",
+                    session.who()
+                );
                 session.requested.lock().unwrap_or_else(PoisonError::into_inner).insert(path.clone());
                 if session.queue.push(&path) || server.config.workers > 0 {
                     server.wake(session);
@@ -282,7 +292,10 @@ fn wait_reply(server: &Server, session: &Session) -> Result<StatusCode, Gone> {
             return Err(Gone(format!("no reply within {:?}", server.config.dead_peer)));
         }
         match inbox.recv_timeout(left.min(TICK)) {
-            Ok(Inbox::Reply(code)) => return Ok(code),
+            Ok(Inbox::Reply(code)) => {
+                session.note_progress();
+                return Ok(code);
+            }
             Ok(other) => take_in(session, other)?,
             Err(RecvTimeoutError::Timeout) => {}
             Err(RecvTimeoutError::Disconnected) => return Err(Gone("receive connection closed".into())),
@@ -295,6 +308,10 @@ fn wait_reply(server: &Server, session: &Session) -> Result<StatusCode, Gone> {
 /// connection and keeps its clocks (section 9). A reply with no message
 /// waiting for it breaks the protocol.
 pub fn tend(session: &Session) -> Result<(), Gone> {
+    if session.queue.is_empty() {
+        // Nothing to send: this client is not waiting for anything.
+        session.note_progress();
+    }
     {
         let inbox = session.replies.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
@@ -342,7 +359,10 @@ fn keep_alive(session: &Session) -> Result<(), Gone> {
 /// Returns each item's outcome, in the items' order.
 fn run_batch(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Outcome>, Gone> {
     server.active_transfers.fetch_add(1, Ordering::SeqCst);
+    let open = items.len() as i64;
+    server.metrics.deliveries_open.fetch_add(open, Ordering::Relaxed);
     let result = drive(server, session, items);
+    server.metrics.deliveries_open.fetch_sub(open, Ordering::Relaxed);
     // Every reply is in (or the session is over): none is awaited now.
     session.link().set_awaiting(Instant::now(), false);
     server.active_transfers.fetch_sub(1, Ordering::SeqCst);
@@ -431,6 +451,7 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
             session
                 .write_streamed(&frame, |out| src.copy_to(offset, len, out))
                 .map_err(|e| Gone(format!("receive connection: {e}")))?;
+            Metrics::add(&server.metrics.bytes_out, u64::from(len));
             // While the client checks this chunk, hash the next one, so the
             // two MD5 passes run side by side.
             if let Some((next, next_len)) = sending.next_range(id, offset + u64::from(len), server.config.chunk_size) {

@@ -14,6 +14,7 @@ use dropsync_core::pairing::{ConnId, Pairing};
 use dropsync_io::scheduler::WorkQueue;
 
 use crate::accept::Half;
+use crate::metrics::Metrics;
 use crate::session::Session;
 
 /// Settings from the command line.
@@ -82,6 +83,8 @@ pub struct Server {
     pub shutting_down: AtomicBool,
     /// Outgoing transfers in progress (shutdown waits for their ABORTs).
     pub active_transfers: AtomicUsize,
+    /// What `--http` shows (counted whether or not it is on: a few atomics).
+    pub metrics: Metrics,
     next_id: AtomicU64,
 }
 
@@ -100,6 +103,7 @@ impl Server {
             work: WorkQueue::new(),
             shutting_down: AtomicBool::new(false),
             active_transfers: AtomicUsize::new(0),
+            metrics: Metrics::new(),
             next_id: AtomicU64::new(1),
         }
     }

@@ -4,7 +4,7 @@
 use std::collections::HashSet;
 use std::io::Write;
 use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
@@ -28,6 +28,18 @@ pub struct Session {
     pub label: String,
     /// The client's IP address (for the per-address session cap).
     pub ip: IpAddr,
+    /// The client's address (its send connection's), for the status page.
+    pub peer: SocketAddr,
+    /// When the session started (wall clock, nanoseconds since the Unix
+    /// epoch), for the status page.
+    pub started_ns: i64,
+    /// When the session started (monotonic), the origin of `progress_ms`.
+    started: Instant,
+    /// Milliseconds after `started` of the last sign that deliveries move:
+    /// a reply to one, or the sender finding nothing to send. The status
+    /// page calls a client with work waiting and no progress for a while
+    /// stalled.
+    progress_ms: AtomicU64,
     /// Paired without HELLO (section 1): one transfer at a time, and never
     /// closed for silence alone.
     legacy: bool,
@@ -111,6 +123,10 @@ impl Session {
             id: p.id,
             label: p.label,
             ip: p.peer.ip().to_canonical(),
+            peer: p.peer,
+            started_ns: crate::clock::now_ns(),
+            started: p.now,
+            progress_ms: AtomicU64::new(0),
             legacy: p.client_id.is_none(),
             queue: UpdateQueue::new(),
             seen: Mutex::new(SeenVersions::new(0)),
@@ -162,6 +178,23 @@ impl Session {
     /// (see [`wait_outgoing_settled`](Self::wait_outgoing_settled)).
     pub fn has_outgoing(&self, path: &str) -> bool {
         self.outgoing.lock().unwrap_or_else(PoisonError::into_inner).iter().any(|p| p == path)
+    }
+
+    /// How many paths are being sent to this client right now.
+    pub fn outgoing_len(&self) -> usize {
+        self.outgoing.lock().unwrap_or_else(PoisonError::into_inner).len()
+    }
+
+    /// Records that deliveries to this client move (see `progress_ms`).
+    pub fn note_progress(&self) {
+        let ms = u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.progress_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// How long since deliveries to this client last moved.
+    pub fn since_progress(&self) -> Duration {
+        let at = self.started + Duration::from_millis(self.progress_ms.load(Ordering::Relaxed));
+        at.elapsed()
     }
 
     /// Sets the META-DATA to send first and the version counter it lists
@@ -241,6 +274,16 @@ impl Session {
     /// not closed for silence alone).
     pub fn silence(&self) -> Silence {
         silence_of(self.legacy)
+    }
+
+    /// The label to show for this client: its HELLO label, or "legacy #id"
+    /// (a legacy client has none).
+    pub fn display_label(&self) -> String {
+        match (self.label.is_empty(), self.legacy) {
+            (false, _) => self.label.clone(),
+            (true, true) => format!("legacy #{}", self.id),
+            (true, false) => format!("#{}", self.id),
+        }
     }
 
     /// True once the session has ended.

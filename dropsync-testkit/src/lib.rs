@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod folders;
+mod http;
 mod peer;
 mod procs;
 mod proxy;
@@ -12,6 +13,7 @@ mod tempdir;
 mod wait;
 
 pub use folders::{files, tree, write_file};
+pub use http::http_get;
 pub use peer::RawPeer;
 pub use procs::{bin_path, ClientProc, ServerProc};
 pub use proxy::LatencyProxy;

@@ -70,6 +70,8 @@ pub struct ServerProc {
     pub recv_port: u16,
     /// The server's storage root.
     pub root: PathBuf,
+    /// The `--http` port, when the server was started with one.
+    pub http_port: Option<u16>,
     log: PathBuf,
     args: Vec<String>,
 }
@@ -122,7 +124,8 @@ impl ServerProc {
                 .unwrap_or_else(|| panic!("bad listening line {line:?}"))
         };
         let (send_port, recv_port) = (port("send="), port("receive="));
-        Self { child: Some(child), send_port, recv_port, root, log, args }
+        let http_port = line.contains("http=").then(|| port("http="));
+        Self { child: Some(child), send_port, recv_port, root, http_port, log, args }
     }
 
     /// The server's stderr so far.
