@@ -1,13 +1,18 @@
-//! The server's content store in memory, behind core's `BlobStore`: what
-//! was installed survives a crash of the simulated server (it was made
-//! durable before any catalog line named it); temps do not. A "disk full"
-//! switch makes new uploads fail, as a full disk does.
+//! The server's disk in memory: the content store behind core's
+//! `BlobStore` (what was installed survives a crash of the simulated
+//! server: it was made durable before any catalog line named it; temps do
+//! not; a "disk full" switch makes new uploads fail), and the catalog's
+//! storage behind core's `Storage`, whose last append a crash may tear (a
+//! crash in the middle of it, before its commit was acknowledged: what
+//! was synced survives, the rest is a prefix, as the ALICE study found
+//! file systems leave it).
 
 use std::collections::HashMap;
 use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 
 use dropsync_core::library::BlobStore;
+use dropsync_core::storage::{MemStorage, Storage};
 use dropsync_proto::metadata::Strong;
 use sha2::{Digest as _, Sha256};
 
@@ -72,6 +77,17 @@ impl MemBlobs {
         self.stored().refs.clear();
     }
 
+    /// At start, once the catalog's references are counted: contents no
+    /// line names (an install whose commit never became durable) go, as the
+    /// real server's `BlobStore::recover` removes orphans. Returns how many.
+    pub fn remove_orphans(&self) -> usize {
+        let mut s = self.stored();
+        let before = s.bytes.len();
+        let Stored { bytes, refs } = &mut *s;
+        bytes.retain(|k, _| refs.contains_key(k));
+        before - bytes.len()
+    }
+
     /// Stored contents with no reference (leaked by a commit that failed
     /// half-way, or by a reference count gone wrong).
     pub fn unreferenced(&self) -> usize {
@@ -126,5 +142,48 @@ impl BlobStore for MemBlobs {
             s.refs.remove(key);
             s.bytes.remove(key);
         }
+    }
+}
+
+/// The catalog's storage: in memory, with the last append remembered so a
+/// crash during it can tear it.
+#[derive(Debug, Default)]
+pub struct SimStorage {
+    inner: MemStorage,
+    last_append: Mutex<Option<(String, usize)>>,
+}
+
+impl SimStorage {
+    fn last(&self) -> std::sync::MutexGuard<'_, Option<(String, usize)>> {
+        self.last_append.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// A crash in the middle of the last append: only `keep(len)` of its
+    /// `len` bytes reached the disk (`keep` < `len`). False if the last
+    /// write was not an append (a replace is atomic).
+    pub fn tear_last_append(&self, keep: impl FnOnce(usize) -> usize) -> bool {
+        let Some((name, len)) = self.last().take() else { return false };
+        let Ok(Some(mut bytes)) = self.inner.read(&name) else { return false };
+        let kept = keep(len).min(len.saturating_sub(1));
+        bytes.truncate(bytes.len() - len + kept);
+        self.inner.replace(&name, &bytes).is_ok()
+    }
+}
+
+impl Storage for SimStorage {
+    fn read(&self, name: &str) -> io::Result<Option<Vec<u8>>> {
+        self.inner.read(name)
+    }
+    fn replace(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        *self.last() = None;
+        self.inner.replace(name, bytes)
+    }
+    fn append(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        *self.last() = Some((name.to_owned(), bytes.len()));
+        self.inner.append(name, bytes)
+    }
+    fn remove(&self, name: &str) -> io::Result<()> {
+        *self.last() = None;
+        self.inner.remove(name)
     }
 }

@@ -62,14 +62,15 @@ pub enum Effect {
         /// The path.
         path: String,
     },
-    /// The server answered 0x0001 to an upload of `content` at `path`.
+    /// The server answered 0x0001 to an upload of `content` at `path`
+    /// (`None`: a DELETE).
     Acked {
         /// The client.
         client: usize,
         /// The path.
         path: String,
         /// What was uploaded.
-        content: Content,
+        content: Option<Content>,
     },
     /// An operation of the send connection ended.
     Sent {
@@ -153,6 +154,8 @@ struct Deliveries<'a> {
     incoming: &'a mut BTreeMap<String, Instant>,
     reconciled: &'a mut bool,
     requested: &'a mut BTreeSet<String>,
+    /// The disk is full: nothing can be written.
+    full: bool,
 }
 
 impl Deliveries<'_> {
@@ -222,8 +225,14 @@ impl Host for Deliveries<'_> {
 
     fn open(&mut self, name: &str, _first_len: u32) -> Result<Incoming, StatusCode> {
         if name != METADATA_TRANSFER_NAME {
-            if let Err(code) = admit_incoming(self.outgoing.contains(name), true) {
-                self.policy.refused_while_sending(name);
+            if let Err(code) = admit_incoming(self.outgoing.contains(name), !self.full) {
+                if self.full {
+                    // Section 7: "If F cannot be opened for writing: reply
+                    // 0x0080"; asked for again later.
+                    let _ = self.policy.incoming_refused(name, self.folder.now);
+                } else {
+                    self.policy.refused_while_sending(name);
+                }
                 return Err(code);
             }
             self.incoming.insert(name.to_owned(), self.folder.now);
@@ -274,6 +283,14 @@ impl Host for Deliveries<'_> {
         };
         self.ended(name);
         reply
+    }
+
+    /// A delivery refused at its first message ends like any other (the
+    /// real client reports it delivered): a REQUEST it answered is over.
+    fn refused(&mut self, name: &str, _code: StatusCode) {
+        if name != METADATA_TRANSFER_NAME {
+            self.policy.delivered(name, self.folder.now);
+        }
     }
 
     fn discard(&mut self, name: &str, _t: Incoming, why: InEnded) {
@@ -346,6 +363,8 @@ pub struct Client {
     next_rescan: Instant,
     /// False between a crash and the restart.
     pub running: bool,
+    /// The folder's disk is full until then.
+    full_until: Option<Instant>,
     wall_base_secs: i64,
     started: Instant,
 }
@@ -365,6 +384,7 @@ impl Client {
             reconnects: 0,
             next_rescan: now + settings.rescan,
             running: true,
+            full_until: None,
             wall_base_secs,
             started: now,
         }
@@ -451,6 +471,11 @@ impl Client {
         });
     }
 
+    /// The folder's disk is full until `until`: deliveries are refused.
+    pub fn disk_full(&mut self, until: Instant) {
+        self.full_until = Some(until);
+    }
+
     /// The user wrote `bytes` at `path`.
     pub fn write(&mut self, path: &str, bytes: Vec<u8>, now: Instant) {
         self.fs.insert(path.to_owned(), bytes);
@@ -515,6 +540,7 @@ impl Client {
         net.close(s.up_conn);
         net.close(s.down_conn);
         let wall_secs = self.wall_secs(now);
+        let full = self.full_until.is_some_and(|t| t > now);
         let Session { down, policy, outgoing, incoming, reconciled, requested, .. } = &mut s;
         let mut host = Deliveries {
             folder: Folder {
@@ -532,6 +558,7 @@ impl Client {
             incoming,
             reconciled,
             requested,
+            full,
         };
         down.close(&mut host);
         fx.push(Effect::Log(format!("c{}: session ended: {why}", self.idx)));
@@ -579,6 +606,7 @@ impl Client {
     fn drive_down(&mut self, now: Instant, net: &mut Net, fx: &mut Vec<Effect>) -> Result<(), String> {
         let wall_secs = self.wall_secs(now);
         let Some(s) = &mut self.sess else { return Ok(()) };
+        let full = self.full_until.is_some_and(|t| t > now);
         let Session { down, policy, outgoing, incoming, reconciled, down_conn, requested, .. } = s;
         let mut host = Deliveries {
             folder: Folder {
@@ -596,6 +624,7 @@ impl Client {
             incoming,
             reconciled,
             requested,
+            full,
         };
         let result = down.process(now, &mut host).map(|_| ()).map_err(|e| format!("receive connection: {e}"));
         let mut buf = Vec::new();
@@ -624,7 +653,7 @@ impl Client {
             UpOp::Upload { data, content } => {
                 if e.outcome == Outcome::Committed {
                     self.bases.insert(e.name.clone(), content);
-                    fx.push(Effect::Acked { client: self.idx, path: e.name.clone(), content });
+                    fx.push(Effect::Acked { client: self.idx, path: e.name.clone(), content: Some(content) });
                 }
                 let unchanged = self.fs.get(&e.name) == Some(&data);
                 Ending::Upload { outcome: e.outcome, content: unchanged.then_some(content) }
@@ -632,6 +661,9 @@ impl Client {
             UpOp::Delete => {
                 if matches!(e.outcome, Outcome::Committed | Outcome::Refused(StatusCode::NO_FILE)) {
                     self.bases.remove(&e.name);
+                }
+                if e.outcome == Outcome::Committed {
+                    fx.push(Effect::Acked { client: self.idx, path: e.name.clone(), content: None });
                 }
                 Ending::Delete(e.outcome)
             }
@@ -763,6 +795,7 @@ impl Client {
             }
             Due::Nothing => {}
         }
+        let full = self.full_until.is_some_and(|t| t > now);
         let Session { down, policy, outgoing, incoming, reconciled, down_conn, requested, .. } = s;
         let mut host = Deliveries {
             folder: Folder {
@@ -780,6 +813,7 @@ impl Client {
             incoming,
             reconciled,
             requested,
+            full,
         };
         if let Err(e) = down.handle_timeout(now, &mut host) {
             return self.drop_session(&format!("receive connection: {e}"), now, net, fx);

@@ -21,24 +21,23 @@ use dropsync_core::mux::OpId;
 use dropsync_core::receiving::{self, Assembled, Host, Payload, Receiving, Step};
 use dropsync_core::sending::{FileDigest, Prepared, Replied, Sending, Source, Transmit};
 use dropsync_core::stale::SeenVersions;
-use dropsync_core::storage::MemStorage;
 use dropsync_proto::metadata::EntryState;
 use dropsync_proto::name::METADATA_TRANSFER_NAME;
 use dropsync_proto::{md5, Frame, StatusCode, ZERO_DIGEST};
 use dropsync_soak::model::Version;
 
-use crate::blobs::{MemBlobs, SimTemp};
+use crate::blobs::{MemBlobs, SimStorage, SimTemp};
 use crate::net::{ConnId, End, Net};
 use crate::Settings;
 
-type Lib = Library<MemCatalog<Arc<MemStorage>>, MemBlobs>;
+type Lib = Library<MemCatalog<Arc<SimStorage>>, MemBlobs>;
 
 /// What survives a crash of the server: its durable catalog storage and
 /// its installed contents.
 #[derive(Debug, Clone, Default)]
 pub struct Disk {
     /// The catalog's journal and snapshot.
-    pub catalog: Arc<MemStorage>,
+    pub catalog: Arc<SimStorage>,
     /// The contents.
     pub blobs: MemBlobs,
 }
@@ -117,6 +116,9 @@ pub struct Server {
     next_session: SessionId,
     /// Unix time of the virtual clock's start, for META-DATA and names.
     wall_base_ns: i64,
+    /// A slow disk: until then, each reply (a commit's included) leaves
+    /// this much later.
+    slow: Option<(Instant, std::time::Duration)>,
     started: Instant,
 }
 
@@ -265,6 +267,7 @@ impl Server {
                 }
             }
         });
+        disk.blobs.remove_orphans();
         let locks: Arc<dyn LockTable> = Arc::new(MemLockTable::new());
         let lib = Library::new(catalog, disk.blobs.clone(), locks, true);
         Ok(Server {
@@ -275,6 +278,7 @@ impl Server {
             by_conn: BTreeMap::new(),
             next_session: 1,
             wall_base_ns,
+            slow: None,
             started: now,
         })
     }
@@ -531,11 +535,17 @@ impl Server {
     }
 
     fn flush_up(&mut self, id: SessionId, now: Instant, net: &mut Net) {
+        let delay = self.slow.filter(|(until, _)| *until > now).map_or(std::time::Duration::ZERO, |(_, by)| by);
         let Some(s) = self.sessions.get_mut(&id) else { return };
         let mut buf = Vec::new();
         if s.up.poll_transmit(now, &mut buf) {
-            net.send(now, s.up_conn, End::Client, buf);
+            net.send(now + delay, s.up_conn, End::Client, buf);
         }
+    }
+
+    /// The disk is slow until `until`: every reply leaves `by` later.
+    pub fn slow_disk(&mut self, until: Instant, by: std::time::Duration) {
+        self.slow = Some((until, by));
     }
 
     fn fan_out(&mut self, fan: Vec<(String, Option<SessionId>)>, now: Instant, net: &mut Net) {

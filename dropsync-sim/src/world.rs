@@ -143,13 +143,20 @@ struct World {
     written: u64,
     /// Uploads the server committed whose 0x0001 has not reached the
     /// client (yet, or ever: lost with a crash or a reset).
-    unacked: BTreeSet<(usize, String, Version)>,
+    /// (`None`: a DELETE.)
+    unacked: BTreeSet<(usize, String, Option<Version>)>,
+    /// The last change committed: a crash may tear its journal line while
+    /// its 0x0001 has not reached the client.
+    /// With when, and the highest version before it.
+    last_commit: Option<((usize, String, Option<Version>), Instant, u64)>,
     /// Uploads committed again by a client that never heard the first
     /// commit's 0x0001 (see [`KNOWN_LIMITS`]).
-    replays: BTreeSet<(usize, String, Version)>,
+    replays: BTreeSet<(usize, String, Option<Version>)>,
     /// Paths sent to a client again after its own change overtook a
     /// delivery (see [`KNOWN_LIMITS`]).
     resent: BTreeSet<(usize, String)>,
+    /// Kill the server at its next commit.
+    crash_on_commit: bool,
     /// Resurrections the known limits explain, for the summary.
     known: Vec<String>,
 }
@@ -237,6 +244,8 @@ impl World {
             broken: Vec::new(),
             written: 0,
             unacked: BTreeSet::new(),
+            last_commit: None,
+            crash_on_commit: false,
             replays: BTreeSet::new(),
             resent: BTreeSet::new(),
             known: Vec::new(),
@@ -449,6 +458,7 @@ impl World {
     }
 
     fn effects(&mut self, sfx: Vec<server::Effect>, cfx: Vec<client::Effect>) {
+        let mut crash = false;
         for e in sfx {
             match e {
                 server::Effect::Log(l) => self.say(l),
@@ -457,10 +467,17 @@ impl World {
                     self.resent.insert((client, path));
                 }
                 server::Effect::Committed { client, path, content, version } => {
-                    if let Some(c) = content.filter(|_| version > 0) {
-                        let key = (client, path.clone(), c);
-                        if !self.unacked.insert(key.clone()) {
+                    if version > 0 {
+                        let key = (client, path.clone(), content);
+                        self.last_commit = Some((key.clone(), self.now, self.top_version));
+                        if !self.unacked.insert(key.clone()) && content.is_some() {
                             self.replays.insert(key);
+                        }
+                        if self.crash_on_commit {
+                            // Killed right in this commit, before anything
+                            // came of it (once its effects are recorded).
+                            self.crash_on_commit = false;
+                            crash = true;
                         }
                     }
                     let what = content.map_or("delete".to_owned(), |c| self.hist.describe(Some(c)));
@@ -505,9 +522,12 @@ impl World {
                     ));
                 }
                 client::Effect::Acked { client, path, content } => {
-                    self.unacked.remove(&(client, path, Version { md5: content.md5, size: content.size }));
+                    self.unacked.remove(&(client, path, content.map(|c| Version { md5: c.md5, size: c.size })));
                 }
             }
+        }
+        if crash {
+            self.crash_server();
         }
     }
 
@@ -521,7 +541,7 @@ impl World {
         self.step += 1;
         let n = self.clients.len();
         let c = self.rng.index(n);
-        match self.rng.weighted(&[40, 12, 6, 2, 6, 4, 3, 4, 4, 3, 2]) {
+        match self.rng.weighted(&[40, 12, 6, 2, 6, 4, 3, 4, 4, 3, 2, 2, 2]) {
             0 => {
                 let p = self.pick_path();
                 self.write(c, p);
@@ -545,6 +565,10 @@ impl World {
                 }
             }
             5 => self.crash_client(c),
+            6 if self.rng.chance(50) => {
+                self.crash_on_commit = true;
+                self.say("server: to be killed at its next commit".into());
+            }
             6 => self.crash_server(),
             7 => {
                 let until = self.now + Duration::from_millis(self.rng.range(300, 10_000));
@@ -562,6 +586,19 @@ impl World {
                 self.disk.blobs.set_full(true);
                 self.disk_back = Some(self.disk_back.map_or(until, |t| t.max(until)));
                 self.say("server: disk full".into());
+            }
+            10 => {
+                let until = self.now + Duration::from_millis(self.rng.range(200, 5000));
+                let by = Duration::from_millis(self.rng.range(5, 1500));
+                if let Some(s) = &mut self.server {
+                    s.slow_disk(until, by);
+                    self.say(format!("server: disk slow by {by:?} for {:?}", until - self.now));
+                }
+            }
+            11 => {
+                let until = self.now + Duration::from_millis(self.rng.range(200, 5000));
+                self.clients[c].disk_full(until);
+                self.say(format!("c{c}: disk full for {:?}", until - self.now));
             }
             _ => {
                 // A file edited again and again while it goes out.
@@ -655,6 +692,21 @@ impl World {
     fn crash_server(&mut self) {
         let Some(s) = self.server.take() else { return };
         drop(s);
+        // Killed in the middle of its last commit's append: possible only
+        // if nothing came of that commit yet (the crash is at the same
+        // instant, so its reply and deliveries are still in flight, and are
+        // lost with the connections).
+        let during = self.last_commit.as_ref().filter(|(k, at, _)| *at == self.now && self.unacked.contains(k));
+        if let Some((_, _, top_before)) = during.cloned() {
+            if self.rng.chance(50) {
+                let rng = &mut self.rng;
+                if self.disk.catalog.tear_last_append(|len| rng.index(len.max(1))) {
+                    // That version was never seen: it may be handed out again.
+                    self.top_version = top_before;
+                    self.say("server: its last journal append torn by the crash".into());
+                }
+            }
+        }
         for conn in self.net.open_conns() {
             self.net.close(conn);
         }
@@ -716,7 +768,7 @@ impl World {
         out.extend(self.hist.lost_work(&tree));
         for r in self.hist.resurrected(&tree) {
             let gone = &self.hist.events[r.gone];
-            let replay = self.replays.iter().any(|(_, p, v)| *p == r.path && *v == r.content);
+            let replay = self.replays.iter().any(|(_, p, v)| *p == r.path && *v == Some(r.content));
             let overtaken = self.resent.contains(&(gone.client, r.path.clone()));
             match (replay, overtaken) {
                 (false, false) => out.push(self.hist.show_resurrection(&r)),
