@@ -254,7 +254,7 @@ fn a_path_that_could_not_be_written_and_is_then_gone_from_the_server_is_not_aske
 
 #[test]
 fn a_delivery_refused_while_our_change_was_sent_is_asked_for_after_it() {
-    let now = Instant::now();
+    let now = t0();
     let mut p = SyncPolicy::new(false);
     p.refused_while_sending("f");
     let next = p.ended("f", Ending::Delete(Outcome::Committed), now);
@@ -280,7 +280,7 @@ fn a_delivery_of_the_base_leaves_a_local_change_alone() {
 
 #[test]
 fn a_delivery_ends_what_was_given_up_about_the_path() {
-    let now = Instant::now();
+    let now = t0();
     let mut p = SyncPolicy::new(false);
     let x = Content { md5: [1; 16], size: 1 };
     assert_eq!(p.ended("f", Ending::Delete(Outcome::Refused(StatusCode::NO_FILE)), now), Next::GivenUp(StatusCode::NO_FILE));
@@ -291,7 +291,7 @@ fn a_delivery_ends_what_was_given_up_about_the_path() {
 
 #[test]
 fn a_request_refused_while_the_path_is_written_is_asked_again() {
-    let now = Instant::now();
+    let now = t0();
     let mut p = SyncPolicy::new(false);
     p.request("f".into());
     assert_eq!(p.next_job(now, true), Some(Job::Request("f".into())));

@@ -124,9 +124,7 @@ impl BlobStore for MemBlobs {
     fn install(&self, temp: SimTemp) -> io::Result<Strong> {
         let key = Self::strong(&temp.bytes);
         let mut s = self.stored();
-        if !s.bytes.contains_key(&key) {
-            s.bytes.insert(key, Arc::new(temp.bytes.clone()));
-        }
+        s.bytes.entry(key).or_insert_with(|| Arc::new(temp.bytes.clone()));
         Ok(key)
     }
 

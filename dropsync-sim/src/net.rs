@@ -81,7 +81,7 @@ impl Net {
 
     /// Whether `client` can reach the server at `now`.
     pub fn reachable(&self, client: usize, now: Instant) -> bool {
-        !self.partitioned[client].is_some_and(|until| until > now)
+        !matches!(self.partitioned[client], Some(until) if until > now)
     }
 
     /// Cuts `client` off from the server until `until`.

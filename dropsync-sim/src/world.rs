@@ -116,6 +116,9 @@ impl Item {
     }
 }
 
+/// A committed change: its client, path and content (`None`: a DELETE).
+type Committed = (usize, String, Option<Version>);
+
 struct World {
     seed: u64,
     rng: Rng,
@@ -144,14 +147,14 @@ struct World {
     /// Uploads the server committed whose 0x0001 has not reached the
     /// client (yet, or ever: lost with a crash or a reset).
     /// (`None`: a DELETE.)
-    unacked: BTreeSet<(usize, String, Option<Version>)>,
+    unacked: BTreeSet<Committed>,
     /// The last change committed: a crash may tear its journal line while
     /// its 0x0001 has not reached the client.
     /// With when, and the highest version before it.
-    last_commit: Option<((usize, String, Option<Version>), Instant, u64)>,
+    last_commit: Option<(Committed, Instant, u64)>,
     /// Uploads committed again by a client that never heard the first
     /// commit's 0x0001 (see [`KNOWN_LIMITS`]).
-    replays: BTreeSet<(usize, String, Option<Version>)>,
+    replays: BTreeSet<Committed>,
     /// Paths sent to a client again after its own change overtook a
     /// delivery (see [`KNOWN_LIMITS`]).
     resent: BTreeSet<(usize, String)>,

@@ -1,5 +1,6 @@
 //! The simulator in `make test`: the first thousand seeds, the seeds that
 //! found each bug fixed so far, and bit-for-bit replay.
+#![allow(clippy::unwrap_used)]
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
