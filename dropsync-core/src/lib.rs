@@ -35,6 +35,7 @@ pub mod decoder;
 pub mod delivery;
 pub mod error;
 pub mod liveness;
+pub mod history;
 pub mod jobs;
 pub mod library;
 pub mod locks;

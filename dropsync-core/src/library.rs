@@ -18,7 +18,10 @@
 //! - "DELETE: F locked: 0x0040. F unknown or already a tombstone: 0x0020"
 //!   ([`Library::delete`]);
 //! - "REQUEST: F locked (being written): 0x0080. F unknown: 0x0020"
-//!   ([`Library::request`]).
+//!   ([`Library::request`]);
+//! - [ext] what a commit replaces is kept (the catalog's history) with its
+//!   content, for restores and undeletes, until retention drops it
+//!   ([`Library::restore`], [`Library::undelete`], [`Library::expire`]).
 
 use std::collections::HashMap;
 use std::io;
@@ -196,9 +199,8 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
                 return Err(e);
             }
         };
-        if let Some(old) = current.filter(|c| c.state == EntryState::File).and_then(|c| c.strong) {
-            self.blobs.drop_ref(&old);
-        }
+        // The overwritten version's reference passes to the history, which
+        // releases it when retention drops the version.
         self.set_uploader(path, label);
         seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, entry.version);
         Ok(Committed::New { entry, conflict })
@@ -222,12 +224,81 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
             _ => return Ok(Committed::NoFile),
         };
         let conflict = self.conflict_if_stale(Some(&current), seen, now)?;
+        // The deleted version's reference passes to the history.
         let entry = self.catalog.commit(path, Change::Delete { mtime_ns: now.unix_ns })?;
-        if let Some(old) = current.strong {
-            self.blobs.drop_ref(&old);
-        }
         seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, entry.version);
         Ok(Committed::New { entry, conflict })
+    }
+
+    /// Restores `version` of `path` from its history (or its current line)
+    /// as a new version, to be queued for every client: undo and undelete.
+    /// `Unchanged` when the path holds that content already; `NoFile` when
+    /// no file version `version` of `path` is known; `Locked` while a
+    /// transfer holds the path.
+    pub fn restore(&self, path: &str, version: u64, owner: SessionId, now: WallTime) -> Result<Committed, CoreError> {
+        let current = self.catalog.get(path);
+        let found = match current.as_ref().filter(|c| c.version == version) {
+            Some(c) => Some(c.clone()),
+            None => self.catalog.history(path).into_iter().find(|k| k.entry.version == version).map(|k| k.entry),
+        };
+        match found {
+            Some(e) if e.state == EntryState::File => self.bring_back(&e, current.as_ref(), owner, now),
+            _ => Ok(Committed::NoFile),
+        }
+    }
+
+    /// Undeletes the folder `prefix` (every path for an empty one) as it
+    /// was at `at`: each file live then whose content is not the path's
+    /// now comes back as a new version. Returns what was committed, to be
+    /// queued for every client, and how many paths were locked.
+    pub fn undelete(&self, prefix: &str, at: WallTime, owner: SessionId, now: WallTime) -> Result<(Vec<Entry>, usize), CoreError> {
+        let mut back = Vec::new();
+        let mut locked = 0;
+        for e in self.catalog.live_at(prefix, at.unix_ns) {
+            let current = self.catalog.get(&e.path);
+            match self.bring_back(&e, current.as_ref(), owner, now)? {
+                Committed::New { entry, .. } => back.push(entry),
+                Committed::Locked => locked += 1,
+                Committed::Unchanged | Committed::NoFile => {}
+            }
+        }
+        Ok((back, locked))
+    }
+
+    /// Commits `old`'s content at its path, over `current`.
+    fn bring_back(&self, old: &Entry, current: Option<&Entry>, owner: SessionId, now: WallTime) -> Result<Committed, CoreError> {
+        let Some(strong) = old.strong else { return Ok(Committed::NoFile) };
+        if current.is_some_and(|c| c.state == EntryState::File && c.strong == Some(strong)) {
+            return Ok(Committed::Unchanged);
+        }
+        let Some(_lock) = try_lock_guard(self.locks.as_ref(), &old.path, owner) else {
+            return Ok(Committed::Locked);
+        };
+        self.blobs.open(&strong).map_err(CoreError::Io)?;
+        let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.blobs.add_ref(&strong);
+        let change = Change::File { md5: old.md5, size: old.size, mtime_ns: now.unix_ns, strong };
+        match self.catalog.commit(&old.path, change) {
+            Ok(entry) => Ok(Committed::New { entry, conflict: None }),
+            Err(e) => {
+                self.blobs.drop_ref(&strong);
+                Err(e)
+            }
+        }
+    }
+
+    /// Retention: drops what was replaced before `cutoff` from the history
+    /// and releases its content (which goes once nothing names it).
+    /// Returns how many versions went.
+    pub fn expire(&self, cutoff: WallTime) -> Result<usize, CoreError> {
+        let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let gone = self.catalog.expire(cutoff.unix_ns)?;
+        for k in gone.iter().filter(|k| k.is_file()) {
+            if let Some(key) = &k.entry.strong {
+                self.blobs.drop_ref(key);
+            }
+        }
+        Ok(gone.len())
     }
 
     /// The reply to a REQUEST of `path`; on 0x0001 the caller queues the

@@ -154,7 +154,7 @@ fn a_stale_change_keeps_what_it_overwrites_as_a_conflict_copy_committed_like_any
     let kept = s.lib.catalog().get(&copy).unwrap();
     assert_eq!((kept.md5, kept.strong, kept.state), (v1.md5, v1.strong, EntryState::File));
     assert!(kept.version > v1.version && v2.version > kept.version, "the copy commits first");
-    assert_eq!(s.blobs.refs(&[1; 32]), 1, "the copy holds the old content");
+    assert_eq!(s.blobs.refs(&[1; 32]), 2, "the copy holds the old content, and so does the history");
 }
 
 #[test]
@@ -165,7 +165,9 @@ fn a_version_the_client_has_seen_is_overwritten_without_a_copy() {
     let bob = session(&s.lib);
     let (_, conflict) = new_entry(upload(&s, "f", b"2", 2, &bob, "bob"));
     assert_eq!(conflict, None, "listed in bob's META-DATA");
-    assert_eq!(s.blobs.refs(&[1; 32]), 0, "the overwritten content is released");
+    assert_eq!(s.blobs.refs(&[1; 32]), 1, "the overwritten content is kept in the history");
+    assert_eq!(s.lib.expire(WallTime { unix_ns: NOW.unix_ns + 1 }).unwrap(), 1);
+    assert_eq!(s.blobs.refs(&[1; 32]), 0, "and released when retention drops it");
 }
 
 #[test]
@@ -224,7 +226,7 @@ fn delete_f_locked_0x0040_unknown_or_already_a_tombstone_0x0020() {
     let (tomb, _) = new_entry(s.lib.delete("f", 1, &a, NOW).unwrap());
     assert_eq!(tomb.state, EntryState::Deleted);
     assert_eq!(tomb.md5, md5(b"1"), "a tombstone keeps the last version's digest");
-    assert_eq!(s.blobs.refs(&[1; 32]), 0, "the file is removed");
+    assert_eq!(s.blobs.refs(&[1; 32]), 1, "the deleted version is kept in the history");
     assert_eq!(s.lib.delete("f", 1, &a, NOW).unwrap(), Committed::NoFile);
     assert!(s.lib.locks().holder("f").is_none(), "the delete released its lock");
 }
@@ -261,7 +263,70 @@ fn identical_files_share_one_content_until_the_last_goes() {
     new_entry(upload(&s, "y", b"same", 1, &a, "a"));
     assert_eq!(s.blobs.refs(&[1; 32]), 2);
     new_entry(s.lib.delete("x", 1, &a, NOW).unwrap());
-    assert_eq!(s.blobs.refs(&[1; 32]), 1);
     new_entry(s.lib.delete("y", 1, &a, NOW).unwrap());
+    assert_eq!(s.blobs.refs(&[1; 32]), 2, "both deleted versions are kept");
+    assert_eq!(s.lib.expire(WallTime { unix_ns: NOW.unix_ns + 1 }).unwrap(), 2);
+    assert_eq!(s.blobs.refs(&[1; 32]), 0, "the content goes with the last of them");
+}
+
+fn at(secs: i64) -> WallTime {
+    WallTime { unix_ns: NOW.unix_ns + secs * 1_000_000_000 }
+}
+
+#[test]
+fn a_version_a_commit_replaced_is_kept_and_restored_as_a_new_version() {
+    let s = server(true);
+    let a = session(&s.lib);
+    let (v1, _) = new_entry(s.lib.commit_upload("f", temp(b"one", 1), md5(b"one"), 3, &a, "a", at(0)).unwrap());
+    let (v2, _) = new_entry(s.lib.commit_upload("f", temp(b"two", 2), md5(b"two"), 3, &a, "a", at(10)).unwrap());
+    let kept = s.lib.catalog().history("f");
+    assert_eq!(kept.len(), 1);
+    assert_eq!((kept[0].entry.version, kept[0].replaced_ns), (v1.version, at(10).unix_ns));
+    let (v3, _) = new_entry(s.lib.restore("f", v1.version, 9, at(20)).unwrap());
+    assert!(v3.version > v2.version);
+    assert_eq!((v3.strong, v3.md5), (v1.strong, v1.md5));
+    assert_eq!(s.lib.restore("f", v3.version, 9, at(21)).unwrap(), Committed::Unchanged, "it holds that content");
+    assert_eq!(s.lib.restore("f", 999, 9, at(21)).unwrap(), Committed::NoFile);
+    assert!(s.lib.locks().try_lock("f", 2));
+    assert_eq!(s.lib.restore("f", v2.version, 9, at(22)).unwrap(), Committed::Locked);
+    // The history survives a restart.
+    let reopened = MemCatalog::open(Arc::clone(&s.storage)).unwrap();
+    assert_eq!(reopened.history("f").len(), 2);
+    assert_eq!(s.blobs.refs(&[1; 32]), 2, "live again, and kept as version 1");
+}
+
+#[test]
+fn a_folder_is_undeleted_as_it_was_at_a_point_in_time() {
+    let s = server(true);
+    let a = session(&s.lib);
+    for (i, p) in ["d/x", "d/e/y", "other"].iter().enumerate() {
+        let b = p.as_bytes();
+        new_entry(s.lib.commit_upload(p, temp(b, i as u8 + 1), md5(b), b.len() as u64, &a, "a", at(0)).unwrap());
+    }
+    // Edited at 10, everything deleted at 20 (rm -rf).
+    new_entry(s.lib.commit_upload("d/x", temp(b"x2", 9), md5(b"x2"), 2, &a, "a", at(10)).unwrap());
+    for p in ["d/x", "d/e/y", "other"] {
+        new_entry(s.lib.delete(p, 1, &a, at(20)).unwrap());
+    }
+    let (back, locked) = s.lib.undelete("d", at(5), 9, at(30)).unwrap();
+    assert_eq!(locked, 0);
+    let got: Vec<(&str, Option<Strong>)> = back.iter().map(|e| (e.path.as_str(), e.strong)).collect();
+    assert_eq!(got, [("d/e/y", Some([2; 32])), ("d/x", Some([1; 32]))], "as at 5: before the edit; not 'other'");
+    assert_eq!(s.lib.catalog().get("other").unwrap().state, EntryState::Deleted);
+    let (again, _) = s.lib.undelete("d", at(5), 9, at(31)).unwrap();
+    assert!(again.is_empty(), "already as it was");
+}
+
+#[test]
+fn retention_keeps_what_was_replaced_within_it() {
+    let s = server(true);
+    let a = session(&s.lib);
+    new_entry(s.lib.commit_upload("f", temp(b"1", 1), md5(b"1"), 1, &a, "a", at(0)).unwrap());
+    new_entry(s.lib.commit_upload("f", temp(b"2", 2), md5(b"2"), 1, &a, "a", at(10)).unwrap());
+    new_entry(s.lib.commit_upload("f", temp(b"3", 3), md5(b"3"), 1, &a, "a", at(20)).unwrap());
+    assert_eq!(s.lib.expire(at(15)).unwrap(), 1, "only what was replaced before the cutoff");
     assert_eq!(s.blobs.refs(&[1; 32]), 0);
+    assert_eq!(s.blobs.refs(&[2; 32]), 1);
+    let reopened = MemCatalog::open(Arc::clone(&s.storage)).unwrap();
+    assert_eq!(reopened.history("f").len(), 1, "durably");
 }

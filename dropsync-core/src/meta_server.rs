@@ -11,6 +11,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use dropsync_proto::metadata::{self, Entry, EntryState, Strong};
 use dropsync_proto::Digest;
 
+use crate::history::{self, History, Kept, HISTORY};
 use crate::storage::Storage;
 use crate::store::JournaledStore;
 use crate::CoreError;
@@ -131,6 +132,18 @@ pub trait Catalog: Send + Sync {
     /// The META-DATA text for a newly paired client, and the version counter
     /// at that instant (every version up to it is listed in the text).
     fn snapshot(&self) -> (String, u64);
+    /// What commits replaced of `path` and the history still keeps, oldest
+    /// first (the current line is [`get`](Self::get)'s).
+    fn history(&self, path: &str) -> Vec<Kept>;
+    /// The file version of each path under `prefix` that was live at
+    /// `t_ns` (see [`history::live_at`]).
+    fn live_at(&self, prefix: &str, t_ns: i64) -> Vec<Entry>;
+    /// Drops, durably, what was replaced before `cutoff_ns`, and returns it:
+    /// the caller releases the content of each file version.
+    fn expire(&self, cutoff_ns: i64) -> Result<Vec<Kept>, CoreError>;
+    /// The content of every kept file version, once per version (each
+    /// holds a reference).
+    fn kept_contents(&self) -> Vec<Strong>;
     /// Number of paths, tombstones included.
     fn len(&self) -> usize;
     /// True when the catalog holds no path.
@@ -140,20 +153,35 @@ pub trait Catalog: Send + Sync {
 }
 
 /// The embedded catalog: the table in memory behind one mutex, journaled to
-/// a [`Storage`].
+/// a [`Storage`], with the [`History`] of what commits replaced beside it.
 #[derive(Debug)]
 pub struct MemCatalog<S: Storage> {
-    inner: Mutex<(ServerMeta, JournaledStore<S>)>,
+    inner: Mutex<(ServerMeta, JournaledStore<S>, History)>,
+}
+
+/// Reads the history file; a torn or unreadable tail is cut off, so that
+/// the next append does not glue a line to it.
+fn load_history<S: Storage>(storage: &S) -> Result<History, CoreError> {
+    let Some(bytes) = storage.read(HISTORY)? else { return Ok(History::default()) };
+    let text = String::from_utf8_lossy(&bytes);
+    let history = History::parse(&text)?;
+    let lines = text.split('\n').filter(|l| !l.is_empty()).count();
+    if !text.is_empty() && (!text.ends_with('\n') || lines != history.len()) {
+        storage.replace(HISTORY, history.render().as_bytes())?;
+    }
+    Ok(history)
 }
 
 impl<S: Storage> MemCatalog<S> {
-    /// Loads the table from `storage` (empty if nothing is stored yet).
+    /// Loads the table and its history from `storage` (empty if nothing is
+    /// stored yet).
     pub fn open(storage: S) -> Result<Self, CoreError> {
         let (store, loaded) = JournaledStore::open(storage)?;
-        Ok(Self { inner: Mutex::new((ServerMeta::from_entries(loaded.entries), store)) })
+        let history = load_history(store.storage())?;
+        Ok(Self { inner: Mutex::new((ServerMeta::from_entries(loaded.entries), store, history)) })
     }
 
-    fn lock(&self) -> MutexGuard<'_, (ServerMeta, JournaledStore<S>)> {
+    fn lock(&self) -> MutexGuard<'_, (ServerMeta, JournaledStore<S>, History)> {
         self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
@@ -173,7 +201,7 @@ impl<S: Storage> MemCatalog<S> {
     /// Writes a fresh snapshot and drops the journal (e.g. at shutdown).
     pub fn compact(&self) -> Result<(), CoreError> {
         let mut guard = self.lock();
-        let (table, store) = &mut *guard;
+        let (table, store, _) = &mut *guard;
         store.compact(table.entries())
     }
 }
@@ -185,7 +213,7 @@ impl<S: Storage> Catalog for MemCatalog<S> {
 
     fn commit(&self, path: &str, change: Change) -> Result<Entry, CoreError> {
         let mut guard = self.lock();
-        let (table, store) = &mut *guard;
+        let (table, store, history) = &mut *guard;
         let previous = table.get(path).cloned();
         let previous_version = table.last_version;
         let entry = table.apply(path, change);
@@ -198,6 +226,14 @@ impl<S: Storage> Catalog for MemCatalog<S> {
             table.last_version = previous_version;
             return Err(e);
         }
+        if let Some(previous) = previous {
+            // Kept with its content's reference. Should this append fail,
+            // the version is kept until a restart, which then finds its
+            // content unreferenced and removes it.
+            let mut line = String::with_capacity(128);
+            history.keep(previous, entry.mtime_ns).render(&mut line);
+            let _ = store.storage().append(HISTORY, line.as_bytes());
+        }
         if store.should_compact(table.len()) {
             // The change is already durable in the journal; a failed
             // compaction only leaves the journal longer.
@@ -209,6 +245,33 @@ impl<S: Storage> Catalog for MemCatalog<S> {
     fn snapshot(&self) -> (String, u64) {
         let guard = self.lock();
         (guard.0.render(), guard.0.last_version())
+    }
+
+    fn history(&self, path: &str) -> Vec<Kept> {
+        self.lock().2.of(path).to_vec()
+    }
+
+    fn live_at(&self, prefix: &str, t_ns: i64) -> Vec<Entry> {
+        let guard = self.lock();
+        history::live_at(guard.0.entries(), &guard.2, prefix, t_ns)
+    }
+
+    fn expire(&self, cutoff_ns: i64) -> Result<Vec<Kept>, CoreError> {
+        let mut guard = self.lock();
+        let (_, store, history) = &mut *guard;
+        let mut after = history.clone();
+        let gone = after.expire(cutoff_ns);
+        if !gone.is_empty() {
+            // Durable first: a crash now leaves the old file, whose lines
+            // still hold their content.
+            store.storage().replace(HISTORY, after.render().as_bytes())?;
+            *history = after;
+        }
+        Ok(gone)
+    }
+
+    fn kept_contents(&self) -> Vec<Strong> {
+        self.lock().2.iter().filter(|k| k.is_file()).filter_map(|k| k.entry.strong).collect()
     }
 
     fn len(&self) -> usize {
