@@ -52,6 +52,7 @@ pub mod sending;
 pub mod stale;
 pub mod storage;
 pub mod sync_policy;
+pub mod utc;
 pub mod store;
 
 pub use error::CoreError;

@@ -172,6 +172,17 @@ fn load_history<S: Storage>(storage: &S) -> Result<History, CoreError> {
     Ok(history)
 }
 
+/// The table and its history as `storage` holds them, writing nothing (see
+/// [`crate::store::read_only`]).
+pub fn read_only<S: Storage>(storage: &S) -> Result<(ServerMeta, History), CoreError> {
+    let loaded = crate::store::read_only(storage)?;
+    let history = match storage.read(HISTORY)? {
+        Some(bytes) => History::parse(&String::from_utf8_lossy(&bytes))?,
+        None => History::default(),
+    };
+    Ok((ServerMeta::from_entries(loaded.entries), history))
+}
+
 impl<S: Storage> MemCatalog<S> {
     /// Loads the table and its history from `storage` (empty if nothing is
     /// stored yet).

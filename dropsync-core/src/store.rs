@@ -59,6 +59,28 @@ fn generation_of(text: &str) -> Option<u64> {
         .and_then(|g| g.trim().parse().ok())
 }
 
+/// Reads the table as `storage` holds it, writing nothing: for a reader
+/// beside the running server (`server history`), which must not repair
+/// what the server may be appending to at that moment.
+pub fn read_only<S: Storage>(storage: &S) -> Result<Loaded, CoreError> {
+    let mut loaded = Loaded::default();
+    let mut generation = 0;
+    if let Some(bytes) = storage.read(SNAPSHOT)? {
+        let text = String::from_utf8(bytes).map_err(|_| MetadataError::BadHeader)?;
+        generation = generation_of(&text).unwrap_or(0);
+        for e in metadata::parse_document(&text)?.entries {
+            loaded.entries.insert(e.path.clone(), e);
+        }
+    }
+    if let Some(bytes) = storage.read(JOURNAL)? {
+        let text = String::from_utf8_lossy(&bytes);
+        if generation_of(&text) == Some(generation) {
+            loaded.journal_entries = replay(&text, &mut loaded.entries)?.0;
+        }
+    }
+    Ok(loaded)
+}
+
 impl<S: Storage> JournaledStore<S> {
     /// Loads the snapshot and replays the journal over it.
     pub fn open(storage: S) -> Result<(Self, Loaded), CoreError> {

@@ -69,6 +69,10 @@ pub struct Args {
     /// as a conflict copy (PROTOCOL.md section 6 [ext]).
     #[arg(long)]
     pub no_conflict_copies: bool,
+    /// Days every overwritten or deleted version is kept, for `server
+    /// history`, `server restore` and `server undelete` (fractions allowed).
+    #[arg(long, default_value_t = 30.0, value_parser = parse_keep_days)]
+    pub keep_days: f64,
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -81,4 +85,12 @@ pub struct Args {
 /// `max_clients` (at least one), leaving the rest for other addresses.
 pub fn default_per_address(max_clients: usize) -> usize {
     (max_clients - max_clients / 8).max(1)
+}
+
+/// `--keep-days`: a number of days from 0 to 36,500.
+fn parse_keep_days(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(d) if (0.0..=36_500.0).contains(&d) => Ok(d),
+        _ => Err(format!("{text:?}: a number of days from 0 to 36500")),
+    }
 }

@@ -8,7 +8,7 @@ use std::sync::Arc;
 
 use dropsync_core::library::WallTime;
 use dropsync_core::locks::MemLockTable;
-use dropsync_core::meta_server::MemCatalog;
+use dropsync_core::meta_server::{Catalog, MemCatalog};
 use dropsync_core::CoreError;
 use dropsync_io::dir_storage::DirStorage;
 use dropsync_proto::metadata::{EntryState, Strong};
@@ -29,8 +29,10 @@ pub fn open(root: &Path, conflict_copies: bool) -> Result<Library, CoreError> {
     let catalog = MemCatalog::open(DirStorage::new(root.join("meta"))?)?;
     let blobs = BlobStore::open(root)?;
     adopt_legacy_blobs(&catalog, &blobs)?;
-    let referenced: Vec<Strong> = catalog
+    let mut referenced: Vec<Strong> = catalog
         .with_table(|t| t.entries().filter(|e| e.state == EntryState::File).filter_map(|e| e.strong).collect());
+    // Each version the history keeps holds its content too.
+    referenced.extend(catalog.kept_contents());
     let (orphans, missing) = blobs.recover(referenced.into_iter())?;
     if orphans > 0 {
         log::info!("removed {orphans} unreferenced blob(s) left by an interrupted commit or an older layout");

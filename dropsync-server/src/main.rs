@@ -7,8 +7,10 @@
 //! client with `--workers 0`. The main thread waits for SIGINT/SIGTERM.
 
 mod accept;
+mod admin;
 mod blobs;
 mod cli;
+mod commands;
 mod clock;
 mod exposition;
 mod http;
@@ -108,6 +110,8 @@ fn run(args: cli::Args) -> Result<(), String> {
         None => None,
     };
     let server = Arc::new(Server::new(config, library));
+    let keep = Duration::from_secs_f64(args.keep_days * 86_400.0);
+    admin::start(server.clone(), &args.root, keep).map_err(|e| format!("cannot start the history thread: {e}"))?;
     {
         use dropsync_core::meta_server::Catalog;
         log::info!(
@@ -174,6 +178,19 @@ fn shutdown(server: &Server) {
 }
 
 fn main() -> ExitCode {
+    let argv: Vec<String> = std::env::args().collect();
+    if let Some(done) = commands::command(&argv) {
+        return match done {
+            Ok(msg) => {
+                println!("{msg}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("server: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     let args = cli::Args::parse();
     init_logging(&args);
     match run(args) {
