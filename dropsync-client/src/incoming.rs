@@ -481,7 +481,8 @@ impl Deliveries {
             log::info!("refused incoming {name} at FINISHED: our own change of it is being sent");
             return Err(Unwritten::BeingSent);
         }
-        if brings_nothing_new(content, st.record(name).base) {
+        let restoring = st.restoring.remove(name);
+        if brings_nothing_new(content, st.record(name).base, restoring) {
             // The temp file goes with `temp`.
             drop(st);
             log::debug!("{name}: received the version last in common; the local file stays as it is");

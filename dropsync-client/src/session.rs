@@ -490,6 +490,7 @@ impl<'a> Session<'a> {
             Some(Answer::Restore) => {
                 let names = self.core.delete_guard.restore();
                 log::warn!("restoring {} held files from the server", names.len());
+                self.core.ctx.shared.lock().restoring.extend(names.iter().cloned());
                 for name in names {
                     self.policy.request(name);
                 }

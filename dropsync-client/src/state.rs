@@ -62,6 +62,10 @@ pub struct State {
     pub outgoing: HashSet<String>,
     /// Paths with an incoming transfer open on the receive connection.
     pub incoming: HashSet<String>,
+    /// Paths the user asked to have back from the server (`client
+    /// restore-deletes`): their delivery is installed even though it is the
+    /// base (`sync_policy::brings_nothing_new`).
+    pub restoring: HashSet<String>,
     /// Generation of the last snapshot rendered (see the module doc).
     generation: u64,
     /// The journal of that generation, appended under this lock (so in the
@@ -152,6 +156,7 @@ impl Shared {
                 unsaved: false,
                 outgoing: HashSet::new(),
                 incoming: HashSet::new(),
+                restoring: HashSet::new(),
                 generation: 0,
                 journal: None,
             }),

@@ -78,9 +78,10 @@ pub fn must_keep_local(local: Option<Content>, base: Option<Content>, incoming: 
 /// server has not seen yet (a deleted file would come back: found by the
 /// simulator, seed 66, where a REQUEST was answered with the client's own
 /// version after the user had deleted the file). Reply 0x0001: the client
-/// has that version.
-pub fn brings_nothing_new(incoming: Content, base: Option<Content>) -> bool {
-    base == Some(incoming)
+/// has that version. Not when the user asked for the server's version back
+/// (`restoring`: a mass delete held and undone): that is what they want.
+pub fn brings_nothing_new(incoming: Content, base: Option<Content>, restoring: bool) -> bool {
+    !restoring && base == Some(incoming)
 }
 
 /// Whether a delivery that ended here without being installed must be

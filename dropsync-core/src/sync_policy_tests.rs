@@ -273,9 +273,10 @@ fn a_delivery_refused_while_our_change_was_sent_is_asked_for_after_it() {
 fn a_delivery_of_the_base_leaves_a_local_change_alone() {
     let x = Content { md5: [1; 16], size: 1 };
     let y = Content { md5: [2; 16], size: 2 };
-    assert!(brings_nothing_new(x, Some(x)));
-    assert!(!brings_nothing_new(x, Some(y)));
-    assert!(!brings_nothing_new(x, None));
+    assert!(brings_nothing_new(x, Some(x), false));
+    assert!(!brings_nothing_new(x, Some(y), false));
+    assert!(!brings_nothing_new(x, None, false));
+    assert!(!brings_nothing_new(x, Some(x), true), "the user asked for it back");
 }
 
 #[test]

@@ -257,7 +257,7 @@ impl Host for Deliveries<'_> {
             let incoming = Content { md5: file.md5, size: file.size };
             let local = self.folder.fs.get(name).map(|b| content_of(b));
             let base = self.folder.bases.get(name).copied();
-            if brings_nothing_new(incoming, base) {
+            if brings_nothing_new(incoming, base, false) {
                 if !self.requested.contains(name) {
                     self.folder.fx.push(Effect::Echo { client: self.folder.idx, path: name.to_owned() });
                 }
