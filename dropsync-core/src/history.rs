@@ -95,6 +95,17 @@ impl History {
         gone
     }
 
+    /// Drops every line `f` picks; returns how many.
+    pub fn drop_where(&mut self, mut f: impl FnMut(&Kept) -> bool) -> usize {
+        let before = self.len;
+        self.by_path.retain(|_, list| {
+            list.retain(|k| !f(k));
+            !list.is_empty()
+        });
+        self.len = self.by_path.values().map(Vec::len).sum();
+        before - self.len
+    }
+
     /// The whole history file.
     pub fn render(&self) -> String {
         let mut all: Vec<&Kept> = self.iter().collect();

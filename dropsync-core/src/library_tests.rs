@@ -330,3 +330,19 @@ fn retention_keeps_what_was_replaced_within_it() {
     let reopened = MemCatalog::open(Arc::clone(&s.storage)).unwrap();
     assert_eq!(reopened.history("f").len(), 1, "durably");
 }
+
+#[test]
+fn a_replaced_version_is_kept_before_the_commit_that_replaces_it_is_durable() {
+    let s = server(true);
+    let a = session(&s.lib);
+    let (v1, _) = new_entry(s.lib.commit_upload("f", temp(b"1", 1), md5(b"1"), 1, &a, "a", at(0)).unwrap());
+    // A crash after the history line and before the journal line: the
+    // history keeps version 1 though it is still current.
+    let mut line = String::new();
+    crate::history::Kept { entry: v1.clone(), replaced_ns: at(5).unix_ns }.render(&mut line);
+    s.storage.append(crate::history::HISTORY, line.as_bytes()).unwrap();
+    let reopened = MemCatalog::open(Arc::clone(&s.storage)).unwrap();
+    assert_eq!(reopened.get("f"), Some(v1));
+    assert!(reopened.history("f").is_empty(), "a kept line of the current version is dropped");
+    assert!(reopened.kept_contents().is_empty(), "and holds no content");
+}

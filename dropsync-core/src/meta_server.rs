@@ -159,14 +159,16 @@ pub struct MemCatalog<S: Storage> {
     inner: Mutex<(ServerMeta, JournaledStore<S>, History)>,
 }
 
-/// Reads the history file; a torn or unreadable tail is cut off, so that
-/// the next append does not glue a line to it.
-fn load_history<S: Storage>(storage: &S) -> Result<History, CoreError> {
+/// Reads the history file. A torn or unreadable tail is cut off, so that
+/// the next append does not glue a line to it, and so is a kept line of a
+/// version still current (its commit never became durable).
+fn load_history<S: Storage>(storage: &S, table: &ServerMeta) -> Result<History, CoreError> {
     let Some(bytes) = storage.read(HISTORY)? else { return Ok(History::default()) };
     let text = String::from_utf8_lossy(&bytes);
-    let history = History::parse(&text)?;
+    let mut history = History::parse(&text)?;
+    let stale = history.drop_where(|k| table.get(&k.entry.path).is_some_and(|c| c.version <= k.entry.version));
     let lines = text.split('\n').filter(|l| !l.is_empty()).count();
-    if !text.is_empty() && (!text.ends_with('\n') || lines != history.len()) {
+    if stale > 0 || (!text.is_empty() && (!text.ends_with('\n') || lines != history.len())) {
         storage.replace(HISTORY, history.render().as_bytes())?;
     }
     Ok(history)
@@ -188,8 +190,9 @@ impl<S: Storage> MemCatalog<S> {
     /// stored yet).
     pub fn open(storage: S) -> Result<Self, CoreError> {
         let (store, loaded) = JournaledStore::open(storage)?;
-        let history = load_history(store.storage())?;
-        Ok(Self { inner: Mutex::new((ServerMeta::from_entries(loaded.entries), store, history)) })
+        let table = ServerMeta::from_entries(loaded.entries);
+        let history = load_history(store.storage(), &table)?;
+        Ok(Self { inner: Mutex::new((table, store, history)) })
     }
 
     fn lock(&self) -> MutexGuard<'_, (ServerMeta, JournaledStore<S>, History)> {
@@ -228,7 +231,18 @@ impl<S: Storage> Catalog for MemCatalog<S> {
         let previous = table.get(path).cloned();
         let previous_version = table.last_version;
         let entry = table.apply(path, change);
-        if let Err(e) = store.append(std::slice::from_ref(&entry)) {
+        // What this commit replaces is kept durably before the commit is:
+        // a crash between the two leaves a kept line for a version still
+        // current, which the next start drops (found by the simulator: the
+        // other order lost the replaced version when the crash came first).
+        let kept = previous.clone().map(|p| history::Kept { entry: p, replaced_ns: entry.mtime_ns });
+        let mut written = Ok(());
+        if let Some(k) = &kept {
+            let mut line = String::with_capacity(128);
+            k.render(&mut line);
+            written = store.storage().append(HISTORY, line.as_bytes()).map_err(CoreError::Io);
+        }
+        if let Err(e) = written.and_then(|()| store.append(std::slice::from_ref(&entry))) {
             // Not durable: not committed. Put the table back as it was.
             match previous {
                 Some(p) => table.entries.insert(path.to_owned(), p),
@@ -237,13 +251,9 @@ impl<S: Storage> Catalog for MemCatalog<S> {
             table.last_version = previous_version;
             return Err(e);
         }
-        if let Some(previous) = previous {
-            // Kept with its content's reference. Should this append fail,
-            // the version is kept until a restart, which then finds its
-            // content unreferenced and removes it.
-            let mut line = String::with_capacity(128);
-            history.keep(previous, entry.mtime_ns).render(&mut line);
-            let _ = store.storage().append(HISTORY, line.as_bytes());
+        if let Some(k) = kept {
+            // Kept with its content's reference.
+            history.keep(k.entry, k.replaced_ns);
         }
         if store.should_compact(table.len()) {
             // The change is already durable in the journal; a failed

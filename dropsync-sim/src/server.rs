@@ -267,6 +267,10 @@ impl Server {
                 }
             }
         });
+        // Each version the history keeps holds its content too.
+        for k in catalog.kept_contents() {
+            disk.blobs.add_ref(&k);
+        }
         disk.blobs.remove_orphans();
         let locks: Arc<dyn LockTable> = Arc::new(MemLockTable::new());
         let lib = Library::new(catalog, disk.blobs.clone(), locks, true);
@@ -312,6 +316,13 @@ impl Server {
     /// Each path's version.
     pub fn versions(&self) -> BTreeMap<String, u64> {
         self.lib.catalog().with_table(|t| t.entries().map(|e| (e.path.clone(), e.version)).collect())
+    }
+
+    /// Whether `version` of `path` is still known: the current line or one
+    /// the history keeps.
+    pub fn keeps(&self, path: &str, version: u64) -> bool {
+        let cat = self.lib.catalog();
+        cat.get(path).is_some_and(|e| e.version == version) || cat.history(path).iter().any(|k| k.entry.version == version)
     }
 
     /// Who holds `path`'s lock.

@@ -19,6 +19,8 @@
 //!   path or in a conflict copy; nothing deleted after it was seen comes
 //!   back; every file is a content some client wrote);
 //! - no temp file left, no lock held, no content stored that nothing names;
+//! - every version ever committed is still known: current, or kept in the
+//!   history (nothing acknowledged is lost);
 //! - every queue drained (or the run did not settle within its deadline);
 //! - at every commit: versions only grow, across server restarts too.
 
@@ -158,6 +160,9 @@ struct World {
     /// Paths sent to a client again after its own change overtook a
     /// delivery (see [`KNOWN_LIMITS`]).
     resent: BTreeSet<(usize, String)>,
+    /// Every version committed (and not torn by a crash in its commit):
+    /// each must still be known at the end, current or in the history.
+    versions: Vec<(String, u64)>,
     /// Kill the server at its next commit.
     crash_on_commit: bool,
     /// Resurrections the known limits explain, for the summary.
@@ -249,6 +254,7 @@ impl World {
             unacked: BTreeSet::new(),
             last_commit: None,
             crash_on_commit: false,
+            versions: Vec::new(),
             replays: BTreeSet::new(),
             resent: BTreeSet::new(),
             known: Vec::new(),
@@ -473,6 +479,7 @@ impl World {
                     if version > 0 {
                         let key = (client, path.clone(), content);
                         self.last_commit = Some((key.clone(), self.now, self.top_version));
+                        self.versions.push((path.clone(), version));
                         if !self.unacked.insert(key.clone()) && content.is_some() {
                             self.replays.insert(key);
                         }
@@ -706,6 +713,7 @@ impl World {
                 if self.disk.catalog.tear_last_append(|len| rng.index(len.max(1))) {
                     // That version was never seen: it may be handed out again.
                     self.top_version = top_before;
+                    self.versions.pop();
                     self.say("server: its last journal append torn by the crash".into());
                 }
             }
@@ -788,6 +796,10 @@ impl World {
             if let Some(h) = server.lock_holder(p) {
                 out.push(format!("{p:?} still locked by session {h} (alive: {})", server.has_session(h)));
             }
+        }
+        let lost: Vec<&(String, u64)> = self.versions.iter().filter(|(p, v)| !server.keeps(p, *v)).collect();
+        if !lost.is_empty() {
+            out.push(format!("{} committed version(s) neither current nor in the history: {lost:?}", lost.len()));
         }
         let leaked = self.disk.blobs.unreferenced();
         if leaked > 0 {
