@@ -11,7 +11,7 @@ use dropsync_proto::StatusCode;
 use super::*;
 use crate::locks::MemLockTable;
 use crate::meta_server::MemCatalog;
-use crate::storage::MemStorage;
+use crate::storage::{MemStorage, Storage};
 
 /// 2026-12-06 12:34:56 UTC.
 const NOW: WallTime = WallTime { unix_ns: 1_796_560_496_000_000_000 };
