@@ -117,20 +117,26 @@ fn recent_table(h: &mut String, recent: &[Change]) {
 }
 
 fn paths_table(h: &mut String, paths: &views::Paths) {
-    h.push_str("<h2>Paths <small>(current version; most recently changed first)</small></h2>\n");
+    h.push_str("<h2>Paths <small>(current version and the earlier ones kept; most recently changed first)</small></h2>\n");
     if paths.rows.is_empty() {
         h.push_str("<p class=\"more\">No file yet.</p>\n");
         return;
     }
-    h.push_str("<table id=\"paths\"><tr><th>Path</th><th>Version</th><th>Size</th><th>Modified (UTC)</th></tr>\n");
-    for PathView { path, version, size, mtime_ns, deleted } in &paths.rows {
+    h.push_str("<table id=\"paths\"><tr><th>Path</th><th>Version</th><th>Size</th><th>Modified (UTC)</th><th>Earlier versions</th></tr>\n");
+    for PathView { path, version, size, mtime_ns, deleted, earlier } in &paths.rows {
+        let mut kept: Vec<String> =
+            earlier.0.iter().map(|(v, del)| if *del { format!("{v} (deleted)") } else { v.to_string() }).collect();
+        if earlier.1 > 0 {
+            kept.push(format!("+{}", earlier.1));
+        }
         let _ = writeln!(
             h,
-            "<tr{}><td class=\"path\">{}</td><td class=\"n\">{version}</td><td class=\"n\">{}</td><td>{}</td></tr>",
+            "<tr{}><td class=\"path\">{}</td><td class=\"n\">{version}</td><td class=\"n\">{}</td><td>{}</td><td class=\"kept\">{}</td></tr>",
             if *deleted { " class=\"del\"" } else { "" },
             escape(path),
             if *deleted { "deleted".into() } else { human_bytes(*size) },
             utc(*mtime_ns),
+            kept.join(", "),
         );
     }
     h.push_str("</table>\n");

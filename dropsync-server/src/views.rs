@@ -9,6 +9,7 @@ use std::collections::BinaryHeap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use dropsync_core::meta_server::Catalog;
 use dropsync_proto::metadata::EntryState;
 
 use crate::metrics::truncate_utf8;
@@ -111,7 +112,13 @@ pub struct PathView {
     pub mtime_ns: i64,
     /// The current version is a delete.
     pub deleted: bool,
+    /// Earlier versions the history keeps, newest first: (version,
+    /// deleted); at most [`EARLIER_SHOWN`], and how many more there are.
+    pub earlier: (Vec<(u64, bool)>, usize),
 }
+
+/// Earlier versions listed per path on the status page.
+pub const EARLIER_SHOWN: usize = 5;
 
 /// What the catalog holds: the `max` most recently changed paths (newest
 /// first), and counts over all of them.
@@ -162,9 +169,17 @@ pub fn paths(server: &Server, max: usize) -> Paths {
                 size: e.size,
                 mtime_ns: e.mtime_ns,
                 deleted: e.state != EntryState::File,
+                earlier: (Vec::new(), 0),
             })
             .collect();
     });
+    // Outside the table's lock: `history` takes it again.
+    for p in &mut picked {
+        let kept = server.library.catalog().history(&p.path);
+        let more = kept.len().saturating_sub(EARLIER_SHOWN);
+        let shown = kept.iter().rev().take(EARLIER_SHOWN).map(|k| (k.entry.version, !k.is_file())).collect();
+        p.earlier = (shown, more);
+    }
     picked.sort_by_key(|p| Reverse(p.version));
     out.rows = picked;
     out
