@@ -167,7 +167,7 @@ fn metrics_parse_and_count_a_scripted_session() {
     assert_eq!(value(&m, "dropsync_transfers_open{direction=in}"), 0.0);
     assert_eq!(value(&m, "dropsync_locks_held{}"), 0.0);
     assert_eq!(value(&m, "dropsync_paths{}"), 2.0, "one file and one tombstone");
-    assert_eq!(value(&m, "dropsync_stored_blobs{}"), 1.0, "the deleted file's content is gone");
+    assert_eq!(value(&m, "dropsync_stored_blobs{}"), 2.0, "the deleted file's content is kept in the history");
     assert!(value(&m, "dropsync_bytes_out_total{}") > 0.0, "the META-DATA went out");
     assert!(m.keys().any(|k| k.starts_with("dropsync_client_queue_depth{client=scripted#")), "{m:#?}");
 
