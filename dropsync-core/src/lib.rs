@@ -10,7 +10,8 @@
 //!   the multiplexer [`mux`], [`open_transfers`], [`liveness`] and the
 //!   message [`decoder`];
 //! - the server's rules: [`library`] (commits over the [`meta_server::Catalog`]
-//!   and [`library::BlobStore`] traits), [`delivery`] (the update queue),
+//!   and [`library::BlobStore`] traits), [`history`] (what commits replace,
+//!   kept for restores and undeletes), [`delivery`] (the update queue),
 //!   [`stale`], [`locks`], [`pairing`];
 //! - the client's: [`sync_policy`], [`reconcile`], [`delete_guard`],
 //!   [`debounce`], [`conflict`], [`meta_client`].

@@ -1222,6 +1222,18 @@ impl Run {
         for p in end.keys().filter_map(|path| blobs.get(path).cloned().flatten()) {
             expected.insert(p.strip_prefix(root).map(|p| p.display().to_string()).unwrap_or_default());
         }
+        // The versions the history keeps hold their content (issue 17).
+        match views::kept_blobs(root) {
+            Ok((kept, has_file)) => {
+                if has_file {
+                    expected.insert(format!("meta/{}", dropsync_core::history::HISTORY));
+                }
+                for p in kept {
+                    expected.insert(p.strip_prefix(root).map(|p| p.display().to_string()).unwrap_or_default());
+                }
+            }
+            Err(e) => out.push(problem(5, format!("server history unreadable: {e}"))),
+        }
         for f in views::all_files(root) {
             if !expected.contains(&f) {
                 out.push(problem(5, format!("server root: unexpected file {f} (temp file or orphan blob)")));

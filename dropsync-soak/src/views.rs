@@ -103,6 +103,15 @@ pub fn server_blobs(root: &Path) -> Result<HashMap<String, Option<PathBuf>>, Str
         .collect())
 }
 
+/// The blobs of the versions the server's history keeps (issue 17), and
+/// whether it has a history file.
+pub fn kept_blobs(root: &Path) -> Result<(Vec<PathBuf>, bool), String> {
+    let file = root.join("meta").join(dropsync_core::history::HISTORY);
+    let Ok(bytes) = fs::read(&file) else { return Ok((Vec::new(), false)) };
+    let history = dropsync_core::history::History::parse(&String::from_utf8_lossy(&bytes)).map_err(|e| e.to_string())?;
+    Ok((history.iter().filter(|k| k.is_file()).filter_map(|k| k.entry.strong).map(|k| blob_path(root, &k)).collect(), true))
+}
+
 /// The server's files (`F` entries) as a tree, from META-DATA alone.
 pub fn server_tree(root: &Path) -> Result<Tree, String> {
     Ok(server_entries(root)?
