@@ -51,6 +51,16 @@ pub struct History {
     len: usize,
 }
 
+/// How much the history keeps, for `/metrics`.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Size {
+    /// Kept lines (file versions and tombstones).
+    pub versions: usize,
+    /// Bytes of the kept file versions (identical contents counted once
+    /// each: this is what restores would bring back, not disk use).
+    pub bytes: u64,
+}
+
 impl History {
     /// Keeps `old`, replaced at `replaced_ns`.
     pub fn keep(&mut self, old: Entry, replaced_ns: i64) -> &Kept {
@@ -81,12 +91,19 @@ impl History {
         self.len == 0
     }
 
+    /// How much is kept (a walk over every kept line).
+    pub fn size(&self) -> Size {
+        let bytes = self.iter().filter(|k| k.is_file()).map(|k| k.entry.size).fold(0u64, u64::saturating_add);
+        Size { versions: self.len, bytes }
+    }
+
     /// Drops every line replaced before `cutoff_ns` and returns them (the
     /// caller releases the content of each file version).
     pub fn expire(&mut self, cutoff_ns: i64) -> Vec<Kept> {
         let mut gone = Vec::new();
         self.by_path.retain(|_, list| {
-            let (old, keep): (Vec<Kept>, Vec<Kept>) = std::mem::take(list).into_iter().partition(|k| k.replaced_ns < cutoff_ns);
+            let (old, keep): (Vec<Kept>, Vec<Kept>) =
+                std::mem::take(list).into_iter().partition(|k| k.replaced_ns < cutoff_ns);
             gone.extend(old);
             *list = keep;
             !list.is_empty()
@@ -109,7 +126,7 @@ impl History {
     /// The whole history file.
     pub fn render(&self) -> String {
         let mut all: Vec<&Kept> = self.iter().collect();
-        all.sort_unstable_by(|a, b| (a.replaced_ns, a.entry.version).cmp(&(b.replaced_ns, b.entry.version)));
+        all.sort_unstable_by_key(|k| (k.replaced_ns, k.entry.version));
         let mut out = String::with_capacity(all.len() * 110);
         for k in all {
             k.render(&mut out);
@@ -188,7 +205,15 @@ mod tests {
     use super::*;
 
     fn e(path: &str, version: u64, at: i64, state: EntryState) -> Entry {
-        Entry { version, md5: [version as u8; 16], size: version, mtime_ns: at, state, path: path.into(), strong: Some([version as u8; 32]) }
+        Entry {
+            version,
+            md5: [version as u8; 16],
+            size: version,
+            mtime_ns: at,
+            state,
+            path: path.into(),
+            strong: Some([version as u8; 32]),
+        }
     }
 
     #[test]
@@ -212,6 +237,7 @@ mod tests {
         h.keep(e("a", 1, 10, EntryState::File), 20);
         h.keep(e("a", 2, 20, EntryState::File), 30);
         h.keep(e("b", 3, 5, EntryState::File), 40);
+        assert_eq!(h.size(), Size { versions: 3, bytes: 1 + 2 + 3 });
         let gone = h.expire(30);
         assert_eq!(gone.iter().map(|k| k.entry.version).collect::<Vec<_>>(), [1]);
         assert_eq!(h.len(), 2);
@@ -224,7 +250,8 @@ mod tests {
         // "d/x": v1 at 10, deleted (v2) at 20; "d/y": v3 at 15, v4 at 30.
         h.keep(e("d/x", 1, 10, EntryState::File), 20);
         h.keep(e("d/y", 3, 15, EntryState::File), 30);
-        let current = [e("d/x", 2, 20, EntryState::Deleted), e("d/y", 4, 30, EntryState::File), e("z", 5, 1, EntryState::File)];
+        let current =
+            [e("d/x", 2, 20, EntryState::Deleted), e("d/y", 4, 30, EntryState::File), e("z", 5, 1, EntryState::File)];
         let at = |t| live_at(current.iter(), &h, "d", t).iter().map(|e| e.version).collect::<Vec<_>>();
         assert_eq!(at(16), [1, 3]);
         assert_eq!(at(25), [3], "deleted by then");

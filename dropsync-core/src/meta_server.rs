@@ -144,6 +144,8 @@ pub trait Catalog: Send + Sync {
     /// The content of every kept file version, once per version (each
     /// holds a reference).
     fn kept_contents(&self) -> Vec<Strong>;
+    /// How much the history keeps.
+    fn history_size(&self) -> history::Size;
     /// Number of paths, tombstones included.
     fn len(&self) -> usize;
     /// True when the catalog holds no path.
@@ -293,6 +295,10 @@ impl<S: Storage> Catalog for MemCatalog<S> {
 
     fn kept_contents(&self) -> Vec<Strong> {
         self.lock().2.iter().filter(|k| k.is_file()).filter_map(|k| k.entry.strong).collect()
+    }
+
+    fn history_size(&self) -> history::Size {
+        self.lock().2.size()
     }
 
     fn len(&self) -> usize {

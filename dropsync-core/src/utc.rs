@@ -45,7 +45,11 @@ pub fn parse(text: &str) -> Option<i64> {
     let mut t = time.trim().trim_end_matches('Z').splitn(3, ':').map(|p| p.parse::<i64>().ok());
     let (h, mi) = (t.next()??, t.next()??);
     let s = t.next().unwrap_or(Some(0))?;
-    let ok = (1..=12).contains(&mo) && (1..=31).contains(&da) && (0..24).contains(&h) && (0..60).contains(&mi) && (0..61).contains(&s);
+    let ok = (1..=12).contains(&mo)
+        && (1..=31).contains(&da)
+        && (0..24).contains(&h)
+        && (0..60).contains(&mi)
+        && (0..61).contains(&s);
     if !ok {
         return None;
     }

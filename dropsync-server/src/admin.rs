@@ -124,8 +124,11 @@ fn retention(server: &Server, keep: Duration) {
 
 fn pending(dir: &Path) -> Vec<PathBuf> {
     let Ok(entries) = fs::read_dir(dir) else { return Vec::new() };
-    let mut reqs: Vec<PathBuf> =
-        entries.filter_map(|e| e.ok()).map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "req")).collect();
+    let mut reqs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .filter(|p| p.extension().is_some_and(|x| x == "req"))
+        .collect();
     reqs.sort();
     reqs.truncate(BATCH);
     reqs
@@ -172,7 +175,9 @@ pub fn carry_out(server: &Server, req: &Request) -> Result<String, String> {
             }
             Ok(Committed::Unchanged) => Ok(format!("{path:?} already holds version {version}'s content")),
             Ok(Committed::Locked) => Err(format!("{path:?} is being written; try again in a moment")),
-            Ok(Committed::NoFile) => Err(format!("no file version {version} of {path:?} is kept (see `server history`)")),
+            Ok(Committed::NoFile) => {
+                Err(format!("no file version {version} of {path:?} is kept (see `server history`)"))
+            }
             Err(e) => Err(format!("cannot restore {path:?}: {e}")),
         },
         Request::Undelete { prefix, at_ns } => {

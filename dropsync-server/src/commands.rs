@@ -47,7 +47,10 @@ struct RestoreArgs {
 
 /// `server undelete [--root DIR] [FOLDER] --at TIME`
 #[derive(Parser, Debug)]
-#[command(name = "server undelete", about = "Brings FOLDER (everything if none) back as it was at TIME, on every client")]
+#[command(
+    name = "server undelete",
+    about = "Brings FOLDER (everything if none) back as it was at TIME, on every client"
+)]
 struct UndeleteArgs {
     /// The server's storage root.
     #[arg(long, default_value = "dropsync-data")]
@@ -108,7 +111,13 @@ fn history(root: &Path, path: &str) -> Result<String, String> {
     };
     for k in kept {
         let e = &k.entry;
-        out.push_str(&line(e.version, e.mtime_ns, e.state, e.size, format!("replaced {}", utc::format(k.replaced_ns.div_euclid(1_000_000_000)))));
+        out.push_str(&line(
+            e.version,
+            e.mtime_ns,
+            e.state,
+            e.size,
+            format!("replaced {}", utc::format(k.replaced_ns.div_euclid(1_000_000_000))),
+        ));
     }
     if let Some(e) = current {
         out.push_str(&line(e.version, e.mtime_ns, e.state, e.size, "(current)".into()));
@@ -125,8 +134,11 @@ fn ask(root: &Path, req: &Request) -> Result<String, String> {
         return Err(format!("no running server keeps its storage in {} (--root?)", root.display()));
     }
     let name = format!("{}-{}", clock::now_ns(), std::process::id());
-    let (tmp, req_path, done) = (dir.join(format!("{name}.tmp")), dir.join(format!("{name}.req")), dir.join(format!("{name}.done")));
-    std::fs::write(&tmp, req.render()).and_then(|()| std::fs::rename(&tmp, &req_path)).map_err(|e| format!("cannot ask the server: {e}"))?;
+    let (tmp, req_path, done) =
+        (dir.join(format!("{name}.tmp")), dir.join(format!("{name}.req")), dir.join(format!("{name}.done")));
+    std::fs::write(&tmp, req.render())
+        .and_then(|()| std::fs::rename(&tmp, &req_path))
+        .map_err(|e| format!("cannot ask the server: {e}"))?;
     let deadline = Instant::now() + ANSWER_WAIT;
     while Instant::now() < deadline {
         if let Ok(answer) = std::fs::read_to_string(&done) {

@@ -89,6 +89,17 @@ pub fn render(server: &Server) -> String {
         "Paths in the META-DATA, deleted ones included",
         ConstGauge::new(gauge(server.library.catalog().len())),
     );
+    let kept = server.library.catalog().history_size();
+    reg.register(
+        "history_versions",
+        "Versions the history keeps for restores (overwritten and deleted ones)",
+        ConstGauge::new(gauge(kept.versions)),
+    );
+    reg.register(
+        "history_bytes",
+        "Bytes of the file versions the history keeps",
+        ConstGauge::new(gauge(usize::try_from(kept.bytes).unwrap_or(usize::MAX))),
+    );
     reg.register(
         "stored_blobs",
         "Distinct contents in the blob store (identical files share one)",

@@ -51,7 +51,11 @@ fn a_deleted_folder_comes_back_on_every_client_with_one_command() {
     assert!(ok, "{out}");
     assert!(out.contains("5 file(s)"), "{out}");
     for dir in [&a, &b] {
-        assert!(wait_until(DEFAULT_DEADLINE, || files_under(dir, "d/") == before), "{} has it back: {out}", dir.display());
+        assert!(
+            wait_until(DEFAULT_DEADLINE, || files_under(dir, "d/") == before),
+            "{} has it back: {out}",
+            dir.display()
+        );
     }
 }
 
@@ -68,7 +72,9 @@ fn history_lists_the_versions_and_restore_brings_one_back_everywhere() {
     write_file(&a, "notes.txt", b"first draft");
     assert!(wait_until(DEFAULT_DEADLINE, || tree(&b).get("notes.txt").map(Vec::as_slice) == Some(b"first draft")));
     write_file(&a, "notes.txt", b"second draft, worse");
-    assert!(wait_until(DEFAULT_DEADLINE, || tree(&b).get("notes.txt").map(Vec::as_slice) == Some(b"second draft, worse")));
+    assert!(
+        wait_until(DEFAULT_DEADLINE, || tree(&b).get("notes.txt").map(Vec::as_slice) == Some(b"second draft, worse"))
+    );
 
     let root_s = root.to_str().unwrap();
     let (ok, listing) = server_cmd(&["history", "--root", root_s, "notes.txt"]);
@@ -91,7 +97,11 @@ fn history_lists_the_versions_and_restore_brings_one_back_everywhere() {
         );
     }
     let (_, listing) = server_cmd(&["history", "--root", root_s, "notes.txt"]);
-    assert_eq!(listing.lines().filter(|l| l.trim().starts_with("version ")).count(), 3, "the restore is a new version: {listing}");
+    assert_eq!(
+        listing.lines().filter(|l| l.trim().starts_with("version ")).count(),
+        3,
+        "the restore is a new version: {listing}"
+    );
 
     let (ok, out) = server_cmd(&["restore", "--root", root_s, "notes.txt", "999999"]);
     assert!(!ok && out.contains("no file version 999999"), "{out}");
@@ -111,7 +121,9 @@ fn retention_drops_versions_older_than_keep_days_and_a_restore_needs_a_running_s
     assert!(ClientProc::run_once(&server, &a, 4096, &[], DEFAULT_DEADLINE).is_some_and(|s| s.success()));
     write_file(&a, "x.txt", b"two");
     assert!(ClientProc::run_once(&server, &a, 4096, &[], DEFAULT_DEADLINE).is_some_and(|s| s.success()));
-    let versions = |root: &str| server_cmd(&["history", "--root", root, "x.txt"]).1.lines().filter(|l| l.trim().starts_with("version ")).count();
+    let versions = |root: &str| {
+        server_cmd(&["history", "--root", root, "x.txt"]).1.lines().filter(|l| l.trim().starts_with("version ")).count()
+    };
     assert_eq!(versions(&root_s), 2);
     server.terminate();
 

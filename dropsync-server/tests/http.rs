@@ -168,6 +168,7 @@ fn metrics_parse_and_count_a_scripted_session() {
     assert_eq!(value(&m, "dropsync_locks_held{}"), 0.0);
     assert_eq!(value(&m, "dropsync_paths{}"), 2.0, "one file and one tombstone");
     assert_eq!(value(&m, "dropsync_stored_blobs{}"), 2.0, "the deleted file's content is kept in the history");
+    assert_eq!(value(&m, "dropsync_history_versions{}"), 1.0, "the deleted version");
     assert!(value(&m, "dropsync_bytes_out_total{}") > 0.0, "the META-DATA went out");
     assert!(m.keys().any(|k| k.starts_with("dropsync_client_queue_depth{client=scripted#")), "{m:#?}");
 

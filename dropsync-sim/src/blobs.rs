@@ -51,7 +51,6 @@ pub struct MemBlobs {
     full: Arc<Mutex<bool>>,
 }
 
-
 impl MemBlobs {
     fn stored(&self) -> std::sync::MutexGuard<'_, Stored> {
         self.stored.lock().unwrap_or_else(PoisonError::into_inner)

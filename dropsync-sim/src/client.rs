@@ -22,7 +22,9 @@ use dropsync_core::receiving::{self, Assembled, Ended as InEnded, Host, Payload,
 use dropsync_core::reconcile::{effective_base, reconcile, Action, Content, ServerSide};
 use dropsync_core::sender::Outcome;
 use dropsync_core::sending::{Cause, Ended, FileDigest, Prepared, Replied, Sending, Source, Transmit};
-use dropsync_core::sync_policy::{admit_incoming, ask_again_after, brings_nothing_new, must_keep_local, Ending, Judgement, Local, Next, SyncPolicy};
+use dropsync_core::sync_policy::{
+    admit_incoming, ask_again_after, brings_nothing_new, must_keep_local, Ending, Judgement, Local, Next, SyncPolicy,
+};
 use dropsync_proto::metadata::{parse_document, EntryState};
 use dropsync_proto::name::METADATA_TRANSFER_NAME;
 use dropsync_proto::{md5, Frame, StatusCode, ZERO_DIGEST};
@@ -315,7 +317,13 @@ impl Host for Deliveries<'_> {
         };
         let local = Some(content_of(bytes));
         let base = self.folder.bases.get(name).copied();
-        self.folder.fx.push(Effect::Installed { client: self.folder.idx, path: name.to_owned(), incoming: None, local, base });
+        self.folder.fx.push(Effect::Installed {
+            client: self.folder.idx,
+            path: name.to_owned(),
+            incoming: None,
+            local,
+            base,
+        });
         if must_keep_local(local, base, None) {
             self.folder.keep_copy(name);
         } else {
@@ -648,7 +656,11 @@ impl Client {
             UpOp::Delete => "delete",
             UpOp::Request => "request",
         };
-        fx.push(Effect::Sent { client: self.idx, path: e.name.clone(), what: format!("{kind}: {:?} ({:?})", e.outcome, e.cause) });
+        fx.push(Effect::Sent {
+            client: self.idx,
+            path: e.name.clone(),
+            what: format!("{kind}: {:?} ({:?})", e.outcome, e.cause),
+        });
         let ending = match e.op {
             UpOp::Upload { data, content } => {
                 if e.outcome == Outcome::Committed {
@@ -720,7 +732,8 @@ impl Client {
                             s.outgoing.insert(name.clone());
                             let size = data.len() as u64;
                             let op = UpOp::Upload { data, content };
-                            let id = s.up.add_upload(name.clone(), size, self.settings.chunk, FileDigest::FromChunks, op);
+                            let id =
+                                s.up.add_upload(name.clone(), size, self.settings.chunk, FileDigest::FromChunks, op);
                             s.uploads.insert(name, id);
                         }
                         Judgement::Delete => {

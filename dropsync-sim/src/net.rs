@@ -179,7 +179,8 @@ impl Net {
                 if *at > now {
                     continue;
                 }
-                let n = if seg.len() > 1 && self.rng.chance(30) { 1 + self.rng.index(seg.len() - 1) } else { seg.len() };
+                let n =
+                    if seg.len() > 1 && self.rng.chance(30) { 1 + self.rng.index(seg.len() - 1) } else { seg.len() };
                 let piece: Vec<u8> = if n == seg.len() {
                     pipe.segs.pop_front().map(|(_, s)| s).unwrap_or_default()
                 } else {

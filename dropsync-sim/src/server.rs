@@ -322,7 +322,8 @@ impl Server {
     /// the history keeps.
     pub fn keeps(&self, path: &str, version: u64) -> bool {
         let cat = self.lib.catalog();
-        cat.get(path).is_some_and(|e| e.version == version) || cat.history(path).iter().any(|k| k.entry.version == version)
+        cat.get(path).is_some_and(|e| e.version == version)
+            || cat.history(path).iter().any(|k| k.entry.version == version)
     }
 
     /// Who holds `path`'s lock.
@@ -424,7 +425,9 @@ impl Server {
                 };
                 match s.down.handle_reply(code) {
                     Ok(Replied::Ended(e)) => match e.op {
-                        Out::Meta(_) if e.outcome == dropsync_core::sender::Outcome::Committed => s.st.meta = Meta::Done,
+                        Out::Meta(_) if e.outcome == dropsync_core::sender::Outcome::Committed => {
+                            s.st.meta = Meta::Done
+                        }
                         Out::Meta(_) => return self.end(id, "the client refused the META-DATA", net, fx),
                         Out::File { version, .. } | Out::Delete { version } => {
                             if client_has_it(e.outcome) {
@@ -459,7 +462,9 @@ impl Server {
     pub fn deadline(&self) -> Option<Instant> {
         self.sessions
             .values()
-            .flat_map(|s| [Some(s.up.poll_timeout()), Some(s.down_link.poll_timeout()), s.st.settling.as_ref().map(|x| x.1)])
+            .flat_map(|s| {
+                [Some(s.up.poll_timeout()), Some(s.down_link.poll_timeout()), s.st.settling.as_ref().map(|x| x.1)]
+            })
             .flatten()
             .min()
     }
@@ -485,15 +490,8 @@ impl Server {
             let mut fan = Vec::new();
             let result = {
                 let Session { up, down, st, .. } = s;
-                let mut host = Uploads {
-                    lib: &self.lib,
-                    st,
-                    down,
-                    id,
-                    wall: WallTime { unix_ns: 0 },
-                    fan: &mut fan,
-                    fx,
-                };
+                let mut host =
+                    Uploads { lib: &self.lib, st, down, id, wall: WallTime { unix_ns: 0 }, fan: &mut fan, fx };
                 host.wall = wall_at(self.wall_base_ns, self.started, now);
                 up.handle_timeout(now, &mut host)
             };

@@ -296,7 +296,8 @@ impl World {
                 }
             }
             if self.events > MAX_EVENTS {
-                let mut out = vec![format!("ran away: over {MAX_EVENTS} events without settling (a timer that never moves on?)")];
+                let mut out =
+                    vec![format!("ran away: over {MAX_EVENTS} events without settling (a timer that never moves on?)")];
                 out.extend(self.unsettled().into_iter().skip(1));
                 return Err(out);
             }
@@ -343,8 +344,7 @@ impl World {
 
     fn ready(&mut self) -> Vec<Item> {
         let now = self.now;
-        let mut items: Vec<Item> =
-            self.net.take_due(now).into_iter().map(|(c, e, b)| Item::Bytes(c, e, b)).collect();
+        let mut items: Vec<Item> = self.net.take_due(now).into_iter().map(|(c, e, b)| Item::Bytes(c, e, b)).collect();
         if self.server.as_ref().and_then(|s| s.deadline()).is_some_and(|t| t <= now) {
             items.push(Item::ServerTimer);
         }
@@ -384,7 +384,9 @@ impl World {
                         }
                     }
                     End::Client => {
-                        if let Some(c) = self.clients.iter_mut().find(|c| c.conns().is_some_and(|(u, d)| u == conn || d == conn)) {
+                        if let Some(c) =
+                            self.clients.iter_mut().find(|c| c.conns().is_some_and(|(u, d)| u == conn || d == conn))
+                        {
                             c.on_bytes(conn, &bytes, now, &mut self.net, &mut cfx);
                         }
                     }
@@ -770,7 +772,8 @@ impl World {
                 for p in tree.keys().chain(ctree.keys()).collect::<std::collections::BTreeSet<_>>() {
                     let (s, l) = (tree.get(p).copied(), ctree.get(p).copied());
                     if s != l {
-                        let _ = write!(diff, " {p:?}: server {} client {};", self.hist.describe(s), self.hist.describe(l));
+                        let _ =
+                            write!(diff, " {p:?}: server {} client {};", self.hist.describe(s), self.hist.describe(l));
                     }
                 }
                 out.push(format!("{} differs from the server:{diff}", c.backlog().split(':').next().unwrap_or("?")));
