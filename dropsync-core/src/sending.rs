@@ -190,6 +190,13 @@ impl<O> Sending<O> {
         self.by_name.contains_key(name)
     }
 
+    /// The operations under way on `name`, oldest first.
+    pub fn ids_named(&self, name: &str) -> Vec<OpId> {
+        let mut ids: Vec<OpId> = self.ops.iter().filter(|(_, o)| o.name == name).map(|(id, _)| *id).collect();
+        ids.sort_unstable();
+        ids
+    }
+
     /// Operations under way.
     pub fn len(&self) -> usize {
         self.ops.len()

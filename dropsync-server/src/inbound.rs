@@ -250,12 +250,18 @@ impl Uploads<'_> {
 
     /// A committed change of `name` (and of its `conflict` copy, if one was
     /// kept) is queued for the other clients once the reply is on the wire.
-    fn fan_out_after_reply(&mut self, conflict: Option<String>, name: &str) -> StatusCode {
+    fn fan_out_after_reply(&mut self, conflict: Option<String>, name: &str, version: u64) -> StatusCode {
         if let Some(c) = conflict {
             log::info!("{name}: overwrites a version its sender never saw; kept as {c:?}");
             self.after_reply.push(AfterReply::FanOut { path: c, except: None });
         }
         self.after_reply.push(AfterReply::FanOut { path: name.to_owned(), except: Some(self.session.id) });
+        if self.session.has_outgoing(name) {
+            // Our version of `name` is older than the client's own, just
+            // committed: the sender aborts it (`resend_after` covers one
+            // whose last message is already out).
+            self.session.overtaken.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((name.to_owned(), version));
+        }
         StatusCode::OK
     }
 }
@@ -325,7 +331,7 @@ impl Host for Uploads<'_> {
                     entry.version,
                     file.size
                 );
-                self.fan_out_after_reply(conflict, name)
+                self.fan_out_after_reply(conflict, name, entry.version)
             }
             Ok(_) => {
                 log::debug!("{}: {name:?} unchanged", self.session.who());
@@ -365,7 +371,7 @@ impl Host for Uploads<'_> {
                 Metrics::add(&self.server.metrics.deletes_in, 1);
                 self.changed(name, entry.version, true);
                 log::info!("{}: deleted {name:?} (version {})", self.session.who(), entry.version);
-                self.fan_out_after_reply(conflict, name)
+                self.fan_out_after_reply(conflict, name, entry.version)
             }
             Ok(Committed::Locked) => StatusCode::LOCKED,
             Ok(_) => StatusCode::NO_FILE,

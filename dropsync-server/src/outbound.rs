@@ -413,6 +413,7 @@ impl SendSource<Delivery> for Chunks {
 
 fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Outcome>, Gone> {
     let mut sending = Sending::new(items.len().max(1));
+    let versions: Vec<u64> = items.iter().map(|i| i.version).collect();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
     // Each transfer with its source and whole-file MD5 (known for every
     // file: a blob's was checked when it was uploaded, the META-DATA's is
@@ -443,6 +444,14 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
         if server.is_shutting_down() && !aborting {
             aborting = true;
             sending.abort_all();
+        }
+        for (name, committed) in std::mem::take(&mut *session.overtaken.lock().unwrap_or_else(PoisonError::into_inner)) {
+            for id in sending.ids_named(&name) {
+                if sending.op(id).is_some_and(|(_, d)| versions.get(d.index).is_some_and(|v| *v < committed)) {
+                    log::debug!("{}: aborting the delivery of {name:?}: the client's own change overtook it", session.who());
+                    sending.abort(id);
+                }
+            }
         }
         while let Some(Transmit::Chunk { id, offset, len }) = sending.poll_transmit(&mut chunks) {
             frame.clear();

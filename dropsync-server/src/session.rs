@@ -49,6 +49,12 @@ pub struct Session {
     pub seen: Mutex<SeenVersions>,
     /// Paths it asked for with REQUEST: always served, never skipped.
     pub requested: Mutex<HashSet<String>>,
+    /// Paths whose delivery under way this client's own change overtook
+    /// (committed while the delivery was on its way): the sender aborts it
+    /// (`outbound::drive`), as its content is older than the client's.
+    /// With the version the client committed: only a delivery of an older
+    /// version is aborted.
+    pub overtaken: Mutex<Vec<(String, u64)>>,
     /// The META-DATA transfer that must precede every other transfer.
     pub metadata: Mutex<MetaState>,
     /// Writer of the receive connection (transfers to the client,
@@ -131,6 +137,7 @@ impl Session {
             queue: UpdateQueue::new(),
             seen: Mutex::new(SeenVersions::new(0)),
             requested: Mutex::new(HashSet::new()),
+            overtaken: Mutex::new(Vec::new()),
             metadata: Mutex::new(MetaState::Pending),
             out: Mutex::new(p.out),
             replies: Mutex::new(p.replies),

@@ -132,6 +132,9 @@ struct Uploads<'a> {
     wall: WallTime,
     fan: &'a mut Vec<(String, Option<SessionId>)>,
     fx: &'a mut Vec<Effect>,
+    /// Paths this session's own change overtook a delivery of, with the
+    /// version committed (the real server's `Session::overtaken`).
+    overtaken: Vec<(String, u64)>,
 }
 
 impl Uploads<'_> {
@@ -168,7 +171,7 @@ impl Host for Uploads<'_> {
                     content,
                     version: entry.version,
                 });
-                self.after_commit(conflict, name);
+                self.after_commit(conflict, name, entry.version);
                 StatusCode::OK
             }
             Ok(_) => {
@@ -195,7 +198,7 @@ impl Host for Uploads<'_> {
                     content: None,
                     version: entry.version,
                 });
-                self.after_commit(conflict, name);
+                self.after_commit(conflict, name, entry.version);
                 StatusCode::OK
             }
             Ok(Committed::Locked) => StatusCode::LOCKED,
@@ -221,12 +224,15 @@ impl Host for Uploads<'_> {
 impl Uploads<'_> {
     /// A committed change goes to every other client, and its conflict copy
     /// (if one was kept) to everyone.
-    fn after_commit(&mut self, conflict: Option<String>, name: &str) {
+    fn after_commit(&mut self, conflict: Option<String>, name: &str, version: u64) {
         if let Some(c) = conflict {
             self.fx.push(Effect::Log(format!("server: {name:?} was stale; kept {c:?}")));
             self.fan.push((c, None));
         }
         self.fan.push((name.to_owned(), Some(self.id)));
+        if self.down.has(name) {
+            self.overtaken.push((name.to_owned(), version));
+        }
     }
 }
 
@@ -491,7 +497,7 @@ impl Server {
             let result = {
                 let Session { up, down, st, .. } = s;
                 let mut host =
-                    Uploads { lib: &self.lib, st, down, id, wall: WallTime { unix_ns: 0 }, fan: &mut fan, fx };
+                    Uploads { lib: &self.lib, st, down, id, wall: WallTime { unix_ns: 0 }, fan: &mut fan, fx, overtaken: Vec::new() };
                 host.wall = wall_at(self.wall_base_ns, self.started, now);
                 up.handle_timeout(now, &mut host)
             };
@@ -525,11 +531,25 @@ impl Server {
         if s.st.settling.is_some() {
             return;
         }
-        let result = {
+        let (result, overtaken) = {
             let Session { up, down, st, .. } = s;
-            let mut host = Uploads { lib: &self.lib, st, down, id, wall, fan: &mut fan, fx };
-            up.process(now, &mut host)
+            let mut host = Uploads { lib: &self.lib, st, down, id, wall, fan: &mut fan, fx, overtaken: Vec::new() };
+            let result = up.process(now, &mut host);
+            (result, host.overtaken)
         };
+        // A delivery of an older version than the client's own change just
+        // committed is aborted, as the real server's sender does.
+        for (name, committed) in overtaken {
+            for op in s.down.ids_named(&name) {
+                let older = s.down.op(op).is_some_and(|(_, o)| match o {
+                    Out::File { version, .. } | Out::Delete { version } => *version < committed,
+                    Out::Meta(_) => false,
+                });
+                if older {
+                    s.down.abort(op);
+                }
+            }
+        }
         match result {
             Ok(Step::Settle { name, until }) => s.st.settling = Some((name, until)),
             Ok(_) => {}
@@ -541,6 +561,7 @@ impl Server {
         }
         self.flush_up(id, now, net);
         self.fan_out(fan, now, net);
+        self.pump(id, now, net);
     }
 
     fn flush_up(&mut self, id: SessionId, now: Instant, net: &mut Net) {
@@ -639,7 +660,7 @@ impl Server {
         let mut fan = Vec::new();
         {
             let Session { up, down, st, .. } = &mut s;
-            let mut host = Uploads { lib: &self.lib, st, down, id, wall: WallTime { unix_ns: 0 }, fan: &mut fan, fx };
+            let mut host = Uploads { lib: &self.lib, st, down, id, wall: WallTime { unix_ns: 0 }, fan: &mut fan, fx, overtaken: Vec::new() };
             up.close(&mut host);
         }
         s.down.abort_all();
