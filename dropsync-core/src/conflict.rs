@@ -17,12 +17,10 @@ pub fn sanitize_label(label: &str) -> String {
         .collect()
 }
 
-/// `YYYY-MM-DD HHMMSS` for a Unix time in seconds, in UTC.
+/// `YYYY-MM-DD HHMMSS` for a Unix time in seconds, in UTC: the date as
+/// `utc::format` writes it, without the colons a file name should not hold.
 pub fn format_utc(unix_secs: i64) -> String {
-    let days = unix_secs.div_euclid(86_400);
-    let secs = unix_secs.rem_euclid(86_400);
-    let (y, m, d) = crate::utc::civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}{:02}{:02}", secs / 3600, secs % 3600 / 60, secs % 60)
+    crate::utc::format(unix_secs).replace(':', "")
 }
 
 /// Splits the last component of `path` into (everything before the

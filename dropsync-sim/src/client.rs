@@ -10,26 +10,26 @@
 //! bases (the real client journals each one before it counts on it).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
-use std::io;
 use std::time::{Duration, Instant};
 
-use dropsync_core::conflict::conflict_name;
+use dropsync_core::conflict::pick_conflict_name;
 use dropsync_core::decoder::{Decoder, Msg};
 use dropsync_core::jobs::Job;
-use dropsync_core::liveness::{Due, Liveness, Silence};
+use dropsync_core::liveness::{Liveness, Silence};
 use dropsync_core::mux::OpId;
 use dropsync_core::receiving::{self, Assembled, Ended as InEnded, Host, Payload, Receiving};
 use dropsync_core::reconcile::{effective_base, reconcile, Action, Content, ServerSide};
 use dropsync_core::sender::Outcome;
-use dropsync_core::sending::{Cause, Ended, FileDigest, Prepared, Replied, Sending, Source, Transmit};
+use dropsync_core::sending::{Cause, Ended, FileDigest, Replied, Sending};
 use dropsync_core::sync_policy::{
     admit_incoming, ask_again_after, brings_nothing_new, must_keep_local, Ending, Judgement, Local, Next, SyncPolicy,
 };
 use dropsync_proto::metadata::{parse_document, EntryState};
 use dropsync_proto::name::METADATA_TRANSFER_NAME;
-use dropsync_proto::{md5, Frame, StatusCode, ZERO_DIGEST};
+use dropsync_proto::{md5, StatusCode, ZERO_DIGEST};
 
 use crate::net::{ConnId, End, Net};
+use crate::wire;
 use crate::Settings;
 
 /// A file's bytes as a [`Content`].
@@ -134,14 +134,8 @@ impl Folder<'_> {
     fn keep_copy(&mut self, name: &str) {
         let Some(bytes) = self.fs.remove(name) else { return };
         let label = format!("c{}", self.idx);
-        let mut n = 1;
-        let copy = loop {
-            let c = conflict_name(name, &label, self.wall_secs, n);
-            if !self.fs.contains_key(&c) && !self.bases.contains_key(&c) {
-                break c;
-            }
-            n += 1;
-        };
+        let copy =
+            pick_conflict_name(name, &label, self.wall_secs, |c| self.fs.contains_key(c) || self.bases.contains_key(c));
         self.fx.push(Effect::Log(format!("c{}: kept {name:?} as {copy:?}", self.idx)));
         self.fs.insert(copy.clone(), bytes);
         self.dirty.insert(copy, self.now);
@@ -335,19 +329,13 @@ impl Host for Deliveries<'_> {
     }
 }
 
-/// Chunk bytes of an upload, from the snapshot taken when it was judged.
-struct Snapshots {
-    buf: Vec<u8>,
-}
-
-impl Source<UpOp> for Snapshots {
-    fn prepare(&mut self, _id: OpId, _name: &str, op: &mut UpOp, offset: u64, len: u32) -> io::Result<Prepared<'_>> {
-        let UpOp::Upload { data, .. } = op else { return Err(io::Error::other("not an upload")) };
-        let start = (offset as usize).min(data.len());
-        let end = (start + len as usize).min(data.len());
-        self.buf.clear();
-        self.buf.extend_from_slice(&data[start..end]);
-        Ok(Prepared { payload: Some(&self.buf), len: self.buf.len() as u32, digest: md5(&self.buf), file_digest: None })
+/// An upload's chunks come from the snapshot taken when it was judged.
+impl wire::Content for UpOp {
+    fn content(&self) -> Option<&[u8]> {
+        match self {
+            UpOp::Upload { data, .. } => Some(data),
+            UpOp::Delete | UpOp::Request => None,
+        }
     }
 }
 
@@ -544,31 +532,12 @@ impl Client {
     /// The session ended (a connection closed, a peer gone, a protocol
     /// error): partial deliveries are discarded, and it connects again.
     fn drop_session(&mut self, why: &str, now: Instant, net: &mut Net, fx: &mut Vec<Effect>) {
-        let Some(mut s) = self.sess.take() else { return };
+        if self.with_down(now, fx, |down, host| down.close(host)).is_none() {
+            return;
+        }
+        let Some(s) = self.sess.take() else { return };
         net.close(s.up_conn);
         net.close(s.down_conn);
-        let wall_secs = self.wall_secs(now);
-        let full = self.full_until.is_some_and(|t| t > now);
-        let Session { down, policy, outgoing, incoming, reconciled, requested, .. } = &mut s;
-        let mut host = Deliveries {
-            folder: Folder {
-                idx: self.idx,
-                fs: &mut self.fs,
-                bases: &mut self.bases,
-                seen: &mut self.seen,
-                dirty: &mut self.dirty,
-                wall_secs,
-                now,
-                fx,
-            },
-            policy,
-            outgoing,
-            incoming,
-            reconciled,
-            requested,
-            full,
-        };
-        down.close(&mut host);
         fx.push(Effect::Log(format!("c{}: session ended: {why}", self.idx)));
         if self.running {
             self.connect_failed(now);
@@ -612,34 +581,39 @@ impl Client {
     }
 
     fn drive_down(&mut self, now: Instant, net: &mut Net, fx: &mut Vec<Effect>) -> Result<(), String> {
-        let wall_secs = self.wall_secs(now);
-        let Some(s) = &mut self.sess else { return Ok(()) };
-        let full = self.full_until.is_some_and(|t| t > now);
-        let Session { down, policy, outgoing, incoming, reconciled, down_conn, requested, .. } = s;
-        let mut host = Deliveries {
-            folder: Folder {
-                idx: self.idx,
-                fs: &mut self.fs,
-                bases: &mut self.bases,
-                seen: &mut self.seen,
-                dirty: &mut self.dirty,
-                wall_secs,
-                now,
-                fx,
-            },
-            policy,
-            outgoing,
-            incoming,
-            reconciled,
-            requested,
-            full,
-        };
-        let result = down.process(now, &mut host).map(|_| ()).map_err(|e| format!("receive connection: {e}"));
-        let mut buf = Vec::new();
-        if down.poll_transmit(now, &mut buf) {
-            net.send(now, *down_conn, End::Server, buf);
+        let result = self.with_down(now, fx, |down, host| down.process(now, host));
+        self.flush_down(now, net);
+        match result {
+            Some(Err(e)) => Err(format!("receive connection: {e}")),
+            _ => Ok(()),
         }
-        result
+    }
+
+    /// Runs `f` on the receive connection's machine with its host (the
+    /// folder, the bases and the session's policy); `None` without a
+    /// session.
+    fn with_down<R>(
+        &mut self,
+        now: Instant,
+        fx: &mut Vec<Effect>,
+        f: impl FnOnce(&mut Receiving<Incoming>, &mut Deliveries<'_>) -> R,
+    ) -> Option<R> {
+        let wall_secs = self.wall_secs(now);
+        let full = self.full_until.is_some_and(|t| t > now);
+        let Client { idx, fs, bases, seen, dirty, sess, .. } = self;
+        let Session { down, policy, outgoing, incoming, reconciled, requested, .. } = sess.as_mut()?;
+        let folder = Folder { idx: *idx, fs, bases, seen, dirty, wall_secs, now, fx };
+        let mut host = Deliveries { folder, policy, outgoing, incoming, reconciled, requested, full };
+        Some(f(down, &mut host))
+    }
+
+    /// Sends the receive connection's replies.
+    fn flush_down(&mut self, now: Instant, net: &mut Net) {
+        let Some(s) = &mut self.sess else { return };
+        let mut buf = Vec::new();
+        if s.down.poll_transmit(now, &mut buf) {
+            net.send(now, s.down_conn, End::Server, buf);
+        }
     }
 
     /// An operation of the send connection ended: what it means.
@@ -746,14 +720,7 @@ impl Client {
                 }
             }
         }
-        let mut src = Snapshots { buf: Vec::new() };
-        let mut out = Vec::new();
-        while let Some(t) = s.up.poll_transmit(&mut src) {
-            s.up.take_frames(&mut out);
-            let Transmit::Chunk { .. } = t;
-            out.extend_from_slice(&src.buf);
-        }
-        s.up.take_frames(&mut out);
+        let out = wire::drain(&mut s.up);
         if !out.is_empty() {
             net.send(now, s.up_conn, End::Server, out);
             s.up_link.on_sent(now);
@@ -796,45 +763,14 @@ impl Client {
         if self.next_rescan <= now {
             self.rescan(now);
         }
-        let wall_secs = self.wall_secs(now);
         let Some(s) = &mut self.sess else { return };
-        match s.up_link.poll(now) {
-            Due::PeerGone(g) => return self.drop_session(&format!("send connection: {g}"), now, net, fx),
-            Due::KeepAlive => {
-                let mut buf = Vec::new();
-                Frame::Status(StatusCode::KEEP_ALIVE).encode(&mut buf);
-                net.send(now, s.up_conn, End::Server, buf);
-                s.up_link.on_sent(now);
-            }
-            Due::Nothing => {}
+        if let Err(g) = wire::keep_alive(&mut s.up_link, now, net, s.up_conn, End::Server) {
+            return self.drop_session(&format!("send connection: {g}"), now, net, fx);
         }
-        let full = self.full_until.is_some_and(|t| t > now);
-        let Session { down, policy, outgoing, incoming, reconciled, down_conn, requested, .. } = s;
-        let mut host = Deliveries {
-            folder: Folder {
-                idx: self.idx,
-                fs: &mut self.fs,
-                bases: &mut self.bases,
-                seen: &mut self.seen,
-                dirty: &mut self.dirty,
-                wall_secs,
-                now,
-                fx,
-            },
-            policy,
-            outgoing,
-            incoming,
-            reconciled,
-            requested,
-            full,
-        };
-        if let Err(e) = down.handle_timeout(now, &mut host) {
+        if let Some(Err(e)) = self.with_down(now, fx, |down, host| down.handle_timeout(now, host)) {
             return self.drop_session(&format!("receive connection: {e}"), now, net, fx);
         }
-        let mut buf = Vec::new();
-        if down.poll_transmit(now, &mut buf) {
-            net.send(now, *down_conn, End::Server, buf);
-        }
+        self.flush_down(now, net);
         self.pump(now, net, fx);
     }
 }

@@ -11,6 +11,8 @@
 //!   pieces of any size; stalls, resets, partitions.
 //! - [`server`] and [`client`]: the engines, wired as the binaries wire the
 //!   same core pieces, over in-memory storage ([`blobs`]).
+//! - [`wire`]: what both kinds of engine drive alike (chunk bytes,
+//!   keep-alives).
 //! - [`world`]: the workload, the faults, the event loop and the checks.
 //!
 //! What it does not test is the binaries' own driving code (threads,
@@ -20,6 +22,7 @@ pub mod blobs;
 pub mod client;
 pub mod net;
 pub mod server;
+pub mod wire;
 pub mod world;
 
 use std::time::Duration;

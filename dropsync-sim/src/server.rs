@@ -7,27 +7,26 @@
 //! elsewhere).
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
-use std::io;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
 use dropsync_core::decoder::{Decoder, Msg};
 use dropsync_core::delivery::{client_has_it, judge_queued, resend_after, Delivery};
 use dropsync_core::library::{BlobStore, Committed, Library, WallTime};
-use dropsync_core::liveness::{Due, Liveness, Silence};
+use dropsync_core::liveness::{Liveness, Silence};
 use dropsync_core::locks::{try_lock_owned, LockTable, MemLockTable, OwnedLockGuard, SessionId};
 use dropsync_core::meta_server::{Catalog, MemCatalog};
-use dropsync_core::mux::OpId;
 use dropsync_core::receiving::{self, Assembled, Host, Payload, Receiving, Step};
-use dropsync_core::sending::{FileDigest, Prepared, Replied, Sending, Source, Transmit};
+use dropsync_core::sending::{FileDigest, Replied, Sending};
 use dropsync_core::stale::SeenVersions;
 use dropsync_proto::metadata::EntryState;
 use dropsync_proto::name::METADATA_TRANSFER_NAME;
-use dropsync_proto::{md5, Frame, StatusCode, ZERO_DIGEST};
+use dropsync_proto::{md5, StatusCode, ZERO_DIGEST};
 use dropsync_soak::model::Version;
 
 use crate::blobs::{MemBlobs, SimStorage, SimTemp};
 use crate::net::{ConnId, End, Net};
+use crate::wire;
 use crate::Settings;
 
 type Lib = Library<MemCatalog<Arc<SimStorage>>, MemBlobs>;
@@ -242,22 +241,13 @@ fn push_queue(st: &mut State, path: &str) {
     }
 }
 
-/// Chunk bytes of a delivery, copied out of the stored content.
-struct Contents {
-    buf: Vec<u8>,
-}
-
-impl Source<Out> for Contents {
-    fn prepare(&mut self, _id: OpId, _name: &str, op: &mut Out, offset: u64, len: u32) -> io::Result<Prepared<'_>> {
-        let bytes = match op {
-            Out::Meta(b) | Out::File { bytes: b, .. } => b,
-            Out::Delete { .. } => return Err(io::Error::other("a DELETE has no chunks")),
-        };
-        let start = (offset as usize).min(bytes.len());
-        let end = (start + len as usize).min(bytes.len());
-        self.buf.clear();
-        self.buf.extend_from_slice(&bytes[start..end]);
-        Ok(Prepared { payload: Some(&self.buf), len: self.buf.len() as u32, digest: md5(&self.buf), file_digest: None })
+/// A delivery's chunks come from the stored content (or the META-DATA).
+impl wire::Content for Out {
+    fn content(&self) -> Option<&[u8]> {
+        match self {
+            Out::Meta(b) | Out::File { bytes: b, .. } => Some(b),
+            Out::Delete { .. } => None,
+        }
     }
 }
 
@@ -477,28 +467,17 @@ impl Server {
 
     /// Time passed: keep-alives, dead peers, idle transfers, settled waits.
     pub fn on_timeout(&mut self, now: Instant, net: &mut Net, fx: &mut Vec<Effect>) {
+        let wall = self.wall(now);
         let ids: Vec<SessionId> = self.sessions.keys().copied().collect();
         for id in ids {
             let Some(s) = self.sessions.get_mut(&id) else { continue };
-            match s.down_link.poll(now) {
-                Due::PeerGone(g) => {
-                    self.end(id, &format!("receive connection: {g}"), net, fx);
-                    continue;
-                }
-                Due::KeepAlive => {
-                    let mut buf = Vec::new();
-                    Frame::Status(StatusCode::KEEP_ALIVE).encode(&mut buf);
-                    net.send(now, s.down_conn, End::Client, buf);
-                    s.down_link.on_sent(now);
-                }
-                Due::Nothing => {}
+            if let Err(g) = wire::keep_alive(&mut s.down_link, now, net, s.down_conn, End::Client) {
+                self.end(id, &format!("receive connection: {g}"), net, fx);
+                continue;
             }
             let mut fan = Vec::new();
             let result = {
-                let Session { up, down, st, .. } = s;
-                let mut host =
-                    Uploads { lib: &self.lib, st, down, id, wall: WallTime { unix_ns: 0 }, fan: &mut fan, fx, overtaken: Vec::new() };
-                host.wall = wall_at(self.wall_base_ns, self.started, now);
+                let (up, mut host) = uploads(&self.lib, s, id, wall, &mut fan, fx);
                 up.handle_timeout(now, &mut host)
             };
             if let Err(e) = result {
@@ -532,8 +511,7 @@ impl Server {
             return;
         }
         let (result, overtaken) = {
-            let Session { up, down, st, .. } = s;
-            let mut host = Uploads { lib: &self.lib, st, down, id, wall, fan: &mut fan, fx, overtaken: Vec::new() };
+            let (up, mut host) = uploads(&self.lib, s, id, wall, &mut fan, fx);
             let result = up.process(now, &mut host);
             (result, host.overtaken)
         };
@@ -639,14 +617,7 @@ impl Server {
                 }
             }
         }
-        let mut src = Contents { buf: Vec::new() };
-        let mut out = Vec::new();
-        while let Some(t) = s.down.poll_transmit(&mut src) {
-            s.down.take_frames(&mut out);
-            let Transmit::Chunk { .. } = t;
-            out.extend_from_slice(&src.buf);
-        }
-        s.down.take_frames(&mut out);
+        let out = wire::drain(&mut s.down);
         if !out.is_empty() {
             net.send(now, s.down_conn, End::Client, out);
             s.down_link.on_sent(now);
@@ -659,8 +630,8 @@ impl Server {
         let Some(mut s) = self.sessions.remove(&id) else { return };
         let mut fan = Vec::new();
         {
-            let Session { up, down, st, .. } = &mut s;
-            let mut host = Uploads { lib: &self.lib, st, down, id, wall: WallTime { unix_ns: 0 }, fan: &mut fan, fx, overtaken: Vec::new() };
+            // Closing only discards: no commit needs the wall clock.
+            let (up, mut host) = uploads(&self.lib, &mut s, id, WallTime { unix_ns: 0 }, &mut fan, fx);
             up.close(&mut host);
         }
         s.down.abort_all();
@@ -673,6 +644,15 @@ impl Server {
     }
 }
 
-fn wall_at(base_ns: i64, started: Instant, now: Instant) -> WallTime {
-    WallTime { unix_ns: base_ns + now.saturating_duration_since(started).as_nanos() as i64 }
+/// Session `s`'s send-connection machine, and its host.
+fn uploads<'a>(
+    lib: &'a Lib,
+    s: &'a mut Session,
+    id: SessionId,
+    wall: WallTime,
+    fan: &'a mut Vec<(String, Option<SessionId>)>,
+    fx: &'a mut Vec<Effect>,
+) -> (&'a mut Receiving<Upload>, Uploads<'a>) {
+    let Session { up, down, st, .. } = s;
+    (up, Uploads { lib, st, down, id, wall, fan, fx, overtaken: Vec::new() })
 }
