@@ -125,7 +125,13 @@ impl History {
 
     /// The whole history file.
     pub fn render(&self) -> String {
-        let mut all: Vec<&Kept> = self.iter().collect();
+        self.render_where(|_| true)
+    }
+
+    /// The history file holding only the lines `keep` picks (what it will
+    /// hold once the others are dropped), without a copy of the history.
+    pub fn render_where(&self, keep: impl Fn(&Kept) -> bool) -> String {
+        let mut all: Vec<&Kept> = self.iter().filter(|k| keep(k)).collect();
         all.sort_unstable_by_key(|k| (k.replaced_ns, k.entry.version));
         let mut out = String::with_capacity(all.len() * 110);
         for k in all {

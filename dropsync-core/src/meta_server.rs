@@ -282,15 +282,14 @@ impl<S: Storage> Catalog for MemCatalog<S> {
     fn expire(&self, cutoff_ns: i64) -> Result<Vec<Kept>, CoreError> {
         let mut guard = self.lock();
         let (_, store, history) = &mut *guard;
-        let mut after = history.clone();
-        let gone = after.expire(cutoff_ns);
-        if !gone.is_empty() {
-            // Durable first: a crash now leaves the old file, whose lines
-            // still hold their content.
-            store.storage().replace(HISTORY, after.render().as_bytes())?;
-            *history = after;
+        let kept = |k: &Kept| k.replaced_ns >= cutoff_ns;
+        if history.iter().all(kept) {
+            return Ok(Vec::new());
         }
-        Ok(gone)
+        // Durable first: a crash now leaves the old file, whose lines still
+        // hold their content.
+        store.storage().replace(HISTORY, history.render_where(kept).as_bytes())?;
+        Ok(history.expire(cutoff_ns))
     }
 
     fn kept_contents(&self) -> Vec<Strong> {
