@@ -141,9 +141,9 @@ pub trait Catalog: Send + Sync {
     /// Drops, durably, what was replaced before `cutoff_ns`, and returns it:
     /// the caller releases the content of each file version.
     fn expire(&self, cutoff_ns: i64) -> Result<Vec<Kept>, CoreError>;
-    /// The content of every kept file version, once per version (each
-    /// holds a reference).
-    fn kept_contents(&self) -> Vec<Strong>;
+    /// Every reference to stored content, to count at start: once per live
+    /// file and once per file version the history keeps.
+    fn contents(&self) -> Vec<Strong>;
     /// How much the history keeps.
     fn history_size(&self) -> history::Size;
     /// Number of paths, tombstones included.
@@ -292,8 +292,11 @@ impl<S: Storage> Catalog for MemCatalog<S> {
         Ok(history.expire(cutoff_ns))
     }
 
-    fn kept_contents(&self) -> Vec<Strong> {
-        self.lock().2.iter().filter(|k| k.is_file()).filter_map(|k| k.entry.strong).collect()
+    fn contents(&self) -> Vec<Strong> {
+        let guard = self.lock();
+        let live = guard.0.entries().filter(|e| e.state == EntryState::File);
+        let kept = guard.2.iter().filter(|k| k.is_file()).map(|k| &k.entry);
+        live.chain(kept).filter_map(|e| e.strong).collect()
     }
 
     fn history_size(&self) -> history::Size {

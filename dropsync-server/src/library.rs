@@ -29,11 +29,7 @@ pub fn open(root: &Path, conflict_copies: bool) -> Result<Library, CoreError> {
     let catalog = MemCatalog::open(DirStorage::new(root.join("meta"))?)?;
     let blobs = BlobStore::open(root)?;
     adopt_legacy_blobs(&catalog, &blobs)?;
-    let mut referenced: Vec<Strong> = catalog
-        .with_table(|t| t.entries().filter(|e| e.state == EntryState::File).filter_map(|e| e.strong).collect());
-    // Each version the history keeps holds its content too.
-    referenced.extend(catalog.kept_contents());
-    let (orphans, missing) = blobs.recover(referenced.into_iter())?;
+    let (orphans, missing) = blobs.recover(catalog.contents().into_iter())?;
     if orphans > 0 {
         log::info!("removed {orphans} unreferenced blob(s) left by an interrupted commit or an older layout");
     }

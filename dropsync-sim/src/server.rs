@@ -256,15 +256,7 @@ impl Server {
     pub fn start(disk: Disk, settings: Settings, now: Instant, wall_base_ns: i64) -> Result<Self, String> {
         let catalog = MemCatalog::open(disk.catalog.clone()).map_err(|e| format!("catalog: {e}"))?;
         disk.blobs.reset_refs();
-        catalog.with_table(|t| {
-            for e in t.entries().filter(|e| e.state == EntryState::File) {
-                if let Some(k) = &e.strong {
-                    disk.blobs.add_ref(k);
-                }
-            }
-        });
-        // Each version the history keeps holds its content too.
-        for k in catalog.kept_contents() {
+        for k in catalog.contents() {
             disk.blobs.add_ref(&k);
         }
         disk.blobs.remove_orphans();
