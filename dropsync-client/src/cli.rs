@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use dropsync_io::tls::Fingerprint;
 use dropsync_proto::limits::DEFAULT_MAX_CHUNK;
 
 /// Largest `<chunk size>` accepted: the server's default maximum chunk
@@ -58,6 +59,17 @@ pub struct Args {
     /// "conflicted copy" file (PROTOCOL.md section 7 [ext]).
     #[arg(long)]
     pub no_conflict_copies: bool,
+    /// Secure mode: connect over TLS to the server whose certificate has
+    /// this SHA-256 fingerprint (the server logs it at start; `server
+    /// fingerprint` prints it), and only to it. Kept in .dropsync/, so
+    /// later runs need not repeat it.
+    #[arg(long, value_name = "FINGERPRINT", value_parser = parse_fingerprint)]
+    pub server_fingerprint: Option<Fingerprint>,
+    /// Secure mode without a fingerprint given: pin whatever key the server
+    /// shows on this first connection (check it against the server's log)
+    /// and require it from then on.
+    #[arg(long)]
+    pub trust_first_use: bool,
     /// Name sent to the server in HELLO and used in this client's
     /// conflict-copy names. Default: the host name, else "client".
     #[arg(long, value_name = "NAME")]
@@ -153,6 +165,15 @@ pub struct Config {
     pub keepalive: Duration,
     /// Silence after which a connection is dropped.
     pub dead_peer: Duration,
+    /// `--server-fingerprint`.
+    pub server_fingerprint: Option<Fingerprint>,
+    /// `--trust-first-use`.
+    pub trust_first_use: bool,
+}
+
+/// `--server-fingerprint`: 64 hex digits, with or without `sha256:` and colons.
+fn parse_fingerprint(text: &str) -> Result<Fingerprint, String> {
+    Fingerprint::parse(text).ok_or_else(|| format!("{text:?}: not a SHA-256 fingerprint (64 hex digits)"))
 }
 
 impl Args {
@@ -174,6 +195,8 @@ impl Args {
             delete_guard: (!self.no_delete_guard).then_some(usize::from(self.delete_guard_min)),
             keepalive: Duration::from_secs(self.keepalive_secs),
             dead_peer: Duration::from_secs(self.dead_peer_secs),
+            server_fingerprint: self.server_fingerprint,
+            trust_first_use: self.trust_first_use,
         }
     }
 

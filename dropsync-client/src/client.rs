@@ -22,6 +22,7 @@ use crate::events::Event;
 use crate::ignores::{Ignores, IGNORE_FILE};
 use crate::status::{self, Status};
 use crate::paths::{name_for, Unsyncable, STATE_DIR};
+use crate::trust::Trust;
 use crate::scan::{walk, walk_names, FileStat, Notes};
 use crate::session::{End, Session};
 use crate::state::{Ctx, MetaFile, Shared};
@@ -53,6 +54,8 @@ pub struct Core {
     pub notes: Notes,
     /// When the next periodic rescan is due.
     pub next_rescan: Option<Instant>,
+    /// This client's key and the server's pin.
+    pub trust: Trust,
 }
 
 /// Runs the client until SIGINT/SIGTERM, or until `--once` is done.
@@ -80,6 +83,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         ignores: Ignores::load(&root),
     });
     meta_file.open_journal(&ctx.shared, generation);
+    let trust = Trust::prepare(&root, cfg.server_fingerprint, cfg.trust_first_use)?;
     // --once looks at the folder once, at reconciliation; no watcher.
     let _watcher = if cfg.once {
         None
@@ -107,6 +111,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             status: Status::default(),
             notes: Notes::default(),
             next_rescan: None,
+            trust,
         };
     let result = core.run();
     core.meta_file.save_if_changed(&core.ctx.shared);
@@ -155,13 +160,14 @@ impl Core {
         let server = format!("{}:{}/{}", self.cfg.host, self.cfg.send_port, self.cfg.receive_port);
         let mut backoff = Backoff::default();
         let mut number = 0;
+        let mut last_refusal = String::new();
         loop {
             if self.stopping() {
                 return Ok(());
             }
             number += 1;
             let id = self.ctx.shared.lock().meta.client_id;
-            match connect::open(&self.cfg, id, timing, &self.stop) {
+            match connect::open(&self.cfg, id, timing, &self.stop, &self.trust) {
                 Ok(conn) => {
                     log::info!("connected to {server}{}", if conn.legacy { " (legacy session, no HELLO)" } else { "" });
                     let timing = Timing { silence_ok: conn.legacy, ..timing };
@@ -195,6 +201,12 @@ impl Core {
                 }
                 Err(_) if self.stopping() => return Ok(()),
                 Err(e) if self.cfg.once => return Err(format!("cannot connect to the server at {server}: {e}")),
+                // Refused trust (a wrong server key, this key not enrolled)
+                // is said whenever it changes: it needs the user.
+                Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied && last_refusal != e.to_string() => {
+                    last_refusal = e.to_string();
+                    log::error!("{server}: {e}; will keep trying");
+                }
                 Err(e) if backoff.attempts() == 0 => log::warn!("cannot connect to {server}: {e}; will keep trying"),
                 Err(e) => log::debug!("cannot connect to {server}: {e}"),
             }

@@ -8,11 +8,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use dropsync_core::liveness::{Silence, Timers};
+use dropsync_io::conn::{is_alert, Conn};
 use dropsync_io::tcp;
+use dropsync_io::tls::{ClientTls, ConnectError, Pin};
 use dropsync_io::wire::{is_timeout_error, write_frame, FrameReader, Msg};
 use dropsync_proto::{ClientId, Frame, StatusCode};
 
 use crate::cli::Config;
+use crate::trust::Trust;
 
 /// How long one TCP connect may take before the next address is tried.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -34,6 +37,9 @@ const HELLO_ANSWER_WAIT: Duration = Duration::from_secs(5);
 /// Pause before HELLO is tried a second time after the server closed the
 /// connection (see [`open`]).
 const HELLO_RETRY: Duration = Duration::from_millis(300);
+
+/// Longest a TLS handshake may take.
+const TLS_HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
 
 /// Timing of one session's connections (PROTOCOL.md section 9).
 #[derive(Clone, Copy, Debug)]
@@ -76,20 +82,20 @@ impl Timing {
 #[derive(Debug)]
 pub struct Connected {
     /// The send connection, for writing.
-    pub send: TcpStream,
+    pub send: Conn,
     /// Reader of the send connection (STATUS replies).
-    pub send_rx: FrameReader<TcpStream>,
+    pub send_rx: FrameReader<Conn>,
     /// The receive connection, for writing replies.
-    pub recv: TcpStream,
+    pub recv: Conn,
     /// Reader of the receive connection (transfers from the server).
-    pub recv_rx: FrameReader<TcpStream>,
+    pub recv_rx: FrameReader<Conn>,
     /// True when the server refused HELLO and the session is legacy.
     pub legacy: bool,
 }
 
 impl Connected {
     /// Shuts both connections down (the reader threads then see the end).
-    pub fn shutdown(send: &TcpStream, recv: &TcpStream) {
+    pub fn shutdown(send: &Conn, recv: &Conn) {
         let _ = send.shutdown(Shutdown::Both);
         let _ = recv.shutdown(Shutdown::Both);
     }
@@ -101,8 +107,17 @@ impl Connected {
 /// something else, or says nothing for [`HELLO_ANSWER_WAIT`]) gets both
 /// connections again without HELLO, as from a legacy peer (section 1).
 /// Gives up early (an `Interrupted` error) once `stop` is set.
-pub fn open(cfg: &Config, id: ClientId, timing: Timing, stop: &AtomicBool) -> io::Result<Connected> {
-    let mut refusal = match open_with_hello(cfg, id, timing, stop)? {
+///
+/// With a pinned server (secure mode) both connections are TLS to that key
+/// and there is no fallback: a server that refuses is an error.
+pub fn open(cfg: &Config, id: ClientId, timing: Timing, stop: &AtomicBool, trust: &Trust) -> io::Result<Connected> {
+    if trust.pin().is_some() {
+        return match open_with_hello(cfg, id, timing, stop, Some(trust))? {
+            Ok(conn) => Ok(conn),
+            Err(r) => Err(io::Error::other(r.why)),
+        };
+    }
+    let mut refusal = match open_with_hello(cfg, id, timing, stop, None)? {
         Ok(conn) => return Ok(conn),
         Err(r) => r,
     };
@@ -115,14 +130,14 @@ pub fn open(cfg: &Config, id: ClientId, timing: Timing, stop: &AtomicBool) -> io
         // dropsync-soak, seed 506).
         log::debug!("HELLO met a closed connection ({}); trying HELLO once more", refusal.why);
         sleep_unless_stopped(HELLO_RETRY, stop)?;
-        refusal = match open_with_hello(cfg, id, timing, stop)? {
+        refusal = match open_with_hello(cfg, id, timing, stop, None)? {
             Ok(conn) => return Ok(conn),
             Err(r) => r,
         };
     }
     log::warn!("the server refused HELLO ({}); connecting again as a legacy peer, without HELLO", refusal.why);
-    let send = dial(&cfg.host, cfg.send_port, timing)?;
-    let recv = dial(&cfg.host, cfg.receive_port, timing)?;
+    let send = Conn::plain(dial(&cfg.host, cfg.send_port, timing)?);
+    let recv = Conn::plain(dial(&cfg.host, cfg.receive_port, timing)?);
     let send_rx = FrameReader::new(send.try_clone()?);
     let recv_rx = FrameReader::new(recv.try_clone()?);
     Ok(Connected { send, send_rx, recv, recv_rx, legacy: true })
@@ -149,9 +164,15 @@ fn sleep_unless_stopped(d: Duration, stop: &AtomicBool) -> io::Result<()> {
 
 /// Both connections with HELLO answered OK on each, or why HELLO was
 /// refused (the inner error); the outer error is a failure to connect.
-fn open_with_hello(cfg: &Config, id: ClientId, timing: Timing, stop: &AtomicBool) -> io::Result<Result<Connected, Refusal>> {
-    let send = dial(&cfg.host, cfg.send_port, timing)?;
-    let recv = dial(&cfg.host, cfg.receive_port, timing)?;
+fn open_with_hello(
+    cfg: &Config,
+    id: ClientId,
+    timing: Timing,
+    stop: &AtomicBool,
+    trust: Option<&Trust>,
+) -> io::Result<Result<Connected, Refusal>> {
+    let send = secure(dial(&cfg.host, cfg.send_port, timing)?, trust, timing)?;
+    let recv = secure(dial(&cfg.host, cfg.receive_port, timing)?, trust, timing)?;
     let hello = Frame::Hello { client_id: id, label: &cfg.label };
     let mut scratch = Vec::new();
     // Both HELLOs go out before either answer is awaited, so the order in
@@ -166,10 +187,46 @@ fn open_with_hello(cfg: &Config, id: ClientId, timing: Timing, stop: &AtomicBool
     for (rx, conn) in [(&mut send_rx, "send"), (&mut recv_rx, "receive")] {
         if let Err(e) = await_ok(rx, conn, limit, stop) {
             Connected::shutdown(&send, &recv);
+            if let Some(trust) = trust.filter(|_| is_alert(&e)) {
+                let fp = trust.identity.fingerprint;
+                return Err(io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("the server did not admit this client ({e}); enrol it there with `server enroll {fp}`"),
+                ));
+            }
             return refused_or_error(e, conn);
         }
     }
     Ok(Ok(Connected { send, send_rx, recv, recv_rx, legacy: false }))
+}
+
+/// Turns a dialled socket into the session's connection: TLS to the pinned
+/// server in secure mode (the first connection of a first use pins the key
+/// it meets), the socket as it is otherwise.
+fn secure(tcp: TcpStream, trust: Option<&Trust>, timing: Timing) -> io::Result<Conn> {
+    let Some((trust, pin)) = trust.and_then(|t| Some((t, t.pin()?))) else { return Ok(Conn::plain(tcp)) };
+    let tls = ClientTls { identity: &trust.identity, pin };
+    match tls.connect(tcp, Instant::now() + TLS_HANDSHAKE_LIMIT) {
+        Ok((conn, shown)) => {
+            trust.shown(shown)?;
+            // The handshake set its own timeouts; the session's read tick again.
+            conn.set_read_timeout(Some(timing.read_tick()))?;
+            conn.set_write_timeout(None)?;
+            Ok(conn)
+        }
+        Err(ConnectError::WrongServer { shown }) => {
+            let Pin::Known(want) = pin else { return Err(io::Error::other("pin changed during a handshake")) };
+            Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "the server's certificate has fingerprint {shown}, not the pinned {want}: not connecting \
+                     (someone may be in between; if the server's key really changed, start with \
+                     --server-fingerprint {shown})"
+                ),
+            ))
+        }
+        Err(ConnectError::Io(e)) => Err(e),
+    }
 }
 
 /// Sorts a failure during HELLO: the server closing, resetting or
@@ -206,7 +263,7 @@ fn dial(host: &str, port: u16, timing: Timing) -> io::Result<TcpStream> {
 }
 
 /// Waits for the STATUS answering HELLO; anything but OK is an error.
-fn await_ok(rx: &mut FrameReader<TcpStream>, conn: &str, limit: Duration, stop: &AtomicBool) -> io::Result<()> {
+fn await_ok(rx: &mut FrameReader<Conn>, conn: &str, limit: Duration, stop: &AtomicBool) -> io::Result<()> {
     let start = Instant::now();
     loop {
         if stop.load(Ordering::SeqCst) {

@@ -10,7 +10,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, Write};
-use std::net::TcpStream;
+use dropsync_io::conn::Conn;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{mpsc, Arc};
@@ -105,8 +105,8 @@ pub struct Open {
 /// The receive thread: the driver of the connection's [`Receiving`]
 /// machine, which holds every rule of it, and its [`Host`] ([`Deliveries`]).
 pub struct Incoming {
-    rx: TcpStream,
-    tx: TcpStream,
+    rx: Conn,
+    tx: Conn,
     conn: Receiving<Open>,
     host: Deliveries,
     timing: Timing,
@@ -151,8 +151,8 @@ impl Incoming {
     /// Starts the receive thread of session `session`.
     pub fn spawn(
         ctx: Arc<Ctx>,
-        rx: FrameReader<TcpStream>,
-        tx: TcpStream,
+        rx: FrameReader<Conn>,
+        tx: Conn,
         events: mpsc::Sender<Event>,
         session: u64,
         timing: Timing,

@@ -31,6 +31,7 @@ mod send_thread;
 mod session;
 mod state;
 mod status;
+mod trust;
 mod watch;
 
 use std::process::ExitCode;
@@ -39,6 +40,19 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
+    // Bare, for scripts: `server enroll $(client fingerprint FOLDER)`.
+    if let Some(done) = trust::command(&argv) {
+        return match done {
+            Ok(fp) => {
+                println!("{fp}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("client: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     if let Some(done) = held::command(&argv).or_else(|| status::command(&argv)) {
         return match done {
             Ok(msg) => {

@@ -18,7 +18,7 @@
 use std::collections::HashMap;
 use std::fs::File;
 use std::io::{self, Write};
-use std::net::TcpStream;
+use dropsync_io::conn::Conn;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -132,7 +132,7 @@ struct Op {
 /// (the mux, frames, replies matched), its [`Reader`] of chunks, and the
 /// socket it writes to.
 pub struct Outgoing {
-    sock: TcpStream,
+    sock: Conn,
     sending: Sending<Op>,
     reader: Reader,
     chunk_size: u32,
@@ -195,7 +195,7 @@ impl std::fmt::Debug for Outgoing {
 impl Outgoing {
     /// Drives `sock`, with at most `parallel` operations in flight and
     /// chunks of at most `chunk_size` bytes.
-    pub fn new(sock: TcpStream, parallel: usize, chunk_size: u32, link: Liveness) -> Self {
+    pub fn new(sock: Conn, parallel: usize, chunk_size: u32, link: Liveness) -> Self {
         Outgoing {
             sock,
             sending: Sending::new(parallel),

@@ -5,7 +5,7 @@
 //! write. Anything but a STATUS breaks the protocol and ends the session.
 
 use std::io;
-use std::net::TcpStream;
+use dropsync_io::conn::Conn;
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
 use std::time::Instant;
@@ -21,7 +21,7 @@ const STATUS_LEN: usize = 4;
 /// Starts the reply thread of session `session`; it ends with the
 /// connection (reporting why) or with the send thread.
 pub fn spawn(
-    mut rx: FrameReader<TcpStream>,
+    mut rx: FrameReader<Conn>,
     send: mpsc::Sender<Command>,
     events: mpsc::Sender<Event>,
     session: u64,

@@ -13,7 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::net::TcpStream;
+use dropsync_io::conn::Conn;
 use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant, SystemTime};
@@ -23,7 +23,7 @@ use dropsync_core::meta_client::LocalSeen;
 use dropsync_core::reconcile::Content;
 use dropsync_core::jobs::Job;
 use dropsync_core::sender::Outcome;
-use dropsync_core::sync_policy::{Again, Ending, Judgement, Local as LocalState, Next, SyncPolicy, LOCKED_RETRY};
+use dropsync_core::sync_policy::{Again, Ending, Judgement, Local as LocalState, Next, SyncPolicy};
 use dropsync_proto::{Digest, ZERO_DIGEST};
 
 use crate::client::Core;
@@ -99,8 +99,8 @@ pub struct Session<'a> {
     core: &'a mut Core,
     number: u64,
     out: SendHandle,
-    send_sock: TcpStream,
-    recv_sock: TcpStream,
+    send_sock: Conn,
+    recv_sock: Conn,
     /// The reply and receive threads.
     threads: Vec<JoinHandle<()>>,
     /// The send thread, stopped last (see `teardown`).
@@ -669,7 +669,12 @@ impl<'a> Session<'a> {
                     // The upload holding the lock normally brings its
                     // version here, and that keeps our change as a conflict
                     // copy (section 7); if it never does, ours still goes out.
-                    Again::Locked => log::warn!("server refused {name} (file locked); looking at it again in {LOCKED_RETRY:?}"),
+                    Again::Locked { tries: 1, after } => {
+                        log::warn!("server refused {name} (file locked, or this client is read-only); looking at it again in {after:?}")
+                    }
+                    Again::Locked { tries, after } => {
+                        log::debug!("server refused {name} again ({tries} times; file locked or read-only); next look in {after:?}")
+                    }
                     Again::InUse { tries: 1 } => log::warn!("server cannot take {name} now (0x0080); trying again later"),
                     Again::InUse { tries } => log::debug!("server cannot take {name} now (0x0080, {tries} times); trying again later"),
                     Again::Damaged => log::warn!("server refused {name} (damaged on the way); trying again"),

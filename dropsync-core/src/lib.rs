@@ -12,7 +12,8 @@
 //! - the server's rules: [`library`] (commits over the [`meta_server::Catalog`]
 //!   and [`library::BlobStore`] traits), [`history`] (what commits replace,
 //!   kept for restores and undeletes), [`delivery`] (the update queue),
-//!   [`stale`], [`locks`], [`pairing`];
+//!   [`stale`], [`locks`], [`pairing`], [`access`] (who may connect and
+//!   change what);
 //! - the client's: [`sync_policy`], [`reconcile`], [`delete_guard`],
 //!   [`debounce`], [`conflict`], [`meta_client`].
 //!
@@ -28,6 +29,7 @@
 //! reading the clock, and the sources use no socket, file, thread or
 //! condition variable.
 
+pub mod access;
 pub mod backoff;
 pub mod conflict;
 pub mod debounce;

@@ -34,8 +34,14 @@ use crate::reconcile::Content;
 use crate::sender::Outcome;
 
 /// How long a change refused with 0x0040 (another transfer holds the file)
-/// waits before it is looked at again.
+/// waits before it is looked at again the first time; each refusal in a
+/// row doubles it, up to [`LOCKED_RETRY_MAX`]. A read-only client (secure
+/// mode) hears 0x0040 for every change it makes: it keeps them, and asks
+/// again rarely rather than every few seconds for ever.
 pub const LOCKED_RETRY: Duration = Duration::from_secs(5);
+
+/// Longest wait between tries of a change refused with 0x0040.
+pub const LOCKED_RETRY_MAX: Duration = Duration::from_secs(300);
 
 /// A change refused with 0x0080 (the server cannot take it now: too many
 /// transfers open, a disk error) is tried again after this, doubling each
@@ -161,8 +167,14 @@ pub enum Next {
 pub enum Again {
     /// It changed while it was being sent, or since.
     Changed,
-    /// 0x0040: another transfer holds it; see [`LOCKED_RETRY`].
-    Locked,
+    /// 0x0040, for the `tries`-th time in a row: another transfer holds
+    /// it, or this client may not change files; see [`LOCKED_RETRY`].
+    Locked {
+        /// Tries so far.
+        tries: u32,
+        /// Until the next.
+        after: Duration,
+    },
     /// 0x0080, for the `tries`-th time.
     InUse {
         /// Tries so far.
@@ -207,6 +219,8 @@ pub struct SyncPolicy {
     given_up: HashMap<String, Option<Content>>,
     retries: HashMap<String, u32>,
     in_use_tries: HashMap<String, Backoff>,
+    /// Refusals 0x0040 in a row, per path.
+    locked_tries: HashMap<String, Backoff>,
     /// Paths this client could not write when they were delivered: when
     /// each is asked for again (`None` once asked, until its delivery ends),
     /// and its backoff.
@@ -229,6 +243,7 @@ impl SyncPolicy {
             given_up: HashMap::new(),
             retries: HashMap::new(),
             in_use_tries: HashMap::new(),
+            locked_tries: HashMap::new(),
             unwritable: HashMap::new(),
             overtaken: HashSet::new(),
             stopping: false,
@@ -331,6 +346,7 @@ impl SyncPolicy {
                 self.given_up.remove(name);
                 self.retries.remove(name);
                 self.in_use_tries.remove(name);
+                self.locked_tries.remove(name);
                 Next::Done
             }
             // It changed while being sent: again once quiet.
@@ -465,7 +481,10 @@ impl SyncPolicy {
 
     fn refused(&mut self, name: &str, code: StatusCode, content: Option<Content>, now: Instant) -> Next {
         if code == StatusCode::LOCKED && !self.stopping {
-            return Next::LookAgain { at: now + LOCKED_RETRY, why: Again::Locked };
+            let backoff =
+                self.locked_tries.entry(name.to_owned()).or_insert_with(|| Backoff::new(LOCKED_RETRY, LOCKED_RETRY_MAX));
+            let after = backoff.next_delay();
+            return Next::LookAgain { at: now + after, why: Again::Locked { tries: backoff.attempts(), after } };
         }
         if code == StatusCode::IN_USE && !self.stopping {
             let backoff =

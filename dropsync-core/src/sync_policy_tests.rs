@@ -85,14 +85,31 @@ fn a_reply_0x0020_gives_up_on_that_change_until_the_file_changes() {
 }
 
 #[test]
-fn a_reply_0x0040_looks_at_the_change_again_after_the_locked_retry_delay() {
+fn a_reply_0x0040_looks_at_the_change_again_after_the_locked_retry_delay_doubling_up_to_its_cap() {
     let mut p = SyncPolicy::new(false);
     let now = t0();
     assert_eq!(
         p.ended("f", refused(StatusCode::LOCKED, 2), now),
-        Next::LookAgain { at: now + LOCKED_RETRY, why: Again::Locked }
+        Next::LookAgain { at: now + LOCKED_RETRY, why: Again::Locked { tries: 1, after: LOCKED_RETRY } }
     );
     assert_eq!(p.judge("f", Local::File(c(2)), Some(c(1))), Judgement::Upload { trusted: Some(c(2)) });
+    let mut last = LOCKED_RETRY;
+    for _ in 0..12 {
+        match p.ended("f", refused(StatusCode::LOCKED, 2), now) {
+            Next::LookAgain { why: Again::Locked { after, .. }, .. } => {
+                assert!(after >= last && after <= LOCKED_RETRY_MAX, "{after:?} after {last:?}");
+                last = after;
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert_eq!(last, LOCKED_RETRY_MAX, "a read-only client asks again every few minutes, not seconds");
+    assert_eq!(p.ended("f", Ending::Upload { outcome: Outcome::Committed, content: Some(c(2)) }, now), Next::Done);
+    assert_eq!(
+        p.ended("f", refused(StatusCode::LOCKED, 3), now),
+        Next::LookAgain { at: now + LOCKED_RETRY, why: Again::Locked { tries: 1, after: LOCKED_RETRY } },
+        "a commit starts the count again"
+    );
 }
 
 #[test]

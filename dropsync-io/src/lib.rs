@@ -11,11 +11,16 @@
 //! - [`scheduler`]: the worker pool's FIFO work queue (extra credit);
 //! - [`clock`]: the time, which the drivers read and pass to the core;
 //! - [`tcp`]: TCP keep-alive and the closed-peer check, which `std::net`
-//!   lacks.
+//!   lacks;
+//! - [`conn`]: a session connection, plain or TLS, with a `TcpStream`'s
+//!   handle (clones, timeouts, shutdown);
+//! - [`tls`]: secure mode's keys, pins and handshakes.
 
 pub mod clock;
+pub mod conn;
 pub mod dir_storage;
 pub mod queue;
 pub mod scheduler;
 pub mod tcp;
+pub mod tls;
 pub mod wire;

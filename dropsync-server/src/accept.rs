@@ -7,9 +7,12 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use dropsync_core::access::Access;
 use dropsync_core::locks::SessionId;
 use dropsync_core::pairing::{ConnId, ConnKind, PairEvent, HELLO_TIMEOUT};
+use dropsync_io::conn::Conn;
 use dropsync_io::tcp;
+use dropsync_io::tls::{Fingerprint, TLS_HANDSHAKE_BYTE};
 use dropsync_io::wire::{is_timeout_error, write_status, FrameReader, Msg};
 use dropsync_proto::{ClientId, StatusCode};
 
@@ -39,8 +42,14 @@ const MAX_WAITING_PER_ADDRESS: usize = 64;
 /// descriptors: EMFILE, ENFILE), so that it backs off instead of spinning.
 const ACCEPT_BACKOFF: (Duration, Duration) = (Duration::from_millis(10), Duration::from_secs(1));
 
+/// Longest a connection may take over its TLS handshake, counted from its
+/// first byte: a peer that stalls or drips is closed then, having seen
+/// nothing but the server's certificate.
+const TLS_HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
+
 static ACCEPT_ERRORS: QuietLog = QuietLog::new();
 static REFUSALS: QuietLog = QuietLog::new();
+static NOT_ADMITTED: QuietLog = QuietLog::new();
 
 /// How often a waiting connection looks whether its peer has closed it
 /// (section 1: "a waiting connection that has closed is never paired").
@@ -51,9 +60,11 @@ const PARKED_POLL: Duration = Duration::from_millis(200);
 /// for, or has found, its partner.
 pub struct Half {
     kind: ConnKind,
-    stream: TcpStream,
-    reader: FrameReader<TcpStream>,
+    stream: Conn,
+    reader: FrameReader<Conn>,
     peer: SocketAddr,
+    /// What the admission rule gave this connection's key.
+    access: Access,
     label: String,
     /// A legacy connection's first message, already read: processed first.
     first: Option<Msg>,
@@ -135,39 +146,95 @@ fn refusal(server: &Server, ip: IpAddr) -> Option<String> {
     None
 }
 
-fn handshake(server: &Arc<Server>, mut stream: TcpStream, kind: ConnKind) {
-    let Ok(peer) = stream.peer_addr() else { return };
+/// What the first byte of a new connection says it is (section 1, and
+/// docs/PROTOCOL.md "Secure mode": a TLS ClientHello starts with 0x16,
+/// which is no message type).
+enum Opening {
+    /// A TLS handshake.
+    Tls,
+    /// A message of the plain protocol.
+    Plain,
+    /// Nothing within section 1's HELLO time: a legacy peer that waits.
+    Silent,
+}
+
+fn opening(stream: &TcpStream) -> Option<Opening> {
+    stream.set_read_timeout(Some(HELLO_TIMEOUT)).ok()?;
+    let mut first = [0u8; 1];
+    match stream.peek(&mut first) {
+        Ok(0) => None,
+        Ok(_) if first[0] == TLS_HANDSHAKE_BYTE => Some(Opening::Tls),
+        Ok(_) => Some(Opening::Plain),
+        Err(e) if is_timeout_error(&e) => Some(Opening::Silent),
+        Err(_) => None,
+    }
+}
+
+/// Logs a connection turned away by the admission rule (at most once per
+/// interval, however many knock).
+fn not_admitted(peer: SocketAddr, why: &dyn std::fmt::Display) {
+    if let Some(n) = NOT_ADMITTED.allow(Instant::now()) {
+        log::warn!("{peer}: not admitted: {why}{}", quiet_log::more(n));
+    }
+}
+
+fn handshake(server: &Arc<Server>, tcp: TcpStream, kind: ConnKind) {
+    let Ok(peer) = tcp.peer_addr() else { return };
     let conn = server.next_id();
-    let setup = stream
-        .set_nodelay(true)
-        .and_then(|()| stream.set_read_timeout(Some(HELLO_TIMEOUT)))
-        .and_then(|()| stream.try_clone());
-    let mut reader = match setup {
-        Ok(s) => FrameReader::new(s),
-        Err(e) => return log::warn!("{peer}: cannot set up connection: {e}"),
-    };
     if let Some(why) = refusal(server, peer.ip().to_canonical()) {
         if let Some(n) = REFUSALS.allow(Instant::now()) {
             log::warn!("{peer}: refused, {why}{}", quiet_log::more(n));
         }
         return;
     }
-    let (client_id, label, first) = match reader.read_msg() {
+    let _ = tcp.set_nodelay(true);
+    let Some(opening) = opening(&tcp) else { return log::debug!("{peer}: closed before saying anything") };
+    let mut stream = match opening {
+        Opening::Tls => match server.gate.tls.accept(tcp, Instant::now() + TLS_HANDSHAKE_LIMIT) {
+            Ok(s) => s,
+            Err(e) => return not_admitted(peer, &format_args!("TLS handshake failed: {e}")),
+        },
+        Opening::Plain | Opening::Silent => Conn::plain(tcp),
+    };
+    // Nothing is read from a connection the rule refuses, nothing is
+    // written to it, and it takes no slot: it is closed here.
+    let access = match server.gate.admit(&stream) {
+        Ok(access) => access,
+        Err(why) => return not_admitted(peer, &why),
+    };
+    let key = stream.peer_fingerprint();
+    let setup = stream.set_read_timeout(Some(HELLO_TIMEOUT)).and_then(|()| stream.try_clone());
+    let mut reader = match setup {
+        Ok(s) => FrameReader::new(s),
+        Err(e) => return log::warn!("{peer}: cannot set up connection: {e}"),
+    };
+    let read = match opening {
+        // Section 1: no HELLO within 1 s of connecting is a legacy
+        // connection, and this one has said nothing for that long.
+        Opening::Silent => Err(std::io::ErrorKind::TimedOut.into()),
+        Opening::Tls | Opening::Plain => reader.read_msg(),
+    };
+    let (client_id, label, first) = match read {
         Ok(Some(Msg::Hello { client_id, label })) => {
             if write_status(&mut stream, StatusCode::OK).is_err() {
                 return;
             }
-            (Some(client_id), label, None)
+            (Some(paired_by(key.as_ref(), client_id)), label, None)
         }
         Ok(Some(other)) => (None, String::new(), Some(other)),
         Err(e) if is_timeout_error(&e) => (None, String::new(), None),
         Ok(None) | Err(_) => return log::debug!("{peer}: closed before saying anything"),
     };
+    if client_id.is_none() && server.gate.secure() {
+        // Legacy pairing goes by address, which would let two keys share
+        // one session: in secure mode every connection says HELLO.
+        return not_admitted(peer, &"no HELLO; secure mode pairs connections by their key");
+    }
     log::debug!("{peer}: {:?} connection {conn}, {}", kind, if client_id.is_some() { "HELLO" } else { "legacy" });
     let (taken_tx, taken_rx) = mpsc::channel();
-    let Ok(probe) = stream.try_clone() else { return };
+    let Ok(probe) = stream.tcp().try_clone() else { return };
     let wait_limit = if client_id.is_none() && first.is_none() { SILENT_PAIR_TIMEOUT } else { PAIR_TIMEOUT };
-    let half = Half { kind, stream, reader, peer, label, first, _taken: taken_tx };
+    let half = Half { kind, stream, reader, peer, access, label, first, _taken: taken_tx };
     if let Some(pair) = announce(server, conn, half, client_id) {
         start_session(server, pair);
         return;
@@ -196,6 +263,12 @@ fn handshake(server: &Arc<Server>, mut stream: TcpStream, kind: ConnKind) {
         }
         return;
     }
+}
+
+/// The id a HELLO connection is paired by: its key's, when TLS proved it
+/// holds one, whatever id it claimed; the claimed one in the open protocol.
+fn paired_by(key: Option<&Fingerprint>, claimed: ClientId) -> ClientId {
+    key.map_or(claimed, Fingerprint::client_id)
 }
 
 /// A complete pair, ready to become a session.
@@ -235,7 +308,7 @@ fn announce(server: &Server, conn: ConnId, half: Half, client_id: Option<ClientI
                     log::error!("pairing named connection {other}, which is not waiting");
                     return None;
                 };
-                if client_id.is_none() && tcp::peer_has_closed(&other_half.stream) {
+                if client_id.is_none() && tcp::peer_has_closed(other_half.stream.tcp()) {
                     log::info!("{}: waiting legacy connection had closed; not paired", other_half.peer);
                     let _ = hs.pairing.on_closed(other);
                     continue;
@@ -270,6 +343,9 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
         client_id,
         label,
         peer: send.peer,
+        access: send.access,
+        key: send.stream.peer_fingerprint(),
+        tls: send.stream.is_tls(),
         send_sock,
         recv_sock,
         out,
@@ -302,7 +378,7 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
         // Section 1: a legacy session is never closed for silence alone;
         // the kernel's keep-alive probes find a peer that is really gone.
         for s in [&send.stream, &receive.stream] {
-            if let Err(e) = tcp::enable_keepalive(s, server.config.keepalive) {
+            if let Err(e) = tcp::enable_keepalive(s.tcp(), server.config.keepalive) {
                 log::warn!("{}: cannot turn on TCP keep-alive: {e}", session.who());
             }
         }

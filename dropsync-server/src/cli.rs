@@ -65,6 +65,10 @@ pub struct Args {
     /// that authenticates.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
+    /// Admit enrolled clients only, over TLS, even while nobody is enrolled
+    /// (secure mode is on by itself once anyone is: `server enroll`).
+    #[arg(long)]
+    pub require_auth: bool,
     /// The assignment's plain overwrite: never keep an overwritten version
     /// as a conflict copy (PROTOCOL.md section 6 [ext]).
     #[arg(long)]

@@ -6,7 +6,7 @@
 //! files and the commits of the server's library (PROTOCOL.md section 6).
 
 use std::io::Write;
-use std::net::TcpStream;
+use dropsync_io::conn::Conn;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
@@ -30,6 +30,8 @@ type End = String;
 /// Names of uploads aborted for idleness remembered per connection (see
 /// `open_transfers::Limits::remember_expired`).
 const MAX_EXPIRED_REMEMBERED: usize = 256;
+
+static READ_ONLY: crate::quiet_log::QuietLog = crate::quiet_log::QuietLog::new();
 
 /// What the server keeps for one upload in progress.
 pub struct Upload {
@@ -81,8 +83,8 @@ struct Uploads<'a> {
 pub fn run(
     server: &Arc<Server>,
     session: &Arc<Session>,
-    reader: FrameReader<TcpStream>,
-    out: TcpStream,
+    reader: FrameReader<Conn>,
+    out: Conn,
     first: Option<Msg>,
 ) {
     let config = Config {
@@ -116,8 +118,8 @@ pub fn run(
 
 /// The socket's owner: reads into the machine, writes what it sends.
 struct Driver {
-    input: TcpStream,
-    out: TcpStream,
+    input: Conn,
+    out: Conn,
     wbuf: Vec<u8>,
 }
 
@@ -266,10 +268,27 @@ impl Uploads<'_> {
     }
 }
 
+impl Uploads<'_> {
+    /// A read-only client's upload or delete is refused before it takes a
+    /// lock or a temp file (core's `Access::refuses_change`).
+    fn may_change(&self, name: &str) -> Result<(), StatusCode> {
+        match self.session.access.refuses_change() {
+            None => Ok(()),
+            Some(code) => {
+                if let Some(n) = READ_ONLY.allow(Instant::now()) {
+                    log::info!("{}: {name:?} not changed: read-only client{}", self.session.who(), crate::quiet_log::more(n));
+                }
+                Err(code)
+            }
+        }
+    }
+}
+
 impl Host for Uploads<'_> {
     type Transfer = Upload;
 
     fn open(&mut self, name: &str, first_len: u32) -> Result<Upload, StatusCode> {
+        self.may_change(name)?;
         let Some(lock) = try_lock_owned(self.server.library.locks(), name, self.session.id) else {
             log::info!("{}: {name:?} is locked by another transfer", self.session.who());
             return Err(StatusCode::LOCKED);
@@ -365,6 +384,9 @@ impl Host for Uploads<'_> {
     }
 
     fn delete(&mut self, name: &str) -> StatusCode {
+        if let Err(refused) = self.may_change(name) {
+            return refused;
+        }
         let result = self.server.library.delete(name, self.session.id, &self.session.seen, library::now());
         match result {
             Ok(Committed::New { entry, conflict }) => {

@@ -11,6 +11,8 @@ mod admin;
 mod blobs;
 mod cli;
 mod commands;
+mod enrolment;
+mod gate;
 mod clock;
 mod exposition;
 mod http;
@@ -86,6 +88,32 @@ fn bind_all(addrs: &[IpAddr], port: u16) -> std::io::Result<Vec<TcpListener>> {
     Ok(out)
 }
 
+/// Tells, once at start, this server's fingerprint (which clients pin) and
+/// who may connect: in the open protocol, listening beyond loopback, that
+/// anyone who reaches the ports can read and change every file, and how to
+/// enrol.
+fn say_who_gets_in(gate: &gate::Gate, new_key: bool, args: &cli::Args) {
+    let fp = gate.fingerprint;
+    let made = if new_key { " (new key)" } else { "" };
+    log::info!("server fingerprint {fp}{made}; clients pin it with --server-fingerprint {fp}");
+    if gate.secure() {
+        log::info!("secure mode: {} enrolled client(s); plaintext and unknown keys are refused", gate.enrolled());
+        return;
+    }
+    let beyond_loopback = args.bind.is_empty() || args.bind.iter().any(|a| !a.is_loopback());
+    if beyond_loopback {
+        log::warn!(
+            "open mode: nobody is enrolled, so anyone who can reach ports {} and {} can read and change every \
+             file. To admit only your own clients, run each with --server-fingerprint {fp}, then enrol it on \
+             this machine with `server enroll --root {} FINGERPRINT` (the client logs its fingerprint); \
+             see README, \"Running it for real\"",
+            args.send_port,
+            args.receive_port,
+            args.root.display()
+        );
+    }
+}
+
 fn run(args: cli::Args) -> Result<(), String> {
     std::fs::create_dir_all(&args.root).map_err(|e| format!("cannot create root {}: {e}", args.root.display()))?;
     let library = library::open(&args.root, !args.no_conflict_copies)
@@ -109,8 +137,11 @@ fn run(args: cli::Args) -> Result<(), String> {
         Some(a) => Some(TcpListener::bind(a).map_err(|e| format!("cannot listen for HTTP on {a}: {e}"))?),
         None => None,
     };
-    let server = Arc::new(Server::new(config, library));
+    let (gate, new_key) = gate::Gate::open(&args.root, args.require_auth)?;
+    say_who_gets_in(&gate, new_key, &args);
+    let server = Arc::new(Server::new(config, library, gate));
     let keep = Duration::from_secs_f64(args.keep_days * 86_400.0);
+    gate::start_watch(server.clone()).map_err(|e| format!("cannot start the enrolment thread: {e}"))?;
     admin::start(server.clone(), &args.root, keep).map_err(|e| format!("cannot start the history thread: {e}"))?;
     {
         use dropsync_core::meta_server::Catalog;
@@ -179,7 +210,7 @@ fn shutdown(server: &Server) {
 
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().collect();
-    if let Some(done) = commands::command(&argv) {
+    if let Some(done) = commands::command(&argv).or_else(|| enrolment::command(&argv)) {
         return match done {
             Ok(msg) => {
                 println!("{msg}");

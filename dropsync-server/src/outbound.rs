@@ -11,7 +11,7 @@
 
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::net::TcpStream;
+use dropsync_io::conn::Conn;
 use std::os::unix::fs::FileExt;
 use std::sync::atomic::Ordering;
 use std::sync::mpsc::{self, RecvTimeoutError, TryRecvError};
@@ -78,10 +78,10 @@ impl Source {
     }
 
     /// Writes the `len` bytes at `offset` to `out`: from a file through the
-    /// kernel (`io::copy` uses sendfile on a socket), with no chunk-sized
+    /// kernel on a plain connection (sendfile), through the cipher on TLS, with no chunk-sized
     /// buffer here. Fewer bytes than `len` is an error: the frame on the
     /// wire is then broken, and the session with it.
-    fn copy_to(&self, offset: u64, len: u32, out: &mut TcpStream) -> io::Result<()> {
+    fn copy_to(&self, offset: u64, len: u32, out: &mut Conn) -> io::Result<()> {
         match self {
             Source::Bytes(b) => {
                 let range = usize::try_from(offset).ok().and_then(|o| b.get(o..o + len as usize));
@@ -90,7 +90,7 @@ impl Source {
             Source::File(f) => {
                 let mut file = f;
                 file.seek(SeekFrom::Start(offset))?;
-                let copied = io::copy(&mut file.take(u64::from(len)), out)?;
+                let copied = out.copy_from(&mut file.take(u64::from(len)))?;
                 if copied != u64::from(len) {
                     return Err(io::Error::new(io::ErrorKind::UnexpectedEof, "content shorter than its entry"));
                 }
@@ -495,7 +495,7 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
 /// sender ([`Inbox`]), which is the only one to write on it: replies, signs
 /// of life, and stray messages to answer. Ends the session when the
 /// connection closes.
-pub fn read_replies(server: &Arc<Server>, session: &Arc<Session>, mut reader: FrameReader<TcpStream>, tx: mpsc::Sender<Inbox>) {
+pub fn read_replies(server: &Arc<Server>, session: &Arc<Session>, mut reader: FrameReader<Conn>, tx: mpsc::Sender<Inbox>) {
     let mut last_total = 0;
     let why = loop {
         if session.is_closed() {

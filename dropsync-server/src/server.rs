@@ -85,12 +85,14 @@ pub struct Server {
     pub active_transfers: AtomicUsize,
     /// What `--http` shows (counted whether or not it is on: a few atomics).
     pub metrics: Metrics,
+    /// Who gets in: TLS identity and enrolled clients.
+    pub gate: crate::gate::Gate,
     next_id: AtomicU64,
 }
 
 impl Server {
     /// A server with no clients yet.
-    pub fn new(config: Config, library: crate::library::Library) -> Self {
+    pub fn new(config: Config, library: crate::library::Library, gate: crate::gate::Gate) -> Self {
         Self {
             config,
             library,
@@ -104,6 +106,7 @@ impl Server {
             shutting_down: AtomicBool::new(false),
             active_transfers: AtomicUsize::new(0),
             metrics: Metrics::new(),
+            gate,
             next_id: AtomicU64::new(1),
         }
     }

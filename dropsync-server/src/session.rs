@@ -3,12 +3,16 @@
 
 use std::collections::HashSet;
 use std::io::Write;
-use std::net::{IpAddr, Shutdown, SocketAddr, TcpStream};
+use std::net::{IpAddr, Shutdown, SocketAddr};
+
+use dropsync_io::conn::Conn;
+use dropsync_io::tls::Fingerprint;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 
+use dropsync_core::access::Access;
 use dropsync_core::liveness::{Liveness, Silence, Timers};
 use dropsync_core::locks::SessionId;
 use dropsync_io::queue::UpdateQueue;
@@ -28,6 +32,12 @@ pub struct Session {
     pub label: String,
     /// The client's IP address (for the per-address session cap).
     pub ip: IpAddr,
+    /// What it may change (secure mode's read-only clients).
+    pub access: Access,
+    /// The key it proved it holds, on TLS.
+    pub key: Option<Fingerprint>,
+    /// Its connections are TLS.
+    pub tls: bool,
     /// The client's address (its send connection's), for the status page.
     pub peer: SocketAddr,
     /// When the session started (wall clock, nanoseconds since the Unix
@@ -60,7 +70,7 @@ pub struct Session {
     /// Writer of the receive connection (transfers to the client,
     /// keep-alives, answers): used by the session's sender thread only, its
     /// one owner.
-    out: Mutex<TcpStream>,
+    out: Mutex<Conn>,
     /// What the reply reader read on the receive connection, for the
     /// sender thread (`outbound::Inbox`).
     pub replies: Mutex<Receiver<Inbox>>,
@@ -68,8 +78,8 @@ pub struct Session {
     deliveries: Mutex<mpsc::Sender<Batch>>,
     /// A delivery is prepared or under way (pool mode: at most one).
     pub delivering: AtomicBool,
-    send_sock: TcpStream,
-    recv_sock: TcpStream,
+    send_sock: Conn,
+    recv_sock: Conn,
     closed: AtomicBool,
     /// Keep-alive and dead-peer clocks of the receive connection, kept by
     /// the sender thread (the reply reader reports what it hears).
@@ -90,12 +100,18 @@ pub struct SessionParts {
     pub label: String,
     /// Peer address.
     pub peer: SocketAddr,
+    /// What the admission rule gave it.
+    pub access: Access,
+    /// Its key, on TLS.
+    pub key: Option<Fingerprint>,
+    /// TLS connections.
+    pub tls: bool,
     /// Send connection (a clone; the inbound thread reads the original).
-    pub send_sock: TcpStream,
+    pub send_sock: Conn,
     /// Receive connection (a clone).
-    pub recv_sock: TcpStream,
+    pub recv_sock: Conn,
     /// Writer for the receive connection.
-    pub out: TcpStream,
+    pub out: Conn,
     /// What the reply reader hands the sender.
     pub replies: Receiver<Inbox>,
     /// Where prepared deliveries go (the sender thread holds the receiver).
@@ -129,6 +145,9 @@ impl Session {
             id: p.id,
             label: p.label,
             ip: p.peer.ip().to_canonical(),
+            access: p.access,
+            key: p.key,
+            tls: p.tls,
             peer: p.peer,
             started_ns: crate::clock::now_ns(),
             started: p.now,
@@ -227,7 +246,7 @@ impl Session {
     pub fn write_streamed(
         &self,
         header: &[u8],
-        body: impl FnOnce(&mut TcpStream) -> std::io::Result<()>,
+        body: impl FnOnce(&mut Conn) -> std::io::Result<()>,
     ) -> std::io::Result<()> {
         let r = {
             let mut out = self.out.lock().unwrap_or_else(PoisonError::into_inner);

@@ -1,0 +1,257 @@
+//! One connection of a session, plain TCP or TLS, with the handle both
+//! programs already use for a `TcpStream`: cloned for a reader thread and a
+//! writer thread, given read and write timeouts, shut down from a third
+//! thread to wake the other two.
+//!
+//! A TLS connection's state (`rustls::Connection`) is one object that both
+//! directions change, so the clones share it behind a lock, which is never
+//! held across a blocking socket call: the reader reads the socket first and
+//! then hands the bytes over; the writer encrypts under the lock and writes
+//! the records after releasing it. Writes to the socket are serialised by a
+//! second lock taken before the first, so records leave in the order they
+//! were made (the reader takes it too when the peer asked for an answer,
+//! such as a key update).
+
+use std::fs::File;
+use std::io::{self, Read, Take, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use crate::tls::Fingerprint;
+
+/// Most plaintext encrypted under the lock at once: one write holds the
+/// state no longer than it takes to seal this much.
+const SEAL_PIECE: usize = 256 * 1024;
+
+/// Room for one socket read of TLS records.
+const READ_PIECE: usize = 64 * 1024;
+
+/// A session connection: a TCP socket, and its TLS state when it has one.
+#[derive(Debug)]
+pub struct Conn {
+    tcp: TcpStream,
+    tls: Option<Arc<TlsLink>>,
+}
+
+/// What the clones of one TLS connection share.
+#[derive(Debug)]
+struct TlsLink {
+    state: Mutex<rustls::Connection>,
+    /// Held from sealing records to their last byte on the socket; holds
+    /// the records between the two.
+    send: Mutex<Vec<u8>>,
+    /// The reader's socket buffer (one reader per connection).
+    recv: Mutex<Recv>,
+    /// The fingerprint of the certificate the peer presented, if any.
+    peer: Option<Fingerprint>,
+}
+
+/// Bytes read from the socket, `start..end` not yet handed to rustls.
+#[derive(Debug)]
+struct Recv {
+    bytes: Vec<u8>,
+    start: usize,
+    end: usize,
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// A TLS failure (a bad record, an alert from the peer) as the I/O error
+/// the readers already handle, with rustls' error inside for whoever wants
+/// to tell an alert apart (see [`tls_error`]).
+fn tls_io(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+/// The rustls error inside `e`, if it is one (an alert from the peer, say).
+pub fn tls_error(e: &io::Error) -> Option<&rustls::Error> {
+    e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
+}
+
+/// True when `e` is the peer's TLS alert: after a handshake, how a server
+/// that does not admit a client's key says so.
+pub fn is_alert(e: &io::Error) -> bool {
+    matches!(tls_error(e), Some(rustls::Error::AlertReceived(_)))
+}
+
+impl Conn {
+    /// A plain TCP connection.
+    pub fn plain(tcp: TcpStream) -> Self {
+        Self { tcp, tls: None }
+    }
+
+    /// A connection whose TLS handshake is complete.
+    pub(crate) fn tls(tcp: TcpStream, state: rustls::Connection, peer: Option<Fingerprint>) -> Self {
+        let link = TlsLink {
+            state: Mutex::new(state),
+            send: Mutex::new(Vec::new()),
+            recv: Mutex::new(Recv { bytes: vec![0; READ_PIECE], start: 0, end: 0 }),
+            peer,
+        };
+        Self { tcp, tls: Some(Arc::new(link)) }
+    }
+
+    /// Another handle on the same connection (and the same TLS state).
+    pub fn try_clone(&self) -> io::Result<Self> {
+        Ok(Self { tcp: self.tcp.try_clone()?, tls: self.tls.clone() })
+    }
+
+    /// The socket, for socket options (keep-alive, the closed-peer check).
+    pub fn tcp(&self) -> &TcpStream {
+        &self.tcp
+    }
+
+    /// True when the connection is encrypted.
+    pub fn is_tls(&self) -> bool {
+        self.tls.is_some()
+    }
+
+    /// The fingerprint of the certificate the peer proved it holds the key
+    /// of, on a TLS connection where it presented one.
+    pub fn peer_fingerprint(&self) -> Option<Fingerprint> {
+        self.tls.as_ref().and_then(|t| t.peer)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> io::Result<SocketAddr> {
+        self.tcp.peer_addr()
+    }
+
+    /// See [`TcpStream::set_read_timeout`].
+    pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        self.tcp.set_read_timeout(d)
+    }
+
+    /// See [`TcpStream::set_write_timeout`].
+    pub fn set_write_timeout(&self, d: Option<Duration>) -> io::Result<()> {
+        self.tcp.set_write_timeout(d)
+    }
+
+    /// See [`TcpStream::set_nodelay`].
+    pub fn set_nodelay(&self, on: bool) -> io::Result<()> {
+        self.tcp.set_nodelay(on)
+    }
+
+    /// Shuts the socket down, which wakes every thread blocked on it.
+    pub fn shutdown(&self, how: Shutdown) -> io::Result<()> {
+        self.tcp.shutdown(how)
+    }
+
+    /// Writes all of `file` (a range of it) to the connection: through the
+    /// kernel on a plain one (`io::copy` uses sendfile on a socket), through
+    /// the cipher on a TLS one.
+    pub fn copy_from(&mut self, file: &mut Take<&File>) -> io::Result<u64> {
+        match &self.tls {
+            None => io::copy(file, &mut self.tcp),
+            Some(_) => io::copy(file, self),
+        }
+    }
+
+    fn read_tls(&self, link: &TlsLink, buf: &mut [u8]) -> io::Result<usize> {
+        let mut raw = lock(&link.recv);
+        loop {
+            let answer = {
+                let mut state = lock(&link.state);
+                match state.reader().read(buf) {
+                    Ok(n) => return Ok(n),
+                    // A TCP close without TLS's close_notify: the
+                    // protocol's framing tells a cut message apart.
+                    Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(0),
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                    Err(e) => return Err(e),
+                }
+                state.wants_write()
+            };
+            if answer {
+                self.flush_records(link)?;
+            }
+            if raw.start == raw.end {
+                let Recv { bytes, start, end } = &mut *raw;
+                *end = (&self.tcp).read(bytes)?;
+                *start = 0;
+            }
+            // Records are handed over only while no plaintext waits (rustls
+            // refuses more once its plaintext buffer is full); what it does
+            // not take now stays for the next turn.
+            let mut state = lock(&link.state);
+            let mut fed = &raw.bytes[raw.start..raw.end];
+            let took = state.read_tls(&mut fed)?;
+            raw.start += took;
+            if let Err(e) = state.process_new_packets() {
+                drop(state);
+                // Tell the peer why (rustls queued the alert).
+                let _ = self.flush_records(link);
+                return Err(tls_io(e));
+            }
+        }
+    }
+
+    /// Sends the records the TLS state holds.
+    fn flush_records(&self, link: &TlsLink) -> io::Result<()> {
+        let mut out = lock(&link.send);
+        out.clear();
+        {
+            let mut state = lock(&link.state);
+            while state.wants_write() {
+                state.write_tls(&mut *out)?;
+            }
+        }
+        (&self.tcp).write_all(&out)
+    }
+
+    fn write_tls(&self, link: &TlsLink, buf: &[u8]) -> io::Result<usize> {
+        let mut out = lock(&link.send);
+        out.clear();
+        let taken = {
+            let mut state = lock(&link.state);
+            let taken = state.writer().write(&buf[..buf.len().min(SEAL_PIECE)])?;
+            while state.wants_write() {
+                state.write_tls(&mut *out)?;
+            }
+            taken
+        };
+        (&self.tcp).write_all(&out)?;
+        Ok(taken)
+    }
+}
+
+impl Read for &Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match &self.tls {
+            None => (&self.tcp).read(buf),
+            Some(link) => self.read_tls(link, buf),
+        }
+    }
+}
+
+impl Read for Conn {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        (&*self).read(buf)
+    }
+}
+
+impl Write for &Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match &self.tls {
+            None => (&self.tcp).write(buf),
+            Some(link) => self.write_tls(link, buf),
+        }
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Write for Conn {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        (&*self).write(buf)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
