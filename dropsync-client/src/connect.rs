@@ -205,7 +205,7 @@ fn open_with_hello(
 /// it meets), the socket as it is otherwise.
 fn secure(tcp: TcpStream, trust: Option<&Trust>, timing: Timing) -> io::Result<Conn> {
     let Some((trust, pin)) = trust.and_then(|t| Some((t, t.pin()?))) else { return Ok(Conn::plain(tcp)) };
-    let tls = ClientTls { identity: &trust.identity, pin };
+    let tls = ClientTls { identity: Some(&trust.identity), pin };
     match tls.connect(tcp, Instant::now() + TLS_HANDSHAKE_LIMIT) {
         Ok((conn, shown)) => {
             trust.shown(shown)?;

@@ -71,6 +71,15 @@ pub fn tls_error(e: &io::Error) -> Option<&rustls::Error> {
     e.get_ref().and_then(|inner| inner.downcast_ref::<rustls::Error>())
 }
 
+/// True when `e` is this side refusing the peer's certificate (the
+/// server's key gate, `tls::KeyGate`, or a client's pin).
+pub fn is_refused_key(e: &io::Error) -> bool {
+    matches!(
+        tls_error(e),
+        Some(rustls::Error::InvalidCertificate(rustls::CertificateError::ApplicationVerificationFailure))
+    )
+}
+
 /// True when `e` is the peer's TLS alert: after a handshake, how a server
 /// that does not admit a client's key says so.
 pub fn is_alert(e: &io::Error) -> bool {

@@ -98,26 +98,33 @@ impl Identity {
 
     /// Reads the identity at `path`, or makes one and keeps it there
     /// (readable by its owner only, written whole or not at all). `true`
-    /// with a new one.
+    /// with a new one. Two processes making one at once (a client and
+    /// `client fingerprint`) end with the same: the first link wins, and
+    /// the other reads it.
     pub fn load_or_create(path: &Path) -> io::Result<(Self, bool)> {
-        match fs::read(path) {
-            Ok(pem) => {
-                let id = Self::parse(&pem)
-                    .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))?;
-                Ok((id, false))
-            }
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                let id = Self::create()?;
-                let tmp = path.with_extension("tmp");
-                let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
-                f.write_all(id.pem().as_bytes())?;
-                f.sync_all()?;
-                fs::rename(&tmp, path)?;
+        let read = |path: &Path| -> io::Result<Self> {
+            let pem = fs::read(path)?;
+            Self::parse(&pem).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, format!("{}: {e}", path.display())))
+        };
+        match read(path) {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            other => return other.map(|id| (id, false)),
+        }
+        let id = Self::create()?;
+        let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+        let mut f = fs::OpenOptions::new().write(true).create(true).truncate(true).mode(0o600).open(&tmp)?;
+        f.write_all(id.pem().as_bytes())?;
+        f.sync_all()?;
+        let linked = fs::hard_link(&tmp, path);
+        let _ = fs::remove_file(&tmp);
+        match linked {
+            Ok(()) => {
                 if let Some(dir) = path.parent() {
                     fs::File::open(dir).and_then(|d| d.sync_all())?;
                 }
                 Ok((id, true))
             }
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => read(path).map(|id| (id, false)),
             Err(e) => Err(e),
         }
     }
@@ -325,8 +332,9 @@ impl fmt::Display for ConnectError {
 
 /// The client's side of one connection: its identity and the pin.
 pub struct ClientTls<'a> {
-    /// This client's key and certificate, presented to the server.
-    pub identity: &'a Identity,
+    /// This client's key and certificate, presented to the server (none:
+    /// no client certificate, which only tests of refusals want).
+    pub identity: Option<&'a Identity>,
     /// The server's expected fingerprint.
     pub pin: Pin,
 }
@@ -336,13 +344,17 @@ impl ClientTls<'_> {
     /// with the connection, the server's fingerprint.
     pub fn connect(&self, tcp: TcpStream, deadline: Instant) -> Result<(Conn, Fingerprint), ConnectError> {
         let verifier = Arc::new(ServerKey { pin: self.pin, algs: algorithms(), seen: Mutex::new(None) });
-        let mut config = rustls::ClientConfig::builder_with_provider(provider())
+        let builder = rustls::ClientConfig::builder_with_provider(provider())
             .with_protocol_versions(&[&rustls::version::TLS13])
             .map_err(|e| ConnectError::Io(io::Error::other(e)))?
             .dangerous()
-            .with_custom_certificate_verifier(verifier.clone())
-            .with_client_auth_cert(vec![self.identity.cert.clone()], self.identity.key.clone_key())
-            .map_err(|e| ConnectError::Io(io::Error::other(e)))?;
+            .with_custom_certificate_verifier(verifier.clone());
+        let mut config = match self.identity {
+            Some(id) => builder
+                .with_client_auth_cert(vec![id.cert.clone()], id.key.clone_key())
+                .map_err(|e| ConnectError::Io(io::Error::other(e)))?,
+            None => builder.with_no_client_auth(),
+        };
         config.key_log = Arc::new(rustls::KeyLogFile::new());
         config.resumption = rustls::client::Resumption::disabled();
         let name = ServerName::try_from(SERVER_NAME).map_err(|e| ConnectError::Io(io::Error::other(e)))?;
@@ -446,7 +458,7 @@ mod tests {
         let (c, s) = pair();
         let tls = ServerTls::new(server, gate).unwrap();
         let t = std::thread::spawn(move || tls.accept(s, deadline()));
-        let got = ClientTls { identity: client, pin }.connect(c, deadline());
+        let got = ClientTls { identity: Some(client), pin }.connect(c, deadline());
         (t.join().unwrap(), got)
     }
 

@@ -7,7 +7,7 @@ use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dropsync_core::access::Access;
+use dropsync_core::access::{Access, Refusal};
 use dropsync_core::locks::SessionId;
 use dropsync_core::pairing::{ConnId, ConnKind, PairEvent, HELLO_TIMEOUT};
 use dropsync_io::conn::Conn;
@@ -49,7 +49,10 @@ const TLS_HANDSHAKE_LIMIT: Duration = Duration::from_secs(5);
 
 static ACCEPT_ERRORS: QuietLog = QuietLog::new();
 static REFUSALS: QuietLog = QuietLog::new();
-static NOT_ADMITTED: QuietLog = QuietLog::new();
+/// One per reason a connection is not admitted (plaintext, no key, key
+/// not enrolled, handshake failed), so that one kind knocking often does
+/// not hide another.
+static NOT_ADMITTED: [QuietLog; 4] = [QuietLog::new(), QuietLog::new(), QuietLog::new(), QuietLog::new()];
 
 /// How often a waiting connection looks whether its peer has closed it
 /// (section 1: "a waiting connection that has closed is never paired").
@@ -172,8 +175,18 @@ fn opening(stream: &TcpStream) -> Option<Opening> {
 
 /// Logs a connection turned away by the admission rule (at most once per
 /// interval, however many knock).
-fn not_admitted(peer: SocketAddr, why: &dyn std::fmt::Display) {
-    if let Some(n) = NOT_ADMITTED.allow(Instant::now()) {
+fn not_admitted(peer: SocketAddr, why: Result<Refusal, std::io::Error>) {
+    let slot = match &why {
+        Ok(Refusal::Plaintext) => 0,
+        Ok(Refusal::NoKey) => 1,
+        Ok(Refusal::NotEnrolled) => 2,
+        Err(_) => 3,
+    };
+    let why = match why {
+        Ok(refusal) => refusal.to_string(),
+        Err(e) => format!("TLS handshake failed: {e}"),
+    };
+    if let Some(n) = NOT_ADMITTED[slot].allow(Instant::now()) {
         log::warn!("{peer}: not admitted: {why}{}", quiet_log::more(n));
     }
 }
@@ -192,7 +205,8 @@ fn handshake(server: &Arc<Server>, tcp: TcpStream, kind: ConnKind) {
     let mut stream = match opening {
         Opening::Tls => match server.gate.tls.accept(tcp, Instant::now() + TLS_HANDSHAKE_LIMIT) {
             Ok(s) => s,
-            Err(e) => return not_admitted(peer, &format_args!("TLS handshake failed: {e}")),
+            Err(e) if dropsync_io::conn::is_refused_key(&e) => return not_admitted(peer, Ok(Refusal::NotEnrolled)),
+            Err(e) => return not_admitted(peer, Err(e)),
         },
         Opening::Plain | Opening::Silent => Conn::plain(tcp),
     };
@@ -200,7 +214,7 @@ fn handshake(server: &Arc<Server>, tcp: TcpStream, kind: ConnKind) {
     // written to it, and it takes no slot: it is closed here.
     let access = match server.gate.admit(&stream) {
         Ok(access) => access,
-        Err(why) => return not_admitted(peer, &why),
+        Err(why) => return not_admitted(peer, Ok(why)),
     };
     let key = stream.peer_fingerprint();
     let setup = stream.set_read_timeout(Some(HELLO_TIMEOUT)).and_then(|()| stream.try_clone());
@@ -228,7 +242,8 @@ fn handshake(server: &Arc<Server>, tcp: TcpStream, kind: ConnKind) {
     if client_id.is_none() && server.gate.secure() {
         // Legacy pairing goes by address, which would let two keys share
         // one session: in secure mode every connection says HELLO.
-        return not_admitted(peer, &"no HELLO; secure mode pairs connections by their key");
+        log::info!("{peer}: not admitted: no HELLO; secure mode pairs connections by their key");
+        return;
     }
     log::debug!("{peer}: {:?} connection {conn}, {}", kind, if client_id.is_some() { "HELLO" } else { "legacy" });
     let (taken_tx, taken_rx) = mpsc::channel();

@@ -235,7 +235,7 @@ fn a_peer_that_never_reads_its_receive_connection_gets_its_reply_within_2_s() {
     // chunk waits, unread, on B's receive connection (peeked, not read).
     assert_eq!(c.receive_one(), ("f".to_string(), Some(from_a.clone())));
     let mut head = [0u8; 2];
-    let n = b.recv.peek(&mut head).unwrap();
+    let n = b.recv.tcp().peek(&mut head).unwrap();
     assert!(n >= 1, "receive connection closed");
     assert_eq!(head[0], 0x01, "first message to B is not a FILE_CHUNK");
     // B never answers it. Its own upload of f is answered all the same.
@@ -263,12 +263,12 @@ fn a_transfer_kept_open_with_keepalives_loses_its_lock_after_the_idle_limit() {
     let mut b = peer(&s, 2, "b");
     // Both receive connections stay alive throughout (the dead-peer time
     // is 2 s); B's send connection is alive by its polling.
-    let _recv_alive = KeepAlives::on(vec![a.recv.try_clone().unwrap(), b.recv.try_clone().unwrap()]);
+    let _recv_alive = KeepAlives::on(vec![a.recv.tcp().try_clone().unwrap(), b.recv.tcp().try_clone().unwrap()]);
     let t0 = Instant::now();
     assert_eq!(a.request(&Frame::Chunk { digest: md5(b"part"), name: "f", payload: b"part" }), StatusCode::OK);
     // A's connection is kept up with keep-alives, but its transfer of f
     // gets no message of its own.
-    let a_alive = KeepAlives::on(vec![a.send.try_clone().unwrap()]);
+    let a_alive = KeepAlives::on(vec![a.send.tcp().try_clone().unwrap()]);
     let first = b"from b";
     let try_b = |b: &mut RawPeer| b.request(&Frame::Chunk { digest: md5(first), name: "f", payload: first });
     assert_eq!(try_b(&mut b), StatusCode::LOCKED);

@@ -289,8 +289,8 @@ impl Peer {
     /// receives the META-DATA transfer.
     fn join(s: &ServerProc, log: &mut Log, id: [u8; 16], label: &str) -> Self {
         let raw = RawPeer::connect_raw(s.send_port, s.recv_port);
-        let send_port = raw.send.local_addr().unwrap().port();
-        let recv_port = raw.recv.local_addr().unwrap().port();
+        let send_port = raw.send.tcp().local_addr().unwrap().port();
+        let recv_port = raw.recv.tcp().local_addr().unwrap().port();
         let mut p = Peer { raw, send_port, recv_port };
         let hello = Frame::Hello { client_id: id, label };
         p.write(log, Conn::Send, &[hello]);
@@ -307,7 +307,7 @@ impl Peer {
         (if conn == Conn::Send { self.send_port } else { self.recv_port }, to_server)
     }
 
-    fn stream(&mut self, conn: Conn) -> &mut TcpStream {
+    fn stream(&mut self, conn: Conn) -> &mut dropsync_io::conn::Conn {
         match conn {
             Conn::Send => &mut self.raw.send,
             Conn::Recv => &mut self.raw.recv,
@@ -338,7 +338,7 @@ impl Peer {
     /// payload comes with it.
     fn read(&mut self, log: &mut Log, conn: Conn) -> (Msg, Vec<u8>) {
         let way = self.way(conn, false);
-        let rx: &mut FrameReader<TcpStream> = match conn {
+        let rx: &mut FrameReader<dropsync_io::conn::Conn> = match conn {
             Conn::Send => &mut self.raw.send_rx,
             Conn::Recv => &mut self.raw.recv_rx,
         };

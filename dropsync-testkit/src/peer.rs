@@ -8,6 +8,8 @@ use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use socket2::{Domain, Socket, Type};
 use std::time::Duration;
 
+use dropsync_io::conn::Conn;
+use dropsync_io::tls::{ClientTls, Identity, Pin};
 use dropsync_io::wire::{FrameReader, Msg};
 use dropsync_proto::{md5, Frame, StatusCode};
 
@@ -15,13 +17,13 @@ use dropsync_proto::{md5, Frame, StatusCode};
 #[derive(Debug)]
 pub struct RawPeer {
     /// Send connection (client → server transfers).
-    pub send: TcpStream,
+    pub send: Conn,
     /// Reader on the send connection (STATUS replies).
-    pub send_rx: FrameReader<TcpStream>,
+    pub send_rx: FrameReader<Conn>,
     /// Receive connection (server → client transfers).
-    pub recv: TcpStream,
+    pub recv: Conn,
     /// Reader on the receive connection.
-    pub recv_rx: FrameReader<TcpStream>,
+    pub recv_rx: FrameReader<Conn>,
     /// Transfers in progress on the receive connection (the server may
     /// interleave several), by name.
     partial: HashMap<String, Vec<u8>>,
@@ -53,8 +55,56 @@ impl RawPeer {
     /// Connects both ports from the loopback address `local` without saying
     /// anything.
     pub fn connect_raw_from(local: Ipv4Addr, send_port: u16, recv_port: u16) -> Self {
-        let send = connect_from(local, send_port);
-        let recv = connect_from(local, recv_port);
+        let send = Conn::plain(connect_from(local, send_port));
+        let recv = Conn::plain(connect_from(local, recv_port));
+        Self::over(send, recv)
+    }
+
+    /// Connects both ports over TLS with `identity`'s key (none: no client
+    /// certificate), expecting the server's key `pin`, without saying
+    /// anything; the handshake's error if it fails.
+    pub fn connect_tls(
+        send_port: u16,
+        recv_port: u16,
+        identity: Option<&Identity>,
+        pin: Pin,
+    ) -> std::io::Result<Self> {
+        let one = |port| {
+            let tcp = connect_from(Ipv4Addr::LOCALHOST, port);
+            let deadline = std::time::Instant::now() + READ_TIMEOUT;
+            let conn = ClientTls { identity, pin }.connect(tcp, deadline).map(|(c, _)| c).map_err(|e| std::io::Error::other(e.to_string()))?;
+            conn.set_read_timeout(Some(READ_TIMEOUT))?;
+            conn.set_write_timeout(None)?;
+            Ok::<_, std::io::Error>(conn)
+        };
+        Ok(Self::over(one(send_port)?, one(recv_port)?))
+    }
+
+    /// Over TLS as [`connect_tls`](Self::connect_tls), then HELLO on both
+    /// connections; the first error (a refusal shows as the server's alert
+    /// or a closed connection).
+    pub fn try_tls_hello(
+        send_port: u16,
+        recv_port: u16,
+        identity: Option<&Identity>,
+        pin: Pin,
+        id: [u8; 16],
+        label: &str,
+    ) -> std::io::Result<Self> {
+        let mut p = Self::connect_tls(send_port, recv_port, identity, pin)?;
+        let hello = Frame::Hello { client_id: id, label };
+        p.send.write_all(&hello.to_vec())?;
+        p.recv.write_all(&hello.to_vec())?;
+        for rx in [&mut p.send_rx, &mut p.recv_rx] {
+            match rx.read_msg()? {
+                Some(Msg::Status(StatusCode::OK)) => {}
+                other => return Err(std::io::Error::other(format!("HELLO answered with {other:?}"))),
+            }
+        }
+        Ok(p)
+    }
+
+    fn over(send: Conn, recv: Conn) -> Self {
         let send_rx = FrameReader::new(send.try_clone().unwrap());
         let recv_rx = FrameReader::new(recv.try_clone().unwrap());
         Self { send, send_rx, recv, recv_rx, partial: HashMap::new(), done: VecDeque::new() }
