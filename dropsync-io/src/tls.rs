@@ -249,6 +249,29 @@ impl ServerTls {
     }
 }
 
+impl ServerTls {
+    /// Feeds `input` to a new server-side handshake as if a peer had sent
+    /// it, with no socket: what the fuzz target `tls_handshake` drives.
+    /// `Err` with the first error; nothing in it panics.
+    pub fn feed_handshake(&self, input: &[u8]) -> Result<(), String> {
+        let mut state = rustls::ServerConnection::new(self.config.clone()).map_err(|e| e.to_string())?;
+        let mut rest = input;
+        while !rest.is_empty() {
+            match state.read_tls(&mut rest) {
+                Ok(0) => break,
+                Ok(_) => {}
+                Err(e) => return Err(e.to_string()),
+            }
+            state.process_new_packets().map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            while state.wants_write() {
+                state.write_tls(&mut out).map_err(|e| e.to_string())?;
+            }
+        }
+        Ok(())
+    }
+}
+
 /// What the client expects of the server's certificate.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Pin {
