@@ -135,7 +135,11 @@ pub fn open(cfg: &Config, id: ClientId, timing: Timing, stop: &AtomicBool, trust
             Err(r) => r,
         };
     }
-    log::warn!("the server refused HELLO ({}); connecting again as a legacy peer, without HELLO", refusal.why);
+    log::warn!(
+        "the server refused HELLO ({}); connecting again as a legacy peer, without HELLO (a server in secure mode \
+         closes plaintext connections: then start this client with --server-fingerprint)",
+        refusal.why
+    );
     let send = Conn::plain(dial(&cfg.host, cfg.send_port, timing)?);
     let recv = Conn::plain(dial(&cfg.host, cfg.receive_port, timing)?);
     let send_rx = FrameReader::new(send.try_clone()?);

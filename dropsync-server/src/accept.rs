@@ -16,7 +16,7 @@ use dropsync_io::tls::{Fingerprint, TLS_HANDSHAKE_BYTE};
 use dropsync_io::wire::{is_timeout_error, write_status, FrameReader, Msg};
 use dropsync_proto::{ClientId, StatusCode};
 
-use crate::metrics::SessionKind;
+use crate::metrics::{NotAdmitted, SessionKind};
 use crate::server::Server;
 use crate::session::{Session, SessionParts};
 use crate::quiet_log::{self, QuietLog};
@@ -175,13 +175,15 @@ fn opening(stream: &TcpStream) -> Option<Opening> {
 
 /// Logs a connection turned away by the admission rule (at most once per
 /// interval, however many knock).
-fn not_admitted(peer: SocketAddr, why: Result<Refusal, std::io::Error>) {
-    let slot = match &why {
-        Ok(Refusal::Plaintext) => 0,
-        Ok(Refusal::NoKey) => 1,
-        Ok(Refusal::NotEnrolled) => 2,
-        Err(_) => 3,
+fn not_admitted(server: &Server, peer: SocketAddr, why: Result<Refusal, std::io::Error>) {
+    let kind = match &why {
+        Ok(Refusal::Plaintext) => NotAdmitted::Plaintext,
+        Ok(Refusal::NoKey) => NotAdmitted::NoKey,
+        Ok(Refusal::NotEnrolled) => NotAdmitted::NotEnrolled,
+        Err(_) => NotAdmitted::Handshake,
     };
+    server.metrics.not_admitted(kind);
+    let slot = kind as usize;
     let why = match why {
         Ok(refusal) => refusal.to_string(),
         Err(e) => format!("TLS handshake failed: {e}"),
@@ -205,8 +207,8 @@ fn handshake(server: &Arc<Server>, tcp: TcpStream, kind: ConnKind) {
     let mut stream = match opening {
         Opening::Tls => match server.gate.tls.accept(tcp, Instant::now() + TLS_HANDSHAKE_LIMIT) {
             Ok(s) => s,
-            Err(e) if dropsync_io::conn::is_refused_key(&e) => return not_admitted(peer, Ok(Refusal::NotEnrolled)),
-            Err(e) => return not_admitted(peer, Err(e)),
+            Err(e) if dropsync_io::conn::is_refused_key(&e) => return not_admitted(server, peer, Ok(Refusal::NotEnrolled)),
+            Err(e) => return not_admitted(server, peer, Err(e)),
         },
         Opening::Plain | Opening::Silent => Conn::plain(tcp),
     };
@@ -214,7 +216,7 @@ fn handshake(server: &Arc<Server>, tcp: TcpStream, kind: ConnKind) {
     // written to it, and it takes no slot: it is closed here.
     let access = match server.gate.admit(&stream) {
         Ok(access) => access,
-        Err(why) => return not_admitted(peer, Ok(why)),
+        Err(why) => return not_admitted(server, peer, Ok(why)),
     };
     let key = stream.peer_fingerprint();
     let setup = stream.set_read_timeout(Some(HELLO_TIMEOUT)).and_then(|()| stream.try_clone());
@@ -372,7 +374,11 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
     // In the client list before the snapshot, so that no commit can fall
     // between the two (a commit seen by both is just sent twice).
     server.add_session(session.clone());
-    let kind = if session.is_legacy() { SessionKind::Legacy } else { SessionKind::Hello };
+    let kind = match (session.is_legacy(), session.tls) {
+        (true, _) => SessionKind::Legacy,
+        (false, true) => SessionKind::Secure,
+        (false, false) => SessionKind::Hello,
+    };
     server.metrics.session_started(kind);
     let (text, listed_upto) = {
         use dropsync_core::meta_server::Catalog;

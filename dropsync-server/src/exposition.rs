@@ -13,7 +13,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
 use prometheus_client::registry::Registry;
 
-use crate::metrics::SessionKind;
+use crate::metrics::{NotAdmitted, SessionKind};
 use crate::server::Server;
 use crate::views;
 
@@ -31,20 +31,33 @@ type One = [(&'static str, String); 1];
 pub fn render(server: &Server) -> String {
     let m = &server.metrics;
     let mut reg = Registry::with_prefix("dropsync");
-    let views::Clients { shown: clients, total: connected, legacy } = views::clients(server, MAX_CLIENT_SERIES);
+    let views::Clients { shown: clients, total: connected, legacy, secure } = views::clients(server, MAX_CLIENT_SERIES);
 
     reg.register("clients_connected", "Clients connected now", ConstGauge::new(gauge(connected)));
     let by_kind = Family::<One, Gauge>::default();
     let started = Family::<One, Counter>::default();
-    for (kind, name) in [(SessionKind::Hello, "hello"), (SessionKind::Legacy, "legacy")] {
+    let hello = connected.saturating_sub(legacy + secure);
+    for (kind, name, now) in
+        [(SessionKind::Hello, "hello", hello), (SessionKind::Legacy, "legacy", legacy), (SessionKind::Secure, "secure", secure)]
+    {
         // Every kind is listed, at zero too, so a dashboard sees the series.
-        // A secure kind comes with TLS, which the server does not speak yet.
-        let now = if kind == SessionKind::Legacy { legacy } else { connected.saturating_sub(legacy) };
         by_kind.get_or_create(&[("kind", name.into())]).set(gauge(now));
         started.get_or_create(&[("kind", name.into())]).inc_by(m.sessions_started(kind));
     }
-    reg.register("sessions_connected", "Sessions connected now, by kind (HELLO or legacy)", by_kind);
+    reg.register("sessions_connected", "Sessions connected now, by kind (HELLO, legacy, or HELLO over TLS)", by_kind);
     reg.register("sessions_started", "Sessions started since the server started, by kind", started);
+
+    let refused = Family::<One, Counter>::default();
+    for why in NotAdmitted::ALL {
+        refused.get_or_create(&[("reason", why.label().into())]).inc_by(m.not_admitted_count(why));
+    }
+    reg.register("connections_not_admitted", "Connections closed before admission (secure mode), by reason", refused);
+    reg.register("clients_enrolled", "Client keys enrolled", ConstGauge::new(gauge(server.gate.enrolled())));
+    reg.register(
+        "secure_mode",
+        "1 when only enrolled clients get in, over TLS; 0 for the open protocol",
+        ConstGauge::new(i64::from(server.gate.secure())),
+    );
 
     let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 7] = [
         ("bytes_in", "Chunk payload bytes received from clients and written", &m.bytes_in),

@@ -29,14 +29,45 @@ const CODE_BITS: usize = 16;
 /// PROTOCOL.md; kept so that a future code is counted somewhere).
 const OTHER_CODE: usize = CODE_BITS;
 
-/// What kind of session a client opened (PROTOCOL.md section 1). Secure
-/// sessions do not exist yet; they come with TLS.
+/// What kind of session a client opened (PROTOCOL.md section 1, and
+/// docs/PROTOCOL.md "Secure mode").
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SessionKind {
-    /// Said HELLO.
+    /// Said HELLO, in plain TCP.
     Hello,
     /// Said nothing recognisable first (the assignment's plain protocol).
     Legacy,
+    /// Said HELLO over TLS.
+    Secure,
+}
+
+/// Why a connection was closed before it was admitted (`accept.rs`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotAdmitted {
+    /// Plaintext, in secure mode.
+    Plaintext,
+    /// TLS without a client key, in secure mode.
+    NoKey,
+    /// A key that is not enrolled.
+    NotEnrolled,
+    /// The TLS handshake failed or took too long.
+    Handshake,
+}
+
+impl NotAdmitted {
+    /// Every reason, in the order of the counters.
+    pub const ALL: [NotAdmitted; 4] =
+        [NotAdmitted::Plaintext, NotAdmitted::NoKey, NotAdmitted::NotEnrolled, NotAdmitted::Handshake];
+
+    /// The metric label.
+    pub fn label(self) -> &'static str {
+        match self {
+            NotAdmitted::Plaintext => "plaintext",
+            NotAdmitted::NoKey => "no_key",
+            NotAdmitted::NotEnrolled => "not_enrolled",
+            NotAdmitted::Handshake => "handshake",
+        }
+    }
 }
 
 /// One committed change, for the status page.
@@ -60,6 +91,8 @@ pub struct Change {
 pub struct Metrics {
     sessions_hello: AtomicU64,
     sessions_legacy: AtomicU64,
+    sessions_secure: AtomicU64,
+    not_admitted: [AtomicU64; 4],
     /// Payload bytes of accepted FILE_CHUNKs from clients.
     pub bytes_in: AtomicU64,
     /// Uploads that ended in a commit (a new version or an identical one).
@@ -95,6 +128,8 @@ impl Metrics {
         Self {
             sessions_hello: AtomicU64::new(0),
             sessions_legacy: AtomicU64::new(0),
+            sessions_secure: AtomicU64::new(0),
+            not_admitted: std::array::from_fn(|_| AtomicU64::new(0)),
             bytes_in: AtomicU64::new(0),
             files_in: AtomicU64::new(0),
             commits: AtomicU64::new(0),
@@ -117,8 +152,19 @@ impl Metrics {
         match kind {
             SessionKind::Hello => &self.sessions_hello,
             SessionKind::Legacy => &self.sessions_legacy,
+            SessionKind::Secure => &self.sessions_secure,
         }
         .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A connection was closed before it was admitted, for `why`.
+    pub fn not_admitted(&self, why: NotAdmitted) {
+        self.not_admitted[why as usize].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Connections closed so far before being admitted, for `why`.
+    pub fn not_admitted_count(&self, why: NotAdmitted) -> u64 {
+        self.not_admitted[why as usize].load(Ordering::Relaxed)
     }
 
     /// Sessions started so far of `kind`.
@@ -126,6 +172,7 @@ impl Metrics {
         match kind {
             SessionKind::Hello => &self.sessions_hello,
             SessionKind::Legacy => &self.sessions_legacy,
+            SessionKind::Secure => &self.sessions_secure,
         }
         .load(Ordering::Relaxed)
     }

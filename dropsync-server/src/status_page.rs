@@ -83,10 +83,12 @@ fn clients_table(h: &mut String, clients: &views::Clients) {
 }
 
 fn kind(c: &ClientView) -> &'static str {
-    if c.legacy {
-        "legacy"
-    } else {
-        "HELLO"
+    match (c.legacy, c.tls, c.read_only) {
+        (true, false, _) => "legacy",
+        (true, true, _) => "legacy, TLS",
+        (false, false, _) => "HELLO",
+        (false, true, false) => "TLS",
+        (false, true, true) => "TLS, read-only",
     }
 }
 

@@ -35,6 +35,10 @@ pub struct ClientView {
     pub addr: SocketAddr,
     /// Paired without HELLO.
     pub legacy: bool,
+    /// Its connections are TLS.
+    pub tls: bool,
+    /// Enrolled read-only.
+    pub read_only: bool,
     /// Paths queued or being sent to it.
     pub pending: usize,
     /// When it connected (nanoseconds since the Unix epoch).
@@ -69,6 +73,8 @@ pub struct Clients {
     pub total: usize,
     /// How many of them are legacy.
     pub legacy: usize,
+    /// How many of them said HELLO over TLS (secure mode's sessions).
+    pub secure: usize,
 }
 
 /// The connected clients, sorted by label then id, at most `max` of them
@@ -77,6 +83,7 @@ pub fn clients(server: &Server, max: usize) -> Clients {
     let sessions = server.all_sessions();
     let total = sessions.len();
     let legacy = sessions.iter().filter(|s| s.is_legacy()).count();
+    let secure = sessions.iter().filter(|s| s.tls && !s.is_legacy()).count();
     let mut out: Vec<ClientView> = sessions
         .iter()
         .map(|s| {
@@ -88,6 +95,8 @@ pub fn clients(server: &Server, max: usize) -> Clients {
                 label,
                 addr: s.peer,
                 legacy: s.is_legacy(),
+                tls: s.tls,
+                read_only: s.access == dropsync_core::access::Access::ReadOnly,
                 pending,
                 since_ns: s.started_ns,
                 stalled: pending > 0 && s.since_progress() >= STALLED_AFTER,
@@ -96,7 +105,7 @@ pub fn clients(server: &Server, max: usize) -> Clients {
         .collect();
     out.sort_by(|a, b| a.label.cmp(&b.label).then(a.id.cmp(&b.id)));
     out.truncate(max);
-    Clients { shown: out, total, legacy }
+    Clients { shown: out, total, legacy, secure }
 }
 
 /// One path's current state.

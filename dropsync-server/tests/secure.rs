@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 use dropsync_io::tls::{Fingerprint, Identity, Pin};
 use dropsync_proto::Frame;
 use dropsync_testkit::{
-    bin_path, tree, wait_for, wait_until, write_file, ClientProc, RawPeer, ServerProc, TempDir, DEFAULT_DEADLINE,
+    bin_path, http_get, tree, wait_for, wait_until, write_file, ClientProc, RawPeer, ServerProc, TempDir,
+    DEFAULT_DEADLINE,
 };
 
 /// Runs `server ARGS...` (a command, not the server) and returns what it printed.
@@ -67,7 +68,7 @@ impl Setup {
         }
         let observer = Identity::create().unwrap();
         server_cmd(&["enroll", "--root", root_s, "--label", "observer", &observer.fingerprint.to_string()]);
-        let server = ServerProc::start(&root, &[]);
+        let server = ServerProc::start(&root, &["--http", "127.0.0.1:0"]);
         write_file(&tmp.join("a"), SECRET_NAME, SECRET_BYTES);
         write_file(&tmp.join("a"), "dir/other.bin", &[7u8; 300_000]);
         let pin = ["--server-fingerprint", fingerprint.as_str()];
@@ -84,6 +85,13 @@ impl Setup {
             a == b && a.contains_key(SECRET_NAME)
         });
         assert!(ok, "waiting for {what}; a: {}\nb: {}\nserver: {}", self.a.log(), self.b.log(), self.server.log());
+    }
+
+    /// The value of one series on /metrics (0 when absent).
+    fn metric(&self, series: &str) -> f64 {
+        let (status, body) = http_get(self.server.http_port.unwrap(), "/metrics");
+        assert_eq!(status, 200);
+        body.lines().find_map(|l| l.strip_prefix(series)?.trim().parse().ok()).unwrap_or(0.0)
     }
 
     fn pin(&self) -> Pin {
@@ -167,6 +175,11 @@ fn plaintext_peers_are_closed_having_seen_nothing_and_changing_nothing() {
     assert!(wait_until(DEFAULT_DEADLINE, || s.tmp.join("b/after.txt").exists()), "a still syncs:\n{}", s.server.log());
     assert!(!s.server.log().contains("replaced by a new session"), "{}", s.server.log());
     assert!(s.server.log().contains("plaintext connection"), "{}", s.server.log());
+    assert_eq!(s.metric("dropsync_connections_not_admitted_total{reason=\"plaintext\"}"), 3.0);
+    assert!(s.metric("dropsync_sessions_connected{kind=\"secure\"}") >= 2.0);
+    assert_eq!(s.metric("dropsync_sessions_connected{kind=\"hello\"}"), 0.0);
+    assert_eq!(s.metric("dropsync_clients_enrolled"), 3.0);
+    assert_eq!(s.metric("dropsync_secure_mode"), 1.0);
 }
 
 #[test]
@@ -191,6 +204,8 @@ fn unenrolled_keys_keyless_tls_and_replayed_ids_get_nothing() {
     assert_eq!(s.listing(), before, "nothing changed");
     assert!(s.server.log().contains("client key not enrolled"), "{}", s.server.log());
     assert!(s.server.log().contains("TLS without a client key"), "{}", s.server.log());
+    assert_eq!(s.metric("dropsync_connections_not_admitted_total{reason=\"not_enrolled\"}"), 2.0, "both connections");
+    assert_eq!(s.metric("dropsync_connections_not_admitted_total{reason=\"no_key\"}"), 2.0, "both connections");
     write_file(&s.tmp.join("a"), "after.txt", b"still here");
     assert!(wait_until(DEFAULT_DEADLINE, || s.tmp.join("b/after.txt").exists()), "a still syncs");
 }
