@@ -97,6 +97,25 @@ impl History {
         Size { versions: self.len, bytes }
     }
 
+    /// The size budget as a retention cutoff: the time such that dropping
+    /// every line replaced before it leaves at most `budget` bytes of kept
+    /// file versions, keeping the most recently replaced ones. `None` when
+    /// everything fits. A version larger than the budget alone is dropped,
+    /// and with it everything replaced no later than it.
+    pub fn budget_cutoff(&self, budget: u64) -> Option<i64> {
+        let mut files: Vec<(i64, u64)> =
+            self.iter().filter(|k| k.is_file()).map(|k| (k.replaced_ns, k.entry.size)).collect();
+        files.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        let mut total = 0u64;
+        for (replaced_ns, size) in files {
+            total = total.saturating_add(size);
+            if total > budget {
+                return Some(replaced_ns.saturating_add(1));
+            }
+        }
+        None
+    }
+
     /// Drops every line replaced before `cutoff_ns` and returns them (the
     /// caller releases the content of each file version).
     pub fn expire(&mut self, cutoff_ns: i64) -> Vec<Kept> {
@@ -220,6 +239,25 @@ mod tests {
             path: path.into(),
             strong: Some([version as u8; 32]),
         }
+    }
+
+    #[test]
+    fn the_size_budget_keeps_the_most_recently_replaced_versions() {
+        let mut h = History::default();
+        // Sizes are the versions: 5, 3 and 4 bytes, replaced at 50, 30, 40;
+        // a tombstone weighs nothing.
+        h.keep(e("a", 5, 1, EntryState::File), 50);
+        h.keep(e("b", 3, 1, EntryState::File), 30);
+        h.keep(e("c", 4, 1, EntryState::File), 40);
+        h.keep(e("d", 9, 1, EntryState::Deleted), 10);
+        assert_eq!(h.budget_cutoff(12), None, "everything fits");
+        assert_eq!(h.budget_cutoff(11), Some(31), "the oldest file version goes, and what is older");
+        assert_eq!(h.budget_cutoff(9), Some(31));
+        assert_eq!(h.budget_cutoff(8), Some(41));
+        assert_eq!(h.budget_cutoff(4), Some(51), "the newest alone is over budget");
+        let mut left = h.clone();
+        left.expire(41);
+        assert_eq!(left.size().bytes, 5);
     }
 
     #[test]

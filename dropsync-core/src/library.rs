@@ -288,11 +288,13 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
     }
 
     /// Retention: drops what was replaced before `cutoff` from the history
-    /// and releases its content (which goes once nothing names it).
-    /// Returns how many versions went.
-    pub fn expire(&self, cutoff: WallTime) -> Result<usize, CoreError> {
+    /// and releases its content (which goes once nothing names it); with a
+    /// size `budget`, also the oldest versions beyond it. Returns how many
+    /// versions went.
+    pub fn expire(&self, cutoff: WallTime, budget: Option<u64>) -> Result<usize, CoreError> {
         let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
-        let gone = self.catalog.expire(cutoff.unix_ns)?;
+        let by_size = budget.and_then(|b| self.catalog.budget_cutoff(b)).unwrap_or(i64::MIN);
+        let gone = self.catalog.expire(cutoff.unix_ns.max(by_size))?;
         for k in gone.iter().filter(|k| k.is_file()) {
             if let Some(key) = &k.entry.strong {
                 self.blobs.drop_ref(key);

@@ -166,7 +166,7 @@ fn a_version_the_client_has_seen_is_overwritten_without_a_copy() {
     let (_, conflict) = new_entry(upload(&s, "f", b"2", 2, &bob, "bob"));
     assert_eq!(conflict, None, "listed in bob's META-DATA");
     assert_eq!(s.blobs.refs(&[1; 32]), 1, "the overwritten content is kept in the history");
-    assert_eq!(s.lib.expire(WallTime { unix_ns: NOW.unix_ns + 1 }).unwrap(), 1);
+    assert_eq!(s.lib.expire(WallTime { unix_ns: NOW.unix_ns + 1 }, None).unwrap(), 1);
     assert_eq!(s.blobs.refs(&[1; 32]), 0, "and released when retention drops it");
 }
 
@@ -265,7 +265,7 @@ fn identical_files_share_one_content_until_the_last_goes() {
     new_entry(s.lib.delete("x", 1, &a, NOW).unwrap());
     new_entry(s.lib.delete("y", 1, &a, NOW).unwrap());
     assert_eq!(s.blobs.refs(&[1; 32]), 2, "both deleted versions are kept");
-    assert_eq!(s.lib.expire(WallTime { unix_ns: NOW.unix_ns + 1 }).unwrap(), 2);
+    assert_eq!(s.lib.expire(WallTime { unix_ns: NOW.unix_ns + 1 }, None).unwrap(), 2);
     assert_eq!(s.blobs.refs(&[1; 32]), 0, "the content goes with the last of them");
 }
 
@@ -324,11 +324,26 @@ fn retention_keeps_what_was_replaced_within_it() {
     new_entry(s.lib.commit_upload("f", temp(b"1", 1), md5(b"1"), 1, &a, "a", at(0)).unwrap());
     new_entry(s.lib.commit_upload("f", temp(b"2", 2), md5(b"2"), 1, &a, "a", at(10)).unwrap());
     new_entry(s.lib.commit_upload("f", temp(b"3", 3), md5(b"3"), 1, &a, "a", at(20)).unwrap());
-    assert_eq!(s.lib.expire(at(15)).unwrap(), 1, "only what was replaced before the cutoff");
+    assert_eq!(s.lib.expire(at(15), None).unwrap(), 1, "only what was replaced before the cutoff");
     assert_eq!(s.blobs.refs(&[1; 32]), 0);
     assert_eq!(s.blobs.refs(&[2; 32]), 1);
     let reopened = MemCatalog::open(Arc::clone(&s.storage)).unwrap();
     assert_eq!(reopened.history("f").len(), 1, "durably");
+}
+
+#[test]
+fn a_size_budget_drops_the_oldest_kept_versions_beyond_it() {
+    let s = server(true);
+    let a = session(&s.lib);
+    for (i, body) in [&b"11111"[..], b"2222", b"333", b"4"].iter().enumerate() {
+        let n = i as u8 + 1;
+        new_entry(s.lib.commit_upload("f", temp(body, n), md5(body), body.len() as u64, &a, "a", at(10 * i as i64)).unwrap());
+    }
+    // Kept: 5 bytes (replaced at 10), 4 (at 20), 3 (at 30); 7 bytes fit.
+    assert_eq!(s.lib.expire(at(0), Some(7)).unwrap(), 2, "the two oldest versions go");
+    assert_eq!(s.lib.catalog().history("f").len(), 1);
+    assert_eq!(s.blobs.refs(&[1; 32]) + s.blobs.refs(&[2; 32]), 0, "their content with them");
+    assert_eq!(s.lib.expire(at(0), Some(7)).unwrap(), 0, "within budget now");
 }
 
 #[test]

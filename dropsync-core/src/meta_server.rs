@@ -146,6 +146,9 @@ pub trait Catalog: Send + Sync {
     fn contents(&self) -> Vec<Strong>;
     /// How much the history keeps.
     fn history_size(&self) -> history::Size;
+    /// The retention cutoff that keeps the history within `budget` bytes
+    /// (`History::budget_cutoff`).
+    fn budget_cutoff(&self, budget: u64) -> Option<i64>;
     /// Number of paths, tombstones included.
     fn len(&self) -> usize;
     /// True when the catalog holds no path.
@@ -301,6 +304,10 @@ impl<S: Storage> Catalog for MemCatalog<S> {
 
     fn history_size(&self) -> history::Size {
         self.lock().2.size()
+    }
+
+    fn budget_cutoff(&self, budget: u64) -> Option<i64> {
+        self.lock().2.budget_cutoff(budget)
     }
 
     fn len(&self) -> usize {

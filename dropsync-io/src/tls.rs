@@ -1,5 +1,5 @@
 //! Secure mode's TLS (docs/PROTOCOL.md, "Secure mode"): TLS 1.3 only,
-//! rustls with the ring provider (no OpenSSL), and no certificate
+//! rustls with the aws-lc-rs provider (no OpenSSL; X25519+ML-KEM hybrid key exchange preferred), and no certificate
 //! authorities. Each program has one key with a self-signed certificate,
 //! made on first use; peers know each other by the certificate's SHA-256
 //! fingerprint, ssh-style: the client pins the server's, the server looks

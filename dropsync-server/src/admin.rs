@@ -90,14 +90,24 @@ impl Request {
 }
 
 /// Starts the thread.
-pub fn start(server: Arc<Server>, root: &Path, keep: Duration) -> io::Result<()> {
+pub fn start(server: Arc<Server>, root: &Path, keep: Retention) -> io::Result<()> {
     let dir = root.join(CONTROL_DIR);
     fs::create_dir_all(&dir)?;
     spawn_named("admin", move || run(&server, &dir, keep))?;
     Ok(())
 }
 
-fn run(server: &Server, dir: &Path, keep: Duration) {
+/// What the history keeps: versions replaced within `age`, and of those at
+/// most `bytes` (`--keep-days`, `--keep-size`).
+#[derive(Debug, Clone, Copy)]
+pub struct Retention {
+    /// How long a replaced version is kept.
+    pub age: Duration,
+    /// The size budget, if any: the most recently replaced versions that fit.
+    pub bytes: Option<u64>,
+}
+
+fn run(server: &Server, dir: &Path, keep: Retention) {
     let mut next_retention = Instant::now();
     while !server.shutting_down.load(Ordering::SeqCst) {
         if Instant::now() >= next_retention {
@@ -111,13 +121,14 @@ fn run(server: &Server, dir: &Path, keep: Duration) {
     }
 }
 
-/// Retention: versions replaced more than `keep` ago go, and their content
-/// with the last of them.
-fn retention(server: &Server, keep: Duration) {
-    let cutoff = WallTime { unix_ns: clock::now_ns().saturating_sub(keep.as_nanos().min(i64::MAX as u128) as i64) };
-    match server.library.expire(cutoff) {
+/// Retention: versions replaced more than `keep.age` ago go, and the
+/// oldest beyond the size budget, and their content with the last of them.
+fn retention(server: &Server, keep: Retention) {
+    let age = keep.age.as_nanos().min(i64::MAX as u128) as i64;
+    let cutoff = WallTime { unix_ns: clock::now_ns().saturating_sub(age) };
+    match server.library.expire(cutoff, keep.bytes) {
         Ok(0) => {}
-        Ok(n) => log::info!("history: {n} version(s) older than the retention dropped"),
+        Ok(n) => log::info!("history: {n} version(s) beyond the retention (age or size) dropped"),
         Err(e) => log::warn!("history: retention failed (tried again later): {e}"),
     }
 }

@@ -77,6 +77,12 @@ pub struct Args {
     /// history`, `server restore` and `server undelete` (fractions allowed).
     #[arg(long, default_value_t = 30.0, value_parser = parse_keep_days)]
     pub keep_days: f64,
+    /// A size budget for the history: of the versions `--keep-days` keeps,
+    /// only the most recently replaced ones whose sizes add up to at most
+    /// this, e.g. 500M or 20G (K, M, G, T: powers of 1024). Default: no
+    /// budget. Retention runs at start and every minute.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub keep_size: Option<u64>,
     /// More log output (-v debug, -vv trace). RUST_LOG overrides.
     #[arg(short, long, action = clap::ArgAction::Count)]
     pub verbose: u8,
@@ -96,5 +102,40 @@ fn parse_keep_days(text: &str) -> Result<f64, String> {
     match text.parse::<f64>() {
         Ok(d) if (0.0..=36_500.0).contains(&d) => Ok(d),
         _ => Err(format!("{text:?}: a number of days from 0 to 36500")),
+    }
+}
+
+/// `--keep-size`: bytes, or a number with K, M, G or T (powers of 1024).
+fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let (digits, unit) = match t.char_indices().find(|(_, c)| !c.is_ascii_digit()) {
+        Some((i, _)) => t.split_at(i),
+        None => (t, ""),
+    };
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("{text:?}: a size such as 500M or 20G")),
+    };
+    let n: u64 = digits.parse().map_err(|_| format!("{text:?}: a size such as 500M or 20G"))?;
+    n.checked_mul(1u64 << shift).ok_or_else(|| format!("{text:?}: too large"))
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::parse_size;
+
+    #[test]
+    fn sizes_take_binary_units() {
+        assert_eq!(parse_size("1000"), Ok(1000));
+        assert_eq!(parse_size("500M"), Ok(500 << 20));
+        assert_eq!(parse_size("20G"), Ok(20 << 30));
+        assert_eq!(parse_size("2GiB"), Ok(2 << 30));
+        assert_eq!(parse_size("1 t"), Ok(1 << 40));
+        assert!(parse_size("M").is_err() && parse_size("5X").is_err() && parse_size("").is_err());
+        assert!(parse_size("99999999999T").is_err());
     }
 }

@@ -100,8 +100,7 @@ fn say_who_gets_in(gate: &gate::Gate, new_key: bool, args: &cli::Args) {
         log::info!("secure mode: {} enrolled client(s); plaintext and unknown keys are refused", gate.enrolled());
         return;
     }
-    let beyond_loopback = args.bind.is_empty() || args.bind.iter().any(|a| !a.is_loopback());
-    if beyond_loopback {
+    if listens_beyond_loopback(&args.bind) {
         log::warn!(
             "open mode: nobody is enrolled, so anyone who can reach ports {} and {} can read and change every \
              file. To admit only your own clients, run each with --server-fingerprint {fp}, then enrol it on \
@@ -112,6 +111,12 @@ fn say_who_gets_in(gate: &gate::Gate, new_key: bool, args: &cli::Args) {
             args.root.display()
         );
     }
+}
+
+/// True unless every `--bind` address is a loopback one (no `--bind`:
+/// every address).
+fn listens_beyond_loopback(binds: &[IpAddr]) -> bool {
+    binds.is_empty() || binds.iter().any(|a| !a.to_canonical().is_loopback())
 }
 
 fn run(args: cli::Args) -> Result<(), String> {
@@ -140,7 +145,7 @@ fn run(args: cli::Args) -> Result<(), String> {
     let (gate, new_key) = gate::Gate::open(&args.root, args.require_auth)?;
     say_who_gets_in(&gate, new_key, &args);
     let server = Arc::new(Server::new(config, library, gate));
-    let keep = Duration::from_secs_f64(args.keep_days * 86_400.0);
+    let keep = admin::Retention { age: Duration::from_secs_f64(args.keep_days * 86_400.0), bytes: args.keep_size };
     gate::start_watch(server.clone()).map_err(|e| format!("cannot start the enrolment thread: {e}"))?;
     admin::start(server.clone(), &args.root, keep).map_err(|e| format!("cannot start the history thread: {e}"))?;
     {
@@ -230,5 +235,20 @@ fn main() -> ExitCode {
             eprintln!("server: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_loopback_binds_are_not_beyond_loopback() {
+        let ip = |s: &str| s.parse::<IpAddr>().unwrap();
+        assert!(listens_beyond_loopback(&[]), "the default is every address");
+        assert!(!listens_beyond_loopback(&[ip("127.0.0.1"), ip("::1"), ip("127.0.0.2")]));
+        assert!(!listens_beyond_loopback(&[ip("::ffff:127.0.0.1")]));
+        assert!(listens_beyond_loopback(&[ip("127.0.0.1"), ip("0.0.0.0")]));
+        assert!(listens_beyond_loopback(&[ip("192.168.1.5")]));
     }
 }
