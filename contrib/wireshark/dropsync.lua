@@ -19,6 +19,20 @@
 -- sends one first); it can be switched off under Analyze > Enabled Protocols
 -- (dropsync_tcp) or with --disable-heuristic dropsync_tcp.
 --
+-- Secure mode (TLS 1.3 on the same two ports, told apart by the first byte,
+-- 0x16, as the server does). A TLS connection to either port is handed to
+-- Wireshark's TLS dissector, which gives the decrypted application data back
+-- to this one (the ports are in the "tls.port" table too). To decrypt, run
+-- the server or the client (either is enough: both write the secrets of
+-- both directions) with SSLKEYLOGFILE set, e.g.
+--     SSLKEYLOGFILE=/tmp/keys ./server 9000 9001 --root R
+-- and give that file to Wireshark: Edit > Preferences > Protocols > TLS >
+-- (Pre)-Master-Secret log filename, or per run
+--     tshark -o tls.keylog_file:/tmp/keys -X lua_script:dropsync.lua -r capture.pcapng
+-- Without it the messages stay encrypted: Wireshark shows TLS only. On other
+-- ports, TLS's own heuristic finds the connection and a heuristic on "tls"
+-- (dropsync_tls) recognises one whose first decrypted data is a HELLO.
+--
 -- Every frame type is dissected field by field (filter names in brackets):
 --   type [dropsync.type], digest [dropsync.md5], chunk size [dropsync.size],
 --   name length [dropsync.name_len], name [dropsync.name], payload
@@ -169,16 +183,21 @@ dropsync.prefs.receive_port = Pref.uint("Receive port", 9001,
     "TCP port clients receive files from: the server's second argument (default 9001). 0: none.")
 
 local tcp_port_table = DissectorTable.get("tcp.port")
+-- Secure mode: TLS hands its decrypted application data to the dissector it
+-- finds for the port in "tls.port" ("ssl.port" before Wireshark 3.0).
+local tls_port_table = DissectorTable.get("tls.port") or DissectorTable.get("ssl.port")
 local registered_ports = {}
 
 local function register_ports()
     for _, port in ipairs(registered_ports) do
         tcp_port_table:remove(port, dropsync)
+        if tls_port_table then tls_port_table:remove(port, dropsync) end
     end
     registered_ports = {}
     for _, port in ipairs({ dropsync.prefs.send_port, dropsync.prefs.receive_port }) do
         if port ~= 0 then
             tcp_port_table:add(port, dropsync)
+            if tls_port_table then tls_port_table:add(port, dropsync) end
             registered_ports[#registered_ports + 1] = port
         end
     end
@@ -270,6 +289,9 @@ local per_pdu = {}      -- frame number -> { [index] = state }
 local pdu_index = 0     -- messages dissected so far in the current frame
 local current_frame = nil
 local client_port_of = {} -- stream -> port of the side that sent HELLO
+local tls_stream = {}     -- stream -> true when it is TLS (secure mode), false when plain
+local tls_heur_stream = {} -- stream -> whether its first decrypted data was a HELLO
+local inside_tls = 0      -- > 0 while the TLS dissector runs on our behalf
 
 local function stream_id()
     local s = tcp_stream_field()
@@ -291,6 +313,9 @@ function dropsync.init()
     pdu_index = 0
     current_frame = nil
     client_port_of = {}
+    tls_stream = {}
+    tls_heur_stream = {}
+    inside_tls = 0
 end
 
 ---------------------------------------------------------------------------
@@ -372,7 +397,12 @@ end
 
 local function set_info(pinfo, text)
     if pdu_index == 1 then
-        pinfo.cols.info:set(text)
+        -- TLS fences its note on a record that starts the next message.
+        if tostring(pinfo.cols.info):find("TLS segment of a reassembled PDU]", 1, true) then
+            pinfo.cols.info:append(", " .. text)
+        else
+            pinfo.cols.info:set(text)
+        end
     else
         pinfo.cols.info:append(", " .. text)
     end
@@ -519,25 +549,103 @@ end
 -- Entry points
 ---------------------------------------------------------------------------
 
-function dropsync.dissector(tvb, pinfo, tree)
+-- The messages in `tvb`: a plain connection's TCP payload, or a secure
+-- one's decrypted TLS application data (TLS reassembles across records as
+-- TCP does across segments).
+local function dissect_messages(tvb, pinfo, tree)
     dissect_tcp_pdus(tvb, tree, STATUS_LEN, get_pdu_len, dissect_pdu, true)
     return tvb:len()
+end
+
+-- Secure mode: a connection to either port may be TLS instead, told apart
+-- by its first byte as the server does (0x16, a ClientHello's handshake
+-- record, is no message type). Decided per TCP stream at the first bytes
+-- seen on the first pass; a capture that starts inside a TLS connection is
+-- recognised by any record header (content type 20-23, version 3.x).
+local tls_handle, tls_name = nil, nil
+for _, name in ipairs({ "tls", "ssl" }) do
+    local ok, handle = pcall(Dissector.get, name)
+    if ok and handle then
+        tls_handle, tls_name = handle, name
+        break
+    end
+end
+
+local function is_tls(tvb, pinfo)
+    local stream = stream_id()
+    local known = tls_stream[stream]
+    if known == nil then
+        if pinfo.visited or tvb:len() < 3 then return false end
+        local ct, major, minor = tvb(0, 1):uint(), tvb(1, 1):uint(), tvb(2, 1):uint()
+        known = tls_handle ~= nil and ct >= 20 and ct <= 23 and major == 3 and minor <= 4
+        tls_stream[stream] = known
+    end
+    return known
+end
+
+-- Hands a TLS connection's bytes to the TLS dissector, which decrypts them
+-- (with the key log: Edit > Preferences > Protocols > TLS > (Pre)-Master-
+-- Secret log filename) and gives the application data back to this
+-- dissector through "tls.port" (or the "tls" heuristic below).
+local function dissect_tls(tvb, pinfo, tree)
+    -- TLS reassembles records that span segments through TCP, which offers
+    -- that only to the dissector it calls: give back the level the call
+    -- took away, as TCP-proxying dissectors do.
+    if pinfo.can_desegment > 0 then pinfo.can_desegment = pinfo.can_desegment + 1 end
+    inside_tls = inside_tls + 1
+    local ok, err = pcall(function() tls_handle:call(tvb, pinfo, tree) end)
+    inside_tls = inside_tls - 1
+    if not ok then error(err, 0) end
+    return tvb:len()
+end
+
+-- Called by TCP for the ports (and for a stream the heuristic claimed), and
+-- by TLS with decrypted data for the ports in "tls.port".
+function dropsync.dissector(tvb, pinfo, tree)
+    if inside_tls == 0 and is_tls(tvb, pinfo) then
+        return dissect_tls(tvb, pinfo, tree)
+    end
+    return dissect_messages(tvb, pinfo, tree)
+end
+
+-- True when `tvb` starts with a HELLO whose label is printable UTF-8;
+-- `whole`: and holds nothing else.
+local function starts_with_hello(tvb, whole)
+    local len = tvb:len()
+    if len < NAMED_HEAD or tvb(0, 2):le_uint() ~= T_HELLO then return false end
+    local hello_len = NAMED_HEAD + tvb(18, 2):le_uint()
+    if hello_len > len or (whole and hello_len ~= len) then return false end
+    if hello_len > NAMED_HEAD then
+        local label = tvb(NAMED_HEAD, hello_len - NAMED_HEAD):raw()
+        if label:find("[%z\1-\31\127]") or not is_utf8(label) then return false end
+    end
+    return true
 end
 
 -- A connection on any port whose first segment is exactly one HELLO
 -- (type 7, 16-byte id, a printable label filling the rest) is dropsync.
 local function heuristic(tvb, pinfo, tree)
-    local len = tvb:len()
-    if len < NAMED_HEAD or tvb(0, 2):le_uint() ~= T_HELLO then return false end
-    if NAMED_HEAD + tvb(18, 2):le_uint() ~= len then return false end
+    if not starts_with_hello(tvb, true) then return false end
     local seq = tcp_seq_field()
     if seq and seq.value ~= 1 then return false end
-    if len > NAMED_HEAD then
-        local label = tvb(NAMED_HEAD, len - NAMED_HEAD):raw()
-        if label:find("[%z\1-\31\127]") or not is_utf8(label) then return false end
-    end
     pinfo.conversation = dropsync
     dropsync.dissector(tvb, pinfo, tree)
+    return true
+end
+
+-- A TLS connection on any port (found by TLS's own heuristic, or by "Decode
+-- As... > TCP port > TLS") whose first decrypted data starts with a HELLO is
+-- dropsync; TLS asks again for each record, and the answer stays the same.
+local function heuristic_tls(tvb, pinfo, tree)
+    local stream = stream_id()
+    local ours = tls_heur_stream[stream]
+    if ours == nil then
+        if pinfo.visited then return false end
+        ours = starts_with_hello(tvb, false)
+        tls_heur_stream[stream] = ours
+    end
+    if not ours then return false end
+    dissect_messages(tvb, pinfo, tree)
     return true
 end
 
@@ -552,3 +660,4 @@ register_postdissector(frame_end)
 dropsync.prefs_changed = register_ports
 register_ports()
 dropsync:register_heuristic("tcp", heuristic)
+if tls_handle then dropsync:register_heuristic(tls_name, heuristic_tls) end

@@ -17,6 +17,11 @@
 //! runs, checking what holds whatever order they choose (pairing, one reply
 //! per message, files rebuilt from the dissected payloads).
 //!
+//! `dissector_decodes_a_tls_session`: the same in secure mode (TLS 1.3),
+//! the server and the clients writing SSLKEYLOGFILE: tshark decrypts with
+//! either key log, through the ports and through the heuristics, and without
+//! one shows TLS only.
+//!
 //! `dissector_flags_rule_breaks_and_unknown_types`: crafted bytes (a pcap
 //! written here) with an unknown type, unknown status bits, bad names and a
 //! STATUS too many: each is flagged, and only the unknown type is an error.
@@ -38,7 +43,7 @@ use std::time::{Duration, Instant};
 
 use dropsync_io::wire::{FrameReader, Msg};
 use dropsync_proto::{md5, Frame, MessageType, StatusCode, ZERO_DIGEST};
-use dropsync_testkit::{wait_until, ClientProc, RawPeer, ServerProc, TempDir, DEFAULT_DEADLINE};
+use dropsync_testkit::{bin_path, wait_until, ClientProc, RawPeer, ServerProc, TempDir, DEFAULT_DEADLINE};
 
 /// Longest any one tshark run may take.
 const TSHARK_DEADLINE: Duration = Duration::from_secs(120);
@@ -848,9 +853,19 @@ fn dissector_decodes_real_clients() {
     let prefs = vec![format!("dropsync.send_port:{}", s.send_port), format!("dropsync.receive_port:{}", s.recv_port)];
     ts.check_clean(&prefs);
     let got = parse_pdml(&ts.run("pdml-clients", &prefs, &["-T", "pdml", "-Y", "dropsync"]), server_ports);
+    check_real_clients(&got, &files);
+    eprintln!("wireshark clients test: {:.1?}, {} messages", started.elapsed(), got.len());
+}
 
+/// What must hold of two real clients' session, whatever order they chose:
+/// alice uploaded `files`, bob downloaded them. Each connection opens with a
+/// HELLO and both of a client's share its id; every message got exactly one
+/// reply; the files rebuilt from the dissected chunk payloads, alice's
+/// uploads and bob's downloads, are `files`, and each FINISHED carries the
+/// MD5 of its chunks.
+fn check_real_clients(got: &[Dissected], files: &[(&str, &[u8])]) {
     let mut ways: BTreeMap<Way, Vec<&Dissected>> = BTreeMap::new();
-    for d in &got {
+    for d in got {
         ways.entry(d.way).or_default().push(d);
     }
     // Each connection opens with HELLO; both of a client's share its id.
@@ -905,7 +920,152 @@ fn dissector_decodes_real_clients() {
     let want: BTreeMap<String, Vec<u8>> = files.iter().map(|(n, d)| (n.to_string(), d.to_vec())).collect();
     assert!(rebuilt(true) == want, "uploads rebuilt from the capture differ from alice's files");
     assert!(rebuilt(false) == want, "downloads rebuilt from the capture differ from alice's files");
-    eprintln!("wireshark clients test: {:.1?}, {} messages", started.elapsed(), got.len());
+}
+
+// ---------------------------------------------------------------------------
+// Secure mode: the same over TLS, decrypted with SSLKEYLOGFILE
+// ---------------------------------------------------------------------------
+
+/// The server's fingerprint, as `server fingerprint --root` prints it.
+fn server_fingerprint(s: &ServerProc, dir: &Path) -> String {
+    let mut cmd = Command::new(bin_path("server"));
+    cmd.arg("fingerprint").arg("--root").arg(&s.root);
+    let out = run_bounded(cmd, dir, "fingerprint", DEFAULT_DEADLINE);
+    let fp = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    assert!(out.status.success() && !fp.is_empty(), "server fingerprint: {}\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    fp
+}
+
+/// The client randoms of the TLS 1.3 sessions an NSS key log has the
+/// application traffic secrets of.
+fn key_log_randoms(path: &Path) -> BTreeSet<String> {
+    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert!(!text.trim().is_empty(), "{} is empty: SSLKEYLOGFILE not honoured", path.display());
+    text.lines()
+        .filter_map(|l| l.strip_prefix("CLIENT_TRAFFIC_SECRET_0 "))
+        .filter_map(|rest| rest.split_whitespace().next())
+        .map(str::to_ascii_lowercase)
+        .collect()
+}
+
+/// Secure mode: two real clients (`client --once --server-fingerprint`) sync
+/// over TLS 1.3 while dumpcap captures, the server and the clients writing
+/// the TLS secrets to SSLKEYLOGFILE (one file for the server, one for both
+/// clients). With the server's key log and the ports as preferences (the
+/// heuristics off: TLS finds this dissector in "tls.port") tshark shows the
+/// decrypted messages, and they pass `check_real_clients` and the checks of
+/// the plain tests (nothing malformed, every STATUS answers a message), with
+/// META-DATA on each receive connection and the multi-chunk file in 64 KiB
+/// chunks; with the clients' key log and no ports (TLS's heuristic, then
+/// dropsync_tls) it shows the same. Without a key log it shows TLS and no
+/// dropsync, and the capture holds none of the files' bytes in clear.
+#[test]
+fn dissector_decodes_a_tls_session() {
+    let started = Instant::now();
+    find_tool("tshark");
+    find_tool("dumpcap");
+    let tmp = TempDir::new("wireshark-tls");
+    let (server_keys, client_keys) = (tmp.join("server.keys"), tmp.join("clients.keys"));
+    let s = ServerProc::start_with_env(
+        &tmp.join("root"),
+        &["--chunk-size", "65536", "--keepalive-secs", "600"],
+        &[("SSLKEYLOGFILE", server_keys.as_os_str())],
+    );
+    let server_ports = [s.send_port, s.recv_port];
+    let fp = server_fingerprint(&s, tmp.path());
+    let big: Vec<u8> = (0..200 * 1024u32).map(|i| (i.wrapping_mul(2_246_822_519) >> 13) as u8).collect();
+    let secret: &[u8] = b"this line only ever crosses the wire encrypted\n";
+    let files: [(&str, &[u8]); 2] = [("big.bin", &big), ("dir/secret.txt", secret)];
+    let (a, b) = (tmp.join("alice"), tmp.join("bob"));
+    for (name, data) in files {
+        let p = a.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, data).unwrap();
+    }
+    std::fs::create_dir_all(&b).unwrap();
+
+    let capture = Capture::start(tmp.path(), &server_ports);
+    for (folder, label) in [(&a, "alice"), (&b, "bob")] {
+        let args = ["--once", "--label", label, "--server-fingerprint", &fp];
+        let env = [("SSLKEYLOGFILE", client_keys.as_os_str())];
+        let mut c = ClientProc::start_with_env(&s, folder, 64 * 1024, &args, &env);
+        let st = c.wait(DEFAULT_DEADLINE);
+        assert!(st.is_some_and(|st| st.success()), "client {label} --once: {st:?}\n{}\nserver:\n{}", c.log(), s.log());
+    }
+    for (name, data) in files {
+        assert!(std::fs::read(b.join(name)).unwrap() == data, "bob's {name} differs");
+    }
+    let file = capture.stop();
+    keep_capture(&file, "tls");
+    let wire = std::fs::read(&file).unwrap();
+    assert!(!contains(&wire, secret), "secret.txt's content is in the capture in clear");
+    assert!(!contains(&wire, &big[100_000..100_064]), "big.bin's content is in the capture in clear");
+
+    let mut ts = Tshark::for_capture(file, tmp.path());
+    ts.disabled.retain(|p| p != "tls");
+    let ports = vec![format!("dropsync.send_port:{}", s.send_port), format!("dropsync.receive_port:{}", s.recv_port)];
+    let keys = |f: &Path| format!("tls.keylog_file:{}", f.display());
+
+    // Without a key log: TLS, and nothing tshark could read as dropsync.
+    let no_keys = ts.run(
+        "tls-no-keys",
+        &ports,
+        &["-Y", "dropsync or _ws.malformed or _ws.expert.severity >= error or _ws.lua.error", "-T", "fields", "-e", "frame.number"],
+    );
+    assert!(no_keys.trim().is_empty(), "without the key log, frames show dropsync or errors: {no_keys}");
+    let fields = |tag: &str, filter: &str, field: &str| -> BTreeSet<String> {
+        ts.run(tag, &ports, &["-Y", filter, "-T", "fields", "-e", field]).split_whitespace().map(str::to_owned).collect()
+    };
+    let app_data_frames = fields("tls-app-data", "tls.app_data", "frame.number");
+    let hellos: BTreeSet<String> =
+        fields("tls-client-hellos", "tls.handshake.type == 1", "tls.handshake.random").iter().map(|r| r.replace(':', "")).collect();
+    assert_eq!(hellos.len(), 4, "expected 4 TLS connections (2 per client): {hellos:?}");
+    // Both programs wrote the secrets of every session.
+    for (whose, log) in [("server's", &server_keys), ("clients'", &client_keys)] {
+        let have = key_log_randoms(log);
+        let missing: Vec<&String> = hellos.difference(&have).collect();
+        assert!(missing.is_empty(), "the {whose} key log lacks the sessions of client randoms {missing:?}");
+    }
+
+    // With the server's key log, the ports as preferences, heuristics off.
+    let prefs = [ports.clone(), vec![keys(&server_keys)]].concat();
+    ts.check_clean(&prefs);
+    let off = ["--disable-heuristic", "dropsync_tcp", "--disable-heuristic", "dropsync_tls"];
+    let pdml = ts.run("tls-pdml-ports", &prefs, &[&off[..], &["-T", "pdml", "-Y", "dropsync"]].concat());
+    let got = parse_pdml(&pdml, server_ports);
+    for conn in ["send", "receive"] {
+        assert!(
+            pdml.contains(&format!("<field name=\"dropsync.connection\" showname=\"Connection: {conn}\"")),
+            "no message marked as on the {conn} connection: the port preferences did not apply"
+        );
+    }
+    check_real_clients(&got, &files);
+    // Every message came out of TLS: its frame is one tshark shows as
+    // encrypted application data without the key log.
+    let plain: Vec<&Dissected> = got.iter().filter(|d| !app_data_frames.contains(&d.frame.to_string())).collect();
+    assert!(plain.is_empty(), "messages in frames that are not TLS application data: {:?}", plain.iter().map(|d| d.frame).collect::<Vec<_>>());
+    // META-DATA to each client; big.bin up in 64 KiB chunks; every STATUS OK.
+    let metadata: BTreeSet<u16> =
+        got.iter().filter(|d| !d.way.1 && d.ty == 3 && d.name == ".dropsync-metadata").map(|d| d.way.0).collect();
+    assert_eq!(metadata.len(), 2, "META-DATA transfers on client ports {metadata:?}, want one per client");
+    let sizes: Vec<usize> = got.iter().filter(|d| d.way.1 && d.ty == 1 && d.name == "big.bin").map(|d| d.payload.len()).collect();
+    assert_eq!(sizes, [65536, 65536, 65536, 8192], "big.bin's uploaded chunks");
+    for d in got.iter().filter(|d| d.ty == 2) {
+        assert!(d.what == "STATUS 0x0001" || d.what == "STATUS 0x8000", "frame {}: {}", d.frame, d.what);
+        assert!(d.what == "STATUS 0x8000" || d.reply_to.is_some(), "frame {}: {} answers nothing", d.frame, d.what);
+    }
+    let info = ts.run("tls-info", &prefs, &["-Y", "dropsync", "-T", "fields", "-e", info_column()]);
+    for want in ["HELLO alice ", "HELLO bob ", "FILE_CHUNK big.bin (65536 bytes)", "FINISHED dir/secret.txt", "STATUS 0x0001 OK"] {
+        assert!(info.contains(want), "no Info column contains {want:?}:\n{info}");
+    }
+
+    // With the clients' key log and no ports: found by the heuristics.
+    let no_ports = ["dropsync.send_port:0".to_string(), "dropsync.receive_port:0".to_string(), keys(&client_keys)];
+    let again = parse_pdml(&ts.run("tls-pdml-heuristic", &no_ports, &["-T", "pdml", "-Y", "dropsync"]), server_ports);
+    let seen = |v: &[Dissected]| -> Vec<(u64, Way, String)> { v.iter().map(|d| (d.frame, d.way, d.what.clone())).collect() };
+    assert!(seen(&again) == seen(&got), "the clients' key log and the heuristics show other messages than the server's and the ports");
+
+    eprintln!("wireshark TLS test: {:.1?}, {} messages in {} TLS connections", started.elapsed(), got.len(), hellos.len());
 }
 
 // ---------------------------------------------------------------------------

@@ -1,6 +1,7 @@
 //! The real `server` and `client` binaries as child processes: started on
 //! 127.0.0.1 with ephemeral ports and temp folders, killed and reaped on drop.
 
+use std::ffi::{OsStr, OsString};
 use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -74,17 +75,25 @@ pub struct ServerProc {
     pub http_port: Option<u16>,
     log: PathBuf,
     args: Vec<String>,
+    env: Vec<(String, OsString)>,
 }
 
 impl ServerProc {
     /// Starts `server 0 0 --bind 127.0.0.1 --root <root> <extra>`, waiting for
     /// its "listening" line to learn the ports.
     pub fn start(root: &Path, extra: &[&str]) -> Self {
-        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
-        Self::spawn(root.to_path_buf(), 0, 0, args)
+        Self::start_with_env(root, extra, &[])
     }
 
-    fn spawn(root: PathBuf, send: u16, recv: u16, args: Vec<String>) -> Self {
+    /// Like [`ServerProc::start`], with these environment variables set for
+    /// the server (e.g. `SSLKEYLOGFILE`), kept on restart.
+    pub fn start_with_env(root: &Path, extra: &[&str], env: &[(&str, &OsStr)]) -> Self {
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let env = env.iter().map(|(k, v)| (k.to_string(), v.to_os_string())).collect();
+        Self::spawn(root.to_path_buf(), 0, 0, args, env)
+    }
+
+    fn spawn(root: PathBuf, send: u16, recv: u16, args: Vec<String>, env: Vec<(String, OsString)>) -> Self {
         let log = root.with_extension("server.log");
         let err = File::options().create(true).append(true).open(&log).unwrap();
         let mut child = wrapped(bin_path("server"))
@@ -94,6 +103,7 @@ impl ServerProc {
             .arg(&root)
             .args(&args)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(err)
@@ -125,7 +135,7 @@ impl ServerProc {
         };
         let (send_port, recv_port) = (port("send="), port("receive="));
         let http_port = line.contains("http=").then(|| port("http="));
-        Self { child: Some(child), send_port, recv_port, root, http_port, log, args }
+        Self { child: Some(child), send_port, recv_port, root, http_port, log, args, env }
     }
 
     /// The server's stderr so far.
@@ -154,7 +164,7 @@ impl ServerProc {
     pub fn restart(&mut self) {
         self.kill9();
         let root = self.root.clone();
-        let next = Self::spawn(root, self.send_port, self.recv_port, self.args.clone());
+        let next = Self::spawn(root, self.send_port, self.recv_port, self.args.clone(), self.env.clone());
         *self = next;
     }
 }
@@ -183,6 +193,16 @@ impl ClientProc {
     /// Like [`ClientProc::start`], against any ports (a scripted fake
     /// server in the test, a proxy, or nothing listening at all).
     pub fn start_with_ports(send_port: u16, recv_port: u16, folder: &Path, chunk: u32, extra: &[&str]) -> Self {
+        Self::spawn(send_port, recv_port, folder, chunk, extra, &[])
+    }
+
+    /// Like [`ClientProc::start`], with these environment variables set for
+    /// the client (e.g. `SSLKEYLOGFILE`).
+    pub fn start_with_env(server: &ServerProc, folder: &Path, chunk: u32, extra: &[&str], env: &[(&str, &OsStr)]) -> Self {
+        Self::spawn(server.send_port, server.recv_port, folder, chunk, extra, env)
+    }
+
+    fn spawn(send_port: u16, recv_port: u16, folder: &Path, chunk: u32, extra: &[&str], env: &[(&str, &OsStr)]) -> Self {
         std::fs::create_dir_all(folder).unwrap();
         let log = folder.with_extension("client.log");
         let err = File::options().create(true).append(true).open(&log).unwrap();
@@ -194,6 +214,7 @@ impl ClientProc {
             .arg(chunk.to_string())
             .args(extra)
             .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "debug".into()))
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(err)
