@@ -1,6 +1,6 @@
 //! Secure mode's TLS (docs/PROTOCOL.md, "Secure mode"): TLS 1.3 only,
-//! rustls with the aws-lc-rs provider (no OpenSSL; X25519+ML-KEM hybrid key exchange preferred), and no certificate
-//! authorities. Each program has one key with a self-signed certificate,
+//! rustls with the aws-lc-rs provider (no OpenSSL; the X25519+ML-KEM
+//! hybrid key exchange preferred), and no certificate authorities. Each program has one key with a self-signed certificate,
 //! made on first use; peers know each other by the certificate's SHA-256
 //! fingerprint, ssh-style: the client pins the server's, the server looks
 //! the client's up in its enrolment list. TLS proves the peer holds the
