@@ -252,6 +252,12 @@ impl Core {
                 Ok(name) if closed => self.debouncer.due_now(name, now),
                 Ok(name) => self.debouncer.touch(name, now),
                 Err(Unsyncable::BadName(why)) => self.notes.once(&p, &format!("name not allowed: {why}")),
+                // Renamed to NFC here; the watcher reports the new name.
+                Err(Unsyncable::NotNfc) => {
+                    if let Err(e) = crate::names::normalize_on_disk(&self.ctx.root, &p) {
+                        self.notes.once(&p, &format!("name not in NFC, and cannot be renamed to it: {e}"));
+                    }
+                }
                 Err(Unsyncable::Reserved | Unsyncable::Outside) => {}
             }
         }

@@ -22,6 +22,7 @@ mod held;
 mod ignores;
 mod incoming;
 mod initial_sync;
+mod names;
 mod outgoing;
 mod paths;
 mod progress;

@@ -33,6 +33,8 @@ pub enum Unsyncable {
     Reserved,
     /// Not UTF-8, or breaks a rule of section 3 (a backslash, say).
     BadName(String),
+    /// Not in NFC: renamed first (`names::normalize_on_disk`).
+    NotNfc,
 }
 
 /// The wire name of `path`, a path under `root` (both absolute, `root`
@@ -55,6 +57,9 @@ pub fn name_for(root: &Path, path: &Path) -> Result<String, Unsyncable> {
     let name = parts.join("/");
     if is_reserved(&name) {
         return Err(Unsyncable::Reserved);
+    }
+    if !crate::names::is_nfc_name(&name) {
+        return Err(Unsyncable::NotNfc);
     }
     match validate_name(&name, false) {
         Ok(()) => Ok(name),

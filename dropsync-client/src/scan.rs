@@ -246,8 +246,8 @@ impl Notes {
 /// unreadable folders are reported once and skipped.
 pub fn walk(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<(String, FileStat)> {
     let mut out = Vec::new();
-    each_file(root, dir, notes, |name, entry| {
-        if let Ok(md) = entry.metadata() {
+    each_file(root, dir, notes, |name, path| {
+        if let Ok(md) = fs::symlink_metadata(path) {
             out.push((name, FileStat::of(&md)));
         }
     });
@@ -264,9 +264,10 @@ pub fn walk_names(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<String> {
     out
 }
 
-/// Calls `found` with the name and folder entry of every regular file under
-/// `dir` with a valid wire name (see [`walk`]).
-fn each_file(root: &Path, dir: &Path, notes: &mut Notes, mut found: impl FnMut(String, &fs::DirEntry)) {
+/// Calls `found` with the name and path of every regular file under `dir`
+/// with a valid wire name (see [`walk`]). An entry whose name is not NFC is
+/// renamed to it first (`names::normalize_on_disk`).
+fn each_file(root: &Path, dir: &Path, notes: &mut Notes, mut found: impl FnMut(String, &Path)) {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let entries = match fs::read_dir(&dir) {
@@ -279,13 +280,27 @@ fn each_file(root: &Path, dir: &Path, notes: &mut Notes, mut found: impl FnMut(S
             }
         };
         for entry in entries.flatten() {
-            let path = entry.path();
+            let mut path = entry.path();
             let Ok(kind) = entry.file_type() else { continue };
-            let name = match name_for(root, &path) {
+            let mut named = name_for(root, &path);
+            if named == Err(Unsyncable::NotNfc) {
+                match crate::names::normalize_on_disk(root, &path) {
+                    Ok(now) => {
+                        named = name_for(root, &now);
+                        path = now;
+                    }
+                    Err(e) => named = Err(Unsyncable::BadName(format!("not NFC, and cannot be renamed to it: {e}"))),
+                }
+            }
+            let name = match named {
                 Ok(name) => name,
                 Err(Unsyncable::Reserved | Unsyncable::Outside) => continue,
                 Err(Unsyncable::BadName(why)) => {
                     notes.once(&path, &format!("name not allowed: {why}"));
+                    continue;
+                }
+                Err(Unsyncable::NotNfc) => {
+                    notes.once(&path, "name not in NFC");
                     continue;
                 }
             };
@@ -294,7 +309,7 @@ fn each_file(root: &Path, dir: &Path, notes: &mut Notes, mut found: impl FnMut(S
             } else if kind.is_dir() {
                 stack.push(path);
             } else if kind.is_file() {
-                found(name, &entry);
+                found(name, &path);
             } else {
                 notes.once(&path, "not a regular file");
             }

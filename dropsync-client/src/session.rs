@@ -36,6 +36,7 @@ use crate::initial_sync;
 use crate::outgoing::{Done, Outgoing};
 use crate::send_thread::{self, SendHandle};
 use crate::replies;
+use crate::names;
 use crate::paths::{self, checked_path, local_path};
 use crate::scan::{open_unhashed, probe, read_local, FileStat, Local, Probe};
 
@@ -637,6 +638,7 @@ impl<'a> Session<'a> {
     /// An operation on the send connection ended (already recorded in the
     /// shared state by `outgoing::settle`): what it means for this session.
     fn on_done(&mut self, done: Done) {
+        let was_upload = matches!(done, Done::Upload { .. });
         let (name, ending) = match done {
             Done::Upload { name, stat, content, outcome } => {
                 if outcome == Outcome::Committed {
@@ -681,7 +683,29 @@ impl<'a> Session<'a> {
                 }
                 self.core.debouncer.touch(name, at);
             }
+            Next::GivenUp(code) if code == dropsync_proto::StatusCode::BAD_REQUEST && was_upload => self.refused_name(&name),
             Next::GivenUp(code) => log::warn!("server refused {name} ({code}); giving up this change"),
+        }
+    }
+
+    /// An upload refused as a bad name (0x0100): when this client knows a
+    /// live file that differs from it in letter case alone, the server
+    /// refused a case twin (`path_rules`), so the local file is kept under
+    /// a conflict-copy name, which syncs; otherwise the name is bad as
+    /// such and the change is given up.
+    fn refused_name(&mut self, name: &str) {
+        let ctx = &self.core.ctx;
+        let mut st = ctx.shared.lock();
+        let twin = names::case_twin(st.meta.records.iter().filter(|(_, r)| r.base.is_some()).map(|(n, _)| n.as_str()), name);
+        match twin.filter(|t| names::exists_exactly(&ctx.root, t)) {
+            Some(twin) => match names::keep_case_twin(&ctx.root, name) {
+                Ok(copy) => {
+                    st.set_local(name, None);
+                    log::warn!("{name} differs from {twin} in letter case alone, which case-insensitive file systems cannot hold: kept it as {copy}");
+                }
+                Err(e) => log::warn!("server refused {name}, a case twin of {twin}, and it cannot be renamed: {e}"),
+            },
+            None => log::warn!("server refused {name} (0x0100, a name it does not take); giving up this change"),
         }
     }
 

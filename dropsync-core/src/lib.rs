@@ -12,7 +12,7 @@
 //! - the server's rules: [`library`] (commits over the [`meta_server::Catalog`]
 //!   and [`library::BlobStore`] traits), [`history`] (what commits replace,
 //!   kept for restores and undeletes), [`delivery`] (the update queue),
-//!   [`stale`], [`locks`], [`pairing`], [`access`] (who may connect and
+//!   [`stale`], [`locks`], [`pairing`], [`path_rules`], [`access`] (who may connect and
 //!   change what);
 //! - the client's: [`sync_policy`], [`reconcile`], [`delete_guard`],
 //!   [`debounce`], [`conflict`], [`meta_client`].
@@ -47,6 +47,7 @@ pub mod meta_server;
 pub mod mux;
 pub mod open_transfers;
 pub mod pairing;
+pub mod path_rules;
 pub mod receiver;
 pub mod receiving;
 pub mod reconcile;

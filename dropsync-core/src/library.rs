@@ -303,6 +303,12 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
         Ok(gone.len())
     }
 
+    /// What is in the way of a new file at `path` (`path_rules`): checked
+    /// at the first message of an upload, before its lock.
+    pub fn path_conflict(&self, path: &str, case_twins: bool) -> Option<crate::path_rules::PathConflict> {
+        self.catalog.path_conflict(path, case_twins)
+    }
+
     /// The reply to a REQUEST of `path`; on 0x0001 the caller queues the
     /// path for that client (after the reply).
     pub fn request(&self, path: &str) -> StatusCode {

@@ -12,6 +12,7 @@ use dropsync_proto::metadata::{self, Entry, EntryState, Strong};
 use dropsync_proto::Digest;
 
 use crate::history::{self, History, Kept, HISTORY};
+use crate::path_rules::{PathConflict, PathIndex};
 use crate::storage::Storage;
 use crate::store::JournaledStore;
 use crate::CoreError;
@@ -44,13 +45,34 @@ pub enum Change {
 pub struct ServerMeta {
     entries: HashMap<String, Entry>,
     last_version: u64,
+    /// The live files counted for the path rules (`path_rules`).
+    index: PathIndex,
 }
 
 impl ServerMeta {
     /// A table from loaded entries; the counter continues after the largest.
     pub fn from_entries(entries: HashMap<String, Entry>) -> Self {
         let last_version = entries.values().map(|e| e.version).max().unwrap_or(0);
-        Self { entries, last_version }
+        let index = PathIndex::of(entries.values());
+        Self { entries, last_version, index }
+    }
+
+    /// What is in the way of a new file at `path` (`path_rules`); the
+    /// letter-case rule with `case_twins`.
+    pub fn path_conflict(&self, path: &str, case_twins: bool) -> Option<PathConflict> {
+        self.index.conflict(path, case_twins, || Box::new(self.entries.values()), |p| self.entries.get(p))
+    }
+
+    /// Puts `path`'s line back as it was before a change that did not
+    /// become durable (`None`: it had none).
+    pub fn put_back(&mut self, path: &str, previous: Option<Entry>, last_version: u64) {
+        self.index.count(self.entries.get(path), false);
+        self.index.count(previous.as_ref(), true);
+        match previous {
+            Some(p) => self.entries.insert(path.to_owned(), p),
+            None => self.entries.remove(path),
+        };
+        self.last_version = last_version;
     }
 
     /// The newest line for `path`.
@@ -91,6 +113,8 @@ impl ServerMeta {
             }
         };
         let entry = Entry { version: self.last_version, md5, size, mtime_ns, state, path: path.to_owned(), strong };
+        self.index.count(self.entries.get(path), false);
+        self.index.count(Some(&entry), true);
         self.entries.insert(path.to_owned(), entry.clone());
         entry
     }
@@ -146,6 +170,8 @@ pub trait Catalog: Send + Sync {
     fn contents(&self) -> Vec<Strong>;
     /// How much the history keeps.
     fn history_size(&self) -> history::Size;
+    /// What is in the way of a new file at `path` (`path_rules`).
+    fn path_conflict(&self, path: &str, case_twins: bool) -> Option<PathConflict>;
     /// The retention cutoff that keeps the history within `budget` bytes
     /// (`History::budget_cutoff`).
     fn budget_cutoff(&self, budget: u64) -> Option<i64>;
@@ -249,11 +275,7 @@ impl<S: Storage> Catalog for MemCatalog<S> {
         }
         if let Err(e) = written.and_then(|()| store.append(std::slice::from_ref(&entry))) {
             // Not durable: not committed. Put the table back as it was.
-            match previous {
-                Some(p) => table.entries.insert(path.to_owned(), p),
-                None => table.entries.remove(path),
-            };
-            table.last_version = previous_version;
+            table.put_back(path, previous, previous_version);
             return Err(e);
         }
         if let Some(k) = kept {
@@ -304,6 +326,10 @@ impl<S: Storage> Catalog for MemCatalog<S> {
 
     fn history_size(&self) -> history::Size {
         self.lock().2.size()
+    }
+
+    fn path_conflict(&self, path: &str, case_twins: bool) -> Option<PathConflict> {
+        self.lock().0.path_conflict(path, case_twins)
     }
 
     fn budget_cutoff(&self, budget: u64) -> Option<i64> {

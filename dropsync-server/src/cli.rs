@@ -69,6 +69,13 @@ pub struct Args {
     /// (secure mode is on by itself once anyone is: `server enroll`).
     #[arg(long)]
     pub require_auth: bool,
+    /// Accept files whose names differ from a live file's in letter case
+    /// alone (README.TXT beside readme.txt). By default they are refused
+    /// with 0x0100, since a case-insensitive file system (macOS, Windows)
+    /// cannot hold both; the client that made one keeps it as a conflict
+    /// copy instead.
+    #[arg(long)]
+    pub allow_case_twins: bool,
     /// The assignment's plain overwrite: never keep an overwritten version
     /// as a conflict copy (PROTOCOL.md section 6 [ext]).
     #[arg(long)]

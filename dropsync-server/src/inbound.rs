@@ -14,6 +14,7 @@ use std::time::Instant;
 use dropsync_core::library::Committed;
 use dropsync_core::locks::{try_lock_owned, OwnedLockGuard, SessionId};
 use dropsync_core::open_transfers::Limits;
+use dropsync_core::path_rules::PathConflict;
 use dropsync_core::receiving::{Assembled, Config, Ended, Event, Host, Payload, Receiving, Step};
 use dropsync_io::wire::{feed, Fed, FrameReader, Msg};
 use dropsync_proto::StatusCode;
@@ -32,6 +33,7 @@ type End = String;
 const MAX_EXPIRED_REMEMBERED: usize = 256;
 
 static READ_ONLY: crate::quiet_log::QuietLog = crate::quiet_log::QuietLog::new();
+static PATH_CONFLICTS: crate::quiet_log::QuietLog = crate::quiet_log::QuietLog::new();
 
 /// What the server keeps for one upload in progress.
 pub struct Upload {
@@ -269,6 +271,27 @@ impl Uploads<'_> {
 }
 
 impl Uploads<'_> {
+    /// An upload of a new file that a live file is in the way of
+    /// (`path_rules`): a file where a folder of it would be, or a folder of
+    /// live files where it would be, gets 0x0080, try again later (a swap
+    /// between a folder and a file sends its deletes too, which clear the
+    /// way); a case twin of a live file gets 0x0100, as a name no
+    /// case-insensitive client can write.
+    fn clear_way(&self, name: &str) -> Result<(), StatusCode> {
+        let Some(conflict) = self.server.library.path_conflict(name, self.server.config.refuse_case_twins) else {
+            return Ok(());
+        };
+        let (code, why) = match &conflict {
+            PathConflict::FileAbove(p) => (StatusCode::IN_USE, format!("the file {p:?} is where a folder of it would be")),
+            PathConflict::FilesBelow(p) => (StatusCode::IN_USE, format!("it is a folder of {p:?}")),
+            PathConflict::CaseTwin(p) => (StatusCode::BAD_REQUEST, format!("it differs from {p:?} in letter case alone")),
+        };
+        if let Some(n) = PATH_CONFLICTS.allow(Instant::now()) {
+            log::info!("{}: {name:?} refused ({code}): {why}{}", self.session.who(), crate::quiet_log::more(n));
+        }
+        Err(code)
+    }
+
     /// A read-only client's upload or delete is refused before it takes a
     /// lock or a temp file (core's `Access::refuses_change`).
     fn may_change(&self, name: &str) -> Result<(), StatusCode> {
@@ -289,6 +312,7 @@ impl Host for Uploads<'_> {
 
     fn open(&mut self, name: &str, first_len: u32) -> Result<Upload, StatusCode> {
         self.may_change(name)?;
+        self.clear_way(name)?;
         let Some(lock) = try_lock_owned(self.server.library.locks(), name, self.session.id) else {
             log::info!("{}: {name:?} is locked by another transfer", self.session.who());
             return Err(StatusCode::LOCKED);

@@ -134,6 +134,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         workers: args.workers,
         parallel: usize::from(args.parallel),
         max_transfers: args.max_transfers as usize,
+        refuse_case_twins: !args.allow_case_twins,
     };
     let send = bind_all(&args.bind, args.send_port).map_err(|e| format!("cannot listen on send port {}: {e}", args.send_port))?;
     let recv = bind_all(&args.bind, args.receive_port)

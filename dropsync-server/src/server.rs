@@ -42,6 +42,9 @@ pub struct Config {
     /// Most uploads open at once on one connection (section 9: never
     /// below 256); the first message of one more gets 0x0080.
     pub max_transfers: usize,
+    /// Refuse a new file that differs from a live one in letter case alone
+    /// (not `--allow-case-twins`).
+    pub refuse_case_twins: bool,
 }
 
 impl Config {

@@ -1209,7 +1209,10 @@ impl Run {
             out.push(problem(6, format!("the restarted server ended with {status:?} on SIGTERM")));
         }
         let root = &self.server_root;
-        let mut expected: BTreeSet<String> = ["meta/metadata", "meta/metadata.journal"].iter().map(|s| s.to_string()).collect();
+        // The META-DATA and its journal, and the server's key (secure mode's
+        // identity, made at every start whether or not it is used).
+        let mut expected: BTreeSet<String> =
+            ["meta/metadata", "meta/metadata.journal", "meta/identity.pem"].iter().map(|s| s.to_string()).collect();
         match views::server_tree(root) {
             Ok(view) if view == *end => {}
             Ok(view) => out.push(problem(
@@ -1240,15 +1243,15 @@ impl Run {
             }
         }
         for c in &self.clients {
-            // The snapshot, the (empty) journal that follows it, and the
+            // The snapshot, the (empty) journal that follows it, the
             // status file `client status` reads (never a half-written
-            // `status.tmp`: it is renamed into place).
+            // `status.tmp`: it is renamed into place) and the client's key.
             let state = c.folder.join(".dropsync");
             let snapshot = fs::read_to_string(state.join("metadata")).unwrap_or_default();
             let generation = snapshot.lines().rev().find_map(|l| l.strip_prefix("# generation ")).unwrap_or("?");
             let journal = format!("metadata.journal.{generation}");
             for f in views::all_files(&state) {
-                if f != "metadata" && f != journal && f != "status" {
+                if f != "metadata" && f != journal && f != "status" && f != "identity.pem" {
                     out.push(problem(5, format!("{}: unexpected file .dropsync/{f}", c.label)));
                 }
             }

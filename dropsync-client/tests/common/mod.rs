@@ -46,11 +46,7 @@ impl Net {
     pub fn once(&self, name: &str) {
         let mut c = ClientProc::start(&self.server, &self.folder(name), CHUNK, &["--once", "--label", name]);
         let status = c.wait(DEFAULT_DEADLINE);
-        assert!(
-            status.is_some_and(|s| s.success()),
-            "--once of {name} ended with {status:?}; log:\n{}",
-            c.log()
-        );
+        assert!(status.is_some_and(|s| s.success()), "--once of {name} ended with {status:?}; log:\n{}", c.log());
     }
 }
 
@@ -68,11 +64,8 @@ pub fn converge(
         last.windows(2).all(|w| w[0] == w[1]) && ok(&last[0])
     });
     if !done {
-        let listing: Vec<String> = folders
-            .iter()
-            .zip(&last)
-            .map(|(f, t)| format!("{}: {:?}", f.display(), show(t)))
-            .collect();
+        let listing: Vec<String> =
+            folders.iter().zip(&last).map(|(f, t)| format!("{}: {:?}", f.display(), show(t))).collect();
         let logs: Vec<String> = clients.iter().map(|c| c.log()).collect();
         panic!("timed out waiting for {what}\n{}\nlogs:\n{}", listing.join("\n"), logs.join("\n-----\n"));
     }
@@ -195,7 +188,10 @@ impl FakeSession {
     pub fn send_metadata(&mut self, text: &str) {
         let name = dropsync_proto::name::METADATA_TRANSFER_NAME;
         if !text.is_empty() {
-            assert_eq!(self.push(&Frame::Chunk { digest: md5(text.as_bytes()), name, payload: text.as_bytes() }), StatusCode::OK);
+            assert_eq!(
+                self.push(&Frame::Chunk { digest: md5(text.as_bytes()), name, payload: text.as_bytes() }),
+                StatusCode::OK
+            );
         }
         assert_eq!(self.push(&Frame::Finished { digest: md5(text.as_bytes()), name }), StatusCode::OK);
     }
