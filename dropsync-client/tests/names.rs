@@ -31,7 +31,7 @@ fn an_nfd_name_travels_as_nfc_and_an_nfd_twin_is_kept_as_a_copy() {
     let t = converge(&[&a, &b], &[&ca, &cb], "the twin as a copy", |t| t.len() == 2);
     assert_eq!(t[&nfc_path], b"written on a Mac", "the NFC file is not overwritten");
     let (copy, body) = t.iter().find(|(k, _)| k.contains("conflicted copy unicode twin")).unwrap();
-    assert!(copy.starts_with(&format!("menu/caf\u{e9} (")), "{copy}");
+    assert!(copy.starts_with("menu/caf\u{e9} ("), "{copy}");
     assert_eq!(body, b"the twin");
     assert!(tree(&a).keys().all(|k| !k.contains('\u{301}')), "no NFD name is left on a");
 }

@@ -9,7 +9,7 @@
 //!
 //! ```text
 //! # dropsync enrolled clients: fingerprint, rw or ro, label
-//! 3f5a…(64 hex digits)…	rw	laptop
+//! 3f5a…(64 hex digits)…<TAB>rw<TAB>laptop
 //! ```
 
 use std::fmt;
@@ -35,17 +35,7 @@ impl Fingerprint {
     pub fn parse(text: &str) -> Option<Self> {
         let text = text.trim();
         let text = text.strip_prefix("sha256:").or_else(|| text.strip_prefix("SHA256:")).unwrap_or(text);
-        let mut out = [0u8; 32];
-        let mut nibbles = text.bytes().filter(|&b| b != b':');
-        for byte in &mut out {
-            let hi = hex_value(nibbles.next()?)?;
-            let lo = hex_value(nibbles.next()?)?;
-            *byte = hi << 4 | lo;
-        }
-        match nibbles.next() {
-            None => Some(Self(out)),
-            Some(_) => None,
-        }
+        dropsync_proto::digest::bytes_from_hex(&text.replace(':', "")).map(Self)
     }
 
     /// The first 16 hex digits, for log lines.
@@ -63,18 +53,11 @@ impl Fingerprint {
     }
 }
 
-fn hex_value(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
-}
-
 impl fmt::Display for Fingerprint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.iter().try_for_each(|b| write!(f, "{b:02x}"))
+        let mut hex = String::with_capacity(64);
+        dropsync_proto::digest::push_hex(&self.0, &mut hex);
+        f.write_str(&hex)
     }
 }
 

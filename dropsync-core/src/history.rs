@@ -105,7 +105,7 @@ impl History {
     pub fn budget_cutoff(&self, budget: u64) -> Option<i64> {
         let mut files: Vec<(i64, u64)> =
             self.iter().filter(|k| k.is_file()).map(|k| (k.replaced_ns, k.entry.size)).collect();
-        files.sort_unstable_by(|a, b| b.0.cmp(&a.0));
+        files.sort_unstable_by_key(|f| std::cmp::Reverse(f.0));
         let mut total = 0u64;
         for (replaced_ns, size) in files {
             total = total.saturating_add(size);
