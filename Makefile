@@ -1,10 +1,11 @@
 # dropsync: `make all` builds ./server and ./client (release), `make test` runs
-# every test, `make demo` syncs a demo folder, `make fuzz` fuzzes the parsers.
+# every test, `make demo` syncs a demo folder (`make demo-secure`: the same in
+# secure mode, keys and enrolment included), `make fuzz` fuzzes the parsers.
 
 CARGO ?= cargo
 FUZZ_SECONDS ?= 60
 
-.PHONY: all clean test demo fuzz bench valgrind
+.PHONY: all clean test demo demo-secure fuzz bench valgrind
 
 # Installed by copy to a temp name and rename, so `make all` works while
 # ./server or ./client runs (a copy onto a running program fails with
@@ -74,6 +75,12 @@ sim:
 
 demo: all
 	./scripts/demo.sh
+
+# Secure mode (scripts/demo-secure.sh): the server's and the clients' keys,
+# `server enroll`, clients with --server-fingerprint, a file from one to the
+# other over TLS, a stranger and a plaintext client refused, a revoke.
+demo-secure: all
+	./scripts/demo-secure.sh
 
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP=1 lets this stable toolchain
 # accept them. Each target runs for FUZZ_SECONDS.

@@ -6,7 +6,7 @@
 //! Environment: `BENCH_RUNS` (default 3), `BENCH_QUICK=1` (small sizes for
 //! a fast check), `BENCH_DIR` (scratch parent; default `/dev/shm` when it
 //! has room), `BENCH_DEADLINE` (seconds before the watchdog kills
-//! everything; default 900).
+//! everything; default 900). `--only B1,B3` runs those phases alone.
 
 mod data;
 mod fanout;
@@ -17,7 +17,7 @@ mod stats;
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -25,7 +25,7 @@ use md5::{Digest as _, Md5};
 
 use crate::data::Rng;
 use crate::json::Json;
-use crate::procs::{Proc, Spec};
+use crate::procs::{run_timed, Proc, Spec};
 use crate::rsync::Rsyncd;
 use crate::stats::{percentile, Figure};
 
@@ -58,6 +58,15 @@ struct Cfg {
     md5_buf: usize,
     /// Bound on every process and wait.
     limit: Duration,
+    /// The phases to run (`--only`); `None`: all of them.
+    only: Option<Vec<String>>,
+}
+
+impl Cfg {
+    /// True when phase `id` ("B1" … "B5") runs.
+    fn runs_phase(&self, id: &str) -> bool {
+        self.only.as_ref().is_none_or(|o| o.iter().any(|p| p == id))
+    }
 }
 
 /// A check applied to a row's median.
@@ -140,19 +149,36 @@ fn scratch_parent(need: u64) -> PathBuf {
     std::env::temp_dir()
 }
 
-fn parse_args() -> R<(PathBuf, PathBuf, PathBuf)> {
+const PHASES: [&str; 5] = ["B1", "B2", "B3", "B4", "B5"];
+
+type Args = (PathBuf, PathBuf, PathBuf, Option<Vec<String>>);
+
+fn parse_args() -> R<Args> {
     let mut server = PathBuf::from("target/release/server");
     let mut client = PathBuf::from("target/release/client");
     let mut out = PathBuf::from("bench/results");
+    let mut only = None;
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
-        let mut val = || it.next().map(PathBuf::from).ok_or(format!("{a} needs a value"));
+        let mut val = || it.next().ok_or(format!("{a} needs a value"));
         match a.as_str() {
-            "--server" => server = val()?,
-            "--client" => client = val()?,
-            "--out" => out = val()?,
+            "--server" => server = val()?.into(),
+            "--client" => client = val()?.into(),
+            "--out" => out = val()?.into(),
+            "--only" => {
+                let list: Vec<String> = val()?.split(',').map(|p| p.trim().to_ascii_uppercase()).filter(|p| !p.is_empty()).collect();
+                if let Some(bad) = list.iter().find(|p| !PHASES.contains(&p.as_str())) {
+                    return Err(format!("--only: no phase {bad} (B1 to B5; B6 is measured in B1 and B2)").into());
+                }
+                only = Some(list);
+            }
             "-h" | "--help" => {
-                println!("dropsync-bench [--server PATH] [--client PATH] [--out DIR]\nEnvironment: BENCH_RUNS, BENCH_QUICK=1, BENCH_DIR, BENCH_DEADLINE; see bench/README.md");
+                println!(
+                    "dropsync-bench [--server PATH] [--client PATH] [--out DIR] [--only B1,B3,...]\n\
+                     --only: run these phases alone (B1 to B5; B6's rows come with B1 and B2); the files \
+                     written are named latest-b1-b3.* etc.\n\
+                     Environment: BENCH_RUNS, BENCH_QUICK=1, BENCH_DIR, BENCH_DEADLINE; see bench/README.md"
+                );
                 std::process::exit(0);
             }
             other => return Err(format!("unknown argument {other}").into()),
@@ -163,7 +189,7 @@ fn parse_args() -> R<(PathBuf, PathBuf, PathBuf)> {
             return Err(format!("{} not built (make bench builds it)", p.display()).into());
         }
     }
-    Ok((fs::canonicalize(server)?, fs::canonicalize(client)?, out))
+    Ok((fs::canonicalize(server)?, fs::canonicalize(client)?, out, only))
 }
 
 fn main() {
@@ -197,7 +223,7 @@ fn install_guards() -> R<()> {
 
 fn real_main() -> R<()> {
     install_guards()?;
-    let (server, client, out) = parse_args()?;
+    let (server, client, out, only) = parse_args()?;
     let quick = std::env::var("BENCH_QUICK").is_ok_and(|v| !v.is_empty() && v != "0");
     let runs = env_usize("BENCH_RUNS", 3).max(1);
     let big = if quick { 64 * MIB } else { 1024 * MIB };
@@ -224,13 +250,15 @@ fn real_main() -> R<()> {
         fan_size: MIB as usize,
         md5_buf: if quick { 64 << 20 } else { 256 << 20 },
         limit: Duration::from_secs(if quick { 120 } else { 300 }),
+        only,
     };
     let started = Instant::now();
     let load_start = sh("cat", &["/proc/loadavg"]);
     eprintln!(
-        "bench: {} run(s){}, scratch {} ({} MiB free), {} core(s), load {}",
+        "bench: {} run(s){}{}, scratch {} ({} MiB free), {} core(s), load {}",
         cfg.runs,
         if quick { ", QUICK sizes" } else { "" },
+        cfg.only.as_ref().map_or(String::new(), |o| format!(", only {}", o.join(","))),
         cfg.work.display(),
         free_kib(&cfg.work) / 1024,
         cfg.cores,
@@ -253,30 +281,35 @@ fn real_main() -> R<()> {
     let mut res = Results { rows: rows(&cfg), b4_samples: Vec::new(), errors: Vec::new(), findings: Vec::new(), notes: Vec::new() };
     let (rsync_version, rsync_checksums) = rsync::version();
     let rsync_version = rsync_version.split_whitespace().collect::<Vec<_>>().join(" ");
-    let mut rsyncd = Rsyncd::start(&cfg.work, cfg.limit * 8)?;
+    let mut rsyncd = match cfg.runs_phase("B1") || cfg.runs_phase("B3") {
+        true => Some(Rsyncd::start(&cfg.work, cfg.limit * 8)?),
+        false => None,
+    };
 
-    for i in 0..cfg.runs {
-        if let Err(e) = b1(&cfg, &mut res, &rsyncd, &big_file, &md5_buf, i) {
+    for i in (0..cfg.runs).filter(|_| cfg.runs_phase("B1")) {
+        if let Err(e) = b1(&cfg, &mut res, rsyncd.as_ref().ok_or("no rsyncd")?, &big_file, &md5_buf, i) {
             note_err(&mut res, format!("B1 run {}: {e}", i + 1));
         }
     }
-    for i in 0..cfg.runs {
+    for i in (0..cfg.runs).filter(|_| cfg.runs_phase("B2")) {
         if let Err(e) = b2(&cfg, &mut res, &big_file, i) {
             note_err(&mut res, format!("B2 run {}: {e}", i + 1));
         }
     }
-    for i in 0..cfg.runs {
-        if let Err(e) = b3(&cfg, &mut res, &rsyncd, &small_tree, i) {
+    for i in (0..cfg.runs).filter(|_| cfg.runs_phase("B3")) {
+        if let Err(e) = b3(&cfg, &mut res, rsyncd.as_ref().ok_or("no rsyncd")?, &small_tree, i) {
             note_err(&mut res, format!("B3 run {}: {e}", i + 1));
         }
     }
-    rsyncd.stop();
-    for i in 0..cfg.runs {
+    if let Some(d) = rsyncd.as_mut() {
+        d.stop();
+    }
+    for i in (0..cfg.runs).filter(|_| cfg.runs_phase("B4")) {
         if let Err(e) = b4(&cfg, &mut res, i) {
             note_err(&mut res, format!("B4 run {}: {e}", i + 1));
         }
     }
-    for i in 0..cfg.runs {
+    for i in (0..cfg.runs).filter(|_| cfg.runs_phase("B5")) {
         if let Err(e) = b5(&cfg, &mut res, fan_data.clone(), i) {
             note_err(&mut res, format!("B5 run {}: {e}", i + 1));
         }
@@ -289,11 +322,14 @@ fn real_main() -> R<()> {
     let json = render_json(&cfg, &res, &config, &rsync_version, &rsync_checksums, &load_start, &load_end, elapsed);
     fs::create_dir_all(&cfg.out)?;
     let stamp = sh("date", &["-u", "+%Y%m%dT%H%M%SZ"]);
-    let stamped = cfg.out.join(format!("{stamp}{}.json", if quick { "-quick" } else { "" }));
-    let latest = cfg.out.join(if quick { "latest-quick.json" } else { "latest.json" });
+    // A partial run (--only) never replaces the full table's files.
+    let only = cfg.only.as_ref().map_or(String::new(), |o| format!("-{}", o.join("-").to_ascii_lowercase()));
+    let suffix = format!("{}{only}", if quick { "-quick" } else { "" });
+    let stamped = cfg.out.join(format!("{stamp}{suffix}.json"));
+    let latest = cfg.out.join(format!("latest{suffix}.json"));
     fs::write(&stamped, json.pretty())?;
     fs::write(&latest, json.pretty())?;
-    fs::write(cfg.out.join(if quick { "latest-quick.md" } else { "latest.md" }), &table)?;
+    fs::write(cfg.out.join(format!("latest{suffix}.md")), &table)?;
     if !res.errors.is_empty() || !res.findings.is_empty() {
         println!("\n### Errors and log findings\n");
         for e in &res.errors {
@@ -320,8 +356,10 @@ fn rows(cfg: &Cfg) -> Vec<Row> {
     let mib = |b: u64| b as f64 / MIB as f64;
     let big = format!("{} MiB", cfg.big / MIB);
     let nfiles = cfg.small_dirs * cfg.small_per_dir;
-    vec![
+    let mut rows = vec![
         Row::new("B1", "b1_dropsync", format!("upload 1 × {big} (client --once), MB/s"), "MB/s"),
+        Row::new("B1", "b1_tls", "… the same in secure mode (TLS 1.3, client enrolled), MB/s", "MB/s"),
+        Row::new("B1", "b1_tls_cost", "secure mode's cost: 1 − TLS ÷ plain MB/s (run by run)", "%").target("≤ 15 %", |v| v <= 15.0),
         Row::new("B1", "b1_rsync", "rsync -a to rsyncd, default checksum, MB/s", "MB/s"),
         Row::new("B1", "b1_rsync_md5", "rsync -a --checksum-choice=md5, MB/s", "MB/s"),
         Row::new("B1", "b1_ratio", "dropsync ÷ rsync default (run by run)", "×"),
@@ -334,6 +372,8 @@ fn rows(cfg: &Cfg) -> Vec<Row> {
         Row::new("B2", "b2_upload", "… of which until A logs the upload done, s", "s"),
         Row::new("B2", "b2_deliver", "… and from then until complete in B's folder, s", "s"),
         Row::new("B3", "b3_dropsync", format!("upload {nfiles} × {} KiB in {} folders, files/s", cfg.small_size / 1024, cfg.small_dirs), "files/s"),
+        Row::new("B3", "b3_tls", "… the same in secure mode (TLS 1.3, client enrolled), files/s", "files/s"),
+        Row::new("B3", "b3_tls_cost", "secure mode's cost: 1 − TLS ÷ plain files/s (run by run)", "%").target("≤ 15 %", |v| v <= 15.0),
         Row::new("B3", "b3_rsync", "rsync -a (default checksum), files/s", "files/s"),
         Row::new("B3", "b3_ratio", "dropsync ÷ rsync (run by run)", "×").target("≥ 1.0×", |v| v >= 1.0),
         Row::new("B4", "b4_p50", format!("edit on A visible on B ({} edits of {} B), p50 ms", cfg.edits, cfg.edit_size), "ms").target("< 50 ms", |v| v < 50.0),
@@ -346,10 +386,15 @@ fn rows(cfg: &Cfg) -> Vec<Row> {
         Row::new("B5", "b5_threads", "server threads, peak sampled", "threads"),
         Row::new("B6", "b6_server_b1", "server peak RSS during B1, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
         Row::new("B6", "b6_client_b1", "client --once peak RSS during B1, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
+        Row::new("B6", "b6_server_b1_tls", "server peak RSS during B1 in secure mode, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
+        Row::new("B6", "b6_client_b1_tls", "client --once peak RSS during B1 in secure mode, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
         Row::new("B6", "b6_server_b2", "server peak RSS during B2, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
         Row::new("B6", "b6_client_a_b2", "client A (sender) peak RSS during B2, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
         Row::new("B6", "b6_client_b_b2", "client B (receiver) peak RSS during B2, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
-    ]
+    ];
+    // B6's rows are measured in B1 and B2.
+    rows.retain(|r| cfg.runs_phase(if r.id != "B6" { r.id } else if r.key.contains("_b1") { "B1" } else { "B2" }));
+    rows
 }
 
 // ---------------------------------------------------------------- processes
@@ -374,7 +419,7 @@ fn start_server(cfg: &Cfg, dir: &Path, extra: &[&str]) -> R<(Proc, u16, u16)> {
     Ok((p, s, r))
 }
 
-fn client_args(cfg: &Cfg, ports: (u16, u16), folder: &Path, label: &str, once: bool) -> Vec<String> {
+fn client_args(cfg: &Cfg, ports: (u16, u16), folder: &Path, label: &str, once: bool, extra: &[String]) -> Vec<String> {
     let mut a = vec![
         "127.0.0.1".to_string(),
         ports.0.to_string(),
@@ -387,21 +432,102 @@ fn client_args(cfg: &Cfg, ports: (u16, u16), folder: &Path, label: &str, once: b
     if once {
         a.push("--once".into());
     }
+    a.extend_from_slice(extra);
     a
 }
 
 fn start_client(cfg: &Cfg, dir: &Path, name: &str, ports: (u16, u16), folder: &Path, once: bool) -> R<Proc> {
+    start_client_with(cfg, dir, name, ports, folder, once, &[])
+}
+
+/// [`start_client`] with more arguments (`--server-fingerprint FP`).
+fn start_client_with(
+    cfg: &Cfg,
+    dir: &Path,
+    name: &str,
+    ports: (u16, u16),
+    folder: &Path,
+    once: bool,
+    extra: &[String],
+) -> R<Proc> {
     Proc::start(
         name,
         Spec {
             bin: cfg.client.clone(),
-            args: client_args(cfg, ports, folder, name, once),
+            args: client_args(cfg, ports, folder, name, once, extra),
             limit: cfg.limit,
             log: dir.join(format!("{name}.log")),
             read_listening: false,
             time_file: once.then(|| dir.join(format!("{name}.maxrss"))),
         },
     )
+}
+
+/// The 64-hex-digit fingerprint `bin ARGS` prints (`server fingerprint`,
+/// `client fingerprint`), which make the key first if there is none.
+fn fingerprint_of(cfg: &Cfg, what: &str, bin: &Path, args: &[String], out: &Path) -> R<String> {
+    run_timed(what, &bin.display().to_string(), args, cfg.limit, out)?;
+    let text = fs::read_to_string(out)?;
+    let fp = text.lines().map(str::trim).find(|l| l.len() == 64 && l.bytes().all(|b| b.is_ascii_hexdigit()));
+    Ok(fp.ok_or_else(|| format!("{what} printed no fingerprint: {}", text.trim()))?.to_owned())
+}
+
+/// Before the server starts: makes the client's key in `folder` (`client
+/// fingerprint`), in both modes, so that the timed run does not include
+/// making it (about 30 ms of CPU, mostly seeding aws-lc's random number
+/// generator) and the two modes differ by TLS alone; with `secure` (the
+/// `*_tls` rows), also makes the server's key in `dir`'s server root and
+/// enrols the client's (`server enroll`: from then on the server admits
+/// enrolled keys only, over TLS, so the client proves its key too), and
+/// returns the client arguments that pin the server's key.
+fn prepare_keys(cfg: &Cfg, dir: &Path, folder: &Path, secure: bool) -> R<Vec<String>> {
+    let args = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    let fp_args = args(&["fingerprint", &folder.display().to_string()]);
+    let client_fp = fingerprint_of(cfg, "client fingerprint", &cfg.client, &fp_args, &dir.join("client-fingerprint.out"))?;
+    if !secure {
+        return Ok(Vec::new());
+    }
+    let root = dir.join("server-root").display().to_string();
+    let server_fp = fingerprint_of(
+        cfg,
+        "server fingerprint",
+        &cfg.server,
+        &args(&["fingerprint", "--root", &root]),
+        &dir.join("server-fingerprint.out"),
+    )?;
+    run_timed(
+        "server enroll",
+        &cfg.server.display().to_string(),
+        &args(&["enroll", "--root", &root, "--label", "bench", &client_fp]),
+        cfg.limit,
+        &dir.join("enroll.out"),
+    )?;
+    Ok(vec!["--server-fingerprint".into(), server_fp])
+}
+
+/// What one `client --once` upload gave: its wall time, exit status and
+/// peak RSS (KiB), and the server's peak RSS (KiB).
+struct Once {
+    time: Duration,
+    status: ExitStatus,
+    client_rss: u64,
+    server_hwm: u64,
+}
+
+/// Starts a fresh server in `dir` and uploads `folder` with `client
+/// --once`, after [`prepare_keys`]; with `secure`, over mutual TLS (the
+/// server's log must say it is in secure mode: plaintext refused).
+fn upload_once(cfg: &Cfg, dir: &Path, folder: &Path, secure: bool) -> R<Once> {
+    let extra = prepare_keys(cfg, dir, folder, secure)?;
+    let (mut server, s, r) = start_server(cfg, dir, &[])?;
+    let mut c = start_client_with(cfg, dir, "client", (s, r), folder, true, &extra)?;
+    let (time, status, client_rss) = c.wait_exit()?;
+    let server_hwm = server.status().map_or(0, |x| x.vm_hwm_kib);
+    server.stop();
+    if secure && !fs::read_to_string(dir.join("server.log")).is_ok_and(|t| t.contains("secure mode")) {
+        return Err("the server did not log \"secure mode\" (enrolment not in force)".into());
+    }
+    Ok(Once { time, status, client_rss, server_hwm })
 }
 
 /// Waits until `needle` shows up in the log (the client's "reconciled …"
@@ -474,23 +600,51 @@ fn md5_mbps(buf: &[u8]) -> f64 {
     buf.len() as f64 / MB / s
 }
 
-fn b1(cfg: &Cfg, res: &mut Results, rsyncd: &Rsyncd, big: &Path, md5_buf: &[u8], i: usize) -> R<()> {
-    let dir = run_dir(cfg, "b1", i)?;
+/// One B1 upload of `big` in a fresh run folder, plain or secure: MB/s,
+/// and the peak RSS (KiB) of the server and the client.
+fn b1_upload(cfg: &Cfg, res: &mut Results, big: &Path, i: usize, secure: bool) -> R<(f64, u64, u64)> {
+    let (tag, phase) = if secure { ("b1tls", format!("B1 run {} TLS", i + 1)) } else { ("b1", format!("B1 run {}", i + 1)) };
+    let dir = run_dir(cfg, tag, i)?;
     let folder = dir.join("client");
     fs::create_dir_all(&folder)?;
     fs::hard_link(big, folder.join("big.bin")).or_else(|_| fs::copy(big, folder.join("big.bin")).map(|_| ()))?;
-    let (mut server, s, r) = start_server(cfg, &dir, &[])?;
-    let mut c = start_client(cfg, &dir, "client", (s, r), &folder, true)?;
-    let (d, st, client_rss) = c.wait_exit()?;
-    let server_hwm = server.status().map_or(0, |x| x.vm_hwm_kib);
-    server.stop();
+    let out = upload_once(cfg, &dir, &folder, secure);
     let stored = data::count_files_of_size(&dir.join("server-root"), cfg.big);
-    if !st.success() || stored == 0 {
-        finish_run(res, &format!("B1 run {}", i + 1), &dir);
-        return Err(format!("client --once exited {st}; files of the right size in the server's root: {stored}").into());
+    finish_run(res, &phase, &dir);
+    let o = out?;
+    if !o.status.success() || stored == 0 {
+        return Err(format!("client --once exited {}; files of the right size in the server's root: {stored}", o.status).into());
     }
-    let ours = cfg.big as f64 / MB / d.as_secs_f64();
-    finish_run(res, &format!("B1 run {}", i + 1), &dir);
+    Ok((cfg.big as f64 / MB / o.time.as_secs_f64(), o.server_hwm, o.client_rss))
+}
+
+/// True when run `i` (from 0) uploads in secure mode before the plain one.
+fn tls_first(i: usize) -> bool {
+    i % 2 == 1
+}
+
+fn b1(cfg: &Cfg, res: &mut Results, rsyncd: &Rsyncd, big: &Path, md5_buf: &[u8], i: usize) -> R<()> {
+    // Plain and secure back to back, for the cost run by run; the secure
+    // upload goes first in even-numbered runs, so that a change in the
+    // machine's load does not always fall on the same mode.
+    let early = tls_first(i).then(|| b1_upload(cfg, res, big, i, true));
+    let (ours, server_hwm, client_rss) = b1_upload(cfg, res, big, i, false)?;
+    match early.unwrap_or_else(|| b1_upload(cfg, res, big, i, true)) {
+        Ok((tls, s_hwm, c_rss)) => {
+            eprintln!(
+                "B1 run {} TLS: {tls:.0} MB/s ({:.1} % below plain {ours:.0} MB/s); RSS server {:.1} MiB, client {:.1} MiB",
+                i + 1,
+                100.0 * (1.0 - tls / ours),
+                kib_to_mib(s_hwm),
+                kib_to_mib(c_rss)
+            );
+            res.push("b1_tls", tls);
+            res.push("b1_tls_cost", 100.0 * (1.0 - tls / ours));
+            res.push("b6_server_b1_tls", kib_to_mib(s_hwm));
+            res.push("b6_client_b1_tls", kib_to_mib(c_rss));
+        }
+        Err(e) => note_err(res, format!("B1 run {} TLS: {e}", i + 1)),
+    }
 
     let rd = rsyncd.push(big, false, &[], cfg.limit)?;
     let theirs = cfg.big as f64 / MB / rd.as_secs_f64();
@@ -502,7 +656,7 @@ fn b1(cfg: &Cfg, res: &mut Results, rsyncd: &Rsyncd, big: &Path, md5_buf: &[u8],
     eprintln!(
         "B1 run {}: dropsync {:.2} s = {ours:.0} MB/s; rsync {theirs:.0} MB/s, rsync md5 {theirs_md5:.0} MB/s; md5 {md5:.0} MB/s → limit {limit:.0} MB/s; RSS server {:.1} MiB, client {:.1} MiB",
         i + 1,
-        d.as_secs_f64(),
+        cfg.big as f64 / MB / ours,
         kib_to_mib(server_hwm),
         kib_to_mib(client_rss)
     );
@@ -583,25 +737,37 @@ fn b2(cfg: &Cfg, res: &mut Results, big: &Path, i: usize) -> R<()> {
     Ok(())
 }
 
-fn b3(cfg: &Cfg, res: &mut Results, rsyncd: &Rsyncd, tree: &Path, i: usize) -> R<()> {
-    let phase = format!("B3 run {}", i + 1);
-    let dir = run_dir(cfg, "b3", i)?;
+/// One B3 upload of `tree` in a fresh run folder, plain or secure: seconds.
+fn b3_upload(cfg: &Cfg, res: &mut Results, tree: &Path, i: usize, secure: bool) -> R<f64> {
+    let (tag, phase) = if secure { ("b3tls", format!("B3 run {} TLS", i + 1)) } else { ("b3", format!("B3 run {}", i + 1)) };
+    let dir = run_dir(cfg, tag, i)?;
     let folder = dir.join("client");
     data::link_tree(tree, &folder)?;
-    let n = (cfg.small_dirs * cfg.small_per_dir) as f64;
-    let out = (|| -> R<f64> {
-        let (mut server, s, r) = start_server(cfg, &dir, &[])?;
-        let mut c = start_client(cfg, &dir, "client", (s, r), &folder, true)?;
-        let (d, st, _) = c.wait_exit()?;
-        server.stop();
-        let stored = data::count_files_of_size(&dir.join("server-root"), cfg.small_size as u64);
-        if !st.success() || stored < n as usize {
-            return Err(format!("client --once exited {st}; {stored} of {n} files stored by the server").into());
-        }
-        Ok(d.as_secs_f64())
-    })();
+    let n = cfg.small_dirs * cfg.small_per_dir;
+    let out = upload_once(cfg, &dir, &folder, secure);
+    let stored = data::count_files_of_size(&dir.join("server-root"), cfg.small_size as u64);
     finish_run(res, &phase, &dir);
-    let secs = out?;
+    let o = out?;
+    if !o.status.success() || stored < n {
+        return Err(format!("client --once exited {}; {stored} of {n} files stored by the server", o.status).into());
+    }
+    Ok(o.time.as_secs_f64())
+}
+
+fn b3(cfg: &Cfg, res: &mut Results, rsyncd: &Rsyncd, tree: &Path, i: usize) -> R<()> {
+    let phase = format!("B3 run {}", i + 1);
+    let n = (cfg.small_dirs * cfg.small_per_dir) as f64;
+    // As in B1: back to back, the secure one first in even-numbered runs.
+    let early = tls_first(i).then(|| b3_upload(cfg, res, tree, i, true));
+    let secs = b3_upload(cfg, res, tree, i, false)?;
+    match early.unwrap_or_else(|| b3_upload(cfg, res, tree, i, true)) {
+        Ok(tls) => {
+            eprintln!("{phase} TLS: {tls:.2} s = {:.0} files/s ({:.1} % below plain)", n / tls, 100.0 * (1.0 - secs / tls));
+            res.push("b3_tls", n / tls);
+            res.push("b3_tls_cost", 100.0 * (1.0 - secs / tls));
+        }
+        Err(e) => note_err(res, format!("{phase} TLS: {e}")),
+    }
     let rd = rsyncd.push(tree, true, &[], cfg.limit)?.as_secs_f64();
     rsyncd.clear()?;
     eprintln!("{phase}: dropsync {secs:.2} s = {:.0} files/s; rsync {rd:.2} s = {:.0} files/s", n / secs, n / rd);
@@ -709,7 +875,7 @@ fn b5(cfg: &Cfg, res: &mut Results, payload: Arc<Vec<u8>>, i: usize) -> R<()> {
 
 fn config_lines(cfg: &Cfg, rsync_version: &str, rsync_checksums: &str) -> Vec<String> {
     let default_ck = rsync_checksums.split_whitespace().next().unwrap_or("?");
-    vec![
+    let mut lines = vec![
         format!("runs: {} per figure (median, min, max){}", cfg.runs, if cfg.quick { "; BENCH_QUICK sizes" } else { "" }),
         format!("machine: {} core(s), {}", cfg.cores, cpu_model()),
         format!("scratch: {} (tmpfs when /dev/shm), loopback 127.0.0.1 only", cfg.work.parent().map_or(String::new(), |p| p.display().to_string())),
@@ -729,9 +895,20 @@ fn config_lines(cfg: &Cfg, rsync_version: &str, rsync_checksums: &str) -> Vec<St
             help_default(&cfg.client, "--rescan-secs"),
         ),
         format!("rsync: {rsync_version}; `rsync -a SRC rsync://127.0.0.1:PORT/bench/` into an emptied module; default checksum negotiates {default_ck} (list: {rsync_checksums})"),
-        format!("B5 sessions: raw protocol sessions in one process, a thread each (128 KiB stack), chunk {} MiB upload", cfg.chunk / MIB as usize),
         "MB = 10^6 bytes; MiB = 2^20 bytes; PASS/MISS judged on the median".into(),
-    ]
+    ];
+    if let Some(o) = &cfg.only {
+        lines.insert(1, format!("phases run: {} (--only)", o.join(", ")));
+    }
+    let mut at = lines.len() - 1;
+    if cfg.runs_phase("B1") || cfg.runs_phase("B3") {
+        lines.insert(at, "secure rows (`*_tls`): before the server starts, `server fingerprint --root DIR`, `client fingerprint DIR` and `server enroll --root DIR --label bench FP` (secure mode: plaintext and unknown keys refused, so the TLS 1.3 is mutual); the client adds `--server-fingerprint FP`; back to back with the plain upload of the same run (after it in odd-numbered runs, before it in even-numbered ones), cost = 1 − TLS ÷ plain. B1 and B3 in both modes: the client's key made (`client fingerprint DIR`) before the timed run".into());
+        at += 1;
+    }
+    if cfg.runs_phase("B5") {
+        lines.insert(at, format!("B5 sessions: raw protocol sessions in one process, a thread each (128 KiB stack), chunk {} MiB upload", cfg.chunk / MIB as usize));
+    }
+    lines
 }
 
 /// The `[default: X]` that `bin --help` shows for `flag`, or "?".
@@ -887,6 +1064,7 @@ fn render_json(
                 ("rsync_version", Json::s(rsync_version)),
                 ("rsync_checksums", Json::s(rsync_checksums)),
                 ("process_limit_s", Json::Num(cfg.limit.as_secs_f64())),
+                ("phases", Json::Arr(PHASES.iter().filter(|p| cfg.runs_phase(p)).map(|p| Json::s(*p)).collect())),
                 ("described", Json::Arr(config.iter().map(|c| Json::s(c.clone())).collect())),
             ]),
         ),

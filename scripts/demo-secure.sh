@@ -1,0 +1,162 @@
+#!/usr/bin/env bash
+# dropsync secure-mode demo (`make demo-secure`, which builds ./server and
+# ./client first): the set-up of README's "Running it for real", done by a
+# script on temp folders with ephemeral ports on 127.0.0.1:
+#   1. the server's fingerprint (`server fingerprint`), which clients pin;
+#   2. each client's fingerprint (`client fingerprint`), enrolled on the
+#      server (`server enroll`): from then on the server admits enrolled
+#      keys only, over TLS 1.3 with both sides proving their key;
+#   3. the server, and clients "alice" and "bob" with --server-fingerprint;
+#      a file made in alice's folder arrives in bob's, and one the other way;
+#   4. a client nobody enrolled, and one speaking the plain protocol, are
+#      refused; `server revoke bob` shuts bob out within a second;
+# then stops everything with SIGTERM and removes the temp folders. Every
+# wait has a deadline; a trap cleans up whatever was started, however the
+# script ends.
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+SERVER=${DEMO_SERVER:-./server} # the binaries can be overridden, e.g. debug builds
+CLIENT=${DEMO_CLIENT:-./client}
+DEADLINE_MS=${DEMO_DEADLINE_MS:-15000} # longest wait for any one step
+STOP_SECS=5                            # longest wait for a process to exit
+CHUNK=65536
+# Not this demo's business: a key log file would hold the session keys.
+unset SSLKEYLOGFILE
+
+for bin in "$SERVER" "$CLIENT"; do
+    [[ -x $bin ]] || { echo "demo-secure: $bin not found; run 'make all' first" >&2; exit 1; }
+done
+
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/dropsync-demo-secure.XXXXXX")
+ROOT="$WORK/server"
+PIDS=()
+
+now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
+
+# stop PID NAME: SIGTERM, wait up to STOP_SECS, then SIGKILL. Prints the status.
+stop() {
+    local pid=$1 name=$2 waited=0
+    kill -TERM "$pid" 2>/dev/null || return 0
+    while kill -0 "$pid" 2>/dev/null && (( waited < STOP_SECS * 100 )); do
+        sleep 0.01
+        waited=$(( waited + 1 ))
+    done
+    if kill -0 "$pid" 2>/dev/null; then
+        echo "  $name did not stop in ${STOP_SECS}s: killed"
+        kill -KILL "$pid" 2>/dev/null || true
+    fi
+    local status=0
+    wait "$pid" 2>/dev/null || status=$?
+    echo "  $name (pid $pid) exited with status $status"
+}
+
+cleanup() {
+    local status=$?
+    trap - EXIT INT TERM
+    if (( ${#PIDS[@]} )); then
+        echo "== stopping (SIGTERM)"
+        # Clients first, so they leave while the server still listens.
+        for (( i=${#PIDS[@]}-1; i>=0; i-- )); do
+            stop "${PIDS[i]%%:*}" "${PIDS[i]#*:}"
+        done
+    fi
+    if (( status != 0 )); then
+        for log in "$WORK"/*.log; do
+            [[ -f $log ]] && { echo "---- $(basename "$log")"; tail -n 20 "$log"; }
+        done
+    fi
+    rm -rf "$WORK"
+    echo "== removed $WORK"
+    exit "$status"
+}
+trap cleanup EXIT INT TERM
+
+# wait_for WHAT COMMAND...: polls COMMAND until it succeeds, printing the
+# time it took; fails the demo after DEADLINE_MS.
+wait_for() {
+    local what=$1 start
+    shift
+    start=$(now_ms)
+    until "$@" 2>/dev/null; do
+        if (( $(now_ms) - start > DEADLINE_MS )); then
+            echo "demo-secure: FAILED: $what: not seen after ${DEADLINE_MS} ms" >&2
+            exit 1
+        fi
+        sleep 0.005
+    done
+    printf '  %-56s %6d ms\n' "$what" $(( $(now_ms) - start ))
+}
+
+same() { cmp -s "$1" "$2"; }
+logged() { grep -q -- "$2" "$1"; }
+
+# client_bg NAME ARGS...: a client syncing $WORK/NAME in the background.
+client_bg() {
+    local who=$1
+    shift
+    RUST_LOG=${RUST_LOG:-info} "$CLIENT" 127.0.0.1 "$SEND_PORT" "$RECV_PORT" "$WORK/$who" "$CHUNK" \
+        --label "$who" "$@" 2>"$WORK/$who.log" &
+    PIDS+=("$!:client $who")
+}
+
+echo "== keys and enrolment (in $WORK)"
+SERVER_FP=$("$SERVER" fingerprint --root "$ROOT")
+printf '  $ %-44s -> %s\n' "server fingerprint --root server" "$SERVER_FP"
+for who in alice bob; do
+    mkdir -p "$WORK/$who"
+    fp=$("$CLIENT" fingerprint "$WORK/$who")
+    printf '  $ %-44s -> %s\n' "client fingerprint $who" "$fp"
+    echo "  \$ server enroll --root server --label $who ${fp:0:16}..."
+    "$SERVER" enroll --root "$ROOT" --label "$who" "$fp" | sed 's/^/      /'
+done
+
+echo "== starting the server and two clients with --server-fingerprint ${SERVER_FP:0:16}..."
+"$SERVER" 0 0 --bind 127.0.0.1 --root "$ROOT" >"$WORK/server.out" 2>"$WORK/server.log" &
+PIDS+=("$!:server")
+wait_for "server listening" grep -q "listening" "$WORK/server.out"
+LISTEN=$(grep -m1 "listening" "$WORK/server.out")
+SEND_PORT=$(sed -E 's/.*send=[^ ]*:([0-9]+).*/\1/' <<<"$LISTEN")
+RECV_PORT=$(sed -E 's/.*receive=[^ ]*:([0-9]+).*/\1/' <<<"$LISTEN")
+echo "  $LISTEN"
+echo "  server log: $(grep -m1 -o 'secure mode.*' "$WORK/server.log")"
+for who in alice bob; do
+    client_bg "$who" --server-fingerprint "$SERVER_FP"
+    wait_for "client $who connected over TLS" logged "$WORK/$who.log" "reconciled"
+done
+echo "  bob pinned the server's key in .dropsync/server-fingerprint: $(cut -c1-16 "$WORK/bob/.dropsync/server-fingerprint")..."
+
+echo "== a file made in alice's folder, arriving in bob's"
+echo "hello from alice, over TLS" >"$WORK/alice/hello.txt"
+wait_for "create hello.txt" same "$WORK/alice/hello.txt" "$WORK/bob/hello.txt"
+head -c 3000000 /dev/urandom >"$WORK/alice/photo.bin"
+wait_for "create photo.bin (3 MB)" same "$WORK/alice/photo.bin" "$WORK/bob/photo.bin"
+echo "== and one the other way"
+echo "hi alice, bob here" >"$WORK/bob/reply.txt"
+wait_for "create reply.txt in bob's folder" same "$WORK/bob/reply.txt" "$WORK/alice/reply.txt"
+
+echo "== who else gets in"
+mkdir -p "$WORK/mallory"
+client_bg mallory --server-fingerprint "$SERVER_FP"
+wait_for "mallory (key not enrolled) refused" logged "$WORK/mallory.log" "did not admit"
+stop "${PIDS[-1]%%:*}" "client mallory"
+unset 'PIDS[-1]'
+if timeout 10 "$CLIENT" 127.0.0.1 "$SEND_PORT" "$RECV_PORT" "$WORK/plain" "$CHUNK" --once \
+    --label plain 2>"$WORK/plain.log"; then
+    echo "demo-secure: FAILED: a plaintext client got in" >&2
+    exit 1
+fi
+echo "  a plaintext client (no --server-fingerprint) is refused; client --once says:"
+echo "      $(tail -n 1 "$WORK/plain.log")"
+[[ ! -e $WORK/plain/hello.txt ]] || { echo "demo-secure: FAILED: the plaintext client got hello.txt" >&2; exit 1; }
+
+echo "  \$ server revoke --root server bob"
+"$SERVER" revoke --root "$ROOT" bob | sed 's/^/      /'
+wait_for "bob's session closed, bob refused from now on" logged "$WORK/bob.log" "did not admit"
+echo "  \$ server clients --root server"
+"$SERVER" clients --root "$ROOT" | sed 's/^/      /'
+
+echo "== both folders:"
+for who in alice bob; do
+    echo "  $who: $(cd "$WORK/$who" && find . -path ./.dropsync -prune -o -type f -print | sort | tr '\n' ' ')"
+done
