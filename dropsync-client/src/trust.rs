@@ -69,6 +69,9 @@ impl Trust {
             (None, None) if first_use => Some(Pin::FirstUse),
             (None, None) => None,
         };
+        if pin.is_some() {
+            dropsync_io::tls::warm_up();
+        }
         Ok(Self { identity, pin: Mutex::new(pin), pin_file })
     }
 
@@ -106,6 +109,11 @@ pub fn command(args: &[String]) -> Option<Result<String, String>> {
     let [_, word, folder] = args else { return None };
     if word != "fingerprint" {
         return None;
+    }
+    if folder.starts_with('-') {
+        return Some(Err("usage: client fingerprint FOLDER (prints this client's key fingerprint, making the key if \
+                         needed, for `server enroll`)"
+            .into()));
     }
     let state = Path::new(folder).join(STATE_DIR);
     Some(

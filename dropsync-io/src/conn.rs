@@ -24,8 +24,14 @@ use crate::tls::Fingerprint;
 /// state no longer than it takes to seal this much.
 const SEAL_PIECE: usize = 256 * 1024;
 
-/// Room for one socket read of TLS records.
-const READ_PIECE: usize = 64 * 1024;
+/// Room for one socket read of TLS records: a little more than one whole
+/// record, on the reader's stack.
+const READ_PIECE: usize = 17 * 1024;
+
+/// Largest send buffer a connection keeps between writes; one that grew
+/// beyond (a large write) is given back, so that thousands of idle TLS
+/// sessions hold no more than this each.
+const KEEP_SEND: usize = 32 * 1024;
 
 /// A session connection: a TCP socket, and its TLS state when it has one.
 #[derive(Debug)]
@@ -41,18 +47,11 @@ struct TlsLink {
     /// Held from sealing records to their last byte on the socket; holds
     /// the records between the two.
     send: Mutex<Vec<u8>>,
-    /// The reader's socket buffer (one reader per connection).
-    recv: Mutex<Recv>,
+    /// Bytes read from the socket that rustls did not take yet (usually
+    /// none: it takes whole reads).
+    recv: Mutex<Vec<u8>>,
     /// The fingerprint of the certificate the peer presented, if any.
     peer: Option<Fingerprint>,
-}
-
-/// Bytes read from the socket, `start..end` not yet handed to rustls.
-#[derive(Debug)]
-struct Recv {
-    bytes: Vec<u8>,
-    start: usize,
-    end: usize,
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -97,7 +96,7 @@ impl Conn {
         let link = TlsLink {
             state: Mutex::new(state),
             send: Mutex::new(Vec::new()),
-            recv: Mutex::new(Recv { bytes: vec![0; READ_PIECE], start: 0, end: 0 }),
+            recv: Mutex::new(Vec::new()),
             peer,
         };
         Self { tcp, tls: Some(Arc::new(link)) }
@@ -160,7 +159,8 @@ impl Conn {
     }
 
     fn read_tls(&self, link: &TlsLink, buf: &mut [u8]) -> io::Result<usize> {
-        let mut raw = lock(&link.recv);
+        let mut left = lock(&link.recv);
+        let mut raw = [0u8; READ_PIECE];
         loop {
             let answer = {
                 let mut state = lock(&link.state);
@@ -177,18 +177,18 @@ impl Conn {
             if answer {
                 self.flush_records(link)?;
             }
-            if raw.start == raw.end {
-                let Recv { bytes, start, end } = &mut *raw;
-                *end = (&self.tcp).read(bytes)?;
-                *start = 0;
-            }
+            let n = if left.is_empty() { (&self.tcp).read(&mut raw)? } else { 0 };
             // Records are handed over only while no plaintext waits (rustls
             // refuses more once its plaintext buffer is full); what it does
-            // not take now stays for the next turn.
+            // not take now waits in `left` for the next turn.
             let mut state = lock(&link.state);
-            let mut fed = &raw.bytes[raw.start..raw.end];
-            let took = state.read_tls(&mut fed)?;
-            raw.start += took;
+            if left.is_empty() {
+                let took = state.read_tls(&mut &raw[..n])?;
+                left.extend_from_slice(&raw[took..n]);
+            } else {
+                let took = state.read_tls(&mut left.as_slice())?;
+                left.drain(..took);
+            }
             if let Err(e) = state.process_new_packets() {
                 drop(state);
                 // Tell the peer why (rustls queued the alert).
@@ -208,7 +208,11 @@ impl Conn {
                 state.write_tls(&mut *out)?;
             }
         }
-        (&self.tcp).write_all(&out)
+        (&self.tcp).write_all(&out)?;
+        if out.capacity() > KEEP_SEND {
+            *out = Vec::new();
+        }
+        Ok(())
     }
 
     fn write_tls(&self, link: &TlsLink, buf: &[u8]) -> io::Result<usize> {
@@ -223,6 +227,9 @@ impl Conn {
             taken
         };
         (&self.tcp).write_all(&out)?;
+        if out.capacity() > KEEP_SEND {
+            *out = Vec::new();
+        }
         Ok(taken)
     }
 }

@@ -144,6 +144,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         None => None,
     };
     let (gate, new_key) = gate::Gate::open(&args.root, args.require_auth)?;
+    dropsync_io::tls::warm_up();
     say_who_gets_in(&gate, new_key, &args);
     let server = Arc::new(Server::new(config, library, gate));
     let keep = admin::Retention { age: Duration::from_secs_f64(args.keep_days * 86_400.0), bytes: args.keep_size };
