@@ -373,7 +373,8 @@ fn rows(cfg: &Cfg) -> Vec<Row> {
         Row::new("B2", "b2_deliver", "… and from then until complete in B's folder, s", "s"),
         Row::new("B3", "b3_dropsync", format!("upload {nfiles} × {} KiB in {} folders, files/s", cfg.small_size / 1024, cfg.small_dirs), "files/s"),
         Row::new("B3", "b3_tls", "… the same in secure mode (TLS 1.3, client enrolled), files/s", "files/s"),
-        Row::new("B3", "b3_tls_cost", "secure mode's cost: 1 − TLS ÷ plain files/s (run by run)", "%").target("≤ 15 %", |v| v <= 15.0),
+        // Reported: the target (≤ 15 %) is B1's.
+        Row::new("B3", "b3_tls_cost", "secure mode's cost: 1 − TLS ÷ plain files/s (run by run)", "%"),
         Row::new("B3", "b3_rsync", "rsync -a (default checksum), files/s", "files/s"),
         Row::new("B3", "b3_ratio", "dropsync ÷ rsync (run by run)", "×").target("≥ 1.0×", |v| v >= 1.0),
         Row::new("B4", "b4_p50", format!("edit on A visible on B ({} edits of {} B), p50 ms", cfg.edits, cfg.edit_size), "ms").target("< 50 ms", |v| v < 50.0),

@@ -161,9 +161,16 @@ impl Conn {
     fn read_tls(&self, link: &TlsLink, buf: &mut [u8]) -> io::Result<usize> {
         let mut left = lock(&link.recv);
         let mut raw = [0u8; READ_PIECE];
+        let mut eof = false;
         loop {
             let answer = {
                 let mut state = lock(&link.state);
+                if let Err(e) = hand_over(&mut state, &mut left, eof) {
+                    drop(state);
+                    // Tell the peer why (rustls queued the alert).
+                    let _ = self.flush_records(link);
+                    return Err(e);
+                }
                 match state.reader().read(buf) {
                     Ok(n) => return Ok(n),
                     // A TCP close without TLS's close_notify: the
@@ -177,24 +184,13 @@ impl Conn {
             if answer {
                 self.flush_records(link)?;
             }
-            let n = if left.is_empty() { (&self.tcp).read(&mut raw)? } else { 0 };
-            // Records are handed over only while no plaintext waits (rustls
-            // refuses more once its plaintext buffer is full); what it does
-            // not take now waits in `left` for the next turn.
-            let mut state = lock(&link.state);
-            if left.is_empty() {
-                let took = state.read_tls(&mut &raw[..n])?;
-                left.extend_from_slice(&raw[took..n]);
-            } else {
-                let took = state.read_tls(&mut left.as_slice())?;
-                left.drain(..took);
+            if eof {
+                return Ok(0);
             }
-            if let Err(e) = state.process_new_packets() {
-                drop(state);
-                // Tell the peer why (rustls queued the alert).
-                let _ = self.flush_records(link);
-                return Err(tls_io(e));
-            }
+            // Nothing to decrypt: wait for the socket, without the lock.
+            let n = (&self.tcp).read(&mut raw)?;
+            eof = n == 0;
+            left.extend_from_slice(&raw[..n]);
         }
     }
 
@@ -232,6 +228,34 @@ impl Conn {
         }
         Ok(taken)
     }
+}
+
+/// Hands the bytes read from the socket to rustls and decrypts what forms
+/// whole records, as far as it takes them: it takes a few KiB per call and
+/// stops taking once 16 KiB of plaintext wait, so what it leaves stays in
+/// `left` for the next turn. `eof` tells it the peer closed.
+fn hand_over(state: &mut rustls::Connection, left: &mut Vec<u8>, eof: bool) -> io::Result<()> {
+    let mut fed: &[u8] = left;
+    let mut result = Ok(());
+    while !fed.is_empty() || eof {
+        match state.read_tls(&mut fed) {
+            Ok(0) => break,
+            Ok(_) => {}
+            // Backpressure (plaintext waiting): not an error.
+            Err(e) if e.kind() == io::ErrorKind::Other => break,
+            Err(e) => {
+                result = Err(e);
+                break;
+            }
+        }
+        if let Err(e) = state.process_new_packets() {
+            result = Err(tls_io(e));
+            break;
+        }
+    }
+    let taken = left.len() - fed.len();
+    left.drain(..taken);
+    result
 }
 
 impl Read for &Conn {
