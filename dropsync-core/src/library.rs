@@ -73,6 +73,17 @@ impl WallTime {
     }
 }
 
+/// What an undelete brought back and what it left.
+#[derive(Debug, Default)]
+pub struct Undeleted {
+    /// The new versions it committed.
+    pub back: Vec<Entry>,
+    /// Files being written at that moment, left (run it again).
+    pub locked: usize,
+    /// Paths where a file or folder made since stands in the way.
+    pub in_the_way: Vec<String>,
+}
+
 /// What a commit did, for the reply and the fan-out.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Committed {
@@ -250,19 +261,26 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
     /// Undeletes the folder `prefix` (every path for an empty one) as it
     /// was at `at`: each file live then whose content is not the path's
     /// now comes back as a new version. Returns what was committed, to be
-    /// queued for every client, and how many paths were locked.
-    pub fn undelete(&self, prefix: &str, at: WallTime, owner: SessionId, now: WallTime) -> Result<(Vec<Entry>, usize), CoreError> {
-        let mut back = Vec::new();
-        let mut locked = 0;
+    /// queued for every client, and what was left.
+    pub fn undelete(&self, prefix: &str, at: WallTime, owner: SessionId, now: WallTime) -> Result<Undeleted, CoreError> {
+        let mut out = Undeleted::default();
         for e in self.catalog.live_at(prefix, at.unix_ns) {
             let current = self.catalog.get(&e.path);
+            // A file or folder made since stands where this one would go
+            // (`path_rules`): left, and named, not put beside it.
+            if current.as_ref().is_none_or(|c| c.state != EntryState::File)
+                && self.catalog.path_conflict(&e.path, false).is_some()
+            {
+                out.in_the_way.push(e.path.clone());
+                continue;
+            }
             match self.bring_back(&e, current.as_ref(), owner, now)? {
-                Committed::New { entry, .. } => back.push(entry),
-                Committed::Locked => locked += 1,
+                Committed::New { entry, .. } => out.back.push(entry),
+                Committed::Locked => out.locked += 1,
                 Committed::Unchanged | Committed::NoFile => {}
             }
         }
-        Ok((back, locked))
+        Ok(out)
     }
 
     /// Commits `old`'s content at its path, over `current`.

@@ -308,13 +308,20 @@ fn a_folder_is_undeleted_as_it_was_at_a_point_in_time() {
     for p in ["d/x", "d/e/y", "other"] {
         new_entry(s.lib.delete(p, 1, &a, at(20)).unwrap());
     }
-    let (back, locked) = s.lib.undelete("d", at(5), 9, at(30)).unwrap();
-    assert_eq!(locked, 0);
+    let Undeleted { back, locked, in_the_way } = s.lib.undelete("d", at(5), 9, at(30)).unwrap();
+    assert_eq!((locked, in_the_way.len()), (0, 0));
     let got: Vec<(&str, Option<Strong>)> = back.iter().map(|e| (e.path.as_str(), e.strong)).collect();
     assert_eq!(got, [("d/e/y", Some([2; 32])), ("d/x", Some([1; 32]))], "as at 5: before the edit; not 'other'");
     assert_eq!(s.lib.catalog().get("other").unwrap().state, EntryState::Deleted);
-    let (again, _) = s.lib.undelete("d", at(5), 9, at(31)).unwrap();
-    assert!(again.is_empty(), "already as it was");
+    let again = s.lib.undelete("d", at(5), 9, at(31)).unwrap();
+    assert!(again.back.is_empty(), "already as it was");
+    // A file made since where a folder of the old ones was: left, named.
+    new_entry(s.lib.delete("d/x", 1, &a, at(40)).unwrap());
+    new_entry(s.lib.delete("d/e/y", 1, &a, at(40)).unwrap());
+    new_entry(s.lib.commit_upload("d/e", temp(b"e", 7), md5(b"e"), 1, &a, "a", at(41)).unwrap());
+    let left = s.lib.undelete("d", at(5), 9, at(50)).unwrap();
+    assert_eq!(left.in_the_way, ["d/e/y"]);
+    assert_eq!(left.back.len(), 1, "d/x comes back; d/e/y does not go beside the file d/e");
 }
 
 #[test]

@@ -16,7 +16,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use dropsync_core::library::{Committed, WallTime};
+use dropsync_core::library::{Committed, Undeleted, WallTime};
+use dropsync_core::meta_server::Catalog;
+use dropsync_proto::metadata::EntryState;
 use dropsync_core::utc;
 use dropsync_proto::name::validate_name;
 
@@ -178,24 +180,15 @@ pub fn carry_out(server: &Server, req: &Request) -> Result<String, String> {
     let now = library::now();
     let lib = &server.library;
     match req {
-        Request::Restore { path, version } => match lib.restore(path, *version, owner, now) {
-            Ok(Committed::New { entry, .. }) => {
-                log::info!("history: restored {path:?} version {version} as version {}", entry.version);
-                server.fan_out(path, None);
-                Ok(format!("restored {path:?}: version {version}'s content is version {} now", entry.version))
-            }
-            Ok(Committed::Unchanged) => Ok(format!("{path:?} already holds version {version}'s content")),
-            Ok(Committed::Locked) => Err(format!("{path:?} is being written; try again in a moment")),
-            Ok(Committed::NoFile) => {
-                Err(format!("no file version {version} of {path:?} is kept (see `server history`)"))
-            }
-            Err(e) => Err(format!("cannot restore {path:?}: {e}")),
+        Request::Restore { path, version } => match in_the_way(server, path) {
+            Some(why) => Err(format!("cannot restore {path:?} beside what is there now ({why}); move that away first")),
+            None => restore(server, path, *version, owner, now),
         },
         Request::Undelete { prefix, at_ns } => {
             let at = utc::format(at_ns.div_euclid(1_000_000_000));
             let what = if prefix.is_empty() { "everything".to_owned() } else { format!("{prefix:?}") };
             match lib.undelete(prefix, WallTime { unix_ns: *at_ns }, owner, now) {
-                Ok((back, locked)) => {
+                Ok(Undeleted { back, locked, in_the_way }) => {
                     for e in &back {
                         server.fan_out(&e.path, None);
                     }
@@ -207,11 +200,40 @@ pub fn carry_out(server: &Server, req: &Request) -> Result<String, String> {
                     if locked > 0 {
                         msg.push_str(&format!("\n{locked} file(s) were being written and were left; run it again"));
                     }
+                    for p in &in_the_way {
+                        msg.push_str(&format!("\n  left {p:?}: a file or folder made since stands in its way"));
+                    }
                     Ok(msg)
                 }
                 Err(e) => Err(format!("cannot undelete {what}: {e}")),
             }
         }
+    }
+}
+
+/// A file or folder made since, in the way of bringing `path` back as a
+/// file (`path_rules`), unless `path` is a live file itself.
+fn in_the_way(server: &Server, path: &str) -> Option<String> {
+    let lib = &server.library;
+    if lib.catalog().get(path).is_some_and(|c| c.state == EntryState::File) {
+        return None;
+    }
+    lib.path_conflict(path, server.config.refuse_case_twins).map(|c| format!("{c:?}"))
+}
+
+fn restore(server: &Server, path: &str, version: u64, owner: u64, now: WallTime) -> Result<String, String> {
+    match server.library.restore(path, version, owner, now) {
+        Ok(Committed::New { entry, .. }) => {
+            log::info!("history: restored {path:?} version {version} as version {}", entry.version);
+            server.fan_out(path, None);
+            Ok(format!("restored {path:?}: version {version}'s content is version {} now", entry.version))
+        }
+        Ok(Committed::Unchanged) => Ok(format!("{path:?} already holds version {version}'s content")),
+        Ok(Committed::Locked) => Err(format!("{path:?} is being written; try again in a moment")),
+        Ok(Committed::NoFile) => {
+            Err(format!("no file version {version} of {path:?} is kept (see `server history`)"))
+        }
+        Err(e) => Err(format!("cannot restore {path:?}: {e}")),
     }
 }
 
