@@ -104,19 +104,38 @@ impl ServerMeta {
     /// line. The caller has already decided that the change is allowed.
     pub fn apply(&mut self, path: &str, change: Change) -> Entry {
         self.last_version += 1;
-        let (md5, size, mtime_ns, state, strong) = match change {
-            Change::File { md5, size, mtime_ns, strong } => (md5, size, mtime_ns, EntryState::File, Some(strong)),
-            Change::Delete { mtime_ns } => {
-                // A tombstone keeps the digests and size of the last version.
-                let (md5, size, strong) = self.entries.get(path).map(|e| (e.md5, e.size, e.strong)).unwrap_or_default();
-                (md5, size, mtime_ns, EntryState::Deleted, strong)
-            }
-        };
-        let entry = Entry { version: self.last_version, md5, size, mtime_ns, state, path: path.to_owned(), strong };
+        let entry = self.line_for(path, change, self.last_version);
         self.index.count(self.entries.get(path), false);
         self.index.count(Some(&entry), true);
         self.entries.insert(path.to_owned(), entry.clone());
         entry
+    }
+
+    /// Takes `entry` as committed elsewhere (a catalog whose versions come
+    /// from a database): kept only if newer than the line it replaces, and
+    /// the counter follows. Returns the line it replaced, if it did.
+    pub fn put(&mut self, entry: Entry) -> Option<Option<Entry>> {
+        if self.entries.get(&entry.path).is_some_and(|cur| cur.version >= entry.version) {
+            return None;
+        }
+        self.last_version = self.last_version.max(entry.version);
+        self.index.count(self.entries.get(&entry.path), false);
+        self.index.count(Some(&entry), true);
+        Some(self.entries.insert(entry.path.clone(), entry))
+    }
+
+    /// The line `change` of `path` would commit as `version`, over what the
+    /// table holds now (a tombstone keeps the last version's digests and
+    /// size), without applying it.
+    pub fn line_for(&self, path: &str, change: Change, version: u64) -> Entry {
+        let (md5, size, mtime_ns, state, strong) = match change {
+            Change::File { md5, size, mtime_ns, strong } => (md5, size, mtime_ns, EntryState::File, Some(strong)),
+            Change::Delete { mtime_ns } => {
+                let (md5, size, strong) = self.entries.get(path).map(|e| (e.md5, e.size, e.strong)).unwrap_or_default();
+                (md5, size, mtime_ns, EntryState::Deleted, strong)
+            }
+        };
+        Entry { version, md5, size, mtime_ns, state, path: path.to_owned(), strong }
     }
 
     /// Records the strong digest of `path`'s content without a new version
@@ -180,6 +199,58 @@ pub trait Catalog: Send + Sync {
     /// True when the catalog holds no path.
     fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+    /// Calls `f` with the table, under the catalog's lock (the status
+    /// page's walk).
+    fn walk_table(&self, f: &mut dyn FnMut(&ServerMeta));
+    /// Folds what is journaled into a snapshot, where the catalog keeps one
+    /// (at shutdown); nothing to do elsewhere.
+    fn fold(&self) -> Result<(), CoreError> {
+        Ok(())
+    }
+}
+
+/// A boxed catalog is one (the server picks the embedded one or
+/// PostgreSQL's at start).
+impl<C: Catalog + ?Sized> Catalog for Box<C> {
+    fn get(&self, path: &str) -> Option<Entry> {
+        (**self).get(path)
+    }
+    fn commit(&self, path: &str, change: Change) -> Result<Entry, CoreError> {
+        (**self).commit(path, change)
+    }
+    fn snapshot(&self) -> (String, u64) {
+        (**self).snapshot()
+    }
+    fn history(&self, path: &str) -> Vec<Kept> {
+        (**self).history(path)
+    }
+    fn live_at(&self, prefix: &str, t_ns: i64) -> Vec<Entry> {
+        (**self).live_at(prefix, t_ns)
+    }
+    fn expire(&self, cutoff_ns: i64) -> Result<Vec<Kept>, CoreError> {
+        (**self).expire(cutoff_ns)
+    }
+    fn contents(&self) -> Vec<Strong> {
+        (**self).contents()
+    }
+    fn history_size(&self) -> history::Size {
+        (**self).history_size()
+    }
+    fn path_conflict(&self, path: &str, case_twins: bool) -> Option<PathConflict> {
+        (**self).path_conflict(path, case_twins)
+    }
+    fn budget_cutoff(&self, budget: u64) -> Option<i64> {
+        (**self).budget_cutoff(budget)
+    }
+    fn len(&self) -> usize {
+        (**self).len()
+    }
+    fn walk_table(&self, f: &mut dyn FnMut(&ServerMeta)) {
+        (**self).walk_table(f)
+    }
+    fn fold(&self) -> Result<(), CoreError> {
+        (**self).fold()
     }
 }
 
@@ -338,6 +409,14 @@ impl<S: Storage> Catalog for MemCatalog<S> {
 
     fn len(&self) -> usize {
         self.lock().0.len()
+    }
+
+    fn walk_table(&self, f: &mut dyn FnMut(&ServerMeta)) {
+        f(&self.lock().0)
+    }
+
+    fn fold(&self) -> Result<(), CoreError> {
+        self.compact()
     }
 }
 

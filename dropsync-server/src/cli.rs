@@ -65,6 +65,11 @@ pub struct Args {
     /// that authenticates.
     #[arg(long, value_name = "ADDR")]
     pub http: Option<SocketAddr>,
+    /// Keep the catalog (META-DATA, versions, history) on PostgreSQL, e.g.
+    /// postgres://dropsync@127.0.0.1:5432/dropsync, instead of in ROOT/meta;
+    /// contents stay in ROOT/blobs. The schema is made or upgraded at start.
+    #[arg(long, value_name = "URL")]
+    pub catalog: Option<String>,
     /// Admit enrolled clients only, over TLS, even while nobody is enrolled
     /// (secure mode is on by itself once anyone is: `server enroll`).
     #[arg(long)]

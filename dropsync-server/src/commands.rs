@@ -28,6 +28,10 @@ struct HistoryArgs {
     /// The server's storage root.
     #[arg(long, default_value = "dropsync-data")]
     root: PathBuf,
+    /// The server's catalog on PostgreSQL, when it keeps it there (its
+    /// --catalog).
+    #[arg(long, value_name = "URL")]
+    catalog: Option<String>,
     /// The path, as in the synced folder (e.g. docs/report.txt).
     path: String,
 }
@@ -68,7 +72,7 @@ struct UndeleteArgs {
 pub fn command(argv: &[String]) -> Option<Result<String, String>> {
     let rest = argv.get(1..).unwrap_or_default();
     let result = match argv.get(1).map(String::as_str) {
-        Some("history") => HistoryArgs::try_parse_from(rest).map(|a| history(&a.root, &a.path)),
+        Some("history") => HistoryArgs::try_parse_from(rest).map(|a| history(&a.root, a.catalog.as_deref(), &a.path)),
         Some("restore") => RestoreArgs::try_parse_from(rest)
             .map(|a| ask(&a.root, &Request::Restore { path: a.path, version: a.version })),
         Some("undelete") => UndeleteArgs::try_parse_from(rest).map(|a| match parse_time(&a.at) {
@@ -89,15 +93,24 @@ fn parse_time(text: &str) -> Option<i64> {
     secs.checked_mul(1_000_000_000)
 }
 
-fn history(root: &Path, path: &str) -> Result<String, String> {
-    let meta = root.join("meta");
-    if !meta.is_dir() {
-        return Err(format!("{} holds no server storage (--root?)", root.display()));
-    }
-    let storage = DirStorage::new(meta).map_err(|e| e.to_string())?;
-    let (table, history) = meta_server::read_only(&storage).map_err(|e| format!("cannot read the store: {e}"))?;
-    let kept = history.of(path);
-    let current = table.get(path);
+fn history(root: &Path, catalog: Option<&str>, path: &str) -> Result<String, String> {
+    let (kept, current) = match catalog {
+        Some(url) => {
+            use dropsync_core::meta_server::Catalog;
+            let pg = crate::pg_catalog::PgCatalog::open(url).map_err(|e| format!("cannot read the catalog: {e}"))?;
+            (pg.history(path), pg.get(path))
+        }
+        None => {
+            let meta = root.join("meta");
+            if !meta.is_dir() {
+                return Err(format!("{} holds no server storage (--root? --catalog?)", root.display()));
+            }
+            let storage = DirStorage::new(meta).map_err(|e| e.to_string())?;
+            let (table, history) =
+                meta_server::read_only(&storage).map_err(|e| format!("cannot read the store: {e}"))?;
+            (history.of(path).to_vec(), table.get(path).cloned())
+        }
+    };
     if kept.is_empty() && current.is_none() {
         return Err(format!("{path:?} is not known to the server"));
     }
@@ -109,7 +122,7 @@ fn history(root: &Path, path: &str) -> Result<String, String> {
         };
         format!("\n  version {version:<6} {}  {what:<22} {end}", utc::format(at.div_euclid(1_000_000_000)))
     };
-    for k in kept {
+    for k in &kept {
         let e = &k.entry;
         out.push_str(&line(
             e.version,
@@ -119,7 +132,7 @@ fn history(root: &Path, path: &str) -> Result<String, String> {
             format!("replaced {}", utc::format(k.replaced_ns.div_euclid(1_000_000_000))),
         ));
     }
-    if let Some(e) = current {
+    if let Some(e) = &current {
         out.push_str(&line(e.version, e.mtime_ns, e.state, e.size, "(current)".into()));
     }
     out.push_str(&format!("\nbring one back with: server restore --root {} {path:?} VERSION", root.display()));

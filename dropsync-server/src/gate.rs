@@ -58,6 +58,8 @@ pub struct Gate {
 impl Gate {
     /// Reads (or makes, `true`) the identity and reads the enrolment list.
     pub fn open(root: &Path, require_auth: bool) -> Result<(Self, bool), String> {
+        let meta = root.join("meta");
+        std::fs::create_dir_all(&meta).map_err(|e| format!("cannot create {}: {e}", meta.display()))?;
         let (identity, created) = Identity::load_or_create(&identity_path(root))
             .map_err(|e| format!("cannot read or make the server's key: {e}"))?;
         let path = enrolled_path(root);

@@ -18,17 +18,23 @@ use crate::blobs::BlobStore;
 use crate::clock;
 
 /// Everything the server knows about files, with the rules of section 6
-/// (core's `library`), on the local disk: the catalog in `<root>/meta`, the
-/// contents in `<root>/blobs`.
-pub type Library = dropsync_core::library::Library<MemCatalog<DirStorage>, BlobStore>;
+/// (core's `library`): the catalog in `<root>/meta` (or on PostgreSQL),
+/// the contents in `<root>/blobs`.
+pub type Library = dropsync_core::library::Library<Box<dyn Catalog>, BlobStore>;
 
-/// Opens the storage under `root` and reconciles the blobs with the
-/// META-DATA (adopts an older layout's blobs, removes orphans, reports
-/// missing ones).
-pub fn open(root: &Path, conflict_copies: bool) -> Result<Library, CoreError> {
-    let catalog = MemCatalog::open(DirStorage::new(root.join("meta"))?)?;
+/// Opens the storage under `root` (with the catalog on PostgreSQL when
+/// `catalog_url` names one) and reconciles the blobs with the META-DATA
+/// (adopts an older layout's blobs, removes orphans, reports missing ones).
+pub fn open(root: &Path, catalog_url: Option<&str>, conflict_copies: bool) -> Result<Library, CoreError> {
     let blobs = BlobStore::open(root)?;
-    adopt_legacy_blobs(&catalog, &blobs)?;
+    let catalog: Box<dyn Catalog> = match catalog_url {
+        Some(url) => Box::new(crate::pg_catalog::PgCatalog::open(url)?),
+        None => {
+            let local = MemCatalog::open(DirStorage::new(root.join("meta"))?)?;
+            adopt_legacy_blobs(&local, &blobs)?;
+            Box::new(local)
+        }
+    };
     let (orphans, missing) = blobs.recover(catalog.contents().into_iter())?;
     if orphans > 0 {
         log::info!("removed {orphans} unreferenced blob(s) left by an interrupted commit or an older layout");

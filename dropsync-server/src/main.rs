@@ -20,6 +20,7 @@ mod inbound;
 mod library;
 mod metrics;
 mod outbound;
+mod pg_catalog;
 mod quiet_log;
 mod server;
 mod session;
@@ -121,7 +122,7 @@ fn listens_beyond_loopback(binds: &[IpAddr]) -> bool {
 
 fn run(args: cli::Args) -> Result<(), String> {
     std::fs::create_dir_all(&args.root).map_err(|e| format!("cannot create root {}: {e}", args.root.display()))?;
-    let library = library::open(&args.root, !args.no_conflict_copies)
+    let library = library::open(&args.root, args.catalog.as_deref(), !args.no_conflict_copies)
         .map_err(|e| format!("cannot open storage in {}: {e}", args.root.display()))?;
     let config = Config {
         chunk_size: args.chunk_size,
@@ -209,7 +210,7 @@ fn shutdown(server: &Server) {
     for s in server.all_sessions() {
         server.end_session(&s, "server shutting down");
     }
-    if let Err(e) = server.library.catalog().compact() {
+    if let Err(e) = server.library.catalog().fold() {
         log::error!("cannot write the META-DATA snapshot: {e}");
     }
     log::info!("stopped");

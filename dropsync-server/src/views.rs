@@ -151,7 +151,7 @@ pub fn paths(server: &Server, max: usize) -> Paths {
     let mut out = Paths::default();
     let mut newest: BinaryHeap<Reverse<(u64, usize)>> = BinaryHeap::with_capacity(max + 1);
     let mut picked: Vec<PathView> = Vec::new();
-    server.library.catalog().with_table(|t| {
+    server.library.catalog().walk_table(&mut |t| {
         let entries: Vec<_> = t.entries().collect();
         for (i, e) in entries.iter().enumerate() {
             match e.state {

@@ -7,6 +7,7 @@
 mod folders;
 mod http;
 mod peer;
+mod postgres;
 mod procs;
 mod proxy;
 mod tempdir;
@@ -15,6 +16,7 @@ mod wait;
 pub use folders::{files, tree, write_file};
 pub use http::http_get;
 pub use peer::RawPeer;
+pub use postgres::PgProc;
 pub use procs::{bin_path, ClientProc, ServerProc};
 pub use proxy::LatencyProxy;
 pub use tempdir::TempDir;
