@@ -40,6 +40,9 @@ pub struct BlobStore {
     /// Referenced blobs found missing at start: an upload of that content
     /// installs it again.
     missing: Mutex<HashSet<Strong>>,
+    /// The bucket that holds the durable copy, when contents are in S3
+    /// (`--blobs s3://...`); `blobs/` is then its local cache.
+    remote: Option<crate::s3::Remote>,
 }
 
 /// An upload in progress: a temp file that is removed on drop unless it
@@ -102,7 +105,32 @@ impl BlobStore {
         fs::create_dir_all(&blobs)?;
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp)?;
-        Ok(Self { blobs, tmp, refs: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0), made_dirs: Mutex::new([false; 256]), missing: Mutex::new(HashSet::new()) })
+        Ok(Self { blobs, tmp, refs: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0), made_dirs: Mutex::new([false; 256]), missing: Mutex::new(HashSet::new()), remote: None })
+    }
+
+    /// The same store with its durable copy in `remote` (S3).
+    pub fn with_remote(mut self, remote: crate::s3::Remote) -> Self {
+        self.remote = Some(remote);
+        self
+    }
+
+    /// Removes from the bucket every content nothing refers to that is
+    /// older than `s3::ORPHAN_AGE` (a younger one may be an upload another
+    /// instance is about to commit). Call after [`recover`](Self::recover).
+    /// Returns how many went.
+    pub fn sweep_remote(&self, now_secs: i64) -> io::Result<usize> {
+        let Some(remote) = &self.remote else { return Ok(0) };
+        let listed = remote.list()?;
+        let refs = self.refs.lock().unwrap_or_else(PoisonError::into_inner).clone();
+        let mut gone = 0;
+        for (key, modified) in listed {
+            let age = rfc3339_secs(&modified).map(|t| now_secs - t);
+            if !refs.contains_key(&key) && age.is_some_and(|a| a >= crate::s3::ORPHAN_AGE.as_secs() as i64) {
+                remote.delete(&key)?;
+                gone += 1;
+            }
+        }
+        Ok(gone)
     }
 
     fn path_of(&self, key: &Strong) -> PathBuf {
@@ -165,7 +193,12 @@ impl BlobStore {
                 }
             }
         }
-        let missing: Vec<Strong> = refs.keys().filter(|d| !self.path_of(d).exists()).copied().collect();
+        // With a bucket, the local folder is a cache: what it lacks is
+        // fetched when needed.
+        let missing: Vec<Strong> = match &self.remote {
+            Some(_) => Vec::new(),
+            None => refs.keys().filter(|d| !self.path_of(d).exists()).copied().collect(),
+        };
         *self.missing.lock().unwrap_or_else(PoisonError::into_inner) = missing.iter().copied().collect();
         Ok((orphans, missing))
     }
@@ -208,6 +241,10 @@ impl BlobStore {
             fs::rename(&temp.path, &target)?;
         }
         sync_dir(dir)?;
+        // In the bucket before any catalog line names it.
+        if let Some(remote) = &self.remote {
+            remote.put(digest, &target)?;
+        }
         if was_missing {
             self.missing.lock().unwrap_or_else(PoisonError::into_inner).remove(digest);
         }
@@ -236,9 +273,27 @@ impl BlobStore {
         self.refs.lock().unwrap_or_else(PoisonError::into_inner).len()
     }
 
-    /// Opens a blob for reading.
+    /// Opens a blob for reading; with a bucket, one the local cache lacks
+    /// is fetched first (whole, verified, then renamed into place).
     pub fn open_blob(&self, key: &Strong) -> io::Result<File> {
-        File::open(self.path_of(key))
+        let path = self.path_of(key);
+        match (File::open(&path), &self.remote) {
+            (Err(e), Some(remote)) if e.kind() == io::ErrorKind::NotFound => {
+                let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+                let tmp = self.tmp.join(format!("fetch-{n}"));
+                let fetched = remote.get(key, &tmp).and_then(|()| {
+                    let dir = path.parent().unwrap_or(&self.blobs);
+                    self.make_prefix_dir(key[0], dir, false)?;
+                    fs::rename(&tmp, &path)
+                });
+                if fetched.is_err() {
+                    let _ = fs::remove_file(&tmp);
+                }
+                fetched?;
+                File::open(&path)
+            }
+            (opened, _) => opened,
+        }
     }
 
     /// One more META-DATA entry refers to `digest`.
@@ -256,8 +311,20 @@ impl BlobStore {
             refs.remove(digest);
             // A sender that already opened it keeps reading the open file.
             let _ = fs::remove_file(self.path_of(digest));
+            if let Some(remote) = &self.remote {
+                if let Err(e) = remote.delete(digest) {
+                    log::warn!("cannot delete a content nothing refers to from the bucket (the next start's sweep will): {e}");
+                }
+            }
         }
     }
+}
+
+/// Seconds since the epoch of an RFC 3339 time as S3 gives it
+/// (`2026-12-07T01:40:00.000Z`), to whole seconds.
+fn rfc3339_secs(text: &str) -> Option<i64> {
+    let head = text.get(..19)?.replace('T', " ");
+    dropsync_core::utc::parse(&head)
 }
 
 /// What core's commit rules need of a content store.

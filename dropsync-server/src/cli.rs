@@ -70,6 +70,17 @@ pub struct Args {
     /// contents stay in ROOT/blobs. The schema is made or upgraded at start.
     #[arg(long, value_name = "URL")]
     pub catalog: Option<String>,
+    /// Keep contents in an S3 bucket, s3://BUCKET[/PREFIX], one object per
+    /// content named by its SHA-256; ROOT/blobs is then a local cache.
+    /// Credentials and region: AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY,
+    /// AWS_REGION (default us-east-1).
+    #[arg(long, value_name = "S3_URL")]
+    pub blobs: Option<String>,
+    /// The S3 service's URL (path-style), e.g. http://127.0.0.1:9000 for a
+    /// local one, https://s3.eu-west-1.amazonaws.com for AWS; default:
+    /// AWS_ENDPOINT_URL.
+    #[arg(long, value_name = "URL")]
+    pub s3_endpoint: Option<String>,
     /// Admit enrolled clients only, over TLS, even while nobody is enrolled
     /// (secure mode is on by itself once anyone is: `server enroll`).
     #[arg(long)]

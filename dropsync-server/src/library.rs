@@ -25,8 +25,17 @@ pub type Library = dropsync_core::library::Library<Box<dyn Catalog>, BlobStore>;
 /// Opens the storage under `root` (with the catalog on PostgreSQL when
 /// `catalog_url` names one) and reconciles the blobs with the META-DATA
 /// (adopts an older layout's blobs, removes orphans, reports missing ones).
-pub fn open(root: &Path, catalog_url: Option<&str>, conflict_copies: bool) -> Result<Library, CoreError> {
-    let blobs = BlobStore::open(root)?;
+pub fn open(
+    root: &Path,
+    catalog_url: Option<&str>,
+    remote: Option<crate::s3::Remote>,
+    conflict_copies: bool,
+) -> Result<Library, CoreError> {
+    let mut blobs = BlobStore::open(root)?;
+    let in_bucket = remote.is_some();
+    if let Some(r) = remote {
+        blobs = blobs.with_remote(r);
+    }
     let catalog: Box<dyn Catalog> = match catalog_url {
         Some(url) => Box::new(crate::pg_catalog::PgCatalog::open(url)?),
         None => {
@@ -41,6 +50,13 @@ pub fn open(root: &Path, catalog_url: Option<&str>, conflict_copies: bool) -> Re
     }
     if !missing.is_empty() {
         log::error!("META-DATA refers to {} missing content blob(s)", missing.len());
+    }
+    if in_bucket {
+        match blobs.sweep_remote(clock::now_ns().div_euclid(1_000_000_000)) {
+            Ok(0) => {}
+            Ok(n) => log::info!("removed {n} content(s) nothing refers to from the bucket"),
+            Err(e) => log::warn!("cannot sweep the bucket for contents nothing refers to (tried at the next start): {e}"),
+        }
     }
     Ok(Library::new(catalog, blobs, Arc::new(MemLockTable::new()), conflict_copies))
 }

@@ -21,6 +21,7 @@ mod library;
 mod metrics;
 mod outbound;
 mod pg_catalog;
+mod s3;
 mod quiet_log;
 mod server;
 mod session;
@@ -122,7 +123,15 @@ fn listens_beyond_loopback(binds: &[IpAddr]) -> bool {
 
 fn run(args: cli::Args) -> Result<(), String> {
     std::fs::create_dir_all(&args.root).map_err(|e| format!("cannot create root {}: {e}", args.root.display()))?;
-    let library = library::open(&args.root, args.catalog.as_deref(), !args.no_conflict_copies)
+    let remote = match &args.blobs {
+        Some(location) => {
+            let endpoint = args.s3_endpoint.clone().or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
+            let endpoint = endpoint.ok_or("--blobs s3://... needs --s3-endpoint URL (or AWS_ENDPOINT_URL)")?;
+            Some(s3::Remote::new(location, &endpoint)?)
+        }
+        None => None,
+    };
+    let library = library::open(&args.root, args.catalog.as_deref(), remote, !args.no_conflict_copies)
         .map_err(|e| format!("cannot open storage in {}: {e}", args.root.display()))?;
     let config = Config {
         chunk_size: args.chunk_size,

@@ -10,6 +10,7 @@ mod peer;
 mod postgres;
 mod procs;
 mod proxy;
+mod s3;
 mod tempdir;
 mod wait;
 
@@ -19,5 +20,6 @@ pub use peer::RawPeer;
 pub use postgres::PgProc;
 pub use procs::{bin_path, ClientProc, ServerProc};
 pub use proxy::LatencyProxy;
+pub use s3::S3Proc;
 pub use tempdir::TempDir;
 pub use wait::{wait_for, wait_until, DEFAULT_DEADLINE};

@@ -1,0 +1,70 @@
+//! Contents in an S3 bucket (issue 18), with the real server and clients, a
+//! real PostgreSQL cluster for the catalog and moto's S3 server: contents
+//! go to the bucket before the commit that names them (a large one in
+//! parts), a server that lost its local cache fetches them back from the
+//! bucket, and a content nothing refers to any more leaves the bucket.
+#![allow(clippy::unwrap_used)]
+
+use std::ffi::OsStr;
+
+use dropsync_testkit::{
+    tree, wait_until, write_file, ClientProc, PgProc, S3Proc, ServerProc, TempDir, DEFAULT_DEADLINE,
+};
+use sha2::{Digest, Sha256};
+
+fn hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn contents_live_in_the_bucket_and_come_back_from_it() {
+    let tmp = TempDir::new("s3-blobs");
+    let pg = PgProc::start(&tmp.join("pg"));
+    let s3 = S3Proc::start("dropsync-test");
+    let root = tmp.join("root");
+    let env: [(&str, &OsStr); 2] =
+        [("AWS_ACCESS_KEY_ID", OsStr::new("testing")), ("AWS_SECRET_ACCESS_KEY", OsStr::new("testing"))];
+    let args = [
+        "--catalog",
+        &pg.url,
+        "--blobs",
+        "s3://dropsync-test/contents",
+        "--s3-endpoint",
+        &s3.endpoint,
+        "--keep-days",
+        "0",
+    ];
+    let mut server = ServerProc::start_with_env(&root, &args, &env);
+    let (a, b) = (tmp.join("a"), tmp.join("b"));
+    let small = b"a small file".to_vec();
+    let large: Vec<u8> = (0..20u32 << 20).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    write_file(&a, "small.txt", &small);
+    write_file(&a, "big/large.bin", &large);
+    std::fs::create_dir_all(&b).unwrap();
+    let ca = ClientProc::start(&server, &a, 1 << 20, &["--label", "a"]);
+    let cb = ClientProc::start(&server, &b, 1 << 20, &["--label", "b"]);
+    assert!(wait_until(DEFAULT_DEADLINE, || tree(&b) == tree(&a) && tree(&b).len() == 2), "{}", server.log());
+    let keys = s3.keys("dropsync-test");
+    for body in [&small, &large] {
+        assert!(keys.contains(&format!("contents/{}", hex(body))), "{keys:?}");
+    }
+
+    // A server that lost its local copies fetches them from the bucket.
+    drop(cb);
+    std::fs::remove_dir_all(root.join("blobs")).unwrap();
+    server.restart();
+    let c = tmp.join("c");
+    let status = ClientProc::run_once(&server, &c, 1 << 20, &["--label", "c"], DEFAULT_DEADLINE);
+    assert!(status.is_some_and(|s| s.success()), "{}", server.log());
+    assert_eq!(tree(&c), tree(&a), "from the bucket, whole and verified");
+
+    // Deleted, and past the history's retention (--keep-days 0, applied
+    // at start): the content leaves the bucket.
+    std::fs::remove_file(a.join("small.txt")).unwrap();
+    let deleted = wait_until(DEFAULT_DEADLINE, || ca.log().contains("deleted small.txt on the server"));
+    assert!(deleted, "{}", ca.log());
+    server.restart();
+    let small_key = format!("contents/{}", hex(&small));
+    assert!(wait_until(DEFAULT_DEADLINE, || !s3.keys("dropsync-test").contains(&small_key)), "{}", server.log());
+    assert!(s3.keys("dropsync-test").contains(&format!("contents/{}", hex(&large))), "the live one stays");
+}
