@@ -321,6 +321,20 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
         Ok(gone.len())
     }
 
+    /// Applies what other server instances committed since the last call
+    /// (`Catalog::follow`) and returns their lines, to be queued for this
+    /// instance's clients. Their contents are counted as referred to here.
+    pub fn follow(&self) -> Result<Vec<Entry>, CoreError> {
+        let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let lines = self.catalog.follow()?;
+        for e in lines.iter().filter(|e| e.state == EntryState::File) {
+            if let Some(key) = &e.strong {
+                self.blobs.add_ref(key);
+            }
+        }
+        Ok(lines)
+    }
+
     /// What is in the way of a new file at `path` (`path_rules`): checked
     /// at the first message of an upload, before its lock.
     pub fn path_conflict(&self, path: &str, case_twins: bool) -> Option<crate::path_rules::PathConflict> {

@@ -208,6 +208,17 @@ pub trait Catalog: Send + Sync {
     fn fold(&self) -> Result<(), CoreError> {
         Ok(())
     }
+    /// The lines other server instances committed since the last call,
+    /// applied here, in commit order (a catalog only this instance writes
+    /// has none).
+    fn follow(&self) -> Result<Vec<Entry>, CoreError> {
+        Ok(Vec::new())
+    }
+    /// True when other instances may commit to this catalog too: content
+    /// may then be referred to by lines this instance has not seen yet.
+    fn shared(&self) -> bool {
+        false
+    }
 }
 
 /// A boxed catalog is one (the server picks the embedded one or
@@ -251,6 +262,12 @@ impl<C: Catalog + ?Sized> Catalog for Box<C> {
     }
     fn fold(&self) -> Result<(), CoreError> {
         (**self).fold()
+    }
+    fn follow(&self) -> Result<Vec<Entry>, CoreError> {
+        (**self).follow()
+    }
+    fn shared(&self) -> bool {
+        (**self).shared()
     }
 }
 

@@ -43,6 +43,11 @@ pub struct BlobStore {
     /// The bucket that holds the durable copy, when contents are in S3
     /// (`--blobs s3://...`); `blobs/` is then its local cache.
     remote: Option<crate::s3::Remote>,
+    /// Other instances may share the bucket (the catalog is shared): a
+    /// content this one no longer refers to may be about to be another's,
+    /// so nothing is deleted from the bucket (garbage collection across
+    /// instances is not built yet: docs/SCALING.md).
+    remote_shared: bool,
 }
 
 /// An upload in progress: a temp file that is removed on drop unless it
@@ -105,12 +110,14 @@ impl BlobStore {
         fs::create_dir_all(&blobs)?;
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp)?;
-        Ok(Self { blobs, tmp, refs: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0), made_dirs: Mutex::new([false; 256]), missing: Mutex::new(HashSet::new()), remote: None })
+        Ok(Self { blobs, tmp, refs: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0), made_dirs: Mutex::new([false; 256]), missing: Mutex::new(HashSet::new()), remote: None, remote_shared: false })
     }
 
-    /// The same store with its durable copy in `remote` (S3).
-    pub fn with_remote(mut self, remote: crate::s3::Remote) -> Self {
+    /// The same store with its durable copy in `remote` (S3), which other
+    /// instances share when `shared`.
+    pub fn with_remote(mut self, remote: crate::s3::Remote, shared: bool) -> Self {
         self.remote = Some(remote);
+        self.remote_shared = shared;
         self
     }
 
@@ -119,7 +126,7 @@ impl BlobStore {
     /// instance is about to commit). Call after [`recover`](Self::recover).
     /// Returns how many went.
     pub fn sweep_remote(&self, now_secs: i64) -> io::Result<usize> {
-        let Some(remote) = &self.remote else { return Ok(0) };
+        let Some(remote) = self.remote.as_ref().filter(|_| !self.remote_shared) else { return Ok(0) };
         let listed = remote.list()?;
         let refs = self.refs.lock().unwrap_or_else(PoisonError::into_inner).clone();
         let mut gone = 0;
@@ -311,7 +318,7 @@ impl BlobStore {
             refs.remove(digest);
             // A sender that already opened it keeps reading the open file.
             let _ = fs::remove_file(self.path_of(digest));
-            if let Some(remote) = &self.remote {
+            if let Some(remote) = self.remote.as_ref().filter(|_| !self.remote_shared) {
                 if let Err(e) = remote.delete(digest) {
                     log::warn!("cannot delete a content nothing refers to from the bucket (the next start's sweep will): {e}");
                 }

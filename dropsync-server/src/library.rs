@@ -34,7 +34,7 @@ pub fn open(
     let mut blobs = BlobStore::open(root)?;
     let in_bucket = remote.is_some();
     if let Some(r) = remote {
-        blobs = blobs.with_remote(r);
+        blobs = blobs.with_remote(r, catalog_url.is_some());
     }
     let catalog: Box<dyn Catalog> = match catalog_url {
         Some(url) => Box::new(crate::pg_catalog::PgCatalog::open(url)?),

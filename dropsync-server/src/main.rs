@@ -12,6 +12,7 @@ mod blobs;
 mod cli;
 mod commands;
 mod enrolment;
+mod follower;
 mod gate;
 mod clock;
 mod exposition;
@@ -158,6 +159,9 @@ fn run(args: cli::Args) -> Result<(), String> {
     say_who_gets_in(&gate, new_key, &args);
     let server = Arc::new(Server::new(config, library, gate));
     let keep = admin::Retention { age: Duration::from_secs_f64(args.keep_days * 86_400.0), bytes: args.keep_size };
+    if let Some(url) = &args.catalog {
+        follower::start(server.clone(), url).map_err(|e| format!("cannot start the follower thread: {e}"))?;
+    }
     gate::start_watch(server.clone()).map_err(|e| format!("cannot start the enrolment thread: {e}"))?;
     admin::start(server.clone(), &args.root, keep).map_err(|e| format!("cannot start the history thread: {e}"))?;
     {

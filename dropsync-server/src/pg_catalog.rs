@@ -158,7 +158,7 @@ fn load_history(db: &mut Client, st: &mut State) -> Result<(), CoreError> {
     Ok(())
 }
 
-fn catch_up(db: &mut Client, st: &mut State) -> Result<Vec<String>, CoreError> {
+fn catch_up(db: &mut Client, st: &mut State) -> Result<Vec<Entry>, CoreError> {
     let rows = db
         .query(
             &format!(
@@ -173,9 +173,8 @@ fn catch_up(db: &mut Client, st: &mut State) -> Result<Vec<String>, CoreError> {
     for row in rows {
         let v: i64 = row.get(0);
         let entry = entry_of(&row, 1)?;
-        let path = entry.path.clone();
-        if st.table.put(entry).is_some() {
-            changed.push(path);
+        if st.table.put(entry.clone()).is_some() {
+            changed.push(entry);
         }
         st.cursor = st.cursor.max(u64::try_from(v).unwrap_or(0));
     }
@@ -221,7 +220,9 @@ impl Catalog for PgCatalog {
         let in_db = row.map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0));
         if in_db != known {
             drop(tx);
-            catch_up(&mut db, &mut st)?;
+            // What it brings is queued for this instance's clients by the
+            // follower, which reads the same change log.
+            let _ = catch_up(&mut db, &mut st)?;
             return Err(CoreError::Io(std::io::Error::other(format!(
                 "{path:?} was changed by another server instance; not committed (the client tries again)"
             ))));
@@ -301,5 +302,56 @@ impl Catalog for PgCatalog {
 
     fn walk_table(&self, f: &mut dyn FnMut(&ServerMeta)) {
         f(&lock(&self.state).table)
+    }
+
+    fn follow(&self) -> Result<Vec<Entry>, CoreError> {
+        let mut db = self.connection()?;
+        let mut st = lock(&self.state);
+        catch_up(&mut db, &mut st)
+    }
+
+    fn shared(&self) -> bool {
+        true
+    }
+}
+
+/// A connection that LISTENs for other instances' commits: a wake-up only;
+/// what changed is read from the change log by `follow`, so a notification
+/// lost (or a connection down) costs latency, never a change.
+pub struct Listener {
+    url: String,
+    conn: Option<Client>,
+}
+
+impl Listener {
+    /// A listener for the database at `url` (connected on first use).
+    pub fn new(url: &str) -> Self {
+        Self { url: url.to_owned(), conn: None }
+    }
+
+    /// Waits at most `limit` for a notification (the whole of it when the
+    /// connection cannot be made: the caller catches up anyway).
+    pub fn wait(&mut self, limit: std::time::Duration) {
+        if self.conn.as_ref().is_none_or(Client::is_closed) {
+            self.conn = Client::connect(&self.url, NoTls)
+                .and_then(|mut c| c.batch_execute(&format!("LISTEN {CHANNEL}")).map(|()| c))
+                .map_err(|e| log::debug!("PostgreSQL: cannot listen ({e}); polling"))
+                .ok();
+        }
+        let failed = match &mut self.conn {
+            Some(c) => {
+                let mut n = c.notifications();
+                let mut it = n.timeout_iter(limit);
+                postgres::fallible_iterator::FallibleIterator::next(&mut it).err()
+            }
+            None => {
+                std::thread::sleep(limit);
+                None
+            }
+        };
+        if let Some(e) = failed {
+            log::debug!("PostgreSQL: listening failed ({e})");
+            self.conn = None;
+        }
     }
 }
