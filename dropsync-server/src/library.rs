@@ -58,7 +58,13 @@ pub fn open(
             Err(e) => log::warn!("cannot sweep the bucket for contents nothing refers to (tried at the next start): {e}"),
         }
     }
-    Ok(Library::new(catalog, blobs, Arc::new(MemLockTable::new()), conflict_copies))
+    // With the catalog on PostgreSQL, locks hold across the instances that
+    // share it.
+    let locks: Arc<dyn dropsync_core::locks::LockTable> = match catalog_url {
+        Some(url) => Arc::new(crate::pg_locks::PgLockTable::new(url)),
+        None => Arc::new(MemLockTable::new()),
+    };
+    Ok(Library::new(catalog, blobs, locks, conflict_copies))
 }
 
 /// The wall clock now, for a commit.

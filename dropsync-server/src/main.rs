@@ -22,6 +22,7 @@ mod library;
 mod metrics;
 mod outbound;
 mod pg_catalog;
+mod pg_locks;
 mod s3;
 mod quiet_log;
 mod server;

@@ -33,26 +33,37 @@ impl S3Proc {
     /// Starts moto's server and makes `bucket`; panics, saying why, when
     /// moto is not installed.
     pub fn start(bucket: &str) -> Self {
-        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap();
+        // A port picked free can be taken before moto binds it (another
+        // test starting its own): then moto exits, and the bucket is made
+        // again on a new port, never on someone else's server.
+        for _ in 0..5 {
+            if let Some(s3) = Self::try_start(bucket) {
+                return s3;
+            }
+        }
+        panic!("moto_server did not come up (pip install \"moto[server]\"; .ci/run does it)");
+    }
+
+    fn try_start(bucket: &str) -> Option<Self> {
+        let port = TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).ok()?;
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start moto_server (pip install \"moto[server]\"; .ci/run does it): {e}")
-            });
+            .unwrap_or_else(|e| panic!("cannot start moto_server (pip install \"moto[server]\"; .ci/run does it): {e}"));
         let mut s3 = Self { child, port, endpoint: format!("http://127.0.0.1:{port}") };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
+            if !matches!(s3.child.try_wait(), Ok(None)) {
+                return None;
+            }
             match request(port, "PUT", &format!("/{bucket}")) {
-                Ok((200, _)) => return s3,
+                // Ours, still running: the bucket is on our server.
+                Ok((200, _)) if matches!(s3.child.try_wait(), Ok(None)) => return Some(s3),
                 _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
-                other => {
-                    let _ = s3.child.kill();
-                    panic!("moto_server did not come up on port {port}: {other:?}");
-                }
+                _ => return None,
             }
         }
     }

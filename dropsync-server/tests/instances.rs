@@ -1,0 +1,62 @@
+//! Several server instances on one PostgreSQL database and one S3 bucket
+//! (issue 18), with real processes: three instances, clients on different
+//! ones. An edit through instance 1 reaches a client of instance 3 (the
+//! follower: NOTIFY, then the change log; the content from the bucket); a
+//! lock held through instance 1 refuses an upload through instance 2 with
+//! 0x0040, and kill -9 of instance 1 mid-upload releases it (PostgreSQL
+//! drops a dead connection's advisory locks).
+#![allow(clippy::unwrap_used)]
+
+use std::ffi::OsStr;
+
+use dropsync_proto::{md5, Frame, StatusCode};
+use dropsync_testkit::{
+    tree, wait_until, write_file, ClientProc, PgProc, RawPeer, S3Proc, ServerProc, TempDir, DEFAULT_DEADLINE,
+};
+
+#[test]
+fn three_instances_share_one_namespace() {
+    let tmp = TempDir::new("instances");
+    let pg = PgProc::start(&tmp.join("pg"));
+    let s3 = S3Proc::start("shared");
+    let env: [(&str, &OsStr); 2] =
+        [("AWS_ACCESS_KEY_ID", OsStr::new("testing")), ("AWS_SECRET_ACCESS_KEY", OsStr::new("testing"))];
+    let args = ["--catalog", &pg.url, "--blobs", "s3://shared/c", "--s3-endpoint", &s3.endpoint];
+    let mut one = ServerProc::start_with_env(&tmp.join("root1"), &args, &env);
+    let two = ServerProc::start_with_env(&tmp.join("root2"), &args, &env);
+    let three = ServerProc::start_with_env(&tmp.join("root3"), &args, &env);
+
+    // An edit through instance 1 reaches a client of instance 3.
+    let (a, b) = (tmp.join("a"), tmp.join("b"));
+    std::fs::create_dir_all(&b).unwrap();
+    let ca = ClientProc::start(&one, &a, 1 << 20, &["--label", "a"]);
+    let cb = ClientProc::start(&three, &b, 1 << 20, &["--label", "b"]);
+    write_file(&a, "report.txt", b"written through instance 1");
+    let arrived = wait_until(DEFAULT_DEADLINE, || {
+        tree(&b).get("report.txt").map(Vec::as_slice) == Some(b"written through instance 1")
+    });
+    assert!(arrived, "a:\n{}\nb:\n{}\nthree:\n{}", ca.log(), cb.log(), three.log());
+    // And back, through instance 3 to a client of instance 1.
+    write_file(&b, "reply.txt", b"through instance 3");
+    assert!(wait_until(DEFAULT_DEADLINE, || a.join("reply.txt").exists()), "{}", one.log());
+
+    // A lock held through instance 1 refuses an upload through instance 2.
+    let mut p1 = RawPeer::hello(one.send_port, one.recv_port, [1; 16], "p1");
+    p1.receive_metadata();
+    let first = b"first chunk of an upload left open";
+    assert_eq!(p1.request(&Frame::Chunk { digest: md5(first), name: "locked.bin", payload: first }), StatusCode::OK);
+    let mut p2 = RawPeer::hello(two.send_port, two.recv_port, [2; 16], "p2");
+    p2.receive_metadata();
+    assert_eq!(p2.upload("locked.bin", b"from instance 2", 64), StatusCode::LOCKED, "{}", two.log());
+
+    // kill -9 of instance 1 mid-upload: its locks go with its connection.
+    drop(ca);
+    one.kill9();
+    let freed = wait_until(DEFAULT_DEADLINE, || p2.upload("locked.bin", b"from instance 2", 64) == StatusCode::OK);
+    assert!(freed, "{}", two.log());
+    assert!(
+        wait_until(DEFAULT_DEADLINE, || tree(&b).get("locked.bin").map(Vec::as_slice) == Some(b"from instance 2")),
+        "instance 2's commit reaches a client of instance 3:\n{}",
+        three.log()
+    );
+}
