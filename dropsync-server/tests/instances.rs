@@ -59,4 +59,26 @@ fn three_instances_share_one_namespace() {
         "instance 2's commit reaches a client of instance 3:\n{}",
         three.log()
     );
+
+    // Conflicting edits through two instances: b edits offline while a
+    // client of instance 2 edits the same file; b comes back through
+    // instance 3, and the edit the server never had is kept as a conflict
+    // copy, everywhere.
+    let c = tmp.join("c");
+    let cc = ClientProc::start(&two, &c, 1 << 20, &["--label", "c"]);
+    assert!(wait_until(DEFAULT_DEADLINE, || tree(&c).contains_key("report.txt")), "{}", cc.log());
+    drop(cb);
+    write_file(&b, "report.txt", b"b's offline edit");
+    write_file(&c, "report.txt", b"c's edit through instance 2");
+    let through_c =
+        || tree(&tmp.join("c")).get("report.txt").map(Vec::as_slice) == Some(b"c's edit through instance 2");
+    assert!(wait_until(DEFAULT_DEADLINE, through_c));
+    let _cb = ClientProc::start(&three, &b, 1 << 20, &["--label", "b"]);
+    let settled = wait_until(DEFAULT_DEADLINE, || {
+        let (tb, tc) = (tree(&b), tree(&c));
+        tb == tc
+            && tb.get("report.txt").map(Vec::as_slice) == Some(b"c's edit through instance 2")
+            && tb.iter().any(|(k, v)| k.contains("conflicted copy") && v == b"b's offline edit")
+    });
+    assert!(settled, "b: {:?}\nc: {:?}", tree(&b).keys(), tree(&c).keys());
 }

@@ -84,3 +84,41 @@ fn with_the_embedded_catalog_a_content_past_retention_leaves_the_bucket() {
     assert!(wait_until(DEFAULT_DEADLINE, || s3.keys("dropsync-gc") == [kept.clone()]), "{}", server.log());
     assert!(!s3.keys("dropsync-gc").contains(&gone));
 }
+
+#[test]
+fn a_ten_second_object_store_outage_costs_retries_never_a_change() {
+    let tmp = TempDir::new("s3-outage");
+    let pg = PgProc::start(&tmp.join("pg"));
+    let s3 = S3Proc::start("outage");
+    let target: std::net::SocketAddr = ([127, 0, 0, 1], s3.port).into();
+    let proxy = dropsync_testkit::LatencyProxy::start(target, std::time::Duration::ZERO).unwrap();
+    let env: [(&str, &OsStr); 2] =
+        [("AWS_ACCESS_KEY_ID", OsStr::new("testing")), ("AWS_SECRET_ACCESS_KEY", OsStr::new("testing"))];
+    let endpoint = format!("http://127.0.0.1:{}", proxy.port);
+    let args = ["--catalog", &pg.url, "--blobs", "s3://outage", "--s3-endpoint", &endpoint];
+    let server = ServerProc::start_with_env(&tmp.join("root"), &args, &env);
+    let (a, b) = (tmp.join("a"), tmp.join("b"));
+    std::fs::create_dir_all(&b).unwrap();
+    let ca = ClientProc::start(&server, &a, 4096, &["--label", "a"]);
+    let cb = ClientProc::start(&server, &b, 4096, &["--label", "b"]);
+    write_file(&a, "before.txt", b"stored before the outage");
+    assert!(wait_until(DEFAULT_DEADLINE, || b.join("before.txt").exists()), "{}", server.log());
+
+    // The store goes away for 10 s: the upload made meanwhile is refused
+    // (0x0080) and tried again by the client until the store is back.
+    proxy.set_down(true);
+    let down_at = std::time::Instant::now();
+    write_file(&a, "during.txt", b"written while the store was away");
+    assert!(wait_until(DEFAULT_DEADLINE, || ca.log().contains("server cannot take during.txt now")), "{}", ca.log());
+    // The outage lasts its 10 s whatever happens meanwhile (its length is
+    // the scenario, not a wait for something).
+    std::thread::sleep(std::time::Duration::from_secs(10).saturating_sub(down_at.elapsed()));
+    assert!(!b.join("during.txt").exists(), "nothing committed while the store was away");
+    proxy.set_down(false);
+    let arrived = wait_until(DEFAULT_DEADLINE, || {
+        std::fs::read(b.join("during.txt")).ok().as_deref() == Some(&b"written while the store was away"[..])
+    });
+    assert!(arrived, "a:\n{}\nserver:\n{}", ca.log(), server.log());
+    assert!(s3.keys("outage").contains(&hex(b"written while the store was away")));
+    drop(cb);
+}

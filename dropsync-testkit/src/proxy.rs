@@ -20,6 +20,7 @@ pub struct LatencyProxy {
     /// The port to connect to instead of the target's.
     pub port: u16,
     stop: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
 }
 
 impl LatencyProxy {
@@ -30,9 +31,16 @@ impl LatencyProxy {
         let port = listener.local_addr()?.port();
         listener.set_nonblocking(true)?;
         let stop = Arc::new(AtomicBool::new(false));
-        let flag = stop.clone();
-        thread::spawn(move || accept_loop(listener, target, one_way, flag));
-        Ok(Self { port, stop })
+        let down = Arc::new(AtomicBool::new(false));
+        let (flag, cut) = (stop.clone(), down.clone());
+        thread::spawn(move || accept_loop(listener, target, one_way, flag, cut));
+        Ok(Self { port, stop, down })
+    }
+
+    /// An outage (`true`) or its end: while down, every connection through
+    /// the proxy is cut within 0.2 s and new ones are closed at once.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 }
 
@@ -42,17 +50,18 @@ impl Drop for LatencyProxy {
     }
 }
 
-fn accept_loop(listener: TcpListener, target: SocketAddr, delay: Duration, stop: Arc<AtomicBool>) {
+fn accept_loop(listener: TcpListener, target: SocketAddr, delay: Duration, stop: Arc<AtomicBool>, down: Arc<AtomicBool>) {
     while !stop.load(Ordering::SeqCst) {
         match listener.accept() {
+            Ok((client, _)) if down.load(Ordering::SeqCst) => drop(client),
             Ok((client, _)) => {
                 let Ok(server) = TcpStream::connect(target) else { continue };
                 let _ = client.set_nonblocking(false);
                 let _ = client.set_nodelay(true);
                 let _ = server.set_nodelay(true);
                 if let (Ok(c2), Ok(s2)) = (client.try_clone(), server.try_clone()) {
-                    pipe(client, s2, delay, stop.clone());
-                    pipe(server, c2, delay, stop.clone());
+                    pipe(client, s2, delay, stop.clone(), down.clone());
+                    pipe(server, c2, delay, stop.clone(), down.clone());
                 }
             }
             // Non-blocking accept: poll so that `stop` is noticed.
@@ -62,13 +71,13 @@ fn accept_loop(listener: TcpListener, target: SocketAddr, delay: Duration, stop:
 }
 
 /// Forwards `from` → `to`, each piece released `delay` after it was read.
-fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration, stop: Arc<AtomicBool>) {
+fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration, stop: Arc<AtomicBool>, down: Arc<AtomicBool>) {
     let (tx, rx) = mpsc::channel::<(Instant, Vec<u8>)>();
     let _ = from.set_read_timeout(Some(Duration::from_millis(200)));
     let reader_stop = stop.clone();
     thread::spawn(move || {
         let mut buf = vec![0u8; PIECE];
-        while !reader_stop.load(Ordering::SeqCst) {
+        while !reader_stop.load(Ordering::SeqCst) && !down.load(Ordering::SeqCst) {
             match from.read(&mut buf) {
                 Ok(0) => break,
                 Ok(n) => {
@@ -79,6 +88,10 @@ fn pipe(mut from: TcpStream, mut to: TcpStream, delay: Duration, stop: Arc<Atomi
                 Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
                 Err(_) => break,
             }
+        }
+        if down.load(Ordering::SeqCst) {
+            // An outage cuts both directions at once.
+            let _ = from.shutdown(Shutdown::Both);
         }
     });
     thread::spawn(move || {
