@@ -43,11 +43,13 @@ pub struct BlobStore {
     /// The bucket that holds the durable copy, when contents are in S3
     /// (`--blobs s3://...`); `blobs/` is then its local cache.
     remote: Option<crate::s3::Remote>,
-    /// Other instances may share the bucket (the catalog is shared): a
-    /// content this one no longer refers to may be about to be another's,
-    /// so nothing is deleted from the bucket (garbage collection across
-    /// instances is not built yet: docs/SCALING.md).
+    /// Other instances may share the bucket (the catalog is shared): the
+    /// start-up sweep, which trusts this instance's counts, is off, and
+    /// deletes go through the shared ledger (`gc`).
     remote_shared: bool,
+    /// The shared ledger of contents no instance may rely on any more,
+    /// with a shared catalog (`pg_gc`).
+    gc: Option<std::sync::Arc<crate::pg_gc::PgGc>>,
 }
 
 /// An upload in progress: a temp file that is removed on drop unless it
@@ -110,15 +112,36 @@ impl BlobStore {
         fs::create_dir_all(&blobs)?;
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp)?;
-        Ok(Self { blobs, tmp, refs: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0), made_dirs: Mutex::new([false; 256]), missing: Mutex::new(HashSet::new()), remote: None, remote_shared: false })
+        Ok(Self { blobs, tmp, refs: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0), made_dirs: Mutex::new([false; 256]), missing: Mutex::new(HashSet::new()), remote: None, remote_shared: false, gc: None })
     }
 
     /// The same store with its durable copy in `remote` (S3), which other
     /// instances share when `shared`.
-    pub fn with_remote(mut self, remote: crate::s3::Remote, shared: bool) -> Self {
+    pub fn with_remote(mut self, remote: crate::s3::Remote, gc: Option<std::sync::Arc<crate::pg_gc::PgGc>>) -> Self {
         self.remote = Some(remote);
-        self.remote_shared = shared;
+        self.remote_shared = gc.is_some();
+        self.gc = gc;
         self
+    }
+
+    /// Collects, across instances, contents no line names any more (the
+    /// shared catalog's collector, `pg_gc`); how many objects went.
+    pub fn collect_shared(&self, now_ns: i64) -> io::Result<usize> {
+        match (&self.gc, &self.remote) {
+            (Some(gc), Some(remote)) => gc.collect(remote, now_ns, 100),
+            _ => Ok(0),
+        }
+    }
+
+    /// With a shared bucket, before a commit relies on `key`'s object: off
+    /// the candidates, then there (put from `local` if the bucket lacks it).
+    fn rely_on(&self, key: &Strong, local: &Path) -> io::Result<()> {
+        let (Some(gc), Some(remote)) = (&self.gc, &self.remote) else { return Ok(()) };
+        gc.claim(key)?;
+        if !remote.exists(key)? {
+            remote.put(key, local)?;
+        }
+        Ok(())
     }
 
     /// Removes from the bucket every content nothing refers to that is
@@ -233,7 +256,10 @@ impl BlobStore {
         let was_missing = self.missing.lock().unwrap_or_else(PoisonError::into_inner).contains(digest);
         if !was_missing && self.refs.lock().unwrap_or_else(PoisonError::into_inner).contains_key(digest) {
             drop(file);
-            return fs::remove_file(&temp.path).map(|()| key);
+            // Stored already; with a shared bucket, made sure of first.
+            let relied = self.rely_on(digest, &temp.path);
+            fs::remove_file(&temp.path)?;
+            return relied.map(|()| key);
         }
         file.sync_all()?;
         drop(file);
@@ -250,7 +276,13 @@ impl BlobStore {
         sync_dir(dir)?;
         // In the bucket before any catalog line names it.
         if let Some(remote) = &self.remote {
-            remote.put(digest, &target)?;
+            match &self.gc {
+                Some(gc) => {
+                    gc.claim(digest)?;
+                    remote.put(digest, &target)?;
+                }
+                None => remote.put(digest, &target)?,
+            }
         }
         if was_missing {
             self.missing.lock().unwrap_or_else(PoisonError::into_inner).remove(digest);
@@ -318,7 +350,11 @@ impl BlobStore {
             refs.remove(digest);
             // A sender that already opened it keeps reading the open file.
             let _ = fs::remove_file(self.path_of(digest));
-            if let Some(remote) = self.remote.as_ref().filter(|_| !self.remote_shared) {
+            if let Some(gc) = &self.gc {
+                if let Err(e) = gc.candidate(digest, crate::clock::now_ns()) {
+                    log::warn!("cannot record a content this instance no longer refers to (its object stays): {e}");
+                }
+            } else if let Some(remote) = &self.remote {
                 if let Err(e) = remote.delete(digest) {
                     log::warn!("cannot delete a content nothing refers to from the bucket (the next start's sweep will): {e}");
                 }

@@ -81,6 +81,11 @@ pub struct Args {
     /// AWS_ENDPOINT_URL.
     #[arg(long, value_name = "URL")]
     pub s3_endpoint: Option<String>,
+    /// With a shared catalog and bucket: how long a content no instance
+    /// refers to any more waits before its object may be deleted (uploads
+    /// in progress on other instances are given this long to commit).
+    #[arg(long, value_name = "SECONDS", default_value_t = 3600)]
+    pub gc_grace_secs: u64,
     /// Admit enrolled clients only, over TLS, even while nobody is enrolled
     /// (secure mode is on by itself once anyone is: `server enroll`).
     #[arg(long)]

@@ -19,11 +19,23 @@ pub const CATCH_UP_EVERY: Duration = Duration::from_secs(1);
 
 static FAILURES: QuietLog = QuietLog::new();
 
-/// Starts the thread for the database at `url`.
-pub fn start(server: Arc<Server>, url: &str) -> std::io::Result<()> {
+/// Starts the thread for the database at `url`; it also runs the bucket's
+/// collector across instances (`pg_gc`) every half `gc_grace` (1 s to 10
+/// min).
+pub fn start(server: Arc<Server>, url: &str, gc_grace: Duration) -> std::io::Result<()> {
     let mut listener = Listener::new(url);
+    let collect_every = (gc_grace / 2).clamp(Duration::from_secs(1), Duration::from_secs(600));
     spawn_named("follower", move || {
+        let mut next_collect = Instant::now() + collect_every;
         while !server.shutting_down.load(Ordering::SeqCst) {
+            if Instant::now() >= next_collect {
+                next_collect = Instant::now() + collect_every;
+                match server.library.blobs().collect_shared(crate::clock::now_ns()) {
+                    Ok(0) => {}
+                    Ok(n) => log::info!("removed {n} content(s) no line names any more from the bucket"),
+                    Err(e) => log::warn!("cannot collect the bucket's unused contents (trying again): {e}"),
+                }
+            }
             listener.wait(CATCH_UP_EVERY);
             match server.library.follow() {
                 Ok(lines) => {

@@ -29,12 +29,14 @@ pub fn open(
     root: &Path,
     catalog_url: Option<&str>,
     remote: Option<crate::s3::Remote>,
+    gc_grace: std::time::Duration,
     conflict_copies: bool,
 ) -> Result<Library, CoreError> {
     let mut blobs = BlobStore::open(root)?;
     let in_bucket = remote.is_some();
     if let Some(r) = remote {
-        blobs = blobs.with_remote(r, catalog_url.is_some());
+        let gc = catalog_url.map(|url| Arc::new(crate::pg_gc::PgGc::new(url, gc_grace)));
+        blobs = blobs.with_remote(r, gc);
     }
     let catalog: Box<dyn Catalog> = match catalog_url {
         Some(url) => Box::new(crate::pg_catalog::PgCatalog::open(url)?),

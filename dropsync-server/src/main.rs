@@ -22,6 +22,7 @@ mod library;
 mod metrics;
 mod outbound;
 mod pg_catalog;
+mod pg_gc;
 mod pg_locks;
 mod s3;
 mod quiet_log;
@@ -133,7 +134,8 @@ fn run(args: cli::Args) -> Result<(), String> {
         }
         None => None,
     };
-    let library = library::open(&args.root, args.catalog.as_deref(), remote, !args.no_conflict_copies)
+    let gc_grace = Duration::from_secs(args.gc_grace_secs);
+    let library = library::open(&args.root, args.catalog.as_deref(), remote, gc_grace, !args.no_conflict_copies)
         .map_err(|e| format!("cannot open storage in {}: {e}", args.root.display()))?;
     let config = Config {
         chunk_size: args.chunk_size,
@@ -161,7 +163,7 @@ fn run(args: cli::Args) -> Result<(), String> {
     let server = Arc::new(Server::new(config, library, gate));
     let keep = admin::Retention { age: Duration::from_secs_f64(args.keep_days * 86_400.0), bytes: args.keep_size };
     if let Some(url) = &args.catalog {
-        follower::start(server.clone(), url).map_err(|e| format!("cannot start the follower thread: {e}"))?;
+        follower::start(server.clone(), url, gc_grace).map_err(|e| format!("cannot start the follower thread: {e}"))?;
     }
     gate::start_watch(server.clone()).map_err(|e| format!("cannot start the enrolment thread: {e}"))?;
     admin::start(server.clone(), &args.root, keep).map_err(|e| format!("cannot start the history thread: {e}"))?;

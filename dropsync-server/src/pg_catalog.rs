@@ -46,6 +46,11 @@ const MIGRATIONS: &[&str] = &[
          size bigint NOT NULL, mtime_ns bigint NOT NULL, deleted boolean NOT NULL, strong bytea,
          replaced_ns bigint NOT NULL);
      CREATE INDEX dropsync_history_replaced ON dropsync_history (replaced_ns);",
+    // 2: garbage collection across instances (`pg_gc`): candidates, and
+    // the lookups by content its collector makes.
+    "CREATE TABLE dropsync_gc (strong bytea PRIMARY KEY, since_ns bigint NOT NULL);
+     CREATE INDEX dropsync_entries_strong ON dropsync_entries (strong);
+     CREATE INDEX dropsync_history_strong ON dropsync_history (strong);",
 ];
 
 /// The channel NOTIFY wakes other instances on.

@@ -23,7 +23,8 @@ use std::path::Path;
 use std::time::Duration;
 
 use rusty_s3::actions::{
-    CompleteMultipartUpload, CreateMultipartUpload, DeleteObject, GetObject, ListObjectsV2, PutObject, UploadPart,
+    CompleteMultipartUpload, CreateMultipartUpload, DeleteObject, GetObject, HeadObject, ListObjectsV2, PutObject,
+    UploadPart,
 };
 use rusty_s3::{Bucket, Credentials, S3Action, UrlStyle};
 use sha2::{Digest as _, Sha256};
@@ -164,6 +165,17 @@ impl Remote {
             return Err(err("GET", format!("{object} does not hash to its name")));
         }
         Ok(())
+    }
+
+    /// True when the bucket holds the content `key`.
+    pub fn exists(&self, key: &Strong) -> io::Result<bool> {
+        let object = self.object(key);
+        let url = HeadObject::new(&self.bucket, Some(&self.credentials), &object).sign(SIGNED_FOR);
+        match self.agent.head(url.as_str()).call() {
+            Ok(_) => Ok(true),
+            Err(ureq::Error::StatusCode(404)) => Ok(false),
+            Err(e) => Err(err("HEAD", e)),
+        }
     }
 
     /// Deletes the content `key` from the bucket (gone already is fine).

@@ -82,3 +82,71 @@ fn three_instances_share_one_namespace() {
     });
     assert!(settled, "b: {:?}\nc: {:?}", tree(&b).keys(), tree(&c).keys());
 }
+
+#[test]
+fn a_content_no_line_names_leaves_the_shared_bucket_and_one_still_named_stays() {
+    let tmp = TempDir::new("instances-gc");
+    let pg = PgProc::start(&tmp.join("pg"));
+    let s3 = S3Proc::start("gc-bucket");
+    let env: [(&str, &OsStr); 2] =
+        [("AWS_ACCESS_KEY_ID", OsStr::new("testing")), ("AWS_SECRET_ACCESS_KEY", OsStr::new("testing"))];
+    let args = [
+        "--catalog",
+        &pg.url,
+        "--blobs",
+        "s3://gc-bucket",
+        "--s3-endpoint",
+        &s3.endpoint,
+        "--keep-days",
+        "0",
+        "--gc-grace-secs",
+        "0",
+    ];
+    let mut one = ServerProc::start_with_env(&tmp.join("root1"), &args, &env);
+    let two = ServerProc::start_with_env(&tmp.join("root2"), &args, &env);
+    let (a, b) = (tmp.join("a"), tmp.join("b"));
+    std::fs::create_dir_all(&b).unwrap();
+    let ca = ClientProc::start(&one, &a, 1 << 20, &["--label", "a"]);
+    let cb = ClientProc::start(&two, &b, 1 << 20, &["--label", "b"]);
+    write_file(&a, "temp.bin", b"short-lived content");
+    write_file(&a, "keep.bin", b"content named twice");
+    assert!(wait_until(DEFAULT_DEADLINE, || tree(&b).len() == 2), "{}", cb.log());
+    // The same content again, through the other instance, at another path.
+    write_file(&b, "copy.bin", b"content named twice");
+    assert!(wait_until(DEFAULT_DEADLINE, || a.join("copy.bin").exists()), "{}", ca.log());
+    std::fs::remove_file(a.join("temp.bin")).unwrap();
+    std::fs::remove_file(a.join("keep.bin")).unwrap();
+    let deleted = || !b.join("temp.bin").exists() && !b.join("keep.bin").exists();
+    assert!(wait_until(DEFAULT_DEADLINE, deleted), "{}", cb.log());
+    // Past retention (--keep-days 0, applied at start): instance 1 no longer
+    // refers to either content; a stale instance's word that nothing refers
+    // to "content named twice" is written into the ledger too.
+    drop(ca);
+    one.restart();
+    let mut db = postgres::Client::connect(&pg.url, postgres::NoTls).unwrap();
+    let twice: Vec<u8> = sha(b"content named twice");
+    db.execute("INSERT INTO dropsync_gc VALUES ($1, 0) ON CONFLICT (strong) DO UPDATE SET since_ns = 0", &[&twice])
+        .unwrap();
+    let short = hex(b"short-lived content");
+    let collected = wait_until(DEFAULT_DEADLINE, || !s3.keys("gc-bucket").contains(&short));
+    assert!(collected, "one:\n{}\ntwo:\n{}", one.log(), two.log());
+    assert!(
+        wait_until(DEFAULT_DEADLINE, || db
+            .query_one("SELECT count(*) FROM dropsync_gc", &[])
+            .unwrap()
+            .get::<_, i64>(0)
+            == 0),
+        "the ledger empties"
+    );
+    assert!(s3.keys("gc-bucket").contains(&hex(b"content named twice")), "still named by copy.bin: it stays");
+    assert_eq!(std::fs::read(b.join("copy.bin")).unwrap(), b"content named twice");
+}
+
+fn sha(bytes: &[u8]) -> Vec<u8> {
+    use sha2::Digest;
+    sha2::Sha256::digest(bytes).to_vec()
+}
+
+fn hex(bytes: &[u8]) -> String {
+    sha(bytes).iter().map(|b| format!("{b:02x}")).collect()
+}

@@ -43,7 +43,7 @@ fn contents_live_in_the_bucket_and_come_back_from_it() {
     write_file(&a, "small.txt", &small);
     write_file(&a, "big/large.bin", &large);
     std::fs::create_dir_all(&b).unwrap();
-    let ca = ClientProc::start(&server, &a, 1 << 20, &["--label", "a"]);
+    let _ca = ClientProc::start(&server, &a, 1 << 20, &["--label", "a"]);
     let cb = ClientProc::start(&server, &b, 1 << 20, &["--label", "b"]);
     assert!(wait_until(DEFAULT_DEADLINE, || tree(&b) == tree(&a) && tree(&b).len() == 2), "{}", server.log());
     let keys = s3.keys("dropsync-test");

@@ -62,6 +62,7 @@ impl S3Proc {
             match request(port, "PUT", &format!("/{bucket}")) {
                 // Ours, still running: the bucket is on our server.
                 Ok((200, _)) if matches!(s3.child.try_wait(), Ok(None)) => return Some(s3),
+                Ok((status, body)) if status >= 400 => panic!("moto refused bucket {bucket:?}: {status} {body}"),
                 _ if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(100)),
                 _ => return None,
             }
