@@ -53,6 +53,28 @@ const MIGRATIONS: &[&str] = &[
      CREATE INDEX dropsync_history_strong ON dropsync_history (strong);",
 ];
 
+/// Longest a connection attempt may take.
+const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Longest any one statement may take, waits for another instance's row
+/// lock included: a database that hangs fails the commit (the client tries
+/// again) instead of holding this instance up.
+const STATEMENT_TIMEOUT: &str = "10s";
+
+/// Connects to `url` with a deadline on the connection and on every
+/// statement, and TCP keep-alives, whatever the URL says: every
+/// connection of ours to PostgreSQL is made here.
+pub fn connect(url: &str) -> Result<Client, postgres::Error> {
+    let mut config: postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_TIMEOUT);
+    }
+    config.keepalives(true);
+    let mut client = config.connect(NoTls)?;
+    client.batch_execute(&format!("SET statement_timeout = '{STATEMENT_TIMEOUT}'"))?;
+    Ok(client)
+}
+
 /// The channel NOTIFY wakes other instances on.
 pub const CHANNEL: &str = "dropsync_changes";
 
@@ -109,7 +131,7 @@ impl PgCatalog {
     /// Connects to `url` (`postgres://user@host:port/db`), applies the
     /// schema's migrations and loads the table and the history.
     pub fn open(url: &str) -> Result<Self, CoreError> {
-        let mut db = Client::connect(url, NoTls).map_err(db_err)?;
+        let mut db = connect(url).map_err(db_err)?;
         migrate(&mut db)?;
         let mut state =
             State { table: ServerMeta::default(), history: History::default(), cursor: 0, history_cursor: 0 };
@@ -127,7 +149,7 @@ impl PgCatalog {
     fn connection(&self) -> Result<MutexGuard<'_, Client>, CoreError> {
         let mut db = lock(&self.db);
         if db.is_closed() {
-            *db = Client::connect(&self.url, NoTls).map_err(db_err)?;
+            *db = connect(&self.url).map_err(db_err)?;
             log::info!("PostgreSQL: connected again");
         }
         Ok(db)
@@ -338,7 +360,7 @@ impl Listener {
     /// connection cannot be made: the caller catches up anyway).
     pub fn wait(&mut self, limit: std::time::Duration) {
         if self.conn.as_ref().is_none_or(Client::is_closed) {
-            self.conn = Client::connect(&self.url, NoTls)
+            self.conn = connect(&self.url)
                 .and_then(|mut c| c.batch_execute(&format!("LISTEN {CHANNEL}")).map(|()| c))
                 .map_err(|e| log::debug!("PostgreSQL: cannot listen ({e}); polling"))
                 .ok();

@@ -22,7 +22,7 @@ use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
 use dropsync_proto::metadata::Strong;
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 use crate::s3::Remote;
 
@@ -54,7 +54,7 @@ impl PgGc {
     fn db(&self) -> std::io::Result<MutexGuard<'_, Option<Client>>> {
         let mut conn = self.conn.lock().unwrap_or_else(PoisonError::into_inner);
         if conn.as_ref().is_none_or(Client::is_closed) {
-            *conn = Some(Client::connect(&self.url, NoTls).map_err(db_err)?);
+            *conn = Some(crate::pg_catalog::connect(&self.url).map_err(db_err)?);
         }
         Ok(conn)
     }

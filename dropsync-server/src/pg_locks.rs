@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use dropsync_core::locks::{LockTable, SessionId};
-use postgres::{Client, NoTls};
+use postgres::Client;
 
 /// The locks this instance holds, and its lock connection.
 pub struct PgLockTable {
@@ -56,8 +56,7 @@ impl Inner {
             if self.db.is_some() {
                 log::warn!("PostgreSQL: the lock connection broke; the locks it held are gone");
             }
-            self.db = Client::connect(url, NoTls)
-                .and_then(|mut c| c.batch_execute("SET statement_timeout = '5s'").map(|()| c))
+            self.db = crate::pg_catalog::connect(url)
                 .map_err(|e| log::warn!("PostgreSQL: no lock connection ({e}); uploads are refused until there is"))
                 .ok();
         }
