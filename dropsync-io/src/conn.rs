@@ -152,9 +152,22 @@ impl Conn {
     /// kernel on a plain one (`io::copy` uses sendfile on a socket), through
     /// the cipher on a TLS one.
     pub fn copy_from(&mut self, file: &mut Take<&File>) -> io::Result<u64> {
-        match &self.tls {
-            None => io::copy(file, &mut self.tcp),
-            Some(_) => io::copy(file, self),
+        if self.tls.is_none() {
+            return io::copy(file, &mut self.tcp);
+        }
+        // Full records, not io::copy's 8 KiB pieces (a record and a system
+        // call each).
+        let mut buf = vec![0u8; SEAL_PIECE.min(usize::try_from(file.limit()).unwrap_or(SEAL_PIECE))];
+        let mut copied = 0u64;
+        loop {
+            let n = match file.read(&mut buf) {
+                Ok(0) => return Ok(copied),
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => return Err(e),
+            };
+            self.write_all(&buf[..n])?;
+            copied += n as u64;
         }
     }
 
@@ -194,9 +207,32 @@ impl Conn {
         }
     }
 
-    /// Sends the records the TLS state holds.
+    /// Sends the records the TLS state holds, for the reader (an answer
+    /// the peer asked for, such as a key update, or an alert). When the
+    /// writer is busy it is left to it: a writer sends what is queued
+    /// before it lets go (see [`send_queued`]), and a reader that waited
+    /// for a writer stuck on a full socket could wait for ever, with the
+    /// peer's reader doing the same.
     fn flush_records(&self, link: &TlsLink) -> io::Result<()> {
+        match link.send.try_lock() {
+            Ok(mut out) => send_queued(&self.tcp, link, &mut out),
+            Err(std::sync::TryLockError::Poisoned(p)) => send_queued(&self.tcp, link, &mut p.into_inner()),
+            Err(std::sync::TryLockError::WouldBlock) => Ok(()),
+        }
+    }
+
+    fn write_tls(&self, link: &TlsLink, buf: &[u8]) -> io::Result<usize> {
         let mut out = lock(&link.send);
+        let taken = lock(&link.state).writer().write(&buf[..buf.len().min(SEAL_PIECE)])?;
+        send_queued(&self.tcp, link, &mut out)?;
+        Ok(taken)
+    }
+}
+
+/// Sends every record the TLS state holds, under the send lock (`out`),
+/// until none is left: records the reader queued meanwhile go too.
+fn send_queued(tcp: &TcpStream, link: &TlsLink, out: &mut Vec<u8>) -> io::Result<()> {
+    loop {
         out.clear();
         {
             let mut state = lock(&link.state);
@@ -204,30 +240,16 @@ impl Conn {
                 state.write_tls(&mut *out)?;
             }
         }
-        (&self.tcp).write_all(&out)?;
-        if out.capacity() > KEEP_SEND {
-            *out = Vec::new();
+        if out.is_empty() {
+            break;
         }
-        Ok(())
+        let mut tcp = tcp;
+        tcp.write_all(out)?;
     }
-
-    fn write_tls(&self, link: &TlsLink, buf: &[u8]) -> io::Result<usize> {
-        let mut out = lock(&link.send);
-        out.clear();
-        let taken = {
-            let mut state = lock(&link.state);
-            let taken = state.writer().write(&buf[..buf.len().min(SEAL_PIECE)])?;
-            while state.wants_write() {
-                state.write_tls(&mut *out)?;
-            }
-            taken
-        };
-        (&self.tcp).write_all(&out)?;
-        if out.capacity() > KEEP_SEND {
-            *out = Vec::new();
-        }
-        Ok(taken)
+    if out.capacity() > KEEP_SEND {
+        *out = Vec::new();
     }
+    Ok(())
 }
 
 /// Hands the bytes read from the socket to rustls and decrypts what forms
