@@ -188,7 +188,7 @@ pub(crate) fn config_line(cfg: &Cfg) -> Option<String> {
         "P rows: per run, a fresh {pg} cluster (testkit's PgProc: initdb, trust auth, loopback, fsync=off) and a fresh \
          moto_server (S3 in Python, objects in memory), started before the clock; the server adds `--catalog \
          postgres://dropsync@127.0.0.1:PORT/postgres --blobs s3://{BUCKET}/PHASE --s3-endpoint http://127.0.0.1:PORT` \
-         (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY=testing), otherwise as in B1, B3 and B4 (plain mode); SX: two \
+         (AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY=testing), otherwise as in B1, B3 and B4 (plain mode); PX: two \
          instances on the same database and bucket, client A on the first, client B on the second, measured as B4"
     ))
 }
