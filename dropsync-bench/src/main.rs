@@ -997,6 +997,7 @@ fn fmt_val(v: Option<f64>, unit: &str) -> String {
     match v {
         None => "—".into(),
         Some(v) => match unit {
+            "×" if v < 0.1 => format!("{v:.3}×"),
             "×" => format!("{v:.2}×"),
             "%" => format!("{v:.0} %"),
             "ms" => format!("{v:.1}"),
