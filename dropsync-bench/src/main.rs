@@ -86,7 +86,7 @@ struct Row {
     fig: Figure,
     /// Target text and the check applied to the median.
     target: Option<(String, Check)>,
-    /// Not measured: what it needs is missing here (the S phases).
+    /// Not measured: what it needs is missing here (the P phases).
     skipped: bool,
 }
 
@@ -415,9 +415,8 @@ fn start_server(cfg: &Cfg, dir: &Path, extra: &[&str]) -> R<(Proc, u16, u16)> {
     start_instance(cfg, dir, "server", &backend)
 }
 
-/// A server named `name` (its root `dir/<name>-root`, but `server-root`
-/// for "server"; its log `dir/<name>.log`) with `backend`'s arguments and
-/// environment.
+/// A server named `name` (its root `dir/<name>-root`, its log
+/// `dir/<name>.log`) with `backend`'s arguments and environment.
 fn start_instance(cfg: &Cfg, dir: &Path, name: &str, backend: &Backend) -> R<(Proc, u16, u16)> {
     let root = dir.join(format!("{name}-root"));
     let mut args: Vec<String> = vec!["0".into(), "0".into(), "--bind".into(), "127.0.0.1".into(), "--root".into()];
