@@ -7,12 +7,16 @@
 //! a fast check), `BENCH_DIR` (scratch parent; default `/dev/shm` when it
 //! has room), `BENCH_DEADLINE` (seconds before the watchdog kills
 //! everything; default 900). `--only B1,B3` runs those phases alone.
+//! The P phases (`scaling.rs`) run B1, B3 and B4 again with the server's
+//! catalog on PostgreSQL and its contents in S3, and measure propagation
+//! between two instances sharing them.
 
 mod data;
 mod fanout;
 mod json;
 mod procs;
 mod rsync;
+mod scaling;
 mod stats;
 
 use std::fs;
@@ -27,6 +31,7 @@ use crate::data::Rng;
 use crate::json::Json;
 use crate::procs::{run_timed, Proc, Spec};
 use crate::rsync::Rsyncd;
+use crate::scaling::Backend;
 use crate::stats::{percentile, Figure};
 
 /// Errors: anything printable.
@@ -81,11 +86,13 @@ struct Row {
     fig: Figure,
     /// Target text and the check applied to the median.
     target: Option<(String, Check)>,
+    /// Not measured: what it needs is missing here (the P phases).
+    skipped: bool,
 }
 
 impl Row {
     fn new(id: &'static str, key: &'static str, figure: impl Into<String>, unit: &'static str) -> Row {
-        Row { id, key, figure: figure.into(), unit, fig: Figure::default(), target: None }
+        Row { id, key, figure: figure.into(), unit, fig: Figure::default(), target: None, skipped: false }
     }
 
     fn target(mut self, text: impl Into<String>, check: impl Fn(f64) -> bool + 'static) -> Row {
@@ -149,7 +156,7 @@ fn scratch_parent(need: u64) -> PathBuf {
     std::env::temp_dir()
 }
 
-const PHASES: [&str; 5] = ["B1", "B2", "B3", "B4", "B5"];
+const PHASES: [&str; 9] = ["B1", "B2", "B3", "B4", "B5", "P1", "P3", "P4", "PX"];
 
 type Args = (PathBuf, PathBuf, PathBuf, Option<Vec<String>>);
 
@@ -168,14 +175,15 @@ fn parse_args() -> R<Args> {
             "--only" => {
                 let list: Vec<String> = val()?.split(',').map(|p| p.trim().to_ascii_uppercase()).filter(|p| !p.is_empty()).collect();
                 if let Some(bad) = list.iter().find(|p| !PHASES.contains(&p.as_str())) {
-                    return Err(format!("--only: no phase {bad} (B1 to B5; B6 is measured in B1 and B2)").into());
+                    return Err(format!("--only: no phase {bad} (B1 to B5, P1, P3, P4, PX; B6 is measured in B1 and B2)").into());
                 }
                 only = Some(list);
             }
             "-h" | "--help" => {
                 println!(
                     "dropsync-bench [--server PATH] [--client PATH] [--out DIR] [--only B1,B3,...]\n\
-                     --only: run these phases alone (B1 to B5; B6's rows come with B1 and B2); the files \
+                     --only: run these phases alone (B1 to B5, P1, P3, P4, PX; B6's rows come with B1 and \
+                     B2; P*: on PostgreSQL + S3, skipped when either is missing); the files \
                      written are named latest-b1-b3.* etc.\n\
                      Environment: BENCH_RUNS, BENCH_QUICK=1, BENCH_DIR, BENCH_DEADLINE; see bench/README.md"
                 );
@@ -314,6 +322,7 @@ fn real_main() -> R<()> {
             note_err(&mut res, format!("B5 run {}: {e}", i + 1));
         }
     }
+    scaling::run_all(&cfg, &mut res, &big_file, &small_tree);
 
     let load_end = sh("cat", &["/proc/loadavg"]);
     let elapsed = started.elapsed();
@@ -393,6 +402,7 @@ fn rows(cfg: &Cfg) -> Vec<Row> {
         Row::new("B6", "b6_client_a_b2", "client A (sender) peak RSS during B2, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
         Row::new("B6", "b6_client_b_b2", "client B (receiver) peak RSS during B2, MiB", "MiB").target("< 64 MiB", |v| v < 64.0),
     ];
+    rows.extend(scaling::rows(cfg));
     // B6's rows are measured in B1 and B2.
     rows.retain(|r| cfg.runs_phase(if r.id != "B6" { r.id } else if r.key.contains("_b1") { "B1" } else { "B2" }));
     rows
@@ -401,19 +411,27 @@ fn rows(cfg: &Cfg) -> Vec<Row> {
 // ---------------------------------------------------------------- processes
 
 fn start_server(cfg: &Cfg, dir: &Path, extra: &[&str]) -> R<(Proc, u16, u16)> {
-    let root = dir.join("server-root");
+    let backend = Backend { args: extra.iter().map(|s| s.to_string()).collect(), env: Vec::new() };
+    start_instance(cfg, dir, "server", &backend)
+}
+
+/// A server named `name` (its root `dir/<name>-root`, its log
+/// `dir/<name>.log`) with `backend`'s arguments and environment.
+fn start_instance(cfg: &Cfg, dir: &Path, name: &str, backend: &Backend) -> R<(Proc, u16, u16)> {
+    let root = dir.join(format!("{name}-root"));
     let mut args: Vec<String> = vec!["0".into(), "0".into(), "--bind".into(), "127.0.0.1".into(), "--root".into()];
     args.push(root.display().to_string());
-    args.extend(extra.iter().map(|s| s.to_string()));
+    args.extend(backend.args.iter().cloned());
     let p = Proc::start(
-        "server",
+        name,
         Spec {
             bin: cfg.server.clone(),
             args,
             limit: cfg.limit,
-            log: dir.join("server.log"),
+            log: dir.join(format!("{name}.log")),
             read_listening: true,
             time_file: None,
+            env: backend.env.clone(),
         },
     )?;
     let (s, r) = p.ports()?;
@@ -460,6 +478,7 @@ fn start_client_with(
             log: dir.join(format!("{name}.log")),
             read_listening: false,
             time_file: once.then(|| dir.join(format!("{name}.maxrss"))),
+            env: Vec::new(),
         },
     )
 }
@@ -518,9 +537,9 @@ struct Once {
 /// Starts a fresh server in `dir` and uploads `folder` with `client
 /// --once`, after [`prepare_keys`]; with `secure`, over mutual TLS (the
 /// server's log must say it is in secure mode: plaintext refused).
-fn upload_once(cfg: &Cfg, dir: &Path, folder: &Path, secure: bool) -> R<Once> {
+fn upload_once(cfg: &Cfg, dir: &Path, folder: &Path, secure: bool, backend: &Backend) -> R<Once> {
     let extra = prepare_keys(cfg, dir, folder, secure)?;
-    let (mut server, s, r) = start_server(cfg, dir, &[])?;
+    let (mut server, s, r) = start_instance(cfg, dir, "server", backend)?;
     let mut c = start_client_with(cfg, dir, "client", (s, r), folder, true, &extra)?;
     let (time, status, client_rss) = c.wait_exit()?;
     let server_hwm = server.status().map_or(0, |x| x.vm_hwm_kib);
@@ -601,15 +620,20 @@ fn md5_mbps(buf: &[u8]) -> f64 {
     buf.len() as f64 / MB / s
 }
 
-/// One B1 upload of `big` in a fresh run folder, plain or secure: MB/s,
-/// and the peak RSS (KiB) of the server and the client.
-fn b1_upload(cfg: &Cfg, res: &mut Results, big: &Path, i: usize, secure: bool) -> R<(f64, u64, u64)> {
-    let (tag, phase) = if secure { ("b1tls", format!("B1 run {} TLS", i + 1)) } else { ("b1", format!("B1 run {}", i + 1)) };
+/// One B1 upload of `big` in a fresh run folder, plain or secure, with
+/// the server on `backend` (P1 when shared): MB/s, and the peak RSS (KiB)
+/// of the server and the client.
+fn b1_upload(cfg: &Cfg, res: &mut Results, big: &Path, i: usize, secure: bool, backend: &Backend) -> R<(f64, u64, u64)> {
+    let (tag, phase) = match (secure, backend.is_shared()) {
+        (_, true) => ("p1", format!("P1 run {}", i + 1)),
+        (true, false) => ("b1tls", format!("B1 run {} TLS", i + 1)),
+        (false, false) => ("b1", format!("B1 run {}", i + 1)),
+    };
     let dir = run_dir(cfg, tag, i)?;
     let folder = dir.join("client");
     fs::create_dir_all(&folder)?;
     fs::hard_link(big, folder.join("big.bin")).or_else(|_| fs::copy(big, folder.join("big.bin")).map(|_| ()))?;
-    let out = upload_once(cfg, &dir, &folder, secure);
+    let out = upload_once(cfg, &dir, &folder, secure, backend);
     let stored = data::count_files_of_size(&dir.join("server-root"), cfg.big);
     finish_run(res, &phase, &dir);
     let o = out?;
@@ -628,9 +652,9 @@ fn b1(cfg: &Cfg, res: &mut Results, rsyncd: &Rsyncd, big: &Path, md5_buf: &[u8],
     // Plain and secure back to back, for the cost run by run; the secure
     // upload goes first in even-numbered runs, so that a change in the
     // machine's load does not always fall on the same mode.
-    let early = tls_first(i).then(|| b1_upload(cfg, res, big, i, true));
-    let (ours, server_hwm, client_rss) = b1_upload(cfg, res, big, i, false)?;
-    match early.unwrap_or_else(|| b1_upload(cfg, res, big, i, true)) {
+    let early = tls_first(i).then(|| b1_upload(cfg, res, big, i, true, &Backend::default()));
+    let (ours, server_hwm, client_rss) = b1_upload(cfg, res, big, i, false, &Backend::default())?;
+    match early.unwrap_or_else(|| b1_upload(cfg, res, big, i, true, &Backend::default())) {
         Ok((tls, s_hwm, c_rss)) => {
             eprintln!(
                 "B1 run {} TLS: {tls:.0} MB/s ({:.1} % below plain {ours:.0} MB/s); RSS server {:.1} MiB, client {:.1} MiB",
@@ -738,14 +762,19 @@ fn b2(cfg: &Cfg, res: &mut Results, big: &Path, i: usize) -> R<()> {
     Ok(())
 }
 
-/// One B3 upload of `tree` in a fresh run folder, plain or secure: seconds.
-fn b3_upload(cfg: &Cfg, res: &mut Results, tree: &Path, i: usize, secure: bool) -> R<f64> {
-    let (tag, phase) = if secure { ("b3tls", format!("B3 run {} TLS", i + 1)) } else { ("b3", format!("B3 run {}", i + 1)) };
+/// One B3 upload of `tree` in a fresh run folder, plain or secure, with
+/// the server on `backend` (P3 when shared): seconds.
+fn b3_upload(cfg: &Cfg, res: &mut Results, tree: &Path, i: usize, secure: bool, backend: &Backend) -> R<f64> {
+    let (tag, phase) = match (secure, backend.is_shared()) {
+        (_, true) => ("p3", format!("P3 run {}", i + 1)),
+        (true, false) => ("b3tls", format!("B3 run {} TLS", i + 1)),
+        (false, false) => ("b3", format!("B3 run {}", i + 1)),
+    };
     let dir = run_dir(cfg, tag, i)?;
     let folder = dir.join("client");
     data::link_tree(tree, &folder)?;
     let n = cfg.small_dirs * cfg.small_per_dir;
-    let out = upload_once(cfg, &dir, &folder, secure);
+    let out = upload_once(cfg, &dir, &folder, secure, backend);
     let stored = data::count_files_of_size(&dir.join("server-root"), cfg.small_size as u64);
     finish_run(res, &phase, &dir);
     let o = out?;
@@ -759,9 +788,9 @@ fn b3(cfg: &Cfg, res: &mut Results, rsyncd: &Rsyncd, tree: &Path, i: usize) -> R
     let phase = format!("B3 run {}", i + 1);
     let n = (cfg.small_dirs * cfg.small_per_dir) as f64;
     // As in B1: back to back, the secure one first in even-numbered runs.
-    let early = tls_first(i).then(|| b3_upload(cfg, res, tree, i, true));
-    let secs = b3_upload(cfg, res, tree, i, false)?;
-    match early.unwrap_or_else(|| b3_upload(cfg, res, tree, i, true)) {
+    let early = tls_first(i).then(|| b3_upload(cfg, res, tree, i, true, &Backend::default()));
+    let secs = b3_upload(cfg, res, tree, i, false, &Backend::default())?;
+    match early.unwrap_or_else(|| b3_upload(cfg, res, tree, i, true, &Backend::default())) {
         Ok(tls) => {
             eprintln!("{phase} TLS: {tls:.2} s = {:.0} files/s ({:.1} % below plain)", n / tls, 100.0 * (1.0 - secs / tls));
             res.push("b3_tls", n / tls);
@@ -779,18 +808,35 @@ fn b3(cfg: &Cfg, res: &mut Results, rsyncd: &Rsyncd, tree: &Path, i: usize) -> R
 }
 
 fn b4(cfg: &Cfg, res: &mut Results, i: usize) -> R<()> {
-    let phase = format!("B4 run {}", i + 1);
-    let dir = run_dir(cfg, "b4", i)?;
+    let lat = edit_latencies(cfg, res, &format!("B4 run {}", i + 1), "b4", i, &Backend::default(), false)?;
+    res.push("b4_p50", percentile(&lat, 50.0));
+    res.push("b4_p99", percentile(&lat, 99.0));
+    res.push("b4_max", percentile(&lat, 100.0));
+    res.b4_samples.push(lat);
+    Ok(())
+}
+
+/// B4's measure in a fresh run folder `tag`-runN, the servers on
+/// `backend`: the latency of each edit (ms; 10 s for one never seen).
+/// With `two`, client B is on a second instance (`server-2`, sharing
+/// `backend`'s catalog and bucket), client A on the first.
+fn edit_latencies(cfg: &Cfg, res: &mut Results, phase: &str, tag: &str, i: usize, backend: &Backend, two: bool) -> R<Vec<f64>> {
+    let dir = run_dir(cfg, tag, i)?;
     let (fa, fb) = (dir.join("A"), dir.join("B"));
     fs::create_dir_all(&fa)?;
     fs::create_dir_all(&fb)?;
     let mut rng = Rng::new(0xb4 + i as u64);
     let out = (|| -> R<(Vec<f64>, usize)> {
-        let (mut server, s, r) = start_server(cfg, &dir, &[])?;
-        let mut cb = start_client(cfg, &dir, "client-b", (s, r), &fb, false)?;
+        let (mut server, s, r) = start_instance(cfg, &dir, "server", backend)?;
+        let mut second = match two {
+            true => Some(start_instance(cfg, &dir, "server-2", backend)?),
+            false => None,
+        };
+        let ports_b = second.as_ref().map_or((s, r), |(_, s2, r2)| (*s2, *r2));
+        let mut cb = start_client(cfg, &dir, "client-b", ports_b, &fb, false)?;
         let mut ca = start_client(cfg, &dir, "client-a", (s, r), &fa, false)?;
-        wait_ready(res, &phase, &cb);
-        wait_ready(res, &phase, &ca);
+        wait_ready(res, phase, &cb);
+        wait_ready(res, phase, &ca);
         let (src, dst) = (fa.join("edit.txt"), fb.join("edit.txt"));
         let per_edit = Duration::from_secs(10);
         let mut lat = Vec::with_capacity(cfg.edits);
@@ -819,21 +865,20 @@ fn b4(cfg: &Cfg, res: &mut Results, i: usize) -> R<()> {
         }
         ca.stop();
         cb.stop();
+        if let Some((p, _, _)) = second.as_mut() {
+            p.stop();
+        }
         server.stop();
         Ok((lat, missed))
     })();
-    finish_run(res, &phase, &dir);
+    finish_run(res, phase, &dir);
     let (lat, missed) = out?;
     let (p50, p99, max) = (percentile(&lat, 50.0), percentile(&lat, 99.0), percentile(&lat, 100.0));
     eprintln!("{phase}: p50 {p50:.1} ms, p99 {p99:.1} ms, max {max:.1} ms ({missed} not seen within 10 s)");
     if missed > 0 {
         res.notes.push(format!("{phase}: {missed} edit(s) not seen on B within 10 s (counted as 10 s)"));
     }
-    res.push("b4_p50", p50);
-    res.push("b4_p99", p99);
-    res.push("b4_max", max);
-    res.b4_samples.push(lat);
-    Ok(())
+    Ok(lat)
 }
 
 fn b5(cfg: &Cfg, res: &mut Results, payload: Arc<Vec<u8>>, i: usize) -> R<()> {
@@ -906,6 +951,10 @@ fn config_lines(cfg: &Cfg, rsync_version: &str, rsync_checksums: &str) -> Vec<St
         lines.insert(at, "secure rows (`*_tls`): before the server starts, `server fingerprint --root DIR`, `client fingerprint DIR` and `server enroll --root DIR --label bench FP` (secure mode: plaintext and unknown keys refused, so the TLS 1.3 is mutual); the client adds `--server-fingerprint FP`; back to back with the plain upload of the same run (after it in odd-numbered runs, before it in even-numbered ones), cost = 1 − TLS ÷ plain. B1 and B3 in both modes: the client's key made (`client fingerprint DIR`) before the timed run".into());
         at += 1;
     }
+    if let Some(line) = scaling::config_line(cfg) {
+        lines.insert(at, line);
+        at += 1;
+    }
     if cfg.runs_phase("B5") {
         lines.insert(at, format!("B5 sessions: raw protocol sessions in one process, a thread each (128 KiB stack), chunk {} MiB upload", cfg.chunk / MIB as usize));
     }
@@ -947,6 +996,7 @@ fn fmt_val(v: Option<f64>, unit: &str) -> String {
     match v {
         None => "—".into(),
         Some(v) => match unit {
+            "×" if v < 0.1 => format!("{v:.3}×"),
             "×" => format!("{v:.2}×"),
             "%" => format!("{v:.0} %"),
             "ms" => format!("{v:.1}"),
@@ -963,6 +1013,7 @@ fn render_table(res: &Results, config: &[String], load_start: &str, load_end: &s
     t.push_str("| | Figure | Median | Min | Max | Target | |\n|---|---|---:|---:|---:|---|---|\n");
     for r in &res.rows {
         let (target, verdict) = match (&r.target, r.verdict()) {
+            (t, _) if r.skipped => (t.as_ref().map_or(String::new(), |(t, _)| t.clone()), "SKIPPED"),
             (Some((text, _)), Some(true)) => (text.clone(), "PASS"),
             (Some((text, _)), _) if r.fig.runs.is_empty() => (text.clone(), "n/a"),
             (Some((text, _)), _) => (text.clone(), "MISS"),
@@ -1024,6 +1075,7 @@ fn render_json(
                 ("runs", Json::Arr(r.fig.runs.iter().map(|&v| Json::Num(v)).collect())),
                 ("target", r.target.as_ref().map_or(Json::Null, |(t, _)| Json::s(t.clone()))),
                 ("pass", r.verdict().map_or(Json::Null, Json::Bool)),
+                ("skipped", Json::Bool(r.skipped)),
             ])
         })
         .collect();

@@ -17,6 +17,9 @@ use crate::R;
 
 /// Process groups alive (the pid of each `timeout` wrapper).
 static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
+/// Services not started under `timeout` (the PostgreSQL cluster and the
+/// S3 server of the S phases), stopped by dropping them.
+static SERVICES: Mutex<Vec<Box<dyn Send>>> = Mutex::new(Vec::new());
 /// The scratch folder, removed by [`kill_all_and_clean`].
 static WORKDIR: Mutex<Option<PathBuf>> = Mutex::new(None);
 
@@ -41,11 +44,27 @@ pub fn kill_all_and_clean(exit: Option<i32>) {
     for g in groups.drain(..) {
         signal_group(g, "KILL");
     }
+    release_services();
     if let Some(dir) = WORKDIR.lock().unwrap_or_else(|e| e.into_inner()).take() {
         let _ = std::fs::remove_dir_all(dir);
     }
     if let Some(code) = exit {
         std::process::exit(code);
+    }
+}
+
+/// Keeps `service` (e.g. a `PgProc`, stopped when dropped) until
+/// [`release_services`], or until [`kill_all_and_clean`] on a signal, a
+/// panic or the watchdog.
+pub fn keep_service(service: Box<dyn Send>) {
+    SERVICES.lock().unwrap_or_else(|e| e.into_inner()).push(service);
+}
+
+/// Stops (drops) every service kept, newest first.
+pub fn release_services() {
+    let mut all = std::mem::take(&mut *SERVICES.lock().unwrap_or_else(|e| e.into_inner()));
+    while let Some(s) = all.pop() {
+        drop(s);
     }
 }
 
@@ -160,6 +179,8 @@ pub struct Spec {
     pub read_listening: bool,
     /// Wrap in GNU time, writing the peak RSS (KiB) to this file at exit.
     pub time_file: Option<PathBuf>,
+    /// Environment variables set for the program.
+    pub env: Vec<(String, String)>,
 }
 
 /// A running child (its process group), stopped and reaped on drop.
@@ -189,6 +210,7 @@ impl Proc {
         if let (Some(tf), Some(time)) = (&spec.time_file, gnu_time()) {
             cmd.arg(time).arg("-f").arg("%M").arg("-o").arg(tf);
         }
+        cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
         cmd.arg(&spec.bin).args(&spec.args).stdin(Stdio::null()).stdout(out).stderr(err);
         // Spawned and registered under the lock: a concurrent
         // kill_all_and_clean either sees this group or runs before it exists.
@@ -359,6 +381,7 @@ pub fn run_timed(name: &str, bin: &str, args: &[String], limit: Duration, log: &
             log: log.to_path_buf(),
             read_listening: false,
             time_file: None,
+            env: Vec::new(),
         },
     )?;
     let (d, st, _) = p.wait_exit()?;

@@ -79,6 +79,7 @@ impl Rsyncd {
                 log: work.join("rsyncd.out"),
                 read_listening: false,
                 time_file: None,
+                env: Vec::new(),
             },
         )?;
         let deadline = Instant::now() + Duration::from_secs(10);
