@@ -15,80 +15,14 @@
 # script ends.
 set -euo pipefail
 
-cd "$(dirname "$0")/.."
-SERVER=${DEMO_SERVER:-./server} # the binaries can be overridden, e.g. debug builds
-CLIENT=${DEMO_CLIENT:-./client}
-DEADLINE_MS=${DEMO_DEADLINE_MS:-15000} # longest wait for any one step
-STOP_SECS=5                            # longest wait for a process to exit
-CHUNK=65536
+DEMO_NAME=demo-secure
+WAIT_WIDTH=56
+# shellcheck source=scripts/demo-lib.sh
+source "$(dirname "$0")/demo-lib.sh"
+ROOT="$WORK/server"
 # Not this demo's business: a key log file would hold the session keys.
 unset SSLKEYLOGFILE
 
-for bin in "$SERVER" "$CLIENT"; do
-    [[ -x $bin ]] || { echo "demo-secure: $bin not found; run 'make all' first" >&2; exit 1; }
-done
-
-WORK=$(mktemp -d "${TMPDIR:-/tmp}/dropsync-demo-secure.XXXXXX")
-ROOT="$WORK/server"
-PIDS=()
-
-now_ms() { echo $(( $(date +%s%N) / 1000000 )); }
-
-# stop PID NAME: SIGTERM, wait up to STOP_SECS, then SIGKILL. Prints the status.
-stop() {
-    local pid=$1 name=$2 waited=0
-    kill -TERM "$pid" 2>/dev/null || return 0
-    while kill -0 "$pid" 2>/dev/null && (( waited < STOP_SECS * 100 )); do
-        sleep 0.01
-        waited=$(( waited + 1 ))
-    done
-    if kill -0 "$pid" 2>/dev/null; then
-        echo "  $name did not stop in ${STOP_SECS}s: killed"
-        kill -KILL "$pid" 2>/dev/null || true
-    fi
-    local status=0
-    wait "$pid" 2>/dev/null || status=$?
-    echo "  $name (pid $pid) exited with status $status"
-}
-
-cleanup() {
-    local status=$?
-    trap - EXIT INT TERM
-    if (( ${#PIDS[@]} )); then
-        echo "== stopping (SIGTERM)"
-        # Clients first, so they leave while the server still listens.
-        for (( i=${#PIDS[@]}-1; i>=0; i-- )); do
-            stop "${PIDS[i]%%:*}" "${PIDS[i]#*:}"
-        done
-    fi
-    if (( status != 0 )); then
-        for log in "$WORK"/*.log; do
-            [[ -f $log ]] && { echo "---- $(basename "$log")"; tail -n 20 "$log"; }
-        done
-    fi
-    rm -rf "$WORK"
-    echo "== removed $WORK"
-    exit "$status"
-}
-trap cleanup EXIT INT TERM
-
-# wait_for WHAT COMMAND...: polls COMMAND until it succeeds, printing the
-# time it took; fails the demo after DEADLINE_MS.
-wait_for() {
-    local what=$1 start
-    shift
-    start=$(now_ms)
-    until "$@" 2>/dev/null; do
-        if (( $(now_ms) - start > DEADLINE_MS )); then
-            echo "demo-secure: FAILED: $what: not seen after ${DEADLINE_MS} ms" >&2
-            exit 1
-        fi
-        sleep 0.005
-    done
-    printf '  %-56s %6d ms\n' "$what" $(( $(now_ms) - start ))
-}
-
-same() { cmp -s "$1" "$2"; }
 logged() { grep -q -- "$2" "$1"; }
 
 # client_bg NAME ARGS...: a client syncing $WORK/NAME in the background.
