@@ -137,15 +137,16 @@ bench-parallel:
 # then six invariants. `make test` runs a fixed set of seeds; this runs
 # SEEDS seeds from FIRST (default: from the clock) with STEPS steps each, for
 # long hunts. SEED=s replays one seed (as every failure report says), with
-# its operation log echoed.
+# its operation log echoed. SECURE=1 runs it in secure mode (TLS, every
+# client enrolled and pinned), so that the faults hit TLS connections too.
 SEEDS ?= 20
 .PHONY: soak
 soak:
 	$(CARGO) build --locked --workspace --bins
 	if [ -n "$(SEED)" ]; then \
-	  DROPSYNC_SOAK_SEED=$(SEED) DROPSYNC_SOAK_STEPS=$(STEPS) $(CARGO) test --locked -p dropsync-soak --test convergence -- --ignored --exact replay --nocapture; \
+	  DROPSYNC_SOAK_SECURE=$(SECURE) DROPSYNC_SOAK_SEED=$(SEED) DROPSYNC_SOAK_STEPS=$(STEPS) $(CARGO) test --locked -p dropsync-soak --test convergence -- --ignored --exact replay --nocapture; \
 	else \
-	  DROPSYNC_SOAK_SEEDS=$(SEEDS) DROPSYNC_SOAK_FIRST=$(FIRST) DROPSYNC_SOAK_STEPS=$(STEPS) $(CARGO) test --locked -p dropsync-soak --test convergence -- --ignored --exact soak --nocapture; \
+	  DROPSYNC_SOAK_SECURE=$(SECURE) DROPSYNC_SOAK_SEEDS=$(SEEDS) DROPSYNC_SOAK_FIRST=$(FIRST) DROPSYNC_SOAK_STEPS=$(STEPS) $(CARGO) test --locked -p dropsync-soak --test convergence -- --ignored --exact soak --nocapture; \
 	fi
 
 # Issue 9's benchmark table (bench/README.md): the real server and clients on

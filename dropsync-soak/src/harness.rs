@@ -393,8 +393,19 @@ impl Run {
             server_chunk.to_string(),
         ];
         let server_args: Vec<&str> = server_args.iter().map(String::as_str).collect();
+        // DROPSYNC_SOAK_SECURE=1: secure mode (TLS, every client enrolled
+        // before the server starts, and pinned to its key), so that the
+        // faults hit TLS connections too. The seeds' scenarios are the same.
+        let secure = std::env::var("DROPSYNC_SOAK_SECURE").is_ok_and(|v| v == "1");
+        let pin = if secure {
+            let folders: Vec<PathBuf> =
+                (0..n).map(|i| dir.path.join(format!("c{i}"))).chain([dir.path.join("verify")]).collect();
+            Some(enrol(&server_root, &folders)?)
+        } else {
+            None
+        };
         let server = ServerProc::start(&server_root, &server_args);
-        let mut config = format!("server {} ; ", server_args.join(" "));
+        let mut config = format!("{}server {} ; ", if secure { "SECURE (DROPSYNC_SOAK_SECURE=1) " } else { "" }, server_args.join(" "));
         let mut clients = Vec::new();
         for i in 0..n {
             let label = format!("c{i}");
@@ -405,7 +416,7 @@ impl Run {
             let chunk = *rng.pick(chunks);
             let parallel = rng.range(1, 3);
             let debounce = *rng.pick(&[5u64, 20, DEBOUNCE_MS]);
-            let args: Vec<String> = [
+            let mut args: Vec<String> = [
                 "--label",
                 &label,
                 "--rescan-secs",
@@ -427,6 +438,9 @@ impl Run {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            if let Some(fp) = &pin {
+                args.extend(["--server-fingerprint".to_owned(), fp.clone()]);
+            }
             let _ = write!(config, "{label}: chunk {chunk} parallel {parallel} debounce {debounce}ms delay {delay:?}; ");
             let mut proxies = Vec::new();
             let mut ports = (server.send_port, server.recv_port);
@@ -1147,15 +1161,14 @@ impl Run {
     /// nothing anywhere else.
     fn verify_with_fresh_client(&mut self, end: &Tree) -> Result<(), Problem> {
         let folder = self.dir.path.join("verify");
-        let args = [
-            "--once",
-            "--label",
-            "verify",
-            "--keepalive-secs",
-            &KEEPALIVE_SECS.to_string(),
-            "--dead-peer-secs",
-            &DEAD_PEER_SECS.to_string(),
-        ];
+        let (keepalive, dead_peer) = (KEEPALIVE_SECS.to_string(), DEAD_PEER_SECS.to_string());
+        let mut args =
+            vec!["--once", "--label", "verify", "--keepalive-secs", &keepalive, "--dead-peer-secs", &dead_peer];
+        // In secure mode the verifying client was enrolled at start too.
+        let pinned = self.clients.first().and_then(|c| c.args.iter().position(|a| a == "--server-fingerprint"));
+        if let (Some(i), Some(c)) = (pinned, self.clients.first()) {
+            args.extend(["--server-fingerprint", c.args[i + 1].as_str()]);
+        }
         let mut once = ClientProc::start_with_ports(self.server.send_port, self.server.recv_port, &folder, 64 * 1024, &args);
         let status = once.wait(ONCE_DEADLINE);
         if !status.is_some_and(|s| s.success()) {
@@ -1209,10 +1222,14 @@ impl Run {
             out.push(problem(6, format!("the restarted server ended with {status:?} on SIGTERM")));
         }
         let root = &self.server_root;
-        // The META-DATA and its journal, and the server's key (secure mode's
-        // identity, made at every start whether or not it is used).
+        // The META-DATA and its journal, the server's key (secure mode's
+        // identity, made at every start whether or not it is used) and, in
+        // secure mode, the enrolment list and its lock.
         let mut expected: BTreeSet<String> =
-            ["meta/metadata", "meta/metadata.journal", "meta/identity.pem"].iter().map(|s| s.to_string()).collect();
+            ["meta/metadata", "meta/metadata.journal", "meta/identity.pem", "meta/clients", "meta/clients.lock"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
         match views::server_tree(root) {
             Ok(view) if view == *end => {}
             Ok(view) => out.push(problem(
@@ -1251,7 +1268,7 @@ impl Run {
             let generation = snapshot.lines().rev().find_map(|l| l.strip_prefix("# generation ")).unwrap_or("?");
             let journal = format!("metadata.journal.{generation}");
             for f in views::all_files(&state) {
-                if f != "metadata" && f != journal && f != "status" && f != "identity.pem" {
+                if f != "metadata" && f != journal && f != "status" && f != "identity.pem" && f != "server-fingerprint" {
                     out.push(problem(5, format!("{}: unexpected file .dropsync/{f}", c.label)));
                 }
             }
@@ -1334,4 +1351,25 @@ fn pool(r: &mut Rng) -> String {
 fn tail(text: &str, n: usize) -> String {
     let lines: Vec<&str> = text.lines().collect();
     lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// Secure mode's set-up: the server's key (returned: its fingerprint, for
+/// the clients' `--server-fingerprint`) and each folder's client key,
+/// enrolled, before the server starts.
+fn enrol(server_root: &Path, folders: &[PathBuf]) -> Result<String, Problem> {
+    let run = |cmd: &mut std::process::Command| -> Result<String, Problem> {
+        let out = cmd.output().map_err(harness_err)?;
+        if !out.status.success() {
+            return Err(harness_err(String::from_utf8_lossy(&out.stderr).into_owned()));
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_owned())
+    };
+    let server = dropsync_testkit::bin_path("server");
+    let root = server_root.to_str().unwrap_or_default();
+    let fp = run(std::process::Command::new(&server).args(["fingerprint", "--root", root]))?;
+    for folder in folders {
+        let key = run(std::process::Command::new(dropsync_testkit::bin_path("client")).arg("fingerprint").arg(folder))?;
+        run(std::process::Command::new(&server).args(["enroll", "--root", root, &key]))?;
+    }
+    Ok(fp)
 }
