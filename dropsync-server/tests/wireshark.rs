@@ -534,6 +534,10 @@ fn field_attr(text: &str, field: &str, attr: &str) -> Option<String> {
 struct Dissected {
     frame: u64,
     way: Way,
+    /// The server's port of the connection: with the client's (in `way`),
+    /// what tells one connection from another (two clients run one after
+    /// the other can get the same client port, towards the other port).
+    server_port: u16,
     /// The wire type.
     ty: u16,
     /// The message reduced as `describe_frame` does.
@@ -593,7 +597,8 @@ fn parse_pdml(pdml: &str, server_ports: [u16; 2]) -> Vec<Dissected> {
                 t => format!("UNKNOWN TYPE 0x{t:04x}"),
             };
             let reply_to = field_attr(proto, "dropsync.reply_to.message", "show");
-            out.push(Dissected { frame, way, ty, what, name, payload, reply_to });
+            let server_port = if way.1 { dst } else { src };
+            out.push(Dissected { frame, way, server_port, ty, what, name, payload, reply_to });
         }
     }
     out
@@ -864,13 +869,14 @@ fn dissector_decodes_real_clients() {
 /// uploads and bob's downloads, are `files`, and each FINISHED carries the
 /// MD5 of its chunks.
 fn check_real_clients(got: &[Dissected], files: &[(&str, &[u8])]) {
-    let mut ways: BTreeMap<Way, Vec<&Dissected>> = BTreeMap::new();
+    // One connection: (server port, client port, direction).
+    let mut ways: BTreeMap<(u16, Way), Vec<&Dissected>> = BTreeMap::new();
     for d in got {
-        ways.entry(d.way).or_default().push(d);
+        ways.entry((d.server_port, d.way)).or_default().push(d);
     }
     // Each connection opens with HELLO; both of a client's share its id.
     let mut by_label: BTreeMap<String, Vec<(u16, String)>> = BTreeMap::new();
-    for ((port, to_server), msgs) in &ways {
+    for ((_, (port, to_server)), msgs) in &ways {
         if *to_server {
             let first = msgs[0];
             assert_eq!(first.ty, 7, "connection from port {port} opens with {}", first.what);
@@ -883,10 +889,10 @@ fn check_real_clients(got: &[Dissected], files: &[(&str, &[u8])]) {
         assert_eq!(conns[0].1, conns[1].1, "{label}'s two HELLOs differ");
     }
     // Every message got exactly one reply by the time the clients exited.
-    for ((port, to_server), msgs) in &ways {
+    for ((server_port, (port, to_server)), msgs) in &ways {
         let asked = msgs.iter().filter(|d| d.ty != 2).count();
         let answered = ways
-            .get(&(*port, !to_server))
+            .get(&(*server_port, (*port, !to_server)))
             .map_or(0, |v| v.iter().filter(|d| d.ty == 2 && d.what != "STATUS 0x8000").count());
         let last = msgs.last().map_or("", |d| d.what.as_str());
         if TOLERATE_UNANSWERED_LAST_DELIVERY && !to_server && asked == answered + 1 && last.starts_with("FINISHED") {
