@@ -78,3 +78,15 @@ wait_for() {
 }
 
 same() { cmp -s "$1" "$2"; }
+
+# start_server ROOT: the server on ephemeral loopback ports, its storage in
+# ROOT; sets SEND_PORT and RECV_PORT from its "listening" line.
+start_server() {
+    "$SERVER" 0 0 --bind 127.0.0.1 --root "$1" >"$WORK/server.out" 2>"$WORK/server.log" &
+    PIDS+=("$!:server")
+    wait_for "server listening" grep -q "listening" "$WORK/server.out"
+    LISTEN=$(grep -m1 "listening" "$WORK/server.out")
+    SEND_PORT=$(sed -E 's/.*send=[^ ]*:([0-9]+).*/\1/' <<<"$LISTEN")
+    RECV_PORT=$(sed -E 's/.*receive=[^ ]*:([0-9]+).*/\1/' <<<"$LISTEN")
+    echo "  $LISTEN"
+}

@@ -46,13 +46,7 @@ for who in alice bob; do
 done
 
 echo "== starting the server and two clients with --server-fingerprint ${SERVER_FP:0:16}..."
-"$SERVER" 0 0 --bind 127.0.0.1 --root "$ROOT" >"$WORK/server.out" 2>"$WORK/server.log" &
-PIDS+=("$!:server")
-wait_for "server listening" grep -q "listening" "$WORK/server.out"
-LISTEN=$(grep -m1 "listening" "$WORK/server.out")
-SEND_PORT=$(sed -E 's/.*send=[^ ]*:([0-9]+).*/\1/' <<<"$LISTEN")
-RECV_PORT=$(sed -E 's/.*receive=[^ ]*:([0-9]+).*/\1/' <<<"$LISTEN")
-echo "  $LISTEN"
+start_server "$ROOT"
 echo "  server log: $(grep -m1 -o 'secure mode.*' "$WORK/server.log")"
 for who in alice bob; do
     client_bg "$who" --server-fingerprint "$SERVER_FP"

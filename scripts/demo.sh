@@ -13,13 +13,7 @@ source "$(dirname "$0")/demo-lib.sh"
 gone() { [[ ! -e $1 ]]; }
 
 echo "== starting a server and two clients in $WORK"
-"$SERVER" 0 0 --bind 127.0.0.1 --root "$WORK/server" >"$WORK/server.out" 2>"$WORK/server.log" &
-PIDS+=("$!:server")
-wait_for "server listening" grep -q "listening" "$WORK/server.out"
-LISTEN=$(grep -m1 "listening" "$WORK/server.out")
-SEND_PORT=$(sed -E 's/.*send=[^ ]*:([0-9]+).*/\1/' <<<"$LISTEN")
-RECV_PORT=$(sed -E 's/.*receive=[^ ]*:([0-9]+).*/\1/' <<<"$LISTEN")
-echo "  $LISTEN"
+start_server "$WORK/server"
 
 A="$WORK/alice"
 B="$WORK/bob"
