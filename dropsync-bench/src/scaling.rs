@@ -111,10 +111,7 @@ impl Services {
             ["--catalog", &self.url, "--blobs", &format!("s3://{BUCKET}/{prefix}"), "--s3-endpoint", &self.endpoint];
         Backend {
             args: args.iter().map(|s| s.to_string()).collect(),
-            env: vec![
-                ("AWS_ACCESS_KEY_ID".into(), "testing".into()),
-                ("AWS_SECRET_ACCESS_KEY".into(), "testing".into()),
-            ],
+            env: dropsync_testkit::S3Proc::CREDENTIALS.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
         }
     }
 

@@ -7,8 +7,6 @@
 //! drops a dead connection's advisory locks).
 #![allow(clippy::unwrap_used)]
 
-use std::ffi::OsStr;
-
 use dropsync_proto::{md5, Frame, StatusCode};
 use dropsync_testkit::{
     tree, wait_until, write_file, ClientProc, PgProc, RawPeer, S3Proc, ServerProc, TempDir, DEFAULT_DEADLINE,
@@ -19,8 +17,7 @@ fn three_instances_share_one_namespace() {
     let tmp = TempDir::new("instances");
     let pg = PgProc::start(&tmp.join("pg"));
     let s3 = S3Proc::start("shared");
-    let env: [(&str, &OsStr); 2] =
-        [("AWS_ACCESS_KEY_ID", OsStr::new("testing")), ("AWS_SECRET_ACCESS_KEY", OsStr::new("testing"))];
+    let env = S3Proc::env();
     let args = ["--catalog", &pg.url, "--blobs", "s3://shared/c", "--s3-endpoint", &s3.endpoint];
     let mut one = ServerProc::start_with_env(&tmp.join("root1"), &args, &env);
     let two = ServerProc::start_with_env(&tmp.join("root2"), &args, &env);
@@ -91,8 +88,7 @@ fn a_content_no_line_names_leaves_the_shared_bucket_and_one_still_named_stays() 
     let tmp = TempDir::new("instances-gc");
     let pg = PgProc::start(&tmp.join("pg"));
     let s3 = S3Proc::start("gc-bucket");
-    let env: [(&str, &OsStr); 2] =
-        [("AWS_ACCESS_KEY_ID", OsStr::new("testing")), ("AWS_SECRET_ACCESS_KEY", OsStr::new("testing"))];
+    let env = S3Proc::env();
     let args = [
         "--catalog",
         &pg.url,

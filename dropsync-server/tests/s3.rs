@@ -7,8 +7,6 @@
 //! nothing is deleted from it yet (docs/SCALING.md).
 #![allow(clippy::unwrap_used)]
 
-use std::ffi::OsStr;
-
 use dropsync_testkit::{
     tree, wait_until, write_file, ClientProc, PgProc, S3Proc, ServerProc, TempDir, DEFAULT_DEADLINE,
 };
@@ -24,8 +22,7 @@ fn contents_live_in_the_bucket_and_come_back_from_it() {
     let pg = PgProc::start(&tmp.join("pg"));
     let s3 = S3Proc::start("dropsync-test");
     let root = tmp.join("root");
-    let env: [(&str, &OsStr); 2] =
-        [("AWS_ACCESS_KEY_ID", OsStr::new("testing")), ("AWS_SECRET_ACCESS_KEY", OsStr::new("testing"))];
+    let env = S3Proc::env();
     let args = [
         "--catalog",
         &pg.url,
@@ -67,8 +64,7 @@ fn contents_live_in_the_bucket_and_come_back_from_it() {
 fn with_the_embedded_catalog_a_content_past_retention_leaves_the_bucket() {
     let tmp = TempDir::new("s3-gc");
     let s3 = S3Proc::start("dropsync-gc");
-    let env: [(&str, &OsStr); 2] =
-        [("AWS_ACCESS_KEY_ID", OsStr::new("testing")), ("AWS_SECRET_ACCESS_KEY", OsStr::new("testing"))];
+    let env = S3Proc::env();
     let args = ["--blobs", "s3://dropsync-gc", "--s3-endpoint", &s3.endpoint, "--keep-days", "0"];
     let mut server = ServerProc::start_with_env(&tmp.join("root"), &args, &env);
     let a = tmp.join("a");
@@ -92,8 +88,7 @@ fn a_ten_second_object_store_outage_costs_retries_never_a_change() {
     let s3 = S3Proc::start("outage");
     let target: std::net::SocketAddr = ([127, 0, 0, 1], s3.port).into();
     let proxy = dropsync_testkit::LatencyProxy::start(target, std::time::Duration::ZERO).unwrap();
-    let env: [(&str, &OsStr); 2] =
-        [("AWS_ACCESS_KEY_ID", OsStr::new("testing")), ("AWS_SECRET_ACCESS_KEY", OsStr::new("testing"))];
+    let env = S3Proc::env();
     let endpoint = format!("http://127.0.0.1:{}", proxy.port);
     let args = ["--catalog", &pg.url, "--blobs", "s3://outage", "--s3-endpoint", &endpoint];
     let server = ServerProc::start_with_env(&tmp.join("root"), &args, &env);

@@ -30,6 +30,17 @@ fn request(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)
 }
 
 impl S3Proc {
+    /// The credentials a server needs in its environment to use this S3
+    /// server (moto takes any).
+    pub const CREDENTIALS: [(&'static str, &'static str); 2] =
+        [("AWS_ACCESS_KEY_ID", "testing"), ("AWS_SECRET_ACCESS_KEY", "testing")];
+
+    /// [`CREDENTIALS`](Self::CREDENTIALS) in the form
+    /// `ServerProc::start_with_env` takes.
+    pub fn env() -> [(&'static str, &'static std::ffi::OsStr); 2] {
+        Self::CREDENTIALS.map(|(k, v)| (k, std::ffi::OsStr::new(v)))
+    }
+
     /// Starts moto's server and makes `bucket`; panics, saying why, when
     /// moto is not installed.
     pub fn start(bucket: &str) -> Self {
@@ -52,7 +63,9 @@ impl S3Proc {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .unwrap_or_else(|e| panic!("cannot start moto_server (pip install \"moto[server]\"; .ci/run does it): {e}"));
+            .unwrap_or_else(|e| {
+                panic!("cannot start moto_server (pip install \"moto[server]\"; .ci/run does it): {e}")
+            });
         let mut s3 = Self { child, port, endpoint: format!("http://127.0.0.1:{port}") };
         let deadline = Instant::now() + Duration::from_secs(60);
         loop {
