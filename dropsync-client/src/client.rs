@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
-use std::time::{Instant, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use signal_hook::consts::{SIGINT, SIGTERM};
 use signal_hook::iterator::Signals;
@@ -54,8 +54,28 @@ pub struct Core {
     pub notes: Notes,
     /// When the next periodic rescan is due.
     pub next_rescan: Option<Instant>,
+    /// What the last rescan took (before the first: an estimate from the
+    /// number of paths known); the next waits [`RESCAN_DUTY`] times that.
+    pub rescan_cost: Duration,
     /// This client's key and the server's pin.
     pub trust: Trust,
+}
+
+/// The periodic rescan is a backstop for what the watcher missed (the
+/// watcher itself asks for one when it loses events), so it may take at most
+/// one part in this many of a core: a folder whose stat walk takes 1 s is
+/// rescanned every 100 s at the earliest, whatever `--rescan-secs` says
+/// (issue 19: a client with 1,000,000 files idles under 1 % of a core).
+pub const RESCAN_DUTY: u32 = 100;
+
+/// The estimated cost of one path in a rescan, before one has been timed
+/// (a stat walk of tmpfs or a warm ext4 runs at about 1 µs a path).
+const RESCAN_COST_PER_PATH: Duration = Duration::from_micros(1);
+
+/// When the next rescan is due after one that took `cost`: `every`, or
+/// longer when that would take more than 1/[`RESCAN_DUTY`] of a core.
+fn rescan_period(every: Duration, cost: Duration) -> Duration {
+    every.max(cost.saturating_mul(RESCAN_DUTY))
 }
 
 /// Runs the client until SIGINT/SIGTERM, or until `--once` is done.
@@ -74,6 +94,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
         MetaFile::prepare(&root).map_err(|e| format!("cannot prepare {}/.dropsync: {e}", root.display()))?;
     let (meta, generation) = meta_file.load().map_err(|e| format!("cannot load META-DATA: {e}"))?;
     log::info!("syncing {} as {:?} ({} paths known)", root.display(), cfg.label, meta.records.len());
+    let known = meta.records.len();
     let ctx = Arc::new(Ctx {
         root: root.clone(),
         tmp_dir,
@@ -111,6 +132,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             status: Status::default(),
             notes: Notes::default(),
             next_rescan: None,
+            rescan_cost: RESCAN_COST_PER_PATH * u32::try_from(known).unwrap_or(u32::MAX),
             trust,
         };
     let result = core.run();
@@ -265,14 +287,14 @@ impl Core {
 
     /// Schedules the next periodic rescan.
     pub fn schedule_rescan(&mut self) {
-        self.next_rescan = self.cfg.rescan.map(|every| Instant::now() + every);
+        self.next_rescan = self.cfg.rescan.map(|every| Instant::now() + rescan_period(every, self.rescan_cost));
     }
 
     /// Full rescan (periodic, or after the watcher lost events): every file
     /// whose stat differs from the one recorded, and every recorded file
     /// that is gone, is queued to be synced.
     pub fn rescan(&mut self) {
-        self.schedule_rescan();
+        let began = Instant::now();
         let files = walk(&self.ctx.root, &self.ctx.root, &mut self.notes);
         let now = Instant::now();
         let st = self.ctx.shared.lock();
@@ -291,6 +313,8 @@ impl Core {
             }
         }
         drop(st);
+        self.rescan_cost = began.elapsed();
+        self.schedule_rescan();
         if !changed.is_empty() {
             log::debug!("rescan: {} changed paths", changed.len());
         }
@@ -325,5 +349,17 @@ impl Core {
         for n in under {
             self.debouncer.touch_due(n, now);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_rescan_takes_at_most_one_percent_of_a_core() {
+        let every = Duration::from_secs(5);
+        assert_eq!(rescan_period(every, Duration::from_millis(10)), every);
+        assert_eq!(rescan_period(every, Duration::from_millis(1500)), Duration::from_secs(150));
     }
 }
