@@ -49,6 +49,15 @@ pub enum Msg {
         /// Its label.
         label: String,
     },
+    /// COPY [ext]: `name` gets the content `from` had, whose MD5 is `digest`.
+    Copy {
+        /// MD5 of the content.
+        digest: Digest,
+        /// Where the receiver has it.
+        from: String,
+        /// The file.
+        name: String,
+    },
     /// A frame whose name broke a codec rule (too long, not UTF-8). It has
     /// been skipped whole; the caller replies 0x0100 (section 3).
     Rejected(ParseError),
@@ -204,6 +213,9 @@ fn to_msg(head: Head<'_>) -> Msg {
         Head::Chunk { digest, name, payload_len } => Msg::Chunk { digest, name: name.to_owned(), len: payload_len },
         Head::Frame(Frame::Status(code)) => Msg::Status(code),
         Head::Frame(Frame::Hello { client_id, label }) => Msg::Hello { client_id, label: label.to_owned() },
+        Head::Frame(Frame::Copy { digest, from, name }) => {
+            Msg::Copy { digest, from: from.to_owned(), name: name.to_owned() }
+        }
         Head::Frame(f) => Msg::Named {
             kind: f.message_type(),
             digest: match f {
@@ -270,6 +282,7 @@ mod tests {
                     Ok(Some(Msg::Chunk { name, len, .. })) => chunk = Some((name, len)),
                     Ok(Some(Msg::Hello { label, .. })) => got.push(format!("Hello {label}")),
                     Ok(Some(Msg::Named { kind, name, .. })) => got.push(format!("{kind:?} {name}")),
+                    Ok(Some(Msg::Copy { from, name, .. })) => got.push(format!("Copy {from} {name}")),
                     Ok(Some(Msg::Status(_))) => got.push("Status".into()),
                     Ok(Some(Msg::Rejected(_))) => got.push("rejected".into()),
                     Ok(None) => break,

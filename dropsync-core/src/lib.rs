@@ -32,6 +32,7 @@
 pub mod access;
 pub mod backoff;
 pub mod conflict;
+pub mod copies;
 pub mod debounce;
 pub mod delete_guard;
 pub mod decoder;

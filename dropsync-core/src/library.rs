@@ -31,6 +31,7 @@ use dropsync_proto::metadata::{Entry, EntryState, Strong};
 use dropsync_proto::{Digest, StatusCode};
 
 use crate::conflict::pick_conflict_name;
+use crate::copies::{CopyOrigins, Origin};
 use crate::locks::{try_lock_guard, LockTable, SessionId};
 use crate::meta_server::{Catalog, Change};
 use crate::stale::{must_keep_overwritten, SeenVersions};
@@ -115,6 +116,8 @@ pub struct Library<C, B> {
     /// Serializes commits so that reference counts and conflict names are
     /// decided on a table no one else is changing.
     commit_lock: Mutex<()>,
+    /// The versions COPY made, for deliveries by COPY (`copies`).
+    copies: Mutex<CopyOrigins>,
     conflict_copies: bool,
 }
 
@@ -128,6 +131,7 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
             locks,
             uploaders: Mutex::new(HashMap::new()),
             commit_lock: Mutex::new(()),
+            copies: Mutex::new(CopyOrigins::default()),
             conflict_copies,
         }
     }
@@ -215,6 +219,69 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
         self.set_uploader(path, label);
         seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, entry.version);
         Ok(Committed::New { entry, conflict })
+    }
+
+    /// COPY [ext] of `from`'s content to `path`, whose MD5 the client gave
+    /// as `md5`; the caller holds `path`'s lock. The content is the one
+    /// `from` holds now, and only when the client has seen that version (so
+    /// it names content it was sent or sent itself, and the MD5 only checks
+    /// that both mean the same version, never picks content by itself).
+    /// `NoFile` otherwise: the client then uploads the file the usual way.
+    /// Committed by section 6's rules like an upload of that content: an
+    /// identical one changes nothing, a stale one keeps what it overwrites.
+    #[allow(clippy::too_many_arguments)]
+    pub fn commit_copy(
+        &self,
+        path: &str,
+        from: &str,
+        md5: Digest,
+        seen: &Mutex<SeenVersions>,
+        label: &str,
+        now: WallTime,
+    ) -> Result<Committed, CoreError> {
+        let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(source) = self.copy_source(from, md5, seen) else {
+            return Ok(Committed::NoFile);
+        };
+        let Some(strong) = source.strong else {
+            return Ok(Committed::NoFile);
+        };
+        let current = self.catalog.get(path);
+        if let Some(cur) = &current {
+            if cur.state == EntryState::File && cur.strong == Some(strong) && cur.size == source.size {
+                seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, cur.version);
+                return Ok(Committed::Unchanged);
+            }
+        }
+        let conflict = self.conflict_if_stale(current.as_ref(), seen, now)?;
+        self.blobs.add_ref(&strong);
+        let change = Change::File { md5: source.md5, size: source.size, mtime_ns: now.unix_ns, strong };
+        let entry = match self.catalog.commit(path, change) {
+            Ok(e) => e,
+            Err(e) => {
+                self.blobs.drop_ref(&strong);
+                return Err(e);
+            }
+        };
+        self.set_uploader(path, label);
+        seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, entry.version);
+        let origin = Origin { version: entry.version, from: from.to_owned(), from_version: source.version };
+        self.copies.lock().unwrap_or_else(PoisonError::into_inner).record(path, origin);
+        Ok(Committed::New { entry, conflict })
+    }
+
+    /// Where `version` of `path` took its content from, when a COPY made
+    /// it (and it is still remembered).
+    pub fn copied_from(&self, path: &str, version: u64) -> Option<Origin> {
+        self.copies.lock().unwrap_or_else(PoisonError::into_inner).of(path, version).cloned()
+    }
+
+    /// The current line of `from` when it is a file with MD5 `md5` whose
+    /// version the session has seen: the content a COPY may name.
+    fn copy_source(&self, from: &str, md5: Digest, seen: &Mutex<SeenVersions>) -> Option<Entry> {
+        let cur = self.catalog.get(from).filter(|c| c.state == EntryState::File && c.md5 == md5)?;
+        let seen = seen.lock().unwrap_or_else(PoisonError::into_inner);
+        seen.has_seen(from, cur.version).then_some(cur)
     }
 
     /// A DELETE of `path` from session `owner`: takes the path's lock

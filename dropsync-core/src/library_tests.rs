@@ -370,3 +370,56 @@ fn a_replaced_version_is_kept_before_the_commit_that_replaces_it_is_durable() {
     assert!(reopened.history("f").is_empty(), "a kept line of the current version is dropped");
     assert_eq!(reopened.contents(), [[1; 32]], "and holds no content: only the live file does");
 }
+
+#[test]
+fn a_copy_commits_the_content_its_source_holds_without_sending_it() {
+    let s = server(true);
+    let alice = session(&s.lib);
+    let (src, _) = new_entry(upload(&s, "big.bin", b"content", 1, &alice, "alice"));
+    let (copy, conflict) = new_entry(s.lib.commit_copy("moved.bin", "big.bin", md5(b"content"), &alice, "alice", NOW).unwrap());
+    assert_eq!((copy.strong, copy.md5, copy.size), (src.strong, src.md5, src.size));
+    assert!(copy.version > src.version && conflict.is_none());
+    assert_eq!(s.blobs.refs(&[1; 32]), 2, "both lines hold the content");
+    assert!(alice.lock().unwrap().has_received("moved.bin", copy.version));
+    // Again: the path holds that content already.
+    assert_eq!(s.lib.commit_copy("moved.bin", "big.bin", md5(b"content"), &alice, "alice", NOW).unwrap(), Committed::Unchanged);
+}
+
+#[test]
+fn a_copy_names_only_a_version_its_sender_has_seen_and_md5_only_checks_it() {
+    let s = server(true);
+    let alice = session(&s.lib);
+    let bob = session(&s.lib);
+    new_entry(upload(&s, "f", b"alice's", 1, &alice, "alice"));
+    // Bob never saw alice's version (it came after his META-DATA): even
+    // with its MD5 he is not given its content.
+    assert_eq!(s.lib.commit_copy("g", "f", md5(b"alice's"), &bob, "bob", NOW).unwrap(), Committed::NoFile);
+    // A digest of another version, a missing source, a tombstone: NoFile.
+    assert_eq!(s.lib.commit_copy("g", "f", md5(b"other"), &alice, "alice", NOW).unwrap(), Committed::NoFile);
+    assert_eq!(s.lib.commit_copy("g", "nothing", md5(b"alice's"), &alice, "alice", NOW).unwrap(), Committed::NoFile);
+    new_entry(s.lib.delete("f", 1, &alice, NOW).unwrap());
+    assert_eq!(s.lib.commit_copy("g", "f", md5(b"alice's"), &alice, "alice", NOW).unwrap(), Committed::NoFile);
+    assert_eq!(s.lib.catalog().get("g"), None, "nothing committed");
+}
+
+#[test]
+fn a_stale_copy_keeps_what_it_overwrites() {
+    let s = server(true);
+    let alice = session(&s.lib);
+    let bob = session(&s.lib);
+    new_entry(upload(&s, "src", b"source", 1, &bob, "bob"));
+    new_entry(upload(&s, "dst", b"alice's", 2, &alice, "alice"));
+    let (_, conflict) = new_entry(s.lib.commit_copy("dst", "src", md5(b"source"), &bob, "bob", NOW).unwrap());
+    assert_eq!(conflict.as_deref(), Some("dst (conflicted copy alice 2026-12-06 123456)"));
+}
+
+#[test]
+fn a_copy_remembers_its_source_for_deliveries() {
+    let s = server(true);
+    let alice = session(&s.lib);
+    let (src, _) = new_entry(upload(&s, "a", b"content", 1, &alice, "alice"));
+    let (copy, _) = new_entry(s.lib.commit_copy("b", "a", md5(b"content"), &alice, "alice", NOW).unwrap());
+    let origin = s.lib.copied_from("b", copy.version).unwrap();
+    assert_eq!((origin.from.as_str(), origin.from_version), ("a", src.version));
+    assert_eq!(s.lib.copied_from("a", src.version), None, "an upload is no copy");
+}

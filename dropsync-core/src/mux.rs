@@ -40,6 +40,8 @@ pub enum SingleKind {
     Delete,
     /// REQUEST (Request File Update).
     Request,
+    /// COPY [ext] (the source path is kept by the caller, `sending`).
+    Copy,
 }
 
 /// The next message to send for one operation (see [`Mux::poll_send`]).
@@ -70,6 +72,11 @@ pub enum Step {
     /// Send REQUEST with this digest (the version held, or zeros).
     Request {
         /// MD5 of the version the sender holds, or zeros.
+        digest: Digest,
+    },
+    /// Send COPY [ext] with this digest (the content's MD5).
+    Copy {
+        /// MD5 of the content.
         digest: Digest,
     },
 }
@@ -238,6 +245,7 @@ impl Mux {
                     Some(match kind {
                         SingleKind::Delete => Step::Delete { digest: *digest },
                         SingleKind::Request => Step::Request { digest: *digest },
+                        SingleKind::Copy => Step::Copy { digest: *digest },
                     })
                 }
             };

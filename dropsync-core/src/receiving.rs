@@ -30,7 +30,7 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
-use dropsync_proto::name::validate_name;
+use dropsync_proto::name::{validate_name, COPY_OFFER_NAME};
 use dropsync_proto::{Digest, Frame, MessageType, ParseError, StatusCode};
 
 use crate::decoder::{Decoder, Msg};
@@ -149,6 +149,22 @@ pub trait Host {
 
     /// DELETE of `name` (no transfer of it open here): the reply.
     fn delete(&mut self, name: &str) -> StatusCode;
+
+    /// COPY [ext] of `from`'s content (MD5 `digest`) to `name`, no transfer
+    /// of `name` open here: the reply (0x0001 done; 0x0020 the content is
+    /// not the version the digest names, so the sender sends the file; or
+    /// what an upload would get). Only a peer that said it takes COPY is
+    /// sent one; a host that does not answers 0x0100.
+    fn copy(&mut self, _from: &str, _name: &str, _digest: &Digest) -> StatusCode {
+        StatusCode::BAD_REQUEST
+    }
+
+    /// REQUEST of [`COPY_OFFER_NAME`] [ext]: the peer takes COPY, and asks
+    /// whether this host does. 0x0001 when it does (each side may then send
+    /// COPY to the other), else 0x0100, the reply to any reserved name.
+    fn offer_copy(&mut self) -> StatusCode {
+        StatusCode::BAD_REQUEST
+    }
 
     /// REQUEST of `name`: the reply. Only a server serves one.
     fn request(&mut self, _name: &str) -> StatusCode {
@@ -509,6 +525,12 @@ impl<T> Receiving<T> {
                 self.reply(StatusCode::OK);
             }
             Msg::Named { kind: MessageType::Delete, name, .. } => self.on_delete(now, name, host),
+            // [ext] The offer of COPY: a reserved name, so that a peer that
+            // knows no COPY refuses it (0x0100) and nothing else happens.
+            Msg::Named { kind: MessageType::Request, name, .. } if name == COPY_OFFER_NAME => {
+                let reply = host.offer_copy();
+                self.reply(reply);
+            }
             Msg::Named { kind: MessageType::Request, name, .. } => {
                 let reply = if self.name_ok(&name, false) { host.request(&name) } else { StatusCode::BAD_REQUEST };
                 self.reply(reply);
@@ -524,6 +546,7 @@ impl<T> Receiving<T> {
                 let reply = host.hello();
                 self.reply(reply);
             }
+            Msg::Copy { digest, from, name } => self.on_copy(&digest, &from, name, host),
             Msg::Rejected(e) => {
                 self.events.push_back(Event::Rejected(e));
                 self.reply(StatusCode::BAD_REQUEST);
@@ -658,6 +681,21 @@ impl<T> Receiving<T> {
             return;
         }
         let reply = host.delete(&name);
+        self.reply(reply);
+    }
+
+    /// COPY [ext]: a whole transfer in one message. Both names follow
+    /// section 3, and a transfer of `name` open on this connection holds
+    /// its lock (0x0040), as for a DELETE. Unlike an upload it is judged at
+    /// once, without the stale-change wait: the section 6 wait is a "may".
+    fn on_copy<H: Host<Transfer = T>>(&mut self, digest: &Digest, from: &str, name: String, host: &mut H) {
+        if !self.name_ok(&name, false) || !self.name_ok(from, false) {
+            return self.reply(StatusCode::BAD_REQUEST);
+        }
+        if self.open.get_mut(&name).is_some() {
+            return self.reply(StatusCode::LOCKED);
+        }
+        let reply = host.copy(from, &name, digest);
         self.reply(reply);
     }
 

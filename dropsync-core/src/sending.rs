@@ -127,6 +127,8 @@ pub enum Replied<Op> {
 
 struct Op<O> {
     name: String,
+    /// A COPY's source path.
+    from: Option<String>,
     op: O,
     sent_digest: Option<Digest>,
     /// Why it was given up, when an ABORT had to follow first.
@@ -179,9 +181,20 @@ impl<O> Sending<O> {
         self.insert(id, name, op)
     }
 
+    /// Adds a COPY [ext] of `from`'s content, whose MD5 is `digest`, to
+    /// `name` (send it only to a peer that took the COPY offer).
+    pub fn add_copy(&mut self, from: String, name: String, digest: Digest, op: O) -> OpId {
+        let id = self.mux.add_single(name.clone(), SingleKind::Copy, digest);
+        let id = self.insert(id, name, op);
+        if let Some(o) = self.ops.get_mut(&id) {
+            o.from = Some(from);
+        }
+        id
+    }
+
     fn insert(&mut self, id: OpId, name: String, op: O) -> OpId {
         *self.by_name.entry(name.clone()).or_insert(0) += 1;
-        self.ops.insert(id, Op { name, op, sent_digest: None, gave_up: None });
+        self.ops.insert(id, Op { name, from: None, op, sent_digest: None, gave_up: None });
         id
     }
 
@@ -286,6 +299,10 @@ impl<O> Sending<O> {
                 Step::Abort => Frame::abort(name).encode(&mut self.frames),
                 Step::Delete { digest } => Frame::Delete { digest, name }.encode(&mut self.frames),
                 Step::Request { digest } => Frame::Request { digest, name }.encode(&mut self.frames),
+                Step::Copy { digest } => {
+                    let from = op.from.as_deref().unwrap_or_default();
+                    Frame::Copy { digest, from, name }.encode(&mut self.frames);
+                }
             }
         }
     }
@@ -349,7 +366,7 @@ impl<O> Sending<O> {
     }
 
     fn remove(&mut self, id: OpId, outcome: Outcome, cause: Cause) -> Option<Ended<O>> {
-        let Op { name, op, sent_digest, gave_up } = self.ops.remove(&id)?;
+        let Op { name, op, sent_digest, gave_up, .. } = self.ops.remove(&id)?;
         let cause = gave_up.unwrap_or(cause);
         if let Some(n) = self.by_name.get_mut(&name) {
             *n -= 1;

@@ -263,7 +263,7 @@ impl Client {
                     }
                     .encode(&mut self.out);
                 }
-                MuxStep::Delete { .. } => panic!("no DELETE was queued"),
+                MuxStep::Delete { .. } | MuxStep::Copy { .. } => panic!("no DELETE or COPY was queued"),
             }
             if rng.chance(faults.abort) {
                 let live: Vec<_> = self

@@ -28,7 +28,7 @@ pub enum Head<'a> {
 /// `Ok(Some((head, consumed)))` where `consumed` counts only header bytes.
 /// This is what a receiver uses to check a chunk's declared size before it
 /// reads (or allocates) the payload.
-pub fn parse_head(buf: &[u8]) -> Result<Option<(Head<'_>, usize)>, ParseError> {
+pub fn parse_head<'a>(buf: &'a [u8]) -> Result<Option<(Head<'a>, usize)>, ParseError> {
     let mut cur = Cursor::new(buf);
     let Some(raw_type) = cur.u16() else {
         return Ok(None);
@@ -58,6 +58,28 @@ pub fn parse_head(buf: &[u8]) -> Result<Option<(Head<'_>, usize)>, ParseError> {
                 return Ok(None);
             };
             Head::Frame(Frame::Hello { client_id, label })
+        }
+        MessageType::Copy => {
+            let Some(digest) = cur.digest() else {
+                return Ok(None);
+            };
+            // Both names are read before either is judged, so that an error
+            // reports the whole frame's length (the decoder skips it whole
+            // and stays in step): at most twice 64 KiB, as for any frame.
+            let Some(from) = raw_name(&mut cur) else {
+                return Ok(None);
+            };
+            let Some(name) = raw_name(&mut cur) else {
+                return Ok(None);
+            };
+            let frame_len = cur.pos() as u64;
+            let checked = |bytes: &'a [u8]| -> Result<&'a str, ParseError> {
+                if bytes.len() > MAX_NAME_LEN {
+                    return Err(ParseError::NameTooLong { len: bytes.len(), frame_len });
+                }
+                std::str::from_utf8(bytes).map_err(|_| ParseError::NameNotUtf8 { frame_len })
+            };
+            Head::Frame(Frame::Copy { digest, from: checked(from)?, name: checked(name)? })
         }
         MessageType::Finished | MessageType::Abort | MessageType::Delete | MessageType::Request => {
             let Some(digest) = cur.digest() else {
@@ -97,6 +119,12 @@ pub fn parse(buf: &[u8]) -> Result<Option<(Frame<'_>, usize)>, ParseError> {
             Ok(Some((Frame::Chunk { digest, name, payload }, header_len + payload.len())))
         }
     }
+}
+
+/// Reads `name_len u16 · name` as bytes, unchecked.
+fn raw_name<'a>(cur: &mut Cursor<'a>) -> Option<&'a [u8]> {
+    let len = cur.u16()?;
+    cur.take(usize::from(len))
 }
 
 /// Reads `name_len u16 · name`, checking the declared length against `max`

@@ -69,6 +69,12 @@ impl Frame<'_> {
                 out.extend_from_slice(&client_id);
                 put_name(out, label);
             }
+            Frame::Copy { digest, from, name } => {
+                put_u16(out, MessageType::Copy as u16);
+                out.extend_from_slice(&digest);
+                put_name(out, from);
+                put_name(out, name);
+            }
         }
     }
 

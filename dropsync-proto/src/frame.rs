@@ -24,6 +24,9 @@ pub enum MessageType {
     Request = 0x0006,
     /// HELLO [ext]: pairs a client's two connections by client id.
     Hello = 0x0007,
+    /// COPY [ext]: a whole transfer in one message, naming content the
+    /// receiver already holds at another path instead of sending it.
+    Copy = 0x0008,
 }
 
 impl MessageType {
@@ -38,6 +41,7 @@ impl MessageType {
             0x0005 => Self::Delete,
             0x0006 => Self::Request,
             0x0007 => Self::Hello,
+            0x0008 => Self::Copy,
             _ => return None,
         })
     }
@@ -93,6 +97,20 @@ pub enum Frame<'a> {
         /// A human-readable label, e.g. the host name; may be empty.
         label: &'a str,
     },
+    /// COPY [ext]: `name` is to hold the content that `from` held in the
+    /// version the sender last had in common with the receiver; `digest`
+    /// is that content's MD5 (a check, never an identity: the receiver
+    /// takes the content from its own `from`, and refuses with 0x0020 when
+    /// that is not the version the digest names, so the sender sends the
+    /// file the usual way).
+    Copy {
+        /// MD5 of the content.
+        digest: Digest,
+        /// Where the receiver already has it.
+        from: &'a str,
+        /// The file to create or replace.
+        name: &'a str,
+    },
 }
 
 impl<'a> Frame<'a> {
@@ -106,6 +124,7 @@ impl<'a> Frame<'a> {
             Frame::Delete { .. } => MessageType::Delete,
             Frame::Request { .. } => MessageType::Request,
             Frame::Hello { .. } => MessageType::Hello,
+            Frame::Copy { .. } => MessageType::Copy,
         }
     }
 
@@ -117,7 +136,8 @@ impl<'a> Frame<'a> {
             | Frame::Finished { name, .. }
             | Frame::Abort { name, .. }
             | Frame::Delete { name, .. }
-            | Frame::Request { name, .. } => Some(name),
+            | Frame::Request { name, .. }
+            | Frame::Copy { name, .. } => Some(name),
             Frame::Status(_) | Frame::Hello { .. } => None,
         }
     }

@@ -7,6 +7,11 @@ use crate::limits::MAX_NAME_LEN;
 /// right after pairing (section 1). Only valid from server to client.
 pub const METADATA_TRANSFER_NAME: &str = ".dropsync-metadata";
 
+/// [ext] The name a REQUEST carries to offer COPY (0x0008): a client that
+/// takes COPY asks the server whether it does. Reserved (section 3), so a
+/// server that knows no COPY answers 0x0100 and changes nothing.
+pub const COPY_OFFER_NAME: &str = ".dropsync-ext/copy";
+
 /// Prefix of every reserved first path component: a client's own state lives
 /// in `.dropsync/`, and nothing there is ever synced.
 pub const RESERVED_PREFIX: &str = ".dropsync";

@@ -14,6 +14,7 @@ enum Owned {
     Delete([u8; 16], String),
     Request([u8; 16], String),
     Hello([u8; 16], String),
+    Copy([u8; 16], String, String),
 }
 
 impl Owned {
@@ -26,6 +27,7 @@ impl Owned {
             Owned::Delete(d, n) => Frame::Delete { digest: *d, name: n },
             Owned::Request(d, n) => Frame::Request { digest: *d, name: n },
             Owned::Hello(d, n) => Frame::Hello { client_id: *d, label: n },
+            Owned::Copy(d, f, n) => Frame::Copy { digest: *d, from: f, name: n },
         }
     }
 }
@@ -56,8 +58,11 @@ fn request() -> impl Strategy<Value = Owned> {
 fn hello() -> impl Strategy<Value = Owned> {
     (any::<[u8; 16]>(), "\\PC{0,40}").prop_map(|(d, n)| Owned::Hello(d, n))
 }
+fn copy() -> impl Strategy<Value = Owned> {
+    (any::<[u8; 16]>(), name(), name()).prop_map(|(d, f, n)| Owned::Copy(d, f, n))
+}
 fn any_frame() -> impl Strategy<Value = Owned> {
-    prop_oneof![chunk(), status(), finished(), abort(), delete(), request(), hello()]
+    prop_oneof![chunk(), status(), finished(), abort(), delete(), request(), hello(), copy()]
 }
 
 /// Encode, parse back, compare, and check that every strict prefix is "need more".

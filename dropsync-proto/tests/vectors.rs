@@ -91,10 +91,28 @@ fn hello_with_and_without_label() {
 }
 
 #[test]
+fn copy_names_its_source_then_its_file() {
+    let bytes = hex(&format!("0800 {ABC_MD5} 0100 61 0200 622f"));
+    check(&bytes, Frame::Copy { digest: abc_digest(), from: "a", name: "b/" });
+}
+
+#[test]
+fn copy_with_an_overlong_source_is_skipped_whole() {
+    // from_len 0x1001 = 4097 > 4096: both names are read first, so the
+    // error covers the whole frame (2 + 16 + 2 + 4097 + 2 + 1).
+    let mut bytes = hex(&format!("0800 {ABC_MD5} 0110"));
+    bytes.extend(std::iter::repeat_n(b'x', 4097));
+    assert_eq!(parse(&bytes), Ok(None));
+    bytes.extend(hex("0100 62"));
+    let err = parse(&bytes).unwrap_err();
+    assert_eq!(err.skippable_len(), Some(bytes.len() as u64));
+}
+
+#[test]
 fn unknown_type_is_an_error() {
-    assert_eq!(parse(&hex("0800 0000")), Err(ParseError::UnknownType(8)));
+    assert_eq!(parse(&hex("0900 0000")), Err(ParseError::UnknownType(9)));
     assert_eq!(parse(&hex("0000")), Err(ParseError::UnknownType(0)));
-    assert_eq!(ParseError::UnknownType(8).skippable_len(), None);
+    assert_eq!(ParseError::UnknownType(9).skippable_len(), None);
 }
 
 #[test]

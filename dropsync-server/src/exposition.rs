@@ -59,7 +59,7 @@ pub fn render(server: &Server) -> String {
         ConstGauge::new(i64::from(server.gate.secure())),
     );
 
-    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 7] = [
+    let counters: [(&str, &str, &std::sync::atomic::AtomicU64); 9] = [
         ("bytes_in", "Chunk payload bytes received from clients and written", &m.bytes_in),
         ("files_in", "Uploads committed (a new version or an identical one)", &m.files_in),
         ("commits", "Uploads that made a new version", &m.commits),
@@ -67,6 +67,8 @@ pub fn render(server: &Server) -> String {
         ("bytes_out", "Chunk payload bytes sent to clients (META-DATA included)", &m.bytes_out),
         ("files_out", "Files delivered to clients and acknowledged", &m.files_out),
         ("deletes_out", "DELETEs delivered to clients and acknowledged", &m.deletes_out),
+        ("copies_in", "COPYs from clients that made a new version without its bytes", &m.copies_in),
+        ("copies_out", "COPYs delivered to clients and acknowledged, without the bytes", &m.copies_out),
     ];
     for (name, help, value) in counters {
         reg.register(name, help, ConstCounter::new(value.load(Ordering::Relaxed)));

@@ -17,7 +17,7 @@ use dropsync_core::open_transfers::Limits;
 use dropsync_core::path_rules::PathConflict;
 use dropsync_core::receiving::{Assembled, Config, Ended, Event, Host, Payload, Receiving, Step};
 use dropsync_io::wire::{feed, Fed, FrameReader, Msg};
-use dropsync_proto::StatusCode;
+use dropsync_proto::{Digest, StatusCode};
 
 use crate::library;
 use crate::metrics::{Change, Metrics};
@@ -426,6 +426,52 @@ impl Host for Uploads<'_> {
                 StatusCode::IN_USE
             }
         }
+    }
+
+    /// COPY [ext]: an upload of content the server holds at `from`, under
+    /// `name`'s lock and the same refusals as an upload's first message.
+    fn copy(&mut self, from: &str, name: &str, digest: &Digest) -> StatusCode {
+        if let Err(refused) = self.may_change(name).and_then(|()| self.clear_way(name)) {
+            return refused;
+        }
+        let Some(lock) = try_lock_owned(self.server.library.locks(), name, self.session.id) else {
+            log::info!("{}: {name:?} is locked by another transfer", self.session.who());
+            return StatusCode::LOCKED;
+        };
+        let lib = &self.server.library;
+        let result = lib.commit_copy(name, from, *digest, &self.session.seen, &self.session.label, library::now());
+        drop(lock);
+        let metrics = &self.server.metrics;
+        match result {
+            Ok(Committed::New { entry, conflict }) => {
+                Metrics::add(&metrics.commits, 1);
+                Metrics::add(&metrics.copies_in, 1);
+                self.changed(name, entry.version, false);
+                log::info!(
+                    "{}: committed {name:?} version {} as a copy of {from:?} ({} bytes not sent)",
+                    self.session.who(),
+                    entry.version,
+                    entry.size
+                );
+                self.fan_out_after_reply(conflict, name, entry.version)
+            }
+            Ok(Committed::NoFile) => {
+                log::debug!("{}: copy of {from:?} to {name:?}: not the version it names", self.session.who());
+                StatusCode::NO_FILE
+            }
+            Ok(Committed::Locked) => StatusCode::LOCKED,
+            Ok(_) => StatusCode::OK,
+            Err(e) => {
+                log::error!("{}: cannot commit {name:?}: {e}", self.session.who());
+                StatusCode::IN_USE
+            }
+        }
+    }
+
+    /// The client takes COPY, and so does this server.
+    fn offer_copy(&mut self) -> StatusCode {
+        self.session.takes_copy.store(true, Ordering::Relaxed);
+        StatusCode::OK
     }
 
     fn request(&mut self, name: &str) -> StatusCode {

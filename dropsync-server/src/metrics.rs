@@ -101,6 +101,10 @@ pub struct Metrics {
     pub commits: AtomicU64,
     /// DELETEs that made a tombstone.
     pub deletes_in: AtomicU64,
+    /// COPYs [ext] from clients that made a new version (no bytes sent).
+    pub copies_in: AtomicU64,
+    /// COPYs [ext] delivered to clients and acknowledged (no bytes sent).
+    pub copies_out: AtomicU64,
     /// Chunk payload bytes sent to clients (META-DATA included).
     pub bytes_out: AtomicU64,
     /// Files delivered to clients and acknowledged.
@@ -134,6 +138,8 @@ impl Metrics {
             files_in: AtomicU64::new(0),
             commits: AtomicU64::new(0),
             deletes_in: AtomicU64::new(0),
+            copies_in: AtomicU64::new(0),
+            copies_out: AtomicU64::new(0),
             bytes_out: AtomicU64::new(0),
             files_out: AtomicU64::new(0),
             deletes_out: AtomicU64::new(0),

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use dropsync_core::liveness::Due;
 use dropsync_core::meta_server::Catalog;
 use dropsync_core::delivery::{client_has_it, judge_queued, resend_after, Delivery as Queued};
+use dropsync_core::copies::deliver_as_copy;
 use dropsync_core::mux::OpId;
 use dropsync_core::sender::Outcome;
 use dropsync_core::sending::{Cause, Ended, FileDigest, Prepared, Replied, Sending, Source as SendSource, Transmit};
@@ -108,6 +109,9 @@ struct Item {
     /// Where the bytes come from, how many and their MD5 (a committed
     /// blob's was checked when it was uploaded); `None` for a DELETE.
     content: Option<(Source, u64, Digest)>,
+    /// [ext] Sent as a COPY of the content from this path (which the
+    /// client has), with the content's MD5, instead of its bytes.
+    copy: Option<(String, Digest)>,
 }
 
 /// Transfers to one client, prepared and ready to be delivered together
@@ -131,6 +135,7 @@ pub fn prepare_next(server: &Server, session: &Session) -> Option<Batch> {
                 name: METADATA_TRANSFER_NAME.into(),
                 version: 0,
                 content: Some((Source::Bytes(text.into_bytes()), size, digest)),
+                copy: None,
             };
             return Some(Batch { items: vec![item], metadata: true });
         }
@@ -193,19 +198,26 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
                     break;
                 }
                 Queued::Delete { version } => {
-                    items.push(Item { name: path.clone(), version, content: None });
+                    items.push(Item { name: path.clone(), version, content: None, copy: None });
                     break;
                 }
-                Queued::File { version } => match lib.open_content(&entry) {
-                    Ok(f) => {
-                        items.push(Item { name: path.clone(), version, content: Some((Source::File(f), entry.size, entry.md5)) });
+                Queued::File { version } => match copy_source(server, session, path, version) {
+                    Some(from) => {
+                        items.push(Item { name: path.clone(), version, content: None, copy: Some((from, entry.md5)) });
                         break;
                     }
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
-                    Err(e) => {
-                        log::error!("cannot open content of {path:?}: {e}");
-                        break;
-                    }
+                    None => match lib.open_content(&entry) {
+                        Ok(f) => {
+                            let content = Some((Source::File(f), entry.size, entry.md5));
+                            items.push(Item { name: path.clone(), version, content, copy: None });
+                            break;
+                        }
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                        Err(e) => {
+                            log::error!("cannot open content of {path:?}: {e}");
+                            break;
+                        }
+                    },
                 },
             }
         }
@@ -213,13 +225,34 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
     Some(Batch { items, metadata: false })
 }
 
+/// [ext] The path to name in a COPY of `version` of `path` to `session`
+/// (`copies::deliver_as_copy`), unless the client refused one of `path`
+/// before (it is then sent the file).
+fn copy_source(server: &Server, session: &Session, path: &str, version: u64) -> Option<String> {
+    let takes_copy = session.takes_copy.load(Ordering::Relaxed)
+        && !session.copy_refused.lock().unwrap_or_else(PoisonError::into_inner).contains(path);
+    let origin = server.library.copied_from(path, version);
+    let seen = session.seen.lock().unwrap_or_else(PoisonError::into_inner);
+    deliver_as_copy(origin.as_ref(), &seen, takes_copy).map(str::to_owned)
+}
+
 /// Delivers `batch` to `session` (the session's sender thread only: this
 /// waits for the client's replies) and records each outcome: a delivered
 /// version counts as seen (section 6), a refusal gives the path up for
 /// this client.
 pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), Gone> {
-    let versions: Vec<(String, u64, bool)> =
-        batch.items.iter().map(|i| (i.name.clone(), i.version, i.content.is_none())).collect();
+    let versions: Vec<(String, u64, Kind)> = batch
+        .items
+        .iter()
+        .map(|i| {
+            let kind = match (&i.content, &i.copy) {
+                (_, Some(_)) => Kind::Copy,
+                (None, None) => Kind::Delete,
+                (Some(_), None) => Kind::File,
+            };
+            (i.name.clone(), i.version, kind)
+        })
+        .collect();
     let metadata = batch.metadata;
     let result = run_batch(server, session, batch.items);
     let outcomes = match result {
@@ -233,10 +266,28 @@ pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), G
         log::debug!("{}: META-DATA sent: {:?}", session.who(), outcomes.first());
         return Ok(());
     }
-    for ((path, version, delete), outcome) in versions.into_iter().zip(outcomes) {
+    for ((path, version, kind), outcome) in versions.into_iter().zip(outcomes) {
+        if kind == Kind::Copy && outcome != Outcome::Committed {
+            // It could not copy (it changed its copy of the source since,
+            // say): the file itself goes out next.
+            log::debug!("{}: copy of {path:?} refused ({outcome:?}); sending the file", session.who());
+            session.copy_refused.lock().unwrap_or_else(PoisonError::into_inner).insert(path.clone());
+            session.requested.lock().unwrap_or_else(PoisonError::into_inner).insert(path.clone());
+            if session.queue.push(&path) || server.config.workers > 0 {
+                server.wake(session);
+            }
+            continue;
+        }
         if client_has_it(outcome) {
             let m = &server.metrics;
-            Metrics::add(if delete { &m.deletes_out } else { &m.files_out }, 1);
+            Metrics::add(
+                match kind {
+                    Kind::Delete => &m.deletes_out,
+                    Kind::File => &m.files_out,
+                    Kind::Copy => &m.copies_out,
+                },
+                1,
+            );
             // Read before the session's lock is taken: no lock is held
             // while the catalog's is waited for.
             let current = server.library.catalog().get(&path);
@@ -262,6 +313,14 @@ pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), G
     }
     session.set_outgoing(&[]);
     Ok(())
+}
+
+/// What a delivered item was.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Delete,
+    Copy,
 }
 
 /// What the reply reader hands the session's sender, the one thread that
@@ -420,6 +479,11 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
     // computed when it is prepared), so chunks go out by length and MD5 and
     // their bytes are streamed from the source.
     for (index, item) in items.into_iter().enumerate() {
+        if let Some((from, digest)) = item.copy {
+            let d = Delivery { index, content: None, prefetched: None };
+            sending.add_copy(from, item.name, digest, d);
+            continue;
+        }
         match item.content {
             Some((src, size, digest)) => {
                 let d = Delivery { index, content: Some((src, size, digest)), prefetched: None };

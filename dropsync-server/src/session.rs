@@ -53,6 +53,12 @@ pub struct Session {
     /// Paired without HELLO (section 1): one transfer at a time, and never
     /// closed for silence alone.
     legacy: bool,
+    /// It offered COPY [ext] (a REQUEST of `COPY_OFFER_NAME`): deliveries
+    /// of content it has at another path may name that path instead of
+    /// sending the bytes.
+    pub takes_copy: AtomicBool,
+    /// Paths whose delivery by COPY it refused: sent as files from then on.
+    pub copy_refused: Mutex<HashSet<String>>,
     /// Paths waiting to be sent to this client (FIFO, no duplicates).
     pub queue: UpdateQueue,
     /// Versions this client is known to have seen (section 6).
@@ -153,6 +159,8 @@ impl Session {
             started: p.now,
             progress_ms: AtomicU64::new(0),
             legacy: p.client_id.is_none(),
+            takes_copy: AtomicBool::new(false),
+            copy_refused: Mutex::new(HashSet::new()),
             queue: UpdateQueue::new(),
             seen: Mutex::new(SeenVersions::new(0)),
             requested: Mutex::new(HashSet::new()),

@@ -232,6 +232,7 @@ fn describe_frame(f: &Frame<'_>) -> String {
         Frame::Delete { digest, name } => format!("DELETE {name:?} md5={}", hex(&digest)),
         Frame::Request { digest, name } => format!("REQUEST {name:?} md5={}", hex(&digest)),
         Frame::Hello { client_id, label } => format!("HELLO id={} label={label:?}", hex(&client_id)),
+        Frame::Copy { digest, from, name } => format!("COPY {from:?} -> {name:?} md5={}", hex(&digest)),
     }
 }
 
@@ -249,6 +250,7 @@ fn describe_msg(m: &Msg, payload: &[u8]) -> String {
             describe_chunk(name, digest, payload)
         }
         Msg::Status(c) => format!("STATUS 0x{:04x}", c.0),
+        Msg::Copy { digest, from, name } => format!("COPY {from:?} -> {name:?} md5={}", hex(digest)),
         Msg::Named { kind, digest, name } => {
             let t = match kind {
                 MessageType::Finished => "FINISHED",
