@@ -59,6 +59,11 @@ pub struct Args {
     /// "conflicted copy" file (PROTOCOL.md section 7 [ext]).
     #[arg(long)]
     pub no_conflict_copies: bool,
+    /// Upload every file whole: never offer the server COPY [ext] (a file
+    /// renamed or copied from one in sync then goes out as a COPY of it,
+    /// with no bytes sent, and arrives here the same way).
+    #[arg(long)]
+    pub no_copy: bool,
     /// Secure mode: connect over TLS to the server whose certificate has
     /// this SHA-256 fingerprint (the server logs it at start; `server
     /// fingerprint` prints it), and only to it. Kept in .dropsync/, so
@@ -149,6 +154,8 @@ pub struct Config {
     pub once: bool,
     /// Keep conflict copies (not `--no-conflict-copies`).
     pub conflict_copies: bool,
+    /// Offer COPY [ext] to the server (`--no-copy` turns it off).
+    pub copy: bool,
     /// HELLO label and conflict-copy label.
     pub label: String,
     /// Uploads of files larger than one chunk in flight.
@@ -188,6 +195,7 @@ impl Args {
             chunk_size: self.chunk_size,
             once: self.once,
             conflict_copies: !self.no_conflict_copies,
+            copy: !self.no_copy,
             label: self.label.clone().unwrap_or_else(default_label),
             parallel: usize::from(self.parallel),
             in_flight: usize::from(self.in_flight.max(self.parallel)),

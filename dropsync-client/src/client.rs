@@ -4,6 +4,8 @@
 //! end of `--once`).
 
 use std::fs;
+
+use crate::copy_source::Moves;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc};
@@ -52,6 +54,8 @@ pub struct Core {
     pub status: Status,
     /// Unsyncable paths already reported.
     pub notes: Notes,
+    /// Renames the watcher saw, for COPY [ext] (`copy_source`).
+    pub moves: Moves,
     /// When the next periodic rescan is due.
     pub next_rescan: Option<Instant>,
     /// What the last rescan took (before the first: an estimate from the
@@ -131,6 +135,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             delete_guard,
             status: Status::default(),
             notes: Notes::default(),
+            moves: Moves::default(),
             next_rescan: None,
             rescan_cost: RESCAN_COST_PER_PATH * u32::try_from(known).unwrap_or(u32::MAX),
             trust,

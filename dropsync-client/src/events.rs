@@ -21,6 +21,14 @@ pub enum Event {
     /// Files closed after being written (absolute): done, so they go out
     /// at once instead of after the quiet time.
     Closed(Vec<PathBuf>),
+    /// The watcher saw `from` renamed to `to` (absolute; also reported as
+    /// changes): the new name may go out as a COPY of the old one.
+    Moved {
+        /// The old path.
+        from: PathBuf,
+        /// The new path.
+        to: PathBuf,
+    },
     /// The watcher lost events (queue overflow, error): rescan everything.
     RescanNeeded,
     /// SIGINT or SIGTERM.

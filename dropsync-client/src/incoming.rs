@@ -25,7 +25,7 @@ use dropsync_io::wire::{feed, Fed, FrameReader};
 use dropsync_proto::limits::{DEFAULT_MAX_CHUNK, MAX_NAME_LEN};
 use dropsync_proto::metadata::parse_document;
 use dropsync_proto::name::METADATA_TRANSFER_NAME;
-use dropsync_proto::StatusCode;
+use dropsync_proto::{Digest, StatusCode};
 
 use crate::connect::Timing;
 use crate::events::{Event, SessionEvent};
@@ -33,7 +33,7 @@ use crate::ignores::IGNORE_FILE;
 use crate::folder::{delete_local, keep_if_unaccepted, look};
 use crate::paths::checked_path;
 use crate::progress::{Direction, Progress};
-use crate::scan::{probe, Probe};
+use crate::scan::{probe, seen_is_current, FileStat, Probe};
 use crate::state::Ctx;
 
 /// Largest META-DATA accepted from the server: it is held in memory to be
@@ -386,12 +386,78 @@ impl Host for Deliveries {
         reply
     }
 
+    /// COPY [ext] from the server: `name` is to hold what our `from` holds,
+    /// the server's version we have. Copied here (no bytes on the wire)
+    /// when `from` is in sync and on disk as recorded; else 0x0020, and the
+    /// server sends the file.
+    fn copy(&mut self, from: &str, name: &str, digest: &Digest) -> StatusCode {
+        if self.ctx.ignores.is_ignored(name) {
+            log::debug!("refused incoming {name}: ignored here");
+            return StatusCode::IN_USE;
+        }
+        let Some((source, content, stat)) = self.copy_source(from, digest) else {
+            log::debug!("cannot copy {from} to {name} here: asking for the file");
+            return StatusCode::NO_FILE;
+        };
+        let started = Instant::now();
+        if let Err(code) = self.check_writable(name) {
+            return code;
+        }
+        let copied = self.copy_to_temp(&source, stat);
+        let reply = match copied {
+            Ok(temp) => match self.install(name, temp, content) {
+                Ok(()) => StatusCode::OK,
+                Err(Unwritten::BeingSent) => {
+                    self.delivered.push(SessionEvent::RefusedWhileSending(name.to_owned()));
+                    StatusCode::IN_USE
+                }
+                Err(Unwritten::CannotWrite) => {
+                    self.delivered.push(SessionEvent::Unwritable(name.to_owned()));
+                    StatusCode::IN_USE
+                }
+            },
+            Err(e) => {
+                log::debug!("cannot copy {from} to {name} here ({e}): asking for the file");
+                // The file itself comes next: this is no delivery yet.
+                self.ctx.shared.lock().incoming.remove(name);
+                return StatusCode::NO_FILE;
+            }
+        };
+        self.ended(name, started);
+        reply
+    }
+
     fn paused(&self) -> bool {
         self.awaiting_go || self.fatal.is_some()
     }
 }
 
 impl Deliveries {
+    /// Our file of `from`, when it holds the server's version of it with
+    /// MD5 `digest` as last seen (in sync, stat unchanged and outside the
+    /// racy window): its path, content and stat.
+    fn copy_source(&self, from: &str, digest: &Digest) -> Option<(PathBuf, Content, FileStat)> {
+        let rec = self.ctx.shared.lock().record(from);
+        let seen = rec.local.filter(|l| rec.base == Some(l.content) && l.content.md5 == *digest)?;
+        let path = checked_path(&self.ctx.root, from, false).ok()?;
+        let stat = FileStat::of_seen(&seen);
+        let on_disk = matches!(probe(&path), Ok(Probe::File(s)) if s == stat);
+        (on_disk && seen_is_current(Some(seen), stat, SystemTime::now())).then_some((path, seen.content, stat))
+    }
+
+    /// A temp file holding a copy of `source` (of `stat`): the kernel copies
+    /// (copy_file_range; a clone where the file system shares blocks). The
+    /// source must not change meanwhile.
+    fn copy_to_temp(&self, source: &Path, stat: FileStat) -> io::Result<TempFile> {
+        let mut temp = TempFile::create(&self.ctx.tmp_dir)?;
+        let copied = io::copy(&mut File::open(source)?, &mut temp.file)?;
+        let still = matches!(probe(source), Ok(Probe::File(s)) if s == stat);
+        if copied != stat.size || !still {
+            return Err(io::Error::other("the source changed while it was copied"));
+        }
+        Ok(temp)
+    }
+
     fn post(&self, what: SessionEvent) {
         let _ = self.events.send(Event::Session { session: self.session, what });
     }

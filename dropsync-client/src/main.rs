@@ -16,6 +16,7 @@
 mod cli;
 mod client;
 mod connect;
+mod copy_source;
 mod events;
 mod folder;
 mod held;

@@ -60,6 +60,12 @@ pub fn settle(ctx: &Ctx, done: &Done) {
                 _ => {}
             }
         }
+        Done::Copy { name, stat, content, outcome, .. } => {
+            st.outgoing.remove(name);
+            if *outcome == Outcome::Committed {
+                st.set_synced(name, *content, stat.mtime_ns);
+            }
+        }
         Done::Delete { name, outcome } => {
             st.outgoing.remove(name);
             if *outcome == Outcome::Committed {
@@ -85,6 +91,19 @@ pub enum Done {
         /// was never hashed whole (an upload of a path the server never had
         /// is not hashed before it starts, see [`Outgoing::add_upload`]).
         content: Option<Content>,
+        /// How it ended.
+        outcome: Outcome,
+    },
+    /// A COPY [ext] was answered (or dropped before it was sent).
+    Copy {
+        /// The path.
+        name: String,
+        /// The path it named as the content's.
+        from: String,
+        /// The file's stat when it was judged.
+        stat: FileStat,
+        /// The content it names.
+        content: Content,
         /// How it ended.
         outcome: Outcome,
     },
@@ -116,6 +135,11 @@ enum Kind {
         /// own MD5 as chunks are read, for a file of more than one chunk
         /// that was not hashed before.
         file_md5: Option<FileMd5>,
+    },
+    Copy {
+        from: String,
+        stat: FileStat,
+        content: Content,
     },
     Delete,
     Request,
@@ -251,6 +275,15 @@ impl Outgoing {
     /// Queues a DELETE of `name`, whose last version we held is `held`.
     pub fn add_delete(&mut self, name: String, held: Digest) {
         self.sending.add_delete(name, held, Op { kind: Kind::Delete, started: Instant::now() });
+    }
+
+    /// Queues a COPY [ext] of `from`'s content, which `name`'s file (of
+    /// `stat`) holds too: sent only in a session whose COPY offer the
+    /// server took. A 0x0020 means the server's `from` is not that content
+    /// any more: the file is uploaded instead.
+    pub fn add_copy(&mut self, name: String, from: String, stat: FileStat, content: Content) {
+        let kind = Kind::Copy { from: from.clone(), stat, content };
+        self.sending.add_copy(from, name, content.md5, Op { kind, started: Instant::now() });
     }
 
     /// Queues a REQUEST of `name`; `held` is the version we hold, or zeros.
@@ -402,6 +435,7 @@ impl Outgoing {
                 };
                 Done::Upload { name, stat, content, outcome }
             }
+            Kind::Copy { from, stat, content } => Done::Copy { name, from, stat, content, outcome },
             Kind::Delete => Done::Delete { name, outcome },
             Kind::Request => Done::Request { name, outcome },
         })

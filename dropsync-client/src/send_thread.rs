@@ -42,6 +42,17 @@ pub enum Command {
         /// Its content, when it was hashed to decide to send it.
         trusted: Option<Content>,
     },
+    /// COPY [ext] `from`'s content to `name` (see `Outgoing::add_copy`).
+    Copy {
+        /// The path.
+        name: String,
+        /// The path the server has the content at.
+        from: String,
+        /// The file's stat when it was judged.
+        stat: FileStat,
+        /// Its content.
+        content: Content,
+    },
     /// DELETE `name`, whose last version we held is `held`.
     Delete {
         /// The path.
@@ -101,6 +112,12 @@ impl SendHandle {
             self.counts.large.fetch_add(1, Ordering::SeqCst);
         }
         let _ = self.tx.send(Command::Upload { name, file, path, stat, trusted });
+    }
+
+    /// Queues a COPY.
+    pub fn add_copy(&self, name: String, from: String, stat: FileStat, content: Content) {
+        self.counts.ops.fetch_add(1, Ordering::SeqCst);
+        let _ = self.tx.send(Command::Copy { name, from, stat, content });
     }
 
     /// Queues a DELETE.
@@ -206,6 +223,7 @@ fn run(mut out: Outgoing, rx: &mpsc::Receiver<Command>, ctx: &Ctx, post: &impl F
         for cmd in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             match cmd {
                 Command::Upload { name, file, path, stat, trusted } => out.add_upload(name, file, path, stat, trusted),
+                Command::Copy { name, from, stat, content } => out.add_copy(name, from, stat, content),
                 Command::Delete { name, held } => out.add_delete(name, held),
                 Command::Request { name, held } => out.add_request(name, held),
                 Command::Replies { codes, at } => {

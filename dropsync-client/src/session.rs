@@ -11,7 +11,7 @@
 //! (`state::Shared`). The control loop is: start due work → wait for the
 //! next event or deadline (debounce, rescan, META-DATA save) → handle it.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fs::File;
 use dropsync_io::conn::Conn;
 use std::sync::{mpsc, Arc};
@@ -24,12 +24,15 @@ use dropsync_core::reconcile::Content;
 use dropsync_core::jobs::Job;
 use dropsync_core::sender::Outcome;
 use dropsync_core::sync_policy::{Again, Ending, Judgement, Local as LocalState, Next, SyncPolicy};
-use dropsync_proto::{Digest, ZERO_DIGEST};
+use dropsync_proto::name::COPY_OFFER_NAME;
+use dropsync_proto::{Digest, StatusCode, ZERO_DIGEST};
 
 use crate::client::Core;
 use crate::connect::{Connected, Timing};
 use crate::events::{Event, SessionEvent};
 use crate::held::{self, Answer};
+use crate::copy_source;
+use crate::paths::name_for;
 use crate::status::Status;
 use crate::incoming::Incoming;
 use crate::initial_sync;
@@ -127,6 +130,12 @@ pub struct Session<'a> {
     status_checked: Instant,
     stop_deadline: Option<Instant>,
     last_save: Instant,
+    /// COPY [ext]: the offer went out (once reconciled).
+    copy_offered: bool,
+    /// COPY [ext]: the server took this session's offer.
+    copy_ok: bool,
+    /// Paths whose COPY the server refused (0x0020): uploaded from then on.
+    no_copy: HashSet<String>,
 }
 
 impl<'a> Session<'a> {
@@ -162,6 +171,7 @@ impl<'a> Session<'a> {
             }
         };
         let once = core.cfg.once;
+        let offer_copy = core.cfg.copy;
         let mut s = Session {
             core,
             number,
@@ -172,6 +182,9 @@ impl<'a> Session<'a> {
             send_thread: sender,
             go: Some(go_tx),
             reconciled: false,
+            copy_offered: !offer_copy,
+            copy_ok: false,
+            no_copy: HashSet::new(),
             metadata_deadline: Instant::now() + METADATA_WAIT,
             server_state_known: true,
             policy: SyncPolicy::new(once),
@@ -275,6 +288,12 @@ impl<'a> Session<'a> {
 
     /// Starts due work (the send thread sends it).
     fn make_progress(&mut self) {
+        if self.reconciled && !self.copy_offered && self.stop_deadline.is_none() {
+            // [ext] A REQUEST of a reserved name: a server that knows no
+            // COPY answers 0x0100 and nothing else happens.
+            self.copy_offered = true;
+            self.out.add_request(COPY_OFFER_NAME.to_owned(), ZERO_DIGEST);
+        }
         if self.reconciled && self.stop_deadline.is_none() {
             self.start_jobs();
             self.send_deletes();
@@ -294,6 +313,12 @@ impl<'a> Session<'a> {
 
     fn on_event(&mut self, ev: Event) -> Option<End> {
         match ev {
+            Event::Moved { from, to } => {
+                if let (Ok(from), Ok(to)) = (name_for(&self.core.ctx.root, &from), name_for(&self.core.ctx.root, &to)) {
+                    let st = self.core.ctx.shared.lock();
+                    self.core.moves.note(&st.meta, &from, &to, Instant::now());
+                }
+            }
             Event::Changed(paths) => self.core.note_changed(paths, false),
             Event::Closed(paths) => self.core.note_changed(paths, true),
             Event::RescanNeeded => {
@@ -545,7 +570,7 @@ impl<'a> Session<'a> {
         } else {
             read_local(&path, record.local, SystemTime::now())
         };
-        let local = match found {
+        let mut local = match found {
             Ok(Local::File { seen, file }) => Some((FileStat::of_seen(&seen), Some(seen.content), file)),
             Ok(Local::Unhashed { stat, file }) => Some((stat, None, Some(file))),
             Ok(Local::NotAFile(Probe::Absent)) => None,
@@ -568,7 +593,22 @@ impl<'a> Session<'a> {
             }
         };
         self.core.notes.readable(&name);
-        if local.as_ref().is_some_and(|(stat, _, _)| self.out.spans_chunks(stat.size)) && !self.large_slot_free() {
+        // [ext] A file renamed from, or with the same bytes as, one in sync
+        // goes out as a COPY of it: its content is then known unhashed.
+        let copy = match &mut local {
+            Some((stat, content, _)) if self.copy_ok && !self.no_copy.contains(&name) => {
+                let found = self.copy_source(&name, &path, *stat);
+                if let Some((_, c)) = &found {
+                    *content = Some(*c);
+                }
+                found
+            }
+            _ => None,
+        };
+        if copy.is_none()
+            && local.as_ref().is_some_and(|(stat, _, _)| self.out.spans_chunks(stat.size))
+            && !self.large_slot_free()
+        {
             // Looked at again when a large upload ends.
             self.policy.wait_for_large_slot(name);
             return;
@@ -607,7 +647,16 @@ impl<'a> Session<'a> {
             });
             st.set_local(&name, seen);
         }
-        match (self.policy.judge(&name, state, base), local) {
+        let judgement = self.policy.judge(&name, state, base);
+        if let (Judgement::Upload { .. }, Some((from, content)), Some((stat, _, _))) = (&judgement, &copy, &local) {
+            st.outgoing.insert(name.clone());
+            drop(st);
+            log::debug!("sending {name} as a copy of {from} ({} bytes)", stat.size);
+            self.core.delete_guard.settled(&name);
+            self.out.add_copy(name, from.clone(), *stat, *content);
+            return;
+        }
+        match (judgement, local) {
             (Judgement::Upload { trusted }, Some((stat, _, file))) => {
                 let file = match file.map_or_else(|| File::open(&path), Ok) {
                     Ok(f) => f,
@@ -635,6 +684,22 @@ impl<'a> Session<'a> {
         self.core.delete_guard.settled(&name);
     }
 
+    /// [ext] The path a COPY of `name` (whose file at `path` has `stat`)
+    /// may name, and the content: the file it was renamed from, or one in
+    /// sync with the same bytes (only for large files: a comparison reads
+    /// both, and looking for a candidate walks every record).
+    fn copy_source(&mut self, name: &str, path: &std::path::Path, stat: FileStat) -> Option<(String, Content)> {
+        let now = SystemTime::now();
+        if let Some(found) = self.core.moves.take(name, stat, now) {
+            return Some(found);
+        }
+        if stat.size < copy_source::COMPARE_MIN {
+            return None;
+        }
+        let candidates = copy_source::candidates(&self.core.ctx.shared.lock().meta, name, stat.size);
+        copy_source::same_bytes(&self.core.ctx.root, path, stat, candidates, now)
+    }
+
     /// An operation on the send connection ended (already recorded in the
     /// shared state by `outgoing::settle`): what it means for this session.
     fn on_done(&mut self, done: Done) {
@@ -655,6 +720,26 @@ impl<'a> Session<'a> {
                     log::info!("deleted {name} on the server");
                 }
                 (name, Ending::Delete(outcome))
+            }
+            Done::Request { name, outcome } if name == COPY_OFFER_NAME => {
+                self.copy_ok = outcome == Outcome::Committed;
+                log::debug!("COPY offer: {outcome:?}");
+                return;
+            }
+            Done::Copy { name, from, stat, content, outcome } => {
+                if outcome == Outcome::Committed {
+                    log::info!("uploaded {name} as a copy of {from} ({} bytes not sent)", stat.size);
+                }
+                let outcome = if outcome == Outcome::Refused(StatusCode::NO_FILE) {
+                    // The server's `from` is not that content (any more):
+                    // the file itself goes out, at once.
+                    log::debug!("server refused {name} as a copy of {from}; uploading it");
+                    self.no_copy.insert(name.clone());
+                    Outcome::Aborted
+                } else {
+                    outcome
+                };
+                (name, Ending::Upload { outcome, content: Some(content) })
             }
             Done::Request { name, outcome } => {
                 if let Outcome::Refused(code) = outcome {

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use notify::event::{AccessKind, AccessMode};
+use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
 use notify::{Config, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::events::Event;
@@ -23,6 +23,11 @@ pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<Recomme
                     return;
                 }
                 let closed = is_closed_after_write(&ev.kind);
+                if let (true, [from, to]) = (is_rename(&ev.kind), ev.paths.as_slice()) {
+                    if !is_state_path(&base, from) && !is_state_path(&base, to) {
+                        let _ = events.send(Event::Moved { from: from.clone(), to: to.clone() });
+                    }
+                }
                 let paths: Vec<PathBuf> = ev.paths.into_iter().filter(|p| !is_state_path(&base, p)).collect();
                 if paths.is_empty() {
                     return;
@@ -43,6 +48,11 @@ pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<Recomme
     let mut watcher = RecommendedWatcher::new(handler, Config::default().with_follow_symlinks(false))?;
     watcher.watch(root, RecursiveMode::Recursive)?;
     Ok(watcher)
+}
+
+/// True for a rename whose two names the watcher paired (old, new).
+fn is_rename(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
 }
 
 /// True when a file written to was closed: its writer is done with it.
