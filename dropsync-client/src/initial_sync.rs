@@ -217,7 +217,7 @@ fn base_as_server(meta: &ClientMeta) -> Document {
             })
         })
         .collect();
-    Document { client_id: None, entries }
+    Document { client_id: None, entries, extensions: Vec::new() }
 }
 
 /// Keeps the local file of `name` as a conflict copy before the server's
@@ -316,6 +316,7 @@ mod tests {
         };
         let doc = Document {
             client_id: None,
+            extensions: Vec::new(),
             entries: vec![
                 entry("same", b"same", EntryState::File),
                 entry("pull", b"newer", EntryState::File),
@@ -351,6 +352,7 @@ mod tests {
         let entry = |path: &str, state, version| Entry { version, md5: [1; 16], size: 1, mtime_ns: 0, state, path: path.into(), strong: None };
         let doc = Document {
             client_id: None,
+            extensions: Vec::new(),
             entries: vec![
                 entry("a", EntryState::File, 1),
                 entry("../evil", EntryState::File, 2),

@@ -289,8 +289,8 @@ impl<'a> Session<'a> {
     /// Starts due work (the send thread sends it).
     fn make_progress(&mut self) {
         if self.reconciled && !self.copy_offered && self.stop_deadline.is_none() {
-            // [ext] A REQUEST of a reserved name: a server that knows no
-            // COPY answers 0x0100 and nothing else happens.
+            // [ext] A REQUEST of a reserved name, to a server whose META-DATA
+            // listed `copy`: one that knows no COPY would answer 0x0100.
             self.copy_offered = true;
             self.out.add_request(COPY_OFFER_NAME.to_owned(), ZERO_DIGEST);
         }
@@ -336,6 +336,10 @@ impl<'a> Session<'a> {
     fn on_session_event(&mut self, what: SessionEvent) -> Option<End> {
         match what {
             SessionEvent::ServerMeta(doc) => {
+                // [ext] COPY is offered only to a server that lists it.
+                if !doc.extensions.iter().any(|e| e == "copy") {
+                    self.copy_offered = true;
+                }
                 let plan = initial_sync::run(&self.core.ctx, &mut self.core.notes, &mut self.core.debouncer, &doc);
                 for name in plan.requests {
                     self.policy.request(name);
@@ -397,6 +401,8 @@ impl<'a> Session<'a> {
             "no META-DATA from the server within {METADATA_WAIT:?}: its state is unknown; \
              sending what changed here since the last sync, requesting nothing"
         );
+        // No `# ext` line to go by: no COPY offer.
+        self.copy_offered = true;
         let plan = initial_sync::run_without_server(&self.core.ctx, &mut self.core.notes, &mut self.core.debouncer);
         for name in plan.syncs {
             self.policy.sync(name);

@@ -105,7 +105,7 @@ impl ClientMeta {
                     id = Some(c);
                     continue;
                 }
-                Line::Ignored => continue,
+                Line::Ignored | Line::Extensions(_) => continue,
                 Line::Entry(e) => e,
             };
             let content = Content { md5: e.md5, size: e.size };

@@ -23,6 +23,11 @@ pub const STRONG_PREFIX: &str = "sha256:";
 /// Comment prefix of the line that stores a client's id in its own file.
 pub const CLIENT_ID_PREFIX: &str = "# client-id ";
 
+/// [ext] `# ext <name>...`: the extensions a server offers, in the META-DATA
+/// it sends (a comment: other readers ignore it). Our client offers COPY
+/// only to a server that lists `copy`.
+pub const EXT_PREFIX: &str = "# ext ";
+
 /// The `state` column. `F` and `D` are the protocol's; a client may keep
 /// more states in its own file (see `dropsync-core`), which round-trip here.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -87,6 +92,8 @@ pub enum Line {
     Entry(Entry),
     /// `# client-id <32 hex>`: the id a client sends in HELLO.
     ClientId(ClientId),
+    /// `# ext <name>...` [ext]: extensions the server offers.
+    Extensions(Vec<String>),
     /// Any other comment, or a blank line: readers ignore these.
     Ignored,
 }
@@ -128,11 +135,20 @@ pub struct Document {
     pub client_id: Option<ClientId>,
     /// Entries in file order (a later line for the same path wins).
     pub entries: Vec<Entry>,
+    /// [ext] What the `# ext` lines name.
+    pub extensions: Vec<String>,
 }
 
 /// Appends the header line.
 pub fn render_header(out: &mut String) {
     out.push_str(HEADER);
+    out.push('\n');
+}
+
+/// Appends an `# ext` line naming `extensions`.
+pub fn render_extensions(extensions: &[&str], out: &mut String) {
+    out.push_str(EXT_PREFIX);
+    out.push_str(&extensions.join(" "));
     out.push('\n');
 }
 
@@ -202,6 +218,10 @@ pub fn render_document(doc: &Document) -> String {
     if let Some(id) = &doc.client_id {
         render_client_id(id, &mut out);
     }
+    if !doc.extensions.is_empty() {
+        let names: Vec<&str> = doc.extensions.iter().map(String::as_str).collect();
+        render_extensions(&names, &mut out);
+    }
     for e in &doc.entries {
         render_stored_entry(e, &mut out);
     }
@@ -253,6 +273,9 @@ pub fn parse_line(text: &str, line: usize) -> Result<Line, MetadataError> {
             .map(Line::ClientId)
             .ok_or(MetadataError::BadField { line, column: "client-id" });
     }
+    if let Some(names) = text.strip_prefix(EXT_PREFIX) {
+        return Ok(Line::Extensions(names.split_whitespace().map(str::to_owned).collect()));
+    }
     if text.is_empty() || text.starts_with('#') {
         return Ok(Line::Ignored);
     }
@@ -287,6 +310,7 @@ pub fn parse_document(text: &str) -> Result<Document, MetadataError> {
         match parse_line(raw, i + 2)? {
             Line::Entry(e) => doc.entries.push(e),
             Line::ClientId(id) => doc.client_id = Some(id),
+            Line::Extensions(names) => doc.extensions.extend(names),
             Line::Ignored => {}
         }
     }
@@ -297,6 +321,17 @@ pub fn parse_document(text: &str) -> Result<Document, MetadataError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn an_ext_line_names_the_servers_extensions_and_other_readers_skip_it() {
+        let mut text = String::new();
+        render_header(&mut text);
+        render_extensions(&["copy", "future"], &mut text);
+        let doc = parse_document(&text).unwrap();
+        assert_eq!(doc.extensions, vec!["copy".to_string(), "future".to_string()]);
+        assert_eq!(render_document(&doc), text);
+        assert!(doc.entries.is_empty());
+    }
 
     fn entry(path: &str) -> Entry {
         Entry {
@@ -407,7 +442,7 @@ mod tests {
             entries in proptest::collection::vec(arb_entry(), 0..20),
             client_id in proptest::option::of(any::<[u8; 16]>()),
         ) {
-            let doc = Document { client_id, entries };
+            let doc = Document { client_id, entries, extensions: Vec::new() };
             let text = render_document(&doc);
             prop_assert_eq!(parse_document(&text), Ok(doc));
         }

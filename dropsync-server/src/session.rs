@@ -233,7 +233,16 @@ impl Session {
 
     /// Sets the META-DATA to send first and the version counter it lists
     /// every version up to (section 6: what the client has seen).
-    pub fn set_metadata(&self, text: String, listed_upto: u64) {
+    /// A session that sent HELLO is also told, in an `# ext` line after the
+    /// header, the extensions it may offer (COPY); a legacy one gets the
+    /// contract's text alone.
+    pub fn set_metadata(&self, mut text: String, listed_upto: u64) {
+        if !self.legacy {
+            let mut ext = String::new();
+            dropsync_proto::metadata::render_extensions(&["copy"], &mut ext);
+            let at = text.find('\n').map_or(text.len(), |i| i + 1);
+            text.insert_str(at, &ext);
+        }
         *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = SeenVersions::new(listed_upto);
         *self.metadata.lock().unwrap_or_else(PoisonError::into_inner) = MetaState::Ready(text);
     }

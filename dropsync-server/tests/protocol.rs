@@ -322,8 +322,10 @@ fn legacy_peers_pair_by_address_without_hello() {
     assert_eq!(a.upload("f", b"for legacy", 4), StatusCode::OK);
     let started = Instant::now();
     let mut legacy = RawPeer::connect_raw(s.send_port, s.recv_port);
-    let doc = parse_document(&legacy.receive_metadata()).unwrap();
+    let text = legacy.receive_metadata();
+    let doc = parse_document(&text).unwrap();
     assert_eq!(doc.entries.len(), 1);
+    assert!(!text.contains("# ext"), "a legacy peer gets the contract's META-DATA alone: {text:?}");
     assert!(started.elapsed() >= Duration::from_millis(900), "paired before the 1 s HELLO window");
     assert_eq!(legacy.upload("from-legacy", b"hi", 1), StatusCode::OK);
     assert_eq!(a.receive_one(), ("from-legacy".to_string(), Some(b"hi".to_vec())));
