@@ -271,7 +271,14 @@ pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), G
             // It could not copy (it changed its copy of the source since,
             // say): the file itself goes out next.
             log::debug!("{}: copy of {path:?} refused ({outcome:?}); sending the file", session.who());
-            session.copy_refused.lock().unwrap_or_else(PoisonError::into_inner).insert(path.clone());
+            let mut refused = session.copy_refused.lock().unwrap_or_else(PoisonError::into_inner);
+            // Capped like the origins it is about: forgetting costs one
+            // more COPY refused, then the file.
+            if refused.len() >= dropsync_core::copies::MAX_REMEMBERED {
+                refused.clear();
+            }
+            refused.insert(path.clone());
+            drop(refused);
             session.requested.lock().unwrap_or_else(PoisonError::into_inner).insert(path.clone());
             if session.queue.push(&path) || server.config.workers > 0 {
                 server.wake(session);
