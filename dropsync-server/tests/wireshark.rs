@@ -289,6 +289,10 @@ struct Peer {
     raw: RawPeer,
     send_port: u16,
     recv_port: u16,
+    /// Deliveries under way, by name: the server interleaves up to
+    /// `--parallel` of them ([ext] parallel transfers), each chunk naming
+    /// its file.
+    open: BTreeMap<String, Vec<u8>>,
 }
 
 impl Peer {
@@ -298,7 +302,7 @@ impl Peer {
         let raw = RawPeer::connect_raw(s.send_port, s.recv_port);
         let send_port = raw.send.tcp().local_addr().unwrap().port();
         let recv_port = raw.recv.tcp().local_addr().unwrap().port();
-        let mut p = Peer { raw, send_port, recv_port };
+        let mut p = Peer { raw, send_port, recv_port, open: BTreeMap::new() };
         let hello = Frame::Hello { client_id: id, label };
         p.write(log, Conn::Send, &[hello]);
         assert_eq!(p.status(log, Conn::Send), StatusCode::OK);
@@ -379,10 +383,10 @@ impl Peer {
         assert_eq!(self.request(log, Frame::Finished { digest: md5(data), name }), StatusCode::OK, "FINISHED {name}");
     }
 
-    /// Receives one transfer on the receive connection, answering OK to each
-    /// message: `(name, Some(content))` for a file, `(name, None)` for a DELETE.
+    /// Receives messages on the receive connection, answering OK to each,
+    /// until a transfer ends: `(name, Some(content))` for a file, `(name,
+    /// None)` for a DELETE. Transfers interleaved with it go on in `open`.
     fn receive_transfer(&mut self, log: &mut Log) -> (String, Option<Vec<u8>>) {
-        let mut data = Vec::new();
         loop {
             let (msg, payload) = self.read(log, Conn::Recv);
             if matches!(msg, Msg::Status(StatusCode::KEEP_ALIVE)) {
@@ -390,16 +394,17 @@ impl Peer {
             }
             self.write(log, Conn::Recv, &[Frame::Status(StatusCode::OK)]);
             match msg {
-                Msg::Chunk { digest, .. } => {
+                Msg::Chunk { digest, name, .. } => {
                     assert_eq!(md5(&payload), digest);
-                    data.extend_from_slice(&payload);
+                    self.open.entry(name).or_default().extend_from_slice(&payload);
                 }
                 Msg::Named { kind: MessageType::Finished, digest, name } => {
+                    let data = self.open.remove(&name).unwrap_or_default();
                     assert_eq!(md5(&data), digest, "{name}");
                     return (name, Some(data));
                 }
                 Msg::Named { kind: MessageType::Delete, name, .. } => return (name, None),
-                Msg::Named { kind: MessageType::Abort, .. } => data.clear(),
+                Msg::Named { kind: MessageType::Abort, name, .. } => drop(self.open.remove(&name)),
                 other => panic!("unexpected {other:?} on the receive connection"),
             }
         }
