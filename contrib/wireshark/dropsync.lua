@@ -39,7 +39,13 @@
 --   [dropsync.payload], status code [dropsync.status] with one flag per bit
 --   [dropsync.status.ok ... dropsync.status.keep_alive] and the bits no flag
 --   names [dropsync.status.unknown], client id [dropsync.client_id], label
---   length [dropsync.label_len], label [dropsync.label].
+--   length [dropsync.label_len], label [dropsync.label], and a COPY's source
+--   name length [dropsync.from_len] and source name [dropsync.from] (its
+--   target is dropsync.name, so a filter on a name finds COPYs to it too).
+-- COPY [ext] (type 8) is the extension of PROTOCOL.md "Copies and renames
+-- without their bytes": a whole transfer in one message, `name` to hold the
+-- content `from` has; its offer is a REQUEST of .dropsync-ext/copy, shown as
+-- a REQUEST like any other (that reserved name is not flagged there).
 -- Generated: whole message length [dropsync.length], connection and direction
 -- [dropsync.connection, dropsync.direction] when the ports say, and for a
 -- STATUS the message it answers (replies come back in order on the same
@@ -62,7 +68,7 @@ local dropsync = Proto("dropsync", "dropsync folder sync")
 -- Constants (dropsync-proto: frame.rs, status.rs, limits.rs)
 ---------------------------------------------------------------------------
 
-local T_CHUNK, T_STATUS, T_FINISHED, T_ABORT, T_DELETE, T_REQUEST, T_HELLO = 1, 2, 3, 4, 5, 6, 7
+local T_CHUNK, T_STATUS, T_FINISHED, T_ABORT, T_DELETE, T_REQUEST, T_HELLO, T_COPY = 1, 2, 3, 4, 5, 6, 7, 8
 
 local type_names = {
     [T_CHUNK] = "FILE_CHUNK",
@@ -72,18 +78,24 @@ local type_names = {
     [T_DELETE] = "DELETE",
     [T_REQUEST] = "REQUEST",
     [T_HELLO] = "HELLO",
+    [T_COPY] = "COPY",
 }
 
 -- Fixed part of each type: what must be present before the length is known.
 -- FILE_CHUNK: type 2 + md5 16 + size 4 + name_len 2; the named frames and
 -- HELLO: type 2 + md5/id 16 + len 2; STATUS: type 2 + code 2 (complete).
+-- COPY: type 2 + md5 16 + from_len 2 + name_len 2, with `from` between the
+-- two lengths: its length is known in two steps (NAMED_HEAD bytes give
+-- from_len, then NAMED_HEAD + from_len + 2 give name_len).
 local CHUNK_HEAD = 24
 local NAMED_HEAD = 20
+local COPY_HEAD = 22
 local STATUS_LEN = 4
 
 local MAX_NAME_LEN = 4096            -- PROTOCOL.md section 3
 local DEFAULT_MAX_CHUNK = 16 * 1024 * 1024 -- section 4 (servers may differ)
 local METADATA_NAME = ".dropsync-metadata"
+local COPY_OFFER_NAME = ".dropsync-ext/copy" -- [ext] REQUESTed to offer COPY
 
 -- STATUS codes are bit flags (section 8). Order = display order.
 local status_flags = {
@@ -114,10 +126,13 @@ local band = (bit32 and bit32.band) or (bit and bit.band)
 local f = {
     type = ProtoField.uint16("dropsync.type", "Type", base.HEX, type_names),
     md5 = ProtoField.bytes("dropsync.md5", "Digest (MD5)", base.NONE,
-        "FILE_CHUNK: MD5 of the payload; FINISHED: of the whole file; DELETE/REQUEST: of the sender's version or zeros; ABORT: zeros"),
+        "FILE_CHUNK: MD5 of the payload; FINISHED: of the whole file; DELETE/REQUEST: of the sender's version or zeros; ABORT: zeros; COPY: of the content copied"),
     size = ProtoField.uint32("dropsync.size", "Chunk size", base.DEC, nil, nil, "Payload length of a FILE_CHUNK"),
     name_len = ProtoField.uint16("dropsync.name_len", "Name length", base.DEC),
     name = ProtoField.string("dropsync.name", "Name", base.UNICODE),
+    from_len = ProtoField.uint16("dropsync.from_len", "Source name length", base.DEC, nil, nil,
+        "COPY: length of the name the content is copied from"),
+    from = ProtoField.string("dropsync.from", "Source name", base.UNICODE, "COPY: the name the content is copied from"),
     payload = ProtoField.bytes("dropsync.payload", "Payload"),
     status = ProtoField.uint16("dropsync.status", "Status code", base.HEX),
     status_unknown = ProtoField.uint16("dropsync.status.unknown", "Unknown bits", base.HEX, nil, UNKNOWN_BITS),
@@ -239,9 +254,19 @@ local function is_utf8(s)
     return true
 end
 
--- Why a name breaks section 3, or nil. `from_server` allows the META-DATA
--- transfer's reserved name.
-local function name_problem(name, from_server)
+-- The one reserved name a message may carry, or nil: the META-DATA
+-- transfer's from the server, the offer of COPY [ext] in a client's REQUEST.
+-- A COPY may carry none (neither is a file either side copies).
+local function reserved_ok(t, from_server)
+    if t == T_COPY then return nil end
+    if from_server then return METADATA_NAME end
+    if t == T_REQUEST then return COPY_OFFER_NAME end
+    return nil
+end
+
+-- Why a name breaks section 3, or nil. `allowed` is the reserved name this
+-- message may carry (reserved_ok), or nil.
+local function name_problem(name, allowed)
     if #name == 0 then return "empty name" end
     if #name > MAX_NAME_LEN then return "longer than 4096 bytes" end
     if name:sub(1, 1) == "/" then return "leading /" end
@@ -251,7 +276,7 @@ local function name_problem(name, from_server)
     for comp in (name .. "/"):gmatch("([^/]*)/") do
         if comp == "" then return "empty component" end
         if comp == "." or comp == ".." then return "'" .. comp .. "' component" end
-        if first and comp:sub(1, 9) == ".dropsync" and not (from_server and name == METADATA_NAME) then
+        if first and comp:sub(1, 9) == ".dropsync" and name ~= allowed then
             return "reserved name"
         end
         first = false
@@ -344,6 +369,14 @@ local function get_pdu_len(tvb, pinfo, offset)
     local len
     if t == T_CHUNK then
         len = CHUNK_HEAD + tvb(offset + 22, 2):le_uint() + tvb(offset + 18, 4):le_uint()
+    elseif t == T_COPY then
+        -- name_len follows `from`: a second step, as the first did above.
+        local from_len = tvb(offset + 18, 2):le_uint()
+        if remaining < COPY_HEAD + from_len then
+            if pinfo.can_desegment > 0 then return 0 end
+            return remaining
+        end
+        len = COPY_HEAD + from_len + tvb(offset + NAMED_HEAD + from_len, 2):le_uint()
     else
         len = NAMED_HEAD + tvb(offset + 18, 2):le_uint()
     end
@@ -481,7 +514,7 @@ local function dissect_pdu(tvb, pinfo, root)
             summary = "FILE_CHUNK (truncated)"
         else
             local name_item, name, text = add_string(tree, f.name, tvb, CHUNK_HEAD, name_len)
-            local why = name_problem(name, from_server)
+            local why = name_problem(name, reserved_ok(t, from_server))
             if why then name_item:add_proto_expert_info(ex.bad_name, "Bad name: " .. why) end
             if size > 0 then tree:add(f.payload, tvb(CHUNK_HEAD + name_len, size)) end
             summary = string.format("FILE_CHUNK %s (%d bytes)", text, size)
@@ -502,6 +535,33 @@ local function dissect_pdu(tvb, pinfo, root)
             client_port_of[stream] = pinfo.src_port
         end
         expects_reply = true
+    elseif t == T_COPY then
+        tree:add(f.md5, tvb(2, 16))
+        local from_len = tvb(18, 2):le_uint()
+        tree:add_le(f.from_len, tvb(18, 2))
+        local name_at = NAMED_HEAD + from_len -- offset of name_len
+        if name_at + 2 > len then
+            tree:add_proto_expert_info(ex.too_long)
+            summary = "COPY (truncated)"
+        else
+            local name_len = tvb(name_at, 2):le_uint()
+            if COPY_HEAD + from_len + name_len > len then
+                tree:add_le(f.name_len, tvb(name_at, 2))
+                tree:add_proto_expert_info(ex.too_long)
+                summary = "COPY (truncated)"
+            else
+                local allowed = reserved_ok(t, from_server)
+                local from_item, from, from_text = add_string(tree, f.from, tvb, NAMED_HEAD, from_len)
+                local why = name_problem(from, allowed)
+                if why then from_item:add_proto_expert_info(ex.bad_name, "Bad source name: " .. why) end
+                tree:add_le(f.name_len, tvb(name_at, 2))
+                local name_item, name, text = add_string(tree, f.name, tvb, name_at + 2, name_len)
+                why = name_problem(name, allowed)
+                if why then name_item:add_proto_expert_info(ex.bad_name, "Bad name: " .. why) end
+                summary = string.format('COPY "%s" -> "%s"', from_text, text)
+            end
+        end
+        expects_reply = true
     elseif type_names[t] then
         local digest = tvb(2, 16)
         local md5_item = tree:add(f.md5, digest)
@@ -515,7 +575,7 @@ local function dissect_pdu(tvb, pinfo, root)
             summary = type_names[t] .. " (truncated)"
         else
             local name_item, name, text = add_string(tree, f.name, tvb, NAMED_HEAD, name_len)
-            local why = name_problem(name, from_server)
+            local why = name_problem(name, reserved_ok(t, from_server))
             if why then name_item:add_proto_expert_info(ex.bad_name, "Bad name: " .. why) end
             summary = type_names[t] .. " " .. text
         end

@@ -6,25 +6,32 @@
 //! go through pairing, META-DATA, a multi-chunk upload whose chunks span
 //! several TCP segments, pipelined frames sharing one segment, a header split
 //! across two segments, fan-out, a lock conflict (0x0040), a resend (0x0002),
-//! an ABORT, an empty file, a bad name (0x0100), a DELETE, REQUESTs and a
-//! keep-alive. Every message each peer wrote or read is logged per connection
-//! and direction; tshark with the dissector must show exactly those messages,
+//! an ABORT, an empty file, a bad name (0x0100), a DELETE, REQUESTs, a
+//! keep-alive, and the COPY [ext] offer then a COPY split across two
+//! segments before its second name's length. Every message each peer wrote
+//! or read is logged per connection and direction; tshark with the dissector must show exactly those messages,
 //! field by field and in order, once with the ports given as preferences and
 //! once found by the heuristic alone; nothing may be malformed or an error,
 //! and every STATUS must answer an outstanding message.
 //!
 //! `dissector_decodes_real_clients`: the same with two real `client --once`
 //! runs, checking what holds whatever order they choose (pairing, one reply
-//! per message, files rebuilt from the dissected payloads).
+//! per message, files rebuilt from the dissected payloads), then both
+//! clients running with the watcher on while one renames a file: a COPY to
+//! the server and one from it to the other client. The test decodes the
+//! capture itself (TCP payloads reassembled here, parsed by dropsync-proto)
+//! and the dissector must show exactly the same messages.
 //!
 //! `dissector_decodes_a_tls_session`: the same in secure mode (TLS 1.3),
 //! the server and the clients writing SSLKEYLOGFILE: tshark decrypts with
 //! either key log, through the ports and through the heuristics, and without
-//! one shows TLS only.
+//! one shows TLS only; the rename's two COPYs show in the decrypted stream.
 //!
 //! `dissector_flags_rule_breaks_and_unknown_types`: crafted bytes (a pcap
 //! written here) with an unknown type, unknown status bits, bad names and a
-//! STATUS too many: each is flagged, and only the unknown type is an error.
+//! STATUS too many: each is flagged, and only the unknown type is an error;
+//! a COPY split across three segments (inside both lengths) is reassembled,
+//! and the COPY offer's reserved name is not flagged.
 //!
 //! Needs `tshark` and `dumpcap` (Debian: `apt-get install tshark`, which
 //! `.ci/run` does) and the right to capture (root). Without them the tests
@@ -42,8 +49,9 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 use dropsync_io::wire::{FrameReader, Msg};
+use dropsync_proto::name::COPY_OFFER_NAME;
 use dropsync_proto::{md5, Frame, MessageType, StatusCode, ZERO_DIGEST};
-use dropsync_testkit::{bin_path, wait_until, ClientProc, RawPeer, ServerProc, TempDir, DEFAULT_DEADLINE};
+use dropsync_testkit::{bin_path, http_get, wait_until, ClientProc, RawPeer, ServerProc, TempDir, DEFAULT_DEADLINE};
 
 /// Longest any one tshark run may take.
 const TSHARK_DEADLINE: Duration = Duration::from_secs(120);
@@ -289,6 +297,10 @@ struct Peer {
     raw: RawPeer,
     send_port: u16,
     recv_port: u16,
+    /// Deliveries under way, by name: the server interleaves up to
+    /// `--parallel` of them ([ext] parallel transfers), each chunk naming
+    /// its file.
+    open: BTreeMap<String, Vec<u8>>,
 }
 
 impl Peer {
@@ -298,7 +310,7 @@ impl Peer {
         let raw = RawPeer::connect_raw(s.send_port, s.recv_port);
         let send_port = raw.send.tcp().local_addr().unwrap().port();
         let recv_port = raw.recv.tcp().local_addr().unwrap().port();
-        let mut p = Peer { raw, send_port, recv_port };
+        let mut p = Peer { raw, send_port, recv_port, open: BTreeMap::new() };
         let hello = Frame::Hello { client_id: id, label };
         p.write(log, Conn::Send, &[hello]);
         assert_eq!(p.status(log, Conn::Send), StatusCode::OK);
@@ -379,10 +391,10 @@ impl Peer {
         assert_eq!(self.request(log, Frame::Finished { digest: md5(data), name }), StatusCode::OK, "FINISHED {name}");
     }
 
-    /// Receives one transfer on the receive connection, answering OK to each
-    /// message: `(name, Some(content))` for a file, `(name, None)` for a DELETE.
+    /// Receives messages on the receive connection, answering OK to each,
+    /// until a transfer ends: `(name, Some(content))` for a file, `(name,
+    /// None)` for a DELETE. Transfers interleaved with it go on in `open`.
     fn receive_transfer(&mut self, log: &mut Log) -> (String, Option<Vec<u8>>) {
-        let mut data = Vec::new();
         loop {
             let (msg, payload) = self.read(log, Conn::Recv);
             if matches!(msg, Msg::Status(StatusCode::KEEP_ALIVE)) {
@@ -390,16 +402,17 @@ impl Peer {
             }
             self.write(log, Conn::Recv, &[Frame::Status(StatusCode::OK)]);
             match msg {
-                Msg::Chunk { digest, .. } => {
+                Msg::Chunk { digest, name, .. } => {
                     assert_eq!(md5(&payload), digest);
-                    data.extend_from_slice(&payload);
+                    self.open.entry(name).or_default().extend_from_slice(&payload);
                 }
                 Msg::Named { kind: MessageType::Finished, digest, name } => {
+                    let data = self.open.remove(&name).unwrap_or_default();
                     assert_eq!(md5(&data), digest, "{name}");
                     return (name, Some(data));
                 }
                 Msg::Named { kind: MessageType::Delete, name, .. } => return (name, None),
-                Msg::Named { kind: MessageType::Abort, .. } => data.clear(),
+                Msg::Named { kind: MessageType::Abort, name, .. } => drop(self.open.remove(&name)),
                 other => panic!("unexpected {other:?} on the receive connection"),
             }
         }
@@ -433,6 +446,16 @@ fn run_session(s: &ServerProc) -> Log {
     let big: Vec<u8> = (0..200 * 1024u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
     a.upload(l, "big.bin", &big, 64 * 1024);
     assert_eq!(b.receive_all(l, &["big.bin"])["big.bin"].as_deref(), Some(&big[..]));
+
+    // [ext] A offers COPY (a REQUEST of the reserved name), then copies
+    // big.bin to copy.bin in one COPY split across two segments inside its
+    // source name (before its name length is known); B, which offered
+    // nothing, is sent copy.bin whole.
+    assert_eq!(a.request(l, Frame::Request { digest: ZERO_DIGEST, name: COPY_OFFER_NAME }), StatusCode::OK);
+    let copy = Frame::Copy { digest: md5(&big), from: "big.bin", name: "copy.bin" };
+    a.write_split(l, Conn::Send, &copy, 2 + 16 + 2 + 3);
+    assert_eq!(a.status(l, Conn::Send), StatusCode::OK);
+    assert_eq!(b.receive_all(l, &["copy.bin"])["copy.bin"].as_deref(), Some(&big[..]));
 
     // Pipelined: a keep-alive and three messages of three transfers in one
     // segment; the replies come back in order.
@@ -535,6 +558,8 @@ fn field_attr(text: &str, field: &str, attr: &str) -> Option<String> {
 /// One dissected message: where it travelled and what it said.
 struct Dissected {
     frame: u64,
+    /// tshark's TCP stream index: one connection.
+    stream: u64,
     way: Way,
     /// The server's port of the connection: with the client's (in `way`),
     /// what tells one connection from another (two clients run one after
@@ -561,6 +586,7 @@ fn parse_pdml(pdml: &str, server_ports: [u16; 2]) -> Vec<Dissected> {
     let mut out = Vec::new();
     for packet in pdml.split("<packet>").skip(1) {
         let frame: u64 = field_attr(packet, "frame.number", "show").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let stream: u64 = field_attr(packet, "tcp.stream", "show").and_then(|v| v.parse().ok()).unwrap_or(u64::MAX);
         let port = |f: &str| -> u16 { field_attr(packet, f, "show").and_then(|v| v.parse().ok()).unwrap_or(0) };
         let (src, dst) = (port("tcp.srcport"), port("tcp.dstport"));
         let way = if server_ports.contains(&dst) { (src, true) } else { (dst, false) };
@@ -596,11 +622,12 @@ fn parse_pdml(pdml: &str, server_ports: [u16; 2]) -> Vec<Dissected> {
                 5 => named("DELETE"),
                 6 => named("REQUEST"),
                 7 => format!("HELLO id={} label={name:?}", get("dropsync.client_id", "value")),
+                8 => format!("COPY {:?} -> {name:?} md5={digest}", get("dropsync.from", "show")),
                 t => format!("UNKNOWN TYPE 0x{t:04x}"),
             };
             let reply_to = field_attr(proto, "dropsync.reply_to.message", "show");
             let server_port = if way.1 { dst } else { src };
-            out.push(Dissected { frame, way, server_port, ty, what, name, payload, reply_to });
+            out.push(Dissected { frame, stream, way, server_port, ty, what, name, payload, reply_to });
         }
     }
     out
@@ -711,21 +738,33 @@ fn compare(log: &Log, got: &[Dissected], how: &str) {
     for d in got {
         seen.entry(d.way).or_default().push(d.what.clone());
     }
-    for (way, want) in &log.0 {
-        let have = seen.remove(way).unwrap_or_default();
+    let dir = |to_server: bool| if to_server { "client -> server" } else { "server -> client" };
+    compare_ways(&log.0, seen, how, "the peer wrote/read", |way| format!("port {} {}", way.0, dir(way.1)));
+}
+
+/// Fails unless `have` (the dissector's) holds exactly the messages of
+/// `want`, in order, per key; `source` says where `want` comes from.
+fn compare_ways<K: Ord + std::fmt::Debug>(
+    want: &BTreeMap<K, Vec<String>>,
+    mut have: BTreeMap<K, Vec<String>>,
+    how: &str,
+    source: &str,
+    show: impl Fn(&K) -> String,
+) {
+    for (key, want) in want {
+        let have = have.remove(key).unwrap_or_default();
         if &have != want {
-            let dir = if way.1 { "client -> server" } else { "server -> client" };
-            let mut msg = format!("{how}: port {} {dir}: dissected messages differ from what the peer wrote/read\n", way.0);
+            let mut msg = format!("{how}: {}: dissected messages differ from what {source}\n", show(key));
             for i in 0..want.len().max(have.len()) {
                 let w = want.get(i).map_or("-", String::as_str);
                 let h = have.get(i).map_or("-", String::as_str);
                 let mark = if w == h { "  " } else { "!!" };
-                msg.push_str(&format!("{mark} #{i}\n     wire log:  {w}\n     dissector: {h}\n"));
+                msg.push_str(&format!("{mark} #{i}\n     expected:  {w}\n     dissector: {h}\n"));
             }
             panic!("{msg}");
         }
     }
-    assert!(seen.is_empty(), "{how}: dissected messages on connections no peer had: {seen:?}");
+    assert!(have.is_empty(), "{how}: dissected messages on connections {source} did not have: {have:?}");
 }
 
 #[test]
@@ -762,6 +801,9 @@ fn dissector_decodes_a_real_session() {
     compare(&log, &got, "ports from preferences");
     let locked = got.iter().find(|d| d.what == "STATUS 0x0040").expect("a 0x0040");
     assert!(locked.reply_to.as_deref().is_some_and(|r| r.starts_with("FILE_CHUNK locked.txt")), "{:?}", locked.reply_to);
+    let copy_reply = got.iter().find(|d| d.reply_to.as_deref() == Some(r#"COPY "big.bin" -> "copy.bin""#));
+    let copy_reply = copy_reply.map(|d| &d.what);
+    assert!(copy_reply.is_some_and(|w| w == "STATUS 0x0001"), "the COPY's reply: {copy_reply:?}");
     // Several messages shared a segment, and messages spanned segments.
     let mut per_frame: BTreeMap<u64, usize> = BTreeMap::new();
     for d in &got {
@@ -787,6 +829,8 @@ fn dissector_decodes_a_real_session() {
         "DELETE a.txt",
         "DELETE ../x",
         "REQUEST nope",
+        "REQUEST .dropsync-ext/copy",
+        r#"COPY "big.bin" -> "copy.bin""#,
         "STATUS 0x0001 OK",
     ] {
         assert!(info.contains(want), "no Info column contains {want:?}:\n{info}");
@@ -826,14 +870,22 @@ const TOLERATE_UNANSWERED_LAST_DELIVERY: bool = false;
 /// Two real clients (`client --once`): alice uploads a folder, bob gets it.
 /// Their message order is theirs to choose, so this checks what must hold
 /// whatever it is: pairing, one reply per message, and files rebuilt from
-/// the dissected chunk payloads equal to the files on disk.
+/// the dissected chunk payloads equal to the files on disk. Then both run
+/// with the watcher on and alice renames big.bin (`rename_with_live_clients`):
+/// a COPY to the server, then a COPY from it to bob. The test decodes the
+/// capture itself (`decode_capture`: the TCP payloads reassembled here,
+/// parsed by dropsync-proto), and the dissector must show exactly those
+/// messages on every connection, both COPYs and the COPY offers included.
 #[test]
 fn dissector_decodes_real_clients() {
     let started = Instant::now();
     find_tool("tshark");
     find_tool("dumpcap");
     let tmp = TempDir::new("wireshark-clients");
-    let s = ServerProc::start(&tmp.join("root"), &["--chunk-size", "65536", "--keepalive-secs", "600"]);
+    let s = ServerProc::start(
+        &tmp.join("root"),
+        &["--chunk-size", "65536", "--keepalive-secs", "600", "--http", "127.0.0.1:0"],
+    );
     let server_ports = [s.send_port, s.recv_port];
     let big: Vec<u8> = (0..200 * 1024u32).map(|i| (i.wrapping_mul(40_503) >> 7) as u8).collect();
     let files: [(&str, &[u8]); 2] = [("big.bin", &big), ("dir/hi.txt", b"hello\n")];
@@ -854,47 +906,158 @@ fn dissector_decodes_real_clients() {
     for (name, data) in files {
         assert!(std::fs::read(b.join(name)).unwrap() == data, "bob's {name} differs");
     }
+    rename_with_live_clients(&s, [(&a, "alice"), (&b, "bob")], &[], &[], ("big.bin", "moved.bin"));
     let file = capture.stop();
     keep_capture(&file, "clients");
     let ts = Tshark::for_capture(file, tmp.path());
     let prefs = vec![format!("dropsync.send_port:{}", s.send_port), format!("dropsync.receive_port:{}", s.recv_port)];
     ts.check_clean(&prefs);
     let got = parse_pdml(&ts.run("pdml-clients", &prefs, &["-T", "pdml", "-Y", "dropsync"]), server_ports);
-    check_real_clients(&got, &files);
+    // Exactly what the test decodes itself, message for message.
+    let own = decode_capture(&ts, server_ports);
+    let mut dissected: BTreeMap<(u64, bool), Vec<String>> = BTreeMap::new();
+    for d in &got {
+        dissected.entry((d.stream, d.way.1)).or_default().push(d.what.clone());
+    }
+    let dir = |to_server: bool| if to_server { "client -> server" } else { "server -> client" };
+    compare_ways(&own, dissected, "real clients", "the test decoded", |k| format!("TCP stream {} {}", k.0, dir(k.1)));
+    check_real_clients(&got, &files, 2);
+    check_copy(&got, server_ports, ("big.bin", "moved.bin"), &md5(&big));
+    let copy = format!("COPY \"big.bin\" -> \"moved.bin\" md5={}", hex(&md5(&big)));
+    for to_server in [true, false] {
+        let n = own.iter().filter(|(k, _)| k.1 == to_server).flat_map(|(_, v)| v).filter(|m| **m == copy).count();
+        assert_eq!(n, 1, "the test decoded {n} times {copy} ({})", dir(to_server));
+    }
+    let info = ts.run("info-clients", &prefs, &["-Y", "dropsync", "-T", "fields", "-e", info_column()]);
+    for want in ["REQUEST .dropsync-ext/copy", r#"COPY "big.bin" -> "moved.bin""#, "DELETE big.bin"] {
+        assert!(info.contains(want), "no Info column contains {want:?}:\n{info}");
+    }
+    // Real clients break no naming rule: the COPY offer's reserved name and
+    // the COPY's names are not flagged.
+    let bad_names = ["-Y", "dropsync.expert.bad_name", "-T", "fields", "-e", info_column()];
+    let bad_names = ts.run("bad-names-clients", &prefs, &bad_names);
+    assert!(bad_names.trim().is_empty(), "names flagged as bad:\n{bad_names}");
     eprintln!("wireshark clients test: {:.1?}, {} messages", started.elapsed(), got.len());
 }
 
-/// What must hold of two real clients' session, whatever order they chose:
-/// alice uploaded `files`, bob downloaded them. Each connection opens with a
-/// HELLO and both of a client's share its id; every message got exactly one
-/// reply; the files rebuilt from the dissected chunk payloads, alice's
-/// uploads and bob's downloads, are `files`, and each FINISHED carries the
-/// MD5 of its chunks.
-fn check_real_clients(got: &[Dissected], files: &[(&str, &[u8])]) {
-    // One connection: (server port, client port, direction).
-    let mut ways: BTreeMap<(u16, Way), Vec<&Dissected>> = BTreeMap::new();
-    for d in got {
-        ways.entry((d.server_port, d.way)).or_default().push(d);
+/// The server's counter `name` (`dropsync_<name>_total`) from /metrics.
+fn counter(s: &ServerProc, name: &str) -> u64 {
+    let (status, text) = http_get(s.http_port.expect("the server runs with --http"), "/metrics");
+    assert_eq!(status, 200);
+    let key = format!("dropsync_{name}_total ");
+    text.lines().find_map(|l| l.strip_prefix(&key)).map_or(0, |v| v.trim().parse::<f64>().unwrap() as u64)
+}
+
+/// Waits until every file under `dirs` was last written more than the
+/// client's racy window (2 s, `scan::RACY_WINDOW`) ago: before, a stat
+/// proves nothing about content, and a rename is sent whole.
+fn past_racy_window(dirs: &[&Path]) {
+    let racy = Duration::from_millis(2100);
+    let settled = || {
+        dirs.iter().all(|d| {
+            dropsync_testkit::tree(d).keys().all(|name| {
+                let modified = std::fs::metadata(d.join(name)).and_then(|m| m.modified()).unwrap();
+                modified.elapsed().is_ok_and(|age| age > racy)
+            })
+        })
+    };
+    assert!(wait_until(DEFAULT_DEADLINE, settled), "files still inside the racy window");
+}
+
+/// Runs the two clients (`[alice, bob]`, in sync) with the watcher on until
+/// both have offered COPY and had it taken; once their files are past the
+/// racy window, alice renames `from` to `to`. That reaches the server as a
+/// COPY (copies_in) and bob as a COPY of his `from` (copies_out, acked),
+/// then bob gets the DELETE of `from` (deletes_out, acked); no chunk byte
+/// moves either way. Both then stop (SIGTERM, exit 0). `extra` and `env`
+/// are for both clients.
+fn rename_with_live_clients(
+    s: &ServerProc,
+    clients: [(&Path, &str); 2],
+    extra: &[&str],
+    env: &[(&str, &std::ffi::OsStr)],
+    (from, to): (&str, &str),
+) {
+    let mut env = env.to_vec();
+    // The COPY offer's outcome is a debug line.
+    env.push(("RUST_LOG", std::ffi::OsStr::new("debug")));
+    let mut procs: Vec<(ClientProc, usize)> = clients
+        .iter()
+        .map(|(folder, label)| {
+            // The log file is appended to: the --once run's lines come first.
+            let logged = std::fs::metadata(folder.with_extension("client.log")).map_or(0, |m| m.len() as usize);
+            let mut args = vec!["--label", label];
+            args.extend_from_slice(extra);
+            (ClientProc::start_with_env(s, folder, 64 * 1024, &args, &env), logged)
+        })
+        .collect();
+    for (c, logged) in &procs {
+        let offered = wait_until(DEFAULT_DEADLINE, || {
+            c.log().get(*logged..).is_some_and(|l| l.contains("COPY offer: Committed"))
+        });
+        assert!(offered, "the COPY offer was not taken:\n{}\nserver:\n{}", c.log(), s.log());
     }
-    // Each connection opens with HELLO; both of a client's share its id.
+    let folders: Vec<&Path> = clients.iter().map(|(f, _)| *f).collect();
+    past_racy_window(&folders);
+    let before = |name: &str| counter(s, name);
+    let (copies_in, copies_out, deletes_out) = (before("copies_in"), before("copies_out"), before("deletes_out"));
+    let (bytes_in, bytes_out) = (before("bytes_in"), before("bytes_out"));
+    std::fs::rename(folders[0].join(from), folders[0].join(to)).unwrap();
+    let delivered = wait_until(DEFAULT_DEADLINE, || {
+        counter(s, "copies_in") == copies_in + 1
+            && counter(s, "copies_out") == copies_out + 1
+            && counter(s, "deletes_out") == deletes_out + 1
+    });
+    let logs = || format!("{}\n-----\n{}\n-----\nserver:\n{}", procs[0].0.log(), procs[1].0.log(), s.log());
+    assert!(delivered, "the rename did not go as a COPY to the server and from it to bob:\n{}", logs());
+    assert_eq!(
+        (counter(s, "bytes_in"), counter(s, "bytes_out")),
+        (bytes_in, bytes_out),
+        "chunk bytes moved:\n{}",
+        logs()
+    );
+    let want = std::fs::read(folders[0].join(to)).unwrap();
+    assert!(std::fs::read(folders[1].join(to)).is_ok_and(|d| d == want), "bob's {to} differs");
+    assert!(!folders[1].join(from).exists(), "bob still has {from}");
+    for (c, _) in &mut procs {
+        let st = c.terminate();
+        assert!(st.is_some_and(|st| st.success()), "client on SIGTERM: {st:?}\n{}", c.log());
+    }
+}
+
+/// What must hold of two real clients' session, whatever order they chose:
+/// alice uploaded `files`, bob downloaded them, each client ran `runs` times.
+/// Each connection opens with a HELLO and all of a client's share its id;
+/// every message got exactly one reply; the files rebuilt from the dissected
+/// chunk payloads, alice's uploads and bob's downloads, are `files`, and each
+/// FINISHED carries the MD5 of its chunks.
+fn check_real_clients(got: &[Dissected], files: &[(&str, &[u8])], runs: usize) {
+    // One connection and direction: (TCP stream, towards the server?).
+    let mut ways: BTreeMap<(u64, bool), Vec<&Dissected>> = BTreeMap::new();
+    for d in got {
+        ways.entry((d.stream, d.way.1)).or_default().push(d);
+    }
+    // Each connection opens with HELLO; all of a client's share its id.
     let mut by_label: BTreeMap<String, Vec<(u16, String)>> = BTreeMap::new();
-    for ((_, (port, to_server)), msgs) in &ways {
+    for ((_, to_server), msgs) in &ways {
         if *to_server {
             let first = msgs[0];
+            let port = first.way.0;
             assert_eq!(first.ty, 7, "connection from port {port} opens with {}", first.what);
-            by_label.entry(first.name.clone()).or_default().push((*port, first.what.clone()));
+            by_label.entry(first.name.clone()).or_default().push((port, first.what.clone()));
         }
     }
     assert_eq!(by_label.keys().collect::<Vec<_>>(), ["alice", "bob"], "{by_label:?}");
     for (label, conns) in &by_label {
-        assert_eq!(conns.len(), 2, "{label}: {conns:?}");
-        assert_eq!(conns[0].1, conns[1].1, "{label}'s two HELLOs differ");
+        assert_eq!(conns.len(), 2 * runs, "{label}: {conns:?}");
+        assert!(conns.iter().all(|c| c.1 == conns[0].1), "{label}'s HELLOs differ: {conns:?}");
     }
     // Every message got exactly one reply by the time the clients exited.
-    for ((server_port, (port, to_server)), msgs) in &ways {
+    for ((stream, to_server), msgs) in &ways {
+        let port = msgs[0].way.0;
         let asked = msgs.iter().filter(|d| d.ty != 2).count();
         let answered = ways
-            .get(&(*server_port, (*port, !to_server)))
+            .get(&(*stream, !to_server))
             .map_or(0, |v| v.iter().filter(|d| d.ty == 2 && d.what != "STATUS 0x8000").count());
         let last = msgs.last().map_or("", |d| d.what.as_str());
         if TOLERATE_UNANSWERED_LAST_DELIVERY && !to_server && asked == answered + 1 && last.starts_with("FINISHED") {
@@ -930,6 +1093,100 @@ fn check_real_clients(got: &[Dissected], files: &[(&str, &[u8])]) {
     assert!(rebuilt(false) == want, "downloads rebuilt from the capture differ from alice's files");
 }
 
+/// The COPY [ext] of `from` to `to` (content MD5 `digest`) crossed the wire
+/// exactly once each way, as the dissector shows it: alice's on her send
+/// connection, the server's to bob on his receive connection, each answered
+/// OK (the dissector matching the reply to it); and every COPY offer (a
+/// REQUEST of the reserved name) was answered OK.
+fn check_copy(got: &[Dissected], server_ports: [u16; 2], (from, to): (&str, &str), digest: &[u8]) {
+    let want = format!("COPY {from:?} -> {to:?} md5={}", hex(digest));
+    let summary = format!("COPY {from:?} -> {to:?}");
+    for (to_server, server_port) in [(true, server_ports[0]), (false, server_ports[1])] {
+        let copies: Vec<&Dissected> = got.iter().filter(|d| d.ty == 8 && d.way.1 == to_server).collect();
+        let shown: Vec<(u16, &str)> = copies.iter().map(|d| (d.server_port, d.what.as_str())).collect();
+        assert_eq!(
+            shown,
+            [(server_port, want.as_str())],
+            "COPYs {}",
+            if to_server { "to the server" } else { "from it" }
+        );
+        let reply = got
+            .iter()
+            .filter(|d| d.stream == copies[0].stream && d.way.1 != to_server)
+            .find(|d| d.reply_to.as_deref() == Some(summary.as_str()));
+        assert!(
+            reply.is_some_and(|r| r.what == "STATUS 0x0001"),
+            "frame {}: no STATUS 0x0001 answers {summary}: {:?}",
+            copies[0].frame,
+            reply.map(|r| &r.what)
+        );
+    }
+    let offer = format!("REQUEST {COPY_OFFER_NAME:?} md5={}", hex(&ZERO_DIGEST));
+    let offers = got.iter().filter(|d| d.way.1 && d.what == offer).count();
+    let offer_summary = format!("REQUEST {COPY_OFFER_NAME}");
+    let taken = got
+        .iter()
+        .filter(|d| d.what == "STATUS 0x0001" && d.reply_to.as_deref() == Some(offer_summary.as_str()))
+        .count();
+    assert!(offers >= 2 && taken == offers, "{offers} COPY offers, {taken} answered OK");
+}
+
+/// The test's own decoding of every dropsync connection in the capture,
+/// keyed by (TCP stream, towards the server?): each direction's bytes are
+/// put together here from the segments' raw TCP payloads (tshark without
+/// this dissector only lists the segments: stream, ports, raw sequence
+/// number, payload), in sequence order (retransmitted bytes once), and
+/// parsed with dropsync-proto, each message reduced by `describe_frame`.
+fn decode_capture(ts: &Tshark, server_ports: [u16; 2]) -> BTreeMap<(u64, bool), Vec<String>> {
+    let mut cmd = Command::new(&ts.bin);
+    cmd.arg("-n").arg("-r").arg(&ts.capture);
+    let filter = format!("tcp.len > 0 and (tcp.port == {} or tcp.port == {})", server_ports[0], server_ports[1]);
+    cmd.args(["-Y", &filter, "-T", "fields"]);
+    for f in ["tcp.stream", "tcp.dstport", "tcp.seq_raw", "tcp.payload"] {
+        cmd.args(["-e", f]);
+    }
+    let out = run_bounded(cmd, &ts.dir, "own-decode", TSHARK_DEADLINE);
+    assert!(out.status.success(), "tshark (segments): {}", String::from_utf8_lossy(&out.stderr));
+    // (stream, to server) -> (next sequence number, bytes so far)
+    let mut streams: BTreeMap<(u64, bool), (u32, Vec<u8>)> = BTreeMap::new();
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        let cols: Vec<&str> = line.split('\t').collect();
+        assert_eq!(cols.len(), 4, "tshark segment line: {line:?}");
+        let stream: u64 = cols[0].parse().unwrap();
+        let to_server = server_ports.contains(&cols[1].parse().unwrap());
+        let seq: u32 = cols[2].parse().unwrap();
+        let data = unhex(&cols[3].replace(':', ""));
+        assert!(!data.is_empty(), "segment without its payload: {line:?}");
+        let (next, bytes) = streams.entry((stream, to_server)).or_insert((seq, Vec::new()));
+        // Sequence numbers wrap: compare by difference.
+        let ahead = seq.wrapping_sub(*next) as i32;
+        assert!(ahead <= 0, "stream {stream}: {ahead} bytes missing before seq {seq}");
+        let skip = ahead.unsigned_abs() as usize;
+        if skip < data.len() {
+            bytes.extend_from_slice(&data[skip..]);
+            *next = seq.wrapping_add(data.len() as u32);
+        }
+    }
+    streams
+        .into_iter()
+        .map(|(key, (_, bytes))| {
+            let mut msgs = Vec::new();
+            let mut rest = &bytes[..];
+            while !rest.is_empty() {
+                match dropsync_proto::parse(rest) {
+                    Ok(Some((frame, used))) => {
+                        msgs.push(describe_frame(&frame));
+                        rest = &rest[used..];
+                    }
+                    Ok(None) => panic!("stream {key:?} ends inside a message: {} bytes left", rest.len()),
+                    Err(e) => panic!("stream {key:?}: the test cannot decode its message {}: {e}", msgs.len()),
+                }
+            }
+            (key, msgs)
+        })
+        .collect()
+}
+
 // ---------------------------------------------------------------------------
 // Secure mode: the same over TLS, decrypted with SSLKEYLOGFILE
 // ---------------------------------------------------------------------------
@@ -959,10 +1216,12 @@ fn key_log_randoms(path: &Path) -> BTreeSet<String> {
 /// Secure mode: two real clients (`client --once --server-fingerprint`) sync
 /// over TLS 1.3 while dumpcap captures, the server and the clients writing
 /// the TLS secrets to SSLKEYLOGFILE (one file for the server, one for both
-/// clients). With the server's key log and the ports as preferences (the
-/// heuristics off: TLS finds this dissector in "tls.port") tshark shows the
-/// decrypted messages, and they pass `check_real_clients` and the checks of
-/// the plain tests (nothing malformed, every STATUS answers a message), with
+/// clients); then both run with the watcher on and alice renames big.bin (a
+/// COPY each way, as in `dissector_decodes_real_clients`). With the server's
+/// key log and the ports as preferences (the heuristics off: TLS finds this
+/// dissector in "tls.port") tshark shows the decrypted messages, and they
+/// pass `check_real_clients`, `check_copy` and the checks of the plain tests
+/// (nothing malformed, every STATUS answers a message), with
 /// META-DATA on each receive connection and the multi-chunk file in 64 KiB
 /// chunks; with the clients' key log and no ports (TLS's heuristic, then
 /// dropsync_tls) it shows the same. Without a key log it shows TLS and no
@@ -976,7 +1235,7 @@ fn dissector_decodes_a_tls_session() {
     let (server_keys, client_keys) = (tmp.join("server.keys"), tmp.join("clients.keys"));
     let s = ServerProc::start_with_env(
         &tmp.join("root"),
-        &["--chunk-size", "65536", "--keepalive-secs", "600"],
+        &["--chunk-size", "65536", "--keepalive-secs", "600", "--http", "127.0.0.1:0"],
         &[("SSLKEYLOGFILE", server_keys.as_os_str())],
     );
     let server_ports = [s.send_port, s.recv_port];
@@ -1003,6 +1262,10 @@ fn dissector_decodes_a_tls_session() {
     for (name, data) in files {
         assert!(std::fs::read(b.join(name)).unwrap() == data, "bob's {name} differs");
     }
+    // Then with the watcher on: alice renames big.bin, a COPY each way.
+    let env = [("SSLKEYLOGFILE", client_keys.as_os_str())];
+    let live = ["--server-fingerprint", fp.as_str()];
+    rename_with_live_clients(&s, [(&a, "alice"), (&b, "bob")], &live, &env, ("big.bin", "moved.bin"));
     let file = capture.stop();
     keep_capture(&file, "tls");
     let wire = std::fs::read(&file).unwrap();
@@ -1027,7 +1290,7 @@ fn dissector_decodes_a_tls_session() {
     let app_data_frames = fields("tls-app-data", "tls.app_data", "frame.number");
     let hellos: BTreeSet<String> =
         fields("tls-client-hellos", "tls.handshake.type == 1", "tls.handshake.random").iter().map(|r| r.replace(':', "")).collect();
-    assert_eq!(hellos.len(), 4, "expected 4 TLS connections (2 per client): {hellos:?}");
+    assert_eq!(hellos.len(), 8, "expected 8 TLS connections (2 per client run, 2 runs each): {hellos:?}");
     // Both programs wrote the secrets of every session.
     for (whose, log) in [("server's", &server_keys), ("clients'", &client_keys)] {
         let have = key_log_randoms(log);
@@ -1047,15 +1310,16 @@ fn dissector_decodes_a_tls_session() {
             "no message marked as on the {conn} connection: the port preferences did not apply"
         );
     }
-    check_real_clients(&got, &files);
+    check_real_clients(&got, &files, 2);
+    check_copy(&got, server_ports, ("big.bin", "moved.bin"), &md5(&big));
     // Every message came out of TLS: its frame is one tshark shows as
     // encrypted application data without the key log.
     let plain: Vec<&Dissected> = got.iter().filter(|d| !app_data_frames.contains(&d.frame.to_string())).collect();
     assert!(plain.is_empty(), "messages in frames that are not TLS application data: {:?}", plain.iter().map(|d| d.frame).collect::<Vec<_>>());
-    // META-DATA to each client; big.bin up in 64 KiB chunks; every STATUS OK.
-    let metadata: BTreeSet<u16> =
-        got.iter().filter(|d| !d.way.1 && d.ty == 3 && d.name == ".dropsync-metadata").map(|d| d.way.0).collect();
-    assert_eq!(metadata.len(), 2, "META-DATA transfers on client ports {metadata:?}, want one per client");
+    // META-DATA to each client run; big.bin up in 64 KiB chunks; every STATUS OK.
+    let metadata: BTreeSet<u64> =
+        got.iter().filter(|d| !d.way.1 && d.ty == 3 && d.name == ".dropsync-metadata").map(|d| d.stream).collect();
+    assert_eq!(metadata.len(), 4, "META-DATA transfers on TCP streams {metadata:?}, want one per client run");
     let sizes: Vec<usize> = got.iter().filter(|d| d.way.1 && d.ty == 1 && d.name == "big.bin").map(|d| d.payload.len()).collect();
     assert_eq!(sizes, [65536, 65536, 65536, 8192], "big.bin's uploaded chunks");
     for d in got.iter().filter(|d| d.ty == 2) {
@@ -1063,7 +1327,9 @@ fn dissector_decodes_a_tls_session() {
         assert!(d.what == "STATUS 0x8000" || d.reply_to.is_some(), "frame {}: {} answers nothing", d.frame, d.what);
     }
     let info = ts.run("tls-info", &prefs, &["-Y", "dropsync", "-T", "fields", "-e", info_column()]);
-    for want in ["HELLO alice ", "HELLO bob ", "FILE_CHUNK big.bin (65536 bytes)", "FINISHED dir/secret.txt", "STATUS 0x0001 OK"] {
+    let copy = r#"COPY "big.bin" -> "moved.bin""#;
+    let wants = ["HELLO alice ", "HELLO bob ", "FILE_CHUNK big.bin (65536 bytes)", "FINISHED dir/secret.txt", copy];
+    for want in wants.into_iter().chain(["STATUS 0x0001 OK"]) {
         assert!(info.contains(want), "no Info column contains {want:?}:\n{info}");
     }
 
@@ -1147,6 +1413,11 @@ fn dissector_flags_rule_breaks_and_unknown_types() {
     bad_utf8.extend_from_slice(&[2, 0, 0xff, 0xfe]);
     let st = |c: u16| Frame::Status(StatusCode(c)).to_vec();
     let keep_alive = st(0x8000);
+    // [ext] The COPY offer, a COPY, and a COPY with a bad name on each side.
+    let offer = Frame::Request { digest: ZERO_DIGEST, name: COPY_OFFER_NAME }.to_vec();
+    let copy = Frame::Copy { digest: md5(b"x"), from: "a.txt", name: "b/c.txt" }.to_vec();
+    let bad_copy = Frame::Copy { digest: ZERO_DIGEST, from: "../up", name: ".dropsync-metadata" }.to_vec();
+    let name_len_at = 2 + 16 + 2 + "a.txt".len();
     let segments = vec![
         // A HELLO split inside its type field's neighbourhood: 3 bytes, then the rest.
         (true, hello[..3].to_vec()),
@@ -1156,6 +1427,12 @@ fn dissector_flags_rule_breaks_and_unknown_types() {
         (false, [st(0x0004), st(0x0100)].concat()),
         // One STATUS too many.
         (false, st(0x0001)),
+        // A COPY in three segments: cut inside its from_len, then inside its
+        // name_len (each time its length is not known yet).
+        (true, [offer, copy[..19].to_vec()].concat()),
+        (true, copy[19..name_len_at + 1].to_vec()),
+        (true, [copy[name_len_at + 1..].to_vec(), bad_copy].concat()),
+        (false, [st(0x0001), st(0x0001), st(0x0100)].concat()),
         // A keep-alive split 2 + 2.
         (true, keep_alive[..2].to_vec()),
         (true, keep_alive[2..].to_vec()),
@@ -1184,14 +1461,30 @@ fn dissector_flags_rule_breaks_and_unknown_types() {
             format!("HELLO id={} label=\"\"", "ee".repeat(16)),
             format!("FILE_CHUNK \"../x\" size=0 md5={}", hex(&md5(b""))),
             format!("DELETE <not UTF-8> md5={}", "00".repeat(16)),
+            format!("REQUEST \".dropsync-ext/copy\" md5={}", "00".repeat(16)),
+            format!("COPY \"a.txt\" -> \"b/c.txt\" md5={}", hex(&md5(b"x"))),
+            format!("COPY \"../up\" -> \".dropsync-metadata\" md5={}", "00".repeat(16)),
             "STATUS 0x8000".to_string(),
             "UNKNOWN TYPE 0x0009".to_string(),
         ]
     );
-    assert_eq!(on(false), ["STATUS 0x0201", "STATUS 0x0004", "STATUS 0x0100", "STATUS 0x0001"]);
+    let ok = "STATUS 0x0001";
+    assert_eq!(on(false), ["STATUS 0x0201", "STATUS 0x0004", "STATUS 0x0100", ok, ok, ok, "STATUS 0x0100"]);
     let replies: Vec<String> =
         got.iter().filter(|d| !d.way.1).map(|d| d.reply_to.clone().unwrap_or_else(|| "-".into()).replace('\u{fffd}', "")).collect();
-    assert_eq!(replies, [format!("HELLO (no label) {}", "ee".repeat(16)), "FILE_CHUNK ../x (0 bytes)".into(), "DELETE ".into(), "-".into()]);
+    let copies = [r#"COPY "a.txt" -> "b/c.txt""#, r#"COPY "../up" -> ".dropsync-metadata""#];
+    assert_eq!(
+        replies,
+        [
+            format!("HELLO (no label) {}", "ee".repeat(16)),
+            "FILE_CHUNK ../x (0 bytes)".into(),
+            "DELETE ".into(),
+            "-".into(),
+            "REQUEST .dropsync-ext/copy".into(),
+            copies[0].into(),
+            copies[1].into(),
+        ]
+    );
 
     // Exactly the unknown type is an error; each rule break is a warning.
     let fields = |tag: &str, filter: &str| -> String {
@@ -1199,14 +1492,21 @@ fn dissector_flags_rule_breaks_and_unknown_types() {
     };
     assert_eq!(fields("crafted-errors", "_ws.malformed or _ws.expert.severity >= error"), "Unknown type 0x0009");
     let chunk_and_delete = "FILE_CHUNK ../x (0 bytes), DELETE ";
+    // The COPY offer's reserved name is not flagged; the bad COPY's are.
+    let bad_names = format!("{chunk_and_delete}\n{}, {}", copies[0], copies[1]);
     for (expert, info) in [
         ("unmatched_status", "STATUS 0x0001 OK"),
         ("unknown_status", "STATUS 0x0201 OK | unknown 0x0200"),
         ("bad_size", chunk_and_delete),
-        ("bad_name", chunk_and_delete),
+        ("bad_name", &bad_names),
         ("bad_utf8", chunk_and_delete),
     ] {
         let got = fields(expert, &format!("dropsync.expert.{expert}")).replace('\u{fffd}', "");
         assert_eq!(got, info, "dropsync.expert.{expert}");
+    }
+    let bad_name = ["-Y", "dropsync.expert.bad_name", "-T", "fields", "-e", "_ws.expert.message"];
+    let why = ts.run("crafted-bad-names", &prefs, &bad_name);
+    for want in ["Bad source name: '..' component", "Bad name: reserved name"] {
+        assert!(why.contains(want), "no {want:?} among the bad-name warnings:\n{why}");
     }
 }
