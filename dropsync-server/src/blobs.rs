@@ -60,6 +60,8 @@ pub struct TempBlob {
     file: Option<File>,
     /// SHA-256 of what was appended, computed as it is written.
     hasher: Sha256,
+    /// Its data was made durable ([`TempBlob::make_durable`]).
+    durable: bool,
 }
 
 impl TempBlob {
@@ -73,6 +75,18 @@ impl TempBlob {
             }
             None => Err(io::Error::other("temp file already closed")),
         }
+    }
+
+    /// Flushes its data to the disk, before the commit lock is taken: the
+    /// uploads finishing at once then flush side by side (the file system
+    /// joins their fsyncs into one journal commit), and the commit lock is
+    /// held only for the rename and the catalog's own write.
+    pub fn make_durable(&mut self) -> io::Result<()> {
+        if let Some(f) = &self.file {
+            f.sync_all()?;
+            self.durable = true;
+        }
+        Ok(())
     }
 
     /// The SHA-256 of everything appended so far.
@@ -238,7 +252,7 @@ impl BlobStore {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let path = self.tmp.join(format!("upload-{n}"));
         let file = File::create(&path)?;
-        Ok(TempBlob { path, file: Some(file), hasher: Sha256::new() })
+        Ok(TempBlob { path, file: Some(file), hasher: Sha256::new(), durable: false })
     }
 
     /// Makes `temp` durable as the blob of its SHA-256 (returned): fsync,
@@ -261,7 +275,9 @@ impl BlobStore {
             fs::remove_file(&temp.path)?;
             return relied.map(|()| key);
         }
-        file.sync_all()?;
+        if !temp.durable {
+            file.sync_all()?;
+        }
         drop(file);
         let dir = target.parent().unwrap_or(&self.blobs);
         self.make_prefix_dir(digest[0], dir, false)?;

@@ -347,7 +347,7 @@ impl Host for Uploads<'_> {
     fn commit(&mut self, name: &str, upload: Upload, file: Assembled) -> StatusCode {
         let Upload { sink, lock, _open } = upload;
         let started = Instant::now();
-        let temp = match sink.finish() {
+        let temp = match sink.finish().and_then(|mut temp| temp.make_durable().map(|()| temp)) {
             Ok(temp) => temp,
             Err(e) => {
                 log::error!("{}: cannot write {name:?}: {e}", self.session.who());
