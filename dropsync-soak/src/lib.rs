@@ -17,6 +17,7 @@ pub mod model;
 pub mod names;
 pub mod procs;
 pub mod rng;
+pub mod shared;
 pub mod views;
 
-pub use harness::{replay_command, run, Failure, Options, Summary, KINDS};
+pub use harness::{replay_command, run, Failure, Options, Summary, INSTANCE_KINDS, KINDS};
