@@ -149,3 +149,16 @@ impl Drop for S3Proc {
         let _ = self.child.wait();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::dechunk;
+
+    #[test]
+    fn a_chunked_body_is_put_back_together() {
+        let body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n";
+        assert_eq!(dechunk(body).unwrap(), b"hello, world");
+        assert!(dechunk(b"5\r\nhel").is_err(), "a body cut short is an error, not a short object");
+        assert!(dechunk(b"zz\r\n").is_err());
+    }
+}
