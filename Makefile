@@ -139,14 +139,18 @@ bench-parallel:
 # long hunts. SEED=s replays one seed (as every failure report says), with
 # its operation log echoed. SECURE=1 runs it in secure mode (TLS, every
 # client enrolled and pinned), so that the faults hit TLS connections too.
+# INSTANCES=N (e.g. 3) runs N server instances on one PostgreSQL catalog and
+# one S3 bucket (a throwaway cluster and moto, as the server's tests use),
+# clients spread over them, with kill -9 of one instance and a PostgreSQL
+# restart among the faults; `make test` runs a fixed set of those too.
 SEEDS ?= 20
 .PHONY: soak
 soak:
 	$(CARGO) build --locked --workspace --bins
 	if [ -n "$(SEED)" ]; then \
-	  DROPSYNC_SOAK_SECURE=$(SECURE) DROPSYNC_SOAK_SEED=$(SEED) DROPSYNC_SOAK_STEPS=$(STEPS) $(CARGO) test --locked -p dropsync-soak --test convergence -- --ignored --exact replay --nocapture; \
+	  DROPSYNC_SOAK_SECURE=$(SECURE) DROPSYNC_SOAK_INSTANCES=$(INSTANCES) DROPSYNC_SOAK_SEED=$(SEED) DROPSYNC_SOAK_STEPS=$(STEPS) $(CARGO) test --locked -p dropsync-soak --test convergence -- --ignored --exact replay --nocapture; \
 	else \
-	  DROPSYNC_SOAK_SECURE=$(SECURE) DROPSYNC_SOAK_SEEDS=$(SEEDS) DROPSYNC_SOAK_FIRST=$(FIRST) DROPSYNC_SOAK_STEPS=$(STEPS) $(CARGO) test --locked -p dropsync-soak --test convergence -- --ignored --exact soak --nocapture; \
+	  DROPSYNC_SOAK_SECURE=$(SECURE) DROPSYNC_SOAK_INSTANCES=$(INSTANCES) DROPSYNC_SOAK_SEEDS=$(SEEDS) DROPSYNC_SOAK_FIRST=$(FIRST) DROPSYNC_SOAK_STEPS=$(STEPS) $(CARGO) test --locked -p dropsync-soak --test convergence -- --ignored --exact soak --nocapture; \
 	fi
 
 # Issue 9's benchmark table (bench/README.md): the real server and clients on

@@ -17,10 +17,11 @@
 //!   memory and acknowledged (section 6: persist before 0x0001).
 //!
 //! `catch_up` reads what other instances committed since this one's cursor
-//! (the change log and the history, in commit order): a commit that finds
-//! its row changed catches up first. (Following other instances' commits
-//! as they come, with LISTEN and this catch-up, and sharing contents
-//! between instances, are the next part of issue 18.)
+//! (the change log and the history, in commit order): the follower
+//! (`follower.rs`, through `follow`) does it as they come, and a commit that
+//! finds its row changed does it first; the lines that commit caught up on
+//! wait for the follower (`State::pending`), which queues them for this
+//! instance's clients as it does the lines it reads itself.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
@@ -86,6 +87,12 @@ struct State {
     cursor: u64,
     /// Every history row up to this id is applied here.
     history_cursor: i64,
+    /// Lines a refused commit caught up on (other instances' commits),
+    /// applied here but not yet handed to the follower: `follow` reads the
+    /// change log from the cursor, which they moved past, so it returns
+    /// these first (queued for this instance's clients, their contents
+    /// counted, as any followed line).
+    pending: Vec<Entry>,
 }
 
 /// The catalog on PostgreSQL.
@@ -133,8 +140,13 @@ impl PgCatalog {
     pub fn open(url: &str) -> Result<Self, CoreError> {
         let mut db = connect(url).map_err(db_err)?;
         migrate(&mut db)?;
-        let mut state =
-            State { table: ServerMeta::default(), history: History::default(), cursor: 0, history_cursor: 0 };
+        let mut state = State {
+            table: ServerMeta::default(),
+            history: History::default(),
+            cursor: 0,
+            history_cursor: 0,
+            pending: Vec::new(),
+        };
         let last: i64 = db.query_one("SELECT last_version FROM dropsync_counter", &[]).map_err(db_err)?.get(0);
         for row in db.query(&format!("SELECT {ENTRY_COLUMNS} FROM dropsync_entries"), &[]).map_err(db_err)? {
             state.table.put(entry_of(&row, 0)?);
@@ -247,9 +259,10 @@ impl Catalog for PgCatalog {
         let in_db = row.map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0));
         if in_db != known {
             drop(tx);
-            // What it brings is queued for this instance's clients by the
-            // follower, which reads the same change log.
-            let _ = catch_up(&mut db, &mut st)?;
+            // What it brings waits for the follower, which queues it for
+            // this instance's clients: the cursor moves past it here.
+            let caught = catch_up(&mut db, &mut st)?;
+            st.pending.extend(caught);
             return Err(CoreError::Io(std::io::Error::other(format!(
                 "{path:?} was changed by another server instance; not committed (the client tries again)"
             ))));
@@ -334,7 +347,10 @@ impl Catalog for PgCatalog {
     fn follow(&self) -> Result<Vec<Entry>, CoreError> {
         let mut db = self.connection()?;
         let mut st = lock(&self.state);
-        catch_up(&mut db, &mut st)
+        let more = catch_up(&mut db, &mut st)?;
+        let mut lines = std::mem::take(&mut st.pending);
+        lines.extend(more);
+        Ok(lines)
     }
 
     fn shared(&self) -> bool {

@@ -6,13 +6,15 @@
 //! history; a restart of the database (immediate, like a crash) costs the
 //! clients a retry, never a change; a restarted server finds everything
 //! there; and a change another instance committed first (simulated in SQL)
-//! is caught up on, not overwritten unseen.
+//! is caught up on, not overwritten unseen, and reaches this instance's
+//! other clients even when the commit it refused catches up on it first.
 #![allow(clippy::unwrap_used)]
 
 use std::process::Command;
 
+use dropsync_proto::{Frame, StatusCode};
 use dropsync_testkit::{
-    bin_path, tree, wait_until, write_file, ClientProc, PgProc, ServerProc, TempDir, DEFAULT_DEADLINE,
+    bin_path, tree, wait_until, write_file, ClientProc, PgProc, RawPeer, ServerProc, TempDir, DEFAULT_DEADLINE,
 };
 use postgres::{Client, NoTls};
 
@@ -110,4 +112,47 @@ fn a_change_another_instance_committed_first_is_caught_up_not_overwritten_unseen
     let row = db.query_one("SELECT version FROM dropsync_entries WHERE path = 'shared.txt'", &[]).unwrap();
     assert!(row.get::<_, i64>(0) > v, "after the other instance's version");
     assert!(server.log().contains("was changed by another server instance"), "{}", server.log());
+}
+
+/// A commit refused because another instance committed the path first
+/// catches this instance up (its table, its cursor in the change log);
+/// what it catches up on must still reach this instance's other clients.
+/// The follower reads the change log from that cursor, so it never sees
+/// those lines again: they wait for it instead (found by reading, while the
+/// soak harness ran against three instances). Deterministic: the other
+/// instance's transaction holds the row until this instance's commit is
+/// waiting for it, and that commit holds the commit lock the follower needs.
+#[test]
+fn what_a_refused_commit_caught_up_on_reaches_the_other_clients() {
+    let tmp = TempDir::new("pg-cas-fan-out");
+    let pg = PgProc::start(&tmp.join("pg"));
+    let server = ServerProc::start(&tmp.join("root"), &["--catalog", &pg.url]);
+    let (a, b) = (tmp.join("a"), tmp.join("b"));
+    write_file(&a, "shared.txt", b"first");
+    std::fs::create_dir_all(&b).unwrap();
+    let ca = ClientProc::start(&server, &a, 4096, &["--label", "a"]);
+    let cb = ClientProc::start(&server, &b, 4096, &["--label", "b"]);
+    assert!(wait_until(DEFAULT_DEADLINE, || b.join("shared.txt").exists()), "{}", cb.log());
+    // A third client (it has seen version 1 in its META-DATA) deletes the
+    // file just as another instance does.
+    let mut p = RawPeer::hello(server.send_port, server.recv_port, [7; 16], "p");
+    p.receive_metadata();
+    let mut db = Client::connect(&pg.url, NoTls).unwrap();
+    let mut watch = Client::connect(&pg.url, NoTls).unwrap();
+    let mut tx = db.transaction().unwrap();
+    let v: i64 = tx
+        .query_one("UPDATE dropsync_counter SET last_version = last_version + 1 RETURNING last_version", &[])
+        .unwrap()
+        .get(0);
+    tx.execute("UPDATE dropsync_entries SET version = $1, deleted = true WHERE path = 'shared.txt'", &[&v]).unwrap();
+    tx.execute("INSERT INTO dropsync_changes VALUES ($1, 'shared.txt')", &[&v]).unwrap();
+    p.send_frame(&Frame::Delete { digest: [0; 16], name: "shared.txt" });
+    let waiting =
+        wait_until(DEFAULT_DEADLINE, || count(&mut watch, "SELECT count(*) FROM pg_locks WHERE NOT granted") > 0);
+    assert!(waiting, "this instance's commit waits for the other's row: {}", server.log());
+    tx.commit().unwrap();
+    assert_eq!(p.send_status(), StatusCode::IN_USE, "refused: another instance changed the row");
+    // The other instance's delete reaches a and b all the same.
+    let gone = wait_until(DEFAULT_DEADLINE, || !a.join("shared.txt").exists() && !b.join("shared.txt").exists());
+    assert!(gone, "a:\n{}\nb:\n{}\nserver:\n{}", ca.log(), cb.log(), server.log());
 }

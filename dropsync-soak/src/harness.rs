@@ -55,6 +55,49 @@
 //!    `--once` and every SIGTERM ends with status 0 (sent once the process
 //!    has logged that it is up: before its `main` runs, SIGTERM can only
 //!    kill), and no log reports a panic.
+//!
+//! # Several instances (`DROPSYNC_SOAK_INSTANCES=N`, N ≥ 2)
+//! Issue 18's set-up: N server instances on 127.0.0.1, each with its own
+//! `--root`, sharing one PostgreSQL catalog and one S3 bucket (a throwaway
+//! cluster and moto, `shared.rs`), the clients spread over them round-robin
+//! (client `i` on instance `(seed + i) mod N`). The workload and the
+//! client faults are the same; `kill -9` of the server becomes `kill -9`
+//! of one instance (up to [`MAX_INSTANCE_KILLS`] per run, restarted a few
+//! steps later on the same ports, so its clients reconnect to it), and a
+//! new, rare fault restarts PostgreSQL at once (`pg_ctl -m immediate
+//! restart`, like a crash). The seed also draws the garbage collection:
+//! the defaults, or an eager one (`--keep-days 0 --gc-grace-secs`
+//! [`EAGER_GC_GRACE_SECS`]) under which the bucket's collector deletes
+//! objects while the workload runs. The checks, adapted to where things
+//! now are:
+//! 1. convergence: the server's view is the catalog's table in
+//!    PostgreSQL, and the fresh `--once` client runs through *every*
+//!    instance (so an instance no client uses, or one that stopped
+//!    following, is seen too);
+//! 2. and 3. unchanged (they judge the client folders);
+//! 4. no torn files: every file's object in the bucket holds exactly its
+//!    content, every object in the bucket hashes to its name, and so does
+//!    every file of every instance's cache (`<root>/blobs`);
+//! 5. no debris: at idle, with every instance up, no advisory lock is held
+//!    (a lock left behind would refuse that path's uploads for good); after
+//!    a clean shutdown and one more start of every instance, no temp file
+//!    in any root and nothing in a cache that no line names (the table's or
+//!    the history's), besides the instance's key (and in secure mode the
+//!    enrolment list);
+//! 6. no crash: as above, for every instance.
+//!
+//! Not checked in this mode: objects in the bucket that no line names are
+//! only counted (in the summary), not failed: an upload is put in the
+//! bucket before its commit, so an instance killed in between, a commit
+//! refused (another instance committed first, or the database was down)
+//! or a conflict settled otherwise leaves one, and with a shared catalog
+//! nothing sweeps those (the start-up sweep trusts one instance's counts,
+//! so it is off; the collector only sees contents some instance recorded
+//! as no longer referred to). Nor is the collector's ledger required to
+//! be empty (its candidates wait out the grace). And the history's
+//! contents are not compared with the single server's `meta/history`
+//! check: the history is in PostgreSQL, and eager garbage collection drops
+//! it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write as _;
@@ -64,12 +107,13 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use dropsync_testkit::{ClientProc, LatencyProxy, ServerProc};
+use dropsync_testkit::{ClientProc, LatencyProxy, S3Proc, ServerProc};
 
 use crate::model::{History, Tree, Version};
 use crate::names::is_conflict_copy;
 use crate::procs;
 use crate::rng::Rng;
+use crate::shared::{self, Shared};
 use crate::views::{self, TreeCache};
 
 /// Keep-alive interval of every process, in seconds.
@@ -101,6 +145,15 @@ const MAX_PAUSE_MS: u64 = 250;
 const MAX_BIG_FILES: u32 = 3;
 /// Fault budgets per run.
 const MAX_SERVER_KILLS: u32 = 2;
+/// `kill -9` of one instance, with several instances.
+pub const MAX_INSTANCE_KILLS: u32 = 3;
+/// Restarts of PostgreSQL, with several instances.
+const MAX_DB_RESTARTS: u32 = 1;
+/// The grace (`--gc-grace-secs`) of the eager garbage collection some
+/// seeds draw with several instances: the collector runs every half of it,
+/// so it deletes objects during the run, while still far longer than an
+/// upload takes from its install (which claims the content) to its commit.
+pub const EAGER_GC_GRACE_SECS: u64 = 6;
 const MAX_CLIENT_KILLS: u32 = 3;
 const MAX_STOPS: u32 = 2;
 const MAX_ONCE: u32 = 2;
@@ -135,6 +188,10 @@ pub const KINDS: &[&str] = &[
     "once",
 ];
 
+/// The kinds of action only the multi-instance mode has (its `kill-server`
+/// is `kill -9` of one instance).
+pub const INSTANCE_KINDS: &[&str] = &["restart-db"];
+
 /// How a run is shaped beyond its seed.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -142,20 +199,39 @@ pub struct Options {
     pub steps: usize,
     /// Print the operation log while it happens.
     pub echo: bool,
+    /// Secure mode (`DROPSYNC_SOAK_SECURE=1`): TLS, every client enrolled
+    /// before the server starts, and pinned to its key.
+    pub secure: bool,
+    /// Server instances (`DROPSYNC_SOAK_INSTANCES`): 1 is the embedded
+    /// catalog under one root; more share a PostgreSQL catalog and an S3
+    /// bucket (see the module doc).
+    pub instances: usize,
 }
 
 impl Default for Options {
     fn default() -> Self {
-        Options { steps: 40, echo: false }
+        Options { steps: 40, echo: false, secure: false, instances: 1 }
     }
 }
 
-/// The command that replays `seed` with `steps` steps.
-pub fn replay_command(seed: u64, steps: usize) -> String {
+/// The command that replays `seed` as `opts` ran it (steps, secure mode,
+/// instances).
+pub fn replay_command(seed: u64, opts: &Options) -> String {
+    let steps = opts.steps;
+    let (mut env, mut make) = (String::new(), String::new());
+    if opts.secure {
+        env.push_str(" DROPSYNC_SOAK_SECURE=1");
+        make.push_str(" SECURE=1");
+    }
+    if opts.instances > 1 {
+        let n = opts.instances;
+        let _ = write!(env, " DROPSYNC_SOAK_INSTANCES={n}");
+        let _ = write!(make, " INSTANCES={n}");
+    }
     format!(
-        "cargo build --workspace --bins && DROPSYNC_SOAK_SEED={seed} DROPSYNC_SOAK_STEPS={steps} \
+        "cargo build --workspace --bins &&{env} DROPSYNC_SOAK_SEED={seed} DROPSYNC_SOAK_STEPS={steps} \
          cargo test -p dropsync-soak --test convergence -- --ignored --exact replay --nocapture   \
-         (or: make soak SEED={seed} STEPS={steps})"
+         (or: make soak SEED={seed} STEPS={steps}{make})"
     )
 }
 
@@ -166,6 +242,8 @@ pub struct Summary {
     pub seed: u64,
     /// Number of clients.
     pub clients: usize,
+    /// Server instances.
+    pub instances: usize,
     /// Changes made to folders.
     pub events: usize,
     /// How many times each kind of action ran.
@@ -178,14 +256,18 @@ pub struct Summary {
     pub converge_secs: f64,
     /// Seconds for the whole run.
     pub secs: f64,
+    /// What the run found but does not judge (with several instances: the
+    /// bucket's objects no line names, the collector's ledger).
+    pub notes: String,
 }
 
 impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let kinds: Vec<String> = self.kinds.iter().map(|(k, n)| format!("{k}×{n}")).collect();
+        let instances = if self.instances > 1 { format!("{} instances, ", self.instances) } else { String::new() };
         write!(
             f,
-            "seed {}: ok in {:.1}s ({} clients, {} changes, {} files of which {} conflict copies, idle after {:.1}s; {})",
+            "seed {}: ok in {:.1}s ({instances}{} clients, {} changes, {} files of which {} conflict copies, idle after {:.1}s; {}){}",
             self.seed,
             self.secs,
             self.clients,
@@ -193,7 +275,8 @@ impl std::fmt::Display for Summary {
             self.files,
             self.copies,
             self.converge_secs,
-            kinds.join(" ")
+            kinds.join(" "),
+            if self.notes.is_empty() { String::new() } else { format!("; {}", self.notes) }
         )
     }
 }
@@ -271,6 +354,8 @@ struct Client {
     folder: PathBuf,
     chunk: u32,
     args: Vec<String>,
+    /// The server instance it uses (always 0 with one server).
+    instance: usize,
     proc: Option<ClientProc>,
     state: PState,
     /// How many "syncing" lines its log had before the current process
@@ -282,6 +367,23 @@ struct Client {
     /// Its proxies, if it has a delay (they outlive server restarts: the
     /// server comes back on the same ports).
     _proxies: Vec<LatencyProxy>,
+}
+
+/// One server instance (the only one, with one server).
+struct Instance {
+    /// Its process; restarted on the same ports and root.
+    proc: ServerProc,
+    /// Its name in the operation log and the reports.
+    name: String,
+    up: bool,
+    /// When down: started again at this step.
+    restart_at: usize,
+}
+
+impl Instance {
+    fn root(&self) -> &Path {
+        &self.proc.root
+    }
 }
 
 /// The line a client logs once it has loaded its state, after it installed
@@ -304,13 +406,16 @@ struct Run {
     seed: u64,
     opts: Options,
     rng: Rng,
+    /// With several instances, their database and bucket. Before `dir`:
+    /// fields drop in order, and the cluster must stop before its folder
+    /// goes.
+    shared: Option<Shared>,
     dir: RunDir,
     cwd_before: Vec<String>,
-    server: ServerProc,
-    server_root: PathBuf,
-    server_up: bool,
-    server_restart_at: usize,
+    /// The server instances (one, unless `opts.instances` says more).
+    servers: Vec<Instance>,
     server_kills: u32,
+    db_restarts: u32,
     clients: Vec<Client>,
     history: History,
     log: Vec<String>,
@@ -322,6 +427,8 @@ struct Run {
     onces: u32,
     config: String,
     converge_secs: f64,
+    /// What the checks found but do not judge, for the summary.
+    notes: String,
 }
 
 /// Runs seed `seed`.
@@ -351,15 +458,18 @@ pub fn run(seed: u64, opts: &Options) -> Result<Summary, Failure> {
     if problems.is_empty() {
         let end = views::tree(&run.clients[0].folder);
         let copies = end.keys().filter(|k| is_conflict_copy(k)).count();
+        let notes = run.notes.clone();
         return Ok(Summary {
             seed,
             clients: run.clients.len(),
+            instances: run.servers.len(),
             events: run.history.events.len(),
             kinds: run.kinds.clone(),
             files: end.len(),
             copies,
             converge_secs: run.converge_secs,
             secs: started.elapsed().as_secs_f64(),
+            notes,
         });
     }
     run.dir.keep = true;
@@ -379,8 +489,13 @@ impl Run {
         let keep = std::env::var("DROPSYNC_SOAK_KEEP").is_ok_and(|v| !v.is_empty() && v != "0");
         let dir = RunDir { path, keep };
         let cwd_before = views::names_in(Path::new("."));
-        let server_root = dir.path.join("server");
-        let server_args = [
+        let instances = opts.instances.max(1);
+        let roots: Vec<PathBuf> = if instances == 1 {
+            vec![dir.path.join("server")]
+        } else {
+            (0..instances).map(|i| dir.path.join(format!("server{i}"))).collect()
+        };
+        let mut server_args = vec![
             "--workers".to_owned(),
             SERVER_WORKERS.to_string(),
             "--keepalive-secs".to_owned(),
@@ -392,20 +507,55 @@ impl Run {
             "--chunk-size".to_owned(),
             server_chunk.to_string(),
         ];
+        // Several instances: one database and one bucket for all of them,
+        // and (drawn only in this mode, so that one server's seeds keep
+        // their scenarios) eager garbage collection or the defaults.
+        let shared = (instances > 1).then(|| Shared::start(&dir.path.join("pg")));
+        if let Some(sh) = &shared {
+            server_args.extend(sh.server_args());
+            if rng.chance(50) {
+                server_args.extend(
+                    ["--keep-days", "0", "--gc-grace-secs", &EAGER_GC_GRACE_SECS.to_string()].map(String::from),
+                );
+            }
+        }
         let server_args: Vec<&str> = server_args.iter().map(String::as_str).collect();
-        // DROPSYNC_SOAK_SECURE=1: secure mode (TLS, every client enrolled
-        // before the server starts, and pinned to its key), so that the
-        // faults hit TLS connections too. The seeds' scenarios are the same.
-        let secure = std::env::var("DROPSYNC_SOAK_SECURE").is_ok_and(|v| v == "1");
+        // Secure mode (TLS, every client enrolled before the server starts,
+        // and pinned to its key), so that the faults hit TLS connections
+        // too. The seeds' scenarios are the same. Every instance gets the
+        // first one's key and enrolment list, as the README says to.
+        let secure = opts.secure;
         let pin = if secure {
-            let folders: Vec<PathBuf> =
-                (0..n).map(|i| dir.path.join(format!("c{i}"))).chain([dir.path.join("verify")]).collect();
-            Some(enrol(&server_root, &folders)?)
+            let folders: Vec<PathBuf> = (0..n)
+                .map(|i| dir.path.join(format!("c{i}")))
+                .chain(verify_folders(instances).into_iter().map(|v| dir.path.join(v)))
+                .collect();
+            let fp = enrol(&roots[0], &folders)?;
+            for root in &roots[1..] {
+                fs::create_dir_all(root.join("meta")).map_err(harness_err)?;
+                for f in ["meta/identity.pem", "meta/clients"] {
+                    fs::copy(roots[0].join(f), root.join(f)).map_err(harness_err)?;
+                }
+            }
+            Some(fp)
         } else {
             None
         };
-        let server = ServerProc::start(&server_root, &server_args);
+        let env: Vec<(&str, &std::ffi::OsStr)> = if shared.is_some() { S3Proc::env().to_vec() } else { Vec::new() };
+        let servers: Vec<Instance> = roots
+            .iter()
+            .enumerate()
+            .map(|(i, root)| Instance {
+                proc: ServerProc::start_with_env(root, &server_args, &env),
+                name: if instances == 1 { "the server".to_owned() } else { format!("instance {i}") },
+                up: true,
+                restart_at: 0,
+            })
+            .collect();
         let mut config = format!("{}server {} ; ", if secure { "SECURE (DROPSYNC_SOAK_SECURE=1) " } else { "" }, server_args.join(" "));
+        if instances > 1 {
+            config.insert_str(0, &format!("{instances} INSTANCES (DROPSYNC_SOAK_INSTANCES={instances}) "));
+        }
         let mut clients = Vec::new();
         for i in 0..n {
             let label = format!("c{i}");
@@ -441,7 +591,15 @@ impl Run {
             if let Some(fp) = &pin {
                 args.extend(["--server-fingerprint".to_owned(), fp.clone()]);
             }
-            let _ = write!(config, "{label}: chunk {chunk} parallel {parallel} debounce {debounce}ms delay {delay:?}; ");
+            // Round-robin from the seed, so that which clients share an
+            // instance varies from seed to seed without a draw.
+            let instance = (seed as usize).wrapping_add(i) % instances;
+            let on = if instances > 1 { format!(" on instance {instance}") } else { String::new() };
+            let _ = write!(
+                config,
+                "{label}{on}: chunk {chunk} parallel {parallel} debounce {debounce}ms delay {delay:?}; "
+            );
+            let server = &servers[instance].proc;
             let mut proxies = Vec::new();
             let mut ports = (server.send_port, server.recv_port);
             if !delay.is_zero() {
@@ -455,6 +613,7 @@ impl Run {
                 label,
                 chunk,
                 args,
+                instance,
                 proc: None,
                 state: PState::Dead(0),
                 starts_logged: 0,
@@ -466,13 +625,12 @@ impl Run {
             seed,
             opts: opts.clone(),
             rng,
+            shared,
             dir,
             cwd_before,
-            server,
-            server_root,
-            server_up: true,
-            server_restart_at: 0,
+            servers,
             server_kills: 0,
+            db_restarts: 0,
             clients,
             history: History::default(),
             log: Vec::new(),
@@ -484,6 +642,7 @@ impl Run {
             onces: 0,
             config,
             converge_secs: 0.0,
+            notes: String::new(),
         };
         for c in 0..n {
             run.start_client(c);
@@ -549,9 +708,14 @@ impl Run {
     /// Invariant 6 during the run: every process the harness believes alive
     /// is. One that exited by itself is reaped and reported with its status.
     fn check_alive(&mut self) -> Result<(), Problem> {
-        if self.server_up && procs::exited(self.server.pid()) {
-            let status = self.server.terminate();
-            return Err(problem(6, format!("the server exited by itself ({status:?}); log tail:\n{}", tail(&self.server.log(), 30))));
+        for s in self.servers.iter_mut().filter(|s| s.up) {
+            if procs::exited(s.proc.pid()) {
+                let status = s.proc.terminate();
+                return Err(problem(
+                    6,
+                    format!("{} exited by itself ({status:?}); log tail:\n{}", s.name, tail(&s.proc.log(), 30)),
+                ));
+            }
         }
         for c in 0..self.clients.len() {
             if matches!(self.clients[c].state, PState::Dead(_)) {
@@ -574,10 +738,14 @@ impl Run {
     /// Restarts what is due, resumes stopped clients whose time has come.
     fn housekeeping(&mut self, step: usize) -> Result<(), Problem> {
         self.check_alive()?;
-        if !self.server_up && step >= self.server_restart_at {
-            self.server.restart();
-            self.server_up = true;
-            self.note(format!("step {step}: server restarted"));
+        for i in 0..self.servers.len() {
+            let s = &mut self.servers[i];
+            if !s.up && step >= s.restart_at {
+                s.proc.restart();
+                s.up = true;
+                let name = s.name.clone();
+                self.note(format!("step {step}: {name} restarted"));
+            }
         }
         for c in 0..self.clients.len() {
             match self.clients[c].state {
@@ -633,13 +801,21 @@ impl Run {
         let n = self.clients.len();
         let c = r.index(n);
         // create, modify, delete, nested, rename, delete-folder, concurrent,
-        // kill-client, kill-server, stop-client, once
-        let action = r.weighted(&[16, 22, 10, 8, 8, 2, 12, 4, 2, 3, 3]);
+        // kill-client, kill-server, stop-client, once; with several
+        // instances, kill-server is one instance and restart-db comes last
+        // (one server's weights stay as they were: its seeds keep their
+        // scenarios).
+        let action = if self.shared.is_some() {
+            r.weighted(&[16, 22, 10, 8, 8, 2, 12, 4, 3, 3, 3, 1])
+        } else {
+            r.weighted(&[16, 22, 10, 8, 8, 2, 12, 4, 2, 3, 3])
+        };
         let done = match action {
             7 => self.kill_client(&mut r, step)?,
             8 => self.kill_server(&mut r, step)?,
             9 => self.stop_client(&mut r, step)?,
             10 => self.once_restart(&mut r, step)?,
+            11 => self.restart_db(step)?,
             _ => false,
         };
         if !done {
@@ -947,16 +1123,39 @@ impl Run {
         Ok(true)
     }
 
+    /// `kill -9` of the server, or of one instance that is up (restarted
+    /// a few steps later on the same ports).
     fn kill_server(&mut self, r: &mut Rng, step: usize) -> Result<bool, Problem> {
-        if self.server_kills >= MAX_SERVER_KILLS || !self.server_up {
+        let budget = if self.servers.len() > 1 { MAX_INSTANCE_KILLS } else { MAX_SERVER_KILLS };
+        let up: Vec<usize> = (0..self.servers.len()).filter(|&i| self.servers[i].up).collect();
+        if self.server_kills >= budget || up.is_empty() {
             return Ok(false);
         }
-        self.server.kill9();
-        self.server_up = false;
-        self.server_restart_at = step + r.range(1, 4) as usize;
+        let restart_at = step + r.range(1, 4) as usize;
+        let i = if up.len() > 1 { up[r.index(up.len())] } else { up[0] };
+        let s = &mut self.servers[i];
+        s.proc.kill9();
+        s.up = false;
+        s.restart_at = restart_at;
+        let name = s.name.clone();
         self.server_kills += 1;
         self.count("kill-server");
-        self.note(format!("step {step}: kill -9 the server (restart at step {})", self.server_restart_at));
+        self.note(format!("step {step}: kill -9 {name} (restart at step {restart_at})"));
+        Ok(true)
+    }
+
+    /// With several instances: PostgreSQL stops at once (like a crash) and
+    /// starts again on its port; every instance must connect again.
+    fn restart_db(&mut self, step: usize) -> Result<bool, Problem> {
+        let Some(sh) = &self.shared else { return Ok(false) };
+        if self.db_restarts >= MAX_DB_RESTARTS {
+            return Ok(false);
+        }
+        let t = Instant::now();
+        sh.pg.restart();
+        self.db_restarts += 1;
+        self.count("restart-db");
+        self.note(format!("step {step}: PostgreSQL restarted (immediate stop, {:.1}s)", t.elapsed().as_secs_f64()));
         Ok(true)
     }
 
@@ -982,7 +1181,11 @@ impl Run {
     fn once_restart(&mut self, r: &mut Rng, step: usize) -> Result<bool, Problem> {
         let candidates: Vec<usize> =
             (0..self.clients.len()).filter(|&c| !matches!(self.clients[c].state, PState::Stopped(_))).collect();
-        if self.onces >= MAX_ONCE || !self.server_up || candidates.is_empty() {
+        // `--once` needs its server up: a client whose instance is down is
+        // no candidate (one server down: none is, before any draw).
+        let candidates: Vec<usize> =
+            candidates.into_iter().filter(|&c| self.servers[self.clients[c].instance].up).collect();
+        if self.onces >= MAX_ONCE || candidates.is_empty() {
             return Ok(false);
         }
         let c = candidates[r.index(candidates.len())];
@@ -1058,10 +1261,11 @@ impl Run {
             Err(p) => return vec![p],
         };
         let mut problems = Vec::new();
+        problems.extend(self.locks_left());
         if let Err(p) = self.verify_with_fresh_client(&end) {
             problems.push(p);
         }
-        problems.extend(views::check_blobs(&self.server_root, &end).into_iter().map(|t| problem(4, t)));
+        problems.extend(self.check_contents(&end));
         problems.extend(self.history.lost_work(&end).into_iter().map(|t| problem(2, t)));
         problems.extend(self.history.resurrections(&end).into_iter().map(|t| problem(3, t)));
         problems.extend(self.history.torn(&end).into_iter().map(|t| problem(4, t)));
@@ -1074,10 +1278,14 @@ impl Run {
     /// No more changes; every process running.
     fn quiesce(&mut self, step: usize) -> Result<(), Problem> {
         self.check_alive()?;
-        if !self.server_up {
-            self.server.restart();
-            self.server_up = true;
-            self.note("quiesce: server restarted".into());
+        for i in 0..self.servers.len() {
+            let s = &mut self.servers[i];
+            if !s.up {
+                s.proc.restart();
+                s.up = true;
+                let name = s.name.clone();
+                self.note(format!("quiesce: {name} restarted"));
+            }
         }
         for c in 0..self.clients.len() {
             match self.clients[c].state {
@@ -1110,7 +1318,7 @@ impl Run {
         loop {
             self.check_alive()?;
             let trees: Vec<Tree> = self.clients.iter().zip(&mut caches).map(|(c, cache)| cache.tree(&c.folder)).collect();
-            let server = views::server_tree(&self.server_root);
+            let server = self.server_view();
             let now = Instant::now();
             let same = last.as_ref().is_some_and(|(t, s)| *t == trees && *s == server);
             let agree = trees.windows(2).all(|w| w[0] == w[1]) && server.as_ref().is_ok_and(|s| *s == trees[0]);
@@ -1156,31 +1364,136 @@ impl Run {
         out
     }
 
+    /// The server's view: its META-DATA, or with several instances the
+    /// shared catalog's table.
+    fn server_view(&mut self) -> Result<Tree, String> {
+        match &mut self.shared {
+            Some(sh) => sh.tree(),
+            None => views::server_tree(self.servers[0].root()),
+        }
+    }
+
+    /// Invariant 5 at idle, with several instances (every instance up,
+    /// nothing moving): no per-file lock is held in PostgreSQL. One left
+    /// behind would refuse every upload of its path, through any instance,
+    /// until its instance's lock connection ends.
+    fn locks_left(&mut self) -> Vec<Problem> {
+        let Some(sh) = &mut self.shared else { return Vec::new() };
+        match sh.advisory_locks() {
+            Ok(0) => Vec::new(),
+            Ok(n) => {
+                vec![problem(5, format!("{n} advisory lock(s) still held in PostgreSQL while every instance is idle"))]
+            }
+            Err(e) => vec![problem(5, format!("cannot count the advisory locks: {e}"))],
+        }
+    }
+
+    /// Invariant 4 on the server's side. One server: every file's blob
+    /// holds its content. Several instances: every file's object in the
+    /// bucket holds its content, and every object hashes to its name (the
+    /// bucket's objects no line names are counted for the summary).
+    fn check_contents(&mut self, end: &Tree) -> Vec<Problem> {
+        let Some(sh) = &mut self.shared else {
+            return views::check_blobs(self.servers[0].root(), end).into_iter().map(|t| problem(4, t)).collect();
+        };
+        let mut out = Vec::new();
+        let lines = match sh.lines() {
+            Ok(l) => l,
+            Err(e) => return vec![problem(1, e)],
+        };
+        for (path, v) in end {
+            let Some(key) = lines.get(path).and_then(|l| l.strong) else {
+                out.push(problem(4, format!("the catalog names no content for {path:?}")));
+                continue;
+            };
+            match sh.object(&key) {
+                Ok(Some(bytes)) if Version::of(&bytes) == *v => {}
+                Ok(Some(bytes)) => out.push(problem(
+                    4,
+                    format!(
+                        "the object of {path:?} ({}) holds {} bytes of another content",
+                        shared::hex(&key),
+                        bytes.len()
+                    ),
+                )),
+                Ok(None) => {
+                    out.push(problem(4, format!("the bucket has no object for {path:?} ({})", shared::hex(&key))))
+                }
+                Err(e) => out.push(problem(4, format!("the object of {path:?}: {e}"))),
+            }
+        }
+        let named: BTreeSet<String> = match sh.named() {
+            Ok(n) => n.iter().map(shared::hex).collect(),
+            Err(e) => return vec![problem(1, e)],
+        };
+        let objects = sh.objects();
+        for name in &objects {
+            let Some(key) = dropsync_proto::digest::bytes_from_hex::<32>(name) else {
+                out.push(problem(5, format!("the bucket holds {name:?}, not named by a content key")));
+                continue;
+            };
+            // One the collector deletes meanwhile is simply gone.
+            match sh.object(&key) {
+                Ok(Some(bytes)) if sha256_hex(&bytes) == *name => {}
+                Ok(Some(bytes)) => out.push(problem(
+                    4,
+                    format!("object {name} holds {} bytes that do not hash to its name", bytes.len()),
+                )),
+                Ok(None) => {}
+                Err(e) => out.push(problem(4, format!("object {name}: {e}"))),
+            }
+        }
+        let unnamed = objects.iter().filter(|o| !named.contains(*o)).count();
+        let ledger = sh.candidates().map_or_else(|e| format!("? ({e})"), |n| n.to_string());
+        self.notes = format!("bucket: {} objects, {unnamed} named by no line; gc ledger: {ledger} rows", objects.len());
+        out
+    }
+
+    /// The folders of the fresh `--once` clients: one, or one per instance.
+    fn verify_folders(&self) -> Vec<String> {
+        verify_folders(self.servers.len())
+    }
+
     /// Invariant 1, third view: a new client with an empty folder, run with
     /// `--once`, ends with exactly the common tree; and that run changed
-    /// nothing anywhere else.
+    /// nothing anywhere else. With several instances, one such client
+    /// through each of them.
     fn verify_with_fresh_client(&mut self, end: &Tree) -> Result<(), Problem> {
-        let folder = self.dir.path.join("verify");
         let (keepalive, dead_peer) = (KEEPALIVE_SECS.to_string(), DEAD_PEER_SECS.to_string());
-        let mut args =
-            vec!["--once", "--label", "verify", "--keepalive-secs", &keepalive, "--dead-peer-secs", &dead_peer];
-        // In secure mode the verifying client was enrolled at start too.
-        let pinned = self.clients.first().and_then(|c| c.args.iter().position(|a| a == "--server-fingerprint"));
-        if let (Some(i), Some(c)) = (pinned, self.clients.first()) {
-            args.extend(["--server-fingerprint", c.args[i + 1].as_str()]);
+        let mut fresh = Vec::new();
+        for (i, label) in self.verify_folders().into_iter().enumerate() {
+            let folder = self.dir.path.join(&label);
+            let mut args =
+                vec!["--once", "--label", &label, "--keepalive-secs", &keepalive, "--dead-peer-secs", &dead_peer];
+            // In secure mode the verifying clients were enrolled at start too.
+            let pinned = self.clients.first().and_then(|c| c.args.iter().position(|a| a == "--server-fingerprint"));
+            if let (Some(p), Some(c)) = (pinned, self.clients.first()) {
+                args.extend(["--server-fingerprint", c.args[p + 1].as_str()]);
+            }
+            let server = &self.servers[i].proc;
+            let mut once = ClientProc::start_with_ports(server.send_port, server.recv_port, &folder, 64 * 1024, &args);
+            let status = once.wait(ONCE_DEADLINE);
+            if !status.is_some_and(|s| s.success()) {
+                let through =
+                    if self.servers.len() > 1 { format!(" (through {})", self.servers[i].name) } else { String::new() };
+                return Err(problem(
+                    6,
+                    format!(
+                        "the verifying --once client{through} ended with {status:?}; log tail:\n{}",
+                        tail(&once.log(), 40)
+                    ),
+                ));
+            }
+            fresh.push((label, views::tree(&folder)));
         }
-        let mut once = ClientProc::start_with_ports(self.server.send_port, self.server.recv_port, &folder, 64 * 1024, &args);
-        let status = once.wait(ONCE_DEADLINE);
-        if !status.is_some_and(|s| s.success()) {
-            return Err(problem(6, format!("the verifying --once client ended with {status:?}; log tail:\n{}", tail(&once.log(), 40))));
-        }
-        let fresh = views::tree(&folder);
         let mut trees: Vec<Tree> = self.clients.iter().map(|c| views::tree(&c.folder)).collect();
         let mut names: Vec<String> = self.clients.iter().map(|c| c.label.clone()).collect();
-        trees.push(views::server_tree(&self.server_root).unwrap_or_default());
+        trees.push(self.server_view().unwrap_or_default());
         names.push("server".into());
-        trees.push(fresh);
-        names.push("verify".into());
+        for (label, tree) in fresh {
+            trees.push(tree);
+            names.push(label);
+        }
         if trees.iter().all(|t| t == end) {
             Ok(())
         } else {
@@ -1203,25 +1516,106 @@ impl Run {
             }
             self.clients[c].state = PState::Dead(usize::MAX);
         }
-        let status = self.server.terminate();
-        if !status.is_some_and(|s| s.success()) {
-            out.push(problem(6, format!("the server ended with {status:?} on SIGTERM; log tail:\n{}", tail(&self.server.log(), 30))));
+        for s in &mut self.servers {
+            let status = s.proc.terminate();
+            if !status.is_some_and(|s| s.success()) {
+                out.push(problem(
+                    6,
+                    format!("{} ended with {status:?} on SIGTERM; log tail:\n{}", s.name, tail(&s.proc.log(), 30)),
+                ));
+            }
+            s.up = false;
         }
-        self.server_up = false;
         out
     }
 
-    /// Invariant 5, after a clean shutdown and one more server start (which
-    /// removes blobs orphaned by a `kill -9` between storing a blob and
-    /// journaling it, as documented): only the expected files anywhere.
+    /// Invariant 5, after a clean shutdown and one more start of every
+    /// server (which removes blobs orphaned by a `kill -9` between storing
+    /// a blob and journaling it, as documented, and with several instances
+    /// every cached content no line names): only the expected files
+    /// anywhere.
     fn debris(&mut self, end: &Tree) -> Vec<Problem> {
         let mut out = Vec::new();
-        self.server.restart();
-        let status = self.server.terminate();
-        if !status.is_some_and(|s| s.success()) {
-            out.push(problem(6, format!("the restarted server ended with {status:?} on SIGTERM")));
+        // What a cache may keep: what the catalog names as the instances
+        // start (their retention may drop history lines afterwards).
+        let named = match self.shared.as_mut().map(Shared::named).transpose() {
+            Ok(n) => n,
+            Err(e) => return vec![problem(1, e)],
+        };
+        for s in &mut self.servers {
+            s.proc.restart();
         }
-        let root = &self.server_root;
+        for s in &mut self.servers {
+            let status = s.proc.terminate();
+            if !status.is_some_and(|s| s.success()) {
+                out.push(problem(6, format!("{} (restarted) ended with {status:?} on SIGTERM", s.name)));
+            }
+        }
+        match self.server_view() {
+            Ok(view) if view == *end => {}
+            Ok(view) => out.push(problem(
+                1,
+                format!("the server's view after a restart differs:\n{}", self.diff(&["before".into(), "after".into()], &[end.clone(), view])),
+            )),
+            Err(e) => out.push(problem(1, e)),
+        }
+        match named {
+            None => out.extend(self.server_root_debris(end)),
+            Some(named) => out.extend(self.instance_root_debris(&named)),
+        }
+        for c in &self.clients {
+            // The snapshot, the (empty) journal that follows it, the
+            // status file `client status` reads (never a half-written
+            // `status.tmp`: it is renamed into place) and the client's key.
+            let state = c.folder.join(".dropsync");
+            let snapshot = fs::read_to_string(state.join("metadata")).unwrap_or_default();
+            let generation = snapshot.lines().rev().find_map(|l| l.strip_prefix("# generation ")).unwrap_or("?");
+            let journal = format!("metadata.journal.{generation}");
+            for f in views::all_files(&state) {
+                if f != "metadata" && f != journal && f != "status" && f != "identity.pem" && f != "server-fingerprint" {
+                    out.push(problem(5, format!("{}: unexpected file .dropsync/{f}", c.label)));
+                }
+            }
+            for n in views::names_in(&c.folder) {
+                if n.starts_with(".dropsync") && n != ".dropsync" {
+                    out.push(problem(5, format!("{}: unexpected {n} in the folder", c.label)));
+                }
+            }
+        }
+        let mut allowed: BTreeSet<String> = BTreeSet::new();
+        for s in &self.servers {
+            let root = s.root();
+            allowed.extend(root.file_name().map(|n| n.to_string_lossy().into_owned()));
+            allowed.extend(root.with_extension("server.log").file_name().map(|n| n.to_string_lossy().into_owned()));
+        }
+        for v in self.verify_folders() {
+            allowed.insert(format!("{v}.client.log"));
+            allowed.insert(v);
+        }
+        if self.shared.is_some() {
+            allowed.insert("pg".into());
+        }
+        for c in &self.clients {
+            allowed.insert(c.label.clone());
+            allowed.insert(format!("{}.client.log", c.label));
+        }
+        for n in views::names_in(&self.dir.path) {
+            if !allowed.contains(&n) {
+                out.push(problem(5, format!("run folder: unexpected {n}")));
+            }
+        }
+        let cwd_now = views::names_in(Path::new("."));
+        for n in cwd_now.iter().filter(|n| !self.cwd_before.contains(n)) {
+            out.push(problem(5, format!("working directory: new entry {n}")));
+        }
+        out
+    }
+
+    /// One server's root: its META-DATA, history, key, enrolment list and
+    /// the blobs of the files and of the versions the history keeps.
+    fn server_root_debris(&self, end: &Tree) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let root = self.servers[0].root();
         // The META-DATA and its journal, the server's key (secure mode's
         // identity, made at every start whether or not it is used) and, in
         // secure mode, the enrolment list and its lock.
@@ -1230,14 +1624,6 @@ impl Run {
                 .iter()
                 .map(|s| s.to_string())
                 .collect();
-        match views::server_tree(root) {
-            Ok(view) if view == *end => {}
-            Ok(view) => out.push(problem(
-                1,
-                format!("the server's view after a restart differs:\n{}", self.diff(&["before".into(), "after".into()], &[end.clone(), view])),
-            )),
-            Err(e) => out.push(problem(1, e)),
-        }
         let blobs = views::server_blobs(root).unwrap_or_default();
         for p in end.keys().filter_map(|path| blobs.get(path).cloned().flatten()) {
             expected.insert(p.strip_prefix(root).map(|p| p.display().to_string()).unwrap_or_default());
@@ -1259,49 +1645,59 @@ impl Run {
                 out.push(problem(5, format!("server root: unexpected file {f} (temp file or orphan blob)")));
             }
         }
-        for c in &self.clients {
-            // The snapshot, the (empty) journal that follows it, the
-            // status file `client status` reads (never a half-written
-            // `status.tmp`: it is renamed into place) and the client's key.
-            let state = c.folder.join(".dropsync");
-            let snapshot = fs::read_to_string(state.join("metadata")).unwrap_or_default();
-            let generation = snapshot.lines().rev().find_map(|l| l.strip_prefix("# generation ")).unwrap_or("?");
-            let journal = format!("metadata.journal.{generation}");
-            for f in views::all_files(&state) {
-                if f != "metadata" && f != journal && f != "status" && f != "identity.pem" && f != "server-fingerprint" {
-                    out.push(problem(5, format!("{}: unexpected file .dropsync/{f}", c.label)));
+        out
+    }
+
+    /// Several instances: each root holds its key (and enrolment list) and
+    /// a cache of contents the catalog names, each file hashing to its
+    /// name; no temp file, no META-DATA (the catalog is in PostgreSQL).
+    fn instance_root_debris(
+        &self,
+        named: &std::collections::HashSet<dropsync_proto::metadata::Strong>,
+    ) -> Vec<Problem> {
+        let mut out = Vec::new();
+        let named: BTreeSet<String> = named.iter().map(shared::hex).collect();
+        let expected = ["meta/identity.pem", "meta/clients", "meta/clients.lock"];
+        for s in &self.servers {
+            let root = s.root();
+            for f in views::all_files(root) {
+                if expected.contains(&f.as_str()) {
+                    continue;
+                }
+                let cached = f.strip_prefix("blobs/").and_then(|rest| rest.split_once('/'));
+                match cached {
+                    Some((prefix, name)) if name.starts_with(prefix) && named.contains(name) => {
+                        match fs::read(root.join(&f)) {
+                            Ok(bytes) if sha256_hex(&bytes) == name => {}
+                            Ok(bytes) => out.push(problem(
+                                4,
+                                format!(
+                                    "{}: cached {f} holds {} bytes that do not hash to its name",
+                                    s.name,
+                                    bytes.len()
+                                ),
+                            )),
+                            Err(e) => out.push(problem(5, format!("{}: cached {f} unreadable: {e}", s.name))),
+                        }
+                    }
+                    Some(_) => out.push(problem(5, format!("{}: cache holds {f}, which no line names", s.name))),
+                    None => out.push(problem(5, format!("{}: unexpected file {f} (temp file?)", s.name))),
                 }
             }
-            for n in views::names_in(&c.folder) {
-                if n.starts_with(".dropsync") && n != ".dropsync" {
-                    out.push(problem(5, format!("{}: unexpected {n} in the folder", c.label)));
-                }
-            }
-        }
-        let mut allowed: BTreeSet<String> = ["server", "server.server.log", "verify", "verify.client.log"].iter().map(|s| s.to_string()).collect();
-        for c in &self.clients {
-            allowed.insert(c.label.clone());
-            allowed.insert(format!("{}.client.log", c.label));
-        }
-        for n in views::names_in(&self.dir.path) {
-            if !allowed.contains(&n) {
-                out.push(problem(5, format!("run folder: unexpected {n}")));
-            }
-        }
-        let cwd_now = views::names_in(Path::new("."));
-        for n in cwd_now.iter().filter(|n| !self.cwd_before.contains(n)) {
-            out.push(problem(5, format!("working directory: new entry {n}")));
         }
         out
     }
 
     /// Invariant 6: no thread of any process panicked.
     fn panics(&self) -> Vec<Problem> {
-        let mut logs = vec![("server".to_owned(), self.dir.path.join("server.server.log"))];
+        let mut logs: Vec<(String, PathBuf)> =
+            self.servers.iter().map(|s| (s.name.clone(), s.root().with_extension("server.log"))).collect();
         for c in &self.clients {
             logs.push((c.label.clone(), self.dir.path.join(format!("{}.client.log", c.label))));
         }
-        logs.push(("verify".into(), self.dir.path.join("verify.client.log")));
+        for v in self.verify_folders() {
+            logs.push((v.clone(), self.dir.path.join(format!("{v}.client.log"))));
+        }
         let mut out = Vec::new();
         for (who, path) in logs {
             let text = fs::read_to_string(&path).unwrap_or_default();
@@ -1317,7 +1713,7 @@ impl Run {
         let mut r = String::new();
         let names: Vec<&str> = invariants.iter().map(|&i| INVARIANTS[usize::from(i)]).collect();
         let _ = writeln!(r, "\n==== dropsync-soak: seed {} FAILED: {} ====", self.seed, names.join(", "));
-        let _ = writeln!(r, "replay: {}", replay_command(self.seed, self.opts.steps));
+        let _ = writeln!(r, "replay: {}", replay_command(self.seed, &self.opts));
         let _ = writeln!(r, "config: {}", self.config);
         let _ = writeln!(r, "logs and folders kept in {}", self.dir.path.display());
         let _ = writeln!(r, "\n-- problems --");
@@ -1340,6 +1736,24 @@ impl Run {
         let _ = writeln!(r, "==== end of seed {} ====", self.seed);
         Failure { seed: self.seed, invariants, report: r }
     }
+}
+
+/// The folders of the fresh `--once` clients of the last check: `verify`,
+/// or with several instances `verify<i>` through instance `i`.
+fn verify_folders(instances: usize) -> Vec<String> {
+    if instances <= 1 {
+        vec!["verify".to_owned()]
+    } else {
+        (0..instances).map(|i| format!("verify{i}")).collect()
+    }
+}
+
+/// The lower-case hex SHA-256 of `bytes` (a content's name in a cache and
+/// in the bucket).
+fn sha256_hex(bytes: &[u8]) -> String {
+    use sha2::Digest as _;
+    let key: dropsync_proto::metadata::Strong = sha2::Sha256::digest(bytes).into();
+    shared::hex(&key)
 }
 
 /// A path from the pool.

@@ -19,14 +19,44 @@ pub struct S3Proc {
 
 /// One plain HTTP request with an empty body; the status and the body.
 fn request(port: u16, method: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let (status, body) = request_bytes(port, method, path)?;
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// [`request`] with the body as bytes (an object's content), read to the
+/// end of the connection (`Connection: close`) and de-chunked if the
+/// server chunked it.
+fn request_bytes(port: u16, method: &str, path: &str) -> std::io::Result<(u16, Vec<u8>)> {
     let mut s = TcpStream::connect(("127.0.0.1", port))?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     write!(s, "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n")?;
-    let mut raw = String::new();
-    s.read_to_string(&mut raw)?;
-    let status = raw.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = raw.split_once("\r\n\r\n").map(|(_, b)| b.to_owned()).unwrap_or_default();
-    Ok((status, body))
+    let mut raw = Vec::new();
+    s.read_to_end(&mut raw)?;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").map_or(raw.len(), |i| i + 4);
+    let head = String::from_utf8_lossy(&raw[..split]).to_ascii_lowercase();
+    let status = head.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = &raw[split..];
+    if head.contains("transfer-encoding: chunked") {
+        return Ok((status, dechunk(body)?));
+    }
+    Ok((status, body.to_vec()))
+}
+
+/// The payload of a chunked HTTP body (no trailers expected).
+fn dechunk(mut body: &[u8]) -> std::io::Result<Vec<u8>> {
+    let bad = || std::io::Error::new(std::io::ErrorKind::InvalidData, "bad chunked body");
+    let mut out = Vec::new();
+    loop {
+        let line_end = body.windows(2).position(|w| w == b"\r\n").ok_or_else(bad)?;
+        let size_text = String::from_utf8_lossy(&body[..line_end]);
+        let size = usize::from_str_radix(size_text.split(';').next().unwrap_or("").trim(), 16).map_err(|_| bad())?;
+        body = &body[line_end + 2..];
+        if size == 0 {
+            return Ok(out);
+        }
+        out.extend_from_slice(body.get(..size).ok_or_else(bad)?);
+        body = body.get(size + 2..).ok_or_else(bad)?;
+    }
 }
 
 impl S3Proc {
@@ -83,10 +113,33 @@ impl S3Proc {
     }
 
     /// The keys in `bucket` (an unsigned ListObjectsV2, which moto allows).
+    /// One page: at most 1,000 keys.
     pub fn keys(&self, bucket: &str) -> Vec<String> {
         let (status, body) = request(self.port, "GET", &format!("/{bucket}?list-type=2")).unwrap();
         assert_eq!(status, 200, "{body}");
         body.split("<Key>").skip(1).filter_map(|k| k.split_once("</Key>")).map(|(k, _)| k.to_owned()).collect()
+    }
+
+    /// The content of object `key` in `bucket`; `Ok(None)` when there is
+    /// no such object. Signed with [`CREDENTIALS`](Self::CREDENTIALS) (moto
+    /// refuses an unsigned GetObject), by `rusty-s3` as the server signs.
+    pub fn get(&self, bucket: &str, key: &str) -> std::io::Result<Option<Vec<u8>>> {
+        use rusty_s3::S3Action as _;
+        let endpoint = url::Url::parse(&self.endpoint).map_err(std::io::Error::other)?;
+        let b = rusty_s3::Bucket::new(endpoint, rusty_s3::UrlStyle::Path, bucket.to_owned(), "us-east-1")
+            .map_err(std::io::Error::other)?;
+        let [(_, id), (_, secret)] = Self::CREDENTIALS;
+        let credentials = rusty_s3::Credentials::new(id, secret);
+        let signed = rusty_s3::actions::GetObject::new(&b, Some(&credentials), key).sign(Duration::from_secs(600));
+        let target = format!("{}?{}", signed.path(), signed.query().unwrap_or_default());
+        match request_bytes(self.port, "GET", &target)? {
+            (200, body) => Ok(Some(body)),
+            (404, _) => Ok(None),
+            (status, body) => Err(std::io::Error::other(format!(
+                "GET {bucket}/{key}: {status} {}",
+                String::from_utf8_lossy(&body[..body.len().min(200)])
+            ))),
+        }
     }
 }
 
@@ -94,5 +147,18 @@ impl Drop for S3Proc {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::dechunk;
+
+    #[test]
+    fn a_chunked_body_is_put_back_together() {
+        let body = b"5\r\nhello\r\n7;ext=1\r\n, world\r\n0\r\n\r\n";
+        assert_eq!(dechunk(body).unwrap(), b"hello, world");
+        assert!(dechunk(b"5\r\nhel").is_err(), "a body cut short is an error, not a short object");
+        assert!(dechunk(b"zz\r\n").is_err());
     }
 }
