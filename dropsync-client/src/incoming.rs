@@ -337,17 +337,10 @@ impl Host for Deliveries {
     fn commit(&mut self, name: &str, open: Open, file: Assembled) -> StatusCode {
         let reply = match open.sink {
             Sink::Memory(bytes) => return self.on_metadata(&bytes, file, open.started),
-            Sink::Temp(temp) => match self.install(name, temp, Content { md5: file.md5, size: file.size }) {
-                Ok(()) => StatusCode::OK,
-                Err(Unwritten::BeingSent) => {
-                    self.delivered.push(SessionEvent::RefusedWhileSending(name.to_owned()));
-                    StatusCode::IN_USE
-                }
-                Err(Unwritten::CannotWrite) => {
-                    self.delivered.push(SessionEvent::Unwritable(name.to_owned()));
-                    StatusCode::IN_USE
-                }
-            },
+            Sink::Temp(temp) => {
+                let installed = self.install(name, temp, Content { md5: file.md5, size: file.size });
+                self.reply_to_install(name, installed)
+            }
         };
         self.ended(name, open.started);
         reply
@@ -405,17 +398,10 @@ impl Host for Deliveries {
         }
         let copied = self.copy_to_temp(&source, stat);
         let reply = match copied {
-            Ok(temp) => match self.install(name, temp, content) {
-                Ok(()) => StatusCode::OK,
-                Err(Unwritten::BeingSent) => {
-                    self.delivered.push(SessionEvent::RefusedWhileSending(name.to_owned()));
-                    StatusCode::IN_USE
-                }
-                Err(Unwritten::CannotWrite) => {
-                    self.delivered.push(SessionEvent::Unwritable(name.to_owned()));
-                    StatusCode::IN_USE
-                }
-            },
+            Ok(temp) => {
+                let installed = self.install(name, temp, content);
+                self.reply_to_install(name, installed)
+            }
             Err(e) => {
                 log::debug!("cannot copy {from} to {name} here ({e}): asking for the file");
                 // The file itself comes next: this is no delivery yet.
@@ -433,6 +419,23 @@ impl Host for Deliveries {
 }
 
 impl Deliveries {
+    /// The reply to a file received whole (or copied here): 0x0001 once
+    /// installed; 0x0080 when our own change of it is being sent, or it
+    /// cannot be written, which the control thread hears of.
+    fn reply_to_install(&mut self, name: &str, installed: Result<(), Unwritten>) -> StatusCode {
+        match installed {
+            Ok(()) => StatusCode::OK,
+            Err(Unwritten::BeingSent) => {
+                self.delivered.push(SessionEvent::RefusedWhileSending(name.to_owned()));
+                StatusCode::IN_USE
+            }
+            Err(Unwritten::CannotWrite) => {
+                self.delivered.push(SessionEvent::Unwritable(name.to_owned()));
+                StatusCode::IN_USE
+            }
+        }
+    }
+
     /// Our file of `from`, when it holds the server's version of it with
     /// MD5 `digest` as last seen (in sync, stat unchanged and outside the
     /// racy window): its path, content and stat.

@@ -197,16 +197,33 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
         let strong = self.blobs.strong_of(&temp);
         let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let current = self.catalog.get(path);
-        if let Some(cur) = &current {
-            if cur.state == EntryState::File && cur.strong == Some(strong) && cur.size == size {
-                seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, cur.version);
-                return Ok(Committed::Unchanged);
-            }
+        if let Some(unchanged) = unchanged(current.as_ref(), strong, size, seen) {
+            return Ok(unchanged);
         }
         let strong = self.blobs.install(temp).map_err(CoreError::Io)?;
-        let conflict = self.conflict_if_stale(current.as_ref(), seen, now)?;
-        self.blobs.add_ref(&strong);
         let change = Change::File { md5, size, mtime_ns: now.unix_ns, strong };
+        self.commit_content(path, current.as_ref(), change, strong, seen, label, now)
+    }
+
+    /// Commits `change`, new content `strong` at `path` (whose line was
+    /// `current`), under the commit lock: the overwritten version first kept
+    /// as a conflict copy if the sender never saw it; then the line, which
+    /// holds one reference to the content. The overwritten version's
+    /// reference passes to the history, which releases it when retention
+    /// drops the version.
+    #[allow(clippy::too_many_arguments)]
+    fn commit_content(
+        &self,
+        path: &str,
+        current: Option<&Entry>,
+        change: Change,
+        strong: Strong,
+        seen: &Mutex<SeenVersions>,
+        label: &str,
+        now: WallTime,
+    ) -> Result<Committed, CoreError> {
+        let conflict = self.conflict_if_stale(current, seen, now)?;
+        self.blobs.add_ref(&strong);
         let entry = match self.catalog.commit(path, change) {
             Ok(e) => e,
             Err(e) => {
@@ -214,8 +231,6 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
                 return Err(e);
             }
         };
-        // The overwritten version's reference passes to the history, which
-        // releases it when retention drops the version.
         self.set_uploader(path, label);
         seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, entry.version);
         Ok(Committed::New { entry, conflict })
@@ -247,27 +262,16 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
             return Ok(Committed::NoFile);
         };
         let current = self.catalog.get(path);
-        if let Some(cur) = &current {
-            if cur.state == EntryState::File && cur.strong == Some(strong) && cur.size == source.size {
-                seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, cur.version);
-                return Ok(Committed::Unchanged);
-            }
+        if let Some(unchanged) = unchanged(current.as_ref(), strong, source.size, seen) {
+            return Ok(unchanged);
         }
-        let conflict = self.conflict_if_stale(current.as_ref(), seen, now)?;
-        self.blobs.add_ref(&strong);
         let change = Change::File { md5: source.md5, size: source.size, mtime_ns: now.unix_ns, strong };
-        let entry = match self.catalog.commit(path, change) {
-            Ok(e) => e,
-            Err(e) => {
-                self.blobs.drop_ref(&strong);
-                return Err(e);
-            }
-        };
-        self.set_uploader(path, label);
-        seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, entry.version);
-        let origin = Origin { version: entry.version, from: from.to_owned(), from_version: source.version };
-        self.copies.lock().unwrap_or_else(PoisonError::into_inner).record(path, origin);
-        Ok(Committed::New { entry, conflict })
+        let committed = self.commit_content(path, current.as_ref(), change, strong, seen, label, now)?;
+        if let Committed::New { entry, .. } = &committed {
+            let origin = Origin { version: entry.version, from: from.to_owned(), from_version: source.version };
+            self.copies.lock().unwrap_or_else(PoisonError::into_inner).record(path, origin);
+        }
+        Ok(committed)
     }
 
     /// Where `version` of `path` took its content from, when a COPY made
@@ -461,6 +465,14 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
             }
         }
     }
+}
+
+/// Section 6: an upload whose content (`strong`, `size`) equals the current
+/// version of a file changes nothing; the sender has seen that version.
+fn unchanged(current: Option<&Entry>, strong: Strong, size: u64, seen: &Mutex<SeenVersions>) -> Option<Committed> {
+    let cur = current.filter(|c| c.state == EntryState::File && c.strong == Some(strong) && c.size == size)?;
+    seen.lock().unwrap_or_else(PoisonError::into_inner).saw(&cur.path, cur.version);
+    Some(Committed::Unchanged)
 }
 
 #[cfg(test)]
