@@ -10,7 +10,8 @@
 //!   the multiplexer [`mux`], [`open_transfers`], [`liveness`] and the
 //!   message [`decoder`];
 //! - the server's rules: [`library`] (commits over the [`meta_server::Catalog`]
-//!   and [`library::BlobStore`] traits), [`history`] (what commits replace,
+//!   and [`library::BlobStore`] traits; [`shared_catalog`]: the rules of a
+//!   catalog several instances share), [`history`] (what commits replace,
 //!   kept for restores and undeletes), [`delivery`] (the update queue),
 //!   [`stale`], [`locks`], [`pairing`], [`path_rules`], [`access`] (who may connect and
 //!   change what);
@@ -54,6 +55,7 @@ pub mod receiving;
 pub mod reconcile;
 pub mod sender;
 pub mod sending;
+pub mod shared_catalog;
 pub mod stale;
 pub mod storage;
 pub mod sync_policy;

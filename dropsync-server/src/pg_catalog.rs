@@ -1,13 +1,16 @@
-//! The catalog on PostgreSQL (issue 18, first part; docs/SCALING.md): the
-//! META-DATA, the version counter, an append-only change log and the
-//! history, in tables that several server instances can share.
+//! The catalog on PostgreSQL (issue 18; docs/SCALING.md): the META-DATA,
+//! the version counter, an append-only change log and the history, in
+//! tables that several server instances can share.
 //!
-//! Reads are served from memory, as the embedded catalog's are: the table
-//! and the history are core's own structures (`ServerMeta`, `History`),
-//! loaded at start and kept up to date. A commit is one transaction:
+//! The rules (reads from memory, a commit as one transaction with a
+//! compare-and-set on the path's row and the version from one counter row,
+//! the catch-up from the change log) are core's `shared_catalog`, which the
+//! simulator runs too; this module gives them their statements in SQL
+//! ([`Sql`]) and holds the instance's view:
 //! - the path's row is locked and compared with the version this instance
-//!   knows (compare-and-set: a change another instance committed first
-//!   makes this one fail, after catching up, rather than overwrite unseen);
+//!   knows (`SELECT ... FOR UPDATE`): a change another instance committed
+//!   first makes this one fail, after catching up, rather than overwrite
+//!   unseen;
 //! - the next version comes from one counter row, whose lock is held until
 //!   the commit, so versions are handed out in commit order across
 //!   instances, strictly increasing;
@@ -16,18 +19,18 @@
 //! - only once the transaction is committed is the change applied in
 //!   memory and acknowledged (section 6: persist before 0x0001).
 //!
-//! `catch_up` reads what other instances committed since this one's cursor
-//! (the change log and the history, in commit order): the follower
-//! (`follower.rs`, through `follow`) does it as they come, and a commit that
-//! finds its row changed does it first; the lines that commit caught up on
-//! wait for the follower (`State::pending`), which queues them for this
+//! The follower (`follower.rs`, through `follow`) catches up with what
+//! other instances committed as they come, and a commit that finds its row
+//! changed does it first; the lines that commit caught up on wait for the
+//! follower (`SharedView`'s pending lines), which queues them for this
 //! instance's clients as it does the lines it reads itself.
 
 use std::sync::{Mutex, MutexGuard, PoisonError};
 
-use dropsync_core::history::{self, History, Kept};
+use dropsync_core::history::{self, Kept};
 use dropsync_core::meta_server::{Catalog, Change, ServerMeta};
 use dropsync_core::path_rules::PathConflict;
+use dropsync_core::shared_catalog::{CommitTx, SharedDb, SharedView};
 use dropsync_core::CoreError;
 use dropsync_proto::metadata::{Entry, EntryState, Strong};
 use postgres::{Client, NoTls, Row, Transaction};
@@ -79,27 +82,11 @@ pub fn connect(url: &str) -> Result<Client, postgres::Error> {
 /// The channel NOTIFY wakes other instances on.
 pub const CHANNEL: &str = "dropsync_changes";
 
-/// What this instance holds in memory.
-struct State {
-    table: ServerMeta,
-    history: History,
-    /// Every change up to this version is applied here.
-    cursor: u64,
-    /// Every history row up to this id is applied here.
-    history_cursor: i64,
-    /// Lines a refused commit caught up on (other instances' commits),
-    /// applied here but not yet handed to the follower: `follow` reads the
-    /// change log from the cursor, which they moved past, so it returns
-    /// these first (queued for this instance's clients, their contents
-    /// counted, as any followed line).
-    pending: Vec<Entry>,
-}
-
-/// The catalog on PostgreSQL.
+/// The catalog on PostgreSQL: the connection and this instance's view.
 pub struct PgCatalog {
     url: String,
     db: Mutex<Client>,
-    state: Mutex<State>,
+    view: Mutex<SharedView>,
 }
 
 fn db_err(e: postgres::Error) -> CoreError {
@@ -140,20 +127,8 @@ impl PgCatalog {
     pub fn open(url: &str) -> Result<Self, CoreError> {
         let mut db = connect(url).map_err(db_err)?;
         migrate(&mut db)?;
-        let mut state = State {
-            table: ServerMeta::default(),
-            history: History::default(),
-            cursor: 0,
-            history_cursor: 0,
-            pending: Vec::new(),
-        };
-        let last: i64 = db.query_one("SELECT last_version FROM dropsync_counter", &[]).map_err(db_err)?.get(0);
-        for row in db.query(&format!("SELECT {ENTRY_COLUMNS} FROM dropsync_entries"), &[]).map_err(db_err)? {
-            state.table.put(entry_of(&row, 0)?);
-        }
-        state.cursor = u64::try_from(last).unwrap_or(0);
-        load_history(&mut db, &mut state)?;
-        Ok(Self { url: url.to_owned(), db: Mutex::new(db), state: Mutex::new(state) })
+        let view = SharedView::open(&mut Sql(&mut db))?;
+        Ok(Self { url: url.to_owned(), db: Mutex::new(db), view: Mutex::new(view) })
     }
 
     /// The connection, made again first if it broke (the database
@@ -182,43 +157,96 @@ fn migrate(db: &mut Client) -> Result<(), CoreError> {
     tx.commit().map_err(db_err)
 }
 
-fn load_history(db: &mut Client, st: &mut State) -> Result<(), CoreError> {
-    let rows = db
-        .query(
-            &format!("SELECT id, replaced_ns, {ENTRY_COLUMNS} FROM dropsync_history WHERE id > $1 ORDER BY id"),
-            &[&st.history_cursor],
-        )
-        .map_err(db_err)?;
-    for row in rows {
-        let id: i64 = row.get(0);
-        st.history.keep(entry_of(&row, 2)?, row.get(1));
-        st.history_cursor = st.history_cursor.max(id);
+/// The shared catalog's statements (core's `shared_catalog::SharedDb`) in
+/// SQL, on one connection.
+struct Sql<'c>(&'c mut Client);
+
+/// A commit's transaction in SQL.
+struct SqlTx<'c>(Transaction<'c>);
+
+impl SharedDb for Sql<'_> {
+    type Tx<'a>
+        = SqlTx<'a>
+    where
+        Self: 'a;
+
+    fn begin(&mut self) -> Result<SqlTx<'_>, CoreError> {
+        self.0.transaction().map(SqlTx).map_err(db_err)
     }
-    Ok(())
+
+    fn load(&mut self) -> Result<(u64, Vec<Entry>), CoreError> {
+        let last: i64 = self.0.query_one("SELECT last_version FROM dropsync_counter", &[]).map_err(db_err)?.get(0);
+        let rows = self.0.query(&format!("SELECT {ENTRY_COLUMNS} FROM dropsync_entries"), &[]).map_err(db_err)?;
+        let entries = rows.iter().map(|r| entry_of(r, 0)).collect::<Result<Vec<_>, _>>()?;
+        Ok((u64::try_from(last).unwrap_or(0), entries))
+    }
+
+    fn changes_since(&mut self, cursor: u64) -> Result<Vec<(u64, Entry)>, CoreError> {
+        let rows = self
+            .0
+            .query(
+                &format!(
+                    "SELECT c.version, e.{} FROM dropsync_changes c JOIN dropsync_entries e ON e.path = c.path \
+                     WHERE c.version > $1 ORDER BY c.version",
+                    ENTRY_COLUMNS.replace(", ", ", e.")
+                ),
+                &[&to_i64(cursor)],
+            )
+            .map_err(db_err)?;
+        let row = |r: &Row| Ok((u64::try_from(r.get::<_, i64>(0)).unwrap_or(0), entry_of(r, 1)?));
+        rows.iter().map(row).collect()
+    }
+
+    fn history_since(&mut self, id: i64) -> Result<Vec<(i64, Kept)>, CoreError> {
+        let rows = self
+            .0
+            .query(
+                &format!("SELECT id, replaced_ns, {ENTRY_COLUMNS} FROM dropsync_history WHERE id > $1 ORDER BY id"),
+                &[&id],
+            )
+            .map_err(db_err)?;
+        let row = |r: &Row| Ok((r.get(0), Kept { entry: entry_of(r, 2)?, replaced_ns: r.get(1) }));
+        rows.iter().map(row).collect()
+    }
 }
 
-fn catch_up(db: &mut Client, st: &mut State) -> Result<Vec<Entry>, CoreError> {
-    let rows = db
-        .query(
-            &format!(
-                "SELECT c.version, e.{} FROM dropsync_changes c JOIN dropsync_entries e ON e.path = c.path \
-                 WHERE c.version > $1 ORDER BY c.version",
-                ENTRY_COLUMNS.replace(", ", ", e.")
-            ),
-            &[&to_i64(st.cursor)],
-        )
-        .map_err(db_err)?;
-    let mut changed = Vec::new();
-    for row in rows {
-        let v: i64 = row.get(0);
-        let entry = entry_of(&row, 1)?;
-        if st.table.put(entry.clone()).is_some() {
-            changed.push(entry);
-        }
-        st.cursor = st.cursor.max(u64::try_from(v).unwrap_or(0));
+impl CommitTx for SqlTx<'_> {
+    fn lock_row(&mut self, path: &str) -> Result<Option<u64>, CoreError> {
+        let row = self
+            .0
+            .query_opt("SELECT version FROM dropsync_entries WHERE path = $1 FOR UPDATE", &[&path])
+            .map_err(db_err)?;
+        Ok(row.map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0)))
     }
-    load_history(db, st)?;
-    Ok(changed)
+
+    fn next_version(&mut self) -> Result<u64, CoreError> {
+        let version: i64 = self
+            .0
+            .query_one(
+                "UPDATE dropsync_counter SET last_version = last_version + 1 WHERE id = 1 RETURNING last_version",
+                &[],
+            )
+            .map_err(db_err)?
+            .get(0);
+        Ok(u64::try_from(version).unwrap_or(0))
+    }
+
+    fn write(&mut self, replaced: Option<&Kept>, entry: &Entry) -> Result<(), CoreError> {
+        if let Some(k) = replaced {
+            insert_line(&mut self.0, "dropsync_history", &k.entry, Some(k.replaced_ns))?;
+        }
+        insert_line(&mut self.0, "dropsync_entries", entry, None)?;
+        let version = to_i64(entry.version);
+        self.0
+            .execute("INSERT INTO dropsync_changes (version, path) VALUES ($1, $2)", &[&version, &entry.path])
+            .map_err(db_err)?;
+        self.0.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &version.to_string()]).map_err(db_err)?;
+        Ok(())
+    }
+
+    fn commit(self) -> Result<(), CoreError> {
+        self.0.commit().map_err(db_err)
+    }
 }
 
 fn insert_line(tx: &mut Transaction<'_>, table: &str, e: &Entry, replaced_ns: Option<i64>) -> Result<(), CoreError> {
@@ -245,112 +273,60 @@ fn insert_line(tx: &mut Transaction<'_>, table: &str, e: &Entry, replaced_ns: Op
 
 impl Catalog for PgCatalog {
     fn get(&self, path: &str) -> Option<Entry> {
-        lock(&self.state).table.get(path).cloned()
+        lock(&self.view).get(path)
     }
 
     fn commit(&self, path: &str, change: Change) -> Result<Entry, CoreError> {
         let mut db = self.connection()?;
-        let mut st = lock(&self.state);
-        let known = st.table.get(path).map(|e| e.version);
-        let mut tx = db.transaction().map_err(db_err)?;
-        let row = tx
-            .query_opt("SELECT version FROM dropsync_entries WHERE path = $1 FOR UPDATE", &[&path])
-            .map_err(db_err)?;
-        let in_db = row.map(|r| u64::try_from(r.get::<_, i64>(0)).unwrap_or(0));
-        if in_db != known {
-            drop(tx);
-            // What it brings waits for the follower, which queues it for
-            // this instance's clients: the cursor moves past it here.
-            let caught = catch_up(&mut db, &mut st)?;
-            st.pending.extend(caught);
-            return Err(CoreError::Io(std::io::Error::other(format!(
-                "{path:?} was changed by another server instance; not committed (the client tries again)"
-            ))));
-        }
-        let version: i64 = tx
-            .query_one(
-                "UPDATE dropsync_counter SET last_version = last_version + 1 WHERE id = 1 RETURNING last_version",
-                &[],
-            )
-            .map_err(db_err)?
-            .get(0);
-        let entry = st.table.line_for(path, change, u64::try_from(version).unwrap_or(0));
-        let previous = st.table.get(path).cloned();
-        if let Some(p) = &previous {
-            insert_line(&mut tx, "dropsync_history", p, Some(entry.mtime_ns))?;
-        }
-        insert_line(&mut tx, "dropsync_entries", &entry, None)?;
-        tx.execute("INSERT INTO dropsync_changes (version, path) VALUES ($1, $2)", &[&version, &path])
-            .map_err(db_err)?;
-        tx.execute("SELECT pg_notify($1, $2)", &[&CHANNEL, &version.to_string()]).map_err(db_err)?;
-        tx.commit().map_err(db_err)?;
-        // Durable: now in memory. The history row is read back (with any
-        // other instance's since), so that it is held once, by its id.
-        st.table.put(entry.clone());
-        if st.cursor + 1 == entry.version {
-            st.cursor = entry.version;
-        }
-        if previous.is_some() {
-            load_history(&mut db, &mut st)?;
-        }
-        Ok(entry)
+        lock(&self.view).commit(&mut Sql(&mut db), path, change)
     }
 
     fn snapshot(&self) -> (String, u64) {
-        let st = lock(&self.state);
-        (st.table.render(), st.table.last_version())
+        lock(&self.view).snapshot()
     }
 
     fn history(&self, path: &str) -> Vec<Kept> {
-        lock(&self.state).history.of(path).to_vec()
+        lock(&self.view).history(path)
     }
 
     fn live_at(&self, prefix: &str, t_ns: i64) -> Vec<Entry> {
-        let st = lock(&self.state);
-        history::live_at(st.table.entries(), &st.history, prefix, t_ns)
+        lock(&self.view).live_at(prefix, t_ns)
     }
 
     fn expire(&self, cutoff_ns: i64) -> Result<Vec<Kept>, CoreError> {
         let mut db = self.connection()?;
-        let mut st = lock(&self.state);
+        let mut view = lock(&self.view);
         db.execute("DELETE FROM dropsync_history WHERE replaced_ns < $1", &[&cutoff_ns]).map_err(db_err)?;
-        Ok(st.history.expire(cutoff_ns))
+        Ok(view.expire(cutoff_ns))
     }
 
     fn contents(&self) -> Vec<Strong> {
-        let st = lock(&self.state);
-        let live = st.table.entries().filter(|e| e.state == EntryState::File);
-        let kept = st.history.iter().filter(|k| k.is_file()).map(|k| &k.entry);
-        live.chain(kept).filter_map(|e| e.strong).collect()
+        lock(&self.view).contents()
     }
 
     fn history_size(&self) -> history::Size {
-        lock(&self.state).history.size()
+        lock(&self.view).history_size()
     }
 
     fn path_conflict(&self, path: &str, case_twins: bool) -> Option<PathConflict> {
-        lock(&self.state).table.path_conflict(path, case_twins)
+        lock(&self.view).path_conflict(path, case_twins)
     }
 
     fn budget_cutoff(&self, budget: u64) -> Option<i64> {
-        lock(&self.state).history.budget_cutoff(budget)
+        lock(&self.view).budget_cutoff(budget)
     }
 
     fn len(&self) -> usize {
-        lock(&self.state).table.len()
+        lock(&self.view).table().len()
     }
 
     fn walk_table(&self, f: &mut dyn FnMut(&ServerMeta)) {
-        f(&lock(&self.state).table)
+        f(lock(&self.view).table())
     }
 
     fn follow(&self) -> Result<Vec<Entry>, CoreError> {
         let mut db = self.connection()?;
-        let mut st = lock(&self.state);
-        let more = catch_up(&mut db, &mut st)?;
-        let mut lines = std::mem::take(&mut st.pending);
-        lines.extend(more);
-        Ok(lines)
+        lock(&self.view).follow(&mut Sql(&mut db))
     }
 
     fn shared(&self) -> bool {
