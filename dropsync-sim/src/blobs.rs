@@ -24,6 +24,17 @@ pub struct SimTemp {
 }
 
 impl SimTemp {
+    /// A new temp, counted in `open` until it is dropped.
+    pub fn new(open: Arc<Mutex<usize>>) -> Self {
+        *open.lock().unwrap_or_else(PoisonError::into_inner) += 1;
+        SimTemp { bytes: Vec::new(), open }
+    }
+
+    /// What was written.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
     /// Appends `bytes`.
     pub fn append(&mut self, bytes: &[u8]) {
         self.bytes.extend_from_slice(bytes);
@@ -108,8 +119,7 @@ impl BlobStore for MemBlobs {
         if *self.full.lock().unwrap_or_else(PoisonError::into_inner) {
             return Err(io::Error::new(io::ErrorKind::StorageFull, "no space left on device (simulated)"));
         }
-        *self.open.lock().unwrap_or_else(PoisonError::into_inner) += 1;
-        Ok(SimTemp { bytes: Vec::new(), open: self.open.clone() })
+        Ok(SimTemp::new(self.open.clone()))
     }
 
     fn open(&self, key: &Strong) -> io::Result<Arc<Vec<u8>>> {

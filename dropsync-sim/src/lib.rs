@@ -14,14 +14,25 @@
 //! - [`wire`]: what both kinds of engine drive alike (chunk bytes,
 //!   keep-alives).
 //! - [`world`]: the workload, the faults, the event loop and the checks.
+//! - With several server instances (`--instances N`): [`db`] (the shared
+//!   database: tables, advisory locks, the collector's ledger), [`shared`]
+//!   (an instance's catalog, core's `shared_catalog` over that database, and
+//!   its locks), [`bucket`] (the shared contents), [`backing`] (which of
+//!   the two an engine stands on), [`instances`] (the followers'
+//!   schedules, the collector, which instance a client reaches).
 //!
 //! What it does not test is the binaries' own driving code (threads,
 //! sockets, the file system): the real-process soak (`dropsync-soak`) does.
 
+pub mod backing;
 pub mod blobs;
+pub mod bucket;
 pub mod client;
+pub mod db;
+pub mod instances;
 pub mod net;
 pub mod server;
+pub mod shared;
 pub mod wire;
 pub mod world;
 
@@ -47,4 +58,4 @@ pub struct Settings {
     pub rescan: Duration,
 }
 
-pub use world::{replay_command, run, Failure, Outcome};
+pub use world::{replay_command, run, run_with, Failure, Outcome};

@@ -4,6 +4,9 @@
 //!   core; prints the rate, and for each failure its one-line replay
 //!   command. Exit status 1 if any seed failed.
 //! - `dropsync-sim --seed 1234`: replays one seed and prints its event log.
+//! - `--instances 3` with either: the same with three server instances
+//!   sharing a database and a bucket (the seed's run differs from its run
+//!   with one server).
 
 use std::process::ExitCode;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -11,10 +14,13 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use clap::Parser;
-use dropsync_sim::{run, Failure};
+use dropsync_sim::world::MAX_INSTANCES;
+use dropsync_sim::{run_with, Failure};
 
 #[derive(Parser, Debug)]
-#[command(about = "Deterministic simulation of dropsync: one server and 2 to 8 clients in one thread per seed")]
+#[command(
+    about = "Deterministic simulation of dropsync: one server (or 2 to 3 instances sharing a database) and 2 to 8 clients in one thread per seed"
+)]
 struct Args {
     /// How many seeds to run.
     #[arg(long, default_value_t = 1000)]
@@ -34,12 +40,18 @@ struct Args {
     /// With --seed: print the event log even when the seed passes.
     #[arg(long)]
     log: bool,
+    /// Server instances: 1, the one server on its own disk; 2 or 3,
+    /// instances sharing a database and a bucket, as with `--catalog
+    /// postgres://... --blobs s3://...`.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u8).range(1..=MAX_INSTANCES as i64))]
+    instances: u8,
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
+    let instances = usize::from(args.instances);
     if let Some(seed) = args.seed {
-        return replay(seed, args.log);
+        return replay(seed, instances, args.log);
     }
     let threads = args.threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
     let next = AtomicU64::new(args.first);
@@ -55,7 +67,7 @@ fn main() -> ExitCode {
                 if seed >= end {
                     return;
                 }
-                match run(seed) {
+                match run_with(seed, instances) {
                     Ok(o) => {
                         events.fetch_add(o.events, Ordering::Relaxed);
                         if !o.known.is_empty() {
@@ -77,8 +89,9 @@ fn main() -> ExitCode {
     let secs = started.elapsed().as_secs_f64();
     let failures = failures.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     let ran = next.load(Ordering::Relaxed).min(end) - args.first;
+    let with = if instances > 1 { format!(", {instances} instances") } else { String::new() };
     println!(
-        "sim: {ran} seeds from {} in {secs:.1} s on {threads} thread(s): {:.0} seeds/s, {:.0} seeds/min, {} events; {} failed",
+        "sim: {ran} seeds from {}{with} in {secs:.1} s on {threads} thread(s): {:.0} seeds/s, {:.0} seeds/min, {} events; {} failed",
         args.first,
         ran as f64 / secs,
         ran as f64 * 60.0 / secs,
@@ -100,8 +113,8 @@ fn main() -> ExitCode {
     }
 }
 
-fn replay(seed: u64, log: bool) -> ExitCode {
-    match run(seed) {
+fn replay(seed: u64, instances: usize, log: bool) -> ExitCode {
+    match run_with(seed, instances) {
         Ok(o) => {
             if log {
                 for line in &o.log {

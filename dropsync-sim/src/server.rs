@@ -12,10 +12,10 @@ use std::time::Instant;
 
 use dropsync_core::decoder::{Decoder, Msg};
 use dropsync_core::delivery::{client_has_it, judge_queued, resend_after, Delivery};
-use dropsync_core::library::{BlobStore, Committed, Library, WallTime};
+use dropsync_core::library::{Committed, Library, WallTime};
 use dropsync_core::liveness::{Liveness, Silence};
-use dropsync_core::locks::{try_lock_owned, LockTable, MemLockTable, OwnedLockGuard, SessionId};
-use dropsync_core::meta_server::{Catalog, MemCatalog};
+use dropsync_core::locks::{try_lock_owned, OwnedLockGuard, SessionId};
+use dropsync_core::meta_server::Catalog;
 use dropsync_core::receiving::{self, Assembled, Host, Payload, Receiving, Step};
 use dropsync_core::sending::{FileDigest, Replied, Sending};
 use dropsync_core::stale::SeenVersions;
@@ -24,12 +24,15 @@ use dropsync_proto::name::METADATA_TRANSFER_NAME;
 use dropsync_proto::{md5, StatusCode, ZERO_DIGEST};
 use dropsync_soak::model::Version;
 
+use crate::backing::{self, Backing, Blobs};
 use crate::blobs::{MemBlobs, SimStorage, SimTemp};
+use crate::db::DbSession;
 use crate::net::{ConnId, End, Net};
+use crate::shared::View;
 use crate::wire;
 use crate::Settings;
 
-type Lib = Library<MemCatalog<Arc<SimStorage>>, MemBlobs>;
+type Lib = Library<Box<dyn Catalog>, Blobs>;
 
 /// What survives a crash of the server: its durable catalog storage and
 /// its installed contents.
@@ -108,7 +111,10 @@ struct Session {
 /// The server.
 pub struct Server {
     lib: Lib,
-    disk: Disk,
+    /// "server", or the instance's name ("s1") when there are several.
+    name: String,
+    /// With a shared catalog: this instance's view and database session.
+    shared: Option<(View, DbSession)>,
     settings: Settings,
     sessions: BTreeMap<SessionId, Session>,
     by_conn: BTreeMap<ConnId, SessionId>,
@@ -125,6 +131,8 @@ pub struct Server {
 /// connection asks of the server.
 struct Uploads<'a> {
     lib: &'a Lib,
+    /// The server's name, for the log.
+    who: &'a str,
     st: &'a mut State,
     down: &'a Sending<Out>,
     id: SessionId,
@@ -178,7 +186,7 @@ impl Host for Uploads<'_> {
                 StatusCode::OK
             }
             Err(e) => {
-                self.fx.push(Effect::Log(format!("server: cannot commit {name:?}: {e}")));
+                self.fx.push(Effect::Log(format!("{}: cannot commit {name:?}: {e}", self.who)));
                 StatusCode::IN_USE
             }
         }
@@ -225,7 +233,7 @@ impl Uploads<'_> {
     /// (if one was kept) to everyone.
     fn after_commit(&mut self, conflict: Option<String>, name: &str, version: u64) {
         if let Some(c) = conflict {
-            self.fx.push(Effect::Log(format!("server: {name:?} was stale; kept {c:?}")));
+            self.fx.push(Effect::Log(format!("{}: {name:?} was stale; kept {c:?}", self.who)));
             self.fan.push((c, None));
         }
         self.fan.push((name.to_owned(), Some(self.id)));
@@ -252,19 +260,21 @@ impl wire::Content for Out {
 }
 
 impl Server {
-    /// A server on `disk` (empty for a first start), started at `now`.
-    pub fn start(disk: Disk, settings: Settings, now: Instant, wall_base_ns: i64) -> Result<Self, String> {
-        let catalog = MemCatalog::open(disk.catalog.clone()).map_err(|e| format!("catalog: {e}"))?;
-        disk.blobs.reset_refs();
-        for k in catalog.contents() {
-            disk.blobs.add_ref(&k);
-        }
-        disk.blobs.remove_orphans();
-        let locks: Arc<dyn LockTable> = Arc::new(MemLockTable::new());
-        let lib = Library::new(catalog, disk.blobs.clone(), locks, true);
+    /// A server named `name` on `backing` (empty for a first start),
+    /// started at `now`.
+    pub fn start(
+        backing: &Backing,
+        name: &str,
+        settings: Settings,
+        now: Instant,
+        wall_base_ns: i64,
+    ) -> Result<Self, String> {
+        let opened = backing::open(backing)?;
+        let lib = Library::new(opened.catalog, opened.blobs, opened.locks, true);
         Ok(Server {
             lib,
-            disk,
+            name: name.to_owned(),
+            shared: opened.shared,
             settings,
             sessions: BTreeMap::new(),
             by_conn: BTreeMap::new(),
@@ -275,9 +285,14 @@ impl Server {
         })
     }
 
-    /// The durable part, to start again from after a crash.
-    pub fn disk(&self) -> Disk {
-        self.disk.clone()
+    /// Its name in the log.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// With a shared catalog: this instance's view and database session.
+    pub fn shared(&self) -> Option<&(View, DbSession)> {
+        self.shared.as_ref()
     }
 
     fn wall(&self, now: Instant) -> WallTime {
@@ -287,9 +302,9 @@ impl Server {
     /// The live files: path → content.
     pub fn files(&self) -> BTreeMap<String, Vec<u8>> {
         let mut out = BTreeMap::new();
-        self.lib.catalog().with_table(|t| {
+        self.lib.catalog().walk_table(&mut |t| {
             for e in t.entries().filter(|e| e.state == EntryState::File) {
-                let bytes = e.strong.and_then(|k| self.disk.blobs.get(&k));
+                let bytes = e.strong.and_then(|k| self.lib.blobs().get(&k));
                 out.insert(e.path.clone(), bytes.map(|b| b.to_vec()).unwrap_or_default());
             }
         });
@@ -298,12 +313,16 @@ impl Server {
 
     /// The catalog's version counter.
     pub fn last_version(&self) -> u64 {
-        self.lib.catalog().with_table(|t| t.last_version())
+        let mut last = 0;
+        self.lib.catalog().walk_table(&mut |t| last = t.last_version());
+        last
     }
 
     /// Each path's version.
     pub fn versions(&self) -> BTreeMap<String, u64> {
-        self.lib.catalog().with_table(|t| t.entries().map(|e| (e.path.clone(), e.version)).collect())
+        let mut out = BTreeMap::new();
+        self.lib.catalog().walk_table(&mut |t| out.extend(t.entries().map(|e| (e.path.clone(), e.version))));
+        out
     }
 
     /// Whether `version` of `path` is still known: the current line or one
@@ -326,7 +345,7 @@ impl Server {
 
     /// Temps of uploads under way.
     pub fn temps_open(&self) -> usize {
-        self.disk.blobs.temps_open()
+        self.lib.blobs().temps_open()
     }
 
     /// Whether every session is idle: nothing queued, sent or settling.
@@ -469,7 +488,7 @@ impl Server {
             }
             let mut fan = Vec::new();
             let result = {
-                let (up, mut host) = uploads(&self.lib, s, id, wall, &mut fan, fx);
+                let (up, mut host) = uploads(&self.lib, &self.name, s, id, wall, &mut fan, fx);
                 up.handle_timeout(now, &mut host)
             };
             if let Err(e) = result {
@@ -479,6 +498,23 @@ impl Server {
             self.flush_up(id, now, net);
             self.fan_out(fan, now, net);
             self.resume_settled(id, now, net, fx);
+        }
+    }
+
+    /// The follower's turn (`dropsync-server`'s `follower.rs`): what other
+    /// instances committed since the last one is applied here and queued
+    /// for this instance's clients, as a commit made here is.
+    pub fn follow(&mut self, now: Instant, net: &mut Net, fx: &mut Vec<Effect>) {
+        match self.lib.follow() {
+            Ok(lines) => {
+                let mut fan = Vec::new();
+                for e in lines {
+                    fx.push(Effect::Log(format!("{}: followed {:?} version {}", self.name, e.path, e.version)));
+                    fan.push((e.path, None));
+                }
+                self.fan_out(fan, now, net);
+            }
+            Err(e) => fx.push(Effect::Log(format!("{}: cannot follow: {e}", self.name))),
         }
     }
 
@@ -503,7 +539,7 @@ impl Server {
             return;
         }
         let (result, overtaken) = {
-            let (up, mut host) = uploads(&self.lib, s, id, wall, &mut fan, fx);
+            let (up, mut host) = uploads(&self.lib, &self.name, s, id, wall, &mut fan, fx);
             let result = up.process(now, &mut host);
             (result, host.overtaken)
         };
@@ -623,7 +659,7 @@ impl Server {
         let mut fan = Vec::new();
         {
             // Closing only discards: no commit needs the wall clock.
-            let (up, mut host) = uploads(&self.lib, &mut s, id, WallTime { unix_ns: 0 }, &mut fan, fx);
+            let (up, mut host) = uploads(&self.lib, &self.name, &mut s, id, WallTime { unix_ns: 0 }, &mut fan, fx);
             up.close(&mut host);
         }
         s.down.abort_all();
@@ -632,13 +668,14 @@ impl Server {
         self.by_conn.remove(&s.down_conn);
         net.close(s.up_conn);
         net.close(s.down_conn);
-        fx.push(Effect::Log(format!("server: session {id} (c{}) ended: {why}", s.st.client)));
+        fx.push(Effect::Log(format!("{}: session {id} (c{}) ended: {why}", self.name, s.st.client)));
     }
 }
 
 /// Session `s`'s send-connection machine, and its host.
 fn uploads<'a>(
     lib: &'a Lib,
+    who: &'a str,
     s: &'a mut Session,
     id: SessionId,
     wall: WallTime,
@@ -646,5 +683,5 @@ fn uploads<'a>(
     fx: &'a mut Vec<Effect>,
 ) -> (&'a mut Receiving<Upload>, Uploads<'a>) {
     let Session { up, down, st, .. } = s;
-    (up, Uploads { lib, st, down, id, wall, fan, fx, overtaken: Vec::new() })
+    (up, Uploads { lib, who, st, down, id, wall, fan, fx, overtaken: Vec::new() })
 }

@@ -23,20 +23,38 @@
 //!   history (nothing acknowledged is lost);
 //! - every queue drained (or the run did not settle within its deadline);
 //! - at every commit: versions only grow, across server restarts too.
+//!
+//! With several instances (`run_with(seed, n)`, [`crate::instances`]): the
+//! server is 2 or 3 engines over one shared database and bucket, each
+//! client reaching one of them (and sometimes another on reconnecting);
+//! the faults hit one instance at a time (kill -9 of one, the others go
+//! on; its disk full or slow), and a kill in a commit may cut it off
+//! before its COMMIT. The invariants are the same, judged against the
+//! database (the live files are its table's, with contents from the
+//! bucket; versions only grow across instances), and three more
+//! (`checks`): every instance's view equals the database once settled, no
+//! advisory lock is left, and the bucket holds every content a line names
+//! and nothing else the collector will not take.
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fmt::Write as _;
 use std::time::{Duration, Instant};
 
 use dropsync_core::liveness::Timers;
 use dropsync_core::open_transfers::Limits;
-use dropsync_soak::model::{Change, History, Tree, Version};
+use dropsync_soak::model::{Change, History, Version};
 use dropsync_soak::rng::Rng;
 
+use dropsync_proto::metadata::{EntryState, Strong};
+
+use crate::backing::Backing;
 use crate::client::{self, Client};
+use crate::db;
+use crate::instances::Instances;
 use crate::net::{ConnId, End, LinkShape, Net};
 use crate::server::{self, Disk, Server};
 use crate::Settings;
+
+mod checks;
 
 /// Longest a run may take, in virtual time, to settle after its workload.
 const SETTLE_LIMIT: Duration = Duration::from_secs(400);
@@ -73,6 +91,8 @@ pub struct Outcome {
 pub struct Failure {
     /// The seed.
     pub seed: u64,
+    /// Server instances (1: the one server).
+    pub instances: usize,
     /// What broke.
     pub what: Vec<String>,
     /// The event log.
@@ -81,39 +101,49 @@ pub struct Failure {
 
 impl std::fmt::Display for Failure {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        writeln!(f, "seed {} FAILED:", self.seed)?;
+        match self.instances {
+            0 | 1 => writeln!(f, "seed {} FAILED:", self.seed)?,
+            n => writeln!(f, "seed {} ({n} instances) FAILED:", self.seed)?,
+        }
         for w in &self.what {
             writeln!(f, "  - {w}")?;
         }
-        write!(f, "replay: {}", replay_command(self.seed))
+        write!(f, "replay: {}", replay_command(self.seed, self.instances))
     }
 }
 
-/// The command that replays `seed` with its event log.
-pub fn replay_command(seed: u64) -> String {
-    format!("make sim SEED={seed}")
+/// The command that replays `seed` (with `instances` servers) with its
+/// event log.
+pub fn replay_command(seed: u64, instances: usize) -> String {
+    match instances {
+        0 | 1 => format!("make sim SEED={seed}"),
+        n => format!("make sim SEED={seed} INSTANCES={n}"),
+    }
 }
 
 enum Item {
     Bytes(ConnId, End, Vec<u8>),
-    ServerTimer,
-    ServerBack,
+    ServerTimer(usize),
+    ServerBack(usize),
     Client(usize),
     ClientBack(usize),
     Action,
-    DiskBack,
+    DiskBack(usize),
+    /// An instance's follower: a notification woke it, or a second passed.
+    Follow(usize),
 }
 
 impl Item {
     fn kind(&self) -> String {
         match self {
             Item::Bytes(c, e, b) => format!("{} bytes on {c} to {e:?}", b.len()),
-            Item::ServerTimer => "server timer".into(),
-            Item::ServerBack => "server back".into(),
+            Item::ServerTimer(k) => format!("server {k} timer"),
+            Item::ServerBack(k) => format!("server {k} back"),
             Item::Client(i) => format!("c{i} timer"),
             Item::ClientBack(i) => format!("c{i} back"),
             Item::Action => "workload".into(),
-            Item::DiskBack => "disk back".into(),
+            Item::DiskBack(k) => format!("server {k} disk back"),
+            Item::Follow(k) => format!("server {k} follower"),
         }
     }
 }
@@ -121,17 +151,23 @@ impl Item {
 /// A committed change: its client, path and content (`None`: a DELETE).
 type Committed = (usize, String, Option<Version>);
 
-struct World {
+pub(crate) struct World {
     seed: u64,
     rng: Rng,
     settings: Settings,
     net: Net,
+    /// The only server's disk (one instance).
     disk: Disk,
-    server: Option<Server>,
-    server_back: Option<Instant>,
+    /// The server engines: one, or the instances sharing a database.
+    servers: Vec<Option<Server>>,
+    servers_back: Vec<Option<Instant>>,
+    /// With several instances: what they share and their schedules.
+    multi: Option<Instances>,
+    /// The instance each connection reached.
+    conn_home: BTreeMap<ConnId, usize>,
     clients: Vec<Client>,
     clients_back: Vec<Option<Instant>>,
-    disk_back: Option<Instant>,
+    disk_back: Vec<Option<Instant>>,
     hist: History,
     paths: Vec<&'static str>,
     steps_left: usize,
@@ -154,6 +190,11 @@ struct World {
     /// its 0x0001 has not reached the client.
     /// With when, and the highest version before it.
     last_commit: Option<(Committed, Instant, u64)>,
+    /// The instance and version of that last commit.
+    last_commit_at: (usize, u64),
+    /// Contents of commits a kill -9 cut off before their COMMIT: put in
+    /// the bucket, named by nothing (see [`KNOWN_LIMITS`]).
+    cut_off: BTreeSet<Strong>,
     /// Uploads committed again by a client that never heard the first
     /// commit's 0x0001 (see [`KNOWN_LIMITS`]).
     replays: BTreeSet<Committed>,
@@ -184,26 +225,46 @@ struct World {
 ///   version lands after it, the client's next edit becomes a conflict
 ///   copy, and the server sends its version again (`resend_after`).
 ///   Nothing is lost (the no-lost-work check still applies in full).
-pub const KNOWN_LIMITS: &str = "replayed upload after a lost 0x0001; delivery overtaken beyond the 1 s bound";
+///
+/// With several instances, a third, counted the same way:
+/// - a content cut off: an instance was killed in a commit before its
+///   COMMIT, after the upload's content was put in the bucket (contents go
+///   there before the line that names them). No line names it and no
+///   instance made it a candidate of the collector, and the shared bucket
+///   has no sweep at start (an instance cannot tell it from an upload
+///   another instance is about to commit), so the object stays.
+pub const KNOWN_LIMITS: &str = "replayed upload after a lost 0x0001; delivery overtaken beyond the 1 s bound; \
+     content put before a COMMIT that a kill -9 cut off, left in the shared bucket";
+
+/// The most instances `--instances` takes.
+pub const MAX_INSTANCES: usize = 3;
 
 const PATHS: [&str; 8] = ["a.txt", "b.txt", "c.md", "d/e.txt", "d/f.txt", "g/h/i.bin", "j", "k l.txt"];
 
-/// Runs `seed`. `Ok` when every invariant held.
+/// Runs `seed` with one server. `Ok` when every invariant held.
 pub fn run(seed: u64) -> Result<Outcome, Failure> {
-    let mut w = World::new(seed);
+    run_with(seed, 1)
+}
+
+/// Runs `seed` with `instances` server instances (1: the one server on its
+/// own disk; 2 to [`MAX_INSTANCES`]: instances sharing a database and a
+/// bucket). `Ok` when every invariant held.
+pub fn run_with(seed: u64, instances: usize) -> Result<Outcome, Failure> {
+    let instances = instances.clamp(1, MAX_INSTANCES);
+    let mut w = World::new(seed, instances);
     let result = w.main_loop();
     match result {
         Ok(o) if w.broken.is_empty() => Ok(o),
-        Ok(o) => Err(Failure { seed, what: std::mem::take(&mut w.broken), log: o.log }),
+        Ok(o) => Err(Failure { seed, instances, what: std::mem::take(&mut w.broken), log: o.log }),
         Err(mut what) => {
             what.append(&mut w.broken);
-            Err(Failure { seed, what, log: w.log })
+            Err(Failure { seed, instances, what, log: w.log })
         }
     }
 }
 
 impl World {
-    fn new(seed: u64) -> Self {
+    fn new(seed: u64, instances: usize) -> Self {
         let mut rng = Rng::new(seed);
         let n_clients = *rng.pick(&[2, 2, 3, 3, 3, 4, 4, 5, 6, 8]);
         let settings = Settings {
@@ -224,21 +285,25 @@ impl World {
         let net = Net::new(rng.fork(), links);
         let t0 = Instant::now();
         let disk = Disk::default();
-        let server = Server::start(disk.clone(), settings, t0, WALL_BASE_SECS * 1_000_000_000).ok();
         let clients = (0..n_clients).map(|i| Client::new(i, settings, t0, WALL_BASE_SECS)).collect();
         let n_paths = rng.range(2, PATHS.len() as u64) as usize;
         let steps = rng.range(10, 60) as usize;
+        // Drawn after everything a one-server run draws, so that a seed
+        // runs with one server exactly as it did before instances existed.
+        let multi = (instances > 1).then(|| Instances::new(instances, n_clients, &mut rng, t0));
         let mut w = World {
             seed,
             rng,
             settings,
             net,
             disk,
-            server,
-            server_back: None,
+            servers: (0..instances).map(|_| None).collect(),
+            servers_back: vec![None; instances],
+            multi,
+            conn_home: BTreeMap::new(),
             clients,
             clients_back: vec![None; n_clients],
-            disk_back: None,
+            disk_back: vec![None; instances],
             hist: History::default(),
             paths: PATHS[..n_paths].to_vec(),
             steps_left: steps,
@@ -253,17 +318,51 @@ impl World {
             written: 0,
             unacked: BTreeSet::new(),
             last_commit: None,
+            last_commit_at: (0, 0),
+            cut_off: BTreeSet::new(),
             crash_on_commit: false,
             versions: Vec::new(),
             replays: BTreeSet::new(),
             resent: BTreeSet::new(),
             known: Vec::new(),
         };
+        for k in 0..instances {
+            w.servers[k] = Server::start(&w.backing(k), &w.name(k), settings, t0, WALL_BASE_SECS * 1_000_000_000).ok();
+        }
         w.say(format!(
             "seed {seed}: {n_clients} clients, chunk {}, parallel {}, paths {:?}, {steps} steps",
             settings.chunk, settings.parallel, w.paths
         ));
+        if let Some(m) = &w.multi {
+            let line = format!(
+                "{instances} instances sharing a database and a bucket: clients first on {:?}, \
+                 notifications lost {}%, collector grace {:?}",
+                m.home, m.lost_percent, m.grace
+            );
+            w.say(line);
+        }
         w
+    }
+
+    /// What server `k` starts on.
+    fn backing(&self, k: usize) -> Backing {
+        match &self.multi {
+            Some(m) => m.backing(k),
+            None => Backing::Local(self.disk.clone()),
+        }
+    }
+
+    /// Server `k`'s name in the log: "server" when it is the only one.
+    fn name(&self, k: usize) -> String {
+        match self.multi {
+            Some(_) => format!("s{k}"),
+            None => "server".into(),
+        }
+    }
+
+    /// Which servers are up.
+    fn up(&self) -> Vec<bool> {
+        self.servers.iter().map(Option::is_some).collect()
     }
 
     fn say(&mut self, line: String) {
@@ -285,7 +384,7 @@ impl World {
                         steps: self.step,
                         events: self.events,
                         virtual_time: self.now - self.t0,
-                        files: self.server.as_ref().map_or(0, |s| s.files().len()),
+                        files: self.live_files().map_or(0, |f| f.len()),
                         bytes: self.net.bytes,
                         known: self.known.clone(),
                         log: std::mem::take(&mut self.log),
@@ -305,6 +404,9 @@ impl World {
                 return Err(vec!["nothing left to happen, yet not settled".into()]);
             };
             self.now = self.now.max(t);
+            if let Some(m) = &self.multi {
+                m.set_clock(self.wall_ns());
+            }
             let mut items = self.ready();
             if self.events + items.len() as u64 > MAX_EVENTS {
                 let kinds: Vec<String> = items.iter().map(Item::kind).collect();
@@ -319,6 +421,7 @@ impl World {
                 self.events += 1;
                 self.handle(item);
                 self.closures();
+                self.notifications();
             }
         }
     }
@@ -331,10 +434,15 @@ impl World {
             }
         };
         consider(self.net.next_due());
-        consider(self.server.as_ref().and_then(|s| s.deadline()));
-        consider(self.server_back);
-        consider(self.disk_back);
+        for s in self.servers.iter().flatten() {
+            consider(s.deadline());
+        }
+        self.servers_back.iter().for_each(|t| consider(*t));
+        self.disk_back.iter().for_each(|t| consider(*t));
         consider(self.next_action);
+        if let Some(m) = &self.multi {
+            (0..m.len()).for_each(|k| consider(m.follow_at(k)));
+        }
         for (c, back) in self.clients.iter().zip(&self.clients_back) {
             consider(c.deadline());
             consider(*back);
@@ -345,14 +453,20 @@ impl World {
     fn ready(&mut self) -> Vec<Item> {
         let now = self.now;
         let mut items: Vec<Item> = self.net.take_due(now).into_iter().map(|(c, e, b)| Item::Bytes(c, e, b)).collect();
-        if self.server.as_ref().and_then(|s| s.deadline()).is_some_and(|t| t <= now) {
-            items.push(Item::ServerTimer);
+        for (k, s) in self.servers.iter().enumerate() {
+            if s.as_ref().and_then(|s| s.deadline()).is_some_and(|t| t <= now) {
+                items.push(Item::ServerTimer(k));
+            }
         }
-        if self.server_back.is_some_and(|t| t <= now) {
-            items.push(Item::ServerBack);
+        for (k, back) in self.servers_back.iter().enumerate() {
+            if back.is_some_and(|t| t <= now) {
+                items.push(Item::ServerBack(k));
+            }
         }
-        if self.disk_back.is_some_and(|t| t <= now) {
-            items.push(Item::DiskBack);
+        for (k, back) in self.disk_back.iter().enumerate() {
+            if back.is_some_and(|t| t <= now) {
+                items.push(Item::DiskBack(k));
+            }
         }
         if self.next_action.is_some_and(|t| t <= now) {
             items.push(Item::Action);
@@ -365,6 +479,13 @@ impl World {
                 items.push(Item::ClientBack(i));
             }
         }
+        if let Some(m) = &self.multi {
+            for k in 0..m.len() {
+                if m.follow_at(k).is_some_and(|t| t <= now) {
+                    items.push(Item::Follow(k));
+                }
+            }
+        }
         items
     }
 
@@ -372,6 +493,8 @@ impl World {
         let now = self.now;
         let mut sfx = Vec::new();
         let mut cfx = Vec::new();
+        // The server whose effects `sfx` holds.
+        let mut from = 0;
         match item {
             Item::Bytes(conn, to, bytes) => {
                 if !self.net.is_open(conn) {
@@ -379,7 +502,8 @@ impl World {
                 }
                 match to {
                     End::Server => {
-                        if let Some(s) = &mut self.server {
+                        from = self.conn_home.get(&conn).copied().unwrap_or(0);
+                        if let Some(s) = &mut self.servers[from] {
                             s.on_bytes(conn, &bytes, now, &mut self.net, &mut sfx);
                         }
                     }
@@ -392,25 +516,38 @@ impl World {
                     }
                 }
             }
-            Item::ServerTimer => {
-                if let Some(s) = &mut self.server {
+            Item::ServerTimer(k) => {
+                from = k;
+                if let Some(s) = &mut self.servers[k] {
                     s.on_timeout(now, &mut self.net, &mut sfx);
                 }
             }
-            Item::ServerBack => {
-                self.server_back = None;
-                match Server::start(self.disk.clone(), self.settings, now, self.wall_ns()) {
+            Item::ServerBack(k) => {
+                self.servers_back[k] = None;
+                let name = self.name(k);
+                match Server::start(&self.backing(k), &name, self.settings, now, self.wall_ns()) {
                     Ok(s) => {
-                        self.server = Some(s);
-                        self.say("server: started again".into());
+                        self.servers[k] = Some(s);
+                        if let Some(m) = &mut self.multi {
+                            m.set_up(k, Some(now));
+                        }
+                        self.say(format!("{name}: started again"));
                     }
-                    Err(e) => self.broken.push(format!("the server cannot start again: {e}")),
+                    Err(e) => self.broken.push(format!("{name} cannot start again: {e}")),
                 }
             }
-            Item::DiskBack => {
-                self.disk_back = None;
-                self.disk.blobs.set_full(false);
-                self.say("server: disk has room again".into());
+            Item::DiskBack(k) => {
+                self.disk_back[k] = None;
+                match &self.multi {
+                    Some(m) => m.set_full(k, false),
+                    None => self.disk.blobs.set_full(false),
+                }
+                let name = self.name(k);
+                self.say(format!("{name}: disk has room again"));
+            }
+            Item::Follow(k) => {
+                from = k;
+                self.follow(k, &mut sfx);
             }
             Item::ClientBack(i) => {
                 self.clients_back[i] = None;
@@ -426,7 +563,7 @@ impl World {
             }
             Item::Action => self.action(),
         }
-        self.effects(sfx, cfx);
+        self.effects(sfx.into_iter().map(|e| (from, e)).collect(), cfx);
     }
 
     fn wall_ns(&self) -> i64 {
@@ -435,17 +572,25 @@ impl World {
 
     fn connect(&mut self, i: usize) {
         let now = self.now;
-        let up_ok = self.server.is_some() && self.net.reachable(i, now);
+        let up = self.up();
+        let k = match &mut self.multi {
+            Some(m) => m.reach(i, &up, &mut self.rng),
+            None => 0,
+        };
+        let up_ok = self.servers[k].is_some() && self.net.reachable(i, now);
         if !up_ok {
             self.clients[i].connect_failed(now);
             return;
         }
         let up = self.net.open(i);
         let down = self.net.open(i);
+        self.conn_home.insert(up, k);
+        self.conn_home.insert(down, k);
         self.clients[i].connected_on(up, down, now);
-        if let Some(s) = &mut self.server {
+        if let Some(s) = &mut self.servers[k] {
             let id = s.accept(i, up, down, now, &mut self.net);
-            self.say(format!("c{i}: connected, session {id}"));
+            let to = if self.multi.is_some() { format!(" to s{k}") } else { String::new() };
+            self.say(format!("c{i}: connected{to}, session {id}"));
         }
     }
 
@@ -459,8 +604,11 @@ impl World {
             let mut sfx = Vec::new();
             let mut cfx = Vec::new();
             for (conn, client) in closed {
-                if let Some(s) = &mut self.server {
-                    s.on_closed(conn, &mut self.net, &mut sfx);
+                let k = self.conn_home.get(&conn).copied().unwrap_or(0);
+                if let Some(s) = &mut self.servers[k] {
+                    let mut fx = Vec::new();
+                    s.on_closed(conn, &mut self.net, &mut fx);
+                    sfx.extend(fx.into_iter().map(|e| (k, e)));
                 }
                 self.clients[client].on_closed(conn, self.now, &mut self.net, &mut cfx);
             }
@@ -468,19 +616,21 @@ impl World {
         }
     }
 
-    fn effects(&mut self, sfx: Vec<server::Effect>, cfx: Vec<client::Effect>) {
-        let mut crash = false;
-        for e in sfx {
+    fn effects(&mut self, sfx: Vec<(usize, server::Effect)>, cfx: Vec<client::Effect>) {
+        let mut crash = None;
+        for (k, e) in sfx {
             match e {
                 server::Effect::Log(l) => self.say(l),
                 server::Effect::Resent { client, path } => {
-                    self.say(format!("server: {path:?} sent to c{client} again: its own change overtook a delivery"));
+                    let name = self.name(k);
+                    self.say(format!("{name}: {path:?} sent to c{client} again: its own change overtook a delivery"));
                     self.resent.insert((client, path));
                 }
                 server::Effect::Committed { client, path, content, version } => {
                     if version > 0 {
                         let key = (client, path.clone(), content);
                         self.last_commit = Some((key.clone(), self.now, self.top_version));
+                        self.last_commit_at = (k, version);
                         self.versions.push((path.clone(), version));
                         if !self.unacked.insert(key.clone()) && content.is_some() {
                             self.replays.insert(key);
@@ -489,11 +639,12 @@ impl World {
                             // Killed right in this commit, before anything
                             // came of it (once its effects are recorded).
                             self.crash_on_commit = false;
-                            crash = true;
+                            crash = Some(k);
                         }
                     }
                     let what = content.map_or("delete".to_owned(), |c| self.hist.describe(Some(c)));
-                    self.say(format!("server: c{client} {path:?} {what} -> version {version}"));
+                    let name = self.name(k);
+                    self.say(format!("{name}: c{client} {path:?} {what} -> version {version}"));
                     if version > 0 {
                         if version <= self.top_version {
                             self.broken.push(format!(
@@ -538,8 +689,8 @@ impl World {
                 }
             }
         }
-        if crash {
-            self.crash_server();
+        if let Some(k) = crash {
+            self.crash_server(k);
         }
     }
 
@@ -579,9 +730,13 @@ impl World {
             5 => self.crash_client(c),
             6 if self.rng.chance(50) => {
                 self.crash_on_commit = true;
-                self.say("server: to be killed at its next commit".into());
+                let who = if self.multi.is_some() { "the next instance to commit" } else { "server" };
+                self.say(format!("{who}: to be killed at its next commit"));
             }
-            6 => self.crash_server(),
+            6 => {
+                let k = self.pick_server();
+                self.crash_server(k);
+            }
             7 => {
                 let until = self.now + Duration::from_millis(self.rng.range(300, 10_000));
                 self.net.partition(c, until);
@@ -595,16 +750,23 @@ impl World {
             }
             9 => {
                 let until = self.now + Duration::from_millis(self.rng.range(200, 5000));
-                self.disk.blobs.set_full(true);
-                self.disk_back = Some(self.disk_back.map_or(until, |t| t.max(until)));
-                self.say("server: disk full".into());
+                let k = self.pick_server();
+                match &self.multi {
+                    Some(m) => m.set_full(k, true),
+                    None => self.disk.blobs.set_full(true),
+                }
+                self.disk_back[k] = Some(self.disk_back[k].map_or(until, |t| t.max(until)));
+                let name = self.name(k);
+                self.say(format!("{name}: disk full"));
             }
             10 => {
                 let until = self.now + Duration::from_millis(self.rng.range(200, 5000));
                 let by = Duration::from_millis(self.rng.range(5, 1500));
-                if let Some(s) = &mut self.server {
+                let k = self.pick_server();
+                if let Some(s) = &mut self.servers[k] {
                     s.slow_disk(until, by);
-                    self.say(format!("server: disk slow by {by:?} for {:?}", until - self.now));
+                    let name = s.name().to_owned();
+                    self.say(format!("{name}: disk slow by {by:?} for {:?}", until - self.now));
                 }
             }
             11 => {
@@ -627,6 +789,14 @@ impl World {
             _ => self.rng.range(800, 6000),
         };
         self.next_action = Some(self.now + Duration::from_millis(gap));
+    }
+
+    /// The server a fault hits: the only one, or an instance drawn.
+    fn pick_server(&mut self) -> usize {
+        match &self.multi {
+            Some(m) => self.rng.index(m.len()),
+            None => 0,
+        }
     }
 
     fn pick_path(&mut self) -> &'static str {
@@ -701,117 +871,90 @@ impl World {
         self.say(format!("c{c}: killed (kill -9), back in {:?}", back - self.now));
     }
 
-    fn crash_server(&mut self) {
-        let Some(s) = self.server.take() else { return };
+    /// kill -9 of server `k` (with several instances, the others go on).
+    fn crash_server(&mut self, k: usize) {
+        let Some(s) = self.servers[k].take() else { return };
+        let name = s.name().to_owned();
+        let session = s.shared().map(|(_, session)| *session);
         drop(s);
-        // Killed in the middle of its last commit's append: possible only
-        // if nothing came of that commit yet (the crash is at the same
-        // instant, so its reply and deliveries are still in flight, and are
-        // lost with the connections).
-        let during = self.last_commit.as_ref().filter(|(k, at, _)| *at == self.now && self.unacked.contains(k));
+        // Killed in the middle of its last commit's append (or, sharing a
+        // database, before its COMMIT): possible only if nothing came of
+        // that commit yet (the crash is at the same instant, so its reply
+        // and deliveries are still in flight, and are lost with the
+        // connections).
+        let during = self
+            .last_commit
+            .as_ref()
+            .filter(|(key, at, _)| *at == self.now && self.unacked.contains(key) && self.last_commit_at.0 == k);
         if let Some((_, _, top_before)) = during.cloned() {
             if self.rng.chance(50) {
-                let rng = &mut self.rng;
-                if self.disk.catalog.tear_last_append(|len| rng.index(len.max(1))) {
+                let undone = match (&self.multi, session) {
+                    (Some(m), Some(session)) => {
+                        let line = db::lock(&m.db).roll_back_last(session, self.last_commit_at.1);
+                        line.map(|l| self.cut_off.extend(l.strong.filter(|_| l.state == EntryState::File))).is_some()
+                    }
+                    _ => {
+                        let rng = &mut self.rng;
+                        self.disk.catalog.tear_last_append(|len| rng.index(len.max(1)))
+                    }
+                };
+                if undone {
                     // That version was never seen: it may be handed out again.
                     self.top_version = top_before;
                     self.versions.pop();
-                    self.say("server: its last journal append torn by the crash".into());
+                    let what = match self.multi {
+                        Some(_) => "its last transaction never committed (killed before its COMMIT)",
+                        None => "its last journal append torn by the crash",
+                    };
+                    self.say(format!("{name}: {what}"));
                 }
             }
         }
+        if let (Some(m), Some(session)) = (&mut self.multi, session) {
+            // Its database session ends: its advisory locks go.
+            db::lock(&m.db).end_session(session);
+            m.set_up(k, None);
+        }
         for conn in self.net.open_conns() {
-            self.net.close(conn);
+            if self.conn_home.get(&conn) == Some(&k) {
+                self.net.close(conn);
+            }
         }
         let back = self.now + Duration::from_millis(self.rng.range(50, 3000));
-        self.server_back = Some(back);
-        self.say(format!("server: killed (kill -9), back in {:?}", back - self.now));
+        self.servers_back[k] = Some(back);
+        self.say(format!("{name}: killed (kill -9), back in {:?}", back - self.now));
+    }
+
+    /// Instance `k`'s follower: catches up (and queues what it brings for
+    /// its clients), and on its collector's turn collects.
+    fn follow(&mut self, k: usize, sfx: &mut Vec<server::Effect>) {
+        let now = self.now;
+        let wall = self.wall_ns();
+        let Some(m) = &mut self.multi else { return };
+        let collect = m.followed(k, now);
+        let gone = if collect { m.collect(wall) } else { 0 };
+        if let Some(s) = &mut self.servers[k] {
+            s.follow(now, &mut self.net, sfx);
+            if gone > 0 {
+                sfx.push(server::Effect::Log(format!("{}: collected {gone} content(s) no line names", s.name())));
+            }
+        }
+    }
+
+    /// With several instances, each commit notifies every instance that is
+    /// up (each follower then catches up, unless the notification is lost).
+    fn notifications(&mut self) {
+        let up = self.up();
+        let Some(m) = &mut self.multi else { return };
+        let notices = db::lock(&m.db).take_notices();
+        for _ in notices {
+            m.notify(self.now, &up, &mut self.rng);
+        }
     }
 
     /// The workload is over: partitions heal, stopped processes start.
     fn heal(&mut self) {
         self.net.heal();
         self.say("workload over: partitions healed; waiting for everything to settle".into());
-    }
-
-    fn settled(&self) -> bool {
-        self.server_back.is_none()
-            && self.disk_back.is_none()
-            && self.clients_back.iter().all(Option::is_none)
-            && self.server.as_ref().is_some_and(|s| s.is_idle())
-            && self.clients.iter().all(|c| c.is_idle())
-            && self.net.is_quiet()
-    }
-
-    fn unsettled(&self) -> Vec<String> {
-        let mut out = vec![format!("not settled {SETTLE_LIMIT:?} after the workload ended")];
-        if let Some(s) = &self.server {
-            out.extend(s.backlog());
-        }
-        out.extend(self.clients.iter().filter(|c| !c.is_idle()).map(|c| c.backlog()));
-        out
-    }
-
-    /// The invariants of a settled run.
-    fn check(&mut self) -> Result<(), Vec<String>> {
-        let mut known = Vec::new();
-        let result = self.check_into(&mut known);
-        self.known = known;
-        result
-    }
-
-    fn check_into(&self, known: &mut Vec<String>) -> Result<(), Vec<String>> {
-        let Some(server) = &self.server else { return Err(vec!["no server at the end".into()]) };
-        let files = server.files();
-        let tree: Tree = files.iter().map(|(p, b)| (p.clone(), Version::of(b))).collect();
-        let mut out = Vec::new();
-        for c in &self.clients {
-            if c.fs != files {
-                let mut diff = String::new();
-                let ctree: Tree = c.fs.iter().map(|(p, b)| (p.clone(), Version::of(b))).collect();
-                for p in tree.keys().chain(ctree.keys()).collect::<std::collections::BTreeSet<_>>() {
-                    let (s, l) = (tree.get(p).copied(), ctree.get(p).copied());
-                    if s != l {
-                        let _ =
-                            write!(diff, " {p:?}: server {} client {};", self.hist.describe(s), self.hist.describe(l));
-                    }
-                }
-                out.push(format!("{} differs from the server:{diff}", c.backlog().split(':').next().unwrap_or("?")));
-            }
-        }
-        out.extend(self.hist.lost_work(&tree));
-        for r in self.hist.resurrected(&tree) {
-            let gone = &self.hist.events[r.gone];
-            let replay = self.replays.iter().any(|(_, p, v)| *p == r.path && *v == Some(r.content));
-            let overtaken = self.resent.contains(&(gone.client, r.path.clone()));
-            match (replay, overtaken) {
-                (false, false) => out.push(self.hist.show_resurrection(&r)),
-                (true, _) => known.push(format!("replayed upload: {:?}", r.path)),
-                (_, true) => known.push(format!("overtaken delivery: {:?}", r.path)),
-            }
-        }
-        out.extend(self.hist.torn(&tree));
-        if server.temps_open() > 0 {
-            out.push(format!("{} temp file(s) left on the server", server.temps_open()));
-        }
-        let versions: BTreeMap<String, u64> = server.versions();
-        for p in versions.keys() {
-            if let Some(h) = server.lock_holder(p) {
-                out.push(format!("{p:?} still locked by session {h} (alive: {})", server.has_session(h)));
-            }
-        }
-        let lost: Vec<&(String, u64)> = self.versions.iter().filter(|(p, v)| !server.keeps(p, *v)).collect();
-        if !lost.is_empty() {
-            out.push(format!("{} committed version(s) neither current nor in the history: {lost:?}", lost.len()));
-        }
-        let leaked = self.disk.blobs.unreferenced();
-        if leaked > 0 {
-            out.push(format!("{leaked} stored content(s) that no catalog line names"));
-        }
-        if out.is_empty() {
-            Ok(())
-        } else {
-            Err(out)
-        }
     }
 }
