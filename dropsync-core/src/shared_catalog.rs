@@ -184,10 +184,14 @@ impl SharedView {
         self.table.get(path).cloned()
     }
 
-    /// The META-DATA text for a newly paired client, and the version every
-    /// version up to which it lists (see `Catalog::snapshot`).
+    /// The META-DATA text for a newly paired client, and the version up to
+    /// which it lists every version (`Catalog::snapshot`; the stale-change
+    /// rule counts each as seen by that client): the cursor, not the
+    /// newest version here. A commit of this instance's own is applied
+    /// before the others' older ones are, so the table may hold a version
+    /// above versions it has not applied yet, which the text does not list.
     pub fn snapshot(&self) -> (String, u64) {
-        (self.table.render(), self.table.last_version())
+        (self.table.render(), self.cursor)
     }
 
     /// What the history keeps of `path`, oldest first.

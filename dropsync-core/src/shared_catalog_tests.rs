@@ -117,3 +117,19 @@ fn what_a_refused_commit_caught_up_on_is_followed_too() {
     assert_eq!(followed, ["q", "p"]);
     assert!(b.follow(&mut db).unwrap().is_empty(), "once");
 }
+
+#[test]
+fn a_snapshot_lists_up_to_the_cursor_not_up_to_a_newer_own_commit() {
+    let mut db = TestDb::default();
+    let (mut a, mut b) = (SharedView::open(&mut db).unwrap(), SharedView::open(&mut db).unwrap());
+    a.commit(&mut db, "q", file(1)).unwrap();
+    b.commit(&mut db, "p", file(2)).unwrap();
+    // b's text lists p (version 2) but not q (version 1): a client paired
+    // now has not seen version 1, whatever b's newest version is.
+    let (text, upto) = b.snapshot();
+    let listed = dropsync_proto::metadata::parse_document(&text).unwrap().entries;
+    assert_eq!(listed.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["p"]);
+    assert_eq!(upto, 0);
+    b.follow(&mut db).unwrap();
+    assert_eq!(b.snapshot().1, 2);
+}
