@@ -371,6 +371,9 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
         now: std::time::Instant::now(),
         timers: server.config.timers(),
     }));
+    // Caught up with other instances first (with a shared catalog), so the
+    // META-DATA lists everything committed anywhere before this pairing.
+    crate::follower::catch_up(server);
     // In the client list before the snapshot, so that no commit can fall
     // between the two (a commit seen by both is just sent twice).
     server.add_session(session.clone());

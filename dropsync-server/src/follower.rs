@@ -37,20 +37,31 @@ pub fn start(server: Arc<Server>, url: &str, gc_grace: Duration) -> std::io::Res
                 }
             }
             listener.wait(CATCH_UP_EVERY);
-            match server.library.follow() {
-                Ok(lines) => {
-                    for e in lines {
-                        log::debug!("committed elsewhere: {:?} version {}", e.path, e.version);
-                        server.fan_out(&e.path, None);
-                    }
-                }
-                Err(e) => {
-                    if let Some(n) = FAILURES.allow(Instant::now()) {
-                        log::warn!("cannot read other instances' commits (trying again): {e}{}", quiet_log::more(n));
-                    }
-                }
-            }
+            catch_up(&server);
         }
     })
     .map(drop)
+}
+
+/// Applies what other instances committed since the last catch-up and
+/// queues it for this instance's clients. The follower calls it; so does
+/// the pairing of a new session, before its META-DATA is taken (a client
+/// reconnecting through this instance after committing through another
+/// then finds its own commit listed: without it, its folder was judged
+/// against an older table, and its own version was sent back to it).
+/// Nothing to do with a catalog only this instance writes.
+pub fn catch_up(server: &Server) {
+    match server.library.follow() {
+        Ok(lines) => {
+            for e in lines {
+                log::debug!("committed elsewhere: {:?} version {}", e.path, e.version);
+                server.fan_out(&e.path, None);
+            }
+        }
+        Err(e) => {
+            if let Some(n) = FAILURES.allow(Instant::now()) {
+                log::warn!("cannot read other instances' commits (trying again): {e}{}", quiet_log::more(n));
+            }
+        }
+    }
 }

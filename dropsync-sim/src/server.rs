@@ -374,8 +374,18 @@ impl Server {
     }
 
     /// Client `client` opened `up` (its send connection) and `down` (its
-    /// receive connection): a new session, which is sent the META-DATA.
-    pub fn accept(&mut self, client: usize, up: ConnId, down: ConnId, now: Instant, net: &mut Net) -> SessionId {
+    /// receive connection): a new session, which is sent the META-DATA
+    /// (once this instance has caught up with the others, as
+    /// `dropsync-server`'s pairing does).
+    pub fn accept(
+        &mut self,
+        client: usize,
+        (up, down): (ConnId, ConnId),
+        now: Instant,
+        net: &mut Net,
+        fx: &mut Vec<Effect>,
+    ) -> SessionId {
+        self.follow(now, net, fx);
         let id = self.next_session;
         self.next_session += 1;
         let cfg = receiving::Config {

@@ -556,7 +556,7 @@ impl World {
             }
             Item::Client(i) => {
                 if self.clients[i].wants_connect(now) {
-                    self.connect(i);
+                    from = self.connect(i, &mut sfx);
                 } else {
                     self.clients[i].on_timeout(now, &mut self.net, &mut cfx);
                 }
@@ -570,7 +570,9 @@ impl World {
         WALL_BASE_SECS * 1_000_000_000 + self.now.saturating_duration_since(self.t0).as_nanos() as i64
     }
 
-    fn connect(&mut self, i: usize) {
+    /// Client `i` connects; returns the server it reached (whose effects
+    /// `sfx` gets).
+    fn connect(&mut self, i: usize, sfx: &mut Vec<server::Effect>) -> usize {
         let now = self.now;
         let up = self.up();
         let k = match &mut self.multi {
@@ -580,7 +582,7 @@ impl World {
         let up_ok = self.servers[k].is_some() && self.net.reachable(i, now);
         if !up_ok {
             self.clients[i].connect_failed(now);
-            return;
+            return k;
         }
         let up = self.net.open(i);
         let down = self.net.open(i);
@@ -588,10 +590,11 @@ impl World {
         self.conn_home.insert(down, k);
         self.clients[i].connected_on(up, down, now);
         if let Some(s) = &mut self.servers[k] {
-            let id = s.accept(i, up, down, now, &mut self.net);
+            let id = s.accept(i, (up, down), now, &mut self.net, sfx);
             let to = if self.multi.is_some() { format!(" to s{k}") } else { String::new() };
             self.say(format!("c{i}: connected{to}, session {id}"));
         }
+        k
     }
 
     /// Both ends hear of every closed connection.
