@@ -119,6 +119,11 @@ pub struct Library<C, B> {
     /// The versions COPY made, for deliveries by COPY (`copies`).
     copies: Mutex<CopyOrigins>,
     conflict_copies: bool,
+    /// Conflict copies committed for a change whose own commit then failed
+    /// (with a shared catalog: another instance committed the path first).
+    /// No caller queued them for this server's clients, so the next
+    /// [`follow`](Self::follow) returns them.
+    unreported: Mutex<Vec<String>>,
 }
 
 impl<C: Catalog, B: BlobStore> Library<C, B> {
@@ -133,6 +138,7 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
             commit_lock: Mutex::new(()),
             copies: Mutex::new(CopyOrigins::default()),
             conflict_copies,
+            unreported: Mutex::new(Vec::new()),
         }
     }
 
@@ -228,6 +234,7 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
             Ok(e) => e,
             Err(e) => {
                 self.blobs.drop_ref(&strong);
+                self.keep_unreported(conflict);
                 return Err(e);
             }
         };
@@ -307,7 +314,13 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
         };
         let conflict = self.conflict_if_stale(Some(&current), seen, now)?;
         // The deleted version's reference passes to the history.
-        let entry = self.catalog.commit(path, Change::Delete { mtime_ns: now.unix_ns })?;
+        let entry = match self.catalog.commit(path, Change::Delete { mtime_ns: now.unix_ns }) {
+            Ok(e) => e,
+            Err(e) => {
+                self.keep_unreported(conflict);
+                return Err(e);
+            }
+        };
         seen.lock().unwrap_or_else(PoisonError::into_inner).saw(path, entry.version);
         Ok(Committed::New { entry, conflict })
     }
@@ -395,6 +408,8 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
     /// Applies what other server instances committed since the last call
     /// (`Catalog::follow`) and returns their lines, to be queued for this
     /// instance's clients. Their contents are counted as referred to here.
+    /// Conflict copies a failed commit left unqueued come first (their
+    /// contents are counted already).
     pub fn follow(&self) -> Result<Vec<Entry>, CoreError> {
         let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
         let lines = self.catalog.follow()?;
@@ -403,7 +418,16 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
                 self.blobs.add_ref(key);
             }
         }
-        Ok(lines)
+        let copies = std::mem::take(&mut *self.unreported.lock().unwrap_or_else(PoisonError::into_inner));
+        Ok(copies.iter().filter_map(|name| self.catalog.get(name)).chain(lines).collect())
+    }
+
+    /// A change's commit failed after its conflict copy was committed: the
+    /// copy is for every client all the same (see `unreported`).
+    fn keep_unreported(&self, conflict: Option<String>) {
+        if let Some(name) = conflict {
+            self.unreported.lock().unwrap_or_else(PoisonError::into_inner).push(name);
+        }
     }
 
     /// What is in the way of a new file at `path` (`path_rules`): checked

@@ -423,3 +423,49 @@ fn a_copy_remembers_its_source_for_deliveries() {
     assert_eq!((origin.from.as_str(), origin.from_version), ("a", src.version));
     assert_eq!(s.lib.copied_from("a", src.version), None, "an upload is no copy");
 }
+
+/// Storage whose appends fail once `left` more have been made.
+struct FailsAfter {
+    inner: MemStorage,
+    left: Mutex<Option<usize>>,
+}
+
+impl Storage for FailsAfter {
+    fn read(&self, name: &str) -> std::io::Result<Option<Vec<u8>>> {
+        self.inner.read(name)
+    }
+    fn replace(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        self.inner.replace(name, bytes)
+    }
+    fn append(&self, name: &str, bytes: &[u8]) -> std::io::Result<()> {
+        match &mut *self.left.lock().unwrap_or_else(PoisonError::into_inner) {
+            Some(0) => return Err(std::io::Error::other("refused (as another instance's commit would be)")),
+            Some(n) => *n -= 1,
+            None => {}
+        }
+        self.inner.append(name, bytes)
+    }
+    fn remove(&self, name: &str) -> std::io::Result<()> {
+        self.inner.remove(name)
+    }
+}
+
+#[test]
+fn a_conflict_copy_whose_change_then_fails_to_commit_is_followed_all_the_same() {
+    let storage = Arc::new(FailsAfter { inner: MemStorage::new(), left: Mutex::new(None) });
+    let catalog = MemCatalog::open(Arc::clone(&storage)).unwrap();
+    let lib = Library::new(catalog, Arc::new(MemBlobs::default()), Arc::new(MemLockTable::new()), true);
+    let alice = Mutex::new(SeenVersions::new(0));
+    lib.commit_upload("f", temp(b"1", 1), md5(b"1"), 1, &alice, "alice", NOW).unwrap();
+    // Bob never saw version 1: the copy commits (one append), his change
+    // does not (as when another instance committed "f" first).
+    *storage.left.lock().unwrap() = Some(1);
+    let bob = Mutex::new(SeenVersions::new(0));
+    assert!(lib.commit_upload("f", temp(b"2", 2), md5(b"2"), 1, &bob, "bob", NOW).is_err());
+    let copy = "f (conflicted copy alice 2026-12-06 123456)";
+    assert!(lib.catalog().get(copy).is_some(), "the copy is committed");
+    // Nobody queued it: the next follow returns it, for every client.
+    let followed: Vec<String> = lib.follow().unwrap().into_iter().map(|e| e.path).collect();
+    assert_eq!(followed, [copy]);
+    assert!(lib.follow().unwrap().is_empty(), "once");
+}
