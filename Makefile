@@ -63,15 +63,18 @@ sans-io:
 
 # The deterministic simulation (dropsync-sim): SEEDS seeds from FIRST on
 # every core, printing the rate; `make sim SEED=n` replays one seed with its
-# event log. `make test` runs the first thousand.
+# event log. INSTANCES=2 or 3 runs them with that many server instances
+# sharing a database and a bucket (issue 18). `make test` runs the first
+# thousand, and the first 500 with 3 instances and 200 with 2.
 # (SEEDS and FIRST are shared with `make soak`, whose defaults differ.)
 SIM_SEEDS = $(if $(filter command line environment,$(origin SEEDS)),$(SEEDS),10000)
 SIM_FIRST = $(if $(FIRST),$(FIRST),0)
+SIM_INSTANCES = $(if $(INSTANCES),--instances $(INSTANCES),)
 .PHONY: sim
 sim:
 	$(CARGO) build --release --locked -p dropsync-sim
-	@if [ -n "$(SEED)" ]; then ./target/release/dropsync-sim --seed $(SEED) --log; \
-	else ./target/release/dropsync-sim --seeds $(SIM_SEEDS) --first $(SIM_FIRST); fi
+	@if [ -n "$(SEED)" ]; then ./target/release/dropsync-sim --seed $(SEED) --log $(SIM_INSTANCES); \
+	else ./target/release/dropsync-sim --seeds $(SIM_SEEDS) --first $(SIM_FIRST) $(SIM_INSTANCES); fi
 
 demo: all
 	./scripts/demo.sh

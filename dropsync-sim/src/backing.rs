@@ -13,9 +13,9 @@ use dropsync_proto::metadata::Strong;
 
 use crate::blobs::{MemBlobs, SimTemp};
 use crate::bucket::{Bucket, BucketBlobs, WallClock};
-use crate::db::{self, DbSession, SharedDbHandle};
+use crate::db::{self, SharedDbHandle};
 use crate::server::Disk;
-use crate::shared::{SharedCatalog, SharedLocks, View};
+use crate::shared::{Handles, SharedCatalog, SharedLocks};
 
 /// Where a server engine keeps its catalog, contents and locks.
 #[derive(Clone)]
@@ -112,8 +112,8 @@ pub struct Opened {
     pub blobs: Blobs,
     /// The locks.
     pub locks: Arc<dyn LockTable>,
-    /// With a shared catalog: the instance's view and database session.
-    pub shared: Option<(View, DbSession)>,
+    /// With a shared catalog: what the run reaches into the instance for.
+    pub shared: Option<Handles>,
 }
 
 /// Opens what `backing` holds, as a server starting: the catalog, the
@@ -137,9 +137,10 @@ pub fn open(backing: &Backing) -> Result<Opened, String> {
             for k in catalog.contents() {
                 blobs.add_ref(&k);
             }
-            let locks: Arc<dyn LockTable> = Arc::new(SharedLocks::new(s.db.clone(), session));
-            let view = catalog.view();
-            Ok(Opened { catalog: Box::new(catalog), blobs: Blobs::Bucket(blobs), locks, shared: Some((view, session)) })
+            let shared_locks = Arc::new(SharedLocks::new(s.db.clone()));
+            let handles = Handles { view: catalog.view(), session, locks: shared_locks.clone() };
+            let locks: Arc<dyn LockTable> = shared_locks;
+            Ok(Opened { catalog: Box::new(catalog), blobs: Blobs::Bucket(blobs), locks, shared: Some(handles) })
         }
     }
 }

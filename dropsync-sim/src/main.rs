@@ -124,8 +124,9 @@ fn replay(seed: u64, instances: usize, log: bool) -> ExitCode {
             for k in &o.known {
                 println!("known limit: {k}");
             }
+            let with = if instances > 1 { format!(" ({instances} instances)") } else { String::new() };
             println!(
-                "seed {seed}: ok: {} steps, {} events, {:.1} s virtual, {} files, {} bytes on the wire",
+                "seed {seed}{with}: ok: {} steps, {} events, {:.1} s virtual, {} files, {} bytes on the wire",
                 o.steps,
                 o.events,
                 o.virtual_time.as_secs_f64(),

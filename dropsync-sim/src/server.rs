@@ -26,9 +26,8 @@ use dropsync_soak::model::Version;
 
 use crate::backing::{self, Backing, Blobs};
 use crate::blobs::{MemBlobs, SimStorage, SimTemp};
-use crate::db::DbSession;
 use crate::net::{ConnId, End, Net};
-use crate::shared::View;
+use crate::shared::Handles;
 use crate::wire;
 use crate::Settings;
 
@@ -113,8 +112,8 @@ pub struct Server {
     lib: Lib,
     /// "server", or the instance's name ("s1") when there are several.
     name: String,
-    /// With a shared catalog: this instance's view and database session.
-    shared: Option<(View, DbSession)>,
+    /// With a shared catalog: what the run reaches into this instance for.
+    shared: Option<Handles>,
     settings: Settings,
     sessions: BTreeMap<SessionId, Session>,
     by_conn: BTreeMap<ConnId, SessionId>,
@@ -290,8 +289,8 @@ impl Server {
         &self.name
     }
 
-    /// With a shared catalog: this instance's view and database session.
-    pub fn shared(&self) -> Option<&(View, DbSession)> {
+    /// With a shared catalog: what the run reaches into this instance for.
+    pub fn shared(&self) -> Option<&Handles> {
         self.shared.as_ref()
     }
 

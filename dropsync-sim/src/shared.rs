@@ -27,6 +27,19 @@ pub fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// An instance's view of the shared catalog, which the checks read too.
 pub type View = Arc<Mutex<SharedView>>;
 
+/// What the run reaches into an instance for: its view and database
+/// session (the checks, a kill -9 in a commit) and its lock table (a
+/// broken lock connection).
+#[derive(Clone)]
+pub struct Handles {
+    /// The catalog's view.
+    pub view: View,
+    /// The catalog's database session.
+    pub session: DbSession,
+    /// The lock table.
+    pub locks: Arc<SharedLocks>,
+}
+
 /// An instance's catalog: core's shared-catalog rules over the simulated
 /// database, on the instance's session.
 pub struct SharedCatalog {
@@ -100,18 +113,36 @@ impl Catalog for SharedCatalog {
 }
 
 /// An instance's lock table: its own locks, each also an advisory lock of
-/// its database session (`pg_locks::PgLockTable`, whose connection
-/// failures are not modelled).
+/// the database session of its lock connection (`pg_locks::PgLockTable`).
 pub struct SharedLocks {
     db: SharedDbHandle,
-    session: DbSession,
+    session: Mutex<DbSession>,
     held: Mutex<BTreeMap<String, SessionId>>,
 }
 
 impl SharedLocks {
-    /// The lock table of the instance on `session`.
-    pub fn new(db: SharedDbHandle, session: DbSession) -> Self {
-        SharedLocks { db, session, held: Mutex::new(BTreeMap::new()) }
+    /// The lock table of an instance starting: its lock connection is a
+    /// session of its own.
+    pub fn new(db: SharedDbHandle) -> Self {
+        let session = db::lock(&db).open_session();
+        SharedLocks { db, session: Mutex::new(session), held: Mutex::new(BTreeMap::new()) }
+    }
+
+    /// The lock connection broke: the database drops its advisory locks,
+    /// while this table still holds them (`pg_locks` logs "the locks it
+    /// held are gone"), and the next lock makes a new connection. Two
+    /// uploads of one path may then overlap on two instances; the
+    /// compare-and-set of the commit is what refuses the second.
+    pub fn break_connection(&self) {
+        let mut session = lock(&self.session);
+        let mut db = db::lock(&self.db);
+        db.end_session(*session);
+        *session = db.open_session();
+    }
+
+    /// The lock connection ends with its instance.
+    pub fn end(&self) {
+        db::lock(&self.db).end_session(*lock(&self.session));
     }
 }
 
@@ -121,7 +152,7 @@ impl LockTable for SharedLocks {
         if held.contains_key(path) {
             return false;
         }
-        let taken = db::lock(&self.db).try_advisory(path, self.session);
+        let taken = db::lock(&self.db).try_advisory(path, *lock(&self.session));
         if taken {
             held.insert(path.to_owned(), owner);
         }
@@ -134,7 +165,7 @@ impl LockTable for SharedLocks {
             return false;
         }
         held.remove(path);
-        db::lock(&self.db).unlock_advisory(path, self.session);
+        db::lock(&self.db).unlock_advisory(path, *lock(&self.session));
         true
     }
 

@@ -707,7 +707,12 @@ impl World {
         self.step += 1;
         let n = self.clients.len();
         let c = self.rng.index(n);
-        match self.rng.weighted(&[40, 12, 6, 2, 6, 4, 3, 4, 4, 3, 2, 2, 2]) {
+        // With several instances, one fault more: a lock connection breaks.
+        let weights: &[u64] = match self.multi {
+            None => &[40, 12, 6, 2, 6, 4, 3, 4, 4, 3, 2, 2, 2],
+            Some(_) => &[40, 12, 6, 2, 6, 4, 3, 4, 4, 3, 2, 2, 2, 2],
+        };
+        match self.rng.weighted(weights) {
             0 => {
                 let p = self.pick_path();
                 self.write(c, p);
@@ -776,6 +781,16 @@ impl World {
                 let until = self.now + Duration::from_millis(self.rng.range(200, 5000));
                 self.clients[c].disk_full(until);
                 self.say(format!("c{c}: disk full for {:?}", until - self.now));
+            }
+            13 => {
+                let k = self.pick_server();
+                if let Some(s) = &self.servers[k] {
+                    if let Some(h) = s.shared() {
+                        h.locks.break_connection();
+                        let name = s.name().to_owned();
+                        self.say(format!("{name}: its lock connection broke (the database dropped its locks)"));
+                    }
+                }
             }
             _ => {
                 // A file edited again and again while it goes out.
@@ -878,7 +893,8 @@ impl World {
     fn crash_server(&mut self, k: usize) {
         let Some(s) = self.servers[k].take() else { return };
         let name = s.name().to_owned();
-        let session = s.shared().map(|(_, session)| *session);
+        let handles = s.shared().cloned();
+        let session = handles.as_ref().map(|h| h.session);
         drop(s);
         // Killed in the middle of its last commit's append (or, sharing a
         // database, before its COMMIT): possible only if nothing came of
@@ -913,9 +929,9 @@ impl World {
                 }
             }
         }
-        if let (Some(m), Some(session)) = (&mut self.multi, session) {
-            // Its database session ends: its advisory locks go.
-            db::lock(&m.db).end_session(session);
+        if let (Some(m), Some(h)) = (&mut self.multi, handles) {
+            // Its connections to the database end: its advisory locks go.
+            h.locks.end();
             m.set_up(k, None);
         }
         for conn in self.net.open_conns() {

@@ -31,7 +31,7 @@ impl World {
     fn caught_up(&self) -> bool {
         let Some(m) = &self.multi else { return true };
         let counter = db::lock(&m.db).counter();
-        let cursor = |s: &crate::server::Server| s.shared().map(|(view, _)| crate::shared::lock(view).cursor());
+        let cursor = |s: &crate::server::Server| s.shared().map(|h| crate::shared::lock(&h.view).cursor());
         self.servers.iter().flatten().all(|s| cursor(s) == Some(counter))
     }
 
@@ -156,8 +156,8 @@ impl World {
             out.push(format!("{} committed version(s) neither current nor in the history: {lost:?}", lost.len()));
         }
         for server in self.servers.iter().flatten() {
-            if let Some((view, _)) = server.shared() {
-                out.extend(view_differs(server.name(), &crate::shared::lock(view), &db));
+            if let Some(h) = server.shared() {
+                out.extend(view_differs(server.name(), &crate::shared::lock(&h.view), &db));
             }
         }
         if db.advisory_held() > 0 {
