@@ -228,8 +228,18 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
         label: &str,
         now: WallTime,
     ) -> Result<Committed, CoreError> {
-        let conflict = self.conflict_if_stale(current, seen, now)?;
+        // Counted before the conflict copy, so that a copy that fails to
+        // commit releases an upload's installed content (gone, or a
+        // candidate of a shared bucket's collector) rather than leave it
+        // unreferenced.
         self.blobs.add_ref(&strong);
+        let conflict = match self.conflict_if_stale(current, seen, now) {
+            Ok(c) => c,
+            Err(e) => {
+                self.blobs.drop_ref(&strong);
+                return Err(e);
+            }
+        };
         let entry = match self.catalog.commit(path, change) {
             Ok(e) => e,
             Err(e) => {

@@ -469,3 +469,21 @@ fn a_conflict_copy_whose_change_then_fails_to_commit_is_followed_all_the_same() 
     assert_eq!(followed, [copy]);
     assert!(lib.follow().unwrap().is_empty(), "once");
 }
+
+#[test]
+fn an_upload_whose_conflict_copy_fails_to_commit_releases_its_content() {
+    let storage = Arc::new(FailsAfter { inner: MemStorage::new(), left: Mutex::new(None) });
+    let catalog = MemCatalog::open(Arc::clone(&storage)).unwrap();
+    let blobs = Arc::new(MemBlobs::default());
+    let lib = Library::new(catalog, Arc::clone(&blobs), Arc::new(MemLockTable::new()), true);
+    let alice = Mutex::new(SeenVersions::new(0));
+    lib.commit_upload("f", temp(b"1", 1), md5(b"1"), 1, &alice, "alice", NOW).unwrap();
+    // The copy's commit fails (with a shared catalog: another instance
+    // committed a copy of that name first).
+    *storage.left.lock().unwrap() = Some(0);
+    let bob = Mutex::new(SeenVersions::new(0));
+    assert!(lib.commit_upload("f", temp(b"2", 2), md5(b"2"), 1, &bob, "bob", NOW).is_err());
+    let stored = blobs.stored.lock().unwrap();
+    assert!(!stored.contains_key(&[2; 32]), "bob's content was installed, then released");
+    assert_eq!(stored.get(&[1; 32]).map(|(_, n)| *n), Some(1), "alice's is still referred to once");
+}
