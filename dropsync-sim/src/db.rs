@@ -53,6 +53,8 @@ pub struct Db {
     candidates: BTreeMap<Strong, i64>,
     /// Versions committed since the last [`take_notices`](Self::take_notices).
     notices: Vec<u64>,
+    /// Transactions committed so far.
+    commits: u64,
     last: Option<Undo>,
 }
 
@@ -60,6 +62,11 @@ impl Db {
     /// The counter.
     pub fn counter(&self) -> u64 {
         self.counter
+    }
+
+    /// How many transactions were committed so far (rolled-back ones too).
+    pub fn commits(&self) -> u64 {
+        self.commits
     }
 
     /// The table of lines.
@@ -229,6 +236,7 @@ impl CommitTx for Tx<'_> {
         db.changes.push((version, entry.path.clone()));
         let previous = db.entries.insert(entry.path.clone(), entry.clone());
         db.notices.push(version);
+        db.commits += 1;
         db.last = Some(Undo { session: self.session, version, path: entry.path, previous, history_rows });
         Ok(())
     }

@@ -23,7 +23,7 @@ use dropsync_soak::rng::Rng;
 
 use crate::backing::{Backing, SharedBacking};
 use crate::bucket::{self, Bucket, WallClock};
-use crate::db::{Db, SharedDbHandle};
+use crate::db::{self, Db, SharedDbHandle};
 
 /// The longest a commit made elsewhere waits to be seen by an instance
 /// whose notification was lost (`follower::CATCH_UP_EVERY`).
@@ -51,6 +51,11 @@ pub struct Instances {
     pub lost_percent: u64,
     /// The instance each client reached last.
     pub home: Vec<usize>,
+    /// Per instance, the database's commits at its last catch-up (or
+    /// start): once it is the database's count, everything committed was
+    /// applied and reported for its clients (a refused commit's catch-up
+    /// and a conflict copy left by one are reported only by the next).
+    followed: Vec<u64>,
 }
 
 impl Instances {
@@ -70,6 +75,7 @@ impl Instances {
             grace,
             lost_percent,
             home,
+            followed: vec![0; n],
         }
     }
 
@@ -114,14 +120,29 @@ impl Instances {
     }
 
     /// Instance `k` went down (`None`) or started (a catch-up a second
-    /// later, as the follower's first wait).
+    /// later, as the follower's first wait; what it loaded at start is
+    /// applied, with nothing to report).
     pub fn set_up(&mut self, k: usize, up_at: Option<Instant>) {
         self.follow_at[k] = up_at.map(|t| t + CATCH_UP_EVERY);
+        if up_at.is_some() {
+            self.caught_up(k);
+        }
+    }
+
+    /// Instance `k` caught up (its follower, or a session's pairing).
+    pub fn caught_up(&mut self, k: usize) {
+        self.followed[k] = db::lock(&self.db).commits();
+    }
+
+    /// Whether instance `k` has caught up since the last commit.
+    pub fn is_caught_up(&self, k: usize) -> bool {
+        self.followed[k] == db::lock(&self.db).commits()
     }
 
     /// Instance `k` caught up at `now`: the next time, a second later at
     /// the latest. True when its collector's turn has come too.
     pub fn followed(&mut self, k: usize, now: Instant) -> bool {
+        self.caught_up(k);
         self.follow_at[k] = Some(now + CATCH_UP_EVERY);
         if self.collect_at[k] > now {
             return false;

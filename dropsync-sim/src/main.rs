@@ -47,6 +47,9 @@ struct Args {
     instances: u8,
 }
 
+/// How many of the seeds that met a known limit the summary lists.
+const KNOWN_SHOWN: usize = 50;
+
 fn main() -> ExitCode {
     let args = Args::parse();
     let instances = usize::from(args.instances);
@@ -58,7 +61,8 @@ fn main() -> ExitCode {
     let end = args.first.saturating_add(args.seeds);
     let failures: Mutex<Vec<Failure>> = Mutex::new(Vec::new());
     let events = AtomicU64::new(0);
-    let known: Mutex<Vec<u64>> = Mutex::new(Vec::new());
+    // Seeds that met a known limit, with the kinds each met.
+    let known: Mutex<Vec<(u64, Vec<String>)>> = Mutex::new(Vec::new());
     let started = Instant::now();
     std::thread::scope(|scope| {
         for _ in 0..threads.max(1) {
@@ -71,7 +75,8 @@ fn main() -> ExitCode {
                     Ok(o) => {
                         events.fetch_add(o.events, Ordering::Relaxed);
                         if !o.known.is_empty() {
-                            known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(seed);
+                            let kinds = o.known.iter().map(|k| k.split(':').next().unwrap_or(k).to_owned()).collect();
+                            known.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((seed, kinds));
                         }
                     }
                     Err(f) => {
@@ -101,7 +106,23 @@ fn main() -> ExitCode {
     let mut known = known.into_inner().unwrap_or_else(std::sync::PoisonError::into_inner);
     if !known.is_empty() {
         known.sort_unstable();
-        println!("known limits ({}) met in {} seed(s): {known:?}", dropsync_sim::world::KNOWN_LIMITS, known.len());
+        let seeds: Vec<u64> = known.iter().map(|(s, _)| *s).collect();
+        let shown = &seeds[..seeds.len().min(KNOWN_SHOWN)];
+        let more =
+            if seeds.len() > shown.len() { format!(" and {} more", seeds.len() - shown.len()) } else { String::new() };
+        println!(
+            "known limits ({}) met in {} seed(s): {shown:?}{more}",
+            dropsync_sim::world::KNOWN_LIMITS,
+            seeds.len()
+        );
+        let mut by_kind: std::collections::BTreeMap<&str, usize> = std::collections::BTreeMap::new();
+        for kinds in known.iter().map(|(_, k)| k) {
+            let mut kinds: Vec<&str> = kinds.iter().map(String::as_str).collect();
+            kinds.dedup();
+            kinds.into_iter().for_each(|k| *by_kind.entry(k).or_default() += 1);
+        }
+        let counts: Vec<String> = by_kind.iter().map(|(k, n)| format!("{k} in {n}")).collect();
+        println!("  by kind (seeds): {}", counts.join(", "));
     }
     if failures.is_empty() {
         ExitCode::SUCCESS

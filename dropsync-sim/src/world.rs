@@ -589,6 +589,10 @@ impl World {
         self.conn_home.insert(up, k);
         self.conn_home.insert(down, k);
         self.clients[i].connected_on(up, down, now);
+        if let Some(m) = &mut self.multi {
+            // The pairing catches up first.
+            m.caught_up(k);
+        }
         if let Some(s) = &mut self.servers[k] {
             let id = s.accept(i, (up, down), now, &mut self.net, sfx);
             let to = if self.multi.is_some() { format!(" to s{k}") } else { String::new() };
@@ -950,6 +954,8 @@ impl World {
         let now = self.now;
         let wall = self.wall_ns();
         let Some(m) = &mut self.multi else { return };
+        // Caught up as of now: the follow below applies (and reports)
+        // everything the database holds.
         let collect = m.followed(k, now);
         let gone = if collect { m.collect(wall) } else { 0 };
         if let Some(s) = &mut self.servers[k] {

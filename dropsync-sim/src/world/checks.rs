@@ -26,13 +26,15 @@ impl World {
             && self.caught_up()
     }
 
-    /// With several instances: each has applied every commit (its next
+    /// With several instances: each has caught up since the last commit,
+    /// so has applied it and reported it for its clients (its next
     /// catch-up is at most a second away, so this comes).
     fn caught_up(&self) -> bool {
         let Some(m) = &self.multi else { return true };
         let counter = db::lock(&m.db).counter();
         let cursor = |s: &crate::server::Server| s.shared().map(|h| crate::shared::lock(&h.view).cursor());
-        self.servers.iter().flatten().all(|s| cursor(s) == Some(counter))
+        let applied = self.servers.iter().flatten().all(|s| cursor(s) == Some(counter));
+        applied && (0..m.len()).all(|k| m.is_caught_up(k))
     }
 
     pub(super) fn unsettled(&self) -> Vec<String> {
