@@ -65,7 +65,7 @@ sans-io:
 # every core, printing the rate; `make sim SEED=n` replays one seed with its
 # event log. INSTANCES=2 or 3 runs them with that many server instances
 # sharing a database and a bucket (issue 18). `make test` runs the first
-# thousand, and the first 500 with 3 instances and 200 with 2.
+# thousand, and the first 1000 with 3 instances and 500 with 2.
 # (SEEDS and FIRST are shared with `make soak`, whose defaults differ.)
 SIM_SEEDS = $(if $(filter command line environment,$(origin SEEDS)),$(SEEDS),10000)
 SIM_FIRST = $(if $(FIRST),$(FIRST),0)
