@@ -56,6 +56,9 @@ pub struct Core {
     pub notes: Notes,
     /// Renames the watcher saw, for COPY [ext] (`copy_source`).
     pub moves: Moves,
+    /// Conflict copies in the folder, as counted at that many record
+    /// changes (`State::changes`), for `client status`.
+    pub conflicts_counted: Option<(u64, usize)>,
     /// When the next periodic rescan is due.
     pub next_rescan: Option<Instant>,
     /// What the last rescan took (before the first: an estimate from the
@@ -136,6 +139,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             status: Status::default(),
             notes: Notes::default(),
             moves: Moves::default(),
+            conflicts_counted: None,
             next_rescan: None,
             rescan_cost: RESCAN_COST_PER_PATH * u32::try_from(known).unwrap_or(u32::MAX),
             trust,

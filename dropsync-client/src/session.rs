@@ -487,8 +487,20 @@ impl<'a> Session<'a> {
         self.status_checked = now;
         let (downloads, conflicts) = {
             let st = self.core.ctx.shared.lock();
-            let conflicts =
-                st.meta.records.iter().filter(|(n, r)| r.local.is_some() && n.contains("(conflicted copy ")).count();
+            // Counted again only when a record changed (`State::changes`).
+            let conflicts = match self.core.conflicts_counted {
+                Some((at, n)) if at == st.changes => n,
+                _ => {
+                    let n = st
+                        .meta
+                        .records
+                        .iter()
+                        .filter(|(n, r)| r.local.is_some() && n.contains("(conflicted copy "))
+                        .count();
+                    self.core.conflicts_counted = Some((st.changes, n));
+                    n
+                }
+            };
             (st.incoming.len(), conflicts)
         };
         let status = Status {
