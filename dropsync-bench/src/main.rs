@@ -1,4 +1,4 @@
-//! `make bench` (issue 9): one table of dropsync's throughput, latency,
+//! `make bench` (issues 9 and 19): one table of dropsync's throughput, latency,
 //! fan-out and memory on loopback, beside rsync and the machine's MD5
 //! speed, also written as JSON under `bench/results/`. See
 //! `bench/README.md` for what each figure means and how it is measured.
@@ -6,7 +6,9 @@
 //! Environment: `BENCH_RUNS` (default 3), `BENCH_QUICK=1` (small sizes for
 //! a fast check), `BENCH_DIR` (scratch parent; default `/dev/shm` when it
 //! has room), `BENCH_DEADLINE` (seconds before the watchdog kills
-//! everything; default 900). `--only B1,B3` runs those phases alone.
+//! everything; default 3000), and for the new rows `BENCH_B5_SESSIONS`,
+//! `BENCH_B8_FILES`, `BENCH_B8_FALLBACK`, `BENCH_B8_RUNS`, `BENCH_DISK_DIR`.
+//! `--only B1,B3` runs those phases alone.
 //! The P phases (`scaling.rs`) run B1, B3 and B4 again with the server's
 //! catalog on PostgreSQL and its contents in S3, and measure propagation
 //! between two instances sharing them. Issue 19's rows: B7 (a rename and
@@ -228,7 +230,7 @@ fn parse_args() -> R<Args> {
                      an ext4 image), P1, P3, P4, PX; B6's rows come with B1 and B2; P*: on PostgreSQL + \
                      S3, skipped when either is missing); the files written are named latest-b1-b3.* etc.\n\
                      Environment: BENCH_RUNS, BENCH_QUICK=1, BENCH_DIR, BENCH_DEADLINE, BENCH_B5_SESSIONS, \
-                     BENCH_B8_FILES, BENCH_B8_RUNS, BENCH_DISK_DIR; see bench/README.md"
+                     BENCH_B8_FILES, BENCH_B8_FALLBACK, BENCH_B8_RUNS, BENCH_DISK_DIR; see bench/README.md"
                 );
                 std::process::exit(0);
             }
@@ -1194,8 +1196,11 @@ fn server_fds_per_session(cfg: &Cfg) -> R<f64> {
 fn b5_all(cfg: &Cfg, res: &mut Results, payload: Arc<Vec<u8>>) {
     let wanted = cfg.fan_sessions as u64;
     let mut raised = sys::Raised::default();
+    // One more than a connected session holds: while the file goes out,
+    // each session's delivery holds the content open (the server's
+    // outbound.rs opens it per session as it prepares the batch).
     let per = match server_fds_per_session(cfg) {
-        Ok(p) => p,
+        Ok(p) => p + 1.0,
         Err(e) => {
             note_err(res, format!("B5 run 1: measuring the server's descriptors per session: {e}"));
             return;
@@ -1209,7 +1214,8 @@ fn b5_all(cfg: &Cfg, res: &mut Results, payload: Arc<Vec<u8>>) {
     if n < wanted {
         let (_, hard) = sys::nofile();
         let why = format!(
-            "B5 ran {n} sessions, not {wanted}: the server holds {per:.1} descriptors per session (measured with {PROBE_SESSIONS}), so {wanted} need {need}, and a process here may open {hard} at most (the hard limit; root here lacks CAP_SYS_RESOURCE to raise it)"
+            "B5 ran {n} sessions, not {wanted}: the server holds {:.1} descriptors per connected session (measured with {PROBE_SESSIONS}) and one more per session while the file goes out (the content, opened for each delivery), so {wanted} need {need}, and a process here may open {hard} at most (the hard limit; root here lacks CAP_SYS_RESOURCE to raise it)",
+            per - 1.0
         );
         eprintln!("bench: {why}");
         res.notes.push(why);
@@ -1331,9 +1337,9 @@ fn config_lines(cfg: &Cfg, rsync_version: &str, rsync_checksums: &str) -> Vec<St
         lines.insert(
             at,
             format!(
-                "B5 sessions: raw protocol sessions in one process, a thread each (128 KiB stack), chunk {} MiB upload; the server adds `--max-clients {m} --max-clients-per-address {m}` (every session comes from 127.0.0.1)",
+                "B5 sessions: raw protocol sessions in worker processes ({} at most each), a thread each (128 KiB stack), chunk {} MiB upload; the server adds `--max-clients N+64 --max-clients-per-address N+64` for N sessions (every session comes from 127.0.0.1)",
+                fanout::PER_WORKER,
                 cfg.chunk / MIB as usize,
-                m = cfg.fan_sessions + 64
             ),
         );
         at += 1;
@@ -1346,7 +1352,7 @@ fn config_lines(cfg: &Cfg, rsync_version: &str, rsync_checksums: &str) -> Vec<St
         lines.insert(
             at,
             format!(
-                "B8: {} run(s) (BENCH_B8_RUNS); {} files (BENCH_B8_FILES) on the scratch tmpfs, or {} (BENCH_B8_FALLBACK) once an initial sync with them stalls (no file sent for 60 s) or takes over 300 s; the server adds `--http 127.0.0.1:0` (its /metrics confirms the paths); in sync = the client's `.dropsync/status` says so",
+                "B8: {} run(s) (BENCH_B8_RUNS); {} files (BENCH_B8_FILES) on the scratch tmpfs, or {} (BENCH_B8_FALLBACK) once an initial sync with them stalls (no file sent for 60 s) or takes over 450 s; the server adds `--http 127.0.0.1:0` (its /metrics confirms the paths); in sync = the client's `.dropsync/status` says so",
                 cfg.b8_runs, cfg.b8_files, cfg.b8_fallback
             ),
         );
