@@ -8,7 +8,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::cell::Cell;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, ChildStdout, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -22,6 +22,11 @@ static GROUPS: Mutex<Vec<u32>> = Mutex::new(Vec::new());
 static SERVICES: Mutex<Vec<Box<dyn Send>>> = Mutex::new(Vec::new());
 /// The scratch folder, removed by [`kill_all_and_clean`].
 static WORKDIR: Mutex<Option<PathBuf>> = Mutex::new(None);
+/// Changes to the machine to undo (a loop-mounted disk image, raised
+/// kernel limits), newest last, each with the id [`at_exit`] gave it.
+type Undo = Box<dyn FnOnce() + Send>;
+static UNDO: Mutex<Vec<(u64, Undo)>> = Mutex::new(Vec::new());
+static UNDO_IDS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
 
 /// Remembers the scratch folder so an interrupted run still removes it.
 pub fn set_workdir(dir: &Path) {
@@ -45,11 +50,45 @@ pub fn kill_all_and_clean(exit: Option<i32>) {
         signal_group(g, "KILL");
     }
     release_services();
+    undo_all();
     if let Some(dir) = WORKDIR.lock().unwrap_or_else(|e| e.into_inner()).take() {
         let _ = std::fs::remove_dir_all(dir);
     }
     if let Some(code) = exit {
         std::process::exit(code);
+    }
+}
+
+/// Registers `undo`, run by [`undo_now`] with the id returned, or else by
+/// [`kill_all_and_clean`] (the end of the run, a signal, a panic of the
+/// main thread or the watchdog), whichever comes first, once. Undo actions
+/// must not start processes through [`Proc`] (the registry is locked
+/// while they run): plain `Command`s under `timeout`.
+pub fn at_exit(undo: impl FnOnce() + Send + 'static) -> u64 {
+    let id = UNDO_IDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    UNDO.lock().unwrap_or_else(|e| e.into_inner()).push((id, Box::new(undo)));
+    id
+}
+
+/// Runs the undo action `id` now, if it has not run yet.
+pub fn undo_now(id: u64) {
+    let found = {
+        let mut all = UNDO.lock().unwrap_or_else(|e| e.into_inner());
+        all.iter().position(|(i, _)| *i == id).map(|at| all.remove(at).1)
+    };
+    if let Some(undo) = found {
+        undo();
+    }
+}
+
+/// Runs every undo action not yet run, newest first.
+fn undo_all() {
+    loop {
+        let next = UNDO.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        match next {
+            Some((_, undo)) => undo(),
+            None => return,
+        }
     }
 }
 
@@ -203,15 +242,29 @@ pub struct Proc {
 impl Proc {
     /// Starts `spec` under `timeout` in a new process group.
     pub fn start(name: &str, spec: Spec) -> R<Proc> {
+        Proc::spawn(name, spec, false)
+    }
+
+    /// [`Proc::start`] with the program's stdin and stdout piped to this
+    /// process (B5's load-generating workers); stderr goes to the log.
+    pub fn start_piped(name: &str, spec: Spec) -> R<(Proc, ChildStdin, ChildStdout)> {
+        let mut p = Proc::spawn(name, spec, true)?;
+        let child = p.child.as_mut().ok_or("no child")?;
+        let (i, o) = (child.stdin.take().ok_or("no stdin")?, child.stdout.take().ok_or("no stdout")?);
+        Ok((p, i, o))
+    }
+
+    fn spawn(name: &str, spec: Spec, piped: bool) -> R<Proc> {
         let err = File::options().create(true).append(true).open(&spec.log)?;
-        let out: Stdio = if spec.read_listening { Stdio::piped() } else { err.try_clone()?.into() };
+        let out: Stdio = if spec.read_listening || piped { Stdio::piped() } else { err.try_clone()?.into() };
+        let stdin = if piped { Stdio::piped() } else { Stdio::null() };
         let mut cmd = Command::new("timeout");
         cmd.args(["-k", "5", &format!("{}", spec.limit.as_secs().max(1))]);
         if let (Some(tf), Some(time)) = (&spec.time_file, gnu_time()) {
             cmd.arg(time).arg("-f").arg("%M").arg("-o").arg(tf);
         }
         cmd.envs(spec.env.iter().map(|(k, v)| (k, v)));
-        cmd.arg(&spec.bin).args(&spec.args).stdin(Stdio::null()).stdout(out).stderr(err);
+        cmd.arg(&spec.bin).args(&spec.args).stdin(stdin).stdout(out).stderr(err);
         // Spawned and registered under the lock: a concurrent
         // kill_all_and_clean either sees this group or runs before it exists.
         let mut groups = GROUPS.lock().unwrap_or_else(|e| e.into_inner());
@@ -222,7 +275,7 @@ impl Proc {
         drop(groups);
         let bin_name = spec.bin.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
         let mut listening = None;
-        if spec.read_listening {
+        if spec.read_listening && !piped {
             let stdout = child.stdout.take().ok_or("no stdout")?;
             let (tx, rx) = mpsc::channel();
             std::thread::spawn(move || {

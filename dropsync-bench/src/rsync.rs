@@ -48,9 +48,18 @@ pub fn version() -> (String, String) {
 }
 
 impl Rsyncd {
-    /// Starts the daemon under `work`, bounded by `limit`.
+    /// Starts the daemon under `work` (its module `work/rsync-dest`),
+    /// bounded by `limit`.
     pub fn start(work: &Path, limit: Duration) -> R<Rsyncd> {
-        let dest = work.join("rsync-dest");
+        Rsyncd::start_at(work, &work.join("rsync-dest"), limit)
+    }
+
+    /// Starts the daemon with its config and logs under `work` and its
+    /// module at `dest` (elsewhere: on the disk of the disk rows, which
+    /// must be unmountable while the daemon runs).
+    pub fn start_at(work: &Path, dest: &Path, limit: Duration) -> R<Rsyncd> {
+        let dest = dest.to_path_buf();
+        std::fs::create_dir_all(work)?;
         std::fs::create_dir_all(&dest)?;
         let port = TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let conf = work.join("rsyncd.conf");
@@ -103,6 +112,12 @@ impl Rsyncd {
     /// with `rsync -a <extra>`; returns the wall time.
     pub fn push(&self, src: &Path, is_dir: bool, extra: &[&str], limit: Duration) -> R<Duration> {
         self.clear()?;
+        self.push_onto(src, is_dir, extra, limit)
+    }
+
+    /// [`Self::push`] onto what the module holds (B9's steps, with
+    /// `--delete`).
+    pub fn push_onto(&self, src: &Path, is_dir: bool, extra: &[&str], limit: Duration) -> R<Duration> {
         let mut args = vec!["-a".to_string()];
         args.extend(extra.iter().map(|s| s.to_string()));
         let mut s = src.display().to_string();
@@ -113,6 +128,16 @@ impl Rsyncd {
         args.push(format!("rsync://127.0.0.1:{}/bench/", self.port));
         let d = run_timed("rsync", "rsync", &args, limit, &self.logs.join("rsync-client.log"))?;
         Ok(d)
+    }
+
+    /// Pulls the module's contents into the folder `dest` with `rsync -a
+    /// <extra> rsync://…/bench/ DEST/`; returns the wall time.
+    pub fn pull(&self, dest: &Path, extra: &[&str], limit: Duration) -> R<Duration> {
+        let mut args = vec!["-a".to_string()];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        args.push(format!("rsync://127.0.0.1:{}/bench/", self.port));
+        args.push(format!("{}/", dest.display()));
+        run_timed("rsync pull", "rsync", &args, limit, &self.logs.join("rsync-client.log"))
     }
 
     /// Stops the daemon.

@@ -225,7 +225,7 @@ pub(crate) fn run_all(cfg: &Cfg, res: &mut Results, big: &Path, tree: &Path) {
 }
 
 /// Fills row `key` with `num ÷ den` run by run, when both rows ran.
-fn ratio(res: &mut Results, key: &str, num: &str, den: &str) {
+pub(crate) fn ratio(res: &mut Results, key: &str, num: &str, den: &str) {
     let runs = |k: &str| res.rows.iter().find(|r| r.key == k).map(|r| r.fig.runs.clone()).unwrap_or_default();
     let (n, d) = (runs(num), runs(den));
     if !res.rows.iter().any(|r| r.key == key) {
@@ -233,7 +233,7 @@ fn ratio(res: &mut Results, key: &str, num: &str, den: &str) {
     }
     if d.is_empty() {
         let local = den.split('_').next().unwrap_or(den).to_ascii_uppercase();
-        res.notes.push(format!("{key}: no local-disk figure ({local} did not run in this invocation)"));
+        res.notes.push(format!("{key}: no {den} figure ({local} did not run in this invocation)"));
         return;
     }
     for (a, b) in n.iter().zip(&d) {
