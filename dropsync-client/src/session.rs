@@ -704,14 +704,18 @@ impl<'a> Session<'a> {
 
     /// [ext] The path a COPY of `name` (whose file at `path` has `stat`)
     /// may name, and the content: the file it was renamed from, or one in
-    /// sync with the same bytes (only for large files: a comparison reads
-    /// both, and looking for a candidate walks every record).
+    /// sync with the same bytes (only for a large file at a new path: a
+    /// comparison reads both, and looking for a candidate walks every
+    /// record).
     fn copy_source(&mut self, name: &str, path: &std::path::Path, stat: FileStat) -> Option<(String, Content)> {
         let now = SystemTime::now();
         if let Some(found) = self.core.moves.take(name, stat, now) {
             return Some(found);
         }
-        if stat.size < copy_source::COMPARE_MIN {
+        // Only a new path is compared: a copy makes one, and a large file
+        // edited in place (a disk image) must not be read against every
+        // file of its size at each change.
+        if stat.size < copy_source::COMPARE_MIN || self.core.ctx.shared.lock().record(name).base.is_some() {
             return None;
         }
         let candidates = copy_source::candidates(&self.core.ctx.shared.lock().meta, name, stat.size);
