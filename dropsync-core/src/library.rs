@@ -207,12 +207,11 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
             return Ok(unchanged);
         }
         let strong = self.blobs.install(temp).map_err(CoreError::Io)?;
-        let change = Change::File { md5, size, mtime_ns: now.unix_ns, strong };
-        self.commit_content(path, current.as_ref(), change, strong, seen, label, now)
+        self.commit_content(path, current.as_ref(), (md5, size, strong), seen, label, now)
     }
 
-    /// Commits `change`, new content `strong` at `path` (whose line was
-    /// `current`), under the commit lock: the overwritten version first kept
+    /// Commits `content` (MD5, size, strong digest) as a new version of
+    /// `path` (whose line was `current`), under the commit lock: the overwritten version first kept
     /// as a conflict copy if the sender never saw it; then the line, which
     /// holds one reference to the content. The overwritten version's
     /// reference passes to the history, which releases it when retention
@@ -222,8 +221,7 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
         &self,
         path: &str,
         current: Option<&Entry>,
-        change: Change,
-        strong: Strong,
+        (md5, size, strong): (Digest, u64, Strong),
         seen: &Mutex<SeenVersions>,
         label: &str,
         now: WallTime,
@@ -240,6 +238,7 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
                 return Err(e);
             }
         };
+        let change = Change::File { md5, size, mtime_ns: now.unix_ns, strong };
         let entry = match self.catalog.commit(path, change) {
             Ok(e) => e,
             Err(e) => {
@@ -282,8 +281,8 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
         if let Some(unchanged) = unchanged(current.as_ref(), strong, source.size, seen) {
             return Ok(unchanged);
         }
-        let change = Change::File { md5: source.md5, size: source.size, mtime_ns: now.unix_ns, strong };
-        let committed = self.commit_content(path, current.as_ref(), change, strong, seen, label, now)?;
+        let content = (source.md5, source.size, strong);
+        let committed = self.commit_content(path, current.as_ref(), content, seen, label, now)?;
         if let Committed::New { entry, .. } = &committed {
             let origin = Origin { version: entry.version, from: from.to_owned(), from_version: source.version };
             self.copies.lock().unwrap_or_else(PoisonError::into_inner).record(path, origin);

@@ -292,6 +292,18 @@ impl Uploads<'_> {
         Err(code)
     }
 
+    /// The first message of an upload (or a COPY): the refusals it may get
+    /// (read-only, what stands in the way), then the path's lock, taken
+    /// without waiting (0x0040).
+    fn admit_change(&self, name: &str) -> Result<OwnedLockGuard, StatusCode> {
+        self.may_change(name)?;
+        self.clear_way(name)?;
+        try_lock_owned(self.server.library.locks(), name, self.session.id).ok_or_else(|| {
+            log::info!("{}: {name:?} is locked by another transfer", self.session.who());
+            StatusCode::LOCKED
+        })
+    }
+
     /// A read-only client's upload or delete is refused before it takes a
     /// lock or a temp file (core's `Access::refuses_change`).
     fn may_change(&self, name: &str) -> Result<(), StatusCode> {
@@ -311,12 +323,7 @@ impl Host for Uploads<'_> {
     type Transfer = Upload;
 
     fn open(&mut self, name: &str, first_len: u32) -> Result<Upload, StatusCode> {
-        self.may_change(name)?;
-        self.clear_way(name)?;
-        let Some(lock) = try_lock_owned(self.server.library.locks(), name, self.session.id) else {
-            log::info!("{}: {name:?} is locked by another transfer", self.session.who());
-            return Err(StatusCode::LOCKED);
-        };
+        let lock = self.admit_change(name)?;
         let temp = self.server.library.temp().map_err(|e| {
             log::error!("cannot create a temp file: {e}");
             StatusCode::IN_USE
@@ -431,12 +438,9 @@ impl Host for Uploads<'_> {
     /// COPY [ext]: an upload of content the server holds at `from`, under
     /// `name`'s lock and the same refusals as an upload's first message.
     fn copy(&mut self, from: &str, name: &str, digest: &Digest) -> StatusCode {
-        if let Err(refused) = self.may_change(name).and_then(|()| self.clear_way(name)) {
-            return refused;
-        }
-        let Some(lock) = try_lock_owned(self.server.library.locks(), name, self.session.id) else {
-            log::info!("{}: {name:?} is locked by another transfer", self.session.who());
-            return StatusCode::LOCKED;
+        let lock = match self.admit_change(name) {
+            Ok(lock) => lock,
+            Err(refused) => return refused,
         };
         let lib = &self.server.library;
         let result = lib.commit_copy(name, from, *digest, &self.session.seen, &self.session.label, library::now());
@@ -459,7 +463,7 @@ impl Host for Uploads<'_> {
                 log::debug!("{}: copy of {from:?} to {name:?}: not the version it names", self.session.who());
                 StatusCode::NO_FILE
             }
-            Ok(Committed::Locked) => StatusCode::LOCKED,
+            // Unchanged: the path holds that content already.
             Ok(_) => StatusCode::OK,
             Err(e) => {
                 log::error!("{}: cannot commit {name:?}: {e}", self.session.who());
