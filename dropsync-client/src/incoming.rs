@@ -18,7 +18,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Instant, SystemTime};
 
 use dropsync_core::open_transfers::Limits;
-use dropsync_core::receiving::{Assembled, Config, Ended, Event as ConnEvent, Host, Payload, Receiving, Step};
+use dropsync_core::receiving::{Assembled, Config, Ended, Event as ConnEvent, Host, Payload, Receiving, Reply, Step};
 use dropsync_core::reconcile::Content;
 use dropsync_core::sync_policy::{admit_incoming, ask_again_after, brings_nothing_new};
 use dropsync_io::wire::{feed, Fed, FrameReader};
@@ -334,16 +334,16 @@ impl Host for Deliveries {
         }
     }
 
-    fn commit(&mut self, name: &str, open: Open, file: Assembled) -> StatusCode {
+    fn commit(&mut self, name: &str, open: Open, file: Assembled) -> Reply {
         let reply = match open.sink {
-            Sink::Memory(bytes) => return self.on_metadata(&bytes, file, open.started),
+            Sink::Memory(bytes) => return self.on_metadata(&bytes, file, open.started).into(),
             Sink::Temp(temp) => {
                 let installed = self.install(name, temp, Content { md5: file.md5, size: file.size });
                 self.reply_to_install(name, installed)
             }
         };
         self.ended(name, open.started);
-        reply
+        reply.into()
     }
 
     fn discard(&mut self, name: &str, open: Open, why: Ended) {
@@ -372,29 +372,29 @@ impl Host for Deliveries {
         self.delivered.push(SessionEvent::Delivered { name: name.to_owned(), started: Instant::now() });
     }
 
-    fn delete(&mut self, name: &str) -> StatusCode {
+    fn delete(&mut self, name: &str) -> Reply {
         let started = Instant::now();
         let reply = self.delete_local(name);
         self.delivered.push(SessionEvent::Delivered { name: name.to_owned(), started });
-        reply
+        reply.into()
     }
 
     /// COPY [ext] from the server: `name` is to hold what our `from` holds,
     /// the server's version we have. Copied here (no bytes on the wire)
     /// when `from` is in sync and on disk as recorded; else 0x0020, and the
     /// server sends the file.
-    fn copy(&mut self, from: &str, name: &str, digest: &Digest) -> StatusCode {
+    fn copy(&mut self, from: &str, name: &str, digest: &Digest) -> Reply {
         if self.ctx.ignores.is_ignored(name) {
             log::debug!("refused incoming {name}: ignored here");
-            return StatusCode::IN_USE;
+            return StatusCode::IN_USE.into();
         }
         let Some((source, content, stat)) = self.copy_source(from, digest) else {
             log::debug!("cannot copy {from} to {name} here: asking for the file");
-            return StatusCode::NO_FILE;
+            return StatusCode::NO_FILE.into();
         };
         let started = Instant::now();
         if let Err(code) = self.check_writable(name) {
-            return code;
+            return code.into();
         }
         let copied = self.copy_to_temp(&source, stat);
         let reply = match copied {
@@ -406,11 +406,11 @@ impl Host for Deliveries {
                 log::debug!("cannot copy {from} to {name} here ({e}): asking for the file");
                 // The file itself comes next: this is no delivery yet.
                 self.ctx.shared.lock().incoming.remove(name);
-                return StatusCode::NO_FILE;
+                return StatusCode::NO_FILE.into();
             }
         };
         self.ended(name, started);
-        reply
+        reply.into()
     }
 
     fn paused(&self) -> bool {

@@ -54,6 +54,18 @@ pub trait BlobStore: Send + Sync {
     /// Makes `temp` durable as the content of its digest (returned) before
     /// any catalog line names it; content already stored is not stored twice.
     fn install(&self, temp: Self::Temp) -> io::Result<Strong>;
+    /// [`install`](Self::install) for a group commit: what makes the
+    /// install durable may wait for [`sync_installed`](Self::sync_installed)
+    /// (a folder's fsync shared by the batch). The temp's data is durable
+    /// already (the caller made it so).
+    fn install_unsynced(&self, temp: Self::Temp) -> io::Result<Strong> {
+        self.install(temp)
+    }
+    /// Makes every [`install_unsynced`](Self::install_unsynced) so far
+    /// durable.
+    fn sync_installed(&self) -> io::Result<()> {
+        Ok(())
+    }
     /// One more catalog line refers to `key`.
     fn add_ref(&self, key: &Strong);
     /// One less; the content goes when none is left.
@@ -158,6 +170,14 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
         self.blobs.temp()
     }
 
+    /// The META-DATA text for a newly paired client and the version
+    /// counter it lists up to (`Catalog::snapshot`), between commits: never
+    /// in the middle of a group commit, whose changes are not durable yet.
+    pub fn snapshot(&self) -> (String, u64) {
+        let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.catalog.snapshot()
+    }
+
     /// The committed content of `entry`, to send it.
     pub fn open_content(&self, entry: &Entry) -> io::Result<B::Reader> {
         match &entry.strong {
@@ -200,13 +220,28 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
         label: &str,
         now: WallTime,
     ) -> Result<Committed, CoreError> {
-        let strong = self.blobs.strong_of(&temp);
         let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.upload_held(path, temp, (md5, size), (seen, label), now, false)
+    }
+
+    /// [`commit_upload`](Self::commit_upload) under the commit lock;
+    /// `batched`: in a group commit.
+    fn upload_held(
+        &self,
+        path: &str,
+        temp: B::Temp,
+        (md5, size): (Digest, u64),
+        (seen, label): (&Mutex<SeenVersions>, &str),
+        now: WallTime,
+        batched: bool,
+    ) -> Result<Committed, CoreError> {
+        let strong = self.blobs.strong_of(&temp);
         let current = self.catalog.get(path);
         if let Some(unchanged) = unchanged(current.as_ref(), strong, size, seen) {
             return Ok(unchanged);
         }
-        let strong = self.blobs.install(temp).map_err(CoreError::Io)?;
+        let installed = if batched { self.blobs.install_unsynced(temp) } else { self.blobs.install(temp) };
+        let strong = installed.map_err(CoreError::Io)?;
         self.commit_content(path, current.as_ref(), (md5, size, strong), seen, label, now)
     }
 
@@ -271,6 +306,18 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
         now: WallTime,
     ) -> Result<Committed, CoreError> {
         let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.copy_held(path, from, md5, (seen, label), now)
+    }
+
+    /// [`commit_copy`](Self::commit_copy) under the commit lock.
+    fn copy_held(
+        &self,
+        path: &str,
+        from: &str,
+        md5: Digest,
+        (seen, label): (&Mutex<SeenVersions>, &str),
+        now: WallTime,
+    ) -> Result<Committed, CoreError> {
         let Some(source) = self.copy_source(from, md5, seen) else {
             return Ok(Committed::NoFile);
         };
@@ -317,6 +364,12 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
             return Ok(Committed::Locked);
         };
         let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
+        self.delete_held(path, seen, now)
+    }
+
+    /// [`delete`](Self::delete) with the path's lock and the commit lock
+    /// held.
+    fn delete_held(&self, path: &str, seen: &Mutex<SeenVersions>, now: WallTime) -> Result<Committed, CoreError> {
         let current = match self.catalog.get(path) {
             Some(c) if c.state == EntryState::File => c,
             _ => return Ok(Committed::NoFile),
@@ -507,6 +560,10 @@ fn unchanged(current: Option<&Entry>, strong: Strong, size: u64, seen: &Mutex<Se
     seen.lock().unwrap_or_else(PoisonError::into_inner).saw(&cur.path, cur.version);
     Some(Committed::Unchanged)
 }
+
+#[path = "group_commit.rs"]
+mod group_commit;
+pub use group_commit::Pending;
 
 #[cfg(test)]
 #[path = "library_tests.rs"]

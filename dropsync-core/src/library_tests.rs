@@ -487,3 +487,6 @@ fn an_upload_whose_conflict_copy_fails_to_commit_releases_its_content() {
     assert!(!stored.contains_key(&[2; 32]), "bob's content was installed, then released");
     assert_eq!(stored.get(&[1; 32]).map(|(_, n)| *n), Some(1), "alice's is still referred to once");
 }
+
+#[path = "group_commit_tests.rs"]
+mod group_commit;

@@ -219,6 +219,22 @@ pub trait Catalog: Send + Sync {
     fn shared(&self) -> bool {
         false
     }
+    /// Begins a group commit, where the catalog keeps one: until
+    /// [`end_batch`](Self::end_batch), [`commit`](Self::commit) applies
+    /// each change at once but makes none durable, so that the batch shares
+    /// one durable write. The caller serializes commits and holds the paths'
+    /// locks, and makes no change's reply or delivery before `end_batch`
+    /// returns. False where each commit is durable by itself (nothing to
+    /// end then).
+    fn begin_batch(&self) -> bool {
+        false
+    }
+    /// Makes every change since [`begin_batch`](Self::begin_batch) durable
+    /// together. On failure none is: every one is undone, and the error
+    /// returned.
+    fn end_batch(&self) -> Result<(), CoreError> {
+        Ok(())
+    }
 }
 
 /// A boxed catalog is one (the server picks the embedded one or
@@ -269,6 +285,12 @@ impl<C: Catalog + ?Sized> Catalog for Box<C> {
     fn shared(&self) -> bool {
         (**self).shared()
     }
+    fn begin_batch(&self) -> bool {
+        (**self).begin_batch()
+    }
+    fn end_batch(&self) -> Result<(), CoreError> {
+        (**self).end_batch()
+    }
 }
 
 /// The embedded catalog: the table in memory behind one mutex, journaled to
@@ -276,6 +298,22 @@ impl<C: Catalog + ?Sized> Catalog for Box<C> {
 #[derive(Debug)]
 pub struct MemCatalog<S: Storage> {
     inner: Mutex<(ServerMeta, JournaledStore<S>, History)>,
+    /// The group commit under way, if any (taken after `inner`).
+    batch: Mutex<Option<Batch>>,
+}
+
+/// What a group commit applied and has yet to make durable.
+#[derive(Debug, Default)]
+struct Batch {
+    /// The history lines of what its changes replaced, in order.
+    history_text: String,
+    /// Those versions, kept in memory once the lines are durable.
+    kept: Vec<Kept>,
+    /// The new lines, for the journal.
+    entries: Vec<Entry>,
+    /// Each change's path and the line it replaced, to undo a batch that
+    /// cannot be made durable.
+    undo: Vec<(String, Option<Entry>)>,
 }
 
 /// Reads the history file. A torn or unreadable tail is cut off, so that
@@ -311,7 +349,7 @@ impl<S: Storage> MemCatalog<S> {
         let (store, loaded) = JournaledStore::open(storage)?;
         let table = ServerMeta::from_entries(loaded.entries);
         let history = load_history(store.storage(), &table)?;
-        Ok(Self { inner: Mutex::new((table, store, history)) })
+        Ok(Self { inner: Mutex::new((table, store, history)), batch: Mutex::new(None) })
     }
 
     fn lock(&self) -> MutexGuard<'_, (ServerMeta, JournaledStore<S>, History)> {
@@ -350,6 +388,16 @@ impl<S: Storage> Catalog for MemCatalog<S> {
         let previous = table.get(path).cloned();
         let previous_version = table.last_version;
         let entry = table.apply(path, change);
+        if let Some(batch) = self.batch.lock().unwrap_or_else(PoisonError::into_inner).as_mut() {
+            if let Some(p) = &previous {
+                let k = history::Kept { entry: p.clone(), replaced_ns: entry.mtime_ns };
+                k.render(&mut batch.history_text);
+                batch.kept.push(k);
+            }
+            batch.entries.push(entry.clone());
+            batch.undo.push((path.to_owned(), previous));
+            return Ok(entry);
+        }
         // What this commit replaces is kept durably before the commit is:
         // a crash between the two leaves a kept line for a version still
         // current, which the next start drops (found by the simulator: the
@@ -376,6 +424,46 @@ impl<S: Storage> Catalog for MemCatalog<S> {
             let _ = store.compact(table.entries());
         }
         Ok(entry)
+    }
+
+    fn begin_batch(&self) -> bool {
+        let _guard = self.lock();
+        *self.batch.lock().unwrap_or_else(PoisonError::into_inner) = Some(Batch::default());
+        true
+    }
+
+    /// The history lines first, then the journal's, each with one sync:
+    /// the same order as one commit's (what a change replaced is kept
+    /// durably before the change is).
+    fn end_batch(&self) -> Result<(), CoreError> {
+        let mut guard = self.lock();
+        let Some(batch) = self.batch.lock().unwrap_or_else(PoisonError::into_inner).take() else {
+            return Ok(());
+        };
+        let (table, store, history) = &mut *guard;
+        let mut written = Ok(());
+        if !batch.history_text.is_empty() {
+            written = store.storage().append(HISTORY, batch.history_text.as_bytes()).map_err(CoreError::Io);
+        }
+        if !batch.entries.is_empty() {
+            written = written.and_then(|()| store.append(&batch.entries));
+        }
+        if let Err(e) = written {
+            // Not durable: not committed. The versions handed out stay
+            // used, so that no later change is mistaken for one of these.
+            let last = table.last_version;
+            for (path, previous) in batch.undo.into_iter().rev() {
+                table.put_back(&path, previous, last);
+            }
+            return Err(e);
+        }
+        for k in batch.kept {
+            history.keep(k.entry, k.replaced_ns);
+        }
+        if store.should_compact(table.len()) {
+            let _ = store.compact(table.entries());
+        }
+        Ok(())
     }
 
     fn snapshot(&self) -> (String, u64) {

@@ -103,6 +103,34 @@ pub enum Ended {
     ConnectionClosed,
 }
 
+/// A host's answer to a change (an upload's FINISHED, a DELETE, a COPY):
+/// its STATUS now, or later. A reply given later still goes out in its
+/// place (section 4: replies in order): the replies to messages after it
+/// wait behind it, keep-alives do not.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reply {
+    /// The STATUS, now.
+    Now(StatusCode),
+    /// The host finishes the change later (group commit: several changes
+    /// share one durable write) and then gives its STATUS to
+    /// [`Receiving::resolve`] with this ticket, which the host picks and
+    /// keeps unique among the replies it has not given yet.
+    Later(u64),
+}
+
+impl From<StatusCode> for Reply {
+    fn from(code: StatusCode) -> Self {
+        Reply::Now(code)
+    }
+}
+
+/// A reply queued behind one the host gives later.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Held {
+    Waiting(u64),
+    Ready(StatusCode),
+}
+
 /// What the side that owns the outside world does for the machine. Each
 /// call happens at the point of the contract where its effect is due;
 /// whatever the host returns as a STATUS is the reply to that message.
@@ -129,8 +157,8 @@ pub trait Host {
     fn append(&mut self, name: &str, transfer: &mut Self::Transfer, payload: Payload<'_>) -> Result<(), StatusCode>;
 
     /// The whole file checked out: make it replace the old version (fsync,
-    /// rename, record) and return the reply.
-    fn commit(&mut self, name: &str, transfer: Self::Transfer, file: Assembled) -> StatusCode;
+    /// rename, record) and return the reply, now or later.
+    fn commit(&mut self, name: &str, transfer: Self::Transfer, file: Assembled) -> Reply;
 
     /// The transfer ended without a commit; dropping `transfer` undoes it.
     fn discard(&mut self, _name: &str, _transfer: Self::Transfer, _why: Ended) {}
@@ -147,16 +175,17 @@ pub trait Host {
         false
     }
 
-    /// DELETE of `name` (no transfer of it open here): the reply.
-    fn delete(&mut self, name: &str) -> StatusCode;
+    /// DELETE of `name` (no transfer of it open here): the reply, now or
+    /// later.
+    fn delete(&mut self, name: &str) -> Reply;
 
     /// COPY [ext] of `from`'s content (MD5 `digest`) to `name`, no transfer
     /// of `name` open here: the reply (0x0001 done; 0x0020 the content is
     /// not the version the digest names, so the sender sends the file; or
     /// what an upload would get). Only a peer that said it takes COPY is
     /// sent one; a host that does not answers 0x0100.
-    fn copy(&mut self, _from: &str, _name: &str, _digest: &Digest) -> StatusCode {
-        StatusCode::BAD_REQUEST
+    fn copy(&mut self, _from: &str, _name: &str, _digest: &Digest) -> Reply {
+        Reply::Now(StatusCode::BAD_REQUEST)
     }
 
     /// REQUEST of [`COPY_OFFER_NAME`] [ext]: the peer takes COPY, and asks
@@ -276,6 +305,9 @@ pub struct Receiving<T> {
     state: State<T>,
     /// Replies not transmitted yet.
     out: Vec<u8>,
+    /// Replies behind one the host gives later ([`Reply::Later`]), in
+    /// order; empty while none is awaited.
+    held: VecDeque<Held>,
     events: VecDeque<Event>,
     limit_reported: bool,
     /// The last [`spare`](Receiving::spare) was the host's payload buffer.
@@ -298,6 +330,7 @@ impl<T> Receiving<T> {
             open: OpenTransfers::new(config.limits),
             state: State::Idle,
             out: Vec::with_capacity(64),
+            held: VecDeque::new(),
             events: VecDeque::new(),
             limit_reported: false,
             spare_is_payload: false,
@@ -402,7 +435,7 @@ impl<T> Receiving<T> {
                         Change::Upload { transfer, file } => host.commit(&name, transfer, file),
                         Change::Delete => host.delete(&name),
                     };
-                    self.reply(reply);
+                    self.answer(reply);
                 }
             }
             // After every message, not only when a read times out: a peer
@@ -488,7 +521,38 @@ impl<T> Receiving<T> {
     }
 
     fn reply(&mut self, code: StatusCode) {
-        Frame::Status(code).encode(&mut self.out);
+        if self.held.is_empty() {
+            Frame::Status(code).encode(&mut self.out);
+        } else {
+            self.held.push_back(Held::Ready(code));
+        }
+    }
+
+    fn answer(&mut self, reply: Reply) {
+        match reply {
+            Reply::Now(code) => self.reply(code),
+            Reply::Later(ticket) => self.held.push_back(Held::Waiting(ticket)),
+        }
+    }
+
+    /// The host's STATUS for the change it answered [`Reply::Later`] with
+    /// `ticket`: it goes out in its place, with the replies that waited
+    /// behind it. False if no reply awaits that ticket.
+    pub fn resolve(&mut self, ticket: u64, code: StatusCode) -> bool {
+        let Some(slot) = self.held.iter_mut().find(|h| **h == Held::Waiting(ticket)) else {
+            return false;
+        };
+        *slot = Held::Ready(code);
+        while let Some(Held::Ready(code)) = self.held.front().copied() {
+            self.held.pop_front();
+            Frame::Status(code).encode(&mut self.out);
+        }
+        true
+    }
+
+    /// Replies the host is still to give ([`Reply::Later`]).
+    pub fn replies_awaited(&self) -> usize {
+        self.held.iter().filter(|h| matches!(h, Held::Waiting(_))).count()
     }
 
     /// Section 3: a name is checked before it is used. The META-DATA
@@ -653,7 +717,7 @@ impl<T> Receiving<T> {
                     return;
                 }
                 let reply = host.commit(&name, transfer, file);
-                self.reply(reply);
+                self.answer(reply);
             }
             FinishVerdict::Discard { reply } => {
                 host.discard(&name, transfer, Ended::Verdict(reply));
@@ -681,7 +745,7 @@ impl<T> Receiving<T> {
             return;
         }
         let reply = host.delete(&name);
-        self.reply(reply);
+        self.answer(reply);
     }
 
     /// COPY [ext]: a whole transfer in one message. Both names follow
@@ -696,7 +760,7 @@ impl<T> Receiving<T> {
             return self.reply(StatusCode::LOCKED);
         }
         let reply = host.copy(from, &name, digest);
-        self.reply(reply);
+        self.answer(reply);
     }
 
     /// Ends the open transfer of `name` without a commit.

@@ -48,6 +48,21 @@ struct TestHost {
     refused: Vec<(String, StatusCode)>,
     /// Payload kinds seen by `append`: true for a lent (owned) buffer.
     owned: Vec<bool>,
+    /// Answer commits and DELETEs later (group commit): their tickets and
+    /// the STATUS each will get, in the order they came.
+    defer: bool,
+    later: Vec<(u64, StatusCode)>,
+}
+
+impl TestHost {
+    fn answer(&mut self, code: StatusCode) -> Reply {
+        if !self.defer {
+            return code.into();
+        }
+        let ticket = 100 + self.later.len() as u64;
+        self.later.push((ticket, code));
+        Reply::Later(ticket)
+    }
 }
 
 impl Host for TestHost {
@@ -69,11 +84,11 @@ impl Host for TestHost {
         t.0.extend_from_slice(payload.as_slice());
         Ok(())
     }
-    fn commit(&mut self, name: &str, t: Tx, file: Assembled) -> StatusCode {
+    fn commit(&mut self, name: &str, t: Tx, file: Assembled) -> Reply {
         assert_eq!(file.size, t.0.len() as u64);
         assert_eq!(file.md5, md5(&t.0));
         self.files.insert(name.to_owned(), t.0);
-        StatusCode::OK
+        self.answer(StatusCode::OK)
     }
     fn discard(&mut self, name: &str, _t: Tx, why: Ended) {
         self.discarded.push((name.to_owned(), why));
@@ -84,14 +99,15 @@ impl Host for TestHost {
     fn must_settle(&mut self, name: &str) -> bool {
         self.settle.contains(name)
     }
-    fn delete(&mut self, name: &str) -> StatusCode {
+    fn delete(&mut self, name: &str) -> Reply {
         if self.locked.contains(name) {
-            return StatusCode::LOCKED;
+            return StatusCode::LOCKED.into();
         }
-        match self.files.remove(name) {
+        let code = match self.files.remove(name) {
             Some(_) => StatusCode::OK,
             None => StatusCode::NO_FILE,
-        }
+        };
+        self.answer(code)
     }
     fn paused(&self) -> bool {
         self.paused
@@ -544,7 +560,66 @@ fn script() -> Vec<u8> {
     v
 }
 
+#[test]
+fn a_reply_given_later_keeps_its_place_and_the_replies_after_it_wait() {
+    let mut c = conn();
+    c.host.defer = true;
+    c.host.files.insert("gone".into(), b"x".to_vec());
+    let mut bytes = upload("a", b"hello");
+    bytes.extend(chunk("b", b"one"));
+    bytes.extend(delete("gone"));
+    bytes.extend(bad_chunk("c", b"zz"));
+    // The chunk of "a" is answered; its FINISHED is not yet, so nothing
+    // after it goes out.
+    assert_eq!(c.send(&bytes), vec![OK]);
+    assert_eq!(c.m.replies_awaited(), 2);
+    let (first, second) = (c.host.later[0], c.host.later[1]);
+    // Given out of order: the DELETE's waits for the commit's.
+    assert!(c.m.resolve(second.0, second.1));
+    assert_eq!(c.replies(), vec![]);
+    assert!(c.m.resolve(first.0, StatusCode::IN_USE));
+    assert_eq!(c.replies(), vec![StatusCode::IN_USE, OK, OK, StatusCode::RESEND_CHECKSUM]);
+    assert_eq!(c.m.replies_awaited(), 0);
+    // A ticket given once is spent.
+    assert!(!c.m.resolve(first.0, OK));
+    // With nothing awaited, replies go out at once again.
+    c.host.defer = false;
+    assert_eq!(c.send(&finished("b", b"one")), vec![OK]);
+}
+
+#[test]
+fn a_keep_alive_does_not_wait_behind_a_reply_given_later() {
+    let mut c = conn();
+    c.host.defer = true;
+    assert_eq!(c.send(&upload("a", b"x")), vec![OK]);
+    assert_eq!(c.advance(Duration::from_secs(16)).expect("up"), vec![StatusCode::KEEP_ALIVE]);
+    let (ticket, code) = c.host.later[0];
+    assert!(c.m.resolve(ticket, code));
+    assert_eq!(c.replies(), vec![OK]);
+}
+
 proptest! {
+    /// Replies given later, in any order, go out in the order of the
+    /// messages they answer, and equal the replies given at once.
+    #[test]
+    fn replies_given_later_in_any_order_keep_the_order_of_the_messages(order in Just((0..6usize).collect::<Vec<_>>()).prop_shuffle()) {
+        let bytes = script();
+        let mut now = conn();
+        let expected = now.send(&bytes);
+        let mut c = conn();
+        c.host.defer = true;
+        let mut got = c.send(&bytes);
+        let later = c.host.later.clone();
+        for i in order.into_iter().chain(6..later.len()) {
+            if let Some(&(ticket, code)) = later.get(i) {
+                prop_assert!(c.m.resolve(ticket, code));
+                got.extend(c.replies());
+            }
+        }
+        prop_assert_eq!(c.m.replies_awaited(), 0);
+        prop_assert_eq!(got, expected);
+    }
+
     /// However the stream is split into reads, and whether payloads are
     /// lent buffers or borrowed, the replies and the folder are the same.
     #[test]

@@ -10,7 +10,7 @@ use proptest::prelude::*;
 use super::*;
 use crate::liveness::{Silence, Timers};
 use crate::open_transfers::Limits;
-use crate::receiving::{self, Assembled, Ended as RxEnded, Host, Payload, Receiving};
+use crate::receiving::{self, Assembled, Ended as RxEnded, Host, Payload, Receiving, Reply};
 
 /// A file to send, as the test's driver keeps it.
 #[derive(Debug, Clone, Default)]
@@ -71,15 +71,15 @@ impl Host for Folder {
         t.extend_from_slice(p.as_slice());
         Ok(())
     }
-    fn commit(&mut self, name: &str, t: Vec<u8>, _: Assembled) -> StatusCode {
+    fn commit(&mut self, name: &str, t: Vec<u8>, _: Assembled) -> Reply {
         self.files.insert(name.to_owned(), t);
-        StatusCode::OK
+        StatusCode::OK.into()
     }
     fn discard(&mut self, _: &str, _: Vec<u8>, _: RxEnded) {}
-    fn delete(&mut self, name: &str) -> StatusCode {
+    fn delete(&mut self, name: &str) -> Reply {
         match self.files.remove(name) {
-            Some(_) => StatusCode::OK,
-            None => StatusCode::NO_FILE,
+            Some(_) => StatusCode::OK.into(),
+            None => StatusCode::NO_FILE.into(),
         }
     }
     fn request(&mut self, name: &str) -> StatusCode {

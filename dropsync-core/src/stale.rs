@@ -45,6 +45,24 @@ impl SeenVersions {
         *v = (*v).max(version);
     }
 
+    /// What [`saw`](Self::saw) recorded of `path`, to put back with
+    /// [`restore`](Self::restore) if the changes that follow are undone.
+    pub fn recorded(&self, path: &str) -> Option<u64> {
+        self.seen.get(path).copied()
+    }
+
+    /// Puts back what [`recorded`](Self::recorded) returned for `path`.
+    pub fn restore(&mut self, path: &str, recorded: Option<u64>) {
+        match recorded {
+            Some(v) => {
+                self.seen.insert(path.to_owned(), v);
+            }
+            None => {
+                self.seen.remove(path);
+            }
+        }
+    }
+
     /// True when `version` of `path` reached the client after pairing:
     /// delivered to it, or uploaded or deleted by it. Unlike
     /// [`Self::has_seen`], the META-DATA listing does not count: this is the

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use dropsync_core::liveness::{Silence, Timers};
 use dropsync_core::mux::{Mux, MuxReply, SingleKind, Step as MuxStep};
 use dropsync_core::open_transfers::Limits;
-use dropsync_core::receiving::{Assembled, Config, Ended, Host, Payload, Receiving, Step};
+use dropsync_core::receiving::{Assembled, Config, Ended, Host, Payload, Receiving, Reply, Step};
 use dropsync_core::sender::{Outcome, Recorded};
 use dropsync_proto::{encode_chunk_header, md5, parse, Digest, Frame, StatusCode, ZERO_DIGEST};
 use proptest::prelude::*;
@@ -101,9 +101,9 @@ impl Host for Ends {
         data.extend_from_slice(payload.as_slice());
         Ok(())
     }
-    fn commit(&mut self, name: &str, content: Vec<u8>, file: Assembled) -> StatusCode {
+    fn commit(&mut self, name: &str, content: Vec<u8>, file: Assembled) -> Reply {
         self.ended.insert(name.to_owned(), ServerEnd::Committed { content, size: file.size, digest: file.md5 });
-        StatusCode::OK
+        StatusCode::OK.into()
     }
     fn discard(&mut self, name: &str, _data: Vec<u8>, why: Ended) {
         let end = match why {
@@ -113,7 +113,7 @@ impl Host for Ends {
         };
         self.ended.insert(name.to_owned(), end);
     }
-    fn delete(&mut self, name: &str) -> StatusCode {
+    fn delete(&mut self, name: &str) -> Reply {
         panic!("the client never deletes here ({name})")
     }
     /// Nothing is stored on this server: "REQUEST for an unknown file" is

@@ -128,6 +128,19 @@ impl Conn {
         self.tcp.peer_addr()
     }
 
+    /// True when a read would find bytes now, without waiting: undecrypted
+    /// bytes held here, or the socket readable (data, or its end). Only a
+    /// hint, for a reader deciding whether more is on its way before it
+    /// does work that delays its replies (group commit); TLS plaintext
+    /// rustls holds already is not looked at, and so it only makes the
+    /// hint say "no" early.
+    pub fn input_ready(&self) -> bool {
+        if self.tls.as_ref().is_some_and(|t| !lock(&t.recv).is_empty()) {
+            return true;
+        }
+        crate::tcp::readable_now(&self.tcp)
+    }
+
     /// See [`TcpStream::set_read_timeout`].
     pub fn set_read_timeout(&self, d: Option<Duration>) -> io::Result<()> {
         self.tcp.set_read_timeout(d)

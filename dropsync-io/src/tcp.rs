@@ -39,6 +39,16 @@ pub fn peer_has_closed(stream: &TcpStream) -> bool {
     }
 }
 
+/// True when a read of `stream` would return at once: bytes are waiting,
+/// or the peer has closed it (or it failed). False when a read would wait.
+pub fn readable_now(stream: &TcpStream) -> bool {
+    let mut byte = [MaybeUninit::<u8>::uninit()];
+    match SockRef::from(stream).recv_with_flags(&mut byte, libc::MSG_PEEK | libc::MSG_DONTWAIT) {
+        Ok(_) => true,
+        Err(e) => !matches!(e.kind(), io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted),
+    }
+}
+
 /// True for the error an accept gets when the process or the system is
 /// out of file descriptors (EMFILE, ENFILE): not the connection's fault, and
 /// it recurs until descriptors are freed.
@@ -51,6 +61,27 @@ mod tests {
     use super::*;
     use std::io::Write;
     use std::net::TcpListener;
+
+    #[test]
+    fn readable_now_says_whether_a_read_would_wait() {
+        let (mut a, b) = pair();
+        assert!(!readable_now(&b), "nothing sent: a read would wait");
+        a.write_all(b"x").unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !readable_now(&b) {
+            assert!(std::time::Instant::now() < deadline, "the byte never became readable");
+            std::thread::yield_now();
+        }
+        let mut one = [0u8; 1];
+        io::Read::read_exact(&mut &b, &mut one).unwrap();
+        assert!(!readable_now(&b), "read: nothing left");
+        drop(a);
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !readable_now(&b) {
+            assert!(std::time::Instant::now() < deadline, "the close never showed");
+            std::thread::yield_now();
+        }
+    }
 
     fn pair() -> (TcpStream, TcpStream) {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();

@@ -383,10 +383,7 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
         (false, false) => SessionKind::Hello,
     };
     server.metrics.session_started(kind);
-    let (text, listed_upto) = {
-        use dropsync_core::meta_server::Catalog;
-        server.library.catalog().snapshot()
-    };
+    let (text, listed_upto) = server.library.snapshot();
     session.set_metadata(text, listed_upto);
     log::info!("connect {} (client id {}); {} client(s)", session.who(), client_id.map_or("legacy".into(), |c| dropsync_proto::digest::to_hex(&c)), server.client_count());
 

@@ -37,6 +37,10 @@ pub struct BlobStore {
     /// Prefix folders (`blobs/xx`, by first digest byte) known to exist:
     /// looked up in memory, not with a stat per blob.
     made_dirs: Mutex<[bool; 256]>,
+    /// Prefix folders with a blob installed by
+    /// [`install_unsynced`](Self::install_unsynced) since the last
+    /// [`sync_installed`](Self::sync_installed).
+    unsynced: Mutex<std::collections::BTreeSet<u8>>,
     /// Referenced blobs found missing at start: an upload of that content
     /// installs it again.
     missing: Mutex<HashSet<Strong>>,
@@ -126,7 +130,7 @@ impl BlobStore {
         fs::create_dir_all(&blobs)?;
         let _ = fs::remove_dir_all(&tmp);
         fs::create_dir_all(&tmp)?;
-        Ok(Self { blobs, tmp, refs: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0), made_dirs: Mutex::new([false; 256]), missing: Mutex::new(HashSet::new()), remote: None, remote_shared: false, gc: None })
+        Ok(Self { blobs, tmp, refs: Mutex::new(HashMap::new()), next_tmp: AtomicU64::new(0), made_dirs: Mutex::new([false; 256]), unsynced: Mutex::default(), missing: Mutex::new(HashSet::new()), remote: None, remote_shared: false, gc: None })
     }
 
     /// The same store with its durable copy in `remote` (S3), which other
@@ -258,7 +262,28 @@ impl BlobStore {
     /// Makes `temp` durable as the blob of its SHA-256 (returned): fsync,
     /// rename into place, fsync the directory. If that blob already exists
     /// the temp file is simply dropped.
-    pub fn install(&self, mut temp: TempBlob) -> io::Result<Strong> {
+    pub fn install(&self, temp: TempBlob) -> io::Result<Strong> {
+        self.install_as(temp, true)
+    }
+
+    /// [`install`](Self::install) for a group commit: the blob folder's
+    /// fsync waits for [`sync_installed`](Self::sync_installed), shared by
+    /// the batch. With contents in a bucket, the PUT is what makes the
+    /// content durable, and it is made at once.
+    pub fn install_unsynced(&self, temp: TempBlob) -> io::Result<Strong> {
+        self.install_as(temp, self.remote.is_some())
+    }
+
+    /// Syncs the blob folders of the installs since the last call.
+    pub fn sync_installed(&self) -> io::Result<()> {
+        let dirs = std::mem::take(&mut *self.unsynced.lock().unwrap_or_else(PoisonError::into_inner));
+        for dir in dirs {
+            sync_dir(&self.blobs.join(format!("{dir:02x}")))?;
+        }
+        Ok(())
+    }
+
+    fn install_as(&self, mut temp: TempBlob, sync_now: bool) -> io::Result<Strong> {
         let key = temp.strong();
         let digest = &key;
         let Some(file) = temp.file.take() else {
@@ -289,7 +314,11 @@ impl BlobStore {
             self.make_prefix_dir(digest[0], dir, true)?;
             fs::rename(&temp.path, &target)?;
         }
-        sync_dir(dir)?;
+        if sync_now {
+            sync_dir(dir)?;
+        } else {
+            self.unsynced.lock().unwrap_or_else(PoisonError::into_inner).insert(digest[0]);
+        }
         // In the bucket before any catalog line names it.
         if let Some(remote) = &self.remote {
             match &self.gc {
@@ -401,6 +430,12 @@ impl dropsync_core::library::BlobStore for BlobStore {
     }
     fn install(&self, temp: TempBlob) -> io::Result<Strong> {
         BlobStore::install(self, temp)
+    }
+    fn install_unsynced(&self, temp: TempBlob) -> io::Result<Strong> {
+        BlobStore::install_unsynced(self, temp)
+    }
+    fn sync_installed(&self) -> io::Result<()> {
+        BlobStore::sync_installed(self)
     }
     fn add_ref(&self, key: &Strong) {
         BlobStore::add_ref(self, key)

@@ -11,11 +11,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Instant;
 
-use dropsync_core::library::Committed;
+use dropsync_core::library::{Committed, Pending};
 use dropsync_core::locks::{try_lock_owned, OwnedLockGuard, SessionId};
 use dropsync_core::open_transfers::Limits;
 use dropsync_core::path_rules::PathConflict;
-use dropsync_core::receiving::{Assembled, Config, Ended, Event, Host, Payload, Receiving, Step};
+use dropsync_core::receiving::{Assembled, Config, Ended, Event, Host, Payload, Receiving, Reply, Step};
 use dropsync_io::wire::{feed, Fed, FrameReader, Msg};
 use dropsync_proto::{Digest, StatusCode};
 
@@ -23,6 +23,7 @@ use crate::library;
 use crate::metrics::{Change, Metrics};
 use crate::server::Server;
 use crate::session::Session;
+use crate::blobs::TempBlob;
 use crate::sink::{Sink, SinkThreads};
 
 /// Why the loop ended (for the disconnect log line).
@@ -31,6 +32,12 @@ type End = String;
 /// Names of uploads aborted for idleness remembered per connection (see
 /// `open_transfers::Limits::remember_expired`).
 const MAX_EXPIRED_REMEMBERED: usize = 256;
+
+/// Group commit: the changes of one connection that arrive while more of
+/// its bytes are waiting are committed together, at most this many...
+const MAX_BATCH: usize = 256;
+/// ...and the first of them waits at most this long for the others.
+const MAX_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
 
 static READ_ONLY: crate::quiet_log::QuietLog = crate::quiet_log::QuietLog::new();
 static PATH_CONFLICTS: crate::quiet_log::QuietLog = crate::quiet_log::QuietLog::new();
@@ -79,6 +86,47 @@ struct Uploads<'a> {
     sink_threads: SinkThreads,
     /// What follows the replies handled so far.
     after_reply: Vec<AfterReply>,
+    /// Changes answered [`Reply::Later`], for the next group commit.
+    batch: Vec<Job>,
+    /// When the oldest of them came.
+    batch_since: Option<Instant>,
+    /// The next ticket to hand out.
+    next_ticket: u64,
+}
+
+/// A change waiting for its group commit, with what it holds until then:
+/// its path's lock, and an upload's count as open.
+struct Job {
+    ticket: u64,
+    change: Pending<TempBlob>,
+    lock: OwnedLockGuard,
+    _open: Option<OpenUpload>,
+    /// When its last message arrived.
+    started: Instant,
+}
+
+/// What a change of a group commit was, for its reply and log line once
+/// the change itself went to the library.
+enum Done {
+    Upload { path: String, size: u64 },
+    Delete { path: String },
+    Copy { path: String, from: String },
+}
+
+impl Done {
+    fn of(change: &Pending<TempBlob>) -> Self {
+        match change {
+            Pending::Upload { path, size, .. } => Done::Upload { path: path.clone(), size: *size },
+            Pending::Delete { path } => Done::Delete { path: path.clone() },
+            Pending::Copy { path, from, .. } => Done::Copy { path: path.clone(), from: from.clone() },
+        }
+    }
+
+    fn path(&self) -> &str {
+        match self {
+            Done::Upload { path, .. } | Done::Delete { path } | Done::Copy { path, .. } => path,
+        }
+    }
 }
 
 /// Serves the send connection until it closes, then ends the session.
@@ -104,13 +152,23 @@ pub fn run(
     let (input, decoder) = reader.into_parts();
     let now = Instant::now();
     let mut conn = Receiving::with_decoder(config, now, decoder);
-    let mut host = Uploads { server, session, sink_threads: SinkThreads::default(), after_reply: Vec::new() };
+    let mut host = Uploads {
+        server,
+        session,
+        sink_threads: SinkThreads::default(),
+        after_reply: Vec::new(),
+        batch: Vec::new(),
+        batch_since: None,
+        next_ticket: 0,
+    };
     if let Some(msg) = first {
         conn.handle_msg(now, msg, &mut host);
     }
     let mut driver = Driver { input, out, wbuf: Vec::with_capacity(64) };
     let why = driver.serve(&mut conn, &mut host);
-    // Replies to what was handled still go out (a commit's OK above all).
+    // What was received whole is committed, and the replies still go out
+    // (a commit's OK above all).
+    host.commit_batch(&mut conn);
     let _ = driver.flush(&mut conn, &mut host);
     // Dropping the open uploads removes their temp files and releases locks.
     let partial = conn.close(&mut host);
@@ -137,18 +195,26 @@ impl Driver {
             let step = conn.process(Instant::now(), host);
             log_events(conn, host.session);
             match step {
-                Ok(Step::NeedInput) => {}
+                Ok(Step::NeedInput) => {
+                    if host.batch_due(self.input.input_ready()) {
+                        host.commit_batch(conn);
+                    }
+                }
                 // Section 6: the replies so far go out first, since the
                 // client may be waiting for them; then at most 1 s for the
                 // delivery of `name` to be answered.
                 Ok(Step::Settle { name, until }) => {
+                    host.commit_batch(conn);
                     if let Err(end) = self.flush(conn, host) {
                         return end;
                     }
                     host.session.wait_outgoing_settled(&name, until.saturating_duration_since(Instant::now()));
                     continue;
                 }
-                Ok(Step::Paused) => continue,
+                Ok(Step::Paused) => {
+                    host.commit_batch(conn);
+                    continue;
+                }
                 Err(closed) => return closed.to_string(),
             }
             // Replies to messages that arrived together go out together
@@ -271,6 +337,110 @@ impl Uploads<'_> {
 }
 
 impl Uploads<'_> {
+    /// Queues `job` for the next group commit; its reply waits for it.
+    fn defer(&mut self, mut job: Job) -> Reply {
+        job.ticket = self.next_ticket;
+        self.next_ticket = self.next_ticket.wrapping_add(1);
+        self.batch_since.get_or_insert(job.started);
+        let ticket = job.ticket;
+        self.batch.push(job);
+        Reply::Later(ticket)
+    }
+
+    /// Whether the changes waiting are committed now: when no more of the
+    /// client's bytes are on their way (`more_coming` false), when there
+    /// are [`MAX_BATCH`] of them, or when the first has waited
+    /// [`MAX_BATCH_WAIT`].
+    fn batch_due(&self, more_coming: bool) -> bool {
+        let Some(since) = self.batch_since else { return false };
+        !more_coming || self.batch.len() >= MAX_BATCH || since.elapsed() >= MAX_BATCH_WAIT
+    }
+
+    /// Group commit of the changes waiting: each upload's data made
+    /// durable (side by side in the file system's journal), then all of
+    /// them committed by the library with one durable write; then, change
+    /// by change, its lock released, its reply given to `conn` and its
+    /// fan-out queued for after the reply.
+    fn commit_batch(&mut self, conn: &mut Receiving<Upload>) {
+        self.batch_since = None;
+        if self.batch.is_empty() {
+            return;
+        }
+        let mut held = Vec::with_capacity(self.batch.len());
+        let mut changes = Vec::with_capacity(self.batch.len());
+        for job in std::mem::take(&mut self.batch) {
+            let Job { ticket, mut change, lock, _open, started } = job;
+            if let Pending::Upload { temp, path, .. } = &mut change {
+                if let Err(e) = temp.make_durable() {
+                    log::error!("{}: cannot write {path:?}: {e}", self.session.who());
+                    conn.resolve(ticket, StatusCode::IN_USE);
+                    continue;
+                }
+            }
+            let what = Done::of(&change);
+            held.push((ticket, what, lock, _open, started));
+            changes.push(change);
+        }
+        let lib = &self.server.library;
+        let outcomes = lib.commit_batch(changes, &self.session.seen, &self.session.label, library::now());
+        for ((ticket, what, lock, _open, started), outcome) in held.into_iter().zip(outcomes) {
+            // Released before the reply, so a client that hears OK can
+            // start its next change of the file at once.
+            drop(lock);
+            let reply = self.after_commit(what, outcome, started);
+            conn.resolve(ticket, reply);
+        }
+    }
+
+    /// The reply to a change of a group commit, its metrics, log line and
+    /// fan-out.
+    fn after_commit(&mut self, what: Done, outcome: Result<Committed, dropsync_core::CoreError>, started: Instant) -> StatusCode {
+        let metrics = &self.server.metrics;
+        let who = self.session.who();
+        match (what, outcome) {
+            (Done::Upload { path, size }, Ok(committed)) => {
+                metrics.commit_took(started.elapsed());
+                Metrics::add(&metrics.files_in, 1);
+                let Committed::New { entry, conflict } = committed else {
+                    log::debug!("{who}: {path:?} unchanged");
+                    return StatusCode::OK;
+                };
+                Metrics::add(&metrics.commits, 1);
+                self.changed(&path, entry.version, false);
+                log::info!("{who}: committed {path:?} version {} ({size} bytes)", entry.version);
+                self.fan_out_after_reply(conflict, &path, entry.version)
+            }
+            (Done::Delete { path }, Ok(Committed::New { entry, conflict })) => {
+                Metrics::add(&metrics.deletes_in, 1);
+                self.changed(&path, entry.version, true);
+                log::info!("{who}: deleted {path:?} (version {})", entry.version);
+                self.fan_out_after_reply(conflict, &path, entry.version)
+            }
+            (Done::Delete { .. }, Ok(_)) => StatusCode::NO_FILE,
+            (Done::Copy { path, from }, Ok(Committed::New { entry, conflict })) => {
+                Metrics::add(&metrics.commits, 1);
+                Metrics::add(&metrics.copies_in, 1);
+                self.changed(&path, entry.version, false);
+                log::info!(
+                    "{who}: committed {path:?} version {} as a copy of {from:?} ({} bytes not sent)",
+                    entry.version,
+                    entry.size
+                );
+                self.fan_out_after_reply(conflict, &path, entry.version)
+            }
+            (Done::Copy { path, from }, Ok(Committed::NoFile)) => {
+                log::debug!("{who}: copy of {from:?} to {path:?}: not the version it names");
+                StatusCode::NO_FILE
+            }
+            // Unchanged: the path holds that content already.
+            (Done::Copy { .. }, Ok(_)) => StatusCode::OK,
+            (what, Err(e)) => {
+                log::error!("{who}: cannot commit {:?}: {e}", what.path());
+                StatusCode::IN_USE
+            }
+        }
+    }
+
     /// An upload of a new file that a live file is in the way of
     /// (`path_rules`): a file where a folder of it would be, or a folder of
     /// live files where it would be, gets 0x0080, try again later (a swap
@@ -351,47 +521,20 @@ impl Host for Uploads<'_> {
         })
     }
 
-    fn commit(&mut self, name: &str, upload: Upload, file: Assembled) -> StatusCode {
+    /// Answered later: the upload joins this connection's next group
+    /// commit, its data flushed to the disk then.
+    fn commit(&mut self, name: &str, upload: Upload, file: Assembled) -> Reply {
         let Upload { sink, lock, _open } = upload;
         let started = Instant::now();
-        let temp = match sink.finish().and_then(|mut temp| temp.make_durable().map(|()| temp)) {
+        let temp = match sink.finish() {
             Ok(temp) => temp,
             Err(e) => {
                 log::error!("{}: cannot write {name:?}: {e}", self.session.who());
-                return StatusCode::IN_USE;
+                return StatusCode::IN_USE.into();
             }
         };
-        let lib = &self.server.library;
-        let result = lib.commit_upload(name, temp, file.md5, file.size, &self.session.seen, &self.session.label, library::now());
-        // Released before the reply, so a client that hears OK can start
-        // its next change of the file at once.
-        drop(lock);
-        let metrics = &self.server.metrics;
-        if result.is_ok() {
-            metrics.commit_took(started.elapsed());
-            Metrics::add(&metrics.files_in, 1);
-        }
-        match result {
-            Ok(Committed::New { entry, conflict }) => {
-                Metrics::add(&metrics.commits, 1);
-                self.changed(name, entry.version, false);
-                log::info!(
-                    "{}: committed {name:?} version {} ({} bytes)",
-                    self.session.who(),
-                    entry.version,
-                    file.size
-                );
-                self.fan_out_after_reply(conflict, name, entry.version)
-            }
-            Ok(_) => {
-                log::debug!("{}: {name:?} unchanged", self.session.who());
-                StatusCode::OK
-            }
-            Err(e) => {
-                log::error!("{}: cannot commit {name:?}: {e}", self.session.who());
-                StatusCode::IN_USE
-            }
-        }
+        let change = Pending::Upload { path: name.to_owned(), temp, md5: file.md5, size: file.size };
+        self.defer(Job { ticket: 0, change, lock, _open: Some(_open), started })
     }
 
     fn discard(&mut self, name: &str, _upload: Upload, why: Ended) {
@@ -414,62 +557,29 @@ impl Host for Uploads<'_> {
         self.server.library.conflict_copies() && self.session.has_outgoing(name)
     }
 
-    fn delete(&mut self, name: &str) -> StatusCode {
+    /// Answered later, in this connection's next group commit; a lock
+    /// another transfer holds is 0x0040 now.
+    fn delete(&mut self, name: &str) -> Reply {
         if let Err(refused) = self.may_change(name) {
-            return refused;
+            return refused.into();
         }
-        let result = self.server.library.delete(name, self.session.id, &self.session.seen, library::now());
-        match result {
-            Ok(Committed::New { entry, conflict }) => {
-                Metrics::add(&self.server.metrics.deletes_in, 1);
-                self.changed(name, entry.version, true);
-                log::info!("{}: deleted {name:?} (version {})", self.session.who(), entry.version);
-                self.fan_out_after_reply(conflict, name, entry.version)
-            }
-            Ok(Committed::Locked) => StatusCode::LOCKED,
-            Ok(_) => StatusCode::NO_FILE,
-            Err(e) => {
-                log::error!("{}: cannot delete {name:?}: {e}", self.session.who());
-                StatusCode::IN_USE
-            }
-        }
+        let Some(lock) = try_lock_owned(self.server.library.locks(), name, self.session.id) else {
+            return StatusCode::LOCKED.into();
+        };
+        let change = Pending::Delete { path: name.to_owned() };
+        self.defer(Job { ticket: 0, change, lock, _open: None, started: Instant::now() })
     }
 
     /// COPY [ext]: an upload of content the server holds at `from`, under
-    /// `name`'s lock and the same refusals as an upload's first message.
-    fn copy(&mut self, from: &str, name: &str, digest: &Digest) -> StatusCode {
+    /// `name`'s lock and the same refusals as an upload's first message;
+    /// answered later, in this connection's next group commit.
+    fn copy(&mut self, from: &str, name: &str, digest: &Digest) -> Reply {
         let lock = match self.admit_change(name) {
             Ok(lock) => lock,
-            Err(refused) => return refused,
+            Err(refused) => return refused.into(),
         };
-        let lib = &self.server.library;
-        let result = lib.commit_copy(name, from, *digest, &self.session.seen, &self.session.label, library::now());
-        drop(lock);
-        let metrics = &self.server.metrics;
-        match result {
-            Ok(Committed::New { entry, conflict }) => {
-                Metrics::add(&metrics.commits, 1);
-                Metrics::add(&metrics.copies_in, 1);
-                self.changed(name, entry.version, false);
-                log::info!(
-                    "{}: committed {name:?} version {} as a copy of {from:?} ({} bytes not sent)",
-                    self.session.who(),
-                    entry.version,
-                    entry.size
-                );
-                self.fan_out_after_reply(conflict, name, entry.version)
-            }
-            Ok(Committed::NoFile) => {
-                log::debug!("{}: copy of {from:?} to {name:?}: not the version it names", self.session.who());
-                StatusCode::NO_FILE
-            }
-            // Unchanged: the path holds that content already.
-            Ok(_) => StatusCode::OK,
-            Err(e) => {
-                log::error!("{}: cannot commit {name:?}: {e}", self.session.who());
-                StatusCode::IN_USE
-            }
-        }
+        let change = Pending::Copy { path: name.to_owned(), from: from.to_owned(), md5: *digest };
+        self.defer(Job { ticket: 0, change, lock, _open: None, started: Instant::now() })
     }
 
     /// The client takes COPY, and so does this server.

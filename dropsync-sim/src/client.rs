@@ -17,7 +17,7 @@ use dropsync_core::decoder::{Decoder, Msg};
 use dropsync_core::jobs::Job;
 use dropsync_core::liveness::{Liveness, Silence};
 use dropsync_core::mux::OpId;
-use dropsync_core::receiving::{self, Assembled, Ended as InEnded, Host, Payload, Receiving};
+use dropsync_core::receiving::{self, Assembled, Ended as InEnded, Host, Payload, Receiving, Reply};
 use dropsync_core::reconcile::{effective_base, reconcile, Action, Content, ServerSide};
 use dropsync_core::sender::Outcome;
 use dropsync_core::sending::{Cause, Ended, FileDigest, Replied, Sending};
@@ -241,9 +241,9 @@ impl Host for Deliveries<'_> {
         Ok(())
     }
 
-    fn commit(&mut self, name: &str, t: Incoming, file: Assembled) -> StatusCode {
+    fn commit(&mut self, name: &str, t: Incoming, file: Assembled) -> Reply {
         if name == METADATA_TRANSFER_NAME {
-            return self.on_metadata(&t.bytes);
+            return self.on_metadata(&t.bytes).into();
         }
         let _ = t.started;
         let reply = if admit_incoming(self.outgoing.contains(name), true).is_err() {
@@ -259,7 +259,7 @@ impl Host for Deliveries<'_> {
                 }
                 self.policy.incoming_written(name);
                 self.ended(name);
-                return StatusCode::OK;
+                return StatusCode::OK.into();
             }
             self.folder.fx.push(Effect::Installed {
                 client: self.folder.idx,
@@ -278,7 +278,7 @@ impl Host for Deliveries<'_> {
             StatusCode::OK
         };
         self.ended(name);
-        reply
+        reply.into()
     }
 
     /// A delivery refused at its first message ends like any other (the
@@ -298,16 +298,16 @@ impl Host for Deliveries<'_> {
         }
     }
 
-    fn delete(&mut self, name: &str) -> StatusCode {
+    fn delete(&mut self, name: &str) -> Reply {
         if admit_incoming(self.outgoing.contains(name), true).is_err() {
             self.policy.refused_while_sending(name);
-            return StatusCode::IN_USE;
+            return StatusCode::IN_USE.into();
         }
         let now = self.folder.now;
         self.policy.delivered(name, now);
         let Some(bytes) = self.folder.fs.get(name) else {
             self.folder.bases.remove(name);
-            return StatusCode::NO_FILE;
+            return StatusCode::NO_FILE.into();
         };
         let local = Some(content_of(bytes));
         let base = self.folder.bases.get(name).copied();
@@ -325,7 +325,7 @@ impl Host for Deliveries<'_> {
         }
         self.folder.bases.remove(name);
         self.folder.seen.remove(name);
-        StatusCode::OK
+        StatusCode::OK.into()
     }
 }
 

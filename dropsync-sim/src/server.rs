@@ -16,7 +16,7 @@ use dropsync_core::library::{Committed, Library, WallTime};
 use dropsync_core::liveness::{Liveness, Silence};
 use dropsync_core::locks::{try_lock_owned, OwnedLockGuard, SessionId};
 use dropsync_core::meta_server::Catalog;
-use dropsync_core::receiving::{self, Assembled, Host, Payload, Receiving, Step};
+use dropsync_core::receiving::{self, Assembled, Host, Payload, Receiving, Reply, Step};
 use dropsync_core::sending::{FileDigest, Replied, Sending};
 use dropsync_core::stale::SeenVersions;
 use dropsync_proto::metadata::EntryState;
@@ -163,13 +163,13 @@ impl Host for Uploads<'_> {
         Ok(())
     }
 
-    fn commit(&mut self, name: &str, upload: Upload, file: Assembled) -> StatusCode {
+    fn commit(&mut self, name: &str, upload: Upload, file: Assembled) -> Reply {
         let Upload { temp, _lock } = upload;
         let label = self.label();
         let result = self.lib.commit_upload(name, temp, file.md5, file.size, &self.st.seen, &label, self.wall);
         drop(_lock);
         let content = Some(Version { md5: file.md5, size: file.size });
-        match result {
+        Reply::Now(match result {
             Ok(Committed::New { entry, conflict }) => {
                 self.fx.push(Effect::Committed {
                     client: self.st.client,
@@ -188,15 +188,15 @@ impl Host for Uploads<'_> {
                 self.fx.push(Effect::Log(format!("{}: cannot commit {name:?}: {e}", self.who)));
                 StatusCode::IN_USE
             }
-        }
+        })
     }
 
     fn must_settle(&mut self, name: &str) -> bool {
         self.lib.conflict_copies() && self.down.has(name)
     }
 
-    fn delete(&mut self, name: &str) -> StatusCode {
-        match self.lib.delete(name, self.id, &self.st.seen, self.wall) {
+    fn delete(&mut self, name: &str) -> Reply {
+        Reply::Now(match self.lib.delete(name, self.id, &self.st.seen, self.wall) {
             Ok(Committed::New { entry, conflict }) => {
                 self.fx.push(Effect::Committed {
                     client: self.st.client,
@@ -210,7 +210,7 @@ impl Host for Uploads<'_> {
             Ok(Committed::Locked) => StatusCode::LOCKED,
             Ok(_) => StatusCode::NO_FILE,
             Err(_) => StatusCode::IN_USE,
-        }
+        })
     }
 
     fn request(&mut self, name: &str) -> StatusCode {
@@ -612,7 +612,7 @@ impl Server {
         let chunk = self.settings.chunk;
         match s.st.meta {
             Meta::Pending => {
-                let (text, upto) = self.lib.catalog().snapshot();
+                let (text, upto) = self.lib.snapshot();
                 *s.st.seen.lock().unwrap_or_else(PoisonError::into_inner) = SeenVersions::new(upto);
                 let bytes = Arc::new(text.into_bytes());
                 let digest = FileDigest::Known(md5(&bytes));
