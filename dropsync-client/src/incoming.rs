@@ -69,10 +69,16 @@ impl TempFile {
     }
 
     /// Stamps the file with the time it finished arriving (what META-DATA
-    /// records, as the assignment asks) and makes it durable before the
-    /// rename (section 4: "temp file in the same file system, fsync, rename").
+    /// records, as the assignment asks); it is made durable before the
+    /// rename (section 4: "temp file in the same file system, fsync,
+    /// rename"), with the others of its group commit (`batch`).
+    fn stamp(&mut self) -> io::Result<()> {
+        self.file.set_modified(SystemTime::now())
+    }
+
+    /// [`stamp`](Self::stamp), and durable now.
     fn finish(&mut self) -> io::Result<()> {
-        self.file.set_modified(SystemTime::now())?;
+        self.stamp()?;
         self.file.sync_all()
     }
 }
@@ -133,6 +139,9 @@ struct Deliveries {
     fatal: Option<String>,
     /// The terminal progress line of long incoming transfers.
     progress: Progress,
+    /// Files received whole, answered [`Reply::Later`]: installed together
+    /// (`batch`).
+    batch: batch::Batch,
 }
 
 /// Why the thread ends.
@@ -184,6 +193,7 @@ impl Incoming {
                 awaiting_go: false,
                 fatal: None,
                 progress: Progress::new(),
+                batch: batch::Batch::default(),
             },
             timing,
             go,
@@ -197,6 +207,9 @@ impl Incoming {
             Ok(()) => "server closed the receive connection".to_owned(),
             Err(e) => format!("receive connection: {e}"),
         };
+        // Files received whole are installed all the same.
+        self.install_batch();
+        let _ = self.flush();
         // Partial files go with their temp files; the paths are free again.
         self.conn.close(&mut self.host);
         self.host.post(SessionEvent::Closed { reason });
@@ -207,8 +220,15 @@ impl Incoming {
             let step = self.conn.process(Instant::now(), &mut self.host);
             log_events(&mut self.conn);
             match step {
-                Ok(Step::NeedInput) | Ok(Step::Settle { .. }) => {}
+                Ok(Step::NeedInput) | Ok(Step::Settle { .. }) => {
+                    if self.host.batch.due(self.rx.input_ready()) {
+                        self.host.install_batch();
+                    }
+                    // Also those a DELETE or COPY installed first.
+                    self.resolve_installed();
+                }
                 Ok(Step::Paused) => {
+                    self.install_batch();
                     self.flush()?;
                     self.await_reconciled()?;
                     continue;
@@ -225,6 +245,19 @@ impl Incoming {
                     .handle_timeout(Instant::now(), &mut self.host)
                     .map_err(|closed| io::Error::new(io::ErrorKind::TimedOut, closed.to_string()))?,
             }
+        }
+    }
+
+    /// Installs the files waiting (`batch`) and gives their replies.
+    fn install_batch(&mut self) {
+        self.host.install_batch();
+        self.resolve_installed();
+    }
+
+    /// Gives the replies of the files installed so far.
+    fn resolve_installed(&mut self) {
+        for (ticket, code) in self.host.batch.take_replies() {
+            self.conn.resolve(ticket, code);
         }
     }
 
@@ -337,9 +370,14 @@ impl Host for Deliveries {
     fn commit(&mut self, name: &str, open: Open, file: Assembled) -> Reply {
         let reply = match open.sink {
             Sink::Memory(bytes) => return self.on_metadata(&bytes, file, open.started).into(),
-            Sink::Temp(temp) => {
-                let installed = self.install(name, temp, Content { md5: file.md5, size: file.size });
-                self.reply_to_install(name, installed)
+            Sink::Temp(mut temp) => {
+                if let Err(e) = temp.stamp() {
+                    log::warn!("cannot write incoming {name}: temp file: {e}");
+                    StatusCode::IN_USE
+                } else {
+                    let content = Content { md5: file.md5, size: file.size };
+                    return self.batch.defer(name, temp, content, open.started);
+                }
             }
         };
         self.ended(name, open.started);
@@ -373,6 +411,8 @@ impl Host for Deliveries {
     }
 
     fn delete(&mut self, name: &str) -> Reply {
+        // The files received before it are installed before it.
+        self.install_batch();
         let started = Instant::now();
         let reply = self.delete_local(name);
         self.delivered.push(SessionEvent::Delivered { name: name.to_owned(), started });
@@ -384,6 +424,8 @@ impl Host for Deliveries {
     /// when `from` is in sync and on disk as recorded; else 0x0020, and the
     /// server sends the file.
     fn copy(&mut self, from: &str, name: &str, digest: &Digest) -> Reply {
+        // Its source may be one of the files received before it.
+        self.install_batch();
         if self.ctx.ignores.is_ignored(name) {
             log::debug!("refused incoming {name}: ignored here");
             return StatusCode::IN_USE.into();
@@ -396,7 +438,7 @@ impl Host for Deliveries {
         if let Err(code) = self.check_writable(name) {
             return code.into();
         }
-        let copied = self.copy_to_temp(&source, stat);
+        let copied = self.copy_to_temp(&source, stat).and_then(|mut temp| temp.finish().map(|()| temp));
         let reply = match copied {
             Ok(temp) => {
                 let installed = self.install(name, temp, content);
@@ -531,8 +573,9 @@ impl Deliveries {
         }
     }
 
-    /// Renames a verified temp file into place (section 7), keeping local
-    /// content the server never accepted as a conflict copy first.
+    /// Renames a verified temp file, durable already, into place (section
+    /// 7), keeping local content the server never accepted as a conflict
+    /// copy first.
     fn install(&mut self, name: &str, mut temp: TempFile, content: Content) -> Result<(), Unwritten> {
         let ctx = Arc::clone(&self.ctx);
         let fail = |what: &str, e: io::Error| {
@@ -540,7 +583,6 @@ impl Deliveries {
             Unwritten::CannotWrite
         };
         let path = checked_path(&ctx.root, name, true).map_err(|e| fail("folder", e))?;
-        temp.finish().map_err(|e| fail("temp file", e))?;
         let seen = ctx.shared.lock().record(name).local;
         let before = look(&path, seen).map_err(|e| fail("local file", e))?;
         let mut st = ctx.shared.lock();
@@ -650,3 +692,6 @@ fn append(sink: &mut Sink, payload: &[u8]) -> io::Result<()> {
         Sink::Temp(t) => t.file.write_all(payload),
     }
 }
+
+#[path = "incoming_batch.rs"]
+mod batch;

@@ -14,13 +14,15 @@
 //!   lacks;
 //! - [`conn`]: a session connection, plain or TLS, with a `TcpStream`'s
 //!   handle (clones, timeouts, shutdown);
-//! - [`tls`]: secure mode's keys, pins and handshakes.
+//! - [`tls`]: secure mode's keys, pins and handshakes;
+//! - [`sync_many`]: many files' fsyncs side by side (group commit).
 
 pub mod clock;
 pub mod conn;
 pub mod dir_storage;
 pub mod queue;
 pub mod scheduler;
+pub mod sync_many;
 pub mod tcp;
 pub mod tls;
 pub mod wire;

@@ -64,7 +64,7 @@ pub struct TempBlob {
     file: Option<File>,
     /// SHA-256 of what was appended, computed as it is written.
     hasher: Sha256,
-    /// Its data was made durable ([`TempBlob::make_durable`]).
+    /// Its data was made durable ([`TempBlob::make_all_durable`]).
     durable: bool,
 }
 
@@ -81,16 +81,24 @@ impl TempBlob {
         }
     }
 
-    /// Flushes its data to the disk, before the commit lock is taken: the
-    /// uploads finishing at once then flush side by side (the file system
-    /// joins their fsyncs into one journal commit), and the commit lock is
-    /// held only for the rename and the catalog's own write.
-    pub fn make_durable(&mut self) -> io::Result<()> {
-        if let Some(f) = &self.file {
-            f.sync_all()?;
-            self.durable = true;
-        }
-        Ok(())
+    /// Flushes the data of many temps (a group commit's) to the disk, their
+    /// fsyncs side by side, before the commit lock is taken; the result of
+    /// each. The commit lock is then held only for the renames and the
+    /// catalog's own write.
+    pub fn make_all_durable(temps: &mut [&mut TempBlob]) -> Vec<io::Result<()>> {
+        let files: Vec<&File> = temps.iter().filter_map(|t| t.file.as_ref()).collect();
+        let mut synced = dropsync_io::sync_many::sync_all(&files).into_iter();
+        temps
+            .iter_mut()
+            .map(|t| {
+                if t.file.is_none() {
+                    return Ok(());
+                }
+                let r = synced.next().unwrap_or_else(|| Err(io::Error::other("not synced")));
+                t.durable = r.is_ok();
+                r
+            })
+            .collect()
     }
 
     /// The SHA-256 of everything appended so far.

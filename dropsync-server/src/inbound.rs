@@ -366,12 +366,21 @@ impl Uploads<'_> {
         if self.batch.is_empty() {
             return;
         }
-        let mut held = Vec::with_capacity(self.batch.len());
-        let mut changes = Vec::with_capacity(self.batch.len());
-        for job in std::mem::take(&mut self.batch) {
-            let Job { ticket, mut change, lock, _open, started } = job;
-            if let Pending::Upload { temp, path, .. } = &mut change {
-                if let Err(e) = temp.make_durable() {
+        let mut jobs = std::mem::take(&mut self.batch);
+        let mut temps: Vec<&mut TempBlob> = jobs
+            .iter_mut()
+            .filter_map(|j| match &mut j.change {
+                Pending::Upload { temp, .. } => Some(temp),
+                _ => None,
+            })
+            .collect();
+        let mut synced = TempBlob::make_all_durable(&mut temps).into_iter();
+        let mut held = Vec::with_capacity(jobs.len());
+        let mut changes = Vec::with_capacity(jobs.len());
+        for job in jobs {
+            let Job { ticket, change, lock, _open, started } = job;
+            if let Pending::Upload { path, .. } = &change {
+                if let Some(Err(e)) = synced.next() {
                     log::error!("{}: cannot write {path:?}: {e}", self.session.who());
                     conn.resolve(ticket, StatusCode::IN_USE);
                     continue;
