@@ -12,7 +12,7 @@ use std::time::Instant;
 
 use dropsync_core::decoder::{Decoder, Msg};
 use dropsync_core::delivery::{client_has_it, judge_queued, resend_after, Delivery};
-use dropsync_core::library::{Committed, Library, WallTime};
+use dropsync_core::library::{Committed, Library, Pending, WallTime};
 use dropsync_core::liveness::{Liveness, Silence};
 use dropsync_core::locks::{try_lock_owned, OwnedLockGuard, SessionId};
 use dropsync_core::meta_server::Catalog;
@@ -56,6 +56,9 @@ pub enum Effect {
         content: Option<Version>,
         /// The version it got (0: unchanged).
         version: u64,
+        /// Its group commit, numbered per server: the changes of one share
+        /// one journal append.
+        batch: u64,
     },
     /// A delivery to `client` was overtaken by its own change of `path`,
     /// which is sent to it again (`delivery::resend_after`).
@@ -123,6 +126,8 @@ pub struct Server {
     /// A slow disk: until then, each reply (a commit's included) leaves
     /// this much later.
     slow: Option<(Instant, std::time::Duration)>,
+    /// Group commits so far (each one's number, for the crash model).
+    batches: u64,
     started: Instant,
 }
 
@@ -141,6 +146,10 @@ struct Uploads<'a> {
     /// Paths this session's own change overtook a delivery of, with the
     /// version committed (the real server's `Session::overtaken`).
     overtaken: Vec<(String, u64)>,
+    /// Changes answered later: the group commit after this round.
+    batch: Vec<(u64, Pending<SimTemp>, OwnedLockGuard, Option<Version>)>,
+    /// That group commit's number.
+    batch_no: u64,
 }
 
 impl Uploads<'_> {
@@ -163,32 +172,12 @@ impl Host for Uploads<'_> {
         Ok(())
     }
 
+    /// Answered later: committed with the session's other changes of this
+    /// round, as the real server's group commit does.
     fn commit(&mut self, name: &str, upload: Upload, file: Assembled) -> Reply {
         let Upload { temp, _lock } = upload;
-        let label = self.label();
-        let result = self.lib.commit_upload(name, temp, file.md5, file.size, &self.st.seen, &label, self.wall);
-        drop(_lock);
-        let content = Some(Version { md5: file.md5, size: file.size });
-        Reply::Now(match result {
-            Ok(Committed::New { entry, conflict }) => {
-                self.fx.push(Effect::Committed {
-                    client: self.st.client,
-                    path: name.to_owned(),
-                    content,
-                    version: entry.version,
-                });
-                self.after_commit(conflict, name, entry.version);
-                StatusCode::OK
-            }
-            Ok(_) => {
-                self.fx.push(Effect::Committed { client: self.st.client, path: name.to_owned(), content, version: 0 });
-                StatusCode::OK
-            }
-            Err(e) => {
-                self.fx.push(Effect::Log(format!("{}: cannot commit {name:?}: {e}", self.who)));
-                StatusCode::IN_USE
-            }
-        })
+        let change = Pending::Upload { path: name.to_owned(), temp, md5: file.md5, size: file.size };
+        self.defer(change, _lock, Some(Version { md5: file.md5, size: file.size }))
     }
 
     fn must_settle(&mut self, name: &str) -> bool {
@@ -196,21 +185,10 @@ impl Host for Uploads<'_> {
     }
 
     fn delete(&mut self, name: &str) -> Reply {
-        Reply::Now(match self.lib.delete(name, self.id, &self.st.seen, self.wall) {
-            Ok(Committed::New { entry, conflict }) => {
-                self.fx.push(Effect::Committed {
-                    client: self.st.client,
-                    path: name.to_owned(),
-                    content: None,
-                    version: entry.version,
-                });
-                self.after_commit(conflict, name, entry.version);
-                StatusCode::OK
-            }
-            Ok(Committed::Locked) => StatusCode::LOCKED,
-            Ok(_) => StatusCode::NO_FILE,
-            Err(_) => StatusCode::IN_USE,
-        })
+        let Some(lock) = try_lock_owned(self.lib.locks(), name, self.id) else {
+            return StatusCode::LOCKED.into();
+        };
+        self.defer(Pending::Delete { path: name.to_owned() }, lock, None)
     }
 
     fn request(&mut self, name: &str) -> StatusCode {
@@ -228,6 +206,55 @@ impl Host for Uploads<'_> {
 }
 
 impl Uploads<'_> {
+    fn defer(&mut self, change: Pending<SimTemp>, lock: OwnedLockGuard, content: Option<Version>) -> Reply {
+        let ticket = self.batch.len() as u64;
+        self.batch.push((ticket, change, lock, content));
+        Reply::Later(ticket)
+    }
+
+    /// The group commit of the changes answered later; their replies.
+    fn commit_batch(&mut self) -> Vec<(u64, StatusCode)> {
+        if self.batch.is_empty() {
+            return Vec::new();
+        }
+        let mut held = Vec::new();
+        let mut changes = Vec::new();
+        for (ticket, change, lock, content) in std::mem::take(&mut self.batch) {
+            held.push((ticket, change.path().to_owned(), lock, content));
+            changes.push(change);
+        }
+        let label = self.label();
+        let outcomes = self.lib.commit_batch(changes, &self.st.seen, &label, self.wall);
+        let mut replies = Vec::new();
+        for ((ticket, name, lock, content), result) in held.into_iter().zip(outcomes) {
+            drop(lock);
+            let deleting = content.is_none();
+            let code = match result {
+                Ok(Committed::New { entry, conflict }) => {
+                    let (client, path) = (self.st.client, name.clone());
+                    let (version, batch) = (entry.version, self.batch_no);
+                    self.fx.push(Effect::Committed { client, path, content, version, batch });
+                    self.after_commit(conflict, &name, entry.version);
+                    StatusCode::OK
+                }
+                Ok(_) if deleting => StatusCode::NO_FILE,
+                Ok(_) => {
+                    let (client, batch) = (self.st.client, self.batch_no);
+                    self.fx.push(Effect::Committed { client, path: name, content, version: 0, batch });
+                    StatusCode::OK
+                }
+                Err(e) => {
+                    if !deleting {
+                        self.fx.push(Effect::Log(format!("{}: cannot commit {name:?}: {e}", self.who)));
+                    }
+                    StatusCode::IN_USE
+                }
+            };
+            replies.push((ticket, code));
+        }
+        replies
+    }
+
     /// A committed change goes to every other client, and its conflict copy
     /// (if one was kept) to everyone.
     fn after_commit(&mut self, conflict: Option<String>, name: &str, version: u64) {
@@ -280,6 +307,7 @@ impl Server {
             next_session: 1,
             wall_base_ns,
             slow: None,
+            batches: 0,
             started: now,
         })
     }
@@ -497,7 +525,7 @@ impl Server {
             }
             let mut fan = Vec::new();
             let result = {
-                let (up, mut host) = uploads(&self.lib, &self.name, s, id, wall, &mut fan, fx);
+                let (up, mut host) = uploads(&self.lib, &self.name, s, id, wall, &mut fan, fx, 0);
                 up.handle_timeout(now, &mut host)
             };
             if let Err(e) = result {
@@ -547,9 +575,13 @@ impl Server {
         if s.st.settling.is_some() {
             return;
         }
+        self.batches += 1;
         let (result, overtaken) = {
-            let (up, mut host) = uploads(&self.lib, &self.name, s, id, wall, &mut fan, fx);
+            let (up, mut host) = uploads(&self.lib, &self.name, s, id, wall, &mut fan, fx, self.batches);
             let result = up.process(now, &mut host);
+            for (ticket, code) in host.commit_batch() {
+                up.resolve(ticket, code);
+            }
             (result, host.overtaken)
         };
         // A delivery of an older version than the client's own change just
@@ -668,7 +700,7 @@ impl Server {
         let mut fan = Vec::new();
         {
             // Closing only discards: no commit needs the wall clock.
-            let (up, mut host) = uploads(&self.lib, &self.name, &mut s, id, WallTime { unix_ns: 0 }, &mut fan, fx);
+            let (up, mut host) = uploads(&self.lib, &self.name, &mut s, id, WallTime { unix_ns: 0 }, &mut fan, fx, 0);
             up.close(&mut host);
         }
         s.down.abort_all();
@@ -690,7 +722,8 @@ fn uploads<'a>(
     wall: WallTime,
     fan: &'a mut Vec<(String, Option<SessionId>)>,
     fx: &'a mut Vec<Effect>,
+    batch_no: u64,
 ) -> (&'a mut Receiving<Upload>, Uploads<'a>) {
     let Session { up, down, st, .. } = s;
-    (up, Uploads { lib, who, st, down, id, wall, fan, fx, overtaken: Vec::new() })
+    (up, Uploads { lib, who, st, down, id, wall, fan, fx, overtaken: Vec::new(), batch: Vec::new(), batch_no })
 }

@@ -188,8 +188,15 @@ pub(crate) struct World {
     unacked: BTreeSet<Committed>,
     /// The last change committed: a crash may tear its journal line while
     /// its 0x0001 has not reached the client.
-    /// With when, and the highest version before it.
+    /// With when, and the highest version before it. On one instance's own
+    /// disk, the changes of a group commit (committed at one instant) share
+    /// one journal append: a crash may tear them all, and the highest
+    /// version before is the one before the first of them.
     last_commit: Option<(Committed, Instant, u64)>,
+    /// How many versions that last append holds.
+    last_append_versions: usize,
+    /// The group commit of the last change committed.
+    last_batch: u64,
     /// The instance and version of that last commit.
     last_commit_at: (usize, u64),
     /// Contents of commits a kill -9 cut off before their COMMIT: put in
@@ -318,6 +325,8 @@ impl World {
             written: 0,
             unacked: BTreeSet::new(),
             last_commit: None,
+            last_append_versions: 0,
+            last_batch: 0,
             last_commit_at: (0, 0),
             cut_off: BTreeSet::new(),
             crash_on_commit: false,
@@ -633,10 +642,22 @@ impl World {
                     self.say(format!("{name}: {path:?} sent to c{client} again: its own change overtook a delivery"));
                     self.resent.insert((client, path));
                 }
-                server::Effect::Committed { client, path, content, version } => {
+                server::Effect::Committed { client, path, content, version, batch } => {
                     if version > 0 {
                         let key = (client, path.clone(), content);
-                        self.last_commit = Some((key.clone(), self.now, self.top_version));
+                        // With a shared catalog each change of a batch is
+                        // its own transaction.
+                        let same_append = self.multi.is_none()
+                            && self.last_commit.as_ref().is_some_and(|(_, at, _)| *at == self.now)
+                            && self.last_commit_at.0 == k
+                            && self.last_batch == batch;
+                        self.last_batch = batch;
+                        let top_before = match (&self.last_commit, same_append) {
+                            (Some((_, _, before)), true) => *before,
+                            _ => self.top_version,
+                        };
+                        self.last_append_versions = if same_append { self.last_append_versions + 1 } else { 1 };
+                        self.last_commit = Some((key.clone(), self.now, top_before));
                         self.last_commit_at = (k, version);
                         self.versions.push((path.clone(), version));
                         if !self.unacked.insert(key.clone()) && content.is_some() {
@@ -922,9 +943,12 @@ impl World {
                     }
                 };
                 if undone {
-                    // That version was never seen: it may be handed out again.
+                    // Those versions were never seen: they may be handed
+                    // out again.
                     self.top_version = top_before;
-                    self.versions.pop();
+                    for _ in 0..self.last_append_versions {
+                        self.versions.pop();
+                    }
                     let what = match self.multi {
                         Some(_) => "its last transaction never committed (killed before its COMMIT)",
                         None => "its last journal append torn by the crash",
