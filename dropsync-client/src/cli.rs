@@ -19,8 +19,9 @@ pub const FALLBACK_LABEL: &str = "client";
 /// dropsync client: keeps <FOLDER> in sync with every other client of the
 /// server at <HOST>.
 ///
-/// Local changes are uploaded as soon as a file has been quiet for
-/// --debounce-ms; files changed on other clients are written into the
+/// Local changes are uploaded as soon as a file written to is closed, or
+/// has been quiet for --debounce-ms (1 s while its writer holds it open);
+/// files changed on other clients are written into the
 /// folder as they arrive. The client reconnects by itself when the server
 /// goes away. Its own state lives in <FOLDER>/.dropsync/, which is never
 /// synced. SIGINT or SIGTERM stops it cleanly (exit status 0).
@@ -96,8 +97,10 @@ pub struct Args {
     /// A changed file is uploaded once it has been quiet for this many
     /// milliseconds. 20 by default: long enough to coalesce the bursts of
     /// writes of one save, short enough that an edit reaches the other
-    /// clients in tens of milliseconds. A file still being written when its
-    /// upload starts is ABORTed and sent again once quiet.
+    /// clients in tens of milliseconds. A file closed after writing goes at
+    /// once; one written to and still held open waits for its close, or
+    /// for 1 s (at least this) without writes. A file still being written
+    /// when its upload starts is ABORTed and sent again once quiet.
     #[arg(long, value_name = "MS", default_value_t = 20)]
     pub debounce_ms: u64,
     /// Full rescan of the folder (a stat walk) every this many seconds, for

@@ -30,6 +30,22 @@ use crate::session::{End, Session};
 use crate::state::{Ctx, MetaFile, Shared};
 use crate::watch;
 
+/// How long a file written to and still open must be quiet before it is
+/// sent without its close: its writer may only be pausing (a copy on a
+/// busy machine), and half a file sent is sent again.
+const OPEN_QUIET: Duration = Duration::from_secs(1);
+
+/// What the watcher saw of a path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Seen {
+    /// A change of any other kind (created, renamed, removed, attributes).
+    Changed,
+    /// Its data written, by a writer that holds it open.
+    Written,
+    /// Closed after writing: done.
+    Closed,
+}
+
 /// What outlives a session: configuration, shared state, the event channel
 /// and the debounced local changes.
 pub struct Core {
@@ -252,8 +268,9 @@ impl Core {
         while !self.stopping() {
             let Some(wait) = until.checked_duration_since(Instant::now()) else { return };
             match self.events.recv_timeout(wait) {
-                Ok(Event::Changed(paths)) => self.note_changed(paths, false),
-                Ok(Event::Closed(paths)) => self.note_changed(paths, true),
+                Ok(Event::Changed(paths)) => self.note_changed(paths, Seen::Changed),
+                Ok(Event::Written(paths)) => self.note_changed(paths, Seen::Written),
+                Ok(Event::Closed(paths)) => self.note_changed(paths, Seen::Closed),
                 Ok(_) => {}
                 Err(_) => return,
             }
@@ -270,7 +287,7 @@ impl Core {
     }
 
     /// Debounces the paths the watcher reported.
-    pub fn note_changed(&mut self, paths: Vec<PathBuf>, closed: bool) {
+    pub fn note_changed(&mut self, paths: Vec<PathBuf>, seen: Seen) {
         let now = Instant::now();
         for p in paths {
             match name_for(&self.ctx.root, &p) {
@@ -279,9 +296,13 @@ impl Core {
                     self.debouncer.touch(name, now);
                 }
                 Ok(name) if self.ctx.ignores.is_ignored(&name) => {}
-                // A file closed after writing is done: no quiet time to wait.
-                Ok(name) if closed => self.debouncer.due_now(name, now),
-                Ok(name) => self.debouncer.touch(name, now),
+                Ok(name) => match seen {
+                    // A file closed after writing is done: no quiet time
+                    // to wait.
+                    Seen::Closed => self.debouncer.due_now(name, now),
+                    Seen::Written => self.debouncer.touch_open(name, now, OPEN_QUIET),
+                    Seen::Changed => self.debouncer.touch(name, now),
+                },
                 Err(Unsyncable::BadName(why)) => self.notes.once(&p, &format!("name not allowed: {why}")),
                 // Renamed to NFC here; the watcher reports the new name.
                 Err(Unsyncable::NotNfc) => {

@@ -21,6 +21,9 @@ pub enum Event {
     /// Files closed after being written (absolute): done, so they go out
     /// at once instead of after the quiet time.
     Closed(Vec<PathBuf>),
+    /// Files written to (absolute), by a writer that holds them open: they
+    /// wait for its close, or a longer quiet time.
+    Written(Vec<PathBuf>),
     /// The watcher saw `from` renamed to `to` (absolute; also reported as
     /// changes): the new name may go out as a COPY of the old one.
     Moved {

@@ -11,7 +11,7 @@
 use std::collections::{HashMap, HashSet};
 use std::time::{Instant, SystemTime};
 
-use dropsync_core::meta_client::{ClientMeta, LocalSeen};
+use dropsync_core::meta_client::{ClientMeta, ClientRecord, LocalSeen};
 use dropsync_core::reconcile::{effective_base, reconcile, Action, Content, Planned, ServerSide};
 use dropsync_proto::metadata::{Document, Entry, EntryState};
 use dropsync_proto::name::validate_name;
@@ -19,7 +19,7 @@ use dropsync_proto::name::validate_name;
 use dropsync_core::debounce::Debouncer;
 use crate::folder::{delete_local, keep_if_unaccepted, Before};
 use crate::paths::local_path;
-use crate::scan::{read_local, walk_names, Local, Notes};
+use crate::scan::{read_local, walk_names_unsorted, Local, Notes};
 use crate::state::Ctx;
 
 /// The network half of a reconciliation plan.
@@ -34,7 +34,7 @@ pub struct Plan {
 
 /// The server's side of each path, from its META-DATA, its version, and
 /// the content its line names (a tombstone's is the content it deleted).
-fn server_side(doc: &Document) -> HashMap<String, (ServerSide, u64, Content)> {
+fn server_side(doc: &Document) -> HashMap<&str, (ServerSide, u64, Content)> {
     let mut server = HashMap::with_capacity(doc.entries.len());
     for e in &doc.entries {
         if let Err(err) = validate_name(&e.path, false) {
@@ -48,9 +48,19 @@ fn server_side(doc: &Document) -> HashMap<String, (ServerSide, u64, Content)> {
             EntryState::Other(_) => continue,
         };
         // A later line for the same path wins.
-        server.insert(e.path.clone(), (side, e.version, Content { md5: e.md5, size: e.size }));
+        server.insert(e.path.as_str(), (side, e.version, Content { md5: e.md5, size: e.size }));
     }
     server
+}
+
+/// True when a path needs nothing: the server's file is its base, and the
+/// local file holds it, as recorded (reconcile plans nothing for it). Most
+/// paths of a reconnection are so; they are left out of the plan's maps.
+fn in_sync(server: Option<&(ServerSide, u64, Content)>, record: &ClientRecord, seen: LocalSeen) -> bool {
+    match server {
+        Some(&(ServerSide::File(c), _, _)) => record.base == Some(c) && seen.content == c && record.local == Some(seen),
+        _ => false,
+    }
 }
 
 /// Scans, reconciles against `doc` and carries out the local actions.
@@ -64,30 +74,37 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     // its content matters: a path neither the server nor the base knows is
     // uploaded whatever it holds (the upload hashes it as it goes).
     let now = SystemTime::now();
-    let mut local_seen: HashMap<String, LocalSeen> = HashMap::new();
-    let mut unsettled: HashSet<String> = HashSet::new();
-    let mut fresh: Vec<String> = Vec::new();
-    for name in walk_names(&ctx.root, &ctx.root, notes) {
+    let names = walk_names_unsorted(&ctx.root, &ctx.root, notes);
+    let mut local_seen: HashMap<&str, LocalSeen> = HashMap::new();
+    let mut same: HashSet<&str> = HashSet::with_capacity(names.len());
+    let mut unsettled: HashSet<&str> = HashSet::new();
+    let mut fresh: Vec<&str> = Vec::new();
+    for name in &names {
+        let name = name.as_str();
         // An ignored file is not synced in either direction (`ignores.rs`).
-        if ctx.ignores.is_ignored(&name) {
+        if ctx.ignores.is_ignored(name) {
             continue;
         }
-        let record = ctx.shared.lock().record(&name);
-        if record.base.is_none() && !server.contains_key(&name) {
+        let record = ctx.shared.lock().record(name);
+        let on_server = server.get(name);
+        if record.base.is_none() && on_server.is_none() {
             fresh.push(name);
             continue;
         }
-        match read_local(&local_path(&ctx.root, &name), record.local, now) {
+        match read_local(&local_path(&ctx.root, name), record.local, now) {
+            Ok(Local::File { seen, .. }) if in_sync(on_server, &record, seen) => {
+                same.insert(name);
+            }
             Ok(Local::File { seen, .. }) => {
                 local_seen.insert(name, seen);
             }
             Ok(Local::NotAFile(_) | Local::Unhashed { .. }) => {}
             Ok(Local::Unstable) => {
-                debouncer.touch(name.clone(), Instant::now());
+                debouncer.touch(name.to_owned(), Instant::now());
                 unsettled.insert(name);
             }
             Err(e) => {
-                notes.unreadable(&name, &e);
+                notes.unreadable(name, &e);
                 unsettled.insert(name);
             }
         }
@@ -103,7 +120,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
             .records
             .iter()
             .filter_map(|(name, r)| {
-                let (side, version, named) = server.get(name).copied()?;
+                let (side, version, named) = server.get(name.as_str()).copied()?;
                 let b = effective_base(r.base, r.local.map(|l| l.content), Some(side), Some(named))?;
                 (Some(b) != r.base).then(|| (name.clone(), b, version))
             })
@@ -115,7 +132,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     }
 
     // Record what was seen; B is the base of every record.
-    let fresh_set: HashSet<&str> = fresh.iter().map(String::as_str).collect();
+    let fresh_set: HashSet<&str> = fresh.iter().copied().collect();
     let mut st = ctx.shared.lock();
     for (name, seen) in &local_seen {
         st.set_local(name, Some(*seen));
@@ -124,7 +141,10 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
         .meta
         .records
         .iter()
-        .filter(|(name, r)| r.local.is_some() && !local_seen.contains_key(*name) && !unsettled.contains(*name))
+        .filter(|(name, r)| {
+            let name = name.as_str();
+            r.local.is_some() && !local_seen.contains_key(name) && !same.contains(name) && !unsettled.contains(name)
+        })
         .filter(|(name, _)| !ctx.ignores.is_ignored(name))
         .filter(|(name, r)| !(r.base.is_none() && fresh_set.contains(name.as_str())))
         .map(|(name, _)| name.clone())
@@ -136,20 +156,22 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
         .meta
         .records
         .iter()
+        .filter(|(name, _)| !same.contains(name.as_str()))
         .filter_map(|(name, r)| Some((name.clone(), r.base?)))
         .collect();
     drop(st);
 
-    let local: HashMap<String, Content> = local_seen.iter().map(|(n, s)| (n.clone(), s.content)).collect();
-    let sides: HashMap<String, ServerSide> = server.iter().map(|(n, (s, _, _))| (n.clone(), *s)).collect();
+    let local: HashMap<String, Content> = local_seen.iter().map(|(n, s)| ((*n).to_owned(), s.content)).collect();
+    let sides: HashMap<String, ServerSide> =
+        server.iter().filter(|(n, _)| !same.contains(**n)).map(|(n, (s, _, _))| ((*n).to_owned(), *s)).collect();
     let planned = reconcile(&sides, &base, &local, ctx.conflict_copies);
 
     let mut plan = Plan::default();
     for Planned { path: name, action } in planned {
-        if unsettled.contains(&name) || ctx.ignores.is_ignored(&name) {
+        if unsettled.contains(name.as_str()) || ctx.ignores.is_ignored(&name) {
             continue;
         }
-        let (side, version) = server.get(&name).copied().map_or((None, 0), |(s, v, _)| (Some(s), v));
+        let (side, version) = server.get(name.as_str()).copied().map_or((None, 0), |(s, v, _)| (Some(s), v));
         let server_content = match side {
             Some(ServerSide::File(c)) => Some(c),
             _ => None,
@@ -159,11 +181,11 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
             Action::Record => ctx.shared.lock().set_base(&name, server_content, version),
             Action::Request => plan.requests.push(name),
             Action::ConflictCopyThenRequest => {
-                plan.syncs.extend(keep_copy(ctx, &name, local_seen.get(&name), server_content));
+                plan.syncs.extend(keep_copy(ctx, &name, local_seen.get(name.as_str()), server_content));
                 plan.requests.push(name);
             }
             Action::ConflictCopyThenDeleteLocal | Action::DeleteLocal => {
-                plan.syncs.extend(remove_local(ctx, &name, local_seen.get(&name)));
+                plan.syncs.extend(remove_local(ctx, &name, local_seen.get(name.as_str())));
             }
             Action::DeleteRemote => plan.syncs.push(name),
             Action::Upload => {
@@ -177,10 +199,11 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
         }
     }
     let new_files = fresh.len();
-    plan.syncs.extend(fresh);
+    fresh.sort_unstable();
+    plan.syncs.extend(fresh.into_iter().map(str::to_owned));
     log::info!(
         "reconciled {} local files with {} server entries in {:?}: {} to request, {} to send",
-        local.len() + new_files,
+        local.len() + same.len() + new_files,
         server.len(),
         started.elapsed(),
         plan.requests.len(),
@@ -344,6 +367,60 @@ mod tests {
         // so not hashed here (the upload hashes it as it reads).
         assert_eq!(st.record("mine").local, None);
         drop(st);
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    /// A reconnection where nothing changed: paths in sync, as recorded,
+    /// are left as they are, and nothing is planned.
+    #[test]
+    fn paths_in_sync_are_left_as_they_are_and_nothing_is_planned() {
+        let root = std::env::temp_dir().join(format!("dropsync-initial-same-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(root.join("d")).unwrap();
+        let names = ["a", "d/b", "d/c"];
+        let mut meta = ClientMeta::new([1; 16]);
+        for name in names {
+            std::fs::write(root.join(name), name).unwrap();
+            let base = Some(content(name.as_bytes()));
+            meta.records.insert(name.into(), ClientRecord { base, base_version: 0, local: None });
+        }
+        let ctx = Ctx {
+            root: root.clone(),
+            tmp_dir: root.join(".dropsync/tmp"),
+            label: "me".into(),
+            conflict_copies: true,
+            shared: Shared::new(meta),
+            ignores: crate::ignores::Ignores::load(&root),
+        };
+        let doc = Document {
+            client_id: None,
+            extensions: Vec::new(),
+            entries: names
+                .iter()
+                .map(|name| Entry {
+                    version: 5,
+                    md5: md5(name.as_bytes()),
+                    size: name.len() as u64,
+                    mtime_ns: 0,
+                    state: EntryState::File,
+                    path: (*name).into(),
+                    strong: None,
+                })
+                .collect(),
+        };
+        let mut debouncer = Debouncer::new(Duration::from_millis(10));
+        // The first look records the local files.
+        assert_eq!(run(&ctx, &mut Notes::default(), &mut debouncer, &doc), Plan::default());
+        let seen: Vec<_> = names.iter().map(|n| ctx.shared.lock().record(n)).collect();
+        assert!(seen.iter().all(|r| r.local.is_some()), "{seen:?}");
+        let changes = ctx.shared.lock().changes;
+        // The next, in sync as recorded: nothing to do, nothing changes.
+        assert_eq!(run(&ctx, &mut Notes::default(), &mut debouncer, &doc), Plan::default());
+        for (name, before) in names.iter().zip(seen) {
+            assert_eq!(ctx.shared.lock().record(name), before, "{name}");
+        }
+        assert_eq!(ctx.shared.lock().changes, changes);
+        assert!(debouncer.is_empty());
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -27,7 +27,7 @@ use dropsync_core::sync_policy::{Again, Ending, Judgement, Local as LocalState, 
 use dropsync_proto::name::COPY_OFFER_NAME;
 use dropsync_proto::{Digest, StatusCode, ZERO_DIGEST};
 
-use crate::client::Core;
+use crate::client::{Core, Seen};
 use crate::connect::{Connected, Timing};
 use crate::events::{Event, SessionEvent};
 use crate::held::{self, Answer};
@@ -319,8 +319,9 @@ impl<'a> Session<'a> {
                     self.core.moves.note(&st.meta, &from, &to, Instant::now());
                 }
             }
-            Event::Changed(paths) => self.core.note_changed(paths, false),
-            Event::Closed(paths) => self.core.note_changed(paths, true),
+            Event::Changed(paths) => self.core.note_changed(paths, Seen::Changed),
+            Event::Written(paths) => self.core.note_changed(paths, Seen::Written),
+            Event::Closed(paths) => self.core.note_changed(paths, Seen::Closed),
             Event::RescanNeeded => {
                 if self.reconciled {
                     self.core.rescan();

@@ -140,9 +140,17 @@ impl State {
     /// fsync: it is there for a killed process, whose writes the kernel
     /// keeps). A failing journal is dropped; the snapshots go on.
     fn journal(&mut self, name: &str) {
-        let Some(file) = self.journal.as_mut() else { return };
         let mut lines = String::with_capacity(128);
         render_record(name, &self.meta.records.get(name).copied().unwrap_or_default(), &mut lines);
+        self.journal_text(&lines);
+    }
+
+    /// Appends `lines` (whole records) to the journal.
+    fn journal_text(&mut self, lines: &str) {
+        if lines.is_empty() {
+            return;
+        }
+        let Some(file) = self.journal.as_mut() else { return };
         if let Err(e) = file.write_all(lines.as_bytes()) {
             log::error!("cannot append to the META-DATA journal: {e}; relying on snapshots");
             self.journal = None;

@@ -34,6 +34,8 @@ pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<Recomme
                 }
                 if closed {
                     Event::Closed(paths)
+                } else if is_write(&ev.kind) {
+                    Event::Written(paths)
                 } else {
                     Event::Changed(paths)
                 }
@@ -53,6 +55,12 @@ pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<Recomme
 /// True for a rename whose two names the watcher paired (old, new).
 fn is_rename(kind: &EventKind) -> bool {
     matches!(kind, EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
+}
+
+/// True for a write to a file's data: its writer holds it open (a close
+/// follows when it is done).
+fn is_write(kind: &EventKind) -> bool {
+    matches!(kind, EventKind::Modify(ModifyKind::Data(_)))
 }
 
 /// True when a file written to was closed: its writer is done with it.

@@ -28,6 +28,17 @@ impl<K: Eq + Hash + Clone> Debouncer<K> {
         *t = (*t).max(now);
     }
 
+    /// Notes a write to `key` at `now` by a writer that has not closed it
+    /// yet: due once quiet for `quiet_open` (at least the usual quiet
+    /// time), unless its close comes first ([`due_now`](Self::due_now)).
+    /// A writer that pauses mid-file (a copy on a busy machine) then does
+    /// not have half a file sent.
+    pub fn touch_open(&mut self, key: K, now: Instant, quiet_open: Duration) {
+        let at = now + quiet_open.saturating_sub(self.quiet);
+        let t = self.last_event.entry(key).or_insert(at);
+        *t = (*t).max(at);
+    }
+
     /// Notes `key` as already quiet: it is due at once (for changes found
     /// by a rescan, which have no event to wait out).
     pub fn touch_due(&mut self, key: K, now: Instant) {
@@ -118,6 +129,24 @@ mod tests {
         assert!(d.take_due(t0 + Q * 3 / 2).is_empty());
         assert_eq!(d.take_due(t0 + Q * 2), ["busy"]);
         assert!(d.is_empty());
+    }
+
+    #[test]
+    fn a_file_still_open_for_writing_waits_longer_unless_it_is_closed() {
+        let t0 = dropsync_io::clock::now() + Q;
+        let mut d = Debouncer::new(Q);
+        d.touch_open("open", t0, Q * 10);
+        d.touch("other", t0);
+        assert_eq!(d.take_due(t0 + Q), ["other"]);
+        assert!(d.take_due(t0 + Q * 9).is_empty(), "still open: its writer may go on");
+        assert_eq!(d.next_due(), Some(t0 + Q * 10));
+        // A plain event afterwards does not cut the longer wait short.
+        d.touch("open", t0 + Q);
+        assert!(d.take_due(t0 + Q * 9).is_empty());
+        assert_eq!(d.take_due(t0 + Q * 10), ["open"]);
+        d.touch_open("closed", t0, Q * 10);
+        d.due_now("closed", t0 + Q);
+        assert_eq!(d.take_due(t0 + Q), ["closed"], "closed: done at once");
     }
 
     #[test]
