@@ -16,6 +16,9 @@ use super::{Deliveries, TempFile};
 const MAX_BATCH: usize = 256;
 /// ...and the first of them waits at most this long for the others.
 const MAX_BATCH_WAIT: Duration = Duration::from_millis(5);
+/// A batch installed quicker than this says waiting for more gains
+/// nothing.
+const CHEAP_INSTALL: Duration = Duration::from_micros(300);
 
 /// A file received whole and verified, not installed yet.
 #[derive(Debug)]
@@ -25,15 +28,17 @@ struct Arrived {
     temp: TempFile,
     content: Content,
     started: Instant,
+    arrived: Instant,
 }
 
 /// The files waiting, and the replies of the last group commit.
 #[derive(Debug, Default)]
 pub(super) struct Batch {
     waiting: Vec<Arrived>,
-    since: Option<Instant>,
     next_ticket: u64,
     replies: Vec<(u64, StatusCode)>,
+    /// How long the last batch took to install.
+    last_took: Duration,
 }
 
 impl Batch {
@@ -41,18 +46,22 @@ impl Batch {
     pub(super) fn defer(&mut self, name: &str, temp: TempFile, content: Content, started: Instant) -> Reply {
         let ticket = self.next_ticket;
         self.next_ticket = self.next_ticket.wrapping_add(1);
-        self.since.get_or_insert_with(Instant::now);
-        self.waiting.push(Arrived { ticket, name: name.to_owned(), temp, content, started });
+        let arrived = Instant::now();
+        self.waiting.push(Arrived { ticket, name: name.to_owned(), temp, content, started, arrived });
         Reply::Later(ticket)
     }
 
     /// Whether the files waiting are installed now: when no more of the
     /// server's bytes are on their way (`more_coming` false), when there
-    /// are [`MAX_BATCH`] of them, or when the first has waited
-    /// [`MAX_BATCH_WAIT`].
+    /// are [`MAX_BATCH`] of them, when the first has waited
+    /// [`MAX_BATCH_WAIT`], or at once when installs cost next to nothing
+    /// (a RAM disk: waiting would only hold the replies).
     pub(super) fn due(&self, more_coming: bool) -> bool {
-        let Some(since) = self.since else { return false };
-        !more_coming || self.waiting.len() >= MAX_BATCH || since.elapsed() >= MAX_BATCH_WAIT
+        let Some(first) = self.waiting.first() else { return false };
+        !more_coming
+            || self.last_took < CHEAP_INSTALL
+            || self.waiting.len() >= MAX_BATCH
+            || first.arrived.elapsed() >= MAX_BATCH_WAIT
     }
 
     /// The replies of the files installed since the last call, by ticket.
@@ -65,15 +74,15 @@ impl Deliveries {
     /// Installs the files waiting: durable together, then each in place,
     /// its reply kept for [`Batch::take_replies`].
     pub(super) fn install_batch(&mut self) {
-        self.batch.since = None;
         let waiting = std::mem::take(&mut self.batch.waiting);
         if waiting.is_empty() {
             return;
         }
+        let began = Instant::now();
         let files: Vec<&std::fs::File> = waiting.iter().map(|a| &a.temp.file).collect();
         let synced = dropsync_io::sync_many::sync_all(&files);
         for (arrived, synced) in waiting.into_iter().zip(synced) {
-            let Arrived { ticket, name, temp, content, started } = arrived;
+            let Arrived { ticket, name, temp, content, started, .. } = arrived;
             let reply = match synced {
                 Ok(()) => {
                     let installed = self.install(&name, temp, content);
@@ -88,5 +97,6 @@ impl Deliveries {
             self.ended(&name, started);
             self.batch.replies.push((ticket, reply));
         }
+        self.batch.last_took = began.elapsed();
     }
 }

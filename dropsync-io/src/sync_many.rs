@@ -5,11 +5,14 @@
 //!
 //! Helper threads are capped per call and for the whole process: a call
 //! that finds the process-wide budget spent syncs on its own thread only.
+//! They start only when the first fsync of a call was slow: where fsync
+//! costs nothing (tmpfs), starting threads would cost more than it saves.
 
 use std::fs::File;
 use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
+use std::time::{Duration, Instant};
 
 /// Helper threads one call may start, besides its own.
 const MAX_HELPERS_PER_CALL: usize = 7;
@@ -18,8 +21,26 @@ const MAX_HELPERS: usize = 32;
 
 static HELPERS_IN_USE: AtomicUsize = AtomicUsize::new(0);
 
+/// A first fsync quicker than this (a RAM disk, a disk with a fast cache)
+/// says the others will be quick too: they run one after the other, with
+/// no thread to start.
+const QUICK: Duration = Duration::from_micros(200);
+
 /// Fsyncs every file (`File::sync_all`); the result of each, in order.
 pub fn sync_all(files: &[&File]) -> Vec<io::Result<()>> {
+    let Some((first, rest)) = files.split_first() else { return Vec::new() };
+    let started = Instant::now();
+    let mut results = vec![first.sync_all()];
+    if started.elapsed() < QUICK || rest.len() < 2 {
+        results.extend(rest.iter().map(|f| f.sync_all()));
+        return results;
+    }
+    results.extend(side_by_side(rest));
+    results
+}
+
+/// [`sync_all`] from several threads.
+fn side_by_side(files: &[&File]) -> Vec<io::Result<()>> {
     let wanted = files.len().saturating_sub(1).min(MAX_HELPERS_PER_CALL);
     let helpers = reserve(wanted);
     let next = AtomicUsize::new(0);

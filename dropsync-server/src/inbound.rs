@@ -34,10 +34,15 @@ type End = String;
 const MAX_EXPIRED_REMEMBERED: usize = 256;
 
 /// Group commit: the changes of one connection that arrive while more of
-/// its bytes are waiting are committed together, at most this many...
+/// its bytes are waiting are committed together, at most this many (a
+/// peer that sends more changes without reading its replies holds no more
+/// locks and temp files than that)...
 const MAX_BATCH: usize = 256;
 /// ...and the first of them waits at most this long for the others.
 const MAX_BATCH_WAIT: std::time::Duration = std::time::Duration::from_millis(5);
+/// A batch committed quicker than this says waiting for more gains
+/// nothing.
+const CHEAP_COMMIT: std::time::Duration = std::time::Duration::from_micros(300);
 
 static READ_ONLY: crate::quiet_log::QuietLog = crate::quiet_log::QuietLog::new();
 static PATH_CONFLICTS: crate::quiet_log::QuietLog = crate::quiet_log::QuietLog::new();
@@ -88,8 +93,10 @@ struct Uploads<'a> {
     after_reply: Vec<AfterReply>,
     /// Changes answered [`Reply::Later`], for the next group commit.
     batch: Vec<Job>,
-    /// When the oldest of them came.
-    batch_since: Option<Instant>,
+    /// The replies of the changes committed, for the machine.
+    resolved: Vec<(u64, StatusCode)>,
+    /// How long the last batch took to commit.
+    last_commit_took: std::time::Duration,
     /// The next ticket to hand out.
     next_ticket: u64,
 }
@@ -158,7 +165,8 @@ pub fn run(
         sink_threads: SinkThreads::default(),
         after_reply: Vec::new(),
         batch: Vec::new(),
-        batch_since: None,
+        resolved: Vec::new(),
+        last_commit_took: std::time::Duration::ZERO,
         next_ticket: 0,
     };
     if let Some(msg) = first {
@@ -341,31 +349,43 @@ impl Uploads<'_> {
     fn defer(&mut self, mut job: Job) -> Reply {
         job.ticket = self.next_ticket;
         self.next_ticket = self.next_ticket.wrapping_add(1);
-        self.batch_since.get_or_insert(job.started);
         let ticket = job.ticket;
         self.batch.push(job);
+        if self.batch.len() >= MAX_BATCH {
+            self.commit_now();
+        }
         Reply::Later(ticket)
     }
 
     /// Whether the changes waiting are committed now: when no more of the
-    /// client's bytes are on their way (`more_coming` false), when there
-    /// are [`MAX_BATCH`] of them, or when the first has waited
-    /// [`MAX_BATCH_WAIT`].
+    /// client's bytes are on their way (`more_coming` false), when the
+    /// first has waited [`MAX_BATCH_WAIT`], or at once when commits cost
+    /// next to nothing (a RAM disk: waiting would only hold the replies).
     fn batch_due(&self, more_coming: bool) -> bool {
-        let Some(since) = self.batch_since else { return false };
-        !more_coming || self.batch.len() >= MAX_BATCH || since.elapsed() >= MAX_BATCH_WAIT
+        let Some(first) = self.batch.first() else { return false };
+        !more_coming || self.last_commit_took < CHEAP_COMMIT || first.started.elapsed() >= MAX_BATCH_WAIT
+    }
+
+    /// Commits the changes waiting ([`commit_now`](Self::commit_now)) and
+    /// gives `conn` the replies of every change committed so far.
+    fn commit_batch(&mut self, conn: &mut Receiving<Upload>) {
+        self.commit_now();
+        for (ticket, reply) in self.resolved.drain(..) {
+            conn.resolve(ticket, reply);
+        }
     }
 
     /// Group commit of the changes waiting: each upload's data made
     /// durable (side by side in the file system's journal), then all of
     /// them committed by the library with one durable write; then, change
-    /// by change, its lock released, its reply given to `conn` and its
-    /// fan-out queued for after the reply.
-    fn commit_batch(&mut self, conn: &mut Receiving<Upload>) {
-        self.batch_since = None;
+    /// by change, its lock released, its reply kept for
+    /// [`commit_batch`](Self::commit_batch) and its fan-out queued for
+    /// after the reply.
+    fn commit_now(&mut self) {
         if self.batch.is_empty() {
             return;
         }
+        let began = Instant::now();
         let mut jobs = std::mem::take(&mut self.batch);
         let mut temps: Vec<&mut TempBlob> = jobs
             .iter_mut()
@@ -382,7 +402,7 @@ impl Uploads<'_> {
             if let Pending::Upload { path, .. } = &change {
                 if let Some(Err(e)) = synced.next() {
                     log::error!("{}: cannot write {path:?}: {e}", self.session.who());
-                    conn.resolve(ticket, StatusCode::IN_USE);
+                    self.resolved.push((ticket, StatusCode::IN_USE));
                     continue;
                 }
             }
@@ -392,12 +412,13 @@ impl Uploads<'_> {
         }
         let lib = &self.server.library;
         let outcomes = lib.commit_batch(changes, &self.session.seen, &self.session.label, library::now());
+        self.last_commit_took = began.elapsed();
         for ((ticket, what, lock, _open, started), outcome) in held.into_iter().zip(outcomes) {
             // Released before the reply, so a client that hears OK can
             // start its next change of the file at once.
             drop(lock);
             let reply = self.after_commit(what, outcome, started);
-            conn.resolve(ticket, reply);
+            self.resolved.push((ticket, reply));
         }
     }
 
