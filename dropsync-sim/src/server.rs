@@ -525,7 +525,7 @@ impl Server {
             }
             let mut fan = Vec::new();
             let result = {
-                let (up, mut host) = uploads(&self.lib, &self.name, s, id, wall, &mut fan, fx, 0);
+                let (up, mut host) = uploads(&self.lib, &self.name, s, id, (wall, 0), &mut fan, fx);
                 up.handle_timeout(now, &mut host)
             };
             if let Err(e) = result {
@@ -577,7 +577,7 @@ impl Server {
         }
         self.batches += 1;
         let (result, overtaken) = {
-            let (up, mut host) = uploads(&self.lib, &self.name, s, id, wall, &mut fan, fx, self.batches);
+            let (up, mut host) = uploads(&self.lib, &self.name, s, id, (wall, self.batches), &mut fan, fx);
             let result = up.process(now, &mut host);
             for (ticket, code) in host.commit_batch() {
                 up.resolve(ticket, code);
@@ -700,7 +700,7 @@ impl Server {
         let mut fan = Vec::new();
         {
             // Closing only discards: no commit needs the wall clock.
-            let (up, mut host) = uploads(&self.lib, &self.name, &mut s, id, WallTime { unix_ns: 0 }, &mut fan, fx, 0);
+            let (up, mut host) = uploads(&self.lib, &self.name, &mut s, id, (WallTime { unix_ns: 0 }, 0), &mut fan, fx);
             up.close(&mut host);
         }
         s.down.abort_all();
@@ -719,10 +719,9 @@ fn uploads<'a>(
     who: &'a str,
     s: &'a mut Session,
     id: SessionId,
-    wall: WallTime,
+    (wall, batch_no): (WallTime, u64),
     fan: &'a mut Vec<(String, Option<SessionId>)>,
     fx: &'a mut Vec<Effect>,
-    batch_no: u64,
 ) -> (&'a mut Receiving<Upload>, Uploads<'a>) {
     let Session { up, down, st, .. } = s;
     (up, Uploads { lib, who, st, down, id, wall, fan, fx, overtaken: Vec::new(), batch: Vec::new(), batch_no })
