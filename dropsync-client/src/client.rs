@@ -33,7 +33,7 @@ use crate::watch;
 /// How long a file written to and still open must be quiet before it is
 /// sent without its close: its writer may only be pausing (a copy on a
 /// busy machine), and half a file sent is sent again.
-const OPEN_QUIET: Duration = Duration::from_secs(1);
+pub const OPEN_QUIET: Duration = Duration::from_secs(1);
 
 /// What the watcher saw of a path.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -789,7 +789,12 @@ impl<'a> Session<'a> {
                     Again::InUse { tries } => log::debug!("server cannot take {name} now (0x0080, {tries} times); trying again later"),
                     Again::Damaged => log::warn!("server refused {name} (damaged on the way); trying again"),
                 }
-                self.core.debouncer.touch(name, at);
+                if why == Again::Changed {
+                    // Its writer is still at it: wait for its close.
+                    self.core.debouncer.touch_open(name, at, crate::client::OPEN_QUIET);
+                } else {
+                    self.core.debouncer.touch(name, at);
+                }
             }
             Next::GivenUp(code) if code == dropsync_proto::StatusCode::BAD_REQUEST && was_upload => self.refused_name(&name),
             Next::GivenUp(code) => log::warn!("server refused {name} ({code}); giving up this change"),

@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 
-use notify::event::{AccessKind, AccessMode, ModifyKind, RenameMode};
+use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
 use notify::{Config, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::events::Event;
@@ -57,10 +57,12 @@ fn is_rename(kind: &EventKind) -> bool {
     matches!(kind, EventKind::Modify(ModifyKind::Name(RenameMode::Both)))
 }
 
-/// True for a write to a file's data: its writer holds it open (a close
-/// follows when it is done).
+/// True for a write to a file's data, or a file created: its writer holds
+/// it open (a close follows when it is done). A copy that writes in large
+/// pieces (`cp`'s copy_file_range) shows its first write only when that
+/// piece is done, long after the create.
 fn is_write(kind: &EventKind) -> bool {
-    matches!(kind, EventKind::Modify(ModifyKind::Data(_)))
+    matches!(kind, EventKind::Modify(ModifyKind::Data(_)) | EventKind::Create(CreateKind::File))
 }
 
 /// True when a file written to was closed: its writer is done with it.
@@ -82,7 +84,7 @@ fn matters(kind: &EventKind) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use notify::event::{CreateKind, ModifyKind};
+    use notify::event::DataChange;
 
     #[test]
     fn reads_are_not_changes() {
@@ -91,6 +93,15 @@ mod tests {
         assert!(matters(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
         assert!(matters(&EventKind::Create(CreateKind::File)));
         assert!(matters(&EventKind::Modify(ModifyKind::Any)));
+    }
+
+    #[test]
+    fn a_write_or_a_new_file_means_its_writer_holds_it_open() {
+        assert!(is_write(&EventKind::Modify(ModifyKind::Data(DataChange::Any))));
+        assert!(is_write(&EventKind::Create(CreateKind::File)));
+        assert!(!is_write(&EventKind::Create(CreateKind::Folder)));
+        assert!(!is_write(&EventKind::Modify(ModifyKind::Name(RenameMode::To))));
+        assert!(!is_write(&EventKind::Access(AccessKind::Close(AccessMode::Write))));
     }
 
     #[test]
