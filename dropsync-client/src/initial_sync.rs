@@ -78,8 +78,12 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     let mut local_seen: HashMap<&str, LocalSeen> = HashMap::new();
     let mut same: HashSet<&str> = HashSet::with_capacity(names.len());
     let mut unsettled: HashSet<&str> = HashSet::new();
-    let mut fresh: Vec<&str> = Vec::new();
-    for name in &names {
+    // New files, by their index in `names` (moved out at the end, not
+    // copied: an initial sync of a million files holds no second copy of
+    // their names); those with a record, by name.
+    let mut fresh: Vec<usize> = Vec::new();
+    let mut fresh_set: HashSet<&str> = HashSet::new();
+    for (i, name) in names.iter().enumerate() {
         let name = name.as_str();
         // An ignored file is not synced in either direction (`ignores.rs`).
         if ctx.ignores.is_ignored(name) {
@@ -88,7 +92,10 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
         let record = ctx.shared.lock().record(name);
         let on_server = server.get(name);
         if record.base.is_none() && on_server.is_none() {
-            fresh.push(name);
+            fresh.push(i);
+            if record.local.is_some() {
+                fresh_set.insert(name);
+            }
             continue;
         }
         match read_local(&local_path(&ctx.root, name), record.local, now) {
@@ -132,7 +139,6 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     }
 
     // Record what was seen; B is the base of every record.
-    let fresh_set: HashSet<&str> = fresh.iter().copied().collect();
     let mut st = ctx.shared.lock();
     for (name, seen) in &local_seen {
         st.set_local(name, Some(*seen));
@@ -198,12 +204,15 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
             }
         }
     }
-    let new_files = fresh.len();
+    let (new_files, known) = (fresh.len(), local.len() + same.len());
+    drop(same);
+    let mut names = names;
+    let mut fresh: Vec<String> = fresh.into_iter().filter_map(|i| names.get_mut(i).map(std::mem::take)).collect();
     fresh.sort_unstable();
-    plan.syncs.extend(fresh.into_iter().map(str::to_owned));
+    plan.syncs.extend(fresh);
     log::info!(
         "reconciled {} local files with {} server entries in {:?}: {} to request, {} to send",
-        local.len() + same.len() + new_files,
+        known + new_files,
         server.len(),
         started.elapsed(),
         plan.requests.len(),
