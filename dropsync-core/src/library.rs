@@ -171,10 +171,9 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
     }
 
     /// The META-DATA text for a newly paired client and the version
-    /// counter it lists up to (`Catalog::snapshot`), between commits: never
-    /// in the middle of a group commit, whose changes are not durable yet.
+    /// counter it lists up to (`Catalog::snapshot`: never a change of a
+    /// group commit that is not durable yet).
     pub fn snapshot(&self) -> (String, u64) {
-        let _serial = self.commit_lock.lock().unwrap_or_else(PoisonError::into_inner);
         self.catalog.snapshot()
     }
 

@@ -154,7 +154,21 @@ impl ServerMeta {
     /// The META-DATA text sent to a client on pairing (section 1), sorted by
     /// path so that the same table always renders the same bytes.
     pub fn render(&self) -> String {
-        let mut sorted: Vec<&Entry> = self.entries.values().collect();
+        self.render_before(&HashMap::new())
+    }
+
+    /// [`render`](Self::render) of the table as it was before the changes
+    /// `before` holds: each changed path's line before them (`None`: it
+    /// had none).
+    pub fn render_before(&self, before: &HashMap<&str, Option<&Entry>>) -> String {
+        let mut sorted: Vec<&Entry> = self
+            .entries
+            .values()
+            .filter_map(|e| match before.get(e.path.as_str()) {
+                Some(earlier) => *earlier,
+                None => Some(e),
+            })
+            .collect();
         sorted.sort_unstable_by(|a, b| a.path.cmp(&b.path));
         let mut out = String::with_capacity(32 + sorted.len() * 96);
         metadata::render_header(&mut out);
@@ -224,8 +238,9 @@ pub trait Catalog: Send + Sync {
     /// each change at once but makes none durable, so that the batch shares
     /// one durable write. The caller serializes commits and holds the paths'
     /// locks, and makes no change's reply or delivery before `end_batch`
-    /// returns. False where each commit is durable by itself (nothing to
-    /// end then).
+    /// returns; [`snapshot`](Self::snapshot) meanwhile lists the table as
+    /// it was before the batch. False where each commit is durable by
+    /// itself (nothing to end then).
     fn begin_batch(&self) -> bool {
         false
     }
@@ -314,6 +329,8 @@ struct Batch {
     /// Each change's path and the line it replaced, to undo a batch that
     /// cannot be made durable.
     undo: Vec<(String, Option<Entry>)>,
+    /// The version counter before the batch.
+    version_before: u64,
 }
 
 /// Reads the history file. A torn or unreadable tail is cut off, so that
@@ -427,8 +444,9 @@ impl<S: Storage> Catalog for MemCatalog<S> {
     }
 
     fn begin_batch(&self) -> bool {
-        let _guard = self.lock();
-        *self.batch.lock().unwrap_or_else(PoisonError::into_inner) = Some(Batch::default());
+        let guard = self.lock();
+        let version_before = guard.0.last_version();
+        *self.batch.lock().unwrap_or_else(PoisonError::into_inner) = Some(Batch { version_before, ..Batch::default() });
         true
     }
 
@@ -466,9 +484,21 @@ impl<S: Storage> Catalog for MemCatalog<S> {
         Ok(())
     }
 
+    /// In the middle of a group commit, the table as it was before the
+    /// batch: its changes are not durable yet (and may be undone).
     fn snapshot(&self) -> (String, u64) {
         let guard = self.lock();
-        (guard.0.render(), guard.0.last_version())
+        let batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(batch) = batch.as_ref() else {
+            return (guard.0.render(), guard.0.last_version());
+        };
+        let mut before: HashMap<&str, Option<&Entry>> = HashMap::with_capacity(batch.undo.len());
+        for (path, previous) in &batch.undo {
+            // A path changed twice in a batch (a conflict copy's name, say):
+            // its first line before the batch.
+            before.entry(path.as_str()).or_insert(previous.as_ref());
+        }
+        (guard.0.render_before(&before), batch.version_before)
     }
 
     fn history(&self, path: &str) -> Vec<Kept> {
@@ -548,6 +578,27 @@ mod tests {
         assert_eq!(last, 3);
         let doc = metadata::parse_document(&text).unwrap();
         assert_eq!(doc.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    #[test]
+    fn a_snapshot_in_the_middle_of_a_group_commit_lists_the_table_as_before_it() {
+        let disk = std::sync::Arc::new(MemStorage::new());
+        let cat = MemCatalog::open(disk.clone()).unwrap();
+        cat.commit("a", file(1, 1)).unwrap();
+        cat.commit("gone", file(2, 2)).unwrap();
+        let before = cat.snapshot();
+        assert!(cat.begin_batch());
+        cat.commit("a", file(3, 3)).unwrap();
+        cat.commit("a", file(4, 4)).unwrap();
+        cat.commit("new", file(5, 5)).unwrap();
+        cat.commit("gone", Change::Delete { mtime_ns: 9 }).unwrap();
+        assert_eq!(cat.snapshot(), before, "nothing of the batch is durable yet");
+        assert_eq!(MemCatalog::open(disk.clone()).unwrap().snapshot(), before, "as a restart would read it");
+        cat.end_batch().unwrap();
+        let after = cat.snapshot();
+        assert_eq!(after.1, 6);
+        assert_ne!(after.0, before.0);
+        assert_eq!(MemCatalog::open(disk).unwrap().snapshot(), after);
     }
 
     #[test]
