@@ -31,7 +31,7 @@ use crate::connect::Timing;
 use crate::events::{Event, SessionEvent};
 use crate::ignores::IGNORE_FILE;
 use crate::folder::{delete_local, keep_if_unaccepted, look};
-use crate::paths::checked_path;
+use crate::paths::{checked_path, remove_empty_parents};
 use crate::progress::{Direction, Progress};
 use crate::scan::{probe, seen_is_current, FileStat, Probe};
 use crate::state::Ctx;
@@ -411,48 +411,28 @@ impl Host for Deliveries {
     }
 
     fn delete(&mut self, name: &str) -> Reply {
+        // Right behind a COPY of it: a rename where the change was made.
+        if let Some(reply) = self.batch.join_delete(name) {
+            return reply;
+        }
         // The files received before it are installed before it.
         self.install_batch();
-        let started = Instant::now();
-        let reply = self.delete_local(name);
-        self.delivered.push(SessionEvent::Delivered { name: name.to_owned(), started });
-        reply.into()
+        self.delete_here(name).into()
     }
 
     /// COPY [ext] from the server: `name` is to hold what our `from` holds,
-    /// the server's version we have. Copied here (no bytes on the wire)
-    /// when `from` is in sync and on disk as recorded; else 0x0020, and the
-    /// server sends the file.
+    /// the server's version we have. Carried out in its turn in the group
+    /// commit (its source may be one of the files received before it, or
+    /// a DELETE of its source may follow it: see `install_copy`).
     fn copy(&mut self, from: &str, name: &str, digest: &Digest) -> Reply {
-        // Its source may be one of the files received before it.
-        self.install_batch();
         if self.ctx.ignores.is_ignored(name) {
             log::debug!("refused incoming {name}: ignored here");
             return StatusCode::IN_USE.into();
         }
-        let Some((source, content, stat)) = self.copy_source(from, digest) else {
-            log::debug!("cannot copy {from} to {name} here: asking for the file");
-            return StatusCode::NO_FILE.into();
-        };
-        let started = Instant::now();
         if let Err(code) = self.check_writable(name) {
             return code.into();
         }
-        let copied = self.copy_to_temp(&source, stat).and_then(|mut temp| temp.finish().map(|()| temp));
-        let reply = match copied {
-            Ok(temp) => {
-                let installed = self.install(name, temp, content);
-                self.reply_to_install(name, installed)
-            }
-            Err(e) => {
-                log::debug!("cannot copy {from} to {name} here ({e}): asking for the file");
-                // The file itself comes next: this is no delivery yet.
-                self.ctx.shared.lock().incoming.remove(name);
-                return StatusCode::NO_FILE.into();
-            }
-        };
-        self.ended(name, started);
-        reply.into()
+        self.batch.defer_copy(from, name, *digest, Instant::now())
     }
 
     fn paused(&self) -> bool {
@@ -461,6 +441,82 @@ impl Host for Deliveries {
 }
 
 impl Deliveries {
+    /// A DELETE from the server, answered.
+    fn delete_here(&mut self, name: &str) -> StatusCode {
+        let started = Instant::now();
+        let reply = self.delete_local(name);
+        self.delivered.push(SessionEvent::Delivered { name: name.to_owned(), started });
+        reply
+    }
+
+    /// COPY [ext] `from` to `name` (checked writable, marked as being
+    /// received): copied here (no bytes on the wire) when `from` is in sync
+    /// and on disk as recorded; else 0x0020, and the server sends the file.
+    fn copy_here(&mut self, from: &str, name: &str, digest: &Digest, started: Instant) -> StatusCode {
+        let copied = self.copy_source(from, digest).ok_or_else(|| io::Error::other("not in sync here")).and_then(
+            |(source, content, stat)| {
+                let mut temp = self.copy_to_temp(&source, stat)?;
+                temp.finish()?;
+                Ok((temp, content))
+            },
+        );
+        let reply = match copied {
+            Ok((temp, content)) => {
+                let installed = self.install(name, temp, content);
+                self.reply_to_install(name, installed)
+            }
+            Err(e) => {
+                log::debug!("cannot copy {from} to {name} here ({e}): asking for the file");
+                // The file itself comes next: this is no delivery yet.
+                self.ctx.shared.lock().incoming.remove(name);
+                return StatusCode::NO_FILE;
+            }
+        };
+        self.ended(name, started);
+        reply
+    }
+
+    /// [ext] A COPY of `from` to `name` with the DELETE of `from` right
+    /// behind it (a rename where the change was made): our `from` is
+    /// renamed to `name`, not a byte copied, when it is in sync and on disk
+    /// as recorded, nothing is at `name`, and neither path is being sent.
+    /// False: nothing was done; the two are then carried out one by one.
+    fn rename_here(&mut self, from: &str, name: &str, digest: &Digest) -> bool {
+        let ctx = Arc::clone(&self.ctx);
+        if ctx.ignores.is_ignored(from) || from == IGNORE_FILE || name == IGNORE_FILE {
+            return false;
+        }
+        let Some((source, content, stat)) = self.copy_source(from, digest) else { return false };
+        let Ok(path) = checked_path(&ctx.root, name, true) else { return false };
+        let mut st = ctx.shared.lock();
+        let free = matches!(probe(&path), Ok(Probe::Absent))
+            && st.record(name).local.is_none()
+            && !st.restoring.contains(name)
+            && !st.outgoing.contains(name)
+            && !st.outgoing.contains(from);
+        if !free {
+            return false;
+        }
+        if let Err(e) = fs::rename(&source, &path) {
+            log::debug!("cannot rename {from} to {name} here ({e}): copying it");
+            return false;
+        }
+        // Written to between the look and the rename: recorded as not seen
+        // (as `install` does when it cannot stat), so the next look sends
+        // what it holds now.
+        let mtime_ns = match probe(&path) {
+            Ok(Probe::File(now)) if now == stat => now.mtime_ns,
+            _ => 0,
+        };
+        st.set_synced(name, content, mtime_ns);
+        st.set_deleted(from);
+        drop(st);
+        remove_empty_parents(&ctx.root, from);
+        log::info!("received {name}: {from} renamed ({} bytes not copied)", content.size);
+        self.delivered.push(SessionEvent::Written(name.to_owned()));
+        true
+    }
+
     /// The reply to a file received whole (or copied here): 0x0001 once
     /// installed; 0x0080 when our own change of it is being sent, or it
     /// cannot be written, which the control thread hears of.

@@ -52,6 +52,9 @@ pub enum Command {
         stat: FileStat,
         /// Its content.
         content: Content,
+        /// The DELETE of `from` to send right behind it (a rename), with
+        /// the MD5 of our last version of `from`.
+        then_delete: Option<Digest>,
     },
     /// DELETE `name`, whose last version we held is `held`.
     Delete {
@@ -114,10 +117,12 @@ impl SendHandle {
         let _ = self.tx.send(Command::Upload { name, file, path, stat, trusted });
     }
 
-    /// Queues a COPY.
-    pub fn add_copy(&self, name: String, from: String, stat: FileStat, content: Content) {
-        self.counts.ops.fetch_add(1, Ordering::SeqCst);
-        let _ = self.tx.send(Command::Copy { name, from, stat, content });
+    /// Queues a COPY, and the DELETE of its source behind it in the same
+    /// write when `then_delete` holds our last version's MD5 (a rename).
+    pub fn add_copy(&self, name: String, from: String, stat: FileStat, content: Content, then_delete: Option<Digest>) {
+        let ops = if then_delete.is_some() { 2 } else { 1 };
+        self.counts.ops.fetch_add(ops, Ordering::SeqCst);
+        let _ = self.tx.send(Command::Copy { name, from, stat, content, then_delete });
     }
 
     /// Queues a DELETE.
@@ -223,7 +228,12 @@ fn run(mut out: Outgoing, rx: &mpsc::Receiver<Command>, ctx: &Ctx, post: &impl F
         for cmd in first.into_iter().chain(std::iter::from_fn(|| rx.try_recv().ok())) {
             match cmd {
                 Command::Upload { name, file, path, stat, trusted } => out.add_upload(name, file, path, stat, trusted),
-                Command::Copy { name, from, stat, content } => out.add_copy(name, from, stat, content),
+                Command::Copy { name, from, stat, content, then_delete } => {
+                    out.add_copy(name, from.clone(), stat, content);
+                    if let Some(held) = then_delete {
+                        out.add_delete(from, held);
+                    }
+                }
                 Command::Delete { name, held } => out.add_delete(name, held),
                 Command::Request { name, held } => out.add_request(name, held),
                 Command::Replies { codes, at } => {

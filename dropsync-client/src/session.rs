@@ -124,6 +124,10 @@ pub struct Session<'a> {
     /// MD5 of the version each path held, and when the last one came.
     pending_deletes: Vec<(String, Digest)>,
     last_delete: Instant,
+    /// The name renamed away whose judgement is being made for the COPY
+    /// of its new name, and the delete that judgement gave (see
+    /// `delete_renamed_away`).
+    renamed_away: Option<(String, Option<Digest>)>,
     /// When the user's answer to held deletes was last looked for.
     answer_checked: Instant,
     /// When the status for `client status` was last worked out.
@@ -190,6 +194,7 @@ impl<'a> Session<'a> {
             policy: SyncPolicy::new(once),
             pending_deletes: Vec::new(),
             last_delete: Instant::now(),
+            renamed_away: None,
             answer_checked: Instant::now(),
             status_checked: Instant::now(),
             stop_deadline: None,
@@ -461,9 +466,7 @@ impl<'a> Session<'a> {
         let burst = self.core.delete_guard.judge(names, files, Instant::now());
         for name in burst.send {
             let held = gone.get(&name).copied().unwrap_or(ZERO_DIGEST);
-            self.core.ctx.shared.lock().outgoing.insert(name.clone());
-            log::debug!("deleting {name} on the server");
-            self.out.add_delete(name, held);
+            self.send_delete(name, held);
         }
         if burst.tripped {
             let folder = self.core.cfg.folder.display();
@@ -476,6 +479,37 @@ impl<'a> Session<'a> {
         } else if !burst.held.is_empty() {
             log::warn!("holding {} more deletes ({} held in all)", burst.held.len(), self.core.delete_guard.held().len());
         }
+    }
+
+    /// Sends the DELETE of `name`, whose last version in common held MD5
+    /// `held`.
+    fn send_delete(&mut self, name: String, held: Digest) {
+        self.core.ctx.shared.lock().outgoing.insert(name.clone());
+        log::debug!("deleting {name} on the server");
+        self.out.add_delete(name, held);
+    }
+
+    /// The DELETE of `from`, which the watcher saw renamed to a name about
+    /// to go out as a COPY of it, when `from` is gone: judged now (or taken
+    /// from those waiting for the delete guard). It is the other half of a
+    /// rename, no content lost, so it skips the guard and its quiet time
+    /// and goes out in the same write as the COPY: the server commits both
+    /// together and sends them together, and a receiver renames its file
+    /// instead of copying it (issue 19's B7). `None`: `from` is not gone,
+    /// or not judged deleted; it then goes its usual way.
+    fn delete_renamed_away(&mut self, from: &str) -> Option<Digest> {
+        if let Some(i) = self.pending_deletes.iter().position(|(n, _)| n == from) {
+            let (name, held) = self.pending_deletes.swap_remove(i);
+            self.core.ctx.shared.lock().outgoing.insert(name);
+            return Some(held);
+        }
+        if self.renamed_away.is_some() {
+            // One rename at a time: a chain of them goes the usual way.
+            return None;
+        }
+        self.renamed_away = Some((from.to_owned(), None));
+        self.sync_path(from.to_owned());
+        self.renamed_away.take().and_then(|(_, held)| held)
     }
 
     /// Works out the folder's status for `client status` (at most every
@@ -617,7 +651,7 @@ impl<'a> Session<'a> {
         let copy = match &mut local {
             Some((stat, content, _)) if self.copy_ok && !self.no_copy.contains(&name) => {
                 let found = self.copy_source(&name, &path, *stat);
-                if let Some((_, c)) = &found {
+                if let Some((_, c, _)) = &found {
                     *content = Some(*c);
                 }
                 found
@@ -667,12 +701,18 @@ impl<'a> Session<'a> {
             st.set_local(&name, seen);
         }
         let judgement = self.policy.judge(&name, state, base);
-        if let (Judgement::Upload { .. }, Some((from, content)), Some((stat, _, _))) = (&judgement, &copy, &local) {
+        if let (Judgement::Upload { .. }, Some((from, content, renamed)), Some((stat, _, _))) =
+            (&judgement, &copy, &local)
+        {
             st.outgoing.insert(name.clone());
             drop(st);
             log::debug!("sending {name} as a copy of {from} ({} bytes)", stat.size);
             self.core.delete_guard.settled(&name);
-            self.out.add_copy(name, from.clone(), *stat, *content);
+            let then_delete = if *renamed { self.delete_renamed_away(from) } else { None };
+            if then_delete.is_some() {
+                log::debug!("deleting {from} on the server: renamed to {name}");
+            }
+            self.out.add_copy(name, from.clone(), *stat, *content, then_delete);
             return;
         }
         match (judgement, local) {
@@ -693,8 +733,17 @@ impl<'a> Session<'a> {
             }
             (Judgement::Delete, _) => {
                 drop(st);
+                let held = base.map_or(ZERO_DIGEST, |b| b.md5);
+                if let Some((from, then_delete)) = &mut self.renamed_away {
+                    if *from == name {
+                        // Sent with the COPY of its new name.
+                        ctx.shared.lock().outgoing.insert(name);
+                        *then_delete = Some(held);
+                        return;
+                    }
+                }
                 // Judged with the deletes around it (see `send_deletes`).
-                self.pending_deletes.push((name, base.map_or(ZERO_DIGEST, |b| b.md5)));
+                self.pending_deletes.push((name, held));
                 self.last_delete = Instant::now();
                 return;
             }
@@ -704,14 +753,14 @@ impl<'a> Session<'a> {
     }
 
     /// [ext] The path a COPY of `name` (whose file at `path` has `stat`)
-    /// may name, and the content: the file it was renamed from, or one in
-    /// sync with the same bytes (only for a large file at a new path: a
-    /// comparison reads both, and looking for a candidate walks every
-    /// record).
-    fn copy_source(&mut self, name: &str, path: &std::path::Path, stat: FileStat) -> Option<(String, Content)> {
+    /// may name, the content, and whether `name` was renamed from it: the
+    /// file it was renamed from, or one in sync with the same bytes (only
+    /// for a large file at a new path: a comparison reads both, and looking
+    /// for a candidate walks every record).
+    fn copy_source(&mut self, name: &str, path: &std::path::Path, stat: FileStat) -> Option<(String, Content, bool)> {
         let now = SystemTime::now();
-        if let Some(found) = self.core.moves.take(name, stat, now) {
-            return Some(found);
+        if let Some((from, content)) = self.core.moves.take(name, stat, now) {
+            return Some((from, content, true));
         }
         // Only a new path is compared: a copy makes one, and a large file
         // edited in place (a disk image) must not be read against every
@@ -720,7 +769,7 @@ impl<'a> Session<'a> {
             return None;
         }
         let candidates = copy_source::candidates(&self.core.ctx.shared.lock().meta, name, stat.size);
-        copy_source::same_bytes(&self.core.ctx.root, path, stat, candidates, now)
+        copy_source::same_bytes(&self.core.ctx.root, path, stat, candidates, now).map(|(from, c)| (from, c, false))
     }
 
     /// An operation on the send connection ended (already recorded in the

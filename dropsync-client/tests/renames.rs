@@ -6,6 +6,7 @@
 
 mod common;
 
+use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
 use common::converge;
@@ -75,6 +76,12 @@ fn past_racy_window(dirs: &[&Path]) {
     assert!(wait_until(DEFAULT_DEADLINE, settled));
 }
 
+/// The inode of the file at `path`: the same after a rename, a new one
+/// for a copy.
+fn inode(path: &Path) -> u64 {
+    std::fs::metadata(path).unwrap().ino()
+}
+
 fn put(dir: &Path, name: &str, bytes: &[u8]) {
     let path = dir.join(name);
     std::fs::create_dir_all(path.parent().unwrap()).unwrap();
@@ -89,8 +96,13 @@ fn a_renamed_file_reaches_the_other_client_without_its_bytes() {
     t.converged("big.bin on both", |f| f.get("big.bin") == Some(&data));
     past_racy_window(&[&t.dir("a"), &t.dir("b")]);
     let (bytes_in, bytes_out) = (counter(t.port, "bytes_in"), counter(t.port, "bytes_out"));
+    let b_file = inode(&t.dir("b").join("big.bin"));
     std::fs::rename(t.dir("a").join("big.bin"), t.dir("a").join("moved.bin")).unwrap();
     t.converged("moved.bin alone on both", |f| f.len() == 1 && f.get("moved.bin") == Some(&data));
+    // The COPY and the DELETE of its source came together: b renamed its
+    // file rather than copying it.
+    assert_eq!(inode(&t.dir("b").join("moved.bin")), b_file, "{}\n{}\n{}", t.a.log(), t.b.log(), t.server.log());
+    assert!(t.b.log().contains("received moved.bin: big.bin renamed"), "{}", t.b.log());
     assert_eq!(counter(t.port, "copies_in"), 1, "{}", t.a.log());
     assert!(wait_until(DEFAULT_DEADLINE, || counter(t.port, "copies_out") == 1), "{}\n{}", t.b.log(), t.server.log());
     assert_eq!(counter(t.port, "bytes_in"), bytes_in, "nothing uploaded:\n{}", t.a.log());
@@ -108,10 +120,14 @@ fn a_folder_moved_and_a_file_copied_go_as_copies_too() {
     t.converged("docs on both", |f| f.len() == 2);
     past_racy_window(&[&t.dir("a"), &t.dir("b")]);
     let bytes_in = counter(t.port, "bytes_in");
+    let b_files = [inode(&t.dir("b").join("docs/x.bin")), inode(&t.dir("b").join("docs/sub/y.bin"))];
     std::fs::rename(t.dir("a").join("docs"), t.dir("a").join("papers")).unwrap();
     t.converged("papers on both", |f| {
         f.len() == 2 && f.get("papers/x.bin") == Some(&x) && f.get("papers/sub/y.bin") == Some(&y)
     });
+    let renamed = [inode(&t.dir("b").join("papers/x.bin")), inode(&t.dir("b").join("papers/sub/y.bin"))];
+    assert_eq!(renamed, b_files, "b renamed its files:\n{}", t.b.log());
+    assert!(!t.dir("b").join("docs").exists(), "the emptied folder went too");
     assert_eq!(counter(t.port, "bytes_in"), bytes_in, "nothing uploaded:\n{}", t.a.log());
     assert!(wait_until(DEFAULT_DEADLINE, || counter(t.port, "copies_out") == 2), "{}", t.b.log());
     // A copy (a new file with the bytes of one in sync) is compared, not

@@ -9,6 +9,7 @@
 //! own sender thread delivers, so a client that is slow or never answers
 //! holds back nobody but itself; the pool's workers only prepare.
 
+use std::collections::HashSet;
 use std::fs::File;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use dropsync_io::conn::Conn;
@@ -184,8 +185,13 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
     session.set_outgoing(&paths);
     let lib = &server.library;
     let mut items = Vec::with_capacity(paths.len());
+    // Sources whose DELETE went out behind their COPY, ahead of their turn.
+    let mut pulled_forward: HashSet<String> = HashSet::new();
     for path in &paths {
         let requested = session.requested.lock().unwrap_or_else(PoisonError::into_inner).remove(path);
+        if pulled_forward.contains(path) {
+            continue;
+        }
         // A blob can vanish between reading the entry and opening it if the
         // path is overwritten meanwhile: then the newer entry is what to send.
         for _ in 0..3 {
@@ -203,7 +209,13 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
                 }
                 Queued::File { version } => match copy_source(server, session, path, version) {
                     Some(from) => {
+                        let handled = pulled_forward.contains(&from) || items.iter().any(|i| i.name == from);
+                        let source_deleted = if handled { None } else { deleted_source(server, session, &from) };
                         items.push(Item { name: path.clone(), version, content: None, copy: Some((from, entry.md5)) });
+                        if let Some(delete) = source_deleted {
+                            pulled_forward.insert(delete.name.clone());
+                            items.push(delete);
+                        }
                         break;
                     }
                     None => match lib.open_content(&entry) {
@@ -222,7 +234,25 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
             }
         }
     }
+    if pulled_forward.iter().any(|n| !paths.contains(n)) {
+        let names: Vec<String> = items.iter().map(|i| i.name.clone()).collect();
+        session.set_outgoing(&names);
+    }
     Some(Batch { items, metadata: false })
+}
+
+/// [ext] The DELETE of a COPY's source, when the source is deleted now and
+/// the client has not been sent that yet: a rename on the sender's side.
+/// It goes out right behind the COPY (as it would when dequeued, only
+/// sooner), so that the client can rename its file instead of copying it
+/// and deleting the source (the client's `incoming_batch`).
+fn deleted_source(server: &Server, session: &Session, from: &str) -> Option<Item> {
+    let entry = server.library.catalog().get(from)?;
+    let seen = session.seen.lock().unwrap_or_else(PoisonError::into_inner);
+    match judge_queued(Some(&entry), &seen, false) {
+        Queued::Delete { version } => Some(Item { name: from.to_owned(), version, content: None, copy: None }),
+        Queued::Skip | Queued::File { .. } => None,
+    }
 }
 
 /// [ext] The path to name in a COPY of `version` of `path` to `session`
