@@ -54,6 +54,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(3);
 /// upload of many files spent at every 200 ms it used to save.
 const SAVE_DELAY: Duration = Duration::from_secs(1);
 
+/// The periodic rescan waits while more paths than this are queued to be
+/// synced (a watcher that lost events still has one at once).
+const RESCAN_WHEN_BUSY: usize = 1_000;
+
 /// Deletes wait until none has come for this long, then go out (or are
 /// held) together: see `Session::send_deletes`.
 const DELETE_QUIET: Duration = Duration::from_millis(300);
@@ -232,12 +236,20 @@ impl<'a> Session<'a> {
             if self.core.cfg.once && self.all_done() {
                 return End::Done { server_state_known: self.server_state_known };
             }
-            if self.core.ctx.shared.lock().unsaved && now >= self.last_save + SAVE_DELAY {
+            if self.core.ctx.shared.lock().unsaved && now >= self.next_save() {
                 self.core.meta_file.save_if_changed(&self.core.ctx.shared);
                 self.last_save = now;
             }
             if self.reconciled && self.core.next_rescan.is_some_and(|at| now >= at) {
-                self.core.rescan();
+                if self.policy.pending() > RESCAN_WHEN_BUSY {
+                    // What it would find is mostly queued already: an
+                    // initial sync of a million files held a second table
+                    // of them in the debouncer, and the state's lock for
+                    // the walk's compare.
+                    self.core.schedule_rescan();
+                } else {
+                    self.core.rescan();
+                }
             }
             let wait = self.next_wakeup().saturating_duration_since(Instant::now());
             match self.core.events.recv_timeout(wait) {
@@ -286,7 +298,7 @@ impl<'a> Session<'a> {
         }
         consider(self.stop_deadline);
         if self.core.ctx.shared.lock().unsaved {
-            consider(Some(self.last_save + SAVE_DELAY));
+            consider(Some(self.next_save()));
         }
         at.max(now)
     }
@@ -479,6 +491,11 @@ impl<'a> Session<'a> {
         } else if !burst.held.is_empty() {
             log::warn!("holding {} more deletes ({} held in all)", burst.held.len(), self.core.delete_guard.held().len());
         }
+    }
+
+    /// When the next snapshot of the META-DATA file is due (once changed).
+    fn next_save(&self) -> Instant {
+        self.last_save + SAVE_DELAY.max(self.core.meta_file.pause())
     }
 
     /// Sends the DELETE of `name`, whose last version in common held MD5

@@ -26,12 +26,13 @@ use std::collections::HashSet;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
 use dropsync_core::meta_client::{render_record, ClientMeta, ClientRecord, LocalSeen};
 use dropsync_core::reconcile::Content;
-use dropsync_io::dir_storage::replace_file;
+use dropsync_io::dir_storage::{replace_file, sync_dir};
 use dropsync_proto::ClientId;
 
 use crate::ignores::Ignores;
@@ -211,7 +212,16 @@ pub struct Ctx {
 pub struct MetaFile {
     path: PathBuf,
     dir: PathBuf,
+    /// How long the last snapshot took to write, ns (see [`MetaFile::pause`]).
+    last_took_ns: AtomicU64,
 }
+
+/// A snapshot is written to its file in pieces of this many bytes.
+const SNAPSHOT_PIECE: usize = 1 << 20;
+
+/// Snapshots are at least this many times their own cost apart: at a
+/// million paths one takes about a second, under the state's lock.
+const SNAPSHOT_SPACING: u32 = 20;
 
 /// The generation a snapshot names (0 for none: an older file).
 fn generation_of(text: &str) -> u64 {
@@ -228,7 +238,7 @@ impl MetaFile {
         for entry in fs::read_dir(&tmp_dir)?.flatten() {
             let _ = fs::remove_file(entry.path());
         }
-        Ok((MetaFile { path: state_dir.join(METADATA_FILE), dir: state_dir }, tmp_dir))
+        Ok((MetaFile { path: state_dir.join(METADATA_FILE), dir: state_dir, last_took_ns: AtomicU64::new(0) }, tmp_dir))
     }
 
     fn journal_path(&self, generation: u64) -> PathBuf {
@@ -255,8 +265,12 @@ impl MetaFile {
     /// The snapshot `text` with the journals it does not hold yet appended
     /// (later lines of a path replace earlier ones). A journal's last line
     /// may be torn by a crash mid-append; it is dropped.
-    fn with_journals(&self, text: &str) -> String {
+    fn with_journals<'t>(&self, text: &'t str) -> std::borrow::Cow<'t, str> {
         let generation = generation_of(text);
+        if generation > 0 && self.nothing_to_replay(generation) {
+            // No copy of a snapshot of a million records.
+            return std::borrow::Cow::Borrowed(text);
+        }
         let mut all = text.to_owned();
         for (_, path) in self.journals().into_iter().filter(|(g, _)| *g >= generation) {
             let Ok(bytes) = fs::read(&path) else { continue };
@@ -266,7 +280,13 @@ impl MetaFile {
             }
             all.push_str(journal.rfind('\n').map_or("", |i| &journal[..=i]));
         }
-        all
+        std::borrow::Cow::Owned(all)
+    }
+
+    /// Whether no journal of `generation` or later holds a byte: the
+    /// snapshot of `generation` is then the whole state.
+    fn nothing_to_replay(&self, generation: u64) -> bool {
+        self.journals().iter().filter(|(g, _)| *g >= generation).all(|(_, p)| fs::metadata(p).is_ok_and(|m| m.len() == 0))
     }
 
     /// Loads the META-DATA, or starts a new one with a fresh client id on
@@ -315,13 +335,36 @@ impl MetaFile {
     /// Starts journaling `shared` (loaded at `generation`): saves a new
     /// snapshot, which folds in the journals just replayed, and opens the
     /// journal that follows it.
+    ///
+    /// With nothing to fold in (a restart after a clean stop, or with no
+    /// change since the last snapshot), the snapshot on disk is the state:
+    /// its generation's journal is opened for appends instead, and no
+    /// snapshot is written (a million records: 100 MB and a second).
     pub fn open_journal(&self, shared: &Shared, generation: u64) {
+        if generation > 0 && self.nothing_to_replay(generation) {
+            match File::options().create(true).append(true).open(self.journal_path(generation)) {
+                Ok(f) => {
+                    let mut st = shared.lock();
+                    st.generation = generation;
+                    st.journal = Some(f);
+                    return;
+                }
+                Err(e) => log::warn!("cannot open the META-DATA journal ({e}); writing a snapshot"),
+            }
+        }
         {
             let mut st = shared.lock();
             st.generation = generation;
             st.unsaved = true;
         }
         self.save_if_changed(shared);
+    }
+
+    /// How long to wait at least before the next snapshot:
+    /// [`SNAPSHOT_SPACING`] times what the last one took (the journal keeps
+    /// every change meanwhile; a snapshot only bounds it).
+    pub fn pause(&self) -> Duration {
+        Duration::from_nanos(self.last_took_ns.load(Ordering::Relaxed)) * SNAPSHOT_SPACING
     }
 
     /// Replaces the file atomically (temp file, fsync, rename).
@@ -334,16 +377,40 @@ impl MetaFile {
     /// snapshot gets the next generation, and base changes made after it
     /// was rendered go to that generation's journal; once the snapshot is
     /// in place, the older journals are removed.
+    ///
+    /// The snapshot goes to its temp file in pieces while the lock is held
+    /// (never the whole text in memory: 100 MB at a million paths), and is
+    /// synced and renamed into place after.
     pub fn save_if_changed(&self, shared: &Shared) {
-        let (text, generation) = {
+        if !shared.lock().unsaved {
+            return;
+        }
+        let began = Instant::now();
+        let tmp = self.dir.join(format!("{METADATA_FILE}.tmp"));
+        let mut file = match File::create(&tmp) {
+            Ok(f) => f,
+            Err(e) => {
+                log::error!("cannot save {}: {e}", self.path.display());
+                return;
+            }
+        };
+        let mut written = Ok(());
+        let generation = {
             let mut st = shared.lock();
             if !st.unsaved {
+                drop(st);
+                let _ = fs::remove_file(&tmp);
                 return;
             }
             st.unsaved = false;
             st.generation += 1;
-            let mut text = st.meta.render();
-            text.push_str(&format!("{GENERATION_PREFIX}{}\n", st.generation));
+            let mut write = |piece: &str| {
+                if written.is_ok() {
+                    written = file.write_all(piece.as_bytes());
+                }
+            };
+            st.meta.render_in_pieces(SNAPSHOT_PIECE, &mut write);
+            write(&format!("{GENERATION_PREFIX}{}\n", st.generation));
             let journal = self.journal_path(st.generation);
             st.journal = match File::create(&journal) {
                 Ok(f) => Some(f),
@@ -352,9 +419,15 @@ impl MetaFile {
                     None
                 }
             };
-            (text, st.generation)
+            st.generation
         };
-        match self.save(&text) {
+        let saved = written
+            .and_then(|()| file.sync_all())
+            .and_then(|()| fs::rename(&tmp, &self.path))
+            .and_then(|()| sync_dir(&self.dir));
+        let took = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
+        self.last_took_ns.store(took, Ordering::Relaxed);
+        match saved {
             Ok(()) => {
                 for (_, old) in self.journals().into_iter().filter(|(g, _)| *g < generation) {
                     let _ = fs::remove_file(old);
@@ -453,6 +526,39 @@ mod tests {
         // One of the current generation is replayed.
         fs::write(&journals[0].1, lines(id, "a", stale)).unwrap();
         assert_eq!(file.load().unwrap().0.records["a"].base, Some(b));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_restart_with_nothing_to_replay_writes_no_snapshot_and_still_journals() {
+        use std::os::unix::fs::MetadataExt;
+        let root = std::env::temp_dir().join(format!("dropsync-journal-restart-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let (file, _) = MetaFile::prepare(&root).unwrap();
+        let (meta, generation) = file.load().unwrap();
+        let shared = Shared::new(meta);
+        file.open_journal(&shared, generation);
+        let (a, b) = (Content { md5: [1; 16], size: 1 }, Content { md5: [2; 16], size: 2 });
+        shared.lock().set_synced("a", a, 5);
+        file.save_if_changed(&shared);
+        let snapshot = fs::metadata(&file.path).unwrap().ino();
+
+        // A clean restart: the snapshot is the state, and stays as it is.
+        let (meta, generation) = file.load().unwrap();
+        assert_eq!(meta.records["a"].base, Some(a));
+        let shared = Shared::new(meta);
+        file.open_journal(&shared, generation);
+        assert_eq!(fs::metadata(&file.path).unwrap().ino(), snapshot, "no snapshot written");
+        // A base changed now is journaled: a kill -9 loses nothing.
+        shared.lock().set_synced("b", b, 6);
+        let (after, _) = file.load().unwrap();
+        assert_eq!((after.records["a"].base, after.records["b"].base), (Some(a), Some(b)));
+        // With that journal to fold in, the next start writes a snapshot.
+        let (meta, generation) = file.load().unwrap();
+        file.open_journal(&Shared::new(meta), generation);
+        assert_ne!(fs::metadata(&file.path).unwrap().ino(), snapshot, "a snapshot folds the journal in");
+        assert_eq!(file.load().unwrap().0.records["b"].base, Some(b));
         fs::remove_dir_all(&root).unwrap();
     }
 }

@@ -79,15 +79,30 @@ impl ClientMeta {
 
     /// Renders the whole file, sorted by path.
     pub fn render(&self) -> String {
+        let mut out = String::with_capacity(96 + self.records.len() * 100);
+        self.render_in_pieces(usize::MAX, |piece| out.push_str(piece));
+        out
+    }
+
+    /// Renders the whole file, sorted by path, handing it to `write` in
+    /// pieces of about `piece_len` bytes: a table of a million paths is
+    /// about 100 MB of text, which the caller need not hold at once.
+    pub fn render_in_pieces(&self, piece_len: usize, mut write: impl FnMut(&str)) {
         let mut records: Vec<(&String, &ClientRecord)> = self.records.iter().collect();
         records.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut out = String::with_capacity(96 + records.len() * 100);
-        metadata::render_header(&mut out);
-        metadata::render_client_id(&self.client_id, &mut out);
+        let mut piece = String::with_capacity(piece_len.min(96 + records.len() * 100));
+        metadata::render_header(&mut piece);
+        metadata::render_client_id(&self.client_id, &mut piece);
         for (path, r) in records {
-            render_record(path, r, &mut out);
+            render_record(path, r, &mut piece);
+            if piece.len() >= piece_len {
+                write(&piece);
+                piece.clear();
+            }
         }
-        out
+        if !piece.is_empty() {
+            write(&piece);
+        }
     }
 
     /// Parses a file written by [`ClientMeta::render`]. A file without a
@@ -194,6 +209,21 @@ mod tests {
             let parsed = ClientMeta::parse(&meta.render()).expect("own output parses");
             // Only what matters survives: a (None, None) record's version does.
             prop_assert_eq!(parsed, meta);
+        }
+
+        #[test]
+        fn the_pieces_put_together_are_the_whole_text(
+            recs in proptest::collection::hash_map("[a-z/]{1,30}", record(), 0..40),
+            piece_len in 1usize..400,
+        ) {
+            let meta = ClientMeta { client_id: [3; 16], records: recs };
+            let mut pieces = Vec::new();
+            meta.render_in_pieces(piece_len, |p| pieces.push(p.to_owned()));
+            prop_assert!(pieces.iter().all(|p| !p.is_empty()));
+            // Each piece is at most one record (its lines, under 400
+            // bytes here) longer than asked, the header aside.
+            prop_assert!(pieces.iter().all(|p| p.len() < piece_len + 400));
+            prop_assert_eq!(pieces.concat(), meta.render());
         }
     }
 
