@@ -315,6 +315,16 @@ impl Core {
         }
     }
 
+    /// Puts the periodic rescan off while `queued` paths wait to be synced:
+    /// its cost is then reckoned from the paths known and queued (at the
+    /// start of an initial sync, few have a record yet), so the first one
+    /// after the burst is as far off as a measured one would put it.
+    pub fn postpone_rescan(&mut self, queued: usize) {
+        let known = self.ctx.shared.lock().meta.records.len().saturating_add(queued);
+        self.rescan_cost = self.rescan_cost.max(RESCAN_COST_PER_PATH * u32::try_from(known).unwrap_or(u32::MAX));
+        self.schedule_rescan();
+    }
+
     /// Schedules the next periodic rescan.
     pub fn schedule_rescan(&mut self) {
         self.next_rescan = self.cfg.rescan.map(|every| Instant::now() + rescan_period(every, self.rescan_cost));

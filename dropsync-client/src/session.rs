@@ -236,17 +236,18 @@ impl<'a> Session<'a> {
             if self.core.cfg.once && self.all_done() {
                 return End::Done { server_state_known: self.server_state_known };
             }
-            if self.core.ctx.shared.lock().unsaved && now >= self.next_save() {
+            if now >= self.next_save() && self.core.meta_file.snapshot_wanted(&self.core.ctx.shared) {
                 self.core.meta_file.save_if_changed(&self.core.ctx.shared);
                 self.last_save = now;
             }
             if self.reconciled && self.core.next_rescan.is_some_and(|at| now >= at) {
-                if self.policy.pending() > RESCAN_WHEN_BUSY {
+                let queued = self.policy.pending();
+                if queued > RESCAN_WHEN_BUSY {
                     // What it would find is mostly queued already: an
                     // initial sync of a million files held a second table
                     // of them in the debouncer, and the state's lock for
                     // the walk's compare.
-                    self.core.schedule_rescan();
+                    self.core.postpone_rescan(queued);
                 } else {
                     self.core.rescan();
                 }
@@ -297,7 +298,7 @@ impl<'a> Session<'a> {
             consider(self.policy.next_retry());
         }
         consider(self.stop_deadline);
-        if self.core.ctx.shared.lock().unsaved {
+        if self.core.meta_file.snapshot_wanted(&self.core.ctx.shared) {
             consider(Some(self.next_save()));
         }
         at.max(now)
@@ -493,7 +494,8 @@ impl<'a> Session<'a> {
         }
     }
 
-    /// When the next snapshot of the META-DATA file is due (once changed).
+    /// When the next snapshot of the META-DATA file may be written (once
+    /// wanted: `MetaFile::snapshot_wanted`).
     fn next_save(&self) -> Instant {
         self.last_save + SAVE_DELAY.max(self.core.meta_file.pause())
     }

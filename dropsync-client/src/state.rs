@@ -77,6 +77,8 @@ pub struct State {
     /// The journal of that generation, appended under this lock (so in the
     /// order the changes were made); `None` before the client opens it.
     journal: Option<File>,
+    /// Records appended to that journal.
+    journal_records: usize,
 }
 
 impl State {
@@ -152,6 +154,7 @@ impl State {
             return;
         }
         let Some(file) = self.journal.as_mut() else { return };
+        self.journal_records += 1;
         if let Err(e) = file.write_all(lines.as_bytes()) {
             log::error!("cannot append to the META-DATA journal: {e}; relying on snapshots");
             self.journal = None;
@@ -178,6 +181,7 @@ impl Shared {
                 restoring: HashSet::new(),
                 generation: 0,
                 journal: None,
+                journal_records: 0,
             }),
         }
     }
@@ -222,6 +226,12 @@ const SNAPSHOT_PIECE: usize = 1 << 20;
 /// Snapshots are at least this many times their own cost apart: at a
 /// million paths one takes about a second, under the state's lock.
 const SNAPSHOT_SPACING: u32 = 20;
+
+/// A table of at least this many records is written again only once its
+/// journal holds a third as many records as it: a snapshot costs the
+/// whole table, the journal one line per change, and loading replays it.
+/// Smaller ones are written again after any change.
+const LARGE_TABLE: usize = 30_000;
 
 /// The generation a snapshot names (0 for none: an older file).
 fn generation_of(text: &str) -> u64 {
@@ -347,6 +357,7 @@ impl MetaFile {
                     let mut st = shared.lock();
                     st.generation = generation;
                     st.journal = Some(f);
+                    st.journal_records = 0;
                     return;
                 }
                 Err(e) => log::warn!("cannot open the META-DATA journal ({e}); writing a snapshot"),
@@ -358,6 +369,16 @@ impl MetaFile {
             st.unsaved = true;
         }
         self.save_if_changed(shared);
+    }
+
+    /// Whether a snapshot is wanted: something changed, and for a large
+    /// table ([`LARGE_TABLE`]), its journal has grown to a third of it (a
+    /// file edited in a folder of a million is one line in the journal,
+    /// not 100 MB written again; a crash loses nothing either way).
+    pub fn snapshot_wanted(&self, shared: &Shared) -> bool {
+        let st = shared.lock();
+        let records = st.meta.records.len();
+        st.unsaved && (records < LARGE_TABLE || st.journal.is_none() || st.journal_records * 3 >= records)
     }
 
     /// How long to wait at least before the next snapshot:
@@ -412,6 +433,7 @@ impl MetaFile {
             st.meta.render_in_pieces(SNAPSHOT_PIECE, &mut write);
             write(&format!("{GENERATION_PREFIX}{}\n", st.generation));
             let journal = self.journal_path(st.generation);
+            st.journal_records = 0;
             st.journal = match File::create(&journal) {
                 Ok(f) => Some(f),
                 Err(e) => {
@@ -526,6 +548,31 @@ mod tests {
         // One of the current generation is replayed.
         fs::write(&journals[0].1, lines(id, "a", stale)).unwrap();
         assert_eq!(file.load().unwrap().0.records["a"].base, Some(b));
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn a_large_table_is_written_again_only_once_its_journal_is_a_third_of_it() {
+        let root = std::env::temp_dir().join(format!("dropsync-journal-large-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let (file, _) = MetaFile::prepare(&root).unwrap();
+        let (mut meta, generation) = file.load().unwrap();
+        let c = Content { md5: [1; 16], size: 1 };
+        for i in 0..LARGE_TABLE {
+            meta.records.insert(format!("f{i}"), ClientRecord { base: Some(c), base_version: 1, local: None });
+        }
+        let shared = Shared::new(meta);
+        file.open_journal(&shared, generation);
+        assert!(!file.snapshot_wanted(&shared), "just written");
+        shared.lock().set_synced("f0", c, 5);
+        assert!(!file.snapshot_wanted(&shared), "one change is one journal line");
+        for i in 1..LARGE_TABLE / 3 {
+            shared.lock().set_synced(&format!("f{i}"), c, 5);
+        }
+        assert!(file.snapshot_wanted(&shared), "the journal is a third of the table");
+        file.save_if_changed(&shared);
+        assert!(!file.snapshot_wanted(&shared));
         fs::remove_dir_all(&root).unwrap();
     }
 

@@ -97,3 +97,26 @@ fn the_commands_refuse_a_folder_that_is_not_synced() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a synced folder"));
 }
+
+#[test]
+fn a_folder_of_every_file_renamed_is_no_mass_delete() {
+    let net = Net::new("guard-rename");
+    let (a, b) = (net.folder("a"), net.folder("b"));
+    fill(&a);
+    let ca = net.client("a", &[]);
+    let cb = net.client("b", &[]);
+    converge(&[&a, &b], &[&ca, &cb], "every file everywhere", |t| t.len() == FILES);
+    // A rename goes as COPYs only for files last written outside the
+    // client's racy window (2 s): before, their stat proves nothing.
+    let settled = || {
+        tree(&a).keys().all(|n| fs::metadata(a.join(n)).unwrap().modified().unwrap().elapsed().unwrap().as_millis() > 2100)
+    };
+    assert!(wait_until(DEFAULT_DEADLINE, settled));
+
+    fs::rename(a.join("d"), a.join("e")).unwrap();
+    converge(&[&a, &b], &[&ca, &cb], "every file under its new folder everywhere", |t| {
+        t.len() == FILES && t.keys().all(|n| n.starts_with("e/"))
+    });
+    assert!(!ca.log().contains("holding"), "{}", ca.log());
+    assert!(ca.log().contains("renamed to e/f0.txt"), "each DELETE went with its COPY:\n{}", ca.log());
+}
