@@ -3,7 +3,8 @@
 //! are documented in `dropsync_core::meta_client`).
 //!
 //! Crash safety of the base: the whole file is rewritten atomically, at
-//! most every few hundred ms (coalesced), but every change of a *base* (a
+//! most every second (coalesced; a large table only once its journal is a
+//! third of it, see `MetaFile::snapshot_wanted`), but every change of a *base* (a
 //! file received or deleted on the server's behalf, an accepted upload or
 //! delete, a base recorded at reconciliation) is also appended at once to a
 //! journal beside it, `metadata.journal.<generation>`. A `kill -9` between
