@@ -518,6 +518,10 @@ impl<'a> Session<'a> {
     /// or not judged deleted; it then goes its usual way.
     fn delete_renamed_away(&mut self, from: &str) -> Option<Digest> {
         if let Some(i) = self.pending_deletes.iter().position(|(n, _)| n == from) {
+            if matches!(probe(&local_path(&self.core.ctx.root, from)), Ok(Probe::File(_))) {
+                // A file there again: `send_deletes` looks at it anew.
+                return None;
+            }
             let (name, held) = self.pending_deletes.swap_remove(i);
             self.core.ctx.shared.lock().outgoing.insert(name);
             return Some(held);

@@ -228,6 +228,9 @@ const SNAPSHOT_PIECE: usize = 1 << 20;
 /// million paths one takes about a second, under the state's lock.
 const SNAPSHOT_SPACING: u32 = 20;
 
+/// Least time between two tries of a snapshot after one failed.
+const FAILED_SNAPSHOT_PAUSE: Duration = Duration::from_secs(30);
+
 /// A table of at least this many records is written again only once its
 /// journal holds a third as many records as it: a snapshot costs the
 /// whole table, the journal one line per change, and loading replays it.
@@ -413,6 +416,7 @@ impl MetaFile {
             Ok(f) => f,
             Err(e) => {
                 log::error!("cannot save {}: {e}", self.path.display());
+                self.back_off();
                 return;
             }
         };
@@ -461,8 +465,17 @@ impl MetaFile {
                 // hold everything.
                 log::error!("cannot save {}: {e}", self.path.display());
                 shared.lock().unsaved = true;
+                self.back_off();
             }
         }
+    }
+
+    /// After a failed snapshot (a full disk, say), the next waits
+    /// [`FAILED_SNAPSHOT_PAUSE`] at least (see [`MetaFile::pause`]): the
+    /// journal still keeps every change, and the log gets one line per try.
+    fn back_off(&self) {
+        let took = FAILED_SNAPSHOT_PAUSE / SNAPSHOT_SPACING;
+        self.last_took_ns.fetch_max(u64::try_from(took.as_nanos()).unwrap_or(u64::MAX), Ordering::Relaxed);
     }
 }
 
