@@ -514,6 +514,15 @@ mod tests {
         fs::remove_dir_all(&root).unwrap();
     }
 
+    /// An empty folder of its own for a test, and its META-DATA file.
+    fn fresh_folder(tag: &str) -> (PathBuf, MetaFile) {
+        let root = std::env::temp_dir().join(format!("dropsync-{tag}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&root);
+        fs::create_dir_all(&root).unwrap();
+        let (file, _) = MetaFile::prepare(&root).unwrap();
+        (root, file)
+    }
+
     /// The lines `render` writes for one record.
     fn lines(id: ClientId, name: &str, rec: ClientRecord) -> String {
         let mut one = ClientMeta::new(id);
@@ -523,10 +532,7 @@ mod tests {
 
     #[test]
     fn base_changes_survive_a_kill_between_saves() {
-        let root = std::env::temp_dir().join(format!("dropsync-journal-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).unwrap();
-        let (file, _) = MetaFile::prepare(&root).unwrap();
+        let (root, file) = fresh_folder("journal");
         let (meta, generation) = file.load().unwrap();
         let id = meta.client_id;
         let shared = Shared::new(meta);
@@ -567,10 +573,7 @@ mod tests {
 
     #[test]
     fn a_large_table_is_written_again_only_once_its_journal_is_a_third_of_it() {
-        let root = std::env::temp_dir().join(format!("dropsync-journal-large-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).unwrap();
-        let (file, _) = MetaFile::prepare(&root).unwrap();
+        let (root, file) = fresh_folder("journal-large");
         let (mut meta, generation) = file.load().unwrap();
         let c = Content { md5: [1; 16], size: 1 };
         for i in 0..LARGE_TABLE {
@@ -593,10 +596,7 @@ mod tests {
     #[test]
     fn a_restart_with_nothing_to_replay_writes_no_snapshot_and_still_journals() {
         use std::os::unix::fs::MetadataExt;
-        let root = std::env::temp_dir().join(format!("dropsync-journal-restart-{}", std::process::id()));
-        let _ = fs::remove_dir_all(&root);
-        fs::create_dir_all(&root).unwrap();
-        let (file, _) = MetaFile::prepare(&root).unwrap();
+        let (root, file) = fresh_folder("journal-restart");
         let (meta, generation) = file.load().unwrap();
         let shared = Shared::new(meta);
         file.open_journal(&shared, generation);
