@@ -101,6 +101,12 @@ fn rescan_period(every: Duration, cost: Duration) -> Duration {
     every.max(cost.saturating_mul(RESCAN_DUTY))
 }
 
+/// What a rescan of `paths` paths is reckoned to cost before one was
+/// measured.
+fn rescan_cost_of(paths: usize) -> Duration {
+    RESCAN_COST_PER_PATH.saturating_mul(u32::try_from(paths).unwrap_or(u32::MAX))
+}
+
 /// Runs the client until SIGINT/SIGTERM, or until `--once` is done.
 /// The error is the one line to print.
 pub fn run(cfg: Config) -> Result<(), String> {
@@ -157,7 +163,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             moves: Moves::default(),
             conflicts_counted: None,
             next_rescan: None,
-            rescan_cost: RESCAN_COST_PER_PATH * u32::try_from(known).unwrap_or(u32::MAX),
+            rescan_cost: rescan_cost_of(known),
             trust,
         };
     let result = core.run();
@@ -321,7 +327,7 @@ impl Core {
     /// after the burst is as far off as a measured one would put it.
     pub fn postpone_rescan(&mut self, queued: usize) {
         let known = self.ctx.shared.lock().meta.records.len().saturating_add(queued);
-        self.rescan_cost = self.rescan_cost.max(RESCAN_COST_PER_PATH * u32::try_from(known).unwrap_or(u32::MAX));
+        self.rescan_cost = self.rescan_cost.max(rescan_cost_of(known));
         self.schedule_rescan();
     }
 

@@ -91,12 +91,14 @@ impl Batch {
     /// A DELETE of `name`: joins the COPY last queued when `name` is its
     /// source (nothing came between them), to be answered with it.
     pub(super) fn join_delete(&mut self, name: &str) -> Option<Reply> {
-        let ticket = self.next_ticket;
-        match self.waiting.last_mut() {
-            Some(Waiting::Copy(c)) if c.from == name && c.then_delete.is_none() => c.then_delete = Some(ticket),
-            _ => return None,
+        let joins = matches!(self.waiting.last(), Some(Waiting::Copy(c)) if c.from == name && c.then_delete.is_none());
+        if !joins {
+            return None;
         }
-        self.next_ticket = self.next_ticket.wrapping_add(1);
+        let ticket = self.ticket();
+        if let Some(Waiting::Copy(c)) = self.waiting.last_mut() {
+            c.then_delete = Some(ticket);
+        }
         Some(Reply::Later(ticket))
     }
 

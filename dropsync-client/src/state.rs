@@ -422,12 +422,8 @@ impl MetaFile {
         };
         let mut written = Ok(());
         let generation = {
+            // Still unsaved: only this thread saves.
             let mut st = shared.lock();
-            if !st.unsaved {
-                drop(st);
-                let _ = fs::remove_file(&tmp);
-                return;
-            }
             st.unsaved = false;
             st.generation += 1;
             let mut write = |piece: &str| {

@@ -80,7 +80,7 @@ impl ClientMeta {
     /// Renders the whole file, sorted by path.
     pub fn render(&self) -> String {
         let mut out = String::with_capacity(96 + self.records.len() * 100);
-        self.render_in_pieces(usize::MAX, |piece| out.push_str(piece));
+        self.render_into(&mut out, usize::MAX, |_| {});
         out
     }
 
@@ -88,20 +88,28 @@ impl ClientMeta {
     /// pieces of about `piece_len` bytes: a table of a million paths is
     /// about 100 MB of text, which the caller need not hold at once.
     pub fn render_in_pieces(&self, piece_len: usize, mut write: impl FnMut(&str)) {
-        let mut records: Vec<(&String, &ClientRecord)> = self.records.iter().collect();
-        records.sort_unstable_by(|a, b| a.0.cmp(b.0));
-        let mut piece = String::with_capacity(piece_len.min(96 + records.len() * 100));
-        metadata::render_header(&mut piece);
-        metadata::render_client_id(&self.client_id, &mut piece);
-        for (path, r) in records {
-            render_record(path, r, &mut piece);
-            if piece.len() >= piece_len {
-                write(&piece);
-                piece.clear();
-            }
-        }
+        let mut piece = String::with_capacity(piece_len.min(96 + self.records.len() * 100));
+        self.render_into(&mut piece, piece_len, |full| {
+            write(full);
+            full.clear();
+        });
         if !piece.is_empty() {
             write(&piece);
+        }
+    }
+
+    /// Renders the whole file, sorted by path, into `out`, calling `full`
+    /// whenever `out` holds `piece_len` bytes or more.
+    fn render_into(&self, out: &mut String, piece_len: usize, mut full: impl FnMut(&mut String)) {
+        let mut records: Vec<(&String, &ClientRecord)> = self.records.iter().collect();
+        records.sort_unstable_by(|a, b| a.0.cmp(b.0));
+        metadata::render_header(out);
+        metadata::render_client_id(&self.client_id, out);
+        for (path, r) in records {
+            render_record(path, r, out);
+            if out.len() >= piece_len {
+                full(out);
+            }
         }
     }
 

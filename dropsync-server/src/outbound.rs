@@ -209,7 +209,8 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
                 }
                 Queued::File { version } => match copy_source(server, session, path, version) {
                     Some(from) => {
-                        let handled = pulled_forward.contains(&from) || items.iter().any(|i| i.name == from);
+                        // Already in the batch (pulled forward or in its turn).
+                        let handled = items.iter().any(|i| i.name == from);
                         let source_deleted = if handled { None } else { deleted_source(server, session, &from) };
                         items.push(Item { name: path.clone(), version, content: None, copy: Some((from, entry.md5)) });
                         if let Some(delete) = source_deleted {
