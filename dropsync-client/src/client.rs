@@ -25,7 +25,7 @@ use crate::ignores::{Ignores, IGNORE_FILE};
 use crate::status::{self, Status};
 use crate::paths::{name_for, Unsyncable, STATE_DIR};
 use crate::trust::Trust;
-use crate::scan::{walk, walk_names, FileStat, Notes};
+use crate::scan::{walk_names, walk_unsorted, FileStat, Notes, Probe};
 use crate::session::{End, Session};
 use crate::state::{Ctx, MetaFile, Shared};
 use crate::watch;
@@ -82,6 +82,9 @@ pub struct Core {
     pub rescan_cost: Duration,
     /// This client's key and the server's pin.
     pub trust: Trust,
+    /// The file watcher, maybe still setting up; a reconciliation's scan
+    /// waits for it ([`watch::Starting::ready`]).
+    pub watcher: watch::Starting,
 }
 
 /// The periodic rescan is a backstop for what the watcher missed (the
@@ -119,6 +122,10 @@ pub fn run(cfg: Config) -> Result<(), String> {
     watch_signals(tx.clone(), Arc::clone(&stop)).map_err(|e| format!("cannot handle signals: {e}"))?;
     fs::create_dir_all(&cfg.folder).map_err(|e| format!("cannot create folder {}: {e}", cfg.folder.display()))?;
     let root = cfg.folder.canonicalize().map_err(|e| format!("folder {}: {e}", cfg.folder.display()))?;
+    // The watcher's first walk runs while the state is loaded (both take
+    // a second or more at a million files). --once looks at the folder
+    // once, at reconciliation; no watcher.
+    let watcher = if cfg.once { watch::Starting::Without } else { watch::Starting::spawn(&root, tx.clone()) };
     let (meta_file, tmp_dir) =
         MetaFile::prepare(&root).map_err(|e| format!("cannot prepare {}/.dropsync: {e}", root.display()))?;
     let (meta, generation) = meta_file.load().map_err(|e| format!("cannot load META-DATA: {e}"))?;
@@ -134,18 +141,6 @@ pub fn run(cfg: Config) -> Result<(), String> {
     });
     meta_file.open_journal(&ctx.shared, generation);
     let trust = Trust::prepare(&root, cfg.server_fingerprint, cfg.trust_first_use)?;
-    // --once looks at the folder once, at reconciliation; no watcher.
-    let _watcher = if cfg.once {
-        None
-    } else {
-        match watch::start(&root, tx.clone()) {
-            Ok(w) => Some(w),
-            Err(e) => {
-                log::warn!("file watcher unavailable ({e}); relying on the periodic rescan");
-                None
-            }
-        }
-    };
     let debouncer = Debouncer::new(cfg.debounce);
     let delete_guard = DeleteGuard::new(cfg.delete_guard);
     let mut core =
@@ -165,6 +160,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             next_rescan: None,
             rescan_cost: rescan_cost_of(known),
             trust,
+            watcher,
         };
     let result = core.run();
     core.meta_file.save_if_changed(&core.ctx.shared);
@@ -341,13 +337,13 @@ impl Core {
     /// that is gone, is queued to be synced.
     pub fn rescan(&mut self) {
         let began = Instant::now();
-        let files = walk(&self.ctx.root, &self.ctx.root, &mut self.notes);
+        let files = walk_unsorted(&self.ctx.root, &self.ctx.root, &mut self.notes);
         let now = Instant::now();
         let st = self.ctx.shared.lock();
         let mut changed = Vec::new();
-        for (name, stat) in &files {
+        for (name, probe) in &files {
             let recorded = st.meta.records.get(name).and_then(|r| r.local);
-            let same = recorded.is_some_and(|l| FileStat { mtime_ns: l.mtime_ns, size: l.content.size } == *stat);
+            let same = recorded.is_some_and(|l| Probe::File(FileStat::of_seen(&l)) == *probe);
             if !same {
                 changed.push(name.clone());
             }

@@ -8,6 +8,7 @@
 //! and holds off reading further), so no incoming file changes the folder
 //! under the scan.
 
+use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet};
 use std::time::{Instant, SystemTime};
 
@@ -19,7 +20,7 @@ use dropsync_proto::name::validate_name;
 use dropsync_core::debounce::Debouncer;
 use crate::folder::{delete_local, keep_if_unaccepted, Before};
 use crate::paths::local_path;
-use crate::scan::{read_local, walk_names_unsorted, Local, Notes};
+use crate::scan::{read_local, seen_is_current, walk_unsorted, Local, Notes, Probe};
 use crate::state::Ctx;
 
 /// The network half of a reconciliation plan.
@@ -68,14 +69,19 @@ fn in_sync(server: Option<&(ServerSide, u64, Content)>, record: &ClientRecord, s
 /// handed to `debouncer`: they are uploaded once quiet.
 pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc: &Document) -> Plan {
     let started = Instant::now();
-    let server = server_side(doc);
+    let mut server = server_side(doc);
+    let server_entries = server.len();
 
     // L: every file now, hashed only when its stat changed, and only when
     // its content matters: a path neither the server nor the base knows is
-    // uploaded whatever it holds (the upload hashes it as it goes).
+    // uploaded whatever it holds (the upload hashes it as it goes). The
+    // walk stats each file as it lists it.
     let now = SystemTime::now();
-    let names = walk_names_unsorted(&ctx.root, &ctx.root, notes);
+    let names = walk_unsorted(&ctx.root, &ctx.root, notes);
     let mut local_seen: HashMap<&str, LocalSeen> = HashMap::new();
+    // The paths in sync, as recorded, are taken out of `server` as they are
+    // found (one lookup each); what is left of it is what needs a look.
+    // Each was in `server` once, so `same` counts distinct paths.
     let mut same: HashSet<&str> = HashSet::with_capacity(names.len());
     let mut unsettled: HashSet<&str> = HashSet::new();
     // New files, by their index in `names` (moved out at the end, not
@@ -83,14 +89,28 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     // their names); those with a record, by name.
     let mut fresh: Vec<usize> = Vec::new();
     let mut fresh_set: HashSet<&str> = HashSet::new();
-    for (i, name) in names.iter().enumerate() {
+    for (i, (name, probe)) in names.iter().enumerate() {
         let name = name.as_str();
         // An ignored file is not synced in either direction (`ignores.rs`).
         if ctx.ignores.is_ignored(name) {
             continue;
         }
         let record = ctx.shared.lock().record(name);
-        let on_server = server.get(name);
+        let on_server = match server.entry(name) {
+            Slot::Occupied(o) => {
+                if let Probe::File(stat) = *probe {
+                    if let Some(seen) = record.local.filter(|s| seen_is_current(Some(*s), stat, now)) {
+                        if in_sync(Some(o.get()), &record, seen) {
+                            o.remove();
+                            same.insert(name);
+                            continue;
+                        }
+                    }
+                }
+                Some(*o.get())
+            }
+            Slot::Vacant(_) => None,
+        };
         if record.base.is_none() && on_server.is_none() {
             fresh.push(i);
             if record.local.is_some() {
@@ -99,7 +119,8 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
             continue;
         }
         match read_local(&local_path(&ctx.root, name), record.local, now) {
-            Ok(Local::File { seen, .. }) if in_sync(on_server, &record, seen) => {
+            Ok(Local::File { seen, .. }) if in_sync(on_server.as_ref(), &record, seen) => {
+                server.remove(name);
                 same.insert(name);
             }
             Ok(Local::File { seen, .. }) => {
@@ -116,20 +137,23 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
             }
         }
     }
+    // Every record in sync (a reconnection where nothing changed): no
+    // record is anything but `same`, and the passes over the records below
+    // would find nothing.
+    let all_same = same.len() == ctx.shared.lock().meta.records.len();
 
     // Content last seen here that the server has is content in common,
     // even if this client never heard that the server took it (core's
-    // `effective_base`): recorded as the base before B is read.
+    // `effective_base`): recorded as the base before B is read. (A path in
+    // sync has that base already.)
     {
         let mut st = ctx.shared.lock();
-        let found: Vec<(String, Content, u64)> = st
-            .meta
-            .records
+        let found: Vec<(String, Content, u64)> = server
             .iter()
-            .filter_map(|(name, r)| {
-                let (side, version, named) = server.get(name.as_str()).copied()?;
+            .filter_map(|(name, &(side, version, named))| {
+                let r = st.meta.records.get(*name)?;
                 let b = effective_base(r.base, r.local.map(|l| l.content), Some(side), Some(named))?;
-                (Some(b) != r.base).then(|| (name.clone(), b, version))
+                (Some(b) != r.base).then(|| ((*name).to_owned(), b, version))
             })
             .collect();
         for (name, b, version) in found {
@@ -143,33 +167,38 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     for (name, seen) in &local_seen {
         st.set_local(name, Some(*seen));
     }
-    let vanished: Vec<String> = st
-        .meta
-        .records
-        .iter()
-        .filter(|(name, r)| {
-            let name = name.as_str();
-            r.local.is_some() && !local_seen.contains_key(name) && !same.contains(name) && !unsettled.contains(name)
-        })
-        .filter(|(name, _)| !ctx.ignores.is_ignored(name))
-        .filter(|(name, r)| !(r.base.is_none() && fresh_set.contains(name.as_str())))
-        .map(|(name, _)| name.clone())
-        .collect();
+    let vanished: Vec<String> = if all_same {
+        Vec::new()
+    } else {
+        st.meta
+            .records
+            .iter()
+            .filter(|(name, r)| {
+                let name = name.as_str();
+                r.local.is_some() && !local_seen.contains_key(name) && !same.contains(name) && !unsettled.contains(name)
+            })
+            .filter(|(name, _)| !ctx.ignores.is_ignored(name))
+            .filter(|(name, r)| !(r.base.is_none() && fresh_set.contains(name.as_str())))
+            .map(|(name, _)| name.clone())
+            .collect()
+    };
     for name in &vanished {
         st.set_local(name, None);
     }
-    let base: HashMap<String, Content> = st
-        .meta
-        .records
-        .iter()
-        .filter(|(name, _)| !same.contains(name.as_str()))
-        .filter_map(|(name, r)| Some((name.clone(), r.base?)))
-        .collect();
+    let base: HashMap<String, Content> = if all_same {
+        HashMap::new()
+    } else {
+        st.meta
+            .records
+            .iter()
+            .filter(|(name, _)| !same.contains(name.as_str()))
+            .filter_map(|(name, r)| Some((name.clone(), r.base?)))
+            .collect()
+    };
     drop(st);
 
     let local: HashMap<String, Content> = local_seen.iter().map(|(n, s)| ((*n).to_owned(), s.content)).collect();
-    let sides: HashMap<String, ServerSide> =
-        server.iter().filter(|(n, _)| !same.contains(**n)).map(|(n, (s, _, _))| ((*n).to_owned(), *s)).collect();
+    let sides: HashMap<String, ServerSide> = server.iter().map(|(n, (s, _, _))| ((*n).to_owned(), *s)).collect();
     let planned = reconcile(&sides, &base, &local, ctx.conflict_copies);
 
     let mut plan = Plan::default();
@@ -213,13 +242,14 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     let (new_files, known) = (fresh.len(), local.len() + same.len());
     drop(same);
     let mut names = names;
-    let mut fresh: Vec<String> = fresh.into_iter().filter_map(|i| names.get_mut(i).map(std::mem::take)).collect();
+    let mut fresh: Vec<String> =
+        fresh.into_iter().filter_map(|i| names.get_mut(i).map(|(n, _)| std::mem::take(n))).collect();
     fresh.sort_unstable();
     plan.syncs.extend(fresh);
     log::info!(
         "reconciled {} local files with {} server entries in {:?}: {} to request, {} to send",
         known + new_files,
-        server.len(),
+        server_entries,
         started.elapsed(),
         plan.requests.len(),
         plan.syncs.len()

@@ -242,39 +242,41 @@ impl Notes {
 }
 
 /// Every regular file under `dir` (a folder under `root`) with a valid
-/// wire name, and its stat. Symlinks are not followed; unsyncable names and
-/// unreadable folders are reported once and skipped.
-pub fn walk(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<(String, FileStat)> {
+/// wire name, in the order the folders list them, and what a stat of it
+/// found (`Absent` if it could not be had, `Dir` if a folder took its place
+/// since the listing). Symlinks are not followed; unsyncable names and
+/// unreadable folders are reported once and skipped. The stat is taken
+/// relative to the open folder (`DirEntry::metadata`, an `fstatat`), not by
+/// its whole path: at a million files, a second less of path walks in the
+/// kernel.
+pub fn walk_unsorted(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<(String, Probe)> {
     let mut out = Vec::new();
-    each_file(root, dir, notes, |name, path| {
-        if let Ok(md) = fs::symlink_metadata(path) {
-            out.push((name, FileStat::of(&md)));
-        }
+    each_file(root, dir, notes, |name, path, entry| {
+        let md = match entry {
+            Some(entry) => entry.metadata(),
+            None => fs::symlink_metadata(path),
+        };
+        out.push((name, md.map_or(Probe::Absent, |md| Probe::of(&md))));
     });
-    out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
     out
 }
 
-/// Like [`walk`], names only: no stat per file (the file type comes with
-/// the folder listing), for callers that look at each file anyway.
+/// Like [`walk_unsorted`], names only and sorted: no stat per file (the
+/// file type comes with the folder listing), for callers that look at each
+/// file anyway.
 pub fn walk_names(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<String> {
-    let mut out = walk_names_unsorted(root, dir, notes);
+    let mut out = Vec::new();
+    each_file(root, dir, notes, |name, _, _| out.push(name));
     out.sort_unstable();
     out
 }
 
-/// [`walk_names`] in the order the folders list them (no sort: a million
-/// names take a second to sort).
-pub fn walk_names_unsorted(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<String> {
-    let mut out = Vec::new();
-    each_file(root, dir, notes, |name, _| out.push(name));
-    out
-}
-
-/// Calls `found` with the name and path of every regular file under `dir`
-/// with a valid wire name (see [`walk`]). An entry whose name is not NFC is
-/// renamed to it first (`names::normalize_on_disk`).
-fn each_file(root: &Path, dir: &Path, notes: &mut Notes, mut found: impl FnMut(String, &Path)) {
+/// Calls `found` with the name, path and folder entry of every regular
+/// file under `dir` with a valid wire name (see [`walk_unsorted`]). An
+/// entry whose name is not NFC is renamed to it first
+/// (`names::normalize_on_disk`); it comes without its entry, which names
+/// the old name.
+fn each_file(root: &Path, dir: &Path, notes: &mut Notes, mut found: impl FnMut(String, &Path, Option<&fs::DirEntry>)) {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let entries = match fs::read_dir(&dir) {
@@ -290,7 +292,9 @@ fn each_file(root: &Path, dir: &Path, notes: &mut Notes, mut found: impl FnMut(S
             let mut path = entry.path();
             let Ok(kind) = entry.file_type() else { continue };
             let mut named = name_for(root, &path);
+            let mut renamed = false;
             if named == Err(Unsyncable::NotNfc) {
+                renamed = true;
                 match crate::names::normalize_on_disk(root, &path) {
                     Ok(now) => {
                         named = name_for(root, &now);
@@ -316,7 +320,7 @@ fn each_file(root: &Path, dir: &Path, notes: &mut Notes, mut found: impl FnMut(S
             } else if kind.is_dir() {
                 stack.push(path);
             } else if kind.is_file() {
-                found(name, &path);
+                found(name, &path, (!renamed).then_some(&entry));
             } else {
                 notes.once(&path, "not a regular file");
             }
@@ -362,10 +366,18 @@ mod tests {
         fs::write(root.join("a\\b"), b"x").unwrap();
         std::os::unix::fs::symlink(root.join("a"), root.join("link")).unwrap();
         let mut notes = Notes::default();
-        let found: Vec<(String, u64)> = walk(&root, &root, &mut notes).into_iter().map(|(n, s)| (n, s.size)).collect();
+        let mut found: Vec<(String, Probe)> = walk_unsorted(&root, &root, &mut notes);
+        found.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let found: Vec<(String, u64)> = found
+            .into_iter()
+            .map(|(n, p)| match p {
+                Probe::File(s) => (n, s.size),
+                other => panic!("{n}: {other:?}"),
+            })
+            .collect();
         assert_eq!(found, [("a/b/deep.txt".to_owned(), 2), ("top.txt".to_owned(), 1)]);
         assert_eq!(notes.said.len(), 2, "symlink and bad name noted: {:?}", notes.said);
-        let sub: Vec<String> = walk(&root, &root.join("a"), &mut notes).into_iter().map(|(n, _)| n).collect();
+        let sub: Vec<String> = walk_names(&root, &root.join("a"), &mut notes);
         assert_eq!(sub, ["a/b/deep.txt"]);
         assert_eq!(walk_names(&root, &root, &mut notes), ["a/b/deep.txt", "top.txt"]);
         fs::remove_dir_all(&root).unwrap();

@@ -359,6 +359,7 @@ impl<'a> Session<'a> {
                 if !doc.extensions.iter().any(|e| e == "copy") {
                     self.copy_offered = true;
                 }
+                self.core.watcher.ready();
                 let plan = initial_sync::run(&self.core.ctx, &mut self.core.notes, &mut self.core.debouncer, &doc);
                 for name in plan.requests {
                     self.policy.request(name);
@@ -422,6 +423,7 @@ impl<'a> Session<'a> {
         );
         // No `# ext` line to go by: no COPY offer.
         self.copy_offered = true;
+        self.core.watcher.ready();
         let plan = initial_sync::run_without_server(&self.core.ctx, &mut self.core.notes, &mut self.core.debouncer);
         for name in plan.syncs {
             self.policy.sync(name);
