@@ -19,6 +19,7 @@ use dropsync_proto::name::validate_name;
 
 use dropsync_core::debounce::Debouncer;
 use crate::folder::{delete_local, keep_if_unaccepted, Before};
+use crate::ignores::LastFolder;
 use crate::paths::local_path;
 use crate::scan::{read_local, seen_is_current, walk_unsorted, Local, Notes, Probe};
 use crate::state::Ctx;
@@ -89,10 +90,11 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     // their names); those with a record, by name.
     let mut fresh: Vec<usize> = Vec::new();
     let mut fresh_set: HashSet<&str> = HashSet::new();
+    let mut folder = LastFolder::default();
     for (i, (name, probe)) in names.iter().enumerate() {
         let name = name.as_str();
         // An ignored file is not synced in either direction (`ignores.rs`).
-        if ctx.ignores.is_ignored(name) {
+        if ctx.ignores.is_ignored_in_walk(name, &mut folder) {
             continue;
         }
         let record = ctx.shared.lock().record(name);

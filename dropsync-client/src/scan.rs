@@ -5,7 +5,9 @@ use std::collections::{HashMap, HashSet};
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::{Condvar, Mutex, PoisonError};
+use std::thread;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use dropsync_core::meta_client::LocalSeen;
@@ -250,15 +252,104 @@ impl Notes {
 /// its whole path: at a million files, a second less of path walks in the
 /// kernel.
 pub fn walk_unsorted(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<(String, Probe)> {
-    let mut out = Vec::new();
-    each_file(root, dir, notes, |name, path, entry| {
-        let md = match entry {
-            Some(entry) => entry.metadata(),
-            None => fs::symlink_metadata(path),
-        };
-        out.push((name, md.map_or(Probe::Absent, |md| Probe::of(&md))));
+    let queue = Mutex::new(Folders { waiting: vec![dir.to_path_buf()], busy: 0 });
+    let wake = Condvar::new();
+    let walkers = thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WALKERS);
+    let walked: Vec<Walked> = thread::scope(|s| {
+        let helpers: Vec<_> = (1..walkers)
+            .filter_map(|_| thread::Builder::new().name("walk".into()).spawn_scoped(s, || walker(root, &queue, &wake)).ok())
+            .collect();
+        // This thread walks too: with no helper (none could be started),
+        // it walks alone.
+        let mut walked = vec![walker(root, &queue, &wake)];
+        for h in helpers {
+            walked.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+        }
+        walked
     });
+    let mut out = Vec::with_capacity(walked.iter().map(|w| w.files.len()).sum());
+    for w in walked {
+        for (path, what) in w.notes {
+            notes.once(&path, &what);
+        }
+        out.extend(w.files);
+    }
     out
+}
+
+/// At most this many threads walk a folder ([`walk_unsorted`]): stat-ing a
+/// million files is most of a reconnection's time (issue 19, B8), and the
+/// kernel does it side by side on each core.
+const MAX_WALKERS: usize = 4;
+
+/// The folders still to list, shared by the walkers, and how many walkers
+/// are listing one (and may add more).
+struct Folders {
+    waiting: Vec<PathBuf>,
+    busy: usize,
+}
+
+/// What one walker found: files with their stat, and what to note.
+struct Walked {
+    files: Vec<(String, Probe)>,
+    notes: Vec<(PathBuf, String)>,
+}
+
+/// Lists folders from `queue` until none is left and no other walker can
+/// add one.
+fn walker(root: &Path, queue: &Mutex<Folders>, wake: &Condvar) -> Walked {
+    let mut walked = Walked { files: Vec::new(), notes: Vec::new() };
+    let mut found_folders = Vec::new();
+    loop {
+        let dir = {
+            let mut q = queue.lock().unwrap_or_else(PoisonError::into_inner);
+            loop {
+                if let Some(dir) = q.waiting.pop() {
+                    q.busy += 1;
+                    break dir;
+                }
+                if q.busy == 0 {
+                    wake.notify_all();
+                    return walked;
+                }
+                q = wake.wait(q).unwrap_or_else(PoisonError::into_inner);
+            }
+        };
+        // Counted done even should the listing panic, so that the other
+        // walkers stop waiting for its folders.
+        let done = Done { queue, wake, found: &mut found_folders };
+        list_folder(
+            root,
+            &dir,
+            done.found,
+            &mut |path, what| walked.notes.push((path.to_path_buf(), what.to_owned())),
+            &mut |name, path, entry| {
+                let md = match entry {
+                    Some(entry) => entry.metadata(),
+                    None => fs::symlink_metadata(path),
+                };
+                walked.files.push((name, md.map_or(Probe::Absent, |md| Probe::of(&md))));
+            },
+        );
+        drop(done);
+    }
+}
+
+/// Hands a walker's folders found to the queue and counts its listing
+/// done, when dropped.
+struct Done<'a> {
+    queue: &'a Mutex<Folders>,
+    wake: &'a Condvar,
+    found: &'a mut Vec<PathBuf>,
+}
+
+impl Drop for Done<'_> {
+    fn drop(&mut self) {
+        let mut q = self.queue.lock().unwrap_or_else(PoisonError::into_inner);
+        q.waiting.append(self.found);
+        q.busy -= 1;
+        self.wake.notify_all();
+    }
 }
 
 /// Like [`walk_unsorted`], names only and sorted: no stat per file (the
@@ -278,52 +369,67 @@ pub fn walk_names(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<String> {
 /// the old name.
 fn each_file(root: &Path, dir: &Path, notes: &mut Notes, mut found: impl FnMut(String, &Path, Option<&fs::DirEntry>)) {
     let mut stack = vec![dir.to_path_buf()];
+    let mut folders = Vec::new();
     while let Some(dir) = stack.pop() {
-        let entries = match fs::read_dir(&dir) {
-            Ok(e) => e,
-            Err(e) => {
-                if e.kind() != io::ErrorKind::NotFound {
-                    log::warn!("cannot read folder {}: {e}", dir.display());
+        list_folder(root, &dir, &mut folders, &mut |path, what| notes.once(path, what), &mut found);
+        stack.append(&mut folders);
+    }
+}
+
+/// Lists the folder `dir`: each regular file with a valid wire name goes to
+/// `found` (see [`each_file`]), each folder in it to `folders`, and what
+/// cannot be synced to `note`.
+fn list_folder(
+    root: &Path,
+    dir: &Path,
+    folders: &mut Vec<PathBuf>,
+    note: &mut dyn FnMut(&Path, &str),
+    found: &mut dyn FnMut(String, &Path, Option<&fs::DirEntry>),
+) {
+    let entries = match fs::read_dir(dir) {
+        Ok(e) => e,
+        Err(e) => {
+            if e.kind() != io::ErrorKind::NotFound {
+                log::warn!("cannot read folder {}: {e}", dir.display());
+            }
+            return;
+        }
+    };
+    for entry in entries.flatten() {
+        let mut path = entry.path();
+        let Ok(kind) = entry.file_type() else { continue };
+        let mut named = name_for(root, &path);
+        let mut renamed = false;
+        if named == Err(Unsyncable::NotNfc) {
+            renamed = true;
+            match crate::names::normalize_on_disk(root, &path) {
+                Ok(now) => {
+                    named = name_for(root, &now);
+                    path = now;
                 }
+                Err(e) => named = Err(Unsyncable::BadName(format!("not NFC, and cannot be renamed to it: {e}"))),
+            }
+        }
+        let name = match named {
+            Ok(name) => name,
+            Err(Unsyncable::Reserved | Unsyncable::Outside) => continue,
+            Err(Unsyncable::BadName(why)) => {
+                note(&path, &format!("name not allowed: {why}"));
+                continue;
+            }
+            Err(Unsyncable::NotNfc) => {
+                note(&path, "name not in NFC");
                 continue;
             }
         };
-        for entry in entries.flatten() {
-            let mut path = entry.path();
-            let Ok(kind) = entry.file_type() else { continue };
-            let mut named = name_for(root, &path);
-            let mut renamed = false;
-            if named == Err(Unsyncable::NotNfc) {
-                renamed = true;
-                match crate::names::normalize_on_disk(root, &path) {
-                    Ok(now) => {
-                        named = name_for(root, &now);
-                        path = now;
-                    }
-                    Err(e) => named = Err(Unsyncable::BadName(format!("not NFC, and cannot be renamed to it: {e}"))),
-                }
-            }
-            let name = match named {
-                Ok(name) => name,
-                Err(Unsyncable::Reserved | Unsyncable::Outside) => continue,
-                Err(Unsyncable::BadName(why)) => {
-                    notes.once(&path, &format!("name not allowed: {why}"));
-                    continue;
-                }
-                Err(Unsyncable::NotNfc) => {
-                    notes.once(&path, "name not in NFC");
-                    continue;
-                }
-            };
-            if kind.is_symlink() {
-                notes.once(&path, "symlinks are not followed");
-            } else if kind.is_dir() {
-                stack.push(path);
-            } else if kind.is_file() {
-                found(name, &path, (!renamed).then_some(&entry));
-            } else {
-                notes.once(&path, "not a regular file");
-            }
+        if kind.is_symlink() {
+            note(&path, "symlinks are not followed");
+        } else if kind.is_dir() {
+            folders.push(path);
+        } else if kind.is_file() {
+            found(name, &path, (!renamed).then_some(&entry));
+        } else {
+            note(&path, "not a regular file");
         }
     }
 }

@@ -121,7 +121,10 @@ impl ClientMeta {
             return Err(MetadataError::BadHeader);
         }
         let mut id = None;
-        let mut records: HashMap<String, ClientRecord> = HashMap::new();
+        // One line a record, as a table at rest is written: the table is
+        // made that size at once, not grown by doublings.
+        let mut records: HashMap<String, ClientRecord> =
+            HashMap::with_capacity(text.bytes().filter(|&b| b == b'\n').count());
         for (i, raw) in lines.enumerate() {
             let e = match metadata::parse_line(raw, i + 2)? {
                 Line::ClientId(c) => {

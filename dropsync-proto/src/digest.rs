@@ -59,13 +59,33 @@ pub fn bytes_from_hex<const N: usize>(text: &str) -> Option<[u8; N]> {
 }
 
 fn hex_val(c: u8) -> Option<u8> {
-    match c {
-        b'0'..=b'9' => Some(c - b'0'),
-        b'a'..=b'f' => Some(c - b'a' + 10),
-        b'A'..=b'F' => Some(c - b'A' + 10),
-        _ => None,
+    match HEX_VALUES[usize::from(c)] {
+        NOT_HEX => None,
+        v => Some(v),
     }
 }
+
+/// Marks a byte that is no hex digit in [`HEX_VALUES`].
+const NOT_HEX: u8 = 0xff;
+
+/// Each byte's value as a hex digit, or [`NOT_HEX`]: one load per digit
+/// (META-DATA holds two digests a line, and a client loads a million lines
+/// at start).
+const HEX_VALUES: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut i = 0;
+    while i < 10 {
+        t[b'0' as usize + i] = i as u8;
+        i += 1;
+    }
+    let mut i = 0;
+    while i < 6 {
+        t[b'a' as usize + i] = 10 + i as u8;
+        t[b'A' as usize + i] = 10 + i as u8;
+        i += 1;
+    }
+    t
+};
 
 #[cfg(test)]
 mod tests {
@@ -93,5 +113,14 @@ mod tests {
         assert_eq!(from_hex(&to_hex(&d).to_uppercase()), Some(d));
         assert_eq!(from_hex("xyz"), None);
         assert_eq!(from_hex(&"g".repeat(32)), None);
+    }
+
+    /// The table says of every byte what the standard library does.
+    #[test]
+    fn every_byte_is_a_hex_digit_exactly_when_the_standard_library_says_so() {
+        for c in 0..=u8::MAX {
+            let std = char::from(c).to_digit(16).and_then(|v| u8::try_from(v).ok());
+            assert_eq!(hex_val(c), std, "byte {c:#04x}");
+        }
     }
 }
