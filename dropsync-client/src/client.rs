@@ -25,7 +25,7 @@ use crate::ignores::{Ignores, IGNORE_FILE};
 use crate::status::{self, Status};
 use crate::paths::{name_for, Unsyncable, STATE_DIR};
 use crate::trust::Trust;
-use crate::scan::{walk_names, walk_unsorted, FileStat, Notes, Probe};
+use crate::scan::{walk_names, walk_unsorted, FileStat, Notes, Probe, Scan};
 use crate::session::{End, Session};
 use crate::state::{Ctx, MetaFile, Shared};
 use crate::watch;
@@ -85,6 +85,9 @@ pub struct Core {
     /// The file watcher, maybe still setting up; a reconciliation's scan
     /// waits for it ([`watch::Starting::ready`]).
     pub watcher: watch::Starting,
+    /// The walk of the folder for the next reconciliation, started when the
+    /// session began ([`Core::scan_early`]).
+    pub early_scan: Option<thread::JoinHandle<Scan>>,
 }
 
 /// The periodic rescan is a backstop for what the watcher missed (the
@@ -161,6 +164,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             rescan_cost: rescan_cost_of(known),
             trust,
             watcher,
+            early_scan: None,
         };
     let result = core.run();
     core.meta_file.save_if_changed(&core.ctx.shared);
@@ -332,6 +336,33 @@ impl Core {
         self.next_rescan = self.cfg.rescan.map(|every| Instant::now() + rescan_period(every, self.rescan_cost));
     }
 
+    /// Starts the walk of the folder for a session's reconciliation while
+    /// the server's META-DATA is on its way (at a million files both take
+    /// about a second), unless one is under way already. Only with a
+    /// watcher, which reports what changes after the walk saw it; `--once`
+    /// walks when it reconciles.
+    pub fn scan_early(&mut self) {
+        self.watcher.ready();
+        if self.early_scan.is_some() || !self.watcher.watching() {
+            return;
+        }
+        match Scan::spawn(&self.ctx.root) {
+            Ok(walk) => self.early_scan = Some(walk),
+            Err(e) => log::debug!("cannot start the walk early ({e}); walking at reconciliation"),
+        }
+    }
+
+    /// The walk of the folder for a reconciliation: the one started early,
+    /// or one made now.
+    pub fn scan(&mut self) -> Scan {
+        self.watcher.ready();
+        match self.early_scan.take().map(thread::JoinHandle::join) {
+            Some(Ok(scan)) => scan,
+            Some(Err(p)) => std::panic::resume_unwind(p),
+            None => Scan::now(&self.ctx.root),
+        }
+    }
+
     /// Full rescan (periodic, or after the watcher lost events): every file
     /// whose stat differs from the one recorded, and every recorded file
     /// that is gone, is queued to be synced.
@@ -367,6 +398,9 @@ impl Core {
 
     /// Queues every file under the folder `dir` (one that appeared).
     pub fn queue_tree(&mut self, dir: &Path) {
+        // Watched first, so that what is written there after the listing
+        // is seen.
+        self.watcher.watch_tree(&self.ctx.root, dir);
         let now = Instant::now();
         for name in walk_names(&self.ctx.root, dir, &mut self.notes) {
             self.debouncer.touch_due(name, now);

@@ -10,7 +10,7 @@
 
 use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet};
-use std::time::{Instant, SystemTime};
+use std::time::Instant;
 
 use dropsync_core::meta_client::{ClientMeta, ClientRecord, LocalSeen};
 use dropsync_core::reconcile::{effective_base, reconcile, Action, Content, Planned, ServerSide};
@@ -21,7 +21,7 @@ use dropsync_core::debounce::Debouncer;
 use crate::folder::{delete_local, keep_if_unaccepted, Before};
 use crate::ignores::LastFolder;
 use crate::paths::local_path;
-use crate::scan::{read_local, seen_is_current, walk_unsorted, Local, Notes, Probe};
+use crate::scan::{read_local, seen_is_current, Local, Notes, Probe, Scan};
 use crate::state::Ctx;
 
 /// The network half of a reconciliation plan.
@@ -68,7 +68,7 @@ fn in_sync(server: Option<&(ServerSide, u64, Content)>, record: &ClientRecord, s
 /// Scans, reconciles against `doc` and carries out the local actions.
 /// Files that keep changing during the scan are left out of the plan and
 /// handed to `debouncer`: they are uploaded once quiet.
-pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc: &Document) -> Plan {
+pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc: &Document, scan: Scan) -> Plan {
     let started = Instant::now();
     let mut server = server_side(doc);
     let server_entries = server.len();
@@ -76,9 +76,10 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     // L: every file now, hashed only when its stat changed, and only when
     // its content matters: a path neither the server nor the base knows is
     // uploaded whatever it holds (the upload hashes it as it goes). The
-    // walk stats each file as it lists it.
-    let now = SystemTime::now();
-    let names = walk_unsorted(&ctx.root, &ctx.root, notes);
+    // walk stats each file as it lists it; it may have been made while the
+    // META-DATA was on its way (the watcher reports what changed since).
+    let now = scan.began;
+    let names = scan.files(notes);
     let mut local_seen: HashMap<&str, LocalSeen> = HashMap::new();
     // The paths in sync, as recorded, are taken out of `server` as they are
     // found (one lookup each); what is left of it is what needs a look.
@@ -263,9 +264,9 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
 /// is taken to be the base, so a path whose local file differs from its
 /// base is sent (uploaded, or DELETEd if the file is gone), a path the base
 /// never had is uploaded, and nothing is requested or changed here.
-pub fn run_without_server(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>) -> Plan {
+pub fn run_without_server(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, scan: Scan) -> Plan {
     let doc = base_as_server(&ctx.shared.lock().meta);
-    run(ctx, notes, debouncer, &doc)
+    run(ctx, notes, debouncer, &doc, scan)
 }
 
 /// A META-DATA document that lists every path's base as the server's
@@ -397,7 +398,7 @@ mod tests {
             ],
         };
         let mut debouncer = Debouncer::new(Duration::from_millis(10));
-        let plan = run(&ctx, &mut Notes::default(), &mut debouncer, &doc);
+        let plan = run(&ctx, &mut Notes::default(), &mut debouncer, &doc, Scan::now(&root));
 
         assert_eq!(plan.requests, ["sub/both", "pull", "remote-only"]);
         assert_eq!(plan.syncs.len(), 3, "{plan:?}");
@@ -457,12 +458,12 @@ mod tests {
         };
         let mut debouncer = Debouncer::new(Duration::from_millis(10));
         // The first look records the local files.
-        assert_eq!(run(&ctx, &mut Notes::default(), &mut debouncer, &doc), Plan::default());
+        assert_eq!(run(&ctx, &mut Notes::default(), &mut debouncer, &doc, Scan::now(&root)), Plan::default());
         let seen: Vec<_> = names.iter().map(|n| ctx.shared.lock().record(n)).collect();
         assert!(seen.iter().all(|r| r.local.is_some()), "{seen:?}");
         let changes = ctx.shared.lock().changes;
         // The next, in sync as recorded: nothing to do, nothing changes.
-        assert_eq!(run(&ctx, &mut Notes::default(), &mut debouncer, &doc), Plan::default());
+        assert_eq!(run(&ctx, &mut Notes::default(), &mut debouncer, &doc, Scan::now(&root)), Plan::default());
         for (name, before) in names.iter().zip(seen) {
             assert_eq!(ctx.shared.lock().record(name), before, "{name}");
         }

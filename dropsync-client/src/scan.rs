@@ -252,29 +252,58 @@ impl Notes {
 /// its whole path: at a million files, a second less of path walks in the
 /// kernel.
 pub fn walk_unsorted(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<(String, Probe)> {
+    walk_side_by_side(root, dir).files(notes)
+}
+
+/// A walk of the whole folder ([`walk_unsorted`]), and when it began.
+#[derive(Debug)]
+pub struct Scan {
+    /// When the walk began: the time its stats are judged against (the
+    /// racy window of [`seen_is_current`]).
+    pub began: SystemTime,
+    walked: Walked,
+}
+
+impl Scan {
+    /// Walks the folder `root` now.
+    pub fn now(root: &Path) -> Scan {
+        let began = SystemTime::now();
+        Scan { began, walked: walk_side_by_side(root, root) }
+    }
+
+    /// Walks the folder `root` on a thread of its own: a reconnection's
+    /// walk runs while the server's META-DATA is on its way (issue 19, B8).
+    pub fn spawn(root: &Path) -> io::Result<thread::JoinHandle<Scan>> {
+        let root = root.to_path_buf();
+        thread::Builder::new().name("scan".into()).spawn(move || Scan::now(&root))
+    }
+
+    /// The files found; what cannot be synced is noted in `notes`.
+    pub fn files(self, notes: &mut Notes) -> Vec<(String, Probe)> {
+        self.walked.files(notes)
+    }
+}
+
+/// [`walk_unsorted`] by up to [`MAX_WALKERS`] threads, the notes not yet
+/// made.
+fn walk_side_by_side(root: &Path, dir: &Path) -> Walked {
     let queue = Mutex::new(Folders { waiting: vec![dir.to_path_buf()], busy: 0 });
     let wake = Condvar::new();
     let walkers = thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WALKERS);
-    let walked: Vec<Walked> = thread::scope(|s| {
+    thread::scope(|s| {
         let helpers: Vec<_> = (1..walkers)
             .filter_map(|_| thread::Builder::new().name("walk".into()).spawn_scoped(s, || walker(root, &queue, &wake)).ok())
             .collect();
         // This thread walks too: with no helper (none could be started),
         // it walks alone.
-        let mut walked = vec![walker(root, &queue, &wake)];
+        let mut walked = walker(root, &queue, &wake);
         for h in helpers {
-            walked.push(h.join().unwrap_or_else(|p| std::panic::resume_unwind(p)));
+            let more = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
+            walked.files.extend(more.files);
+            walked.notes.extend(more.notes);
         }
         walked
-    });
-    let mut out = Vec::with_capacity(walked.iter().map(|w| w.files.len()).sum());
-    for w in walked {
-        for (path, what) in w.notes {
-            notes.once(&path, &what);
-        }
-        out.extend(w.files);
-    }
-    out
+    })
 }
 
 /// At most this many threads walk a folder ([`walk_unsorted`]): stat-ing a
@@ -290,9 +319,20 @@ struct Folders {
 }
 
 /// What one walker found: files with their stat, and what to note.
+#[derive(Debug)]
 struct Walked {
     files: Vec<(String, Probe)>,
     notes: Vec<(PathBuf, String)>,
+}
+
+impl Walked {
+    /// The files; what cannot be synced is noted in `notes` (once each).
+    fn files(self, notes: &mut Notes) -> Vec<(String, Probe)> {
+        for (path, what) in self.notes {
+            notes.once(&path, &what);
+        }
+        self.files
+    }
 }
 
 /// Lists folders from `queue` until none is left and no other walker can

@@ -178,6 +178,7 @@ impl<'a> Session<'a> {
                 return (End::Lost(format!("cannot start a thread: {e}")), false);
             }
         };
+        core.scan_early();
         let once = core.cfg.once;
         let offer_copy = core.cfg.copy;
         let mut s = Session {
@@ -359,8 +360,8 @@ impl<'a> Session<'a> {
                 if !doc.extensions.iter().any(|e| e == "copy") {
                     self.copy_offered = true;
                 }
-                self.core.watcher.ready();
-                let plan = initial_sync::run(&self.core.ctx, &mut self.core.notes, &mut self.core.debouncer, &doc);
+                let scan = self.core.scan();
+                let plan = initial_sync::run(&self.core.ctx, &mut self.core.notes, &mut self.core.debouncer, &doc, scan);
                 for name in plan.requests {
                     self.policy.request(name);
                 }
@@ -423,8 +424,8 @@ impl<'a> Session<'a> {
         );
         // No `# ext` line to go by: no COPY offer.
         self.copy_offered = true;
-        self.core.watcher.ready();
-        let plan = initial_sync::run_without_server(&self.core.ctx, &mut self.core.notes, &mut self.core.debouncer);
+        let scan = self.core.scan();
+        let plan = initial_sync::run_without_server(&self.core.ctx, &mut self.core.notes, &mut self.core.debouncer, scan);
         for name in plan.syncs {
             self.policy.sync(name);
         }

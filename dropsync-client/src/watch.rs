@@ -2,6 +2,7 @@
 //! to the control thread, which debounces them. Symlinks are not followed,
 //! and the client's own `.dropsync/` folder is filtered out here.
 
+use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
@@ -49,8 +50,45 @@ pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<Recomme
         let _ = events.send(ev);
     };
     let mut watcher = RecommendedWatcher::new(handler, Config::default().with_follow_symlinks(false))?;
-    watcher.watch(root, RecursiveMode::Recursive)?;
+    watcher.watch(root, RecursiveMode::NonRecursive)?;
+    watch_folders_under(&mut watcher, root, root);
     Ok(watcher)
+}
+
+/// Watches each folder under `dir` (not `dir` itself) on its own, the state
+/// folder `.dropsync` left out. notify's recursive mode would stat every
+/// file to find the folders among them (1.5 s of a core at a million
+/// files, at every start); a folder's listing says which entries are
+/// folders. A folder that appears later is watched when the client looks
+/// at it ([`Starting::watch_tree`]), before it lists the files in it.
+fn watch_folders_under(watcher: &mut RecommendedWatcher, root: &Path, dir: &Path) {
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        let Ok(entries) = fs::read_dir(&dir) else { continue };
+        for entry in entries.flatten() {
+            // A symlink is no folder here: never followed.
+            if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            let path = entry.path();
+            if is_state_path(root, &path) {
+                continue;
+            }
+            match watcher.watch(&path, RecursiveMode::NonRecursive) {
+                Ok(()) => stack.push(path),
+                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                    log::warn!(
+                        "cannot watch {}: {e} (fs.inotify.max_user_watches); changes in the folders not watched \
+                         are found by the periodic rescan",
+                        path.display()
+                    );
+                    return;
+                }
+                // Gone since the listing, or unreadable: nothing to watch.
+                Err(e) => log::debug!("cannot watch {}: {e}", path.display()),
+            }
+        }
+    }
 }
 
 /// A watcher set up on a thread of its own. Its first walk looks at every
@@ -63,7 +101,7 @@ pub enum Starting {
     /// Still walking the folder.
     Walking(JoinHandle<notify::Result<RecommendedWatcher>>),
     /// Watching; dropping it stops the watch.
-    Ready { _watcher: RecommendedWatcher },
+    Ready { watcher: RecommendedWatcher },
     /// None wanted (`--once`), or none could be had.
     Without,
 }
@@ -81,15 +119,30 @@ impl Starting {
         }
     }
 
+    /// Watches the folder `dir` that appeared under `root` (created, or
+    /// moved in), and every folder in it.
+    pub fn watch_tree(&mut self, root: &Path, dir: &Path) {
+        let Starting::Ready { watcher } = self else { return };
+        match watcher.watch(dir, RecursiveMode::NonRecursive) {
+            Ok(()) => watch_folders_under(watcher, root, dir),
+            Err(e) => log::debug!("cannot watch {}: {e}", dir.display()),
+        }
+    }
+
+    /// True once the watch is in place.
+    pub fn watching(&self) -> bool {
+        matches!(self, Starting::Ready { .. })
+    }
+
     /// Waits until the watch is in place (or known to be unavailable).
     pub fn ready(&mut self) {
         let Starting::Walking(_) = self else { return };
         let Starting::Walking(handle) = std::mem::replace(self, Starting::Without) else { return };
         let waited = std::time::Instant::now();
         let joined = handle.join();
-        log::info!("file watcher ready (waited {:?} for it)", waited.elapsed());
+        log::debug!("file watcher ready (waited {:?} for it)", waited.elapsed());
         *self = match joined {
-            Ok(Ok(watcher)) => Starting::Ready { _watcher: watcher },
+            Ok(Ok(watcher)) => Starting::Ready { watcher },
             Ok(Err(e)) => {
                 log::warn!("file watcher unavailable ({e}); relying on the periodic rescan");
                 Starting::Without
