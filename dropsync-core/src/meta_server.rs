@@ -179,22 +179,37 @@ impl ServerMeta {
     /// `before` holds: each changed path's line before them (`None`: it
     /// had none).
     pub fn render_before(&self, before: &HashMap<&str, Option<&Entry>>) -> String {
-        let mut sorted: Vec<&Entry> = self
+        // Sorted by the first 16 bytes of each path, held beside it, and by
+        // the whole path only where those are the same: most comparisons
+        // then read no path (at a million paths, the sort took half of
+        // the render, in cache misses on the paths).
+        let mut sorted: Vec<(u128, &Entry)> = self
             .entries
             .values()
             .filter_map(|e| match before.get(e.path.as_str()) {
                 Some(earlier) => *earlier,
                 None => Some(e),
             })
+            .map(|e| (path_prefix(&e.path), e))
             .collect();
-        sorted.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+        sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.path.cmp(&b.1.path)));
         let mut out = String::with_capacity(32 + sorted.len() * 96);
         metadata::render_header(&mut out);
-        for e in sorted {
+        for (_, e) in sorted {
             metadata::render_entry(e, &mut out);
         }
         out
     }
+}
+
+/// The first 16 bytes of `path` as a number that sorts as they do: a
+/// shorter path is padded with zero bytes, which no name holds (section
+/// 3), so it sorts before every longer path it begins.
+fn path_prefix(path: &str) -> u128 {
+    let mut bytes = [0u8; 16];
+    let n = path.len().min(16);
+    bytes[..n].copy_from_slice(&path.as_bytes()[..n]);
+    u128::from_be_bytes(bytes)
 }
 
 /// What the server's logic needs of its META-DATA, whatever keeps it.
@@ -596,6 +611,15 @@ mod tests {
         assert_eq!(last, 3);
         let doc = metadata::parse_document(&text).unwrap();
         assert_eq!(doc.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["a", "b"]);
+    }
+
+    proptest::proptest! {
+        /// The order by prefix, then path, is the order of the paths.
+        #[test]
+        fn the_prefix_order_is_the_path_order(a in "[a-c/ .]{0,20}", b in "[a-c/ .]{0,20}") {
+            let by_prefix = path_prefix(&a).cmp(&path_prefix(&b)).then_with(|| a.cmp(&b));
+            proptest::prop_assert_eq!(by_prefix, a.cmp(&b));
+        }
     }
 
     /// The rendered text is kept until the table changes, whichever way.

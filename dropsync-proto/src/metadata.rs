@@ -206,7 +206,8 @@ fn push_u64(mut n: u64, out: &mut String) {
             break;
         }
     }
-    out.extend(digits[at..].iter().map(|&c| char::from(c)));
+    // ASCII digits: always UTF-8, copied at once rather than char by char.
+    out.push_str(std::str::from_utf8(&digits[at..]).unwrap_or_default());
 }
 
 /// Renders a whole file: header, optional client id, entries (with their
