@@ -136,6 +136,10 @@ pub struct Session<'a> {
     answer_checked: Instant,
     /// When the status for `client status` was last worked out.
     status_checked: Instant,
+    /// A loop turn came before [`STATUS_EVERY`] was over: the status is
+    /// worked out again once it is (a folder that became in sync says so
+    /// then, not at the next event or after [`MAX_WAIT`]).
+    status_due: bool,
     stop_deadline: Option<Instant>,
     last_save: Instant,
     /// COPY [ext]: the offer went out (once reconciled).
@@ -202,6 +206,7 @@ impl<'a> Session<'a> {
             renamed_away: None,
             answer_checked: Instant::now(),
             status_checked: Instant::now(),
+            status_due: true,
             stop_deadline: None,
             last_save: Instant::now(),
         };
@@ -299,6 +304,9 @@ impl<'a> Session<'a> {
             consider(self.policy.next_retry());
         }
         consider(self.stop_deadline);
+        if self.status_due {
+            consider(Some(self.status_checked + STATUS_EVERY));
+        }
         if self.core.meta_file.snapshot_wanted(&self.core.ctx.shared) {
             consider(Some(self.next_save()));
         }
@@ -543,9 +551,11 @@ impl<'a> Session<'a> {
     fn report_status(&mut self) {
         let now = Instant::now();
         if now < self.status_checked + STATUS_EVERY {
+            self.status_due = true;
             return;
         }
         self.status_checked = now;
+        self.status_due = false;
         let (downloads, conflicts) = {
             let st = self.core.ctx.shared.lock();
             // Counted again only when a record changed (`State::changes`).
