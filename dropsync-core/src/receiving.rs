@@ -152,6 +152,11 @@ pub trait Host {
         None
     }
 
+    /// A chunk of `len` bytes checked out against its MD5 `digest`, just
+    /// before [`append`](Self::append): a host may keep the digest (the
+    /// server sends it again with the same chunk of a delivery).
+    fn checked(&mut self, _transfer: &mut Self::Transfer, _digest: &Digest, _len: usize) {}
+
     /// A chunk whose MD5 checked out: append it. `Err` ends the transfer
     /// with that STATUS (the data cannot be kept: 0x0080).
     fn append(&mut self, name: &str, transfer: &mut Self::Transfer, payload: Payload<'_>) -> Result<(), StatusCode>;
@@ -786,10 +791,13 @@ fn on_payload<T, H: Host<Transfer = T>>(
         return StatusCode::IN_USE;
     };
     let (reply, why) = match receiver.handle_chunk(digest, payload.as_slice()) {
-        ChunkVerdict::Append { reply } => match host.append(name, transfer, payload) {
-            Ok(()) => return reply,
-            Err(code) => (code, Ended::HostFailed(code)),
-        },
+        ChunkVerdict::Append { reply } => {
+            host.checked(transfer, digest, payload.as_slice().len());
+            match host.append(name, transfer, payload) {
+                Ok(()) => return reply,
+                Err(code) => (code, Ended::HostFailed(code)),
+            }
+        }
         ChunkVerdict::Resend { reply } => return reply,
         ChunkVerdict::Discard { reply } => (reply, Ended::Verdict(reply)),
         ChunkVerdict::Closed => (StatusCode::BAD_REQUEST, Ended::Verdict(StatusCode::BAD_REQUEST)),

@@ -24,6 +24,7 @@ use crate::metrics::{Change, Metrics};
 use crate::server::Server;
 use crate::session::Session;
 use crate::blobs::TempBlob;
+use crate::chunk_digests::ChunkList;
 use crate::sink::{Sink, SinkThreads};
 
 /// Why the loop ended (for the disconnect log line).
@@ -54,6 +55,8 @@ pub struct Upload {
     lock: OwnedLockGuard,
     /// Counts the upload as open until it is dropped, however it ends.
     _open: OpenUpload,
+    /// Its chunks' digests, kept for its deliveries once it is committed.
+    chunks: ChunkList,
 }
 
 /// One count in `Metrics::uploads_open` (and so in the locks held by
@@ -528,13 +531,22 @@ impl Host for Uploads<'_> {
             log::error!("cannot create a temp file: {e}");
             StatusCode::IN_USE
         })?;
-        Ok(Upload { sink: Sink::open(temp, first_len, &self.sink_threads), lock, _open: OpenUpload::new(self.server) })
+        Ok(Upload {
+            sink: Sink::open(temp, first_len, &self.sink_threads),
+            lock,
+            _open: OpenUpload::new(self.server),
+            chunks: ChunkList::default(),
+        })
     }
 
     /// A large chunk is read straight into a buffer that then goes to the
     /// sink thread as it is.
     fn chunk_buffer(&mut self, upload: &mut Upload, _len: u32) -> Option<Vec<u8>> {
         upload.sink.buffer()
+    }
+
+    fn checked(&mut self, upload: &mut Upload, digest: &Digest, len: usize) {
+        upload.chunks.checked(digest, len);
     }
 
     fn append(&mut self, name: &str, upload: &mut Upload, payload: Payload<'_>) -> Result<(), StatusCode> {
@@ -554,7 +566,7 @@ impl Host for Uploads<'_> {
     /// Answered later: the upload joins this connection's next group
     /// commit, its data flushed to the disk then.
     fn commit(&mut self, name: &str, upload: Upload, file: Assembled) -> Reply {
-        let Upload { sink, lock, _open } = upload;
+        let Upload { sink, lock, _open, chunks } = upload;
         let started = Instant::now();
         let temp = match sink.finish() {
             Ok(temp) => temp,
@@ -563,6 +575,11 @@ impl Host for Uploads<'_> {
                 return StatusCode::IN_USE.into();
             }
         };
+        // Kept by content whether or not the commit goes through: they are
+        // the digests of these bytes either way.
+        if let Some(digests) = chunks.finish(file.size) {
+            self.server.chunk_digests.keep(temp.strong(), digests);
+        }
         let change = Pending::Upload { path: name.to_owned(), temp, md5: file.md5, size: file.size };
         self.defer(Job { ticket: 0, change, lock, _open: Some(_open), started })
     }

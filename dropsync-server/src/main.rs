@@ -9,6 +9,7 @@
 mod accept;
 mod admin;
 mod blobs;
+mod chunk_digests;
 mod cli;
 mod commands;
 mod enrolment;

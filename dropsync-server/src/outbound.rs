@@ -31,6 +31,7 @@ use dropsync_proto::name::METADATA_TRANSFER_NAME;
 use dropsync_proto::digest::finish;
 use dropsync_proto::{md5, Digest, Frame, Md5, StatusCode, ZERO_DIGEST};
 
+use crate::chunk_digests::Digests;
 use crate::metrics::Metrics;
 use crate::server::Server;
 use crate::session::{MetaState, Session};
@@ -110,6 +111,9 @@ struct Item {
     /// Where the bytes come from, how many and their MD5 (a committed
     /// blob's was checked when it was uploaded); `None` for a DELETE.
     content: Option<(Source, u64, Digest)>,
+    /// The chunk MD5s of the content, kept from its upload
+    /// (`chunk_digests`), if they were.
+    known: Option<Arc<Digests>>,
     /// [ext] Sent as a COPY of the content from this path (which the
     /// client has), with the content's MD5, instead of its bytes.
     copy: Option<(String, Digest)>,
@@ -137,6 +141,7 @@ pub fn prepare_next(server: &Server, session: &Session) -> Option<Batch> {
                 version: 0,
                 content: Some((Source::Bytes(text.into_bytes()), size, digest)),
                 copy: None,
+                known: None,
             };
             return Some(Batch { items: vec![item], metadata: true });
         }
@@ -204,7 +209,7 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
                     break;
                 }
                 Queued::Delete { version } => {
-                    items.push(Item { name: path.clone(), version, content: None, copy: None });
+                    items.push(Item { name: path.clone(), version, content: None, copy: None, known: None });
                     break;
                 }
                 Queued::File { version } => match copy_source(server, session, path, version) {
@@ -212,7 +217,13 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
                         // Already in the batch (pulled forward or in its turn).
                         let handled = items.iter().any(|i| i.name == from);
                         let source_deleted = if handled { None } else { deleted_source(server, session, &from) };
-                        items.push(Item { name: path.clone(), version, content: None, copy: Some((from, entry.md5)) });
+                        items.push(Item {
+                            name: path.clone(),
+                            version,
+                            content: None,
+                            copy: Some((from, entry.md5)),
+                            known: None,
+                        });
                         if let Some(delete) = source_deleted {
                             pulled_forward.insert(delete.name.clone());
                             items.push(delete);
@@ -222,7 +233,8 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
                     None => match lib.open_content(&entry) {
                         Ok(f) => {
                             let content = Some((Source::File(f), entry.size, entry.md5));
-                            items.push(Item { name: path.clone(), version, content, copy: None });
+                            let known = entry.strong.and_then(|key| server.chunk_digests.get(&key));
+                            items.push(Item { name: path.clone(), version, content, copy: None, known });
                             break;
                         }
                         Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -251,7 +263,9 @@ fn deleted_source(server: &Server, session: &Session, from: &str) -> Option<Item
     let entry = server.library.catalog().get(from)?;
     let seen = session.seen.lock().unwrap_or_else(PoisonError::into_inner);
     match judge_queued(Some(&entry), &seen, false) {
-        Queued::Delete { version } => Some(Item { name: from.to_owned(), version, content: None, copy: None }),
+        Queued::Delete { version } => {
+            Some(Item { name: from.to_owned(), version, content: None, copy: None, known: None })
+        }
         Queued::Skip | Queued::File { .. } => None,
     }
 }
@@ -473,11 +487,22 @@ struct Delivery {
     /// The source, its size and whole-file MD5; `None` for a DELETE.
     content: Option<(Source, u64, Digest)>,
     prefetched: Option<(u64, u32, Digest)>,
+    /// The chunk MD5s kept from the content's upload.
+    known: Option<Arc<Digests>>,
 }
 
 impl Delivery {
-    /// Hashes the chunk at `offset` ahead of its turn.
+    /// The MD5 of the chunk at `offset` kept from the upload, if it was.
+    fn known(&self, offset: u64, len: u32) -> Option<Digest> {
+        self.known.as_ref()?.of(offset, len)
+    }
+
+    /// Hashes the chunk at `offset` ahead of its turn (unless its MD5 is
+    /// known).
     fn prefetch(&mut self, offset: u64, len: u32, scratch: &mut Vec<u8>) {
+        if self.known(offset, len).is_some() {
+            return;
+        }
         if let Some((src, _, _)) = &self.content {
             if let Ok(digest) = src.chunk_md5(offset, len, scratch) {
                 self.prefetched = Some((offset, len, digest));
@@ -498,8 +523,11 @@ impl SendSource<Delivery> for Chunks {
             // A chunk of a DELETE cannot be asked for.
             return Err(io::Error::other("a chunk of a DELETE"));
         };
-        let digest = match d.prefetched.take() {
-            Some((o, l, digest)) if o == offset && l == len => digest,
+        let prefetched = d.prefetched.take();
+        let digest = match (d.known(offset, len), prefetched) {
+            // Checked when the content was uploaded, in chunks of this size.
+            (Some(known), _) => known,
+            (None, Some((o, l, digest))) if o == offset && l == len => digest,
             // One chunk is the whole file: its MD5 is the file's.
             _ if offset == 0 && u64::from(len) == *size => *file_digest,
             _ => src.chunk_md5(offset, len, &mut self.scratch)?,
@@ -518,17 +546,17 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
     // their bytes are streamed from the source.
     for (index, item) in items.into_iter().enumerate() {
         if let Some((from, digest)) = item.copy {
-            let d = Delivery { index, content: None, prefetched: None };
+            let d = Delivery { index, content: None, prefetched: None, known: None };
             sending.add_copy(from, item.name, digest, d);
             continue;
         }
         match item.content {
             Some((src, size, digest)) => {
-                let d = Delivery { index, content: Some((src, size, digest)), prefetched: None };
+                let d = Delivery { index, content: Some((src, size, digest)), prefetched: None, known: item.known };
                 sending.add_upload(item.name, size, server.config.chunk_size, FileDigest::Known(digest), d);
             }
             None => {
-                let d = Delivery { index, content: None, prefetched: None };
+                let d = Delivery { index, content: None, prefetched: None, known: None };
                 sending.add_delete(item.name, ZERO_DIGEST, d);
             }
         }

@@ -90,6 +90,8 @@ pub struct Server {
     pub metrics: Metrics,
     /// Who gets in: TLS identity and enrolled clients.
     pub gate: crate::gate::Gate,
+    /// The chunk MD5s of contents uploaded lately, for their deliveries.
+    pub chunk_digests: crate::chunk_digests::ChunkDigests,
     next_id: AtomicU64,
 }
 
@@ -110,6 +112,7 @@ impl Server {
             active_transfers: AtomicUsize::new(0),
             metrics: Metrics::new(),
             gate,
+            chunk_digests: Default::default(),
             next_id: AtomicU64::new(1),
         }
     }

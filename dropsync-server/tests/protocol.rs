@@ -437,6 +437,50 @@ fn server_interleaves_transfers_to_one_client() {
     }
 }
 
+/// A content uploaded in chunks of the server's size goes out with the
+/// chunk digests kept from its upload (not hashed again); one uploaded in
+/// another size is hashed as it goes. Either way every chunk's digest is
+/// its payload's MD5, and the file arrives whole.
+#[test]
+fn deliveries_send_each_chunk_with_its_own_digest_whatever_the_upload_chunk_size() {
+    let tmp = TempDir::new("chunkdigests");
+    let s = start(&tmp, &["--chunk-size", "1024"]);
+    let mut a = peer(&s, 1, "a");
+    let data = |seed: u32| -> Vec<u8> {
+        (0..5000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> (seed % 24)) as u8).collect()
+    };
+    let files = [("same-size", data(3), 1024), ("other-size", data(7), 1000), ("one-chunk", data(11), 8192)];
+    for (name, bytes, chunk) in &files {
+        assert_eq!(a.upload(name, bytes, *chunk), StatusCode::OK, "{name}");
+    }
+    let mut b = peer(&s, 2, "b");
+    use std::io::Write;
+    for (name, bytes, _) in &files {
+        b.send.write_all(&Frame::Request { digest: ZERO_DIGEST, name }.to_vec()).unwrap();
+        assert_eq!(b.send_status(), StatusCode::OK);
+        let mut got = Vec::new();
+        loop {
+            match b.recv_rx.read_msg().unwrap().unwrap() {
+                dropsync_io::wire::Msg::Chunk { digest, name: n, len } => {
+                    assert_eq!(&n, name);
+                    let payload = b.recv_rx.read_payload(len).unwrap().to_vec();
+                    assert_eq!(payload.len(), 1024.min(bytes.len() - got.len()), "{name}: the server's chunk size");
+                    assert_eq!(digest, md5(&payload), "{name}: chunk at {}", got.len());
+                    got.extend(payload);
+                    b.recv.write_all(&Frame::Status(StatusCode::OK).to_vec()).unwrap();
+                }
+                dropsync_io::wire::Msg::Named { digest, name: n, .. } => {
+                    assert_eq!((n.as_str(), digest), (*name, md5(bytes)));
+                    b.recv.write_all(&Frame::Status(StatusCode::OK).to_vec()).unwrap();
+                    break;
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        assert_eq!(&got, bytes, "{name}");
+    }
+}
+
 #[test]
 fn wrong_connection_messages_are_answered_not_fatal() {
     let tmp = TempDir::new("wrongconn");
