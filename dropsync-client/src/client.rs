@@ -299,6 +299,10 @@ impl Core {
             match name_for(&self.ctx.root, &p) {
                 Ok(name) if name == IGNORE_FILE => {
                     self.ctx.ignores.reload(&self.ctx.root);
+                    // A folder made while it was ignored was not watched
+                    // (its events were dropped below): watched now.
+                    let root = self.ctx.root.clone();
+                    self.watcher.watch_tree(&root, &root);
                     self.debouncer.touch(name, now);
                 }
                 Ok(name) if self.ctx.ignores.is_ignored(&name) => {}
@@ -349,6 +353,17 @@ impl Core {
         match Scan::spawn(&self.ctx.root) {
             Ok(walk) => self.early_scan = Some(walk),
             Err(e) => log::debug!("cannot start the walk early ({e}); walking at reconciliation"),
+        }
+    }
+
+    /// Forgets the walk started early, waiting for it to end (one walk at
+    /// most, so that walks do not pile up): at the end of a session (the
+    /// next one walks anew, however long the server was away), and when the
+    /// watcher lost events before the reconciliation (what changed then may
+    /// be after the walk's look at it, and unreported).
+    pub fn forget_early_scan(&mut self) {
+        if let Some(walk) = self.early_scan.take() {
+            let _ = walk.join();
         }
     }
 

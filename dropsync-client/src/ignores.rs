@@ -75,7 +75,9 @@ impl Ignores {
             Match::None => {}
             decided => return decided.is_ignore(),
         }
-        let Some((folder, _)) = name.rsplit_once('/') else { return false };
+        // A file at the top is in the folder "" (which a pattern such as
+        // `*/` matches, as `matched_path_or_any_parents` asks).
+        let folder = name.rsplit_once('/').map_or("", |(folder, _)| folder);
         if last.folder.as_deref() != Some(folder) {
             last.ignored = m.matched_path_or_any_parents(Path::new(folder), true).is_ignore();
             last.folder = Some(folder.to_owned());
@@ -149,7 +151,7 @@ mod tests {
     /// folder too) and anchors.
     #[test]
     fn a_walk_asks_once_per_folder_and_gets_the_same_answers() {
-        let (root, ig) = with_file("*.log\nbuild/\n/top/\n!keep.log\ngen*/x\n*.tmp\n");
+        let (root, ig) = with_file("*.log\nbuild/\n/top/\n!keep.log\ngen*/x\n*.tmp\n*/\n!a/\n");
         let parts = ["a", "build", "top", "keep.log", "x.log", "x", "gen1", "f.txt", "t.tmp", "4913"];
         let mut names = Vec::new();
         for a in parts {

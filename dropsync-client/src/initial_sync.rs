@@ -112,6 +112,9 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
                 }
                 Some(*o.get())
             }
+            // Listed twice (a rename racing the listing): seen in sync
+            // the first time.
+            Slot::Vacant(_) if same.contains(name) => continue,
             Slot::Vacant(_) => None,
         };
         if record.base.is_none() && on_server.is_none() {

@@ -244,7 +244,7 @@ impl Notes {
 }
 
 /// Every regular file under `dir` (a folder under `root`) with a valid
-/// wire name, in the order the folders list them, and what a stat of it
+/// wire name, in no particular order, and what a stat of it
 /// found (`Absent` if it could not be had, `Dir` if a folder took its place
 /// since the listing). Symlinks are not followed; unsyncable names and
 /// unreadable folders are reported once and skipped. The stat is taken

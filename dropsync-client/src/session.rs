@@ -352,6 +352,8 @@ impl<'a> Session<'a> {
             Event::RescanNeeded => {
                 if self.reconciled {
                     self.core.rescan();
+                } else {
+                    self.core.forget_early_scan();
                 }
             }
             Event::Signal => {}
@@ -937,6 +939,7 @@ impl<'a> Session<'a> {
     /// threads, and forgets its transfers.
     fn teardown(&mut self) {
         Connected::shutdown(&self.send_sock, &self.recv_sock);
+        self.core.forget_early_scan();
         self.go = None;
         for t in self.threads.drain(..) {
             let _ = t.join();

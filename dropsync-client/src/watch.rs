@@ -13,9 +13,11 @@ use notify::{Config, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 use crate::events::Event;
 use crate::paths::is_state_path;
 
-/// Starts watching `root` recursively. Events go to `events` until the
-/// returned watcher is dropped.
-pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<RecommendedWatcher> {
+/// Starts watching `root` and every folder under it, each on its own; the
+/// second value is false when not every folder could be (the limit of
+/// inotify watches). Events go to `events` until the returned watcher is
+/// dropped.
+pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<(RecommendedWatcher, bool)> {
     let base: PathBuf = root.to_path_buf();
     let handler = move |res: notify::Result<notify::Event>| {
         let ev = match res {
@@ -51,8 +53,8 @@ pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<Recomme
     };
     let mut watcher = RecommendedWatcher::new(handler, Config::default().with_follow_symlinks(false))?;
     watcher.watch(root, RecursiveMode::NonRecursive)?;
-    watch_folders_under(&mut watcher, root, root);
-    Ok(watcher)
+    let complete = watch_folders_under(&mut watcher, root, root);
+    Ok((watcher, complete))
 }
 
 /// Watches each folder under `dir` (not `dir` itself) on its own, the state
@@ -61,7 +63,8 @@ pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<Recomme
 /// files, at every start); a folder's listing says which entries are
 /// folders. A folder that appears later is watched when the client looks
 /// at it ([`Starting::watch_tree`]), before it lists the files in it.
-fn watch_folders_under(watcher: &mut RecommendedWatcher, root: &Path, dir: &Path) {
+/// False when the limit of inotify watches left folders unwatched.
+fn watch_folders_under(watcher: &mut RecommendedWatcher, root: &Path, dir: &Path) -> bool {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = fs::read_dir(&dir) else { continue };
@@ -82,26 +85,27 @@ fn watch_folders_under(watcher: &mut RecommendedWatcher, root: &Path, dir: &Path
                          are found by the periodic rescan",
                         path.display()
                     );
-                    return;
+                    return false;
                 }
                 // Gone since the listing, or unreadable: nothing to watch.
                 Err(e) => log::debug!("cannot watch {}: {e}", path.display()),
             }
         }
     }
+    true
 }
 
-/// A watcher set up on a thread of its own. Its first walk looks at every
-/// entry of the folder (`notify` stats each one to find the folders): 1.6 s
-/// at a million files, which now overlaps connecting and the server's
-/// META-DATA instead of coming before them (issue 19, B8 reconnect).
-/// [`Starting::ready`] waits for it, and the scan of a reconciliation
-/// waits for that, so no change made during the scan goes unseen.
+/// A watcher set up on a thread of its own: its listing of every folder
+/// (0.4 s of a core at a million files in 10,100 folders) runs while the
+/// client's state loads (issue 19, B8 reconnect). [`Starting::ready`]
+/// waits for it, and the walk of a reconciliation waits for that, so no
+/// change made during the walk goes unseen.
 pub enum Starting {
-    /// Still walking the folder.
-    Walking(JoinHandle<notify::Result<RecommendedWatcher>>),
-    /// Watching; dropping it stops the watch.
-    Ready { watcher: RecommendedWatcher },
+    /// Still listing the folders.
+    Walking(JoinHandle<notify::Result<(RecommendedWatcher, bool)>>),
+    /// Watching; dropping it stops the watch. Not `complete` when the
+    /// limit of inotify watches left folders unwatched.
+    Ready { watcher: RecommendedWatcher, complete: bool },
     /// None wanted (`--once`), or none could be had.
     Without,
 }
@@ -122,16 +126,17 @@ impl Starting {
     /// Watches the folder `dir` that appeared under `root` (created, or
     /// moved in), and every folder in it.
     pub fn watch_tree(&mut self, root: &Path, dir: &Path) {
-        let Starting::Ready { watcher } = self else { return };
+        let Starting::Ready { watcher, complete } = self else { return };
         match watcher.watch(dir, RecursiveMode::NonRecursive) {
-            Ok(()) => watch_folders_under(watcher, root, dir),
+            Ok(()) => *complete &= watch_folders_under(watcher, root, dir),
             Err(e) => log::debug!("cannot watch {}: {e}", dir.display()),
         }
     }
 
-    /// True once the watch is in place.
+    /// True once every folder is watched: then a walk made earlier is
+    /// as good as one made now, with what the watcher reports since.
     pub fn watching(&self) -> bool {
-        matches!(self, Starting::Ready { .. })
+        matches!(self, Starting::Ready { complete: true, .. })
     }
 
     /// Waits until the watch is in place (or known to be unavailable).
@@ -142,7 +147,7 @@ impl Starting {
         let joined = handle.join();
         log::debug!("file watcher ready (waited {:?} for it)", waited.elapsed());
         *self = match joined {
-            Ok(Ok(watcher)) => Starting::Ready { watcher },
+            Ok(Ok((watcher, complete))) => Starting::Ready { watcher, complete },
             Ok(Err(e)) => {
                 log::warn!("file watcher unavailable ({e}); relying on the periodic rescan");
                 Starting::Without

@@ -17,8 +17,10 @@ use std::sync::{Arc, Mutex, PoisonError};
 use dropsync_proto::metadata::Strong;
 use dropsync_proto::Digest;
 
-/// At most this many digests are kept in all (16 MiB of them): the chunks
-/// of the last terabyte uploaded, at 1 MiB chunks.
+/// At most this many digests are kept in all (16 MiB of them, and a few
+/// dozen bytes per content beside): the chunks of the last terabyte
+/// uploaded, at 1 MiB chunks. A content of one chunk is not kept: its
+/// chunk's MD5 is the file's, which the delivery knows anyway.
 const MAX_KEPT: usize = 1 << 20;
 
 /// The chunk MD5s of one content, cut in chunks of one size.
@@ -85,7 +87,7 @@ impl ChunkList {
     /// The digests of a whole file of `size` bytes, when its chunks were
     /// all of one size but the last.
     pub fn finish(self, size: u64) -> Option<Digests> {
-        if self.spoilt || self.list.is_empty() {
+        if self.spoilt || self.list.len() < 2 {
             return None;
         }
         let full = u64::from(self.chunk) * (self.list.len() as u64 - 1);
@@ -152,12 +154,17 @@ mod tests {
         /// a sender in chunks of that size would compute, and none other.
         #[test]
         fn the_digests_kept_are_the_chunks_a_sender_of_that_size_sends(
-            data in proptest::collection::vec(any::<u8>(), 1..600),
+            data in proptest::collection::vec(any::<u8>(), 2..600),
             chunk in 1u32..100,
             other in 1u32..100,
         ) {
             let cuts: Vec<usize> = data.chunks(chunk as usize).map(<[u8]>::len).collect();
-            let d = list_of(&data, &cuts).finish(data.len() as u64).expect("uniform chunks are kept");
+            let kept = list_of(&data, &cuts).finish(data.len() as u64);
+            if cuts.len() < 2 {
+                prop_assert!(kept.is_none(), "one chunk is not kept");
+                return Ok(());
+            }
+            let d = kept.expect("uniform chunks are kept");
             let size = data.len() as u64;
             for try_chunk in [chunk, other] {
                 let mut offset = 0u64;
@@ -183,6 +190,7 @@ mod tests {
         assert!(list_of(&data, &[10, 10]).finish(30).is_none(), "fewer bytes than the file");
         assert!(list_of(&data, &[10, 10, 10]).finish(30).is_some());
         assert!(ChunkList::default().finish(0).is_none(), "an empty file has no chunk");
+        assert!(list_of(&data, &[30]).finish(30).is_none(), "one chunk: its MD5 is the file's");
     }
 
     #[test]
