@@ -53,7 +53,7 @@ pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<(Recomm
     };
     let mut watcher = RecommendedWatcher::new(handler, Config::default().with_follow_symlinks(false))?;
     watcher.watch(root, RecursiveMode::NonRecursive)?;
-    let complete = watch_folders_under(&mut watcher, root, root);
+    let complete = watch_folders_under(&mut watcher, root, root, false);
     Ok((watcher, complete))
 }
 
@@ -63,8 +63,9 @@ pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<(Recomm
 /// files, at every start); a folder's listing says which entries are
 /// folders. A folder that appears later is watched when the client looks
 /// at it ([`Starting::watch_tree`]), before it lists the files in it.
-/// False when the limit of inotify watches left folders unwatched.
-fn watch_folders_under(watcher: &mut RecommendedWatcher, root: &Path, dir: &Path) -> bool {
+/// False when the limit of inotify watches left folders unwatched, which
+/// is logged unless `quiet` (it was already).
+fn watch_folders_under(watcher: &mut RecommendedWatcher, root: &Path, dir: &Path, quiet: bool) -> bool {
     let mut stack = vec![dir.to_path_buf()];
     while let Some(dir) = stack.pop() {
         let Ok(entries) = fs::read_dir(&dir) else { continue };
@@ -80,6 +81,9 @@ fn watch_folders_under(watcher: &mut RecommendedWatcher, root: &Path, dir: &Path
             match watcher.watch(&path, RecursiveMode::NonRecursive) {
                 Ok(()) => stack.push(path),
                 Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                    if quiet {
+                        return false;
+                    }
                     log::warn!(
                         "cannot watch {}: {e} (fs.inotify.max_user_watches); changes in the folders not watched \
                          are found by the periodic rescan",
@@ -128,7 +132,13 @@ impl Starting {
     pub fn watch_tree(&mut self, root: &Path, dir: &Path) {
         let Starting::Ready { watcher, complete } = self else { return };
         match watcher.watch(dir, RecursiveMode::NonRecursive) {
-            Ok(()) => *complete &= watch_folders_under(watcher, root, dir),
+            Ok(()) => *complete = watch_folders_under(watcher, root, dir, !*complete) && *complete,
+            Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+                if *complete {
+                    log::warn!("cannot watch {}: {e} (fs.inotify.max_user_watches)", dir.display());
+                }
+                *complete = false;
+            }
             Err(e) => log::debug!("cannot watch {}: {e}", dir.display()),
         }
     }
