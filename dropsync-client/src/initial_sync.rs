@@ -101,14 +101,15 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
         let record = ctx.shared.lock().record(name);
         let on_server = match server.entry(name) {
             Slot::Occupied(o) => {
-                if let Probe::File(stat) = *probe {
-                    if let Some(seen) = record.local.filter(|s| seen_is_current(Some(*s), stat, now)) {
-                        if in_sync(Some(o.get()), &record, seen) {
-                            o.remove();
-                            same.insert(name);
-                            continue;
-                        }
-                    }
+                // The walk's stat, as recorded: no need to look again.
+                let seen = match *probe {
+                    Probe::File(stat) => record.local.filter(|s| seen_is_current(Some(*s), stat, now)),
+                    _ => None,
+                };
+                if seen.is_some_and(|seen| in_sync(Some(o.get()), &record, seen)) {
+                    o.remove();
+                    same.insert(name);
+                    continue;
                 }
                 Some(*o.get())
             }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use dropsync_core::meta_client::{render_record, ClientMeta, ClientRecord, LocalSeen};
 use dropsync_core::reconcile::Content;
-use dropsync_io::dir_storage::{replace_file, sync_dir};
+use dropsync_io::dir_storage::{replace_file, Replacement};
 use dropsync_proto::ClientId;
 
 use crate::ignores::Ignores;
@@ -411,9 +411,8 @@ impl MetaFile {
             return;
         }
         let began = Instant::now();
-        let tmp = self.dir.join(format!("{METADATA_FILE}.tmp"));
-        let mut file = match File::create(&tmp) {
-            Ok(f) => f,
+        let mut new = match Replacement::begin(&self.path) {
+            Ok(new) => new,
             Err(e) => {
                 log::error!("cannot save {}: {e}", self.path.display());
                 self.back_off();
@@ -428,7 +427,7 @@ impl MetaFile {
             st.generation += 1;
             let mut write = |piece: &str| {
                 if written.is_ok() {
-                    written = file.write_all(piece.as_bytes());
+                    written = new.file().write_all(piece.as_bytes());
                 }
             };
             st.meta.render_in_pieces(SNAPSHOT_PIECE, &mut write);
@@ -444,10 +443,7 @@ impl MetaFile {
             };
             st.generation
         };
-        let saved = written
-            .and_then(|()| file.sync_all())
-            .and_then(|()| fs::rename(&tmp, &self.path))
-            .and_then(|()| sync_dir(&self.dir));
+        let saved = written.and_then(|()| new.commit());
         let took = u64::try_from(began.elapsed().as_nanos()).unwrap_or(u64::MAX);
         self.last_took_ns.store(took, Ordering::Relaxed);
         match saved {

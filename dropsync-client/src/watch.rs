@@ -120,10 +120,7 @@ impl Starting {
         let root = root.to_path_buf();
         match thread::Builder::new().name("watch-start".into()).spawn(move || start(&root, events)) {
             Ok(handle) => Starting::Walking(handle),
-            Err(e) => {
-                log::warn!("file watcher unavailable (no thread: {e}); relying on the periodic rescan");
-                Starting::Without
-            }
+            Err(e) => Starting::unavailable(format_args!("no thread: {e}")),
         }
     }
 
@@ -158,15 +155,15 @@ impl Starting {
         log::debug!("file watcher ready (waited {:?} for it)", waited.elapsed());
         *self = match joined {
             Ok(Ok((watcher, complete))) => Starting::Ready { watcher, complete },
-            Ok(Err(e)) => {
-                log::warn!("file watcher unavailable ({e}); relying on the periodic rescan");
-                Starting::Without
-            }
-            Err(_) => {
-                log::warn!("file watcher unavailable (its set-up panicked); relying on the periodic rescan");
-                Starting::Without
-            }
+            Ok(Err(e)) => Starting::unavailable(e),
+            Err(_) => Starting::unavailable("its set-up panicked"),
         };
+    }
+
+    /// No watcher, for the reason `why`, which is logged.
+    fn unavailable(why: impl std::fmt::Display) -> Starting {
+        log::warn!("file watcher unavailable ({why}); relying on the periodic rescan");
+        Starting::Without
     }
 }
 

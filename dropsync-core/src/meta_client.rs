@@ -124,7 +124,7 @@ impl ClientMeta {
         // One line a record, as a table at rest is written: the table is
         // made that size at once, not grown by doublings.
         let mut records: HashMap<String, ClientRecord> =
-            HashMap::with_capacity(text.bytes().filter(|&b| b == b'\n').count());
+            HashMap::with_capacity(metadata::line_count(text));
         for (i, raw) in lines.enumerate() {
             let e = match metadata::parse_line(raw, i + 2)? {
                 Line::ClientId(c) => {

@@ -43,17 +43,46 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
 /// Writes `bytes` to `path` crash-safely: a temp file beside it, fsync,
 /// rename over `path`, fsync of the directory.
 pub fn replace_file(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let dir = path.parent().unwrap_or_else(|| Path::new("."));
-    let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
-    tmp_name.push(".tmp");
-    let tmp = dir.join(tmp_name);
-    {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
+    let mut new = Replacement::begin(path)?;
+    new.file().write_all(bytes)?;
+    new.commit()
+}
+
+/// A crash-safe replacement of a file written in as many pieces as the
+/// writer likes ([`replace_file`] in one): the temp file `<name>.tmp`
+/// beside it, then [`commit`](Self::commit) syncs it, renames it over the
+/// file and syncs the folder. Dropped uncommitted, the file stays as it was.
+#[derive(Debug)]
+pub struct Replacement {
+    path: PathBuf,
+    tmp: PathBuf,
+    file: File,
+}
+
+impl Replacement {
+    /// Starts replacing `path` (its temp file is created, or emptied).
+    pub fn begin(path: &Path) -> io::Result<Self> {
+        let dir = path.parent().unwrap_or_else(|| Path::new("."));
+        let mut tmp_name = path.file_name().unwrap_or_default().to_owned();
+        tmp_name.push(".tmp");
+        let tmp = dir.join(tmp_name);
+        let file = File::create(&tmp)?;
+        Ok(Self { path: path.to_path_buf(), tmp, file })
     }
-    fs::rename(&tmp, path)?;
-    sync_dir(dir)
+
+    /// The temp file, to write the new content to.
+    pub fn file(&mut self) -> &mut File {
+        &mut self.file
+    }
+
+    /// Makes the new content durable and puts it in place of the old.
+    pub fn commit(self) -> io::Result<()> {
+        let Self { path, tmp, file } = self;
+        file.sync_all()?;
+        drop(file);
+        fs::rename(&tmp, &path)?;
+        sync_dir(path.parent().unwrap_or_else(|| Path::new(".")))
+    }
 }
 
 impl Storage for DirStorage {

@@ -305,6 +305,12 @@ pub fn parse_line(text: &str, line: usize) -> Result<Line, MetadataError> {
     }))
 }
 
+/// How many lines `text` holds at most (its newlines): what a reader of a
+/// META-DATA text makes room for at once.
+pub fn line_count(text: &str) -> usize {
+    text.bytes().filter(|&b| b == b'\n').count()
+}
+
 /// Parses a whole META-DATA text: the header, then every line.
 pub fn parse_document(text: &str) -> Result<Document, MetadataError> {
     let mut lines = text.split('\n');
@@ -314,7 +320,7 @@ pub fn parse_document(text: &str) -> Result<Document, MetadataError> {
     let mut doc = Document::default();
     // A line an entry: the list is made that size at once (at a million
     // entries, doublings would copy and fault in twice its 120 MB).
-    doc.entries.reserve(text.bytes().filter(|&b| b == b'\n').count());
+    doc.entries.reserve(line_count(text));
     for (i, raw) in lines.enumerate() {
         match parse_line(raw, i + 2)? {
             Line::Entry(e) => doc.entries.push(e),
