@@ -7,7 +7,7 @@
 mod common;
 
 use std::fs;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::{converge, Net};
@@ -19,6 +19,18 @@ fn fill(dir: &Path) {
     for i in 0..FILES {
         write_file(dir, &format!("d/f{i}.txt"), format!("file {i}").as_bytes());
     }
+}
+
+/// A server and clients `a` and `b`, with [`FILES`] files made in a's
+/// folder and synced to b's: the folders and the clients.
+fn filled_and_synced(tag: &str) -> (Net, PathBuf, PathBuf, ClientProc, ClientProc) {
+    let net = Net::new(tag);
+    let (a, b) = (net.folder("a"), net.folder("b"));
+    fill(&a);
+    let ca = net.client("a", &[]);
+    let cb = net.client("b", &[]);
+    converge(&[&a, &b], &[&ca, &cb], "every file everywhere", |t| t.len() == FILES);
+    (net, a, b, ca, cb)
 }
 
 /// Runs `client <word> <folder>` and asserts it succeeds.
@@ -33,12 +45,7 @@ fn wait_for_log(c: &ClientProc, text: &str) {
 
 #[test]
 fn deleting_every_file_at_once_is_held_until_the_user_confirms() {
-    let net = Net::new("guard-all");
-    let (a, b) = (net.folder("a"), net.folder("b"));
-    fill(&a);
-    let ca = net.client("a", &[]);
-    let cb = net.client("b", &[]);
-    converge(&[&a, &b], &[&ca, &cb], "every file everywhere", |t| t.len() == FILES);
+    let (net, a, b, ca, cb) = filled_and_synced("guard-all");
 
     fs::remove_dir_all(a.join("d")).unwrap();
     wait_for_log(&ca, &format!("holding {FILES} deletes"));
@@ -55,12 +62,7 @@ fn deleting_every_file_at_once_is_held_until_the_user_confirms() {
 
 #[test]
 fn a_few_deletes_go_through() {
-    let net = Net::new("guard-few");
-    let (a, b) = (net.folder("a"), net.folder("b"));
-    fill(&a);
-    let ca = net.client("a", &[]);
-    let cb = net.client("b", &[]);
-    converge(&[&a, &b], &[&ca, &cb], "every file everywhere", |t| t.len() == FILES);
+    let (_net, a, b, ca, cb) = filled_and_synced("guard-few");
     for i in 0..3 {
         fs::remove_file(a.join(format!("d/f{i}.txt"))).unwrap();
     }
@@ -70,12 +72,7 @@ fn a_few_deletes_go_through() {
 
 #[test]
 fn a_mass_delete_made_while_the_client_was_stopped_is_held_and_restore_brings_the_files_back() {
-    let net = Net::new("guard-restore");
-    let (a, b) = (net.folder("a"), net.folder("b"));
-    fill(&a);
-    let mut ca = net.client("a", &[]);
-    let cb = net.client("b", &[]);
-    converge(&[&a, &b], &[&ca, &cb], "every file everywhere", |t| t.len() == FILES);
+    let (net, a, b, mut ca, cb) = filled_and_synced("guard-restore");
     assert!(ca.terminate().is_some_and(|s| s.success()));
 
     fs::remove_dir_all(a.join("d")).unwrap();
@@ -100,16 +97,13 @@ fn the_commands_refuse_a_folder_that_is_not_synced() {
 
 #[test]
 fn a_folder_of_every_file_renamed_is_no_mass_delete() {
-    let net = Net::new("guard-rename");
-    let (a, b) = (net.folder("a"), net.folder("b"));
-    fill(&a);
-    let ca = net.client("a", &[]);
-    let cb = net.client("b", &[]);
-    converge(&[&a, &b], &[&ca, &cb], "every file everywhere", |t| t.len() == FILES);
+    let (_net, a, b, ca, cb) = filled_and_synced("guard-rename");
     // A rename goes as COPYs only for files last written outside the
     // client's racy window (2 s): before, their stat proves nothing.
     let settled = || {
-        tree(&a).keys().all(|n| fs::metadata(a.join(n)).unwrap().modified().unwrap().elapsed().unwrap().as_millis() > 2100)
+        tree(&a)
+            .keys()
+            .all(|n| fs::metadata(a.join(n)).unwrap().modified().unwrap().elapsed().unwrap().as_millis() > 2100)
     };
     assert!(wait_until(DEFAULT_DEADLINE, settled));
 
