@@ -32,11 +32,15 @@ pub struct Plan {
     /// Paths to bring in line with the server (upload or DELETE), conflict
     /// copies included.
     pub syncs: Vec<String>,
+    /// [ext] The server's lines of the paths where it differs from the
+    /// base once the local part is carried out (what a later delta is read
+    /// against: `saved_index`); only for a META-DATA with a listing line.
+    pub differing: Vec<Entry>,
 }
 
 /// The server's side of each path, from its META-DATA, its version, and
 /// the content its line names (a tombstone's is the content it deleted).
-fn server_side(doc: &Document) -> HashMap<&str, (ServerSide, u64, Content)> {
+pub fn server_side(doc: &Document) -> HashMap<&str, (ServerSide, u64, Content)> {
     let mut server = HashMap::with_capacity(doc.entries.len());
     for e in &doc.entries {
         if let Err(err) = validate_name(&e.path, false) {
@@ -68,8 +72,16 @@ fn in_sync(server: Option<&(ServerSide, u64, Content)>, record: &ClientRecord, s
 /// Scans, reconciles against `doc` and carries out the local actions.
 /// Files that keep changing during the scan are left out of the plan and
 /// handed to `debouncer`: they are uploaded once quiet.
+///
+/// [ext] A `doc` that lists only what changed since a version (with the
+/// lines saved of where the server differed then: `saved_index`) leaves
+/// every other path as it was on the server then: as its base says.
 pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc: &Document, scan: Scan) -> Plan {
     let started = Instant::now();
+    let delta = doc.listing.is_some_and(|l| l.since.is_some());
+    // The bases of the records the walk did not find, as the server's side
+    // of a delta (borrowed by `server` below, so made before it).
+    let unlisted_unwalked: Vec<(String, Content, u64)>;
     let mut server = server_side(doc);
     let server_entries = server.len();
 
@@ -99,6 +111,11 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
             continue;
         }
         let record = ctx.shared.lock().record(name);
+        if let (true, Some(b)) = (delta, record.base) {
+            if !same.contains(name) {
+                server.entry(name).or_insert((ServerSide::File(b), record.base_version, b));
+            }
+        }
         let on_server = match server.entry(name) {
             Slot::Occupied(o) => {
                 // The walk's stat, as recorded: no need to look again.
@@ -148,6 +165,20 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     // record is anything but `same`, and the passes over the records below
     // would find nothing.
     let all_same = same.len() == ctx.shared.lock().meta.records.len();
+    unlisted_unwalked = if delta && !all_same {
+        let st = ctx.shared.lock();
+        st.meta
+            .records
+            .iter()
+            .filter(|(name, _)| !same.contains(name.as_str()) && !server.contains_key(name.as_str()))
+            .filter_map(|(name, r)| Some((name.clone(), r.base?, r.base_version)))
+            .collect()
+    } else {
+        Vec::new()
+    };
+    for (name, b, version) in &unlisted_unwalked {
+        server.insert(name.as_str(), (ServerSide::File(*b), *version, *b));
+    }
 
     // Content last seen here that the server has is content in common,
     // even if this client never heard that the server took it (core's
@@ -240,6 +271,9 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
             }
         }
     }
+    if doc.listing.is_some() {
+        plan.differing = differing(ctx, &server);
+    }
     // Each new file gets a record once it is sent: the table is grown to
     // that size once here, rather than by doublings that each hold the old
     // table and the new one at once (at a million files, 350 MB at the
@@ -262,6 +296,28 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
         plan.syncs.len()
     );
     plan
+}
+
+/// [ext] The server's lines of the paths where it differs from the base now
+/// (a file that is not the base, a tombstone of a path with one): what the
+/// client did not take of the listing.
+pub fn differing(ctx: &Ctx, server: &HashMap<&str, (ServerSide, u64, Content)>) -> Vec<Entry> {
+    let st = ctx.shared.lock();
+    let mut lines: Vec<Entry> = server
+        .iter()
+        .filter_map(|(name, &(side, version, named))| {
+            let base = st.meta.records.get(*name).and_then(|r| r.base);
+            let state = match side {
+                ServerSide::File(c) if base != Some(c) => EntryState::File,
+                ServerSide::Tombstone if base.is_some() => EntryState::Deleted,
+                _ => return None,
+            };
+            let (md5, size) = (named.md5, named.size);
+            Some(Entry { version, md5, size, mtime_ns: 0, state, path: (*name).to_owned(), strong: None })
+        })
+        .collect();
+    lines.sort_unstable_by(|a, b| a.path.cmp(&b.path));
+    lines
 }
 
 /// Reconciliation when the server sent no META-DATA (section 1): its state
@@ -292,7 +348,7 @@ fn base_as_server(meta: &ClientMeta) -> Document {
             })
         })
         .collect();
-    Document { client_id: None, entries, extensions: Vec::new() }
+    Document { client_id: None, entries, extensions: Vec::new(), listing: None }
 }
 
 /// Keeps the local file of `name` as a conflict copy before the server's
@@ -392,6 +448,7 @@ mod tests {
         let doc = Document {
             client_id: None,
             extensions: Vec::new(),
+            listing: None,
             entries: vec![
                 entry("same", b"same", EntryState::File),
                 entry("pull", b"newer", EntryState::File),
@@ -447,6 +504,7 @@ mod tests {
         let doc = Document {
             client_id: None,
             extensions: Vec::new(),
+            listing: None,
             entries: names
                 .iter()
                 .map(|name| Entry {
@@ -476,12 +534,86 @@ mod tests {
         std::fs::remove_dir_all(&root).unwrap();
     }
 
+    /// [ext] A delta (the saved lines of where the server differed, then
+    /// the changes since): a path neither lists is on the server as its
+    /// base says, so a local change of it is pushed, a file in sync is left
+    /// alone, and only what the server changed is pulled; what still
+    /// differs afterwards is handed back to be saved.
+    #[test]
+    fn a_delta_leaves_every_path_it_does_not_list_as_its_base() {
+        let root = std::env::temp_dir().join(format!("dropsync-initial-delta-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&root);
+        std::fs::create_dir_all(&root).unwrap();
+        let mut meta = ClientMeta::new([1; 16]);
+        for name in ["same", "gone-here", "edited-here", "changed-there", "deleted-there", "pending"] {
+            std::fs::write(root.join(name), name).unwrap();
+            let base = Some(content(name.as_bytes()));
+            meta.records.insert(name.into(), ClientRecord { base, base_version: 3, local: None });
+        }
+        std::fs::remove_file(root.join("gone-here")).unwrap();
+        std::fs::write(root.join("edited-here"), "edited").unwrap();
+        std::fs::write(root.join("fresh"), "new here").unwrap();
+        let ctx = Ctx {
+            root: root.clone(),
+            tmp_dir: root.join(".dropsync/tmp"),
+            label: "me".into(),
+            conflict_copies: true,
+            shared: Shared::new(meta),
+            ignores: crate::ignores::Ignores::load(&root),
+        };
+        let entry = |path: &str, bytes: &[u8], state, version| Entry {
+            version,
+            md5: md5(bytes),
+            size: bytes.len() as u64,
+            mtime_ns: 0,
+            state,
+            path: path.into(),
+            strong: None,
+        };
+        let listing = dropsync_proto::index::Listing { store: [4; 16], upto: 9, since: Some(5) };
+        let doc = Document {
+            entries: vec![
+                // Saved: the server's version, never fetched here.
+                entry("pending", b"pending on the server", EntryState::File, 4),
+                entry("changed-there", b"changed-there", EntryState::File, 3),
+                // The changes since version 5.
+                entry("changed-there", b"changed on the server", EntryState::File, 7),
+                entry("deleted-there", b"deleted-there", EntryState::Deleted, 8),
+            ],
+            listing: Some(listing),
+            ..Document::default()
+        };
+        let mut debouncer = Debouncer::new(Duration::from_millis(10));
+        let plan = run(&ctx, &mut Notes::default(), &mut debouncer, &doc, Scan::now(&root));
+
+        assert_eq!(plan.requests, ["changed-there", "pending"]);
+        assert_eq!(plan.syncs, ["gone-here", "edited-here", "fresh"]);
+        assert!(!root.join("deleted-there").exists(), "deleted on the server, unchanged here");
+        assert_eq!(ctx.shared.lock().record("same").base, Some(content(b"same")), "left as it was");
+        let differing: Vec<(&str, u64)> = plan.differing.iter().map(|e| (e.path.as_str(), e.version)).collect();
+        assert_eq!(differing, [("changed-there", 7), ("pending", 4)], "what is still to be fetched");
+
+        // Nothing changed since, and the two fetched: nothing to do.
+        for (name, bytes) in [("changed-there", &b"changed on the server"[..]), ("pending", b"pending on the server")] {
+            std::fs::write(root.join(name), bytes).unwrap();
+            ctx.shared.lock().set_base(name, Some(content(bytes)), 9);
+        }
+        for name in ["gone-here", "edited-here", "fresh"] {
+            let _ = std::fs::remove_file(root.join(name));
+            ctx.shared.lock().set_base(name, None, 9);
+        }
+        let plan = run(&ctx, &mut Notes::default(), &mut debouncer, &doc, Scan::now(&root));
+        assert_eq!(plan, Plan::default(), "a second look at the same delta finds nothing");
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn server_side_skips_bad_names_and_unknown_states_and_keeps_the_last_line() {
         let entry = |path: &str, state, version| Entry { version, md5: [1; 16], size: 1, mtime_ns: 0, state, path: path.into(), strong: None };
         let doc = Document {
             client_id: None,
             extensions: Vec::new(),
+            listing: None,
             entries: vec![
                 entry("a", EntryState::File, 1),
                 entry("../evil", EntryState::File, 2),

@@ -28,6 +28,7 @@ mod outgoing;
 mod paths;
 mod progress;
 mod replies;
+mod saved_index;
 mod scan;
 mod send_thread;
 mod session;

@@ -24,6 +24,8 @@ use dropsync_core::reconcile::Content;
 use dropsync_core::jobs::Job;
 use dropsync_core::sender::Outcome;
 use dropsync_core::sync_policy::{Again, Ending, Judgement, Local as LocalState, Next, SyncPolicy};
+use dropsync_proto::index::{ack_name, more_name, Listing, INDEX_NAME};
+use dropsync_proto::metadata::{Document, Entry};
 use dropsync_proto::name::COPY_OFFER_NAME;
 use dropsync_proto::{Digest, StatusCode, ZERO_DIGEST};
 
@@ -36,6 +38,7 @@ use crate::paths::name_for;
 use crate::status::Status;
 use crate::incoming::Incoming;
 use crate::initial_sync;
+use crate::saved_index;
 use crate::outgoing::{Done, Outgoing};
 use crate::send_thread::{self, SendHandle};
 use crate::replies;
@@ -79,6 +82,11 @@ const MAX_WAIT: Duration = Duration::from_secs(1);
 /// Section 1: "a client that has no META-DATA within 5 s of pairing goes on
 /// without it".
 const METADATA_WAIT: Duration = Duration::from_secs(5);
+
+/// [ext] Least time between two listings of what changed since the last
+/// one (`Session::ask_for_more`): each costs the server a pass over its
+/// table (tens of milliseconds at a million paths).
+const MORE_SPACING: Duration = Duration::from_secs(30);
 
 
 
@@ -148,6 +156,16 @@ pub struct Session<'a> {
     copy_ok: bool,
     /// Paths whose COPY the server refused (0x0020): uploaded from then on.
     no_copy: HashSet<String>,
+    /// [ext] The server sent the changes since a listing this client cannot
+    /// read them against; it was asked for every path next time, and the
+    /// session ends at its answer (`saved_index`).
+    awaiting_everything: bool,
+    /// [ext] The listing this session acknowledged, the lines where the
+    /// server then differed, and the count of state changes at that moment.
+    acked: Option<(Listing, Vec<Entry>, u64)>,
+    /// [ext] When the next listing of what changed since may be asked for,
+    /// once the folder is in sync; `None` while one is asked for.
+    next_more: Option<Instant>,
 }
 
 impl<'a> Session<'a> {
@@ -198,6 +216,9 @@ impl<'a> Session<'a> {
             copy_offered: !offer_copy,
             copy_ok: false,
             no_copy: HashSet::new(),
+            awaiting_everything: false,
+            acked: None,
+            next_more: Some(Instant::now()),
             metadata_deadline: Instant::now() + METADATA_WAIT,
             server_state_known: true,
             policy: SyncPolicy::new(once),
@@ -224,7 +245,11 @@ impl<'a> Session<'a> {
                 // Never turn a vanished (or unmounted) folder into deletes.
                 return End::Failed(why);
             }
-            if !self.reconciled && self.stop_deadline.is_none() && Instant::now() >= self.metadata_deadline {
+            if !self.reconciled
+                && !self.awaiting_everything
+                && self.stop_deadline.is_none()
+                && Instant::now() >= self.metadata_deadline
+            {
                 self.go_on_without_metadata();
             }
             if self.reconciled && self.stop_deadline.is_none() && Instant::now() >= self.answer_checked + ANSWER_CHECK {
@@ -315,6 +340,9 @@ impl<'a> Session<'a> {
 
     /// Starts due work (the send thread sends it).
     fn make_progress(&mut self) {
+        if self.reconciled {
+            self.ask_for_more();
+        }
         if self.reconciled && !self.copy_offered && self.stop_deadline.is_none() {
             // [ext] A REQUEST of a reserved name, to a server whose META-DATA
             // listed `copy`: one that knows no COPY would answer 0x0100.
@@ -325,6 +353,74 @@ impl<'a> Session<'a> {
             self.start_jobs();
             self.send_deletes();
         }
+    }
+
+    /// [ext] Saves that the state here reflects `listing`, with the server's
+    /// lines where it differs from the bases (`differing`), then tells the
+    /// server, which sends the next session only what changed since. With
+    /// too many differing paths to be worth keeping, nothing is saved and
+    /// the next session is sent every path.
+    fn acknowledge(&mut self, listing: &Listing, differing: &[Entry]) {
+        let root = &self.core.ctx.root;
+        if differing.len() > saved_index::MAX_DIFFERING {
+            log::debug!("{} paths differ from the server's listing: not saved", differing.len());
+            saved_index::remove(root);
+            return;
+        }
+        if let Err(e) = saved_index::save(root, listing, differing) {
+            log::warn!("cannot save the server's listing ({e}); it will send every path next time");
+            saved_index::remove(root);
+            return;
+        }
+        self.out.add_request(ack_name(listing), ZERO_DIGEST);
+        let changes = self.core.ctx.shared.lock().changes;
+        self.acked = Some((Listing { since: None, ..*listing }, differing.to_vec(), changes));
+    }
+
+    /// [ext] Asks for what changed since the acknowledged listing, when the
+    /// folder is in sync and its state changed since (uploads, deliveries):
+    /// the next session is then sent only what changed after this moment.
+    fn ask_for_more(&mut self) {
+        let Some((listing, _, changes)) = &self.acked else { return };
+        let due = self.next_more.is_some_and(|at| Instant::now() >= at);
+        if !due || self.stop_deadline.is_some() || *changes == self.core.ctx.shared.lock().changes || !self.all_done() {
+            return;
+        }
+        self.next_more = None;
+        self.out.add_request(more_name(listing), ZERO_DIGEST);
+    }
+
+    /// [ext] The listing asked for by [`ask_for_more`](Self::ask_for_more):
+    /// what changed since the acknowledged one, but for what this session
+    /// received. Where the server now differs from the bases is saved, and
+    /// the listing acknowledged; no walk of the folder is needed, for the
+    /// session has kept up with it.
+    fn on_more(&mut self, doc: Document) {
+        self.next_more = Some(Instant::now() + MORE_SPACING);
+        let (Some((acked, differing, _)), Some(listing)) = (self.acked.take(), doc.listing) else {
+            return;
+        };
+        if listing.store != acked.store || listing.since != Some(acked.upto) {
+            log::warn!("the server sent a listing since {:?}, not since {}; ignored", listing.since, acked.upto);
+            self.acked = Some((acked, differing, 0));
+            return;
+        }
+        let mut entries = differing;
+        entries.extend(doc.entries);
+        let merged = Document { entries, ..doc };
+        let differing = initial_sync::differing(&self.core.ctx, &initial_sync::server_side(&merged));
+        self.acknowledge(&listing, &differing);
+    }
+
+    /// [ext] The server sent the changes since a listing that is not the one
+    /// saved here (a copy of this folder, or one restored from a backup,
+    /// with the same client id): asks it for every path next time, and ends
+    /// the session at its answer.
+    fn ask_for_everything(&mut self) {
+        log::warn!("the server sent only what changed since a listing this client does not have; reconnecting for all of it");
+        saved_index::remove(&self.core.ctx.root);
+        self.awaiting_everything = true;
+        self.out.add_request(INDEX_NAME.to_owned(), ZERO_DIGEST);
     }
 
     /// `--once`: nothing queued, in flight, awaited or being received.
@@ -365,7 +461,26 @@ impl<'a> Session<'a> {
 
     fn on_session_event(&mut self, what: SessionEvent) -> Option<End> {
         match what {
+            SessionEvent::ServerMeta(doc) if self.reconciled && doc.listing.is_some_and(|l| l.since.is_some()) => {
+                self.on_more(doc);
+                if let Some(go) = &self.go {
+                    let _ = go.send(());
+                }
+            }
             SessionEvent::ServerMeta(doc) => {
+                // [ext] The changes since a listing are read against the one
+                // saved here; if they cannot be, every path is asked for.
+                let doc = if doc.listing.is_some_and(|l| l.since.is_some()) {
+                    match saved_index::with_saved(&self.core.ctx.root, doc) {
+                        Some(doc) => doc,
+                        None => {
+                            self.ask_for_everything();
+                            return None;
+                        }
+                    }
+                } else {
+                    doc
+                };
                 // [ext] COPY is offered only to a server that lists it.
                 if !doc.extensions.iter().any(|e| e == "copy") {
                     self.copy_offered = true;
@@ -377,6 +492,9 @@ impl<'a> Session<'a> {
                 }
                 for name in plan.syncs {
                     self.policy.sync(name);
+                }
+                if let Some(listing) = doc.listing {
+                    self.acknowledge(&listing, &plan.differing);
                 }
                 // The debounced changes are covered by the scan just made,
                 // or wait in the debouncer for their quiet time.
@@ -392,6 +510,9 @@ impl<'a> Session<'a> {
             }
             SessionEvent::Done(done) => {
                 self.out.ended(&done);
+                if self.awaiting_everything && matches!(&done, Done::Request { name, .. } if name == INDEX_NAME) {
+                    return Some(End::Lost("reconnecting to be sent the server's whole META-DATA".into()));
+                }
                 self.on_done(done);
             }
             SessionEvent::Delivered { name, started } => {
@@ -830,6 +951,13 @@ impl<'a> Session<'a> {
                     log::info!("deleted {name} on the server");
                 }
                 (name, Ending::Delete(outcome))
+            }
+            Done::Request { name, outcome } if name.starts_with(INDEX_NAME) => {
+                log::debug!("{name}: {outcome:?}");
+                if outcome != Outcome::Committed && self.next_more.is_none() {
+                    self.next_more = Some(Instant::now() + MORE_SPACING);
+                }
+                return;
             }
             Done::Request { name, outcome } if name == COPY_OFFER_NAME => {
                 self.copy_ok = outcome == Outcome::Committed;

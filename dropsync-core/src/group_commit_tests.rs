@@ -80,7 +80,7 @@ fn a_batch_shares_one_durable_write_and_survives_a_restart() {
     assert!(matches!(outcomes[4], Ok(Committed::NoFile)));
     // What a restart reads back is what the table holds.
     let reopened = MemCatalog::open(Arc::clone(&storage)).unwrap();
-    assert_eq!(reopened.snapshot(), lib.catalog().snapshot());
+    assert_eq!(reopened.snapshot(None), lib.catalog().snapshot(None));
     assert_eq!(reopened.history("a"), lib.catalog().history("a"));
     assert_eq!(reopened.history("b").len(), 1, "the deleted version is kept");
 }
@@ -91,7 +91,7 @@ fn a_batch_that_cannot_be_made_durable_is_undone_whole_and_its_versions_are_not_
     let seen = Mutex::new(SeenVersions::new(0));
     let made = lib.commit_batch(vec![up("a", b"1", 1)], &seen, "x", NOW);
     let Ok(Committed::New { entry: a1, .. }) = &made[0] else { panic!("{made:?}") };
-    let before = lib.catalog().snapshot();
+    let before = lib.catalog().snapshot(None);
     storage.broken.store(true, Ordering::Relaxed);
     let other = Mutex::new(SeenVersions::new(0));
     // `other` never saw a1: a conflict copy is made first, and undone too.
@@ -100,7 +100,7 @@ fn a_batch_that_cannot_be_made_durable_is_undone_whole_and_its_versions_are_not_
     assert_eq!(lib.catalog().get("a").as_ref(), Some(a1));
     assert_eq!(lib.catalog().get("new"), None);
     assert_eq!(lib.catalog().len(), 1, "no conflict copy is left");
-    assert_eq!(lib.catalog().snapshot().0, before.0);
+    assert_eq!(lib.catalog().snapshot(None).0, before.0);
     assert!(lib.catalog().history("a").is_empty());
     assert_eq!(other.lock().unwrap().recorded("a"), None, "what the session saw is put back");
     assert_eq!(other.lock().unwrap().recorded("new"), None);
@@ -109,7 +109,7 @@ fn a_batch_that_cannot_be_made_durable_is_undone_whole_and_its_versions_are_not_
     let Ok(Committed::New { entry, .. }) = &again[0] else { panic!("{again:?}") };
     assert!(entry.version > a1.version + 2, "versions of the undone batch stay used");
     let reopened = MemCatalog::open(Arc::clone(&storage)).unwrap();
-    assert_eq!(reopened.snapshot(), lib.catalog().snapshot());
+    assert_eq!(reopened.snapshot(None), lib.catalog().snapshot(None));
 }
 
 /// A change of the property test: an upload of one of a few contents, a
@@ -183,14 +183,14 @@ proptest! {
             batched.extend(many.commit_batch(batch, s, "x", NOW).into_iter().map(|o| format!("{o:?}")));
         }
         prop_assert_eq!(batched, singles);
-        prop_assert_eq!(many.catalog().snapshot(), one.catalog().snapshot());
+        prop_assert_eq!(many.catalog().snapshot(None), one.catalog().snapshot(None));
         for p in 0..4 {
             let path = format!("p{p}");
             prop_assert_eq!(many.catalog().history(&path), one.catalog().history(&path));
         }
         let reopened = MemCatalog::open(Arc::clone(&many_storage)).unwrap();
-        prop_assert_eq!(reopened.snapshot(), one.catalog().snapshot());
+        prop_assert_eq!(reopened.snapshot(None), one.catalog().snapshot(None));
         let single_reopened = MemCatalog::open(Arc::clone(&one_storage)).unwrap();
-        prop_assert_eq!(single_reopened.snapshot(), one.catalog().snapshot());
+        prop_assert_eq!(single_reopened.snapshot(None), one.catalog().snapshot(None));
     }
 }

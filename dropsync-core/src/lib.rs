@@ -36,6 +36,7 @@ pub mod conflict;
 pub mod copies;
 pub mod debounce;
 pub mod delete_guard;
+pub mod delta_index;
 pub mod decoder;
 pub mod delivery;
 pub mod error;

@@ -173,8 +173,14 @@ impl<C: Catalog, B: BlobStore> Library<C, B> {
     /// The META-DATA text for a newly paired client and the version
     /// counter it lists up to (`Catalog::snapshot`: never a change of a
     /// group commit that is not durable yet).
-    pub fn snapshot(&self) -> (String, u64) {
-        self.catalog.snapshot()
+    pub fn snapshot(&self, since: Option<u64>) -> (String, u64) {
+        self.catalog.snapshot(since)
+    }
+
+    /// [`snapshot`](Self::snapshot) since `since` [ext], without the lines
+    /// `skip` takes out (`Catalog::snapshot_skipping`).
+    pub fn snapshot_skipping(&self, since: u64, skip: &dyn Fn(&Entry) -> bool) -> (String, u64) {
+        self.catalog.snapshot_skipping(Some(since), skip)
     }
 
     /// The committed content of `entry`, to send it.

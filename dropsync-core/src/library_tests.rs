@@ -86,7 +86,7 @@ fn server(conflict_copies: bool) -> Server {
 
 /// A session that was sent the META-DATA at this point.
 fn session(lib: &TestLibrary) -> Mutex<SeenVersions> {
-    Mutex::new(SeenVersions::new(lib.catalog().snapshot().1))
+    Mutex::new(SeenVersions::new(lib.catalog().snapshot(None).1))
 }
 
 fn temp(bytes: &[u8], tag: u8) -> MemTemp {

@@ -131,7 +131,7 @@ impl ClientMeta {
                     id = Some(c);
                     continue;
                 }
-                Line::Ignored | Line::Extensions(_) => continue,
+                Line::Ignored | Line::Extensions(_) | Line::Listing(_) => continue,
                 Line::Entry(e) => e,
             };
             let content = Content { md5: e.md5, size: e.size };

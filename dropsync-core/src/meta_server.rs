@@ -171,14 +171,21 @@ impl ServerMeta {
     /// path so that the same table always renders the same bytes.
     pub fn render(&self) -> String {
         let mut rendered = self.rendered.lock().unwrap_or_else(PoisonError::into_inner);
-        let text = rendered.get_or_insert_with(|| self.render_before(&HashMap::new()));
+        let text = rendered.get_or_insert_with(|| self.render_before(&HashMap::new(), None, &|_| false));
         String::clone(text)
     }
 
     /// [`render`](Self::render) of the table as it was before the changes
     /// `before` holds: each changed path's line before them (`None`: it
-    /// had none).
-    pub fn render_before(&self, before: &HashMap<&str, Option<&Entry>>) -> String {
+    /// had none). With `since` [ext], only the lines of versions above it
+    /// that `skip` does not take out (`dropsync_proto::index`: META-DATA
+    /// since a version).
+    pub fn render_before(
+        &self,
+        before: &HashMap<&str, Option<&Entry>>,
+        since: Option<u64>,
+        skip: &dyn Fn(&Entry) -> bool,
+    ) -> String {
         // Sorted by the first 16 bytes of each path, held beside it, and by
         // the whole path only where those are the same: most comparisons
         // then read no path (at a million paths, the sort took half of
@@ -190,6 +197,7 @@ impl ServerMeta {
                 Some(earlier) => *earlier,
                 None => Some(e),
             })
+            .filter(|e| since.is_none_or(|since| e.version > since && !skip(e)))
             .map(|e| (path_prefix(&e.path), e))
             .collect();
         sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then_with(|| a.1.path.cmp(&b.1.path)));
@@ -220,8 +228,15 @@ pub trait Catalog: Send + Sync {
     /// the change would survive a crash (section 6: persist before 0x0001).
     fn commit(&self, path: &str, change: Change) -> Result<Entry, CoreError>;
     /// The META-DATA text for a newly paired client, and the version counter
-    /// at that instant (every version up to it is listed in the text).
-    fn snapshot(&self) -> (String, u64);
+    /// at that instant (every version up to it is listed in the text). With
+    /// `since` [ext], only the lines of versions above it (a client that
+    /// acknowledged the listing up to `since`: `dropsync_proto::index`).
+    fn snapshot(&self, since: Option<u64>) -> (String, u64) {
+        self.snapshot_skipping(since, &|_| false)
+    }
+    /// [`snapshot`](Self::snapshot); with `since`, without the lines `skip`
+    /// takes out too (the versions a session received already).
+    fn snapshot_skipping(&self, since: Option<u64>, skip: &dyn Fn(&Entry) -> bool) -> (String, u64);
     /// What commits replaced of `path` and the history still keeps, oldest
     /// first (the current line is [`get`](Self::get)'s).
     fn history(&self, path: &str) -> Vec<Kept>;
@@ -294,8 +309,8 @@ impl<C: Catalog + ?Sized> Catalog for Box<C> {
     fn commit(&self, path: &str, change: Change) -> Result<Entry, CoreError> {
         (**self).commit(path, change)
     }
-    fn snapshot(&self) -> (String, u64) {
-        (**self).snapshot()
+    fn snapshot_skipping(&self, since: Option<u64>, skip: &dyn Fn(&Entry) -> bool) -> (String, u64) {
+        (**self).snapshot_skipping(since, skip)
     }
     fn history(&self, path: &str) -> Vec<Kept> {
         (**self).history(path)
@@ -519,11 +534,15 @@ impl<S: Storage> Catalog for MemCatalog<S> {
 
     /// In the middle of a group commit, the table as it was before the
     /// batch: its changes are not durable yet (and may be undone).
-    fn snapshot(&self) -> (String, u64) {
+    fn snapshot_skipping(&self, since: Option<u64>, skip: &dyn Fn(&Entry) -> bool) -> (String, u64) {
         let guard = self.lock();
         let batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(batch) = batch.as_ref() else {
-            return (guard.0.render(), guard.0.last_version());
+            let text = match since {
+                None => guard.0.render(),
+                Some(_) => guard.0.render_before(&HashMap::new(), since, skip),
+            };
+            return (text, guard.0.last_version());
         };
         let mut before: HashMap<&str, Option<&Entry>> = HashMap::with_capacity(batch.undo.len());
         for (path, previous) in &batch.undo {
@@ -531,7 +550,7 @@ impl<S: Storage> Catalog for MemCatalog<S> {
             // its first line before the batch.
             before.entry(path.as_str()).or_insert(previous.as_ref());
         }
-        (guard.0.render_before(&before), batch.version_before)
+        (guard.0.render_before(&before, since, skip), batch.version_before)
     }
 
     fn history(&self, path: &str) -> Vec<Kept> {
@@ -607,7 +626,7 @@ mod tests {
         assert_eq!(cat.commit("b", file(2, 20)).unwrap().version, 2);
         let tomb = cat.commit("a", Change::Delete { mtime_ns: 9 }).unwrap();
         assert_eq!((tomb.version, tomb.state, tomb.md5, tomb.size), (3, EntryState::Deleted, [1; 16], 10));
-        let (text, last) = cat.snapshot();
+        let (text, last) = cat.snapshot(None);
         assert_eq!(last, 3);
         let doc = metadata::parse_document(&text).unwrap();
         assert_eq!(doc.entries.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["a", "b"]);
@@ -626,7 +645,7 @@ mod tests {
     #[test]
     fn the_kept_text_follows_every_change_of_the_table() {
         let mut t = ServerMeta::default();
-        let fresh = |t: &ServerMeta| t.render_before(&HashMap::new());
+        let fresh = |t: &ServerMeta| t.render_before(&HashMap::new(), None, &|_| false);
         let first = t.apply("a", file(1, 1));
         assert_eq!(t.render(), fresh(&t));
         t.apply("b", file(2, 2));
@@ -645,19 +664,19 @@ mod tests {
         let cat = MemCatalog::open(disk.clone()).unwrap();
         cat.commit("a", file(1, 1)).unwrap();
         cat.commit("gone", file(2, 2)).unwrap();
-        let before = cat.snapshot();
+        let before = cat.snapshot(None);
         assert!(cat.begin_batch());
         cat.commit("a", file(3, 3)).unwrap();
         cat.commit("a", file(4, 4)).unwrap();
         cat.commit("new", file(5, 5)).unwrap();
         cat.commit("gone", Change::Delete { mtime_ns: 9 }).unwrap();
-        assert_eq!(cat.snapshot(), before, "nothing of the batch is durable yet");
-        assert_eq!(MemCatalog::open(disk.clone()).unwrap().snapshot(), before, "as a restart would read it");
+        assert_eq!(cat.snapshot(None), before, "nothing of the batch is durable yet");
+        assert_eq!(MemCatalog::open(disk.clone()).unwrap().snapshot(None), before, "as a restart would read it");
         cat.end_batch().unwrap();
-        let after = cat.snapshot();
+        let after = cat.snapshot(None);
         assert_eq!(after.1, 6);
         assert_ne!(after.0, before.0);
-        assert_eq!(MemCatalog::open(disk).unwrap().snapshot(), after);
+        assert_eq!(MemCatalog::open(disk).unwrap().snapshot(None), after);
     }
 
     #[test]
@@ -696,6 +715,6 @@ mod tests {
         let cat = MemCatalog::open(Failing).unwrap();
         assert!(cat.commit("a", file(1, 1)).is_err());
         assert!(cat.get("a").is_none());
-        assert_eq!(cat.snapshot().1, 0);
+        assert_eq!(cat.snapshot(None).1, 0);
     }
 }

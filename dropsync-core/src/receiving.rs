@@ -30,6 +30,9 @@
 use std::collections::VecDeque;
 use std::time::Instant;
 
+#[cfg(doc)]
+use dropsync_proto::index::INDEX_NAME;
+use dropsync_proto::index::{parse_request, IndexRequest};
 use dropsync_proto::name::{validate_name, COPY_OFFER_NAME};
 use dropsync_proto::{Digest, Frame, MessageType, ParseError, StatusCode};
 
@@ -197,6 +200,13 @@ pub trait Host {
     /// whether this host does. 0x0001 when it does (each side may then send
     /// COPY to the other), else 0x0100, the reply to any reserved name.
     fn offer_copy(&mut self) -> StatusCode {
+        StatusCode::BAD_REQUEST
+    }
+
+    /// REQUEST of [`INDEX_NAME`] [ext]: the peer acknowledges a META-DATA
+    /// listing, or asks for every path next time. 0x0100 from a host that
+    /// knows no listing since a version, the reply to any reserved name.
+    fn index(&mut self, _request: IndexRequest) -> StatusCode {
         StatusCode::BAD_REQUEST
     }
 
@@ -601,7 +611,11 @@ impl<T> Receiving<T> {
                 self.reply(reply);
             }
             Msg::Named { kind: MessageType::Request, name, .. } => {
-                let reply = if self.name_ok(&name, false) { host.request(&name) } else { StatusCode::BAD_REQUEST };
+                let reply = match parse_request(&name) {
+                    Some(request) => host.index(request),
+                    None if self.name_ok(&name, false) => host.request(&name),
+                    None => StatusCode::BAD_REQUEST,
+                };
                 self.reply(reply);
             }
             Msg::Named { kind, name, .. } => {

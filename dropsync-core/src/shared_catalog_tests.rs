@@ -126,10 +126,10 @@ fn a_snapshot_lists_up_to_the_cursor_not_up_to_a_newer_own_commit() {
     b.commit(&mut db, "p", file(2)).unwrap();
     // b's text lists p (version 2) but not q (version 1): a client paired
     // now has not seen version 1, whatever b's newest version is.
-    let (text, upto) = b.snapshot();
+    let (text, upto) = b.snapshot(None, &|_| false);
     let listed = dropsync_proto::metadata::parse_document(&text).unwrap().entries;
     assert_eq!(listed.iter().map(|e| e.path.as_str()).collect::<Vec<_>>(), ["p"]);
     assert_eq!(upto, 0);
     b.follow(&mut db).unwrap();
-    assert_eq!(b.snapshot().1, 2);
+    assert_eq!(b.snapshot(None, &|_| false).1, 2);
 }

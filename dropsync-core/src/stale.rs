@@ -37,6 +37,14 @@ impl SeenVersions {
         Self { listed_upto, seen: HashMap::new() }
     }
 
+    /// The client was sent a META-DATA listing every version up to
+    /// `listed_upto` (the first of the session, or a later one: [ext]
+    /// `dropsync_proto::index`, which leaves out only versions listed
+    /// before or received since). What it received is kept.
+    pub fn listed(&mut self, listed_upto: u64) {
+        self.listed_upto = self.listed_upto.max(listed_upto);
+    }
+
     /// Records that the client now has seen `version` of `path`: delivered
     /// (its 0x0001 to FINISHED or DELETE), uploaded or deleted by itself, or
     /// matched by an identical upload.

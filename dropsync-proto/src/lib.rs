@@ -19,6 +19,7 @@ mod decode;
 mod encode;
 mod error;
 mod frame;
+pub mod index;
 pub mod limits;
 pub mod md5_pair;
 pub mod metadata;

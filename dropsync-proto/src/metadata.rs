@@ -7,6 +7,7 @@
 
 
 use crate::digest::{bytes_from_hex, from_hex, push_hex, to_hex};
+use crate::index::{parse_listing, Listing};
 use crate::{ClientId, Digest};
 
 /// First line of every META-DATA file: the format and its version.
@@ -94,6 +95,8 @@ pub enum Line {
     ClientId(ClientId),
     /// `# ext <name>...` [ext]: extensions the server offers.
     Extensions(Vec<String>),
+    /// `# index` or `# delta` [ext]: what the server's META-DATA lists.
+    Listing(Listing),
     /// Any other comment, or a blank line: readers ignore these.
     Ignored,
 }
@@ -137,6 +140,9 @@ pub struct Document {
     pub entries: Vec<Entry>,
     /// [ext] What the `# ext` lines name.
     pub extensions: Vec<String>,
+    /// [ext] What a server's META-DATA lists: every path, or only what
+    /// changed since a version (`crate::index`).
+    pub listing: Option<Listing>,
 }
 
 /// Appends the header line.
@@ -223,6 +229,9 @@ pub fn render_document(doc: &Document) -> String {
         let names: Vec<&str> = doc.extensions.iter().map(String::as_str).collect();
         render_extensions(&names, &mut out);
     }
+    if let Some(l) = &doc.listing {
+        crate::index::render_listing(l, &mut out);
+    }
     for e in &doc.entries {
         render_stored_entry(e, &mut out);
     }
@@ -277,6 +286,9 @@ pub fn parse_line(text: &str, line: usize) -> Result<Line, MetadataError> {
     if let Some(names) = text.strip_prefix(EXT_PREFIX) {
         return Ok(Line::Extensions(names.split_whitespace().map(str::to_owned).collect()));
     }
+    if let Some(listing) = parse_listing(text) {
+        return listing.map(Line::Listing).map_err(|()| MetadataError::BadField { line, column: "listing" });
+    }
     if text.is_empty() || text.starts_with('#') {
         return Ok(Line::Ignored);
     }
@@ -326,6 +338,7 @@ pub fn parse_document(text: &str) -> Result<Document, MetadataError> {
             Line::Entry(e) => doc.entries.push(e),
             Line::ClientId(id) => doc.client_id = Some(id),
             Line::Extensions(names) => doc.extensions.extend(names),
+            Line::Listing(l) => doc.listing = Some(l),
             Line::Ignored => {}
         }
     }
@@ -457,7 +470,7 @@ mod tests {
             entries in proptest::collection::vec(arb_entry(), 0..20),
             client_id in proptest::option::of(any::<[u8; 16]>()),
         ) {
-            let doc = Document { client_id, entries, extensions: Vec::new() };
+            let doc = Document { client_id, entries, extensions: Vec::new(), listing: None };
             let text = render_document(&doc);
             prop_assert_eq!(parse_document(&text), Ok(doc));
         }

@@ -14,6 +14,7 @@ use dropsync_io::conn::Conn;
 use dropsync_io::tcp;
 use dropsync_io::tls::{Fingerprint, TLS_HANDSHAKE_BYTE};
 use dropsync_io::wire::{is_timeout_error, write_status, FrameReader, Msg};
+use dropsync_proto::index::Listing;
 use dropsync_proto::{ClientId, StatusCode};
 
 use crate::metrics::{NotAdmitted, SessionKind};
@@ -383,8 +384,20 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
         (false, false) => SessionKind::Hello,
     };
     server.metrics.session_started(kind);
-    let (text, listed_upto) = server.library.snapshot();
-    session.set_metadata(text, listed_upto);
+    // [ext] A client that acknowledged a listing is sent what changed
+    // since (`dropsync_proto::index`); a legacy one, every path.
+    let since = session.client_id.and_then(|id| server.acks().since(&id));
+    let (text, upto, since) = match server.library.snapshot(since) {
+        (text, upto) if since.is_none_or(|s| s <= upto) => (text, upto, since),
+        _ => {
+            let (text, upto) = server.library.snapshot(None);
+            (text, upto, None)
+        }
+    };
+    if let Some(since) = since {
+        log::debug!("{}: META-DATA of the changes since version {since}", session.who());
+    }
+    session.set_metadata(text, Listing { store: server.acks().store(), upto, since });
     log::info!("connect {} (client id {}); {} client(s)", session.who(), client_id.map_or("legacy".into(), |c| dropsync_proto::digest::to_hex(&c)), server.client_count());
 
     let tick = server.config.tick();

@@ -8,7 +8,7 @@
 use std::io::Write;
 use dropsync_io::conn::Conn;
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, PoisonError};
 use std::time::Instant;
 
 use dropsync_core::library::{Committed, Pending};
@@ -17,6 +17,7 @@ use dropsync_core::open_transfers::Limits;
 use dropsync_core::path_rules::PathConflict;
 use dropsync_core::receiving::{Assembled, Config, Ended, Event, Host, Payload, Receiving, Reply, Step};
 use dropsync_io::wire::{feed, Fed, FrameReader, Msg};
+use dropsync_proto::index::{IndexRequest, Listing};
 use dropsync_proto::{Digest, StatusCode};
 
 use crate::library;
@@ -633,6 +634,45 @@ impl Host for Uploads<'_> {
     fn offer_copy(&mut self) -> StatusCode {
         self.session.takes_copy.store(true, Ordering::Relaxed);
         StatusCode::OK
+    }
+
+    /// [ext] A listing acknowledged: what the client's next session is sent
+    /// the changes since (0x0020 for any listing but the one this session
+    /// was sent); "every path next time"; or "what changed since that
+    /// listing, now", but for the versions this session received (its own
+    /// uploads and deliveries), sent as a META-DATA transfer. A legacy
+    /// session was offered none of it: 0x0100, as for any reserved name.
+    fn index(&mut self, request: IndexRequest) -> StatusCode {
+        let (Some(client), Some(listed)) = (self.session.client_id, self.session.listing()) else {
+            return StatusCode::BAD_REQUEST;
+        };
+        let mut acks = self.server.acks();
+        match request {
+            IndexRequest::Everything => {
+                log::info!("{}: will be sent every path next time", self.session.who());
+                acks.forget(&client);
+                StatusCode::OK
+            }
+            IndexRequest::Ack { store, upto } if acks.acknowledge(client, store, upto, listed.upto) => {
+                log::debug!("{}: acknowledged the listing up to version {upto}", self.session.who());
+                StatusCode::OK
+            }
+            IndexRequest::More { store, upto } if store == acks.store() && upto == listed.upto => {
+                drop(acks);
+                let (text, now) = {
+                    let seen = self.session.seen.lock().unwrap_or_else(PoisonError::into_inner);
+                    self.server.library.snapshot_skipping(upto, &|e| seen.has_received(&e.path, e.version))
+                };
+                if now < upto {
+                    return StatusCode::NO_FILE;
+                }
+                log::debug!("{}: META-DATA of what it lacks of the changes since version {upto}", self.session.who());
+                self.session.set_metadata(text, Listing { store, upto: now, since: Some(upto) });
+                self.server.wake(self.session);
+                StatusCode::OK
+            }
+            IndexRequest::Ack { .. } | IndexRequest::More { .. } => StatusCode::NO_FILE,
+        }
     }
 
     fn request(&mut self, name: &str) -> StatusCode {

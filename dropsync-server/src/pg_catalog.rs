@@ -281,8 +281,8 @@ impl Catalog for PgCatalog {
         lock(&self.view).commit(&mut Sql(&mut db), path, change)
     }
 
-    fn snapshot(&self) -> (String, u64) {
-        lock(&self.view).snapshot()
+    fn snapshot_skipping(&self, since: Option<u64>, skip: &dyn Fn(&Entry) -> bool) -> (String, u64) {
+        lock(&self.view).snapshot(since, skip)
     }
 
     fn history(&self, path: &str) -> Vec<Kept> {

@@ -92,10 +92,32 @@ pub struct Server {
     pub gate: crate::gate::Gate,
     /// The chunk MD5s of contents uploaded lately, for their deliveries.
     pub chunk_digests: crate::chunk_digests::ChunkDigests,
+    /// [ext] The listing each client acknowledged, to send it only what
+    /// changed since (`dropsync_core::delta_index`).
+    pub acks: Mutex<dropsync_core::delta_index::Acks>,
     next_id: AtomicU64,
 }
 
+/// [ext] A store id for this run's table of versions
+/// (`dropsync_core::delta_index`): random, so that no client takes a
+/// listing of another run's table, or another server's, for one of this.
+fn store_id() -> dropsync_proto::index::StoreId {
+    use std::io::Read;
+    let mut id = [0u8; 16];
+    if std::fs::File::open("/dev/urandom").and_then(|mut f| f.read_exact(&mut id)).is_err() {
+        // No randomness to be had: the time and the process id, mixed.
+        let seed = format!("{:?} {}", std::time::SystemTime::now(), std::process::id());
+        id = dropsync_proto::md5(seed.as_bytes());
+    }
+    id
+}
+
 impl Server {
+    /// [ext] The listings clients acknowledged.
+    pub fn acks(&self) -> MutexGuard<'_, dropsync_core::delta_index::Acks> {
+        self.acks.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
     /// A server with no clients yet.
     pub fn new(config: Config, library: crate::library::Library, gate: crate::gate::Gate) -> Self {
         Self {
@@ -113,6 +135,7 @@ impl Server {
             metrics: Metrics::new(),
             gate,
             chunk_digests: Default::default(),
+            acks: Mutex::new(dropsync_core::delta_index::Acks::new(store_id())),
             next_id: AtomicU64::new(1),
         }
     }

@@ -17,6 +17,7 @@ use dropsync_core::liveness::{Liveness, Silence, Timers};
 use dropsync_core::locks::SessionId;
 use dropsync_io::queue::UpdateQueue;
 use dropsync_core::stale::SeenVersions;
+use dropsync_proto::index::Listing;
 use dropsync_proto::ClientId;
 
 use crate::outbound::{Batch, Inbox};
@@ -73,6 +74,12 @@ pub struct Session {
     pub overtaken: Mutex<Vec<(String, u64)>>,
     /// The META-DATA transfer that must precede every other transfer.
     pub metadata: Mutex<MetaState>,
+    /// HELLO id (`None`: a legacy session).
+    pub client_id: Option<ClientId>,
+    /// [ext] What its META-DATA listed (`dropsync_proto::index`), which is
+    /// all it may acknowledge; `None` for a legacy session, which is sent
+    /// every path and no listing line.
+    listing: Mutex<Option<Listing>>,
     /// Writer of the receive connection (transfers to the client,
     /// keep-alives, answers): used by the session's sender thread only, its
     /// one owner.
@@ -166,6 +173,8 @@ impl Session {
             requested: Mutex::new(HashSet::new()),
             overtaken: Mutex::new(Vec::new()),
             metadata: Mutex::new(MetaState::Pending),
+            client_id: p.client_id,
+            listing: Mutex::new(None),
             out: Mutex::new(p.out),
             replies: Mutex::new(p.replies),
             deliveries: Mutex::new(p.deliveries),
@@ -232,19 +241,29 @@ impl Session {
     }
 
     /// Sets the META-DATA to send first and the version counter it lists
-    /// every version up to (section 6: what the client has seen).
-    /// A session that sent HELLO is also told, in an `# ext` line after the
-    /// header, the extensions it may offer (COPY); a legacy one gets the
-    /// contract's text alone.
-    pub fn set_metadata(&self, mut text: String, listed_upto: u64) {
+    /// every version up to (section 6: what the client has seen; a listing
+    /// of the changes since a version counts every version up to `upto` as
+    /// seen too, for the client had the rest from earlier listings).
+    /// A session that sent HELLO is also told, in `# ext` and listing lines
+    /// after the header, the extensions it may offer (COPY, `index`) and
+    /// what `text` lists; a legacy one gets the contract's text alone.
+    pub fn set_metadata(&self, mut text: String, listing: Listing) {
         if !self.legacy {
             let mut ext = String::new();
-            dropsync_proto::metadata::render_extensions(&["copy"], &mut ext);
+            dropsync_proto::metadata::render_extensions(&["copy", "index"], &mut ext);
+            dropsync_proto::index::render_listing(&listing, &mut ext);
             let at = text.find('\n').map_or(text.len(), |i| i + 1);
             text.insert_str(at, &ext);
+            *self.listing.lock().unwrap_or_else(PoisonError::into_inner) = Some(listing);
         }
-        *self.seen.lock().unwrap_or_else(PoisonError::into_inner) = SeenVersions::new(listed_upto);
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).listed(listing.upto);
         *self.metadata.lock().unwrap_or_else(PoisonError::into_inner) = MetaState::Ready(text);
+    }
+
+    /// [ext] What this session's META-DATA listed (`None`: legacy, or not
+    /// sent yet).
+    pub fn listing(&self) -> Option<Listing> {
+        *self.listing.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// Writes one encoded message on the receive connection, holding the

@@ -644,7 +644,7 @@ impl Server {
         let chunk = self.settings.chunk;
         match s.st.meta {
             Meta::Pending => {
-                let (text, upto) = self.lib.snapshot();
+                let (text, upto) = self.lib.snapshot(None);
                 *s.st.seen.lock().unwrap_or_else(PoisonError::into_inner) = SeenVersions::new(upto);
                 let bytes = Arc::new(text.into_bytes());
                 let digest = FileDigest::Known(md5(&bytes));

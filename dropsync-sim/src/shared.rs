@@ -73,8 +73,8 @@ impl Catalog for SharedCatalog {
     fn commit(&self, path: &str, change: Change) -> Result<Entry, CoreError> {
         lock(&self.view).commit(&mut self.conn(), path, change)
     }
-    fn snapshot(&self) -> (String, u64) {
-        lock(&self.view).snapshot()
+    fn snapshot_skipping(&self, since: Option<u64>, skip: &dyn Fn(&Entry) -> bool) -> (String, u64) {
+        lock(&self.view).snapshot(since, skip)
     }
     fn history(&self, path: &str) -> Vec<Kept> {
         lock(&self.view).history(path)
