@@ -271,6 +271,9 @@ impl Core {
     /// Waits until `until` between connection attempts, still noting local
     /// changes, and returns early on a signal.
     fn pause(&mut self, until: Instant) {
+        // A walk made before the first session is not kept for a later one:
+        // the events that follow it are not all kept meanwhile.
+        self.forget_early_scan();
         while !self.stopping() {
             let Some(wait) = until.checked_duration_since(Instant::now()) else { return };
             match self.events.recv_timeout(wait) {
@@ -345,9 +348,11 @@ impl Core {
     /// about a second), unless one is under way already. Only with a
     /// watcher, which reports what changes after the walk saw it; `--once`
     /// walks when it reconciles.
+    /// The first session takes the walk that set the watcher up, made while
+    /// the state loaded.
     pub fn scan_early(&mut self) {
         self.watcher.ready();
-        if self.early_scan.is_some() || !self.watcher.watching() {
+        if self.early_scan.is_some() || self.watcher.has_walk() || !self.watcher.watching() {
             return;
         }
         match Scan::spawn(&self.ctx.root) {
@@ -362,6 +367,8 @@ impl Core {
     /// watcher lost events before the reconciliation (what changed then may
     /// be after the walk's look at it, and unreported).
     pub fn forget_early_scan(&mut self) {
+        self.watcher.ready();
+        drop(self.watcher.take_walk());
         if let Some(walk) = self.early_scan.take() {
             let _ = walk.join();
         }
@@ -371,6 +378,9 @@ impl Core {
     /// or one made now.
     pub fn scan(&mut self) -> Scan {
         self.watcher.ready();
+        if let Some(walked) = self.watcher.take_walk() {
+            return walked;
+        }
         match self.early_scan.take().map(thread::JoinHandle::join) {
             Some(Ok(scan)) => scan,
             Some(Err(p)) => std::panic::resume_unwind(p),

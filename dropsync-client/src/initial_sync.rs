@@ -8,9 +8,9 @@
 //! and holds off reading further), so no incoming file changes the folder
 //! under the scan.
 
-use std::collections::hash_map::Entry as Slot;
 use std::collections::{HashMap, HashSet};
-use std::time::Instant;
+use std::thread;
+use std::time::{Instant, SystemTime};
 
 use dropsync_core::meta_client::{ClientMeta, ClientRecord, LocalSeen};
 use dropsync_core::reconcile::{effective_base, reconcile, Action, Content, Planned, ServerSide};
@@ -19,7 +19,6 @@ use dropsync_proto::name::validate_name;
 
 use dropsync_core::debounce::Debouncer;
 use crate::folder::{delete_local, keep_if_unaccepted, Before};
-use crate::ignores::LastFolder;
 use crate::paths::local_path;
 use crate::scan::{read_local, seen_is_current, Local, Notes, Probe, Scan};
 use crate::state::Ctx;
@@ -92,60 +91,45 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     // META-DATA was on its way (the watcher reports what changed since).
     let now = scan.began;
     let names = scan.files(notes);
+    let looks = first_looks(ctx, &names, &server, delta, now);
     let mut local_seen: HashMap<&str, LocalSeen> = HashMap::new();
-    // The paths in sync, as recorded, are taken out of `server` as they are
-    // found (one lookup each); what is left of it is what needs a look.
-    // Each was in `server` once, so `same` counts distinct paths.
-    let mut same: HashSet<&str> = HashSet::with_capacity(names.len());
+    // The paths in sync, as recorded, are taken out of `server` (what is
+    // left of it is what needs a look), and only counted: the set of them
+    // is made only when a pass over the records needs it (not on a
+    // reconnection where nothing changed). The walk lists each path once.
+    let mut same_count = 0usize;
+    let mut also_same: Vec<&str> = Vec::new();
     let mut unsettled: HashSet<&str> = HashSet::new();
     // New files, by their index in `names` (moved out at the end, not
     // copied: an initial sync of a million files holds no second copy of
     // their names); those with a record, by name.
     let mut fresh: Vec<usize> = Vec::new();
     let mut fresh_set: HashSet<&str> = HashSet::new();
-    let mut folder = LastFolder::default();
-    for (i, (name, probe)) in names.iter().enumerate() {
+    for (i, ((name, _), look)) in names.iter().zip(&looks).enumerate() {
         let name = name.as_str();
-        // An ignored file is not synced in either direction (`ignores.rs`).
-        if ctx.ignores.is_ignored_in_walk(name, &mut folder) {
-            continue;
-        }
-        let record = ctx.shared.lock().record(name);
-        if let (true, Some(b)) = (delta, record.base) {
-            if !same.contains(name) {
-                server.entry(name).or_insert((ServerSide::File(b), record.base_version, b));
+        let record = match *look {
+            Look::Ignored => continue,
+            Look::Same => {
+                server.remove(name);
+                same_count += 1;
+                continue;
             }
-        }
-        let on_server = match server.entry(name) {
-            Slot::Occupied(o) => {
-                // The walk's stat, as recorded: no need to look again.
-                let seen = match *probe {
-                    Probe::File(stat) => record.local.filter(|s| seen_is_current(Some(*s), stat, now)),
-                    _ => None,
-                };
-                if seen.is_some_and(|seen| in_sync(Some(o.get()), &record, seen)) {
-                    o.remove();
-                    same.insert(name);
-                    continue;
+            Look::Fresh { recorded } => {
+                fresh.push(i);
+                if recorded {
+                    fresh_set.insert(name);
                 }
-                Some(*o.get())
+                continue;
             }
-            // Listed twice (a rename racing the listing): seen in sync
-            // the first time.
-            Slot::Vacant(_) if same.contains(name) => continue,
-            Slot::Vacant(_) => None,
+            Look::Closer(record) => record,
         };
-        if record.base.is_none() && on_server.is_none() {
-            fresh.push(i);
-            if record.local.is_some() {
-                fresh_set.insert(name);
-            }
-            continue;
+        if let (true, Some(b)) = (delta, record.base) {
+            server.entry(name).or_insert((ServerSide::File(b), record.base_version, b));
         }
         match read_local(&local_path(&ctx.root, name), record.local, now) {
-            Ok(Local::File { seen, .. }) if in_sync(on_server.as_ref(), &record, seen) => {
+            Ok(Local::File { seen, .. }) if in_sync(server.get(name), &record, seen) => {
                 server.remove(name);
-                same.insert(name);
+                also_same.push(name);
             }
             Ok(Local::File { seen, .. }) => {
                 local_seen.insert(name, seen);
@@ -161,10 +145,17 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
             }
         }
     }
+    same_count += also_same.len();
     // Every record in sync (a reconnection where nothing changed): no
-    // record is anything but `same`, and the passes over the records below
-    // would find nothing.
-    let all_same = same.len() == ctx.shared.lock().meta.records.len();
+    // record is anything but in sync, and the passes over the records
+    // below would find nothing.
+    let all_same = same_count == ctx.shared.lock().meta.records.len();
+    let same: HashSet<&str> = if all_same {
+        HashSet::new()
+    } else {
+        let walked_same = names.iter().zip(&looks).filter(|(_, l)| matches!(l, Look::Same)).map(|((n, _), _)| n.as_str());
+        walked_same.chain(also_same.iter().copied()).collect()
+    };
     unlisted_unwalked = if delta && !all_same {
         let st = ctx.shared.lock();
         st.meta
@@ -280,8 +271,8 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     // last one).
     let recordless = fresh.len().saturating_sub(fresh_set.len());
     ctx.shared.lock().meta.records.reserve(recordless);
-    let (new_files, known) = (fresh.len(), local.len() + same.len());
-    drop(same);
+    let (new_files, known) = (fresh.len(), local.len() + same_count);
+    drop((same, looks));
     let mut names = names;
     let mut fresh: Vec<String> =
         fresh.into_iter().filter_map(|i| names.get_mut(i).map(|(n, _)| std::mem::take(n))).collect();
@@ -296,6 +287,85 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
         plan.syncs.len()
     );
     plan
+}
+
+/// What the first look at a walked file found.
+#[derive(Clone, Copy, Debug)]
+enum Look {
+    /// Not synced (`ignores.rs`).
+    Ignored,
+    /// In sync as recorded (the walk's stat is the one recorded, and its
+    /// content the base and the server's): nothing to do.
+    Same,
+    /// Known to neither the server nor the base: uploaded whatever it
+    /// holds (the upload hashes it as it goes); `recorded` when it has a
+    /// record all the same (content seen here, never accepted).
+    Fresh { recorded: bool },
+    /// To be looked at closer: its record.
+    Closer(ClientRecord),
+}
+
+/// Fewest walked files worth looking at on more than one thread.
+const LOOKS_SIDE_BY_SIDE: usize = 50_000;
+
+/// The first look at each walked file, by its stat and record alone, side
+/// by side on each core (up to 4): at a million files, the lookups of
+/// their records, each a few misses of the cache, were most of a
+/// reconnection's reconciliation (issue 19, B8). [ext] With a `delta`,
+/// a path the server's side does not list is on the server as its base.
+fn first_looks(
+    ctx: &Ctx,
+    names: &[(String, Probe)],
+    server: &HashMap<&str, (ServerSide, u64, Content)>,
+    delta: bool,
+    now: SystemTime,
+) -> Vec<Look> {
+    let st = ctx.shared.lock();
+    let records = &st.meta.records;
+    let look_at = |part: &[(String, Probe)]| -> Vec<Look> {
+        let mut ignores = ctx.ignores.for_walk();
+        let look = |(name, probe): &(String, Probe)| {
+            if ignores.is_ignored(name) {
+                return Look::Ignored;
+            }
+            let record = records.get(name).copied().unwrap_or_default();
+            let side = match server.get(name.as_str()) {
+                Some(side) => Some(*side),
+                None if delta => record.base.map(|b| (ServerSide::File(b), record.base_version, b)),
+                None => None,
+            };
+            let seen = match *probe {
+                Probe::File(stat) => record.local.filter(|s| seen_is_current(Some(*s), stat, now)),
+                _ => None,
+            };
+            if seen.is_some_and(|seen| in_sync(side.as_ref(), &record, seen)) {
+                Look::Same
+            } else if record.base.is_none() && side.is_none() {
+                Look::Fresh { recorded: record.local.is_some() }
+            } else {
+                Look::Closer(record)
+            }
+        };
+        part.iter().map(look).collect()
+    };
+    let threads = thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, 4);
+    if names.len() < LOOKS_SIDE_BY_SIDE || threads == 1 {
+        return look_at(names);
+    }
+    let part_len = names.len().div_ceil(threads);
+    thread::scope(|s| {
+        let parts: Vec<_> = names
+            .chunks(part_len)
+            .map(|part| (part, thread::Builder::new().name("look".into()).spawn_scoped(s, move || look_at(part))))
+            .collect();
+        let mut looks = Vec::with_capacity(names.len());
+        for (part, spawned) in parts {
+            // A part no thread could be had for, or whose thread failed,
+            // is looked at here.
+            looks.extend(spawned.ok().and_then(|h| h.join().ok()).unwrap_or_else(|| look_at(part)));
+        }
+        looks
+    })
 }
 
 /// [ext] The server's lines of the paths where it differs from the base now

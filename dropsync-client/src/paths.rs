@@ -2,6 +2,7 @@
 //! separated, UTF-8) and paths under the synced folder, and the checks that
 //! keep every write inside that folder.
 
+use std::ffi::OsStr;
 use std::fs;
 use std::io;
 use std::path::{Component, Path, PathBuf};
@@ -54,7 +55,25 @@ pub fn name_for(root: &Path, path: &Path) -> Result<String, Unsyncable> {
     if parts.is_empty() {
         return Err(Unsyncable::Outside);
     }
-    let name = parts.join("/");
+    checked(parts.join("/"))
+}
+
+/// The wire name of `child`, an entry of the folder whose wire name is
+/// `folder` ("" for the root): [`name_for`] of its path, without taking
+/// the path apart again (a walk names a million files).
+pub fn child_name(folder: &str, child: &OsStr) -> Result<String, Unsyncable> {
+    let Some(child) = child.to_str() else { return Err(Unsyncable::BadName(child.to_string_lossy().into_owned())) };
+    let mut name = String::with_capacity(folder.len() + 1 + child.len());
+    if !folder.is_empty() {
+        name.push_str(folder);
+        name.push('/');
+    }
+    name.push_str(child);
+    checked(name)
+}
+
+/// `name` if it is a wire name this client syncs.
+fn checked(name: String) -> Result<String, Unsyncable> {
     if is_reserved(&name) {
         return Err(Unsyncable::Reserved);
     }
@@ -165,6 +184,25 @@ mod tests {
         assert!(matches!(name_for(root, Path::new("/sync/a\\b")), Err(Unsyncable::BadName(_))));
         assert!(is_state_path(root, Path::new("/sync/.dropsync/tmp/in-1")));
         assert!(!is_state_path(root, Path::new("/sync/a/.dropsync")));
+    }
+
+    #[test]
+    fn a_child_is_named_as_its_path_is() {
+        let root = Path::new("/r");
+        let long = "x".repeat(256);
+        for (folder, child) in [
+            ("", "a"),
+            ("", ".dropsync"),
+            ("", ".dropsync-x"),
+            ("d", ".dropsync"),
+            ("d/e", "f.txt"),
+            ("d", "e\u{301}"),
+            ("d", "bad\\name"),
+            ("d", long.as_str()),
+        ] {
+            let path = root.join(folder).join(child);
+            assert_eq!(child_name(folder, OsStr::new(child)), name_for(root, &path), "{folder:?} {child:?}");
+        }
     }
 
     #[test]

@@ -15,7 +15,7 @@ use dropsync_core::reconcile::Content;
 use dropsync_proto::digest::finish;
 use dropsync_proto::Md5;
 
-use crate::paths::{name_for, Unsyncable};
+use crate::paths::{child_name, name_for, Unsyncable};
 
 /// A file whose modification time is this close to now is hashed even if
 /// its stat matches what was recorded: a write in the same clock tick as the
@@ -252,7 +252,7 @@ impl Notes {
 /// its whole path: at a million files, a second less of path walks in the
 /// kernel.
 pub fn walk_unsorted(root: &Path, dir: &Path, notes: &mut Notes) -> Vec<(String, Probe)> {
-    walk_side_by_side(root, dir).files(notes)
+    walk_side_by_side(root, dir, &|_| {}).files(notes)
 }
 
 /// A walk of the whole folder ([`walk_unsorted`]), and when it began.
@@ -267,8 +267,15 @@ pub struct Scan {
 impl Scan {
     /// Walks the folder `root` now.
     pub fn now(root: &Path) -> Scan {
+        Scan::watching(root, &|_| {})
+    }
+
+    /// Walks the folder `root` now, calling `watch` with each folder before
+    /// it is listed: a watcher set up so misses nothing the walk did not
+    /// see, and lists no folder twice (`watch::Starting::spawn`).
+    pub fn watching(root: &Path, watch: &(dyn Fn(&Path) + Sync)) -> Scan {
         let began = SystemTime::now();
-        Scan { began, walked: walk_side_by_side(root, root) }
+        Scan { began, walked: walk_side_by_side(root, root, watch) }
     }
 
     /// Walks the folder `root` on a thread of its own: a reconnection's
@@ -285,18 +292,18 @@ impl Scan {
 }
 
 /// [`walk_unsorted`] by up to [`MAX_WALKERS`] threads, the notes not yet
-/// made.
-fn walk_side_by_side(root: &Path, dir: &Path) -> Walked {
+/// made; `on_folder` is called with each folder before it is listed.
+fn walk_side_by_side(root: &Path, dir: &Path, on_folder: &(dyn Fn(&Path) + Sync)) -> Walked {
     let queue = Mutex::new(Folders { waiting: vec![dir.to_path_buf()], busy: 0 });
     let wake = Condvar::new();
     let walkers = thread::available_parallelism().map_or(1, |n| n.get()).clamp(1, MAX_WALKERS);
     thread::scope(|s| {
         let helpers: Vec<_> = (1..walkers)
-            .filter_map(|_| thread::Builder::new().name("walk".into()).spawn_scoped(s, || walker(root, &queue, &wake)).ok())
+            .filter_map(|_| thread::Builder::new().name("walk".into()).spawn_scoped(s, || walker(root, &queue, &wake, on_folder)).ok())
             .collect();
         // This thread walks too: with no helper (none could be started),
         // it walks alone.
-        let mut walked = walker(root, &queue, &wake);
+        let mut walked = walker(root, &queue, &wake, on_folder);
         for h in helpers {
             let more = h.join().unwrap_or_else(|p| std::panic::resume_unwind(p));
             walked.files.extend(more.files);
@@ -337,7 +344,7 @@ impl Walked {
 
 /// Lists folders from `queue` until none is left and no other walker can
 /// add one.
-fn walker(root: &Path, queue: &Mutex<Folders>, wake: &Condvar) -> Walked {
+fn walker(root: &Path, queue: &Mutex<Folders>, wake: &Condvar, on_folder: &(dyn Fn(&Path) + Sync)) -> Walked {
     let mut walked = Walked { files: Vec::new(), notes: Vec::new() };
     let mut found_folders = Vec::new();
     loop {
@@ -358,6 +365,7 @@ fn walker(root: &Path, queue: &Mutex<Folders>, wake: &Condvar) -> Walked {
         // Counted done even should the listing panic, so that the other
         // walkers stop waiting for its folders.
         let done = Done { queue, wake, found: &mut found_folders };
+        on_folder(&dir);
         list_folder(
             root,
             &dir,
@@ -435,16 +443,30 @@ fn list_folder(
             return;
         }
     };
+    // The names this listing renamed to NFC: the folder's listing may show
+    // them again (readdir may or may not return an entry renamed during
+    // it), and each path is listed once (`initial_sync` counts on it).
+    let mut renamed_to: Vec<std::ffi::OsString> = Vec::new();
+    // The folder's own wire name, checked once for all its entries.
+    let folder = if dir == root { Some(String::new()) } else { name_for(root, dir).ok() };
+    let name_of = |path: &Path| match (&folder, path.file_name()) {
+        (Some(folder), Some(child)) => child_name(folder, child),
+        _ => name_for(root, path),
+    };
     for entry in entries.flatten() {
+        if !renamed_to.is_empty() && renamed_to.contains(&entry.file_name()) {
+            continue;
+        }
         let mut path = entry.path();
         let Ok(kind) = entry.file_type() else { continue };
-        let mut named = name_for(root, &path);
+        let mut named = name_of(&path);
         let mut renamed = false;
         if named == Err(Unsyncable::NotNfc) {
             renamed = true;
             match crate::names::normalize_on_disk(root, &path) {
                 Ok(now) => {
-                    named = name_for(root, &now);
+                    named = name_of(&now);
+                    renamed_to.extend(now.file_name().map(ToOwned::to_owned));
                     path = now;
                 }
                 Err(e) => named = Err(Unsyncable::BadName(format!("not NFC, and cannot be renamed to it: {e}"))),

@@ -4,7 +4,8 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 
 use notify::event::{AccessKind, AccessMode, CreateKind, ModifyKind, RenameMode};
@@ -12,12 +13,13 @@ use notify::{Config, EventKind, RecommendedWatcher, RecursiveMode, Watcher};
 
 use crate::events::Event;
 use crate::paths::is_state_path;
+use crate::scan::Scan;
 
 /// Starts watching `root` and every folder under it, each on its own; the
 /// second value is false when not every folder could be (the limit of
 /// inotify watches). Events go to `events` until the returned watcher is
 /// dropped.
-pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<(RecommendedWatcher, bool)> {
+pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<(RecommendedWatcher, bool, Option<Scan>)> {
     let base: PathBuf = root.to_path_buf();
     let handler = move |res: notify::Result<notify::Event>| {
         let ev = match res {
@@ -53,8 +55,42 @@ pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<(Recomm
     };
     let mut watcher = RecommendedWatcher::new(handler, Config::default().with_follow_symlinks(false))?;
     watcher.watch(root, RecursiveMode::NonRecursive)?;
-    let complete = watch_folders_under(&mut watcher, root, root, false);
-    Ok((watcher, complete))
+    let (watcher, complete) = (Mutex::new(watcher), AtomicBool::new(true));
+    let scan = Scan::watching(root, &|dir| {
+        if dir == root || !complete.load(Ordering::Relaxed) {
+            return;
+        }
+        let mut watcher = watcher.lock().unwrap_or_else(PoisonError::into_inner);
+        if !watch_folder(&mut watcher, dir, false) {
+            complete.store(false, Ordering::Relaxed);
+        }
+    });
+    let complete = complete.into_inner();
+    // A walk made while folders went unwatched misses what changes in them.
+    Ok((watcher.into_inner().unwrap_or_else(PoisonError::into_inner), complete, complete.then_some(scan)))
+}
+
+/// Watches the folder `path` on its own; false when the limit of inotify
+/// watches is reached, which is logged unless `quiet` (it was already).
+fn watch_folder(watcher: &mut RecommendedWatcher, path: &Path, quiet: bool) -> bool {
+    match watcher.watch(path, RecursiveMode::NonRecursive) {
+        Ok(()) => true,
+        Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
+            if !quiet {
+                log::warn!(
+                    "cannot watch {}: {e} (fs.inotify.max_user_watches); changes in the folders not watched \
+                     are found by the periodic rescan",
+                    path.display()
+                );
+            }
+            false
+        }
+        // Gone since the listing, or unreadable: nothing to watch.
+        Err(e) => {
+            log::debug!("cannot watch {}: {e}", path.display());
+            true
+        }
+    }
 }
 
 /// Watches each folder under `dir` (not `dir` itself) on its own, the state
@@ -78,22 +114,10 @@ fn watch_folders_under(watcher: &mut RecommendedWatcher, root: &Path, dir: &Path
             if is_state_path(root, &path) {
                 continue;
             }
-            match watcher.watch(&path, RecursiveMode::NonRecursive) {
-                Ok(()) => stack.push(path),
-                Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
-                    if quiet {
-                        return false;
-                    }
-                    log::warn!(
-                        "cannot watch {}: {e} (fs.inotify.max_user_watches); changes in the folders not watched \
-                         are found by the periodic rescan",
-                        path.display()
-                    );
-                    return false;
-                }
-                // Gone since the listing, or unreadable: nothing to watch.
-                Err(e) => log::debug!("cannot watch {}: {e}", path.display()),
+            if !watch_folder(watcher, &path, quiet) {
+                return false;
             }
+            stack.push(path);
         }
     }
     true
@@ -106,16 +130,23 @@ fn watch_folders_under(watcher: &mut RecommendedWatcher, root: &Path, dir: &Path
 /// change made during the walk goes unseen.
 pub enum Starting {
     /// Still listing the folders.
-    Walking(JoinHandle<notify::Result<(RecommendedWatcher, bool)>>),
+    Walking(JoinHandle<notify::Result<(RecommendedWatcher, bool, Option<Scan>)>>),
     /// Watching; dropping it stops the watch. Not `complete` when the
-    /// limit of inotify watches left folders unwatched.
-    Ready { watcher: RecommendedWatcher, complete: bool },
+    /// limit of inotify watches left folders unwatched. `walk`: the walk
+    /// of the folder that set the watch up, for the first reconciliation
+    /// (see [`Starting::spawn`]).
+    Ready { watcher: RecommendedWatcher, complete: bool, walk: Option<Scan> },
     /// None wanted (`--once`), or none could be had.
     Without,
 }
 
 impl Starting {
-    /// Starts watching `root` on a thread; events go to `events`.
+    /// Starts watching `root` on a thread; events go to `events`. The watch
+    /// is set up by the walk of the folder for the first reconciliation
+    /// ([`Starting::take_walk`]), each folder watched before it is listed,
+    /// so what changes after the walk saw it, the watcher reports; it runs
+    /// while the client's state loads (issue 19, B8: both take a second or
+    /// more at a million files).
     pub fn spawn(root: &Path, events: mpsc::Sender<Event>) -> Starting {
         let root = root.to_path_buf();
         match thread::Builder::new().name("watch-start".into()).spawn(move || start(&root, events)) {
@@ -127,7 +158,7 @@ impl Starting {
     /// Watches the folder `dir` that appeared under `root` (created, or
     /// moved in), and every folder in it.
     pub fn watch_tree(&mut self, root: &Path, dir: &Path) {
-        let Starting::Ready { watcher, complete } = self else { return };
+        let Starting::Ready { watcher, complete, .. } = self else { return };
         match watcher.watch(dir, RecursiveMode::NonRecursive) {
             Ok(()) => *complete = watch_folders_under(watcher, root, dir, !*complete) && *complete,
             Err(e) if matches!(e.kind, notify::ErrorKind::MaxFilesWatch) => {
@@ -138,6 +169,20 @@ impl Starting {
             }
             Err(e) => log::debug!("cannot watch {}: {e}", dir.display()),
         }
+    }
+
+    /// The walk that set the watch up, if it is still to be taken (by the
+    /// first reconciliation, or forgotten).
+    pub fn take_walk(&mut self) -> Option<Scan> {
+        match self {
+            Starting::Ready { walk, .. } => walk.take(),
+            _ => None,
+        }
+    }
+
+    /// True while [`take_walk`](Self::take_walk) has a walk to give.
+    pub fn has_walk(&self) -> bool {
+        matches!(self, Starting::Ready { walk: Some(_), .. })
     }
 
     /// True once every folder is watched: then a walk made earlier is
@@ -154,7 +199,7 @@ impl Starting {
         let joined = handle.join();
         log::debug!("file watcher ready (waited {:?} for it)", waited.elapsed());
         *self = match joined {
-            Ok(Ok((watcher, complete))) => Starting::Ready { watcher, complete },
+            Ok(Ok((watcher, complete, walk))) => Starting::Ready { watcher, complete, walk },
             Ok(Err(e)) => Starting::unavailable(e),
             Err(_) => Starting::unavailable("its set-up panicked"),
         };
