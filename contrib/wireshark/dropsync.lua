@@ -45,7 +45,9 @@
 -- COPY [ext] (type 8) is the extension of PROTOCOL.md "Copies and renames
 -- without their bytes": a whole transfer in one message, `name` to hold the
 -- content `from` has; its offer is a REQUEST of .dropsync-ext/copy, shown as
--- a REQUEST like any other (that reserved name is not flagged there).
+-- a REQUEST like any other (that reserved name is not flagged there). So are
+-- the REQUESTs of META-DATA since a version [ext]: .dropsync-ext/index, and
+-- .dropsync-ext/index/<store>/<upto>, with /more or without.
 -- Generated: whole message length [dropsync.length], connection and direction
 -- [dropsync.connection, dropsync.direction] when the ports say, and for a
 -- STATUS the message it answers (replies come back in order on the same
@@ -96,6 +98,7 @@ local MAX_NAME_LEN = 4096            -- PROTOCOL.md section 3
 local DEFAULT_MAX_CHUNK = 16 * 1024 * 1024 -- section 4 (servers may differ)
 local METADATA_NAME = ".dropsync-metadata"
 local COPY_OFFER_NAME = ".dropsync-ext/copy" -- [ext] REQUESTed to offer COPY
+local INDEX_NAME = ".dropsync-ext/index" -- [ext] META-DATA since a version
 
 -- STATUS codes are bit flags (section 8). Order = display order.
 local status_flags = {
@@ -254,14 +257,36 @@ local function is_utf8(s)
     return true
 end
 
--- The one reserved name a message may carry, or nil: the META-DATA
--- transfer's from the server, the offer of COPY [ext] in a client's REQUEST.
--- A COPY may carry none (neither is a file either side copies).
+-- True for the names of META-DATA since a version [ext]: every path next
+-- time, an acknowledgement (/<store>/<upto>), or what changed since (/more).
+local STORE_HEX = string.rep("%x", 32)
+local function is_index_name(name)
+    if name == INDEX_NAME then return true end
+    if name:sub(1, #INDEX_NAME + 1) ~= INDEX_NAME .. "/" then return false end
+    local rest = name:sub(#INDEX_NAME + 1)
+    return rest:match("^/" .. STORE_HEX .. "/%d+$") ~= nil or rest:match("^/" .. STORE_HEX .. "/%d+/more$") ~= nil
+end
+
+-- The reserved names a client's REQUEST may carry [ext].
+local function request_reserved_ok(name)
+    return name == COPY_OFFER_NAME or is_index_name(name)
+end
+
+-- The reserved name (or the test of names) a message may carry, or nil: the
+-- META-DATA transfer's from the server, the offer of COPY and the names of
+-- META-DATA since a version [ext] in a client's REQUEST. A COPY may carry
+-- none (neither is a file either side copies).
 local function reserved_ok(t, from_server)
     if t == T_COPY then return nil end
     if from_server then return METADATA_NAME end
-    if t == T_REQUEST then return COPY_OFFER_NAME end
+    if t == T_REQUEST then return request_reserved_ok end
     return nil
+end
+
+-- True when `name` is what `allowed` (reserved_ok) lets through.
+local function is_allowed(name, allowed)
+    if type(allowed) == "function" then return allowed(name) end
+    return name == allowed
 end
 
 -- Why a name breaks section 3, or nil. `allowed` is the reserved name this
@@ -276,7 +301,7 @@ local function name_problem(name, allowed)
     for comp in (name .. "/"):gmatch("([^/]*)/") do
         if comp == "" then return "empty component" end
         if comp == "." or comp == ".." then return "'" .. comp .. "' component" end
-        if first and comp:sub(1, 9) == ".dropsync" and name ~= allowed then
+        if first and comp:sub(1, 9) == ".dropsync" and not is_allowed(name, allowed) then
             return "reserved name"
         end
         first = false

@@ -109,6 +109,12 @@ pub struct Args {
     /// scans once and needs neither the watcher nor this.
     #[arg(long, value_name = "SECS", default_value_t = 5)]
     pub rescan_secs: u64,
+    /// [ext] Once the folder has been in sync, nothing changing, for this
+    /// many seconds, ask the server what changed since the listing it last
+    /// sent (META-DATA since a version), so that the next connection is
+    /// sent only what changes after that. Not with `--once`.
+    #[arg(long, value_name = "SECS", default_value_t = 10)]
+    pub checkpoint_secs: u64,
     /// Send a keep-alive after this many seconds without sending on a
     /// connection (PROTOCOL.md section 9).
     #[arg(long, value_name = "SECS", default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
@@ -169,6 +175,9 @@ pub struct Config {
     pub debounce: Duration,
     /// Period of the full rescan; `None` turns it off.
     pub rescan: Option<Duration>,
+    /// [ext] Time in sync, nothing changing, before the client asks what
+    /// changed since its last listing; `None` (`--once`): never.
+    pub checkpoint: Option<Duration>,
     /// Least number of deletes at once that the delete guard holds (with
     /// half the files in sync); `None`: the guard is off.
     pub delete_guard: Option<usize>,
@@ -204,6 +213,7 @@ impl Args {
             in_flight: usize::from(self.in_flight.max(self.parallel)),
             debounce: Duration::from_millis(self.debounce_ms),
             rescan: (self.rescan_secs > 0 && !self.once).then(|| Duration::from_secs(self.rescan_secs)),
+            checkpoint: (!self.once).then(|| Duration::from_secs(self.checkpoint_secs)),
             delete_guard: (!self.no_delete_guard).then_some(usize::from(self.delete_guard_min)),
             keepalive: Duration::from_secs(self.keepalive_secs),
             dead_peer: Duration::from_secs(self.dead_peer_secs),

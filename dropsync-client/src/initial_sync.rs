@@ -121,7 +121,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
                 }
                 continue;
             }
-            Look::Closer(record) => record,
+            Look::Closer => ctx.shared.lock().record(name),
         };
         if let (true, Some(b)) = (delta, record.base) {
             server.entry(name).or_insert((ServerSide::File(b), record.base_version, b));
@@ -301,8 +301,9 @@ enum Look {
     /// holds (the upload hashes it as it goes); `recorded` when it has a
     /// record all the same (content seen here, never accepted).
     Fresh { recorded: bool },
-    /// To be looked at closer: its record.
-    Closer(ClientRecord),
+    /// To be looked at closer (its record is looked up again: few are, and
+    /// a look is a byte or two, not a record, for each of a million files).
+    Closer,
 }
 
 /// Fewest walked files worth looking at on more than one thread.
@@ -343,7 +344,7 @@ fn first_looks(
             } else if record.base.is_none() && side.is_none() {
                 Look::Fresh { recorded: record.local.is_some() }
             } else {
-                Look::Closer(record)
+                Look::Closer
             }
         };
         part.iter().map(look).collect()

@@ -166,6 +166,8 @@ pub struct Session<'a> {
     /// [ext] When the next listing of what changed since may be asked for,
     /// once the folder is in sync; `None` while one is asked for.
     next_more: Option<Instant>,
+    /// [ext] The count of state changes last seen, and since when it is.
+    quiet_since: (u64, Instant),
 }
 
 impl<'a> Session<'a> {
@@ -219,6 +221,7 @@ impl<'a> Session<'a> {
             awaiting_everything: false,
             acked: None,
             next_more: Some(Instant::now()),
+            quiet_since: (0, Instant::now()),
             metadata_deadline: Instant::now() + METADATA_WAIT,
             server_state_known: true,
             policy: SyncPolicy::new(once),
@@ -378,12 +381,18 @@ impl<'a> Session<'a> {
     }
 
     /// [ext] Asks for what changed since the acknowledged listing, when the
-    /// folder is in sync and its state changed since (uploads, deliveries):
-    /// the next session is then sent only what changed after this moment.
+    /// folder has been in sync, nothing changing, for `--checkpoint-secs`,
+    /// and its state changed since that listing (uploads, deliveries): the
+    /// next session is then sent only what changed after this moment.
     fn ask_for_more(&mut self) {
-        let Some((listing, _, changes)) = &self.acked else { return };
-        let due = self.next_more.is_some_and(|at| Instant::now() >= at);
-        if !due || self.stop_deadline.is_some() || *changes == self.core.ctx.shared.lock().changes || !self.all_done() {
+        let (Some((listing, _, acked_changes)), Some(quiet)) = (&self.acked, self.core.cfg.checkpoint) else { return };
+        let now = Instant::now();
+        let changes = self.core.ctx.shared.lock().changes;
+        if changes != self.quiet_since.0 {
+            self.quiet_since = (changes, now);
+        }
+        let due = self.next_more.is_some_and(|at| now >= at) && now >= self.quiet_since.1 + quiet;
+        if !due || self.stop_deadline.is_some() || *acked_changes == changes || !self.all_done() {
             return;
         }
         self.next_more = None;

@@ -42,7 +42,7 @@ fn a_client_that_comes_back_is_sent_only_what_changed_and_ends_identical() {
     for i in 0..30 {
         write_file(&a, &format!("d{}/f{i}.txt", i % 3), format!("file {i}").as_bytes());
     }
-    let mut ca = net.client("a", &[]);
+    let mut ca = net.client("a", &["--checkpoint-secs", "0"]);
     let cb = net.client("b", &[]);
     converge(&[&a, &b], &[&ca, &cb], "the first sync", |t| t.len() == 30);
     // a acknowledged the listing it reconciled with (empty: the server had
