@@ -240,6 +240,9 @@ impl Core {
                         }
                         End::Stopped => return Ok(()),
                         End::Failed(why) => return Err(why),
+                        // After the usual pause: a server that sent such a
+                        // delta again would not be asked in a tight loop.
+                        End::Again(reason) => log::info!("{reason}"),
                         End::Lost(reason) if self.cfg.once => {
                             return Err(format!("connection to the server at {server} lost: {reason}"));
                         }

@@ -58,6 +58,12 @@ pub fn server_side(doc: &Document) -> HashMap<&str, (ServerSide, u64, Content)> 
     server
 }
 
+/// [ext] The server's side of a path a delta does not list: as it was at
+/// the listing the client saved, its base `b` (of version `version`).
+fn as_it_was(b: Content, version: u64) -> (ServerSide, u64, Content) {
+    (ServerSide::File(b), version, b)
+}
+
 /// True when a path needs nothing: the server's file is its base, and the
 /// local file holds it, as recorded (reconcile plans nothing for it). Most
 /// paths of a reconnection are so; they are left out of the plan's maps.
@@ -124,7 +130,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
             Look::Closer => ctx.shared.lock().record(name),
         };
         if let (true, Some(b)) = (delta, record.base) {
-            server.entry(name).or_insert((ServerSide::File(b), record.base_version, b));
+            server.entry(name).or_insert(as_it_was(b, record.base_version));
         }
         match read_local(&local_path(&ctx.root, name), record.local, now) {
             Ok(Local::File { seen, .. }) if in_sync(server.get(name), &record, seen) => {
@@ -149,7 +155,10 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     // Every record in sync (a reconnection where nothing changed): no
     // record is anything but in sync, and the passes over the records
     // below would find nothing.
-    let all_same = same_count == ctx.shared.lock().meta.records.len();
+    // And nothing left of the server's side: a record the walk did not find
+    // (deleted here) is left in it, even should a name listed twice (a
+    // rename racing the listing) make up the count.
+    let all_same = same_count == ctx.shared.lock().meta.records.len() && server.is_empty();
     let same: HashSet<&str> = if all_same {
         HashSet::new()
     } else {
@@ -168,7 +177,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
         Vec::new()
     };
     for (name, b, version) in &unlisted_unwalked {
-        server.insert(name.as_str(), (ServerSide::File(*b), *version, *b));
+        server.insert(name.as_str(), as_it_was(*b, *version));
     }
 
     // Content last seen here that the server has is content in common,
@@ -332,7 +341,7 @@ fn first_looks(
             let record = records.get(name).copied().unwrap_or_default();
             let side = match server.get(name.as_str()) {
                 Some(side) => Some(*side),
-                None if delta => record.base.map(|b| (ServerSide::File(b), record.base_version, b)),
+                None if delta => record.base.map(|b| as_it_was(b, record.base_version)),
                 None => None,
             };
             let seen = match *probe {

@@ -34,7 +34,7 @@ fn path(root: &Path) -> PathBuf {
 pub fn save(root: &Path, listing: &Listing, differing: &[Entry]) -> io::Result<()> {
     let mut text = String::with_capacity(128 + differing.len() * 96);
     render_header(&mut text);
-    render_listing(&Listing { since: None, ..*listing }, &mut text);
+    render_listing(&listing.full(), &mut text);
     for e in differing {
         render_entry(e, &mut text);
     }

@@ -106,6 +106,10 @@ pub enum End {
     Stopped,
     /// The connection was lost or broken; the reason, for the log.
     Lost(String),
+    /// [ext] The session ends to begin again at once, `--once` too: the
+    /// server sent a delta this client cannot read, and is to send every
+    /// path to the next session.
+    Again(String),
     /// The client cannot go on (its folder disappeared); the reason.
     Failed(String),
 }
@@ -365,19 +369,30 @@ impl<'a> Session<'a> {
     /// the next session is sent every path.
     fn acknowledge(&mut self, listing: &Listing, differing: &[Entry]) {
         let root = &self.core.ctx.root;
-        if differing.len() > saved_index::MAX_DIFFERING {
+        let saved = if differing.len() > saved_index::MAX_DIFFERING {
             log::debug!("{} paths differ from the server's listing: not saved", differing.len());
-            saved_index::remove(root);
-            return;
+            Ok(false)
+        } else {
+            // The records first: the listing speaks for them.
+            self.core.meta_file.make_durable(&self.core.ctx.shared);
+            saved_index::save(root, listing, differing).map(|()| true)
+        };
+        match saved {
+            Ok(true) => {
+                self.out.add_request(ack_name(listing), ZERO_DIGEST);
+                let changes = self.core.ctx.shared.lock().changes;
+                self.acked = Some((listing.full(), differing.to_vec(), changes));
+            }
+            Ok(false) | Err(_) => {
+                if let Err(e) = saved {
+                    log::warn!("cannot save the server's listing ({e}); it will send every path next time");
+                }
+                // The server forgets an older acknowledgement too: a delta
+                // since it could not be read against nothing.
+                saved_index::remove(root);
+                self.out.add_request(INDEX_NAME.to_owned(), ZERO_DIGEST);
+            }
         }
-        if let Err(e) = saved_index::save(root, listing, differing) {
-            log::warn!("cannot save the server's listing ({e}); it will send every path next time");
-            saved_index::remove(root);
-            return;
-        }
-        self.out.add_request(ack_name(listing), ZERO_DIGEST);
-        let changes = self.core.ctx.shared.lock().changes;
-        self.acked = Some((Listing { since: None, ..*listing }, differing.to_vec(), changes));
     }
 
     /// [ext] Asks for what changed since the acknowledged listing, when the
@@ -470,7 +485,12 @@ impl<'a> Session<'a> {
 
     fn on_session_event(&mut self, what: SessionEvent) -> Option<End> {
         match what {
-            SessionEvent::ServerMeta(doc) if self.reconciled && doc.listing.is_some_and(|l| l.since.is_some()) => {
+            // [ext] The listing asked for by `ask_for_more` (a delta that
+            // comes late, after the session went on without META-DATA, is
+            // reconciled with below, as any late META-DATA).
+            SessionEvent::ServerMeta(doc)
+                if self.reconciled && self.next_more.is_none() && doc.listing.is_some_and(|l| l.since.is_some()) =>
+            {
                 self.on_more(doc);
                 if let Some(go) = &self.go {
                     let _ = go.send(());
@@ -520,7 +540,7 @@ impl<'a> Session<'a> {
             SessionEvent::Done(done) => {
                 self.out.ended(&done);
                 if self.awaiting_everything && matches!(&done, Done::Request { name, .. } if name == INDEX_NAME) {
-                    return Some(End::Lost("reconnecting to be sent the server's whole META-DATA".into()));
+                    return Some(End::Again("reconnecting to be sent the server's whole META-DATA".into()));
                 }
                 self.on_done(done);
             }

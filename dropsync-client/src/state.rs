@@ -397,6 +397,30 @@ impl MetaFile {
         replace_file(&self.path, text.as_bytes())
     }
 
+    /// Makes every record change so far durable: the journal synced to the
+    /// disk (one fdatasync), or a snapshot where no journal is kept. Before
+    /// a saved listing claims that the records reflect it ([ext]
+    /// `saved_index`): a power loss must not leave the listing newer than
+    /// the bases it speaks for.
+    pub fn make_durable(&self, shared: &Shared) {
+        let synced = {
+            let st = shared.lock();
+            match st.journal.as_ref() {
+                Some(journal) => Some(journal.sync_data()),
+                None => None,
+            }
+        };
+        match synced {
+            Some(Ok(())) => {}
+            Some(Err(e)) => {
+                log::warn!("cannot sync the META-DATA journal ({e}); writing a snapshot");
+                shared.lock().unsaved = true;
+                self.save_if_changed(shared);
+            }
+            None => self.save_if_changed(shared),
+        }
+    }
+
     /// Saves the shared state if it changed since the last save. Only one
     /// thread (the control thread) saves, so saves never interleave. The
     /// snapshot gets the next generation, and base changes made after it

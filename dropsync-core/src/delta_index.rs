@@ -10,6 +10,7 @@
 //! another table.
 
 use std::collections::HashMap;
+use std::time::Duration;
 
 use dropsync_proto::index::{Listing, StoreId};
 use dropsync_proto::ClientId;
@@ -23,6 +24,10 @@ use dropsync_proto::ClientId;
 pub fn delta_usable(saved: &Listing, got: &Listing) -> bool {
     got.since.is_some_and(|since| got.store == saved.store && since <= saved.upto)
 }
+
+/// Least time between two listings of what changed that one session is
+/// sent on its asking (`/more`): each is a pass over the server's table.
+pub const MIN_MORE_SPACING: Duration = Duration::from_secs(5);
 
 /// Client ids remembered at most: beyond, the one acknowledged longest ago
 /// is forgotten (it is then sent every path, as before this extension). A

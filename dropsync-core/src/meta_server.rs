@@ -175,6 +175,15 @@ impl ServerMeta {
         String::clone(text)
     }
 
+    /// [`render`](Self::render) (kept), or with `since` [ext] the lines of
+    /// versions above it that `skip` does not take out.
+    pub fn render_since(&self, since: Option<u64>, skip: &dyn Fn(&Entry) -> bool) -> String {
+        match since {
+            None => self.render(),
+            Some(_) => self.render_before(&HashMap::new(), since, skip),
+        }
+    }
+
     /// [`render`](Self::render) of the table as it was before the changes
     /// `before` holds: each changed path's line before them (`None`: it
     /// had none). With `since` [ext], only the lines of versions above it
@@ -538,11 +547,7 @@ impl<S: Storage> Catalog for MemCatalog<S> {
         let guard = self.lock();
         let batch = self.batch.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(batch) = batch.as_ref() else {
-            let text = match since {
-                None => guard.0.render(),
-                Some(_) => guard.0.render_before(&HashMap::new(), since, skip),
-            };
-            return (text, guard.0.last_version());
+            return (guard.0.render_since(since, skip), guard.0.last_version());
         };
         let mut before: HashMap<&str, Option<&Entry>> = HashMap::with_capacity(batch.undo.len());
         for (path, previous) in &batch.undo {

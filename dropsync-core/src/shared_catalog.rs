@@ -191,11 +191,7 @@ impl SharedView {
     /// before the others' older ones are, so the table may hold a version
     /// above versions it has not applied yet, which the text does not list.
     pub fn snapshot(&self, since: Option<u64>, skip: &dyn Fn(&Entry) -> bool) -> (String, u64) {
-        let text = match since {
-            None => self.table.render(),
-            Some(_) => self.table.render_before(&std::collections::HashMap::new(), since, skip),
-        };
-        (text, self.cursor)
+        (self.table.render_since(since, skip), self.cursor)
     }
 
     /// What the history keeps of `path`, oldest first.

@@ -41,6 +41,13 @@ pub struct Listing {
     pub since: Option<u64>,
 }
 
+impl Listing {
+    /// The same listing as one of every path (what a client saves).
+    pub fn full(self) -> Listing {
+        Listing { since: None, ..self }
+    }
+}
+
 /// A REQUEST of [`INDEX_NAME`], as the server reads it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum IndexRequest {

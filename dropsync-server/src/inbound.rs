@@ -659,6 +659,10 @@ impl Host for Uploads<'_> {
             }
             IndexRequest::More { store, upto } if store == acks.store() && upto == listed.upto => {
                 drop(acks);
+                let at = std::time::Instant::now();
+                if self.session.more_too_soon(at) {
+                    return StatusCode::NO_FILE;
+                }
                 let (text, now) = {
                     let seen = self.session.seen.lock().unwrap_or_else(PoisonError::into_inner);
                     self.server.library.snapshot_skipping(upto, &|e| seen.has_received(&e.path, e.version))
@@ -667,7 +671,7 @@ impl Host for Uploads<'_> {
                     return StatusCode::NO_FILE;
                 }
                 log::debug!("{}: META-DATA of what it lacks of the changes since version {upto}", self.session.who());
-                self.session.set_metadata(text, Listing { store, upto: now, since: Some(upto) });
+                self.session.set_more(text, Listing { store, upto: now, since: Some(upto) }, at);
                 self.server.wake(self.session);
                 StatusCode::OK
             }

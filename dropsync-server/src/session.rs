@@ -17,6 +17,7 @@ use dropsync_core::liveness::{Liveness, Silence, Timers};
 use dropsync_core::locks::SessionId;
 use dropsync_io::queue::UpdateQueue;
 use dropsync_core::stale::SeenVersions;
+use dropsync_core::delta_index::MIN_MORE_SPACING;
 use dropsync_proto::index::Listing;
 use dropsync_proto::ClientId;
 
@@ -80,6 +81,8 @@ pub struct Session {
     /// all it may acknowledge; `None` for a legacy session, which is sent
     /// every path and no listing line.
     listing: Mutex<Option<Listing>>,
+    /// [ext] When this session was last sent a `/more` listing.
+    last_more: Mutex<Option<Instant>>,
     /// Writer of the receive connection (transfers to the client,
     /// keep-alives, answers): used by the session's sender thread only, its
     /// one owner.
@@ -175,6 +178,7 @@ impl Session {
             metadata: Mutex::new(MetaState::Pending),
             client_id: p.client_id,
             listing: Mutex::new(None),
+            last_more: Mutex::new(None),
             out: Mutex::new(p.out),
             replies: Mutex::new(p.replies),
             deliveries: Mutex::new(p.deliveries),
@@ -247,7 +251,30 @@ impl Session {
     /// A session that sent HELLO is also told, in `# ext` and listing lines
     /// after the header, the extensions it may offer (COPY, `index`) and
     /// what `text` lists; a legacy one gets the contract's text alone.
-    pub fn set_metadata(&self, mut text: String, listing: Listing) {
+    pub fn set_metadata(&self, text: String, listing: Listing) {
+        self.seen.lock().unwrap_or_else(PoisonError::into_inner).listed(listing.upto);
+        self.put_metadata(text, listing);
+    }
+
+    /// [ext] Sets a listing of what changed since this session's listing, but
+    /// for what it received, to send next (`/more`). The versions it lists
+    /// do not count as seen: the client only saves where they differ from
+    /// its bases, and fetches them in its next session, not in this one
+    /// (a change of one of them from it keeps the version as a conflict copy).
+    pub fn set_more(&self, text: String, listing: Listing, now: Instant) {
+        *self.last_more.lock().unwrap_or_else(PoisonError::into_inner) = Some(now);
+        self.put_metadata(text, listing);
+    }
+
+    /// True when a `/more` now comes sooner than [`MIN_MORE_SPACING`] after
+    /// the last: it is refused (each costs a pass over the table under its
+    /// lock).
+    pub fn more_too_soon(&self, now: Instant) -> bool {
+        let last = self.last_more.lock().unwrap_or_else(PoisonError::into_inner);
+        last.is_some_and(|at| now.saturating_duration_since(at) < MIN_MORE_SPACING)
+    }
+
+    fn put_metadata(&self, mut text: String, listing: Listing) {
         if !self.legacy {
             let mut ext = String::new();
             dropsync_proto::metadata::render_extensions(&["copy", "index"], &mut ext);
@@ -256,7 +283,6 @@ impl Session {
             text.insert_str(at, &ext);
             *self.listing.lock().unwrap_or_else(PoisonError::into_inner) = Some(listing);
         }
-        self.seen.lock().unwrap_or_else(PoisonError::into_inner).listed(listing.upto);
         *self.metadata.lock().unwrap_or_else(PoisonError::into_inner) = MetaState::Ready(text);
     }
 

@@ -43,6 +43,8 @@ fn an_acknowledged_listing_is_followed_by_the_changes_since() {
     assert_eq!((more.store, more.since, more.upto), (first.store, Some(0), 3));
     assert!(paths.is_empty(), "{paths:?}");
     assert_eq!(request(&mut a, &ack_name(&more)), StatusCode::OK);
+    // One such pass over the table per session every few seconds at most.
+    assert_eq!(request(&mut a, &more_name(&more)), StatusCode::NO_FILE);
     drop(a);
 
     // Another client changes one file and adds one; a comes back.

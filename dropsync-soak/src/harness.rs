@@ -1566,13 +1566,15 @@ impl Run {
         for c in &self.clients {
             // The snapshot, the (empty) journal that follows it, the
             // status file `client status` reads (never a half-written
-            // `status.tmp`: it is renamed into place) and the client's key.
+            // `status.tmp`: it is renamed into place), the client's key and
+            // the listing it acknowledged ([ext] META-DATA since a version).
             let state = c.folder.join(".dropsync");
             let snapshot = fs::read_to_string(state.join("metadata")).unwrap_or_default();
             let generation = snapshot.lines().rev().find_map(|l| l.strip_prefix("# generation ")).unwrap_or("?");
             let journal = format!("metadata.journal.{generation}");
+            let kept = ["metadata", journal.as_str(), "status", "identity.pem", "server-fingerprint", "index"];
             for f in views::all_files(&state) {
-                if f != "metadata" && f != journal && f != "status" && f != "identity.pem" && f != "server-fingerprint" {
+                if !kept.contains(&f.as_str()) {
                     out.push(problem(5, format!("{}: unexpected file .dropsync/{f}", c.label)));
                 }
             }
