@@ -484,6 +484,18 @@ mod tests {
         Content { md5: md5(bytes), size: bytes.len() as u64 }
     }
 
+    /// The context of a client labelled "me" on the folder `root`.
+    fn ctx_in(root: &std::path::Path, meta: ClientMeta) -> Ctx {
+        Ctx {
+            root: root.to_path_buf(),
+            tmp_dir: root.join(".dropsync/tmp"),
+            label: "me".into(),
+            conflict_copies: true,
+            shared: Shared::new(meta),
+            ignores: crate::ignores::Ignores::load(root),
+        }
+    }
+
     /// A folder with files in every situation, its records, and a server
     /// META-DATA: the local half of the plan is carried out, the network
     /// half returned.
@@ -508,14 +520,7 @@ mod tests {
         for (name, base) in [("same", &b"same"[..]), ("pull", b"old"), ("gone", b"old"), ("sub/both", b"old"), ("local-del-remote-same", b"x")] {
             meta.records.insert(name.into(), ClientRecord { base: Some(content(base)), base_version: 1, local: None });
         }
-        let ctx = Ctx {
-            root: root.clone(),
-            tmp_dir: root.join(".dropsync/tmp"),
-            label: "me".into(),
-            conflict_copies: true,
-            shared: Shared::new(meta),
-            ignores: crate::ignores::Ignores::load(&root),
-        };
+        let ctx = ctx_in(&root, meta);
         let entry = |path: &str, bytes: &[u8], state| Entry {
             version: 2,
             md5: md5(bytes),
@@ -573,14 +578,7 @@ mod tests {
             let base = Some(content(name.as_bytes()));
             meta.records.insert(name.into(), ClientRecord { base, base_version: 0, local: None });
         }
-        let ctx = Ctx {
-            root: root.clone(),
-            tmp_dir: root.join(".dropsync/tmp"),
-            label: "me".into(),
-            conflict_copies: true,
-            shared: Shared::new(meta),
-            ignores: crate::ignores::Ignores::load(&root),
-        };
+        let ctx = ctx_in(&root, meta);
         let doc = Document {
             client_id: None,
             extensions: Vec::new(),
@@ -633,14 +631,7 @@ mod tests {
         std::fs::remove_file(root.join("gone-here")).unwrap();
         std::fs::write(root.join("edited-here"), "edited").unwrap();
         std::fs::write(root.join("fresh"), "new here").unwrap();
-        let ctx = Ctx {
-            root: root.clone(),
-            tmp_dir: root.join(".dropsync/tmp"),
-            label: "me".into(),
-            conflict_copies: true,
-            shared: Shared::new(meta),
-            ignores: crate::ignores::Ignores::load(&root),
-        };
+        let ctx = ctx_in(&root, meta);
         let entry = |path: &str, bytes: &[u8], state, version| Entry {
             version,
             md5: md5(bytes),
