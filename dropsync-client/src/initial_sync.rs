@@ -484,6 +484,11 @@ mod tests {
         Content { md5: md5(bytes), size: bytes.len() as u64 }
     }
 
+    /// A server line of `path` holding `bytes`.
+    fn line(path: &str, bytes: &[u8], state: EntryState, version: u64) -> Entry {
+        Entry { version, md5: md5(bytes), size: bytes.len() as u64, mtime_ns: 0, state, path: path.into(), strong: None }
+    }
+
     /// The context of a client labelled "me" on the folder `root`.
     fn ctx_in(root: &std::path::Path, meta: ClientMeta) -> Ctx {
         Ctx {
@@ -521,15 +526,7 @@ mod tests {
             meta.records.insert(name.into(), ClientRecord { base: Some(content(base)), base_version: 1, local: None });
         }
         let ctx = ctx_in(&root, meta);
-        let entry = |path: &str, bytes: &[u8], state| Entry {
-            version: 2,
-            md5: md5(bytes),
-            size: bytes.len() as u64,
-            mtime_ns: 0,
-            state,
-            path: path.into(),
-            strong: None,
-        };
+        let entry = |path: &str, bytes: &[u8], state| line(path, bytes, state, 2);
         let doc = Document {
             client_id: None,
             extensions: Vec::new(),
@@ -632,15 +629,7 @@ mod tests {
         std::fs::write(root.join("edited-here"), "edited").unwrap();
         std::fs::write(root.join("fresh"), "new here").unwrap();
         let ctx = ctx_in(&root, meta);
-        let entry = |path: &str, bytes: &[u8], state, version| Entry {
-            version,
-            md5: md5(bytes),
-            size: bytes.len() as u64,
-            mtime_ns: 0,
-            state,
-            path: path.into(),
-            strong: None,
-        };
+        let entry = line;
         let listing = dropsync_proto::index::Listing { store: [4; 16], upto: 9, since: Some(5) };
         let doc = Document {
             entries: vec![
