@@ -15,10 +15,12 @@ use crate::events::Event;
 use crate::paths::is_state_path;
 use crate::scan::Scan;
 
-/// Starts watching `root` and every folder under it, each on its own; the
+/// Starts watching `root` and every folder under it, each on its own, by a
+/// walk of the folder that watches each folder before it lists it; the
 /// second value is false when not every folder could be (the limit of
-/// inotify watches). Events go to `events` until the returned watcher is
-/// dropped.
+/// inotify watches), the third is that walk when it is (what changes after
+/// the walk saw it, the watcher reports). Events go to `events` until the
+/// returned watcher is dropped.
 pub fn start(root: &Path, events: mpsc::Sender<Event>) -> notify::Result<(RecommendedWatcher, bool, Option<Scan>)> {
     let base: PathBuf = root.to_path_buf();
     let handler = move |res: notify::Result<notify::Event>| {
