@@ -286,6 +286,11 @@ impl Session {
         *self.metadata.lock().unwrap_or_else(PoisonError::into_inner) = MetaState::Ready(text);
     }
 
+    /// True while a META-DATA is set and not yet taken to be sent.
+    pub fn metadata_ready(&self) -> bool {
+        matches!(*self.metadata.lock().unwrap_or_else(PoisonError::into_inner), MetaState::Ready(_))
+    }
+
     /// [ext] What this session's META-DATA listed (`None`: legacy, or not
     /// sent yet).
     pub fn listing(&self) -> Option<Listing> {

@@ -59,9 +59,11 @@ pub fn session_sender(server: &Arc<Server>, session: &Arc<Session>, batches: Rec
                     return server.end_session(session, &gone.0);
                 }
                 // Cleared before the queue is looked at: a path queued from
-                // here on schedules the client itself.
+                // here on schedules the client itself. So does a META-DATA
+                // set meanwhile ([ext] a `/more` listing), whose wake-up found
+                // this delivery under way.
                 session.delivering.store(false, Ordering::SeqCst);
-                if !session.queue.is_empty() {
+                if !session.queue.is_empty() || session.metadata_ready() {
                     server.wake(session);
                 }
             }

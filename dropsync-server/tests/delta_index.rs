@@ -66,6 +66,31 @@ fn an_acknowledged_listing_is_followed_by_the_changes_since() {
     assert_eq!((again.since, paths.len()), (None, 4));
 }
 
+/// A `/more` listing does not count its versions as seen by the session
+/// (the client only saves them): a change the client makes over one of
+/// them still keeps that version as a conflict copy (section 6).
+#[test]
+fn a_version_only_listed_by_more_is_kept_when_overwritten() {
+    let tmp = TempDir::new("delta-stale");
+    let server = ServerProc::start(&tmp.join("root"), &[]);
+    let mut a = RawPeer::hello(server.send_port, server.recv_port, [1; 16], "a");
+    let (first, _) = read(&a.receive_metadata());
+    assert_eq!(request(&mut a, &ack_name(&first)), StatusCode::OK);
+    assert_eq!(a.upload("p", b"a's first", 64), StatusCode::OK);
+    let mut b = RawPeer::hello(server.send_port, server.recv_port, [2; 16], "b");
+    b.receive_metadata();
+    assert_eq!(b.upload("p", b"b's version", 64), StatusCode::OK);
+    // a refuses the delivery of b's version (file in use): never seen.
+    assert_eq!(a.answer_next(StatusCode::IN_USE), "p");
+    assert_eq!(request(&mut a, &more_name(&first)), StatusCode::OK);
+    let (_, listed) = read(&a.receive_metadata());
+    assert_eq!(listed, ["p"], "b's version, which a did not receive");
+    assert_eq!(a.upload("p", b"a's second", 64), StatusCode::OK);
+    let mut c = RawPeer::hello(server.send_port, server.recv_port, [3; 16], "c");
+    let (_, paths) = read(&c.receive_metadata());
+    assert!(paths.iter().any(|p| p.starts_with("p (conflicted copy b ")), "b's version kept: {paths:?}");
+}
+
 #[test]
 fn a_legacy_session_sees_none_of_it() {
     let tmp = TempDir::new("delta-legacy");
