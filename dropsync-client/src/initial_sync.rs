@@ -102,7 +102,7 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     // The paths in sync, as recorded, are taken out of `server` (what is
     // left of it is what needs a look), and only counted: the set of them
     // is made only when a pass over the records needs it (not on a
-    // reconnection where nothing changed). The walk lists each path once.
+    // reconnection where nothing changed).
     let mut same_count = 0usize;
     let mut also_same: Vec<&str> = Vec::new();
     let mut unsettled: HashSet<&str> = HashSet::new();
@@ -152,12 +152,11 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
         }
     }
     same_count += also_same.len();
-    // Every record in sync (a reconnection where nothing changed): no
-    // record is anything but in sync, and the passes over the records
-    // below would find nothing.
-    // And nothing left of the server's side: a record the walk did not find
-    // (deleted here) is left in it, even should a name listed twice (a
-    // rename racing the listing) make up the count.
+    // Every record in sync (a reconnection where nothing changed), and
+    // nothing left of the server's side: the passes over the records below
+    // would find nothing. The second half matters when readdir shows a name
+    // twice (a rename racing the listing) and so makes up the count: a
+    // record the walk did not find (deleted here) is still in `server`.
     let all_same = same_count == ctx.shared.lock().meta.records.len() && server.is_empty();
     let same: HashSet<&str> = if all_same {
         HashSet::new()

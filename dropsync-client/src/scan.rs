@@ -445,7 +445,7 @@ fn list_folder(
     };
     // The names this listing renamed to NFC: the folder's listing may show
     // them again (readdir may or may not return an entry renamed during
-    // it), and each path is listed once (`initial_sync` counts on it).
+    // it), and a name listed twice would be looked at twice.
     let mut renamed_to: HashSet<std::ffi::OsString> = HashSet::new();
     // The folder's own wire name, checked once for all its entries.
     let folder = if dir == root { Some(String::new()) } else { name_for(root, dir).ok() };

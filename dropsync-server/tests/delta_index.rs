@@ -22,13 +22,19 @@ fn request(peer: &mut RawPeer, name: &str) -> StatusCode {
     peer.request(&Frame::Request { digest: ZERO_DIGEST, name })
 }
 
-#[test]
-fn an_acknowledged_listing_is_followed_by_the_changes_since() {
-    let tmp = TempDir::new("delta-wire");
+/// A server on an empty root, and client "a" paired with it: its listing.
+fn server_and_a(tag: &str) -> (TempDir, ServerProc, RawPeer, Listing) {
+    let tmp = TempDir::new(tag);
     let server = ServerProc::start(&tmp.join("root"), &[]);
     let mut a = RawPeer::hello(server.send_port, server.recv_port, [1; 16], "a");
     let (first, paths) = read(&a.receive_metadata());
     assert_eq!((first.upto, first.since, paths.len()), (0, None, 0));
+    (tmp, server, a, first)
+}
+
+#[test]
+fn an_acknowledged_listing_is_followed_by_the_changes_since() {
+    let (_tmp, server, mut a, first) = server_and_a("delta-wire");
     for name in ["f1", "f2", "f3"] {
         assert_eq!(a.upload(name, name.as_bytes(), 64), StatusCode::OK);
     }
@@ -71,10 +77,7 @@ fn an_acknowledged_listing_is_followed_by_the_changes_since() {
 /// them still keeps that version as a conflict copy (section 6).
 #[test]
 fn a_version_only_listed_by_more_is_kept_when_overwritten() {
-    let tmp = TempDir::new("delta-stale");
-    let server = ServerProc::start(&tmp.join("root"), &[]);
-    let mut a = RawPeer::hello(server.send_port, server.recv_port, [1; 16], "a");
-    let (first, _) = read(&a.receive_metadata());
+    let (_tmp, server, mut a, first) = server_and_a("delta-stale");
     assert_eq!(request(&mut a, &ack_name(&first)), StatusCode::OK);
     assert_eq!(a.upload("p", b"a's first", 64), StatusCode::OK);
     let mut b = RawPeer::hello(server.send_port, server.recv_port, [2; 16], "b");
