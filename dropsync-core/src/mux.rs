@@ -180,6 +180,28 @@ impl Mux {
         self.push(name, Work::Upload(Sender::hashed_elsewhere(size, chunk_size)))
     }
 
+    /// Queues a transfer of `name`, a file still being written, in chunks
+    /// of at most `chunk_size` bytes (see [`Sender::growing`]): it sends
+    /// what [`grow`](Self::grow) makes available, and ends once
+    /// [`complete`](Self::complete).
+    pub fn add_stream(&mut self, name: String, chunk_size: u32) -> OpId {
+        self.push(name, Work::Upload(Sender::growing(chunk_size)))
+    }
+
+    /// The first `available` bytes of stream `id` may be sent (see
+    /// [`Sender::grow`]); call [`poll_send`](Self::poll_send) after.
+    pub fn grow(&mut self, id: OpId, available: u64) {
+        if let Some(s) = self.upload_mut(id) {
+            s.grow(available);
+        }
+    }
+
+    /// Stream `id` is complete (see [`Sender::complete`]); false when it
+    /// is not a stream, or is shorter than what it made available.
+    pub fn complete(&mut self, id: OpId, size: u64, digest: Digest) -> bool {
+        self.upload_mut(id).is_some_and(|s| s.complete(size, digest))
+    }
+
     /// Gives upload `id` its whole-file MD5 (see [`Sender::set_digest`]);
     /// call [`poll_send`](Self::poll_send) after.
     pub fn set_digest(&mut self, id: OpId, digest: Digest) -> bool {

@@ -145,6 +145,10 @@ pub struct Sender {
     /// True once any message of this transfer has gone on the wire, i.e.
     /// the receiver may have opened the transfer.
     opened: bool,
+    /// The file is still being written ([`Sender::growing`]): `size` is
+    /// what may be sent so far, and FINISHED waits for
+    /// [`complete`](Sender::complete).
+    growing: bool,
 }
 
 impl Sender {
@@ -164,6 +168,7 @@ impl Sender {
             state: State::Idle,
             abort_requested: false,
             opened: false,
+            growing: false,
         }
     }
 
@@ -188,7 +193,9 @@ impl Sender {
                 self.opened = true;
                 Some(SendStep::Abort)
             }
-            State::Idle if self.acked < self.size => {
+            // A file still being written goes out in whole chunks only: a
+            // short one would be its last.
+            State::Idle if self.acked < self.size && (!self.growing || self.whole_chunk_available()) => {
                 let remaining = self.size - self.acked;
                 let len = u64::from(self.chunk_size).min(remaining) as u32;
                 self.state = State::Announced { len };
@@ -197,6 +204,8 @@ impl Sender {
                     len,
                 })
             }
+            // More bytes, or the end, have not come yet: nothing to send.
+            State::Idle if self.growing => None,
             // The caller's digest has not come yet: nothing to send.
             State::Idle if self.digest_elsewhere && self.known_digest.is_none() => None,
             State::Idle => {
@@ -232,6 +241,44 @@ impl Sender {
         Sender { digest_elsewhere: true, ..Self::new(size, chunk_size) }
     }
 
+    fn whole_chunk_available(&self) -> bool {
+        self.size - self.acked >= u64::from(self.chunk_size)
+    }
+
+    /// A transfer of a file that is still being written (the server's
+    /// streaming deliveries, PROTOCOL.md [ext] "Streaming deliveries"): its
+    /// bytes become available with [`grow`](Self::grow), whole chunks go
+    /// out as they do, and the last chunk and FINISHED only once
+    /// [`complete`](Self::complete) has given the final size and whole-file
+    /// MD5. Chunks are recorded with
+    /// [`record_chunk_digest`](Self::record_chunk_digest) (the caller knows
+    /// their MD5s) and not hashed here.
+    pub fn growing(chunk_size: u32) -> Self {
+        Sender { growing: true, digest_elsewhere: true, ..Self::new(0, chunk_size) }
+    }
+
+    /// The first `available` bytes of a [`growing`](Self::growing) file may
+    /// be sent (a smaller number than before changes nothing).
+    pub fn grow(&mut self, available: u64) {
+        if self.growing && available > self.size {
+            self.size = available;
+        }
+    }
+
+    /// A [`growing`](Self::growing) file is complete: `size` bytes whose
+    /// MD5 is `digest`. False (and nothing changes) for any other transfer,
+    /// or when `size` is less than what was already available: the caller
+    /// then aborts the transfer.
+    pub fn complete(&mut self, size: u64, digest: Digest) -> bool {
+        if !self.growing || size < self.size {
+            return false;
+        }
+        self.growing = false;
+        self.size = size;
+        self.known_digest = Some(digest);
+        true
+    }
+
     /// Gives the whole-file MD5 of a [`hashed_elsewhere`](Self::hashed_elsewhere)
     /// transfer; returns whether it was wanted (not for other transfers,
     /// nor twice).
@@ -264,12 +311,14 @@ impl Sender {
     /// ([`with_digest`](Self::with_digest)): nothing here needs them, so the
     /// caller may stream the payload from its source to the socket without
     /// holding it (it must then send exactly `len` bytes whose MD5 is
-    /// `digest`). Without a known whole-file MD5 this is `NotExpected`.
+    /// `digest`). Without a whole-file MD5 known or to be given by the
+    /// caller ([`hashed_elsewhere`](Self::hashed_elsewhere),
+    /// [`growing`](Self::growing)) this is `NotExpected`.
     pub fn record_chunk_digest(&mut self, len: u32, digest: Digest) -> Recorded {
         let State::Announced { len: announced } = self.state else {
             return Recorded::NotExpected;
         };
-        if self.known_digest.is_none() {
+        if self.known_digest.is_none() && !self.digest_elsewhere {
             return Recorded::NotExpected;
         }
         if len != announced {
@@ -291,7 +340,7 @@ impl Sender {
             };
         }
         let end = self.acked + u64::from(len);
-        if self.acked == 0 && end == self.size && self.known_digest.is_none() {
+        if self.acked == 0 && end == self.size && self.known_digest.is_none() && !self.growing {
             // One chunk is the whole file: its MD5 is the whole-file MD5,
             // so the file is hashed once, not twice (most small files).
             let digest = digest.unwrap_or_else(|| md5(payload));
@@ -389,7 +438,8 @@ impl Sender {
         }
     }
 
-    /// The file's size as given to [`new`](Self::new).
+    /// The file's size as given to [`new`](Self::new) (of a
+    /// [`growing`](Self::growing) file: the bytes available so far).
     pub fn size(&self) -> u64 {
         self.size
     }
@@ -887,5 +937,103 @@ mod tests {
             let _ = s.handle_reply(StatusCode::OK);
         }
         assert_eq!(s.outcome(), Some(Outcome::Committed));
+    }
+
+    /// Drives a growing transfer of `data` to the end: the file becomes
+    /// available in the steps `grows` (clamped, increasing), then complete.
+    /// Returns the chunks sent, in order, and the FINISHED digest.
+    fn stream(data: &[u8], chunk: u32, grows: &[usize]) -> (Vec<(u64, u32)>, Option<Digest>) {
+        let mut s = Sender::growing(chunk);
+        let mut sent = Vec::new();
+        let mut finished = None;
+        let mut steps = grows.iter().map(|g| (*g).min(data.len())).collect::<Vec<_>>();
+        steps.sort_unstable();
+        let mut steps = steps.into_iter();
+        let mut completed = false;
+        for _ in 0..10_000 {
+            match s.poll_send() {
+                Some(SendStep::Chunk { offset, len }) => {
+                    let end = offset + u64::from(len);
+                    assert!(end <= s.size(), "only bytes made available are sent");
+                    assert!(completed || len == chunk, "a short chunk before the end would be the last");
+                    let piece = &data[offset as usize..end as usize];
+                    assert_eq!(s.record_chunk_digest(len, md5(piece)), Recorded::Send { digest: md5(piece) });
+                    sent.push((offset, len));
+                    assert_eq!(reply(&mut s, StatusCode::OK), ReplyOutcome::Continue);
+                }
+                Some(SendStep::Finished { digest }) => {
+                    assert!(completed, "FINISHED only once the file is complete");
+                    finished = Some(digest);
+                    assert_eq!(reply(&mut s, StatusCode::OK), ReplyOutcome::Over(Outcome::Committed));
+                    break;
+                }
+                Some(SendStep::Abort) => panic!("nothing asked for an ABORT"),
+                None => match steps.next() {
+                    Some(available) => s.grow(available as u64),
+                    None => {
+                        assert!(!completed, "a complete file that sends nothing more is stuck");
+                        assert!(s.complete(data.len() as u64, md5(data)));
+                        completed = true;
+                    }
+                },
+            }
+        }
+        (sent, finished)
+    }
+
+    #[test]
+    fn a_growing_file_goes_out_in_whole_chunks_and_finishes_once_complete() {
+        let data = b"0123456789";
+        let (sent, finished) = stream(data, 4, &[3, 5, 9]);
+        assert_eq!(sent, vec![(0, 4), (4, 4), (8, 2)]);
+        assert_eq!(finished, Some(md5(data)));
+        // Growing backwards, completing short, or completing twice are no-ops.
+        let mut s = Sender::growing(4);
+        s.grow(8);
+        s.grow(2);
+        assert_eq!(s.size(), 8);
+        assert!(!s.complete(7, md5(b"x")), "bytes made available cannot vanish");
+        assert!(s.complete(8, md5(b"01234567")));
+        assert!(!s.complete(9, md5(b"x")));
+        // Other transfers do not grow.
+        let mut fixed = Sender::new(4, 4);
+        fixed.grow(100);
+        assert_eq!(fixed.size(), 4);
+        assert!(!fixed.complete(4, md5(b"0123")));
+    }
+
+    #[test]
+    fn a_growing_file_aborted_before_anything_went_out_ends_at_once() {
+        let mut s = Sender::growing(4);
+        assert_eq!(s.poll_send(), None, "nothing available yet");
+        assert_eq!(s.abort(), Some(Outcome::Aborted));
+        let mut s = Sender::growing(4);
+        s.grow(4);
+        let Some(SendStep::Chunk { len, .. }) = s.poll_send() else { panic!("a whole chunk is available") };
+        assert!(matches!(s.record_chunk_digest(len, md5(b"0123")), Recorded::Send { .. }));
+        assert_eq!(s.abort(), None, "a chunk is on the wire: an ABORT follows its reply");
+        assert_eq!(reply(&mut s, StatusCode::OK), ReplyOutcome::Continue);
+        assert_eq!(s.poll_send(), Some(SendStep::Abort));
+    }
+
+    proptest! {
+        /// However the file grows, every byte goes out once, in order, in
+        /// whole chunks but the last, and FINISHED carries the digest given
+        /// at the end.
+        #[test]
+        fn a_growing_file_is_sent_whole_and_in_order(
+            data in proptest::collection::vec(any::<u8>(), 0..200),
+            chunk in 1u32..40,
+            grows in proptest::collection::vec(0usize..220, 0..12),
+        ) {
+            let (sent, finished) = stream(&data, chunk, &grows);
+            let mut next = 0u64;
+            for (offset, len) in &sent {
+                prop_assert_eq!(*offset, next);
+                next += u64::from(*len);
+            }
+            prop_assert_eq!(next, data.len() as u64);
+            prop_assert_eq!(finished, Some(md5(&data)));
+        }
     }
 }

@@ -168,6 +168,27 @@ impl<O> Sending<O> {
         self.insert(id, name, op)
     }
 
+    /// Adds a transfer of `name`, a file still being written, in chunks of
+    /// at most `chunk_size` (the server's streaming deliveries; see
+    /// [`Mux::add_stream`]). Its source is asked only for chunks made
+    /// available with [`grow`](Self::grow), and must give their MD5s
+    /// without the bytes ([`Prepared::payload`] `None`).
+    pub fn add_stream(&mut self, name: String, chunk_size: u32, op: O) -> OpId {
+        let id = self.mux.add_stream(name.clone(), chunk_size);
+        self.insert(id, name, op)
+    }
+
+    /// The first `available` bytes of stream `id` may be sent.
+    pub fn grow(&mut self, id: OpId, available: u64) {
+        self.mux.grow(id, available);
+    }
+
+    /// Stream `id` is complete: `size` bytes whose MD5 is `digest`; false
+    /// when that cannot be (the caller aborts it).
+    pub fn complete(&mut self, id: OpId, size: u64, digest: Digest) -> bool {
+        self.mux.complete(id, size, digest)
+    }
+
     /// Adds a DELETE of `name`; `held` is the MD5 of the version the sender
     /// holds, or zeros.
     pub fn add_delete(&mut self, name: String, held: Digest, op: O) -> OpId {

@@ -369,6 +369,7 @@ fn start_session(server: &Arc<Server>, pair: Pair) {
         out,
         replies: reply_rx,
         deliveries: batch_tx,
+        wake: reply_tx.clone(),
         now: std::time::Instant::now(),
         timers: server.config.timers(),
     }));

@@ -101,6 +101,11 @@ impl TempBlob {
             .collect()
     }
 
+    /// Where the temp file is (until it is installed or dropped).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
     /// The SHA-256 of everything appended so far.
     pub fn strong(&self) -> Strong {
         self.hasher.clone().finalize().into()

@@ -101,6 +101,12 @@ pub struct Args {
     /// as a conflict copy (PROTOCOL.md section 6 [ext]).
     #[arg(long)]
     pub no_conflict_copies: bool,
+    /// Deliver an upload only once it is committed: no streaming
+    /// deliveries ([ext] docs/PROTOCOL.md, "Streaming deliveries"), which
+    /// by default send a large upload to the other clients that said HELLO
+    /// while it arrives.
+    #[arg(long)]
+    pub no_streaming: bool,
     /// Days every overwritten or deleted version is kept, for `server
     /// history`, `server restore` and `server undelete` (fractions allowed).
     #[arg(long, default_value_t = 30.0, value_parser = parse_keep_days)]

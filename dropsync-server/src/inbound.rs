@@ -26,7 +26,8 @@ use crate::server::Server;
 use crate::session::Session;
 use crate::blobs::TempBlob;
 use crate::chunk_digests::ChunkList;
-use crate::sink::{Sink, SinkThreads};
+use crate::sink::{Sink, SinkThreads, THREADED_MIN_CHUNK};
+use crate::streams::{self, Stream};
 
 /// Why the loop ended (for the disconnect log line).
 type End = String;
@@ -58,6 +59,19 @@ pub struct Upload {
     _open: OpenUpload,
     /// Its chunks' digests, kept for its deliveries once it is committed.
     chunks: ChunkList,
+    /// [ext] What its streaming deliveries follow (a large upload's).
+    stream: Option<Streamed>,
+}
+
+/// An upload that other clients may be sent while it arrives (`streams`).
+struct Streamed {
+    guard: streams::Guard,
+    /// The temp file, for the deliveries to open.
+    temp: std::path::PathBuf,
+    /// Bytes accepted so far.
+    accepted: u64,
+    /// Offered to the other sessions already.
+    offered: bool,
 }
 
 /// One count in `Metrics::uploads_open` (and so in the locks held by
@@ -114,6 +128,8 @@ struct Job {
     _open: Option<OpenUpload>,
     /// When its last message arrived.
     started: Instant,
+    /// [ext] An upload's stream, ended with its commit.
+    stream: Option<streams::Guard>,
 }
 
 /// What a change of a group commit was, for its reply and log line once
@@ -402,7 +418,7 @@ impl Uploads<'_> {
         let mut held = Vec::with_capacity(jobs.len());
         let mut changes = Vec::with_capacity(jobs.len());
         for job in jobs {
-            let Job { ticket, change, lock, _open, started } = job;
+            let Job { ticket, change, lock, _open, started, stream } = job;
             if let Pending::Upload { path, .. } = &change {
                 if let Some(Err(e)) = synced.next() {
                     log::error!("{}: cannot write {path:?}: {e}", self.session.who());
@@ -411,16 +427,22 @@ impl Uploads<'_> {
                 }
             }
             let what = Done::of(&change);
-            held.push((ticket, what, lock, _open, started));
+            held.push((ticket, what, lock, _open, started, stream));
             changes.push(change);
         }
         let lib = &self.server.library;
         let outcomes = lib.commit_batch(changes, &self.session.seen, &self.session.label, library::now());
         self.last_commit_took = began.elapsed();
-        for ((ticket, what, lock, _open, started), outcome) in held.into_iter().zip(outcomes) {
+        for ((ticket, what, lock, _open, started, stream), outcome) in held.into_iter().zip(outcomes) {
             // Released before the reply, so a client that hears OK can
             // start its next change of the file at once.
             drop(lock);
+            // Its streaming deliveries finish with the version committed,
+            // now durable (or ABORT as the guard drops: unchanged, failed).
+            if let (Some(stream), Ok(Committed::New { entry, .. })) = (&stream, &outcome) {
+                stream.0.end(streams::End::Committed { version: entry.version, size: entry.size, md5: entry.md5 });
+            }
+            drop(stream);
             let reply = self.after_commit(what, outcome, started);
             self.resolved.push((ticket, reply));
         }
@@ -532,12 +554,19 @@ impl Host for Uploads<'_> {
             log::error!("cannot create a temp file: {e}");
             StatusCode::IN_USE
         })?;
-        Ok(Upload {
-            sink: Sink::open(temp, first_len, &self.sink_threads),
-            lock,
-            _open: OpenUpload::new(self.server),
-            chunks: ChunkList::default(),
-        })
+        // Only an upload in large chunks, written by a thread of its own,
+        // tells a stream what it wrote.
+        let temp_path = temp.path().to_owned();
+        let stream = (self.server.config.streaming && first_len >= THREADED_MIN_CHUNK)
+            .then(|| Stream::new(name, self.session.id));
+        let sink = Sink::open(temp, first_len, &self.sink_threads, stream.clone());
+        let stream = stream.filter(|_| sink.is_threaded()).map(|s| Streamed {
+            guard: streams::Guard(s),
+            temp: temp_path,
+            accepted: 0,
+            offered: false,
+        });
+        Ok(Upload { sink, lock, _open: OpenUpload::new(self.server), chunks: ChunkList::default(), stream })
     }
 
     /// A large chunk is read straight into a buffer that then goes to the
@@ -548,6 +577,9 @@ impl Host for Uploads<'_> {
 
     fn checked(&mut self, upload: &mut Upload, digest: &Digest, len: usize) {
         upload.chunks.checked(digest, len);
+        if let Some(s) = &upload.stream {
+            s.guard.0.checked(digest, len);
+        }
     }
 
     fn append(&mut self, name: &str, upload: &mut Upload, payload: Payload<'_>) -> Result<(), StatusCode> {
@@ -557,6 +589,13 @@ impl Host for Uploads<'_> {
         };
         if written.is_ok() {
             Metrics::add(&self.server.metrics.bytes_in, len as u64);
+            if let Some(s) = &mut upload.stream {
+                s.accepted += len as u64;
+                if !s.offered && s.accepted >= streams::OFFER_AFTER {
+                    s.offered = true;
+                    streams::offer(self.server, &s.guard.0, &s.temp);
+                }
+            }
         }
         written.map_err(|e| {
             log::error!("{name:?}: cannot write temp file: {e}");
@@ -567,7 +606,7 @@ impl Host for Uploads<'_> {
     /// Answered later: the upload joins this connection's next group
     /// commit, its data flushed to the disk then.
     fn commit(&mut self, name: &str, upload: Upload, file: Assembled) -> Reply {
-        let Upload { sink, lock, _open, chunks } = upload;
+        let Upload { sink, lock, _open, chunks, stream } = upload;
         let started = Instant::now();
         let temp = match sink.finish() {
             Ok(temp) => temp,
@@ -582,7 +621,11 @@ impl Host for Uploads<'_> {
             self.server.chunk_digests.keep(temp.strong(), digests);
         }
         let change = Pending::Upload { path: name.to_owned(), temp, md5: file.md5, size: file.size };
-        self.defer(Job { ticket: 0, change, lock, _open: Some(_open), started })
+        let stream = stream.map(|s| s.guard);
+        if let Some(s) = &stream {
+            s.0.finishing();
+        }
+        self.defer(Job { ticket: 0, change, lock, _open: Some(_open), started, stream })
     }
 
     fn discard(&mut self, name: &str, _upload: Upload, why: Ended) {
@@ -615,7 +658,7 @@ impl Host for Uploads<'_> {
             return StatusCode::LOCKED.into();
         };
         let change = Pending::Delete { path: name.to_owned() };
-        self.defer(Job { ticket: 0, change, lock, _open: None, started: Instant::now() })
+        self.defer(Job { ticket: 0, change, lock, _open: None, started: Instant::now(), stream: None })
     }
 
     /// COPY [ext]: an upload of content the server holds at `from`, under
@@ -627,7 +670,7 @@ impl Host for Uploads<'_> {
             Err(refused) => return refused.into(),
         };
         let change = Pending::Copy { path: name.to_owned(), from: from.to_owned(), md5: *digest };
-        self.defer(Job { ticket: 0, change, lock, _open: None, started: Instant::now() })
+        self.defer(Job { ticket: 0, change, lock, _open: None, started: Instant::now(), stream: None })
     }
 
     /// The client takes COPY, and so does this server.

@@ -31,6 +31,7 @@ mod server;
 mod session;
 mod status_page;
 mod sink;
+mod streams;
 mod views;
 mod workers;
 
@@ -150,6 +151,7 @@ fn run(args: cli::Args) -> Result<(), String> {
         parallel: usize::from(args.parallel),
         max_transfers: args.max_transfers as usize,
         refuse_case_twins: !args.allow_case_twins,
+        streaming: !args.no_streaming,
     };
     let send = bind_all(&args.bind, args.send_port).map_err(|e| format!("cannot listen on send port {}: {e}", args.send_port))?;
     let recv = bind_all(&args.bind, args.receive_port)

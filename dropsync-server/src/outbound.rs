@@ -35,6 +35,7 @@ use crate::chunk_digests::Digests;
 use crate::metrics::Metrics;
 use crate::server::Server;
 use crate::session::{MetaState, Session};
+use crate::streams::{self, End, Offer, Stream};
 
 /// The session cannot be served any more (its connection is gone).
 #[derive(Debug)]
@@ -117,6 +118,9 @@ struct Item {
     /// [ext] Sent as a COPY of the content from this path (which the
     /// client has), with the content's MD5, instead of its bytes.
     copy: Option<(String, Digest)>,
+    /// [ext] An upload still arriving, whose bytes are sent as they are
+    /// written (`streams`); its version is the one its commit makes.
+    stream: Option<Arc<Stream>>,
 }
 
 /// Transfers to one client, prepared and ready to be delivered together
@@ -142,10 +146,14 @@ pub fn prepare_next(server: &Server, session: &Session) -> Option<Batch> {
                 content: Some((Source::Bytes(text.into_bytes()), size, digest)),
                 copy: None,
                 known: None,
+                stream: None,
             };
             return Some(Batch { items: vec![item], metadata: true });
         }
         MetaProgress::AlreadySent => {}
+    }
+    if let Some(offer) = session.take_offer() {
+        return Some(prepare_stream(session, offer));
     }
     let mut paths = Vec::new();
     while paths.len() < session.transfers_at_once(server.config.parallel) {
@@ -155,6 +163,25 @@ pub fn prepare_next(server: &Server, session: &Session) -> Option<Batch> {
         }
     }
     prepare_paths(server, session, paths)
+}
+
+/// [ext] A delivery of an upload still arriving (`streams`), alone in its
+/// batch. It counts as being sent to the client (the stale-change rule's
+/// wait) like any other.
+fn prepare_stream(session: &Session, offer: Offer) -> Batch {
+    let Offer { stream, file } = offer;
+    let name = stream.path().to_owned();
+    log::debug!("{}: streaming {name:?} while it is uploaded", session.who());
+    session.set_outgoing(std::slice::from_ref(&name));
+    let item = Item {
+        name,
+        version: 0,
+        content: Some((Source::File(file), 0, ZERO_DIGEST)),
+        known: None,
+        copy: None,
+        stream: Some(stream),
+    };
+    Batch { items: vec![item], metadata: false }
 }
 
 /// Where the META-DATA transfer stands.
@@ -209,7 +236,8 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
                     break;
                 }
                 Queued::Delete { version } => {
-                    items.push(Item { name: path.clone(), version, content: None, copy: None, known: None });
+                    let item = Item { name: path.clone(), version, content: None, copy: None, known: None, stream: None };
+                    items.push(item);
                     break;
                 }
                 Queued::File { version } => match copy_source(server, session, path, version) {
@@ -223,6 +251,7 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
                             content: None,
                             copy: Some((from, entry.md5)),
                             known: None,
+                            stream: None,
                         });
                         if let Some(delete) = source_deleted {
                             pulled_forward.insert(delete.name.clone());
@@ -234,7 +263,7 @@ pub fn prepare_paths(server: &Server, session: &Session, paths: Vec<String>) -> 
                         Ok(f) => {
                             let content = Some((Source::File(f), entry.size, entry.md5));
                             let known = entry.strong.and_then(|key| server.chunk_digests.get(&key));
-                            items.push(Item { name: path.clone(), version, content, copy: None, known });
+                            items.push(Item { name: path.clone(), version, content, copy: None, known, stream: None });
                             break;
                         }
                         Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
@@ -264,7 +293,7 @@ fn deleted_source(server: &Server, session: &Session, from: &str) -> Option<Item
     let seen = session.seen.lock().unwrap_or_else(PoisonError::into_inner);
     match judge_queued(Some(&entry), &seen, false) {
         Queued::Delete { version } => {
-            Some(Item { name: from.to_owned(), version, content: None, copy: None, known: None })
+            Some(Item { name: from.to_owned(), version, content: None, copy: None, known: None, stream: None })
         }
         Queued::Skip | Queued::File { .. } => None,
     }
@@ -286,7 +315,7 @@ fn copy_source(server: &Server, session: &Session, path: &str, version: u64) -> 
 /// version counts as seen (section 6), a refusal gives the path up for
 /// this client.
 pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), Gone> {
-    let versions: Vec<(String, u64, Kind)> = batch
+    let versions: Vec<(String, u64, Kind, Option<Arc<Stream>>)> = batch
         .items
         .iter()
         .map(|i| {
@@ -295,7 +324,7 @@ pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), G
                 (None, None) => Kind::Delete,
                 (Some(_), None) => Kind::File,
             };
-            (i.name.clone(), i.version, kind)
+            (i.name.clone(), i.version, kind, i.stream.clone())
         })
         .collect();
     let metadata = batch.metadata;
@@ -311,7 +340,19 @@ pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), G
         log::debug!("{}: META-DATA sent: {:?}", session.who(), outcomes.first());
         return Ok(());
     }
-    for ((path, version, kind), outcome) in versions.into_iter().zip(outcomes) {
+    for ((path, version, kind, stream), outcome) in versions.into_iter().zip(outcomes) {
+        // A streamed upload's version is the one its commit made.
+        let version = match stream.map(|s| s.progress().end) {
+            None => version,
+            Some(Some(End::Committed { version, .. })) if outcome == Outcome::Committed => version,
+            Some(_) => {
+                // Aborted (the upload failed or stalled) or refused: the
+                // path goes out as usual once committed, queued by the
+                // commit like any other change.
+                log::debug!("{}: streaming of {path:?} ended {outcome:?}", session.who());
+                continue;
+            }
+        };
         if kind == Kind::Copy && outcome != Outcome::Committed {
             // It could not copy (it changed its copy of the source since,
             // say): the file itself goes out next.
@@ -387,6 +428,9 @@ pub enum Inbox {
     /// answered with this STATUS (section 4: every message but STATUS gets
     /// one reply).
     Answer(StatusCode),
+    /// [ext] An upload being streamed to the client grew or ended
+    /// (`streams`).
+    StreamMoved,
 }
 
 /// How often a sender waiting for a reply looks at the connection's clocks.
@@ -445,6 +489,7 @@ fn take_in(session: &Session, what: Inbox) -> Result<(), Gone> {
         Inbox::Answer(code) => {
             session.write_out(&Frame::Status(code).to_vec(), false).map_err(|e| Gone(format!("receive connection: {e}")))?
         }
+        Inbox::StreamMoved => session.stream_heard(),
         Inbox::Reply(_) => {}
     }
     Ok(())
@@ -489,11 +534,28 @@ struct Delivery {
     prefetched: Option<(u64, u32, Digest)>,
     /// The chunk MD5s kept from the content's upload.
     known: Option<Arc<Digests>>,
+    /// [ext] The upload it follows, for a streamed delivery.
+    follows: Option<Follows>,
+}
+
+/// What a streamed delivery knows of the upload it follows.
+struct Follows {
+    stream: Arc<Stream>,
+    /// Bytes made available to the transfer so far...
+    available: u64,
+    /// ...and when they last grew.
+    grew_at: Instant,
+    /// Time spent waiting for the upload, in all.
+    waited: Duration,
 }
 
 impl Delivery {
-    /// The MD5 of the chunk at `offset` kept from the upload, if it was.
+    /// The MD5 of the chunk at `offset` kept from the upload, if it was
+    /// (for a streamed one: checked as it arrived).
     fn known(&self, offset: u64, len: u32) -> Option<Digest> {
+        if let Some(f) = &self.follows {
+            return f.stream.chunk_digest(offset, len);
+        }
         self.known.as_ref()?.of(offset, len)
     }
 
@@ -538,7 +600,9 @@ impl SendSource<Delivery> for Chunks {
 
 fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Outcome>, Gone> {
     let mut sending = Sending::new(items.len().max(1));
-    let versions: Vec<u64> = items.iter().map(|i| i.version).collect();
+    let mut versions: Vec<u64> = items.iter().map(|i| i.version).collect();
+    // The streamed transfers still following their uploads.
+    let mut streaming: Vec<OpId> = Vec::new();
     let mut outcomes: Vec<Option<Outcome>> = vec![None; items.len()];
     // Each transfer with its source and whole-file MD5 (known for every
     // file: a blob's was checked when it was uploaded, the META-DATA's is
@@ -546,17 +610,29 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
     // their bytes are streamed from the source.
     for (index, item) in items.into_iter().enumerate() {
         if let Some((from, digest)) = item.copy {
-            let d = Delivery { index, content: None, prefetched: None, known: None };
+            let d = Delivery { index, content: None, prefetched: None, known: None, follows: None };
             sending.add_copy(from, item.name, digest, d);
+            continue;
+        }
+        if let Some(stream) = item.stream {
+            let follows = Follows { stream, available: 0, grew_at: Instant::now(), waited: Duration::ZERO };
+            let d = Delivery { index, content: item.content, prefetched: None, known: None, follows: Some(follows) };
+            streaming.push(sending.add_stream(item.name, server.config.chunk_size, d));
             continue;
         }
         match item.content {
             Some((src, size, digest)) => {
-                let d = Delivery { index, content: Some((src, size, digest)), prefetched: None, known: item.known };
+                let d = Delivery {
+                    index,
+                    content: Some((src, size, digest)),
+                    prefetched: None,
+                    known: item.known,
+                    follows: None,
+                };
                 sending.add_upload(item.name, size, server.config.chunk_size, FileDigest::Known(digest), d);
             }
             None => {
-                let d = Delivery { index, content: None, prefetched: None, known: None };
+                let d = Delivery { index, content: None, prefetched: None, known: None, follows: None };
                 sending.add_delete(item.name, ZERO_DIGEST, d);
             }
         }
@@ -575,6 +651,7 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
             aborting = true;
             sending.abort_all();
         }
+        follow_streams(session, &mut sending, &mut streaming, &mut versions);
         for (name, committed) in std::mem::take(&mut *session.overtaken.lock().unwrap_or_else(PoisonError::into_inner)) {
             for id in sending.ids_named(&name) {
                 if sending.op(id).is_some_and(|(_, d)| versions.get(d.index).is_some_and(|v| *v < committed)) {
@@ -608,8 +685,19 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
             record(ended, &mut outcomes);
         }
         if sending.is_idle() {
-            // Nothing awaits a reply and nothing more could be sent: all over.
-            break;
+            if streaming.is_empty() {
+                // Nothing awaits a reply and nothing more could be sent: all over.
+                break;
+            }
+            // A streamed transfer has sent all its upload has written.
+            let began = Instant::now();
+            wait_stream(session)?;
+            for id in &streaming {
+                if let Some(f) = sending.op_mut(*id).and_then(|d| d.follows.as_mut()) {
+                    f.waited += began.elapsed();
+                }
+            }
+            continue;
         }
         let reply = wait_reply(server, session)?;
         match sending.handle_reply(reply) {
@@ -619,6 +707,73 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
         }
     }
     Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Aborted)).collect())
+}
+
+/// [ext] Gives each streamed transfer what its upload wrote since, and its
+/// end: the size and MD5 of the version committed (its last chunk and
+/// FINISHED may go out), or an ABORT for an upload that failed. A
+/// transfer whose upload has not grown for [`streams::STALL`] (unless it
+/// is being committed), or has kept it waiting that long in all while
+/// other paths wait for this client, is given up (ABORT): the upload's
+/// commit queues the path as usual, so a slow uploader holds back no other
+/// client for longer than that.
+fn follow_streams(session: &Session, sending: &mut Sending<Delivery>, streaming: &mut Vec<OpId>, versions: &mut [u64]) {
+    let now = Instant::now();
+    let others_wait = !session.queue.is_empty();
+    streaming.retain(|&id| {
+        let Some(d) = sending.op_mut(id) else { return false };
+        let index = d.index;
+        let Some(f) = d.follows.as_mut() else { return false };
+        let progress = f.stream.progress();
+        if progress.written > f.available {
+            f.available = progress.written;
+            f.grew_at = now;
+        }
+        let stalled = !progress.finishing
+            && (now.duration_since(f.grew_at) >= streams::STALL || (others_wait && f.waited >= streams::STALL));
+        sending.grow(id, progress.written);
+        match progress.end {
+            None if stalled => {
+                let name = sending.op(id).map(|(name, _)| name.to_owned()).unwrap_or_default();
+                let who = session.who();
+                log::info!("{who}: streaming {name:?}: the upload keeps it waiting; it goes out once committed");
+                sending.abort(id);
+                false
+            }
+            None => true,
+            Some(End::Committed { version, size, md5 }) => {
+                if let Some(v) = versions.get_mut(index) {
+                    *v = version;
+                }
+                if !sending.complete(id, size, md5) {
+                    sending.abort(id);
+                }
+                false
+            }
+            Some(End::Failed) => {
+                sending.abort(id);
+                false
+            }
+        }
+    });
+}
+
+/// Waits (at most [`TICK`]) for a streamed upload to move while nothing
+/// awaits a reply, keeping the connection's clocks; a reply now is out of
+/// step.
+fn wait_stream(session: &Session) -> Result<(), Gone> {
+    {
+        let inbox = session.replies.lock().unwrap_or_else(PoisonError::into_inner);
+        match inbox.recv_timeout(TICK) {
+            Ok(Inbox::Reply(code)) => {
+                return Err(Gone(format!("STATUS {code} arrived with no message waiting for a reply")))
+            }
+            Ok(other) => take_in(session, other)?,
+            Err(RecvTimeoutError::Timeout) => {}
+            Err(RecvTimeoutError::Disconnected) => return Err(Gone("receive connection closed".into())),
+        }
+    }
+    keep_alive(session)
 }
 
 /// Reads the receive connection and hands what it reads to the session's

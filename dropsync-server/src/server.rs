@@ -45,6 +45,9 @@ pub struct Config {
     /// Refuse a new file that differs from a live one in letter case alone
     /// (not `--allow-case-twins`).
     pub refuse_case_twins: bool,
+    /// [ext] Large uploads are delivered while they arrive (`streams`;
+    /// not `--no-streaming`).
+    pub streaming: bool,
 }
 
 impl Config {

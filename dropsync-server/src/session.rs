@@ -22,6 +22,7 @@ use dropsync_proto::index::Listing;
 use dropsync_proto::ClientId;
 
 use crate::outbound::{Batch, Inbox};
+use crate::streams::{Offer, Offers};
 
 /// A paired client session.
 #[derive(Debug)]
@@ -92,6 +93,14 @@ pub struct Session {
     pub replies: Mutex<Receiver<Inbox>>,
     /// Deliveries prepared by the worker pool, for the session's sender.
     deliveries: Mutex<mpsc::Sender<Batch>>,
+    /// [ext] Uploads in progress offered to this client (`streams`).
+    offers: Offers,
+    /// The sender's inbox, for a stream it follows to wake it
+    /// ([`Inbox::StreamMoved`]); taken when the session closes, so that the
+    /// inbox still ends when the reply reader does.
+    wake: Mutex<Option<mpsc::Sender<Inbox>>>,
+    /// A [`Inbox::StreamMoved`] is in the inbox: no need for another.
+    stream_woken: AtomicBool,
     /// A delivery is prepared or under way (pool mode: at most one).
     pub delivering: AtomicBool,
     send_sock: Conn,
@@ -132,6 +141,8 @@ pub struct SessionParts {
     pub replies: Receiver<Inbox>,
     /// Where prepared deliveries go (the sender thread holds the receiver).
     pub deliveries: mpsc::Sender<Batch>,
+    /// The sender of `replies`'s channel, for streams to wake the sender.
+    pub wake: mpsc::Sender<Inbox>,
     /// When the session starts.
     pub now: Instant,
     /// Section 9's intervals.
@@ -182,6 +193,9 @@ impl Session {
             out: Mutex::new(p.out),
             replies: Mutex::new(p.replies),
             deliveries: Mutex::new(p.deliveries),
+            offers: Offers::default(),
+            wake: Mutex::new(Some(p.wake)),
+            stream_woken: AtomicBool::new(false),
             delivering: AtomicBool::new(false),
             send_sock: p.send_sock,
             recv_sock: p.recv_sock,
@@ -196,6 +210,37 @@ impl Session {
     /// that thread is gone (the session is ending).
     pub fn hand_over(&self, batch: Batch) -> bool {
         self.deliveries.lock().unwrap_or_else(PoisonError::into_inner).send(batch).is_ok()
+    }
+
+    /// [ext] Offers this client an upload in progress (`streams::offer`).
+    pub fn offer_stream(&self, offer: Offer) {
+        self.offers.push(offer);
+    }
+
+    /// The oldest offered upload still in progress.
+    pub fn take_offer(&self) -> Option<Offer> {
+        self.offers.take()
+    }
+
+    /// True when an offered upload waits to be taken.
+    pub fn has_offers(&self) -> bool {
+        !self.offers.is_empty()
+    }
+
+    /// A stream this client's sender follows grew or ended: wakes the
+    /// sender if it is not woken already.
+    pub fn stream_moved(&self) {
+        if self.stream_woken.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        if let Some(tx) = self.wake.lock().unwrap_or_else(PoisonError::into_inner).as_ref() {
+            let _ = tx.send(Inbox::StreamMoved);
+        }
+    }
+
+    /// The sender took the wake-up in: the next move wakes it again.
+    pub fn stream_heard(&self) {
+        self.stream_woken.store(false, Ordering::SeqCst);
     }
 
     /// Marks `paths` as being sent to this client (empty: finished, and
@@ -346,6 +391,7 @@ impl Session {
             return false;
         }
         self.queue.close();
+        self.wake.lock().unwrap_or_else(PoisonError::into_inner).take();
         let _ = self.send_sock.shutdown(Shutdown::Both);
         let _ = self.recv_sock.shutdown(Shutdown::Both);
         true

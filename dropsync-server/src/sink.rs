@@ -15,6 +15,7 @@ use std::thread::JoinHandle;
 
 use crate::blobs::TempBlob;
 use crate::spawn_named;
+use crate::streams::Stream;
 
 /// Chunks of at least this size get a sink thread.
 pub const THREADED_MIN_CHUNK: u32 = 256 * 1024;
@@ -81,8 +82,9 @@ pub enum Sink {
 impl Sink {
     /// A sink for an upload whose first chunk is `first_len` bytes, on a
     /// thread of its own if it is large and the connection has a place
-    /// among its `threads`.
-    pub fn open(temp: TempBlob, first_len: u32, threads: &SinkThreads) -> Self {
+    /// among its `threads`. The thread tells `stream` what it wrote (an
+    /// inline sink is never streamed).
+    pub fn open(temp: TempBlob, first_len: u32, threads: &SinkThreads, stream: Option<Arc<Stream>>) -> Self {
         if first_len < THREADED_MIN_CHUNK {
             return Sink::Inline(temp);
         }
@@ -98,6 +100,9 @@ impl Sink {
             let mut temp = temp;
             for buf in rx {
                 temp.append(&buf)?;
+                if let Some(s) = &stream {
+                    s.wrote(buf.len());
+                }
                 let _ = spare_tx.try_send(buf);
             }
             Ok(temp)
@@ -109,6 +114,11 @@ impl Sink {
                 Sink::Failed(e)
             }
         }
+    }
+
+    /// True when a thread of its own writes it.
+    pub fn is_threaded(&self) -> bool {
+        matches!(self, Sink::Threaded { .. })
     }
 
     /// Appends an accepted chunk.
@@ -172,7 +182,7 @@ mod tests {
         let store = BlobStore::open(&root).unwrap();
         let threads = SinkThreads::default();
         let sinks: Vec<Sink> = (0..MAX_THREADS_PER_CONNECTION + 3)
-            .map(|_| Sink::open(store.temp().unwrap(), THREADED_MIN_CHUNK, &threads))
+            .map(|_| Sink::open(store.temp().unwrap(), THREADED_MIN_CHUNK, &threads, None))
             .collect();
         let threaded = sinks.iter().filter(|s| matches!(s, Sink::Threaded { .. })).count();
         assert_eq!(threaded, MAX_THREADS_PER_CONNECTION);
@@ -184,7 +194,7 @@ mod tests {
             drop(sink.finish().unwrap());
         }
         assert_eq!(threads.running(), 0);
-        assert!(matches!(Sink::open(store.temp().unwrap(), THREADED_MIN_CHUNK, &threads), Sink::Threaded { .. }));
+        assert!(matches!(Sink::open(store.temp().unwrap(), THREADED_MIN_CHUNK, &threads, None), Sink::Threaded { .. }));
         std::fs::remove_dir_all(&root).unwrap();
     }
 }

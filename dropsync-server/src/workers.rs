@@ -60,10 +60,11 @@ pub fn session_sender(server: &Arc<Server>, session: &Arc<Session>, batches: Rec
                 }
                 // Cleared before the queue is looked at: a path queued from
                 // here on schedules the client itself. So does a META-DATA
-                // set meanwhile ([ext] a `/more` listing), whose wake-up found
-                // this delivery under way.
+                // set meanwhile ([ext] a `/more` listing), and an upload
+                // offered to stream ([ext]), whose wake-ups found this
+                // delivery under way.
                 session.delivering.store(false, Ordering::SeqCst);
-                if !session.queue.is_empty() || session.metadata_ready() {
+                if !session.queue.is_empty() || session.metadata_ready() || session.has_offers() {
                     server.wake(session);
                 }
             }
