@@ -44,8 +44,9 @@ pub enum FileDigest {
 #[derive(Debug)]
 pub struct Prepared<'a> {
     /// The bytes, when the source holds them. Without them the upload must
-    /// have a [`FileDigest::Known`] digest, and the driver streams exactly
-    /// `len` bytes whose MD5 is `digest`.
+    /// have a whole-file digest known or computed elsewhere
+    /// ([`FileDigest::Known`], [`FileDigest::FromSource`], a stream), and
+    /// the driver streams exactly `len` bytes whose MD5 is `digest`.
     pub payload: Option<&'a [u8]>,
     /// How many bytes there are: fewer than asked means the file shrank.
     pub len: u32,

@@ -46,6 +46,8 @@ struct Inner {
     /// The same paths as `order`, for the "not added again" check in O(1).
     queued: HashSet<String>,
     closed: bool,
+    /// [`UpdateQueue::nudge`] was called: the next wait ends at once.
+    nudged: bool,
     /// Threads blocked in `pop_timeout`, so tests can tell a waiter is parked
     /// before they wake it (only tests read it).
     #[cfg_attr(not(test), allow(dead_code))]
@@ -99,9 +101,10 @@ impl UpdateQueue {
         inner.waiting += 1;
         let (mut inner, _) = self
             .changed
-            .wait_timeout_while(inner, timeout, |i| i.order.is_empty() && !i.closed)
+            .wait_timeout_while(inner, timeout, |i| i.order.is_empty() && !i.closed && !i.nudged)
             .unwrap_or_else(PoisonError::into_inner);
         inner.waiting -= 1;
+        inner.nudged = false;
         if inner.closed {
             return Pop::Closed;
         }
@@ -109,6 +112,15 @@ impl UpdateQueue {
             Some(path) => Pop::Item(path),
             None => Pop::TimedOut,
         }
+    }
+
+    /// Ends the current (or next) [`Self::pop_timeout`] at once, with
+    /// [`Pop::TimedOut`] if nothing is queued: its thread has other work
+    /// than the queue's (a server's dedicated sender, an upload offered to
+    /// stream).
+    pub fn nudge(&self) {
+        self.lock().nudged = true;
+        self.changed.notify_all();
     }
 
     /// Closes the queue: drops what is queued, refuses later pushes and
@@ -226,6 +238,27 @@ mod tests {
         assert!(queue.is_closed());
         assert!(!queue.push("late"));
         assert_eq!(queue.pop_timeout(Duration::ZERO), Pop::Closed);
+    }
+
+    #[test]
+    fn a_nudge_ends_a_wait_once() {
+        let queue = UpdateQueue::new();
+        queue.nudge();
+        // The nudge given before the wait ends it at once, and only it.
+        assert_eq!(queue.pop_timeout(FOREVER), Pop::TimedOut);
+        assert_eq!(queue.pop_timeout(Duration::ZERO), Pop::TimedOut);
+        let got = std::thread::scope(|s| {
+            let waiter = s.spawn(|| queue.pop_timeout(FOREVER));
+            while queue.lock().waiting == 0 {
+                std::thread::yield_now();
+            }
+            queue.nudge();
+            waiter.join().expect("no panic")
+        });
+        assert_eq!(got, Pop::TimedOut);
+        queue.nudge();
+        assert!(queue.push("a"));
+        assert_eq!(queue.pop_timeout(FOREVER), Pop::Item("a".into()), "a path queued is still taken");
     }
 
     #[test]

@@ -541,12 +541,32 @@ struct Delivery {
 /// What a streamed delivery knows of the upload it follows.
 struct Follows {
     stream: Arc<Stream>,
-    /// Bytes made available to the transfer so far...
-    available: u64,
-    /// ...and when they last grew.
-    grew_at: Instant,
-    /// Time spent waiting for the upload, in all.
-    waited: Duration,
+    /// Since when it has had nothing to send (all the whole chunks written
+    /// are sent), waiting for its upload; `None` while it sends.
+    idle_since: Option<Instant>,
+    /// How long it waited for its upload while other work waited for this
+    /// client, in all.
+    held_others: Duration,
+    /// Since when its complete upload is being committed.
+    finishing_since: Option<Instant>,
+}
+
+impl Follows {
+    fn new(stream: Arc<Stream>) -> Self {
+        Follows { stream, idle_since: None, held_others: Duration::ZERO, finishing_since: None }
+    }
+
+    /// Whether to give up on the upload now (see [`follow_streams`]).
+    fn gives_up(&mut self, progress: &streams::Progress, now: Instant) -> bool {
+        if progress.end.is_some() {
+            return false;
+        }
+        if progress.finishing {
+            let since = *self.finishing_since.get_or_insert(now);
+            return now.duration_since(since) >= streams::COMMIT_WAIT;
+        }
+        self.idle_since.is_some_and(|t| now.duration_since(t) >= streams::STALL) || self.held_others >= streams::STALL
+    }
 }
 
 impl Delivery {
@@ -615,8 +635,8 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
             continue;
         }
         if let Some(stream) = item.stream {
-            let follows = Follows { stream, available: 0, grew_at: Instant::now(), waited: Duration::ZERO };
-            let d = Delivery { index, content: item.content, prefetched: None, known: None, follows: Some(follows) };
+            let follows = Some(Follows::new(stream));
+            let d = Delivery { index, content: item.content, prefetched: None, known: None, follows };
             streaming.push(sending.add_stream(item.name, server.config.chunk_size, d));
             continue;
         }
@@ -669,10 +689,17 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
                 .map_err(|e| Gone(format!("receive connection: {e}")))?;
             Metrics::add(&server.metrics.bytes_out, u64::from(len));
             // While the client checks this chunk, hash the next one, so the
-            // two MD5 passes run side by side.
-            if let Some((next, next_len)) = sending.next_range(id, offset + u64::from(len), server.config.chunk_size) {
-                if let Some(d) = sending.op_mut(id) {
-                    d.prefetch(next, next_len, &mut chunks.scratch);
+            // two MD5 passes run side by side (of a streamed upload: only a
+            // whole chunk, which is what it sends before the end).
+            let next = sending.next_range(id, offset + u64::from(len), server.config.chunk_size);
+            if let Some(d) = sending.op_mut(id) {
+                if let Some(f) = d.follows.as_mut() {
+                    f.idle_since = None;
+                }
+                match next {
+                    Some((_, n)) if d.follows.is_some() && n < server.config.chunk_size => {}
+                    Some((next, n)) => d.prefetch(next, n, &mut chunks.scratch),
+                    None => {}
                 }
             }
         }
@@ -692,9 +719,13 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
             // A streamed transfer has sent all its upload has written.
             let began = Instant::now();
             wait_stream(session)?;
+            let others_wait = !session.queue.is_empty() || session.metadata_ready() || session.has_offers();
             for id in &streaming {
                 if let Some(f) = sending.op_mut(*id).and_then(|d| d.follows.as_mut()) {
-                    f.waited += began.elapsed();
+                    f.idle_since.get_or_insert(began);
+                    if others_wait {
+                        f.held_others += began.elapsed();
+                    }
                 }
             }
             continue;
@@ -712,26 +743,26 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
 /// [ext] Gives each streamed transfer what its upload wrote since, and its
 /// end: the size and MD5 of the version committed (its last chunk and
 /// FINISHED may go out), or an ABORT for an upload that failed. A
-/// transfer whose upload has not grown for [`streams::STALL`] (unless it
-/// is being committed), or has kept it waiting that long in all while
-/// other paths wait for this client, is given up (ABORT): the upload's
-/// commit queues the path as usual, so a slow uploader holds back no other
-/// client for longer than that.
+/// transfer that has had nothing to send for [`streams::STALL`] (its upload
+/// wrote no whole chunk more), or has waited for its upload that long in
+/// all while other work waited for this client, or whose complete upload
+/// takes [`streams::COMMIT_WAIT`] to commit, is given up (ABORT): the
+/// upload's commit queues the path as usual, so a slow uploader holds back
+/// no other client for longer than that.
 fn follow_streams(session: &Session, sending: &mut Sending<Delivery>, streaming: &mut Vec<OpId>, versions: &mut [u64]) {
     let now = Instant::now();
-    let others_wait = !session.queue.is_empty();
     streaming.retain(|&id| {
         let Some(d) = sending.op_mut(id) else { return false };
         let index = d.index;
         let Some(f) = d.follows.as_mut() else { return false };
         let progress = f.stream.progress();
-        if progress.written > f.available {
-            f.available = progress.written;
-            f.grew_at = now;
-        }
-        let stalled = !progress.finishing
-            && (now.duration_since(f.grew_at) >= streams::STALL || (others_wait && f.waited >= streams::STALL));
+        let stalled = f.gives_up(&progress, now);
+        let stream = f.stream.clone();
         sending.grow(id, progress.written);
+        let follows_on = progress.end.is_none() && !stalled;
+        if !follows_on {
+            stream.unwatch(session.id);
+        }
         match progress.end {
             None if stalled => {
                 let name = sending.op(id).map(|(name, _)| name.to_owned()).unwrap_or_default();

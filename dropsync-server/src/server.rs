@@ -195,6 +195,16 @@ impl Server {
         // Dedicated senders block on the queue itself and wake on push.
     }
 
+    /// Wakes `s`'s sender for work that is not in its queue ([ext] an
+    /// upload offered to stream): in pool mode it is scheduled, a
+    /// dedicated sender's wait on its queue ends.
+    pub fn wake_for_offer(&self, s: &Session) {
+        self.wake(s);
+        if self.config.workers == 0 {
+            s.queue.nudge();
+        }
+    }
+
     /// Queues `path` for every connected client except `except` (the
     /// uploader); a path already queued is not added again. Each client's
     /// queue lock is held only for its own push.

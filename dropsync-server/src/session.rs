@@ -214,7 +214,9 @@ impl Session {
 
     /// [ext] Offers this client an upload in progress (`streams::offer`).
     pub fn offer_stream(&self, offer: Offer) {
-        self.offers.push(offer);
+        if let Some(old) = self.offers.push(offer) {
+            old.stream.unwatch(self.id);
+        }
     }
 
     /// The oldest offered upload still in progress.

@@ -11,8 +11,9 @@
 //! delivery to a temp file and renames it into place at FINISHED, as ever.
 //!
 //! A bad uploader only hurts itself: a delivery that waits [`STALL`] for the
-//! upload's next bytes gives up (ABORT), and the client gets the path as
-//! usual once it is committed (the commit queues it for every client, and
+//! upload's next chunk (or that long in all while other work waits for its
+//! client, or [`COMMIT_WAIT`] for the commit) gives up (ABORT), and the
+//! client gets the path as usual once it is committed (the commit queues it for every client, and
 //! a streamed delivery that arrived makes that queued one a skip).
 
 use std::collections::VecDeque;
@@ -35,6 +36,10 @@ pub const OFFER_AFTER: u64 = 8 << 20;
 /// A streaming delivery that has waited this long for the upload's next
 /// bytes gives up on it (ABORT).
 pub const STALL: Duration = Duration::from_secs(2);
+
+/// A complete upload whose commit takes this long (a slow disk, a busy
+/// bucket) is given up by its streamed deliveries.
+pub const COMMIT_WAIT: Duration = Duration::from_secs(30);
 
 /// Streams offered to one session and not taken yet: an older offer makes
 /// way (its path is delivered as usual once committed).
@@ -88,7 +93,7 @@ struct State {
     finishing: bool,
     end: Option<End>,
     /// The senders following it, woken when it grows or ends.
-    watchers: Vec<Weak<Session>>,
+    watchers: Vec<(SessionId, Weak<Session>)>,
 }
 
 /// Where a stream is, for a delivery following it.
@@ -160,7 +165,7 @@ impl Stream {
                 return;
             }
             s.end = Some(end);
-            std::mem::take(&mut s.watchers).iter().filter_map(Weak::upgrade).collect::<Vec<_>>()
+            live(&std::mem::take(&mut s.watchers))
         };
         wake(&watchers);
     }
@@ -186,17 +191,23 @@ impl Stream {
     /// has [`MAX_WATCHERS`].
     fn watch(&self, session: &Arc<Session>) -> bool {
         let mut s = self.state();
-        s.watchers.retain(|w| w.strong_count() > 0);
+        s.watchers.retain(|(_, w)| w.strong_count() > 0);
         if s.end.is_some() || s.watchers.len() >= MAX_WATCHERS {
             return false;
         }
-        s.watchers.push(Arc::downgrade(session));
+        s.watchers.push((session.id, Arc::downgrade(session)));
         true
+    }
+
+    /// Session `id` follows it no more (its delivery ended, or its offer
+    /// made way): it is not woken any more, nor counted.
+    pub fn unwatch(&self, id: SessionId) {
+        self.state().watchers.retain(|(w, _)| *w != id);
     }
 }
 
-fn live(watchers: &[Weak<Session>]) -> Vec<Arc<Session>> {
-    watchers.iter().filter_map(Weak::upgrade).collect()
+fn live(watchers: &[(SessionId, Weak<Session>)]) -> Vec<Arc<Session>> {
+    watchers.iter().filter_map(|(_, w)| w.upgrade()).collect()
 }
 
 fn wake(sessions: &[Arc<Session>]) {
@@ -243,7 +254,7 @@ pub fn offer(server: &Server, stream: &Arc<Stream>, temp: &Path) {
             return;
         }
         session.offer_stream(Offer { stream: stream.clone(), file });
-        server.wake(&session);
+        server.wake_for_offer(&session);
     }
 }
 
@@ -252,13 +263,13 @@ pub fn offer(server: &Server, stream: &Arc<Stream>, temp: &Path) {
 pub struct Offers(Mutex<VecDeque<Offer>>);
 
 impl Offers {
-    /// Adds an offer; the oldest makes way beyond [`MAX_OFFERED`].
-    pub fn push(&self, offer: Offer) {
+    /// Adds an offer; the oldest makes way beyond [`MAX_OFFERED`] and is
+    /// returned.
+    pub fn push(&self, offer: Offer) -> Option<Offer> {
         let mut q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
-        if q.len() >= MAX_OFFERED {
-            q.pop_front();
-        }
+        let out = if q.len() >= MAX_OFFERED { q.pop_front() } else { None };
         q.push_back(offer);
+        out
     }
 
     /// The oldest offer whose upload is still under way (those that ended

@@ -69,7 +69,18 @@ fn server_a_b(tag: &str, extra: &[&str]) -> (TempDir, ServerProc, RawPeer, RawPe
 
 #[test]
 fn a_large_upload_reaches_another_client_while_it_arrives_and_finishes_after_its_commit() {
-    let (_tmp, _server, mut a, mut b) = server_a_b("stream-commit", &[]);
+    streams_while_it_arrives("stream-commit", &[]);
+}
+
+/// The same with a dedicated sender per client (the offer ends its wait on
+/// the queue).
+#[test]
+fn a_dedicated_sender_streams_too() {
+    streams_while_it_arrives("stream-dedicated", &["--workers", "0"]);
+}
+
+fn streams_while_it_arrives(tag: &str, extra: &[&str]) {
+    let (_tmp, _server, mut a, mut b) = server_a_b(tag, extra);
     let file = content(10 * MIB + 12_345);
     // Nine of A's chunks: past the 8 MiB after which an upload is offered.
     send_chunks(&mut a, "big", &file[..9 * MIB], MIB);
@@ -155,4 +166,50 @@ fn without_streaming_nothing_goes_out_before_the_commit() {
     let (name, data) = b.receive_one();
     assert_eq!(name, "big");
     assert!(data.as_deref() == Some(&file[..]));
+}
+
+/// An uploader that never stops for 2 s in one go, only trickles (a chunk
+/// every 1.2 s), keeps the delivery following it waiting at most 2 s in all
+/// once another path waits for that client: B gets the other path while A
+/// is still uploading, then A's file once committed.
+#[test]
+fn a_trickling_upload_holds_back_the_clients_other_paths_only_a_moment() {
+    let (_tmp, server, mut a, mut b) = server_a_b("stream-trickle", &[]);
+    let file = content(17 * MIB);
+    send_chunks(&mut a, "big", &file[..9 * MIB], MIB);
+    let mut got = Vec::new();
+    for _ in 0..9 {
+        assert_eq!(next(&mut b, &mut got), Got::Chunk("big".into(), MIB));
+    }
+    let a_done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|s| {
+        let uploader = s.spawn(|| {
+            // The slow peer: one chunk every 1.2 s (its pace, not a wait
+            // for anything), then FINISHED.
+            for piece in file[9 * MIB..].chunks(MIB) {
+                std::thread::sleep(Duration::from_millis(1200));
+                assert_eq!(a.request(&Frame::Chunk { digest: md5(piece), name: "big", payload: piece }), StatusCode::OK);
+            }
+            assert_eq!(a.request(&Frame::Finished { digest: md5(&file), name: "big" }), StatusCode::OK);
+            a_done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut c = RawPeer::hello(server.send_port, server.recv_port, [3; 16], "c");
+        c.receive_metadata();
+        assert_eq!(c.upload("small", b"small", 64), StatusCode::OK);
+        // B's delivery of "big" gives up (it may send the chunks A wrote
+        // meanwhile first), and "small" follows, while A still uploads.
+        let end = loop {
+            match next(&mut b, &mut got) {
+                Got::Chunk(name, _) if name == "big" => continue,
+                other => break other,
+            }
+        };
+        assert_eq!(end, Got::Abort("big".into()));
+        assert_eq!(b.receive_one(), ("small".to_owned(), Some(b"small".to_vec())));
+        assert!(!a_done.load(std::sync::atomic::Ordering::SeqCst), "B got its other path only after A's whole upload");
+        uploader.join().expect("the uploader");
+    });
+    let (name, data) = b.receive_one();
+    assert_eq!(name, "big");
+    assert!(data.as_deref() == Some(&file[..]), "delivered whole once committed");
 }
