@@ -17,6 +17,7 @@
 //! disk beside rsync, `b9.rs`), and B1 and B3 again on that disk
 //! (`disk.rs`: a loop-mounted ext4 image).
 
+mod b2link;
 mod b7;
 mod b8;
 mod b9;
@@ -368,6 +369,9 @@ fn real_main() -> R<()> {
         if let Err(e) = b2(&cfg, &mut res, rsyncd.as_ref().ok_or("no rsyncd")?, &big_file, i) {
             note_err(&mut res, format!("B2 run {}: {e}", i + 1));
         }
+        if let Err(e) = b2link::run(&cfg, &mut res, &big_file, i) {
+            note_err(&mut res, format!("B2 link run {}: {e}", i + 1));
+        }
     }
     for i in (0..cfg.runs).filter(|_| cfg.runs_phase("B3")) {
         if let Err(e) = b3(&cfg, &mut res, rsyncd.as_ref().ok_or("no rsyncd")?, &small_tree, i) {
@@ -485,6 +489,9 @@ fn rows(cfg: &Cfg) -> Vec<Row> {
         Row::new("B6", "b6_client_a_b2", "client A (sender) peak RSS during B2, MiB", "MiB").target("< 64 MiB", |v| v < 64.0).phase("B2"),
         Row::new("B6", "b6_client_b_b2", "client B (receiver) peak RSS during B2, MiB", "MiB").target("< 64 MiB", |v| v < 64.0).phase("B2"),
     ];
+    // B2 over slower links, right after B2's own rows.
+    let at = rows.iter().position(|r| r.key == "b2_vs_rsync").map_or(rows.len(), |p| p + 1);
+    rows.splice(at..at, b2link::rows());
     rows.extend(b7::rows(cfg));
     rows.extend(b8::rows(cfg));
     rows.extend(disk_rows(cfg));

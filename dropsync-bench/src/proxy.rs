@@ -2,14 +2,16 @@
 //! if it were the server, and it copies both ways, counting every byte the
 //! TCP connections carry (payload of the protocol, frames and TLS alike;
 //! not the TCP/IP headers). Threads only; everything stops on
-//! [`CountingProxy::stop`] or drop, within a second.
+//! [`CountingProxy::stop`] or drop, within a second. It can also hold each
+//! direction of each connection to a rate (B2's link rows): a slower link
+//! between a client and the server, on loopback.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use crate::R;
 
@@ -30,8 +32,15 @@ pub struct CountingProxy {
     accept: Option<JoinHandle<()>>,
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, count: Arc<[AtomicU64; 2]>, dir: usize, stop: Arc<AtomicBool>) {
-    let mut buf = vec![0u8; BUF];
+/// Read size of a direction held to a rate: small steps keep it smooth.
+const PACED_BUF: usize = 64 * 1024;
+/// The most a paced direction may run ahead after a late wake-up.
+const BURST: Duration = Duration::from_millis(5);
+
+fn pump(mut from: TcpStream, mut to: TcpStream, count: Arc<[AtomicU64; 2]>, dir: usize, stop: Arc<AtomicBool>, rate: Option<u64>) {
+    let mut buf = vec![0u8; if rate.is_some() { PACED_BUF } else { BUF }];
+    // When the link is free again: an idle link saves up no credit.
+    let mut free_at = Instant::now();
     loop {
         match from.read(&mut buf) {
             Ok(0) => break,
@@ -40,6 +49,17 @@ fn pump(mut from: TcpStream, mut to: TcpStream, count: Arc<[AtomicU64; 2]>, dir:
                     break;
                 }
                 count[dir].fetch_add(n as u64, Ordering::Relaxed);
+                if let Some(rate) = rate.filter(|r| *r > 0) {
+                    // The link's pace: the next bytes go once these would
+                    // have crossed it (a late wake-up is made up for, but
+                    // no more than BURST of it).
+                    let now = Instant::now();
+                    let earliest = now.checked_sub(BURST).unwrap_or(now);
+                    free_at = free_at.max(earliest) + Duration::from_secs_f64(n as f64 / rate as f64);
+                    if free_at > now {
+                        std::thread::sleep(free_at - now);
+                    }
+                }
             }
             Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut | ErrorKind::Interrupted) => {
                 if stop.load(Ordering::Relaxed) {
@@ -57,6 +77,12 @@ fn pump(mut from: TcpStream, mut to: TcpStream, count: Arc<[AtomicU64; 2]>, dir:
 impl CountingProxy {
     /// Listens on a free loopback port and forwards to `127.0.0.1:target`.
     pub fn start(target: u16) -> R<CountingProxy> {
+        Self::start_paced(target, None)
+    }
+
+    /// Like [`start`](Self::start), each direction of each connection
+    /// carrying at most `rate` bytes a second (`None`: as fast as it goes).
+    pub fn start_paced(target: u16, rate: Option<u64>) -> R<CountingProxy> {
         let listener = TcpListener::bind("127.0.0.1:0")?;
         let port = listener.local_addr()?.port();
         listener.set_nonblocking(true)?;
@@ -88,8 +114,8 @@ impl CountingProxy {
                     let Ok([c2, s2, c3, s3]) = set_up else { continue };
                     conns.lock().unwrap_or_else(|e| e.into_inner()).extend([c3, s3]);
                     let (k1, k2, st1, st2) = (counts.clone(), counts.clone(), stop.clone(), stop.clone());
-                    let up = std::thread::spawn(move || pump(client, s2, k1, 0, st1));
-                    let down = std::thread::spawn(move || pump(server, c2, k2, 1, st2));
+                    let up = std::thread::spawn(move || pump(client, s2, k1, 0, st1, rate));
+                    let down = std::thread::spawn(move || pump(server, c2, k2, 1, st2, rate));
                     threads.lock().unwrap_or_else(|e| e.into_inner()).extend([up, down]);
                 }
             })
@@ -142,6 +168,15 @@ impl ProxyPair {
     /// Proxies for the server's (send, receive) ports.
     pub fn start(ports: (u16, u16)) -> R<ProxyPair> {
         Ok(ProxyPair { send: CountingProxy::start(ports.0)?, recv: CountingProxy::start(ports.1)? })
+    }
+
+    /// Proxies whose every direction carries at most `rate` bytes a second:
+    /// one client's link to the server.
+    pub fn start_paced(ports: (u16, u16), rate: u64) -> R<ProxyPair> {
+        Ok(ProxyPair {
+            send: CountingProxy::start_paced(ports.0, Some(rate))?,
+            recv: CountingProxy::start_paced(ports.1, Some(rate))?,
+        })
     }
 
     /// The ports a client is given instead of the server's.

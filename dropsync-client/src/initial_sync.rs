@@ -85,7 +85,9 @@ pub fn run(ctx: &Ctx, notes: &mut Notes, debouncer: &mut Debouncer<String>, doc:
     let started = Instant::now();
     let delta = doc.listing.is_some_and(|l| l.since.is_some());
     // The bases of the records the walk did not find, as the server's side
-    // of a delta (borrowed by `server` below, so made before it).
+    // of a delta (borrowed by `server` below, so declared before it: the
+    // late initialisation clippy flags is what the borrow needs).
+    #[allow(clippy::needless_late_init)]
     let unlisted_unwalked: Vec<(String, Content, u64)>;
     let mut server = server_side(doc);
     let server_entries = server.len();

@@ -405,10 +405,7 @@ impl MetaFile {
     pub fn make_durable(&self, shared: &Shared) {
         let synced = {
             let st = shared.lock();
-            match st.journal.as_ref() {
-                Some(journal) => Some(journal.sync_data()),
-                None => None,
-            }
+            st.journal.as_ref().map(|journal| journal.sync_data())
         };
         match synced {
             Some(Ok(())) => {}

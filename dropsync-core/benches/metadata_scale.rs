@@ -76,7 +76,7 @@ fn main() {
     println!("lookup: {:.0} ns each (through the catalog mutex)", t.elapsed().as_nanos() as f64 / lookups as f64);
 
     let t = Instant::now();
-    let (text, _) = cat.snapshot();
+    let (text, _) = cat.snapshot(None);
     println!("render META-DATA for a client: {:.2} s, {:.1} MB", t.elapsed().as_secs_f64(), text.len() as f64 / 1e6);
     drop(text);
 
