@@ -19,6 +19,7 @@ use dropsync_core::backoff::Backoff;
 use crate::cli::Config;
 use crate::connect::{self, Timing};
 use dropsync_core::debounce::Debouncer;
+use crate::write_watch::WriteWatch;
 use dropsync_core::delete_guard::DeleteGuard;
 use crate::events::Event;
 use crate::ignores::{Ignores, IGNORE_FILE};
@@ -63,6 +64,8 @@ pub struct Core {
     stop: Arc<AtomicBool>,
     /// Local changes waiting to be quiet.
     pub debouncer: Debouncer<String>,
+    /// Quiet files their writer never closed, looked at before they go.
+    pub write_watch: WriteWatch,
     /// Deletes held because many files went at once (issue 17); kept
     /// across sessions.
     pub delete_guard: DeleteGuard,
@@ -155,6 +158,7 @@ pub fn run(cfg: Config) -> Result<(), String> {
             tx,
             stop,
             debouncer,
+            write_watch: WriteWatch::default(),
             delete_guard,
             status: Status::default(),
             notes: Notes::default(),

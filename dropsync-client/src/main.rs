@@ -36,6 +36,7 @@ mod state;
 mod status;
 mod trust;
 mod watch;
+mod write_watch;
 
 use std::process::ExitCode;
 

@@ -598,7 +598,13 @@ impl<'a> Session<'a> {
     /// the connection has room.
     fn start_jobs(&mut self) {
         let now = Instant::now();
-        for name in self.core.debouncer.take_due(now) {
+        for (name, open) in self.core.debouncer.take_due_marked(now) {
+            // Quiet, but never closed: sent once a second look finds it
+            // unchanged (its writer may be inside one long write).
+            if open && self.core.write_watch.still_written(&name, &local_path(&self.core.ctx.root, &name)) {
+                self.core.debouncer.touch_open(name, now, crate::write_watch::RECHECK);
+                continue;
+            }
             self.policy.sync(name);
         }
         let in_flight = self.core.cfg.in_flight;

@@ -4,7 +4,7 @@
 //! delay, so a file being written is uploaded once, after its last write.
 //! Time comes in as arguments.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::hash::Hash;
 use std::time::{Duration, Instant};
 
@@ -14,12 +14,16 @@ pub struct Debouncer<K> {
     quiet: Duration,
     /// Each pending key and the time of its latest event.
     last_event: HashMap<K, Instant>,
+    /// Pending keys last written by a writer that has not closed them.
+    open: HashSet<K>,
+    /// Those of them the last `take_due` handed out.
+    handed_open: HashSet<K>,
 }
 
 impl<K: Eq + Hash + Clone> Debouncer<K> {
     /// A debouncer that waits for `quiet` without events.
     pub fn new(quiet: Duration) -> Self {
-        Debouncer { quiet, last_event: HashMap::new() }
+        Debouncer { quiet, last_event: HashMap::new(), open: HashSet::new(), handed_open: HashSet::new() }
     }
 
     /// Notes an event for `key` at `now`, restarting its quiet period.
@@ -35,6 +39,7 @@ impl<K: Eq + Hash + Clone> Debouncer<K> {
     /// not have half a file sent.
     pub fn touch_open(&mut self, key: K, now: Instant, quiet_open: Duration) {
         let at = now + quiet_open.saturating_sub(self.quiet);
+        self.open.insert(key.clone());
         let t = self.last_event.entry(key).or_insert(at);
         *t = (*t).max(at);
     }
@@ -50,12 +55,30 @@ impl<K: Eq + Hash + Clone> Debouncer<K> {
     /// writing: its writer is done with it).
     pub fn due_now(&mut self, key: K, now: Instant) {
         let due = now.checked_sub(self.quiet).unwrap_or(now);
+        self.open.remove(&key);
         self.last_event.insert(key, due);
     }
 
+    /// Like [`take_due`](Self::take_due), each key with whether its writer
+    /// had not closed it: quiet as the events go, but a writer inside one
+    /// long system call (a `cp` of a large file through
+    /// `copy_file_range`) makes no event until it is done, so the caller
+    /// looks at such a file before it sends it.
+    pub fn take_due_marked(&mut self, now: Instant) -> Vec<(K, bool)> {
+        let due = self.take_due(now);
+        let open = std::mem::take(&mut self.handed_open);
+        due.into_iter()
+            .map(|k| {
+                let was_open = open.contains(&k);
+                (k, was_open)
+            })
+            .collect()
+    }
+
     /// Removes and returns every key quiet for the delay at `now`, oldest
-    /// event first.
+    /// event first (see [`take_due_marked`](Self::take_due_marked)).
     pub fn take_due(&mut self, now: Instant) -> Vec<K> {
+        self.handed_open.clear();
         let mut due: Vec<(Instant, K)> = self
             .last_event
             .iter()
@@ -65,6 +88,9 @@ impl<K: Eq + Hash + Clone> Debouncer<K> {
         due.sort_by_key(|(t, _)| *t);
         for (_, k) in &due {
             self.last_event.remove(k);
+            if let Some(k) = self.open.take(k) {
+                self.handed_open.insert(k);
+            }
         }
         due.into_iter().map(|(_, k)| k).collect()
     }
@@ -90,6 +116,24 @@ mod tests {
     use super::*;
 
     const Q: Duration = Duration::from_millis(50);
+
+    #[test]
+    fn a_key_written_and_not_closed_is_handed_out_marked_open() {
+        let t0 = dropsync_io::clock::now();
+        let mut d = Debouncer::new(Q);
+        d.touch_open("open", t0, 2 * Q);
+        d.touch_open("closed", t0, 2 * Q);
+        d.due_now("closed", t0);
+        d.touch("changed", t0);
+        let mut due = d.take_due_marked(t0 + 3 * Q);
+        due.sort();
+        assert_eq!(due, [("changed", false), ("closed", false), ("open", true)]);
+        assert!(d.open.is_empty() && d.is_empty());
+        // Written again after it was handed out: open again.
+        d.touch_open("open", t0, Q);
+        d.touch("open", t0 + Q);
+        assert_eq!(d.take_due_marked(t0 + 3 * Q), [("open", true)]);
+    }
 
     #[test]
     fn a_key_is_due_only_after_a_quiet_period() {
