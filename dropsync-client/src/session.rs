@@ -601,7 +601,9 @@ impl<'a> Session<'a> {
         for (name, open) in self.core.debouncer.take_due_marked(now) {
             // Quiet, but never closed: sent once a second look finds it
             // unchanged (its writer may be inside one long write).
-            if open && self.core.write_watch.still_written(&name, &local_path(&self.core.ctx.root, &name)) {
+            if !open {
+                self.core.write_watch.forget(&name);
+            } else if self.core.write_watch.still_written(&name, &local_path(&self.core.ctx.root, &name), now) {
                 self.core.debouncer.touch_open(name, now, crate::write_watch::RECHECK);
                 continue;
             }

@@ -562,8 +562,10 @@ impl Follows {
             return false;
         }
         if progress.finishing {
+            // Counted only while it has nothing to send: a slow client
+            // still taking the chunks written is not kept waiting.
             let since = *self.finishing_since.get_or_insert(now);
-            return now.duration_since(since) >= streams::COMMIT_WAIT;
+            return self.idle_since.is_some_and(|idle| now.duration_since(idle.max(since)) >= streams::COMMIT_WAIT);
         }
         self.idle_since.is_some_and(|t| now.duration_since(t) >= streams::STALL) || self.held_others >= streams::STALL
     }
@@ -663,6 +665,10 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
     let record = |ended: Ended<Delivery>, outcomes: &mut Vec<Option<Outcome>>| {
         if let Cause::Unreadable(e) = &ended.cause {
             log::error!("{:?}: cannot read its content: {e}", ended.name);
+        }
+        if let Some(f) = &ended.op.follows {
+            // Ended by the client's reply, or aborted: it follows no more.
+            f.stream.unwatch(session.id);
         }
         outcomes[ended.op.index] = Some(ended.outcome);
     };

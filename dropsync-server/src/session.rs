@@ -224,7 +224,7 @@ impl Session {
         self.offers.take()
     }
 
-    /// True when an offered upload waits to be taken.
+    /// True when an offered upload still under way waits to be taken.
     pub fn has_offers(&self) -> bool {
         !self.offers.is_empty()
     }

@@ -33,12 +33,13 @@ use crate::session::Session;
 /// make the delivery twice (B3's small files never stream).
 pub const OFFER_AFTER: u64 = 8 << 20;
 
-/// A streaming delivery that has waited this long for the upload's next
-/// bytes gives up on it (ABORT).
+/// A streaming delivery that has had nothing to send this long (its upload
+/// wrote no whole chunk more) gives up on it (ABORT).
 pub const STALL: Duration = Duration::from_secs(2);
 
-/// A complete upload whose commit takes this long (a slow disk, a busy
-/// bucket) is given up by its streamed deliveries.
+/// A complete upload whose commit keeps a streamed delivery that has sent
+/// all it could waiting this long (a slow disk, a busy bucket) is given up
+/// by it.
 pub const COMMIT_WAIT: Duration = Duration::from_secs(30);
 
 /// Streams offered to one session and not taken yet: an older offer makes
@@ -284,9 +285,12 @@ impl Offers {
         None
     }
 
-    /// True when an offer waits.
+    /// True when no offer of an upload still under way waits (those whose
+    /// upload ended are dropped here too).
     pub fn is_empty(&self) -> bool {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner).is_empty()
+        let mut q = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        q.retain(|o| o.stream.progress().end.is_none());
+        q.is_empty()
     }
 }
 
