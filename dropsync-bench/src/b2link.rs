@@ -9,10 +9,10 @@
 use std::fs::{self, File};
 use std::io::{self, Read};
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 use crate::proxy::ProxyPair;
-use crate::{data, finish_run, run_dir, start_client, start_server, wait_ready, Cfg, Results, Row, MB, MIB, R};
+use crate::{data, finish_run, run_dir, start_client, start_server, until_arrived, wait_ready, Cfg, Results, Row, MB, MIB, R};
 
 /// Bytes a second each way on each client's link.
 const RATE: u64 = 50_000_000;
@@ -82,20 +82,7 @@ fn one(cfg: &Cfg, res: &mut Results, big: &Path, i: usize, streaming: bool) -> R
         let target = fb.join("part.bin");
         let t0 = Instant::now();
         fs::rename(&staged, fa.join("part.bin"))?;
-        let deadline = t0 + cfg.limit;
-        let mut uploaded = None;
-        let secs = loop {
-            if fs::metadata(&target).is_ok_and(|m| m.len() == SIZE) {
-                break t0.elapsed().as_secs_f64();
-            }
-            if uploaded.is_none() && fs::read_to_string(&ca.log).is_ok_and(|t| t.contains("uploaded part.bin")) {
-                uploaded = Some(t0.elapsed().as_secs_f64());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("not in B's folder after {} s", cfg.limit.as_secs()).into());
-            }
-            std::thread::sleep(Duration::from_millis(5));
-        };
+        let (secs, uploaded) = until_arrived(&target, SIZE, &ca.log, "part.bin", t0, cfg.limit)?;
         ca.stop();
         cb.stop();
         server.stop();

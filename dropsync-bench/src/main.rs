@@ -829,21 +829,7 @@ fn b2(cfg: &Cfg, res: &mut Results, rsyncd: &Rsyncd, big: &Path, i: usize) -> R<
         let target = fb.join("big.bin");
         let t0 = Instant::now();
         fs::rename(stage.join("big.bin"), fa.join("big.bin"))?;
-        let deadline = t0 + cfg.limit;
-        // When A logs the upload as done (the split between the two hops).
-        let mut uploaded = None;
-        let secs = loop {
-            if fs::metadata(&target).is_ok_and(|m| m.len() == cfg.big) {
-                break t0.elapsed().as_secs_f64();
-            }
-            if uploaded.is_none() && fs::read_to_string(&ca.log).is_ok_and(|t| t.contains("uploaded big.bin")) {
-                uploaded = Some(t0.elapsed().as_secs_f64());
-            }
-            if Instant::now() > deadline {
-                return Err(format!("not in B's folder after {} s", cfg.limit.as_secs()).into());
-            }
-            std::thread::sleep(Duration::from_millis(2));
-        };
+        let (secs, uploaded) = until_arrived(&target, cfg.big, &ca.log, "big.bin", t0, cfg.limit)?;
         let hwm = |p: &Proc| p.status().map_or(0, |x| x.vm_hwm_kib);
         let (hs, ha, hb) = (hwm(&server), hwm(&ca), hwm(&cb));
         ca.stop();
@@ -896,6 +882,28 @@ fn b2(cfg: &Cfg, res: &mut Results, rsyncd: &Rsyncd, big: &Path, i: usize) -> R<
     res.push("b6_client_a_b2", kib_to_mib(ha));
     res.push("b6_client_b_b2", kib_to_mib(hb));
     Ok(())
+}
+
+/// Waits (polling every 2 ms, at most `limit` after `t0`) until `target`
+/// in B's folder has `size` bytes (the client renames a verified file into
+/// place, so that is the whole file): seconds after `t0`, and when A's log
+/// (`a_log`) said `uploaded NAME` (the split between the two hops).
+fn until_arrived(target: &Path, size: u64, a_log: &Path, name: &str, t0: Instant, limit: Duration) -> R<(f64, Option<f64>)> {
+    let deadline = t0 + limit;
+    let said = format!("uploaded {name}");
+    let mut uploaded = None;
+    loop {
+        if fs::metadata(target).is_ok_and(|m| m.len() == size) {
+            return Ok((t0.elapsed().as_secs_f64(), uploaded));
+        }
+        if uploaded.is_none() && fs::read_to_string(a_log).is_ok_and(|t| t.contains(&said)) {
+            uploaded = Some(t0.elapsed().as_secs_f64());
+        }
+        if Instant::now() > deadline {
+            return Err(format!("not in B's folder after {} s", limit.as_secs()).into());
+        }
+        std::thread::sleep(Duration::from_millis(2));
+    }
 }
 
 /// One B3 upload of `tree` in a fresh run folder, plain or secure, with
