@@ -81,8 +81,7 @@ mod tests {
 
     #[test]
     fn a_file_is_sent_once_two_looks_agree() {
-        let dir = std::env::temp_dir().join(format!("dropsync-write-watch-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = dropsync_testkit::TempDir::new("write-watch");
         let path = dir.join("f");
         std::fs::write(&path, b"one").unwrap();
         let mut w = WriteWatch::default();
@@ -104,6 +103,5 @@ mod tests {
         std::fs::remove_file(&path).unwrap();
         assert!(!w.still_written("f", &path, t0), "gone: judged as usual");
         assert!(w.looks.is_empty());
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 }

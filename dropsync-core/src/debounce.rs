@@ -16,14 +16,12 @@ pub struct Debouncer<K> {
     last_event: HashMap<K, Instant>,
     /// Pending keys last written by a writer that has not closed them.
     open: HashSet<K>,
-    /// Those of them the last `take_due` handed out.
-    handed_open: HashSet<K>,
 }
 
 impl<K: Eq + Hash + Clone> Debouncer<K> {
     /// A debouncer that waits for `quiet` without events.
     pub fn new(quiet: Duration) -> Self {
-        Debouncer { quiet, last_event: HashMap::new(), open: HashSet::new(), handed_open: HashSet::new() }
+        Debouncer { quiet, last_event: HashMap::new(), open: HashSet::new() }
     }
 
     /// Notes an event for `key` at `now`, restarting its quiet period.
@@ -65,20 +63,6 @@ impl<K: Eq + Hash + Clone> Debouncer<K> {
     /// `copy_file_range`) makes no event until it is done, so the caller
     /// looks at such a file before it sends it.
     pub fn take_due_marked(&mut self, now: Instant) -> Vec<(K, bool)> {
-        let due = self.take_due(now);
-        let open = std::mem::take(&mut self.handed_open);
-        due.into_iter()
-            .map(|k| {
-                let was_open = open.contains(&k);
-                (k, was_open)
-            })
-            .collect()
-    }
-
-    /// Removes and returns every key quiet for the delay at `now`, oldest
-    /// event first (see [`take_due_marked`](Self::take_due_marked)).
-    pub fn take_due(&mut self, now: Instant) -> Vec<K> {
-        self.handed_open.clear();
         let mut due: Vec<(Instant, K)> = self
             .last_event
             .iter()
@@ -86,13 +70,19 @@ impl<K: Eq + Hash + Clone> Debouncer<K> {
             .map(|(k, &t)| (t, k.clone()))
             .collect();
         due.sort_by_key(|(t, _)| *t);
-        for (_, k) in &due {
-            self.last_event.remove(k);
-            if let Some(k) = self.open.take(k) {
-                self.handed_open.insert(k);
-            }
-        }
-        due.into_iter().map(|(_, k)| k).collect()
+        due.into_iter()
+            .map(|(_, k)| {
+                self.last_event.remove(&k);
+                let open = self.open.remove(&k);
+                (k, open)
+            })
+            .collect()
+    }
+
+    /// Removes and returns every key quiet for the delay at `now`, oldest
+    /// event first (see [`take_due_marked`](Self::take_due_marked)).
+    pub fn take_due(&mut self, now: Instant) -> Vec<K> {
+        self.take_due_marked(now).into_iter().map(|(k, _)| k).collect()
     }
 
     /// When the next key becomes due, if any is pending.

@@ -68,10 +68,8 @@ struct Streamed {
     guard: streams::Guard,
     /// The temp file, for the deliveries to open.
     temp: std::path::PathBuf,
-    /// Bytes accepted so far.
+    /// Bytes accepted so far (offered once they reach `OFFER_AFTER`).
     accepted: u64,
-    /// Offered to the other sessions already.
-    offered: bool,
 }
 
 /// One count in `Metrics::uploads_open` (and so in the locks held by
@@ -564,7 +562,6 @@ impl Host for Uploads<'_> {
             guard: streams::Guard(s),
             temp: temp_path,
             accepted: 0,
-            offered: false,
         });
         Ok(Upload { sink, lock, _open: OpenUpload::new(self.server), chunks: ChunkList::default(), stream })
     }
@@ -590,9 +587,9 @@ impl Host for Uploads<'_> {
         if written.is_ok() {
             Metrics::add(&self.server.metrics.bytes_in, len as u64);
             if let Some(s) = &mut upload.stream {
+                let before = s.accepted;
                 s.accepted += len as u64;
-                if !s.offered && s.accepted >= streams::OFFER_AFTER {
-                    s.offered = true;
+                if before < streams::OFFER_AFTER && s.accepted >= streams::OFFER_AFTER {
                     streams::offer(self.server, &s.guard.0, &s.temp);
                 }
             }

@@ -315,7 +315,7 @@ fn copy_source(server: &Server, session: &Session, path: &str, version: u64) -> 
 /// version counts as seen (section 6), a refusal gives the path up for
 /// this client.
 pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), Gone> {
-    let versions: Vec<(String, u64, Kind, Option<Arc<Stream>>)> = batch
+    let items: Vec<(String, Kind, bool)> = batch
         .items
         .iter()
         .map(|i| {
@@ -324,7 +324,7 @@ pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), G
                 (None, None) => Kind::Delete,
                 (Some(_), None) => Kind::File,
             };
-            (i.name.clone(), i.version, kind, i.stream.clone())
+            (i.name.clone(), kind, i.stream.is_some())
         })
         .collect();
     let metadata = batch.metadata;
@@ -337,22 +337,17 @@ pub fn deliver(server: &Server, session: &Session, batch: Batch) -> Result<(), G
         }
     };
     if metadata {
-        log::debug!("{}: META-DATA sent: {:?}", session.who(), outcomes.first());
+        log::debug!("{}: META-DATA sent: {:?}", session.who(), outcomes.first().map(|(o, _)| o));
         return Ok(());
     }
-    for ((path, version, kind, stream), outcome) in versions.into_iter().zip(outcomes) {
-        // A streamed upload's version is the one its commit made.
-        let version = match stream.map(|s| s.progress().end) {
-            None => version,
-            Some(Some(End::Committed { version, .. })) if outcome == Outcome::Committed => version,
-            Some(_) => {
-                // Aborted (the upload failed or stalled) or refused: the
-                // path goes out as usual once committed, queued by the
-                // commit like any other change.
-                log::debug!("{}: streaming of {path:?} ended {outcome:?}", session.who());
-                continue;
-            }
-        };
+    for ((path, kind, streamed), (outcome, version)) in items.into_iter().zip(outcomes) {
+        if streamed && outcome != Outcome::Committed {
+            // Aborted (the upload failed or stalled) or refused: the path
+            // goes out as usual once committed, queued by the commit like
+            // any other change.
+            log::debug!("{}: streaming of {path:?} ended {outcome:?}", session.who());
+            continue;
+        }
         if kind == Kind::Copy && outcome != Outcome::Committed {
             // It could not copy (it changed its copy of the source since,
             // say): the file itself goes out next.
@@ -512,8 +507,9 @@ fn keep_alive(session: &Session) -> Result<(), Gone> {
 /// Drives `items` through the core multiplexer: each transfer stop-and-wait
 /// on its own, chunks of different transfers interleaved, replies matched
 /// in order. On shutdown every transfer in progress is ABORTed (section 9).
-/// Returns each item's outcome, in the items' order.
-fn run_batch(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Outcome>, Gone> {
+/// Returns each item's outcome and the version it delivered (a streamed
+/// upload's: the one its commit made), in the items' order.
+fn run_batch(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<(Outcome, u64)>, Gone> {
     server.active_transfers.fetch_add(1, Ordering::SeqCst);
     let open = items.len() as i64;
     server.metrics.deliveries_open.fetch_add(open, Ordering::Relaxed);
@@ -620,7 +616,7 @@ impl SendSource<Delivery> for Chunks {
     }
 }
 
-fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Outcome>, Gone> {
+fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<(Outcome, u64)>, Gone> {
     let mut sending = Sending::new(items.len().max(1));
     let mut versions: Vec<u64> = items.iter().map(|i| i.version).collect();
     // The streamed transfers still following their uploads.
@@ -743,7 +739,7 @@ fn drive(server: &Server, session: &Session, items: Vec<Item>) -> Result<Vec<Out
             Err(e) => return Err(Gone(e.to_string())),
         }
     }
-    Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Aborted)).collect())
+    Ok(outcomes.into_iter().map(|o| o.unwrap_or(Outcome::Aborted)).zip(versions).collect())
 }
 
 /// [ext] Gives each streamed transfer what its upload wrote since, and its
@@ -763,12 +759,9 @@ fn follow_streams(session: &Session, sending: &mut Sending<Delivery>, streaming:
         let Some(f) = d.follows.as_mut() else { return false };
         let progress = f.stream.progress();
         let stalled = f.gives_up(&progress, now);
-        let stream = f.stream.clone();
         sending.grow(id, progress.written);
-        let follows_on = progress.end.is_none() && !stalled;
-        if !follows_on {
-            stream.unwatch(session.id);
-        }
+        // An op that stops following here ends later (its FINISHED or
+        // ABORT answered), and leaves the stream's watchers then.
         match progress.end {
             None if stalled => {
                 let name = sending.op(id).map(|(name, _)| name.to_owned()).unwrap_or_default();

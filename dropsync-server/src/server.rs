@@ -191,16 +191,10 @@ impl Server {
     pub fn wake(&self, s: &Session) {
         if self.config.workers > 0 {
             self.work.schedule(s.id);
-        }
-        // Dedicated senders block on the queue itself and wake on push.
-    }
-
-    /// Wakes `s`'s sender for work that is not in its queue ([ext] an
-    /// upload offered to stream): in pool mode it is scheduled, a
-    /// dedicated sender's wait on its queue ends.
-    pub fn wake_for_offer(&self, s: &Session) {
-        self.wake(s);
-        if self.config.workers == 0 {
+        } else {
+            // A dedicated sender blocks on the queue itself: a push wakes
+            // it, and so does this for work that is not in the queue (a
+            // META-DATA listing [ext], an upload offered to stream [ext]).
             s.queue.nudge();
         }
     }

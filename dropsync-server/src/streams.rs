@@ -255,7 +255,7 @@ pub fn offer(server: &Server, stream: &Arc<Stream>, temp: &Path) {
             return;
         }
         session.offer_stream(Offer { stream: stream.clone(), file });
-        server.wake_for_offer(&session);
+        server.wake(&session);
     }
 }
 
